@@ -345,6 +345,10 @@ class State:
     outbox: Outbox = field(default_factory=Outbox)
     # hash-prefixed copies no longer current, by served-relative path -> epoch retired
     retired: dict[str, float] = field(default_factory=dict)
+    # a full sync (first sync or --full-check) started and must be finished first
+    full_sync_in_progress: bool = False
+    # the root index may lag the pages (a run died between them); rebuild it
+    root_stale: bool = False
 
     def to_json(self) -> dict:
         return {
@@ -368,6 +372,8 @@ class State:
                 ],
             },
             "retired": dict(sorted(self.retired.items())),
+            "full_sync_in_progress": self.full_sync_in_progress,
+            "root_stale": self.root_stale,
         }
 
 
@@ -420,7 +426,9 @@ def _state_from_json(doc: object) -> State:
     for path, when in retired_doc.items():
         _require(_is_retired_copy(path) and isinstance(when, int | float), "bad 'retired'")
         retired[path] = float(when)
-    return State(serial, pending, Outbox(set(dirty), tasks), retired)
+    flags = {key: doc.get(key, False) for key in ("full_sync_in_progress", "root_stale")}
+    _require(all(isinstance(value, bool) for value in flags.values()), "bad flags")
+    return State(serial, pending, Outbox(set(dirty), tasks), retired, **flags)
 
 
 _TARGET = re.compile(r"^(index\.html|simple/[a-z0-9]+(-[a-z0-9]+)*/index\.html)$")

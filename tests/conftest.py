@@ -1,0 +1,49 @@
+"""Test-wide guards: nothing in the suite may reach beyond loopback."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+
+import pytest
+
+# Anything that falls back to a default URL goes to a closed loopback port, never pypi.org.
+os.environ["PYPI_URL"] = "http://127.0.0.1:9"
+os.environ.pop("RSTUF_API_URL", None)
+os.environ.pop("RSTUF_API_TOKEN", None)
+
+_real_connect = socket.socket.connect
+_real_connect_ex = socket.socket.connect_ex
+
+
+def _check_loopback(address: object) -> None:
+    if isinstance(address, tuple) and address:
+        host = address[0]
+        try:
+            if ipaddress.ip_address(host).is_loopback:
+                return
+        except ValueError:
+            if host == "localhost":
+                return
+        raise RuntimeError(f"test tried to reach {host!r}: only loopback is allowed")
+
+
+def _guarded_connect(self: socket.socket, address: object) -> None:
+    _check_loopback(address)
+    return _real_connect(self, address)
+
+
+def _guarded_connect_ex(self: socket.socket, address: object) -> int:
+    _check_loopback(address)
+    return _real_connect_ex(self, address)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def loopback_only() -> None:
+    """Refuse any connection this process makes to a non-loopback address."""
+    socket.socket.connect = _guarded_connect  # type: ignore[method-assign]
+    socket.socket.connect_ex = _guarded_connect_ex  # type: ignore[method-assign]
+    yield
+    socket.socket.connect = _real_connect  # type: ignore[method-assign]
+    socket.socket.connect_ex = _real_connect_ex  # type: ignore[method-assign]
