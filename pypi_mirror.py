@@ -1,0 +1,1418 @@
+"""Keep a local mirror of PyPI's simple index, and RSTUF, in step with PyPI.
+
+The first run (or ``--full-check``) compares PyPI's whole project listing with
+the mirror and fetches what is missing or behind. Later runs read PyPI's
+changelog since the serial in ``state.json``, fetch each project it mentions
+once, and let the page decide: 200 writes the bytes exactly as served, 404
+removes the project. Every changed page is queued in a durable outbox for
+RSTUF, which signs it for TUF clients.
+
+The module reads top-down: records and pure functions over bytes, the PyPI
+client (the only code here that speaks HTTP to PyPI), the writer (the only
+code that changes the mirror), the RSTUF outbox, the sync that orchestrates
+them, and ``main``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import html
+import logging
+import os
+import random
+import re
+import sys
+import threading
+import time
+import xml.parsers.expat
+import xmlrpc.client
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lxml.etree
+import requests
+
+import rstuf_client
+from mirror_store import (
+    PAGE_NAME,
+    ROOT_TARGET,
+    TUF_HASH_ALGORITHM,
+    VERSION,
+    InvalidProjectName,
+    MirrorLayout,
+    MirrorLocked,
+    OutboxTask,
+    PendingProject,
+    State,
+    StateError,
+    clear_staging,
+    digest_bytes,
+    digest_file,
+    load_state,
+    mirror_lock,
+    prefixed_name,
+    project_dir_name,
+    project_target,
+    save_state,
+    sync_filesystem,
+)
+
+log = logging.getLogger("pypi_mirror")
+
+USER_AGENT = f"pypi-index-mirror/{VERSION} (+python-requests/{requests.__version__})"
+HTML_ACCEPT = "application/vnd.pypi.simple.v1+html, text/html;q=0.9"
+SIMPLE_HTML_TYPES = ("application/vnd.pypi.simple.v1+html", "text/html")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_LOCKED = 3
+EXIT_PARTIAL = 75
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a run is told; units in the names or comments."""
+
+    mirror_dir: Path = Path("pypi-index-mirror")
+    state_path: Path = Path("state.json")
+    pypi_url: str = "https://pypi.org"
+    workers: int = 8
+    full_check: bool = False
+    dry_run: bool = False
+    rstuf_url: str | None = None
+    rstuf_token: str | None = None  # from RSTUF_API_TOKEN only
+    rstuf_wait: float = 600.0  # seconds to wait for RSTUF tasks per delivery
+    rstuf_batch: int = 5000  # artifacts per RSTUF request
+    grace: float = 3600.0  # seconds an old hash-prefixed copy stays served
+    timeout: float = 60.0  # read timeout of one HTTP request, seconds
+    connect_timeout: float = 10.0
+    retries: int = 5  # attempts after the first, per request or stale page
+    backoff: float = 1.0  # first retry delay, seconds; doubles, with jitter
+    max_page_bytes: int = 64 << 20
+    max_xmlrpc_bytes: int = 512 << 20
+    xmlrpc_interval: float = 1.0  # seconds between XML-RPC calls (PyPI's etiquette)
+    progress: bool = False
+
+
+# --- errors
+
+
+class MirrorError(Exception):
+    """A run cannot go on; the message tells the operator what to do."""
+
+
+class UpstreamError(MirrorError):
+    """PyPI answered something this tool cannot use."""
+
+
+class Transient(UpstreamError):
+    """A failure worth retrying (connection, 5xx, 429, rate-limit fault)."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class XmlRpcFault(UpstreamError):
+    def __init__(self, method: str, code: int, text: str) -> None:
+        super().__init__(f"PyPI XML-RPC {method} failed: fault {code}: {text[:200]}")
+        self.method, self.code, self.text = method, code, text
+
+
+class NotASimplePage(UpstreamError):
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"{name}: not a simple page ({reason}); not mirrored")
+        self.name, self.reason = name, reason
+
+
+class StalePage(UpstreamError):
+    def __init__(self, name: str, expected: int, got: int) -> None:
+        super().__init__(f"{name}: page serial {got} is older than changelog serial {expected}")
+        self.name, self.expected, self.got = name, expected, got
+
+
+class ChangelogError(UpstreamError):
+    """The changelog contradicts itself; applying it could lose changes."""
+
+
+# --- records and pure functions
+
+
+@dataclass(frozen=True)
+class ChangelogEntry:
+    name: str
+    version: str | None
+    timestamp: int
+    action: str
+    serial: int
+
+    @property
+    def renamed_from(self) -> str | None:
+        """The old name of a legacy ``rename from <old>`` entry."""
+        if self.action.startswith("rename from "):
+            return self.action[len("rename from ") :].strip()
+        return None
+
+
+def parse_changelog_rows(rows: object, since: int) -> list[ChangelogEntry]:
+    """Check and convert a ``changelog_since_serial`` answer.
+
+    Serials must be above `since` and ascending; otherwise the answer cannot be
+    trusted to cover what it claims and ChangelogError is raised.
+    """
+    if not isinstance(rows, list):
+        raise ChangelogError(f"changelog_since_serial returned {type(rows).__name__}, not a list")
+    entries = []
+    previous = since
+    for row in rows:
+        if not (isinstance(row, list | tuple) and len(row) == 5):
+            raise ChangelogError(f"malformed changelog row {row!r:.120}")
+        name, version, timestamp, action, serial = row
+        if not (isinstance(name, str) and isinstance(action, str) and type(serial) is int):
+            raise ChangelogError(f"malformed changelog row {row!r:.120}")
+        if serial <= previous:
+            raise ChangelogError(
+                f"changelog serials go backwards ({serial} after {previous}); "
+                "refusing to apply it — retry later"
+            )
+        previous = serial
+        ts = timestamp if type(timestamp) is int else 0
+        entries.append(
+            ChangelogEntry(name, version if isinstance(version, str) else None, ts, action, serial)
+        )
+    return entries
+
+
+def projects_to_refresh(entries: Iterable[ChangelogEntry]) -> dict[str, PendingProject]:
+    """Every project the changelog mentions (both names of a rename), with its newest serial.
+
+    Actions are deliberately not interpreted: the page fetched afterwards
+    decides whether a project exists. Invalid names are skipped with a warning.
+    """
+    wanted: dict[str, PendingProject] = {}
+    for entry in entries:
+        for name in (entry.name, entry.renamed_from):
+            if name is None:
+                continue
+            try:
+                normalized = project_dir_name(name)
+            except InvalidProjectName as exc:
+                log.warning("skipping changelog entry %d: %s", entry.serial, exc)
+                continue
+            merge_pending(wanted, normalized, PendingProject(name, entry.serial))
+    return wanted
+
+
+IDENTITY_ACTIONS = ("create", "remove project", "rename from ")
+
+
+def identity_changes(entries: Iterable[ChangelogEntry]) -> set[str]:
+    """Projects whose root-index line may change even if their page existed before and after.
+
+    A project removed and created again may come back with another display
+    name. This only decides whether the root index is re-read, never what a
+    page holds or whether it exists.
+    """
+    names = set()
+    for entry in entries:
+        if entry.action.startswith(IDENTITY_ACTIONS):
+            for name in (entry.name, entry.renamed_from):
+                with contextlib.suppress(InvalidProjectName, TypeError):
+                    names.add(project_dir_name(name))
+    return names
+
+
+def merge_pending(into: dict[str, PendingProject], name: str, item: PendingProject) -> None:
+    """Keep, for each project, the newest serial seen and the display name that came with it."""
+    current = into.get(name)
+    if current is None or item.serial >= current.serial:
+        into[name] = item
+
+
+def listing_to_wanted(listing: dict[str, int]) -> dict[str, PendingProject]:
+    """Validate ``list_packages_with_serial`` into {normalized: (display, serial)}."""
+    wanted: dict[str, PendingProject] = {}
+    for display, serial in listing.items():
+        try:
+            normalized = project_dir_name(display)
+        except InvalidProjectName as exc:
+            log.warning("skipping listed project: %s", exc)
+            continue
+        if type(serial) is not int:
+            log.warning("skipping listed project %r: serial %r is not an integer", display, serial)
+            continue
+        merge_pending(wanted, normalized, PendingProject(display, serial))
+    return wanted
+
+
+ROOT_HEADER = (
+    b'<!DOCTYPE html>\n<html lang="en">\n  <head>\n'
+    b'    <meta name="pypi:repository-version" content="1.4">\n'
+    b"    <title>Simple index</title>\n  </head>\n  <body>\n"
+)
+ROOT_FOOTER = b"  </body>\n</html>\n"
+_ROOT_LINK = re.compile(rb'^    <a href="simple/([a-z0-9-]+)/">([^<]*)</a>$', re.MULTILINE)
+
+
+def render_root_index(projects: dict[str, str]) -> bytes:
+    """The mirror's root page: one link per project, sorted, byte-for-byte deterministic."""
+    lines = [ROOT_HEADER]
+    for normalized in sorted(projects):
+        display = html.escape(projects[normalized], quote=False)
+        lines.append(f'    <a href="simple/{normalized}/">{display}</a>\n'.encode())
+    lines.append(ROOT_FOOTER)
+    return b"".join(lines)
+
+
+def parse_root_index(data: bytes) -> dict[str, str]:
+    """Inverse of render_root_index (only ever reads pages this tool wrote)."""
+    return {
+        match.group(1).decode(): html.unescape(match.group(2).decode())
+        for match in _ROOT_LINK.finditer(data)
+    }
+
+
+_SERIAL_TRAILER = re.compile(rb"<!--SERIAL (\d+)-->\s*$")
+
+
+def page_serial(page_tail: bytes) -> int | None:
+    """The serial warehouse writes at the end of each page (``<!--SERIAL n-->``)."""
+    match = _SERIAL_TRAILER.search(page_tail)
+    return int(match.group(1)) if match else None
+
+
+@dataclass(frozen=True)
+class PageFacts:
+    project_status: str  # "active", "archived", "quarantined", ...
+
+    @property
+    def listed(self) -> bool:
+        """Quarantined projects keep a page but leave the root listing (as on PyPI)."""
+        return self.project_status != "quarantined"
+
+
+_HTML_PARSER = lxml.etree.HTMLParser(recover=True, no_network=True, huge_tree=True)
+
+
+def inspect_simple_page(name: str, body: bytes) -> PageFacts:
+    """Refuse anything that is not a plausible PEP 503 project page.
+
+    A CDN error page, JSON, an empty or non-UTF-8 body would otherwise be
+    mirrored and signed. Raises NotASimplePage.
+    """
+    if not body.strip():
+        raise NotASimplePage(name, "empty body")
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise NotASimplePage(name, f"not UTF-8 at byte {exc.start}") from None
+    head = body[:512].lstrip().lower()
+    if not (head.startswith(b"<!doctype html") or head.startswith(b"<html")):
+        raise NotASimplePage(name, "not an HTML document")
+    try:
+        root = lxml.etree.fromstring(body, _HTML_PARSER)
+    except lxml.etree.LxmlError as exc:
+        raise NotASimplePage(name, f"unparsable HTML: {exc}") from None
+    if root is None:
+        raise NotASimplePage(name, "unparsable HTML")
+    versions = root.xpath('//meta[@name="pypi:repository-version"]/@content')
+    if not versions or not str(versions[0]).startswith("1."):
+        raise NotASimplePage(name, "no pypi:repository-version 1.x meta tag")
+    if any(anchor.get("href") is None for anchor in root.iter("a")):
+        raise NotASimplePage(name, "a link without href")
+    status = root.xpath('//meta[@name="pypi:project-status"]/@content')
+    return PageFacts(str(status[0]) if status else "active")
+
+
+_RESET_IN = re.compile(r"reset in (\d+(?:\.\d+)?) seconds?")
+
+
+def retry_delay(attempt: int, base: float, hint: float | None) -> float:
+    """Exponential backoff with full jitter; a server's hint (Retry-After) wins, capped."""
+    if hint is not None:
+        return min(max(hint, 0.0), 300.0)
+    return random.uniform(0, base * (2**attempt))
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+# --- the PyPI client
+
+
+@dataclass(frozen=True)
+class FetchedPage:
+    """A project page as PyPI served it; `body is None` means 404 (project gone)."""
+
+    name: str
+    body: bytes | None
+    serial: int | None
+    facts: PageFacts | None
+
+
+class PypiClient:
+    """PyPI's XML-RPC mirroring methods and Simple API pages over keep-alive sessions.
+
+    Each worker thread gets its own `requests.Session` (a Session is not
+    thread-safe), all made by `session_factory` so tests can inspect them.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        config: Config,
+        session_factory: Callable[[], requests.Session] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.config = config
+        self._session_factory = session_factory or self._default_session
+        self._local = threading.local()
+        self._sessions: list[requests.Session] = []
+        self._lock = threading.Lock()
+        self._sleep = sleep
+        self._last_xmlrpc = 0.0
+        self.requests_made = 0
+
+    def _default_session(self) -> requests.Session:
+        session = requests.Session()
+        session.headers["User-Agent"] = USER_AGENT
+        adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=4, max_retries=0)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        return session
+
+    @property
+    def session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._session_factory()
+            self._local.session = session
+            with self._lock:
+                self._sessions.append(session)
+        return session
+
+    def close(self) -> None:
+        with self._lock:
+            for session in self._sessions:
+                session.close()
+            self._sessions.clear()
+
+    def _count_request(self) -> None:
+        with self._lock:
+            self.requests_made += 1
+
+    @property
+    def _timeout(self) -> tuple[float, float]:
+        return (self.config.connect_timeout, self.config.timeout)
+
+    def with_retries(self, what: str, call: Callable[[], object]) -> object:
+        """Run `call`, retrying Transient failures with backoff; re-raise the last one."""
+        for attempt in range(self.config.retries + 1):
+            try:
+                return call()
+            except Transient as exc:
+                if attempt == self.config.retries:
+                    raise UpstreamError(
+                        f"{what}: giving up after {attempt + 1} attempts: {exc}"
+                    ) from exc
+                delay = retry_delay(attempt, self.config.backoff, exc.retry_after)
+                log.info("%s: %s; retrying in %.1fs", what, exc, delay)
+                self._sleep(delay)
+        raise AssertionError("unreachable")
+
+    # XML-RPC
+
+    def _xmlrpc(self, method: str, *params: object) -> object:
+        return self.with_retries(f"XML-RPC {method}", lambda: self._xmlrpc_once(method, params))
+
+    def _xmlrpc_once(self, method: str, params: tuple) -> object:
+        wait = self._last_xmlrpc + self.config.xmlrpc_interval - time.monotonic()
+        if wait > 0:
+            self._sleep(wait)
+        self._last_xmlrpc = time.monotonic()
+        body = xmlrpc.client.dumps(params, method, allow_none=True).encode()
+        self._count_request()
+        try:
+            response = self.session.post(
+                f"{self.base_url}/pypi",
+                data=body,
+                headers={"Content-Type": "text/xml", "Accept": "text/xml"},
+                timeout=self._timeout,
+                stream=True,
+            )
+        except requests.RequestException as exc:
+            raise Transient(f"connection failed: {exc}") from exc
+        with response:
+            check_status(response, f"XML-RPC {method}")
+            return self._parse_xmlrpc(method, response)
+
+    def _parse_xmlrpc(self, method: str, response: requests.Response) -> object:
+        """Feed the answer to the unmarshaller as it streams (no second copy of 50 MB)."""
+        parser, unmarshaller = xmlrpc.client.getparser(use_datetime=False)
+        received = 0
+        try:
+            for chunk in response.iter_content(1 << 20):
+                received += len(chunk)
+                if received > self.config.max_xmlrpc_bytes:
+                    raise UpstreamError(f"XML-RPC {method}: answer over {received} bytes; refused")
+                parser.feed(chunk)
+            parser.close()
+            (result,) = unmarshaller.close()
+        except requests.RequestException as exc:
+            raise Transient(f"XML-RPC {method}: answer cut off: {exc}") from exc
+        except xmlrpc.client.Fault as fault:
+            text = str(fault.faultString)
+            if "TooManyRequests" in text or (fault.faultCode == -32500 and "reset in" in text):
+                match = _RESET_IN.search(text)
+                raise Transient(
+                    f"rate limited by PyPI ({text[:120]})",
+                    retry_after=float(match.group(1)) if match else None,
+                ) from None
+            raise XmlRpcFault(method, fault.faultCode, text) from None
+        except (xml.parsers.expat.ExpatError, xmlrpc.client.ResponseError, ValueError) as exc:
+            raise Transient(f"XML-RPC {method}: malformed answer ({exc})") from None
+        return result
+
+    def changelog_last_serial(self) -> int:
+        serial = self._xmlrpc("changelog_last_serial")
+        if type(serial) is not int:
+            raise UpstreamError(f"changelog_last_serial returned {serial!r:.80}, not an integer")
+        return serial
+
+    def changelog_since(self, since: int, until: int) -> Iterator[list[ChangelogEntry]]:
+        """Page through ``changelog_since_serial`` until `until` is covered (or a page is empty)."""
+        serial = since
+        while serial < until:
+            rows = self._xmlrpc("changelog_since_serial", serial)
+            entries = parse_changelog_rows(rows, serial)
+            if not entries:
+                return
+            yield entries
+            serial = entries[-1].serial
+
+    def list_packages_with_serial(self) -> dict[str, int]:
+        listing = self._xmlrpc("list_packages_with_serial")
+        if not isinstance(listing, dict):
+            raise UpstreamError("list_packages_with_serial did not return a mapping")
+        return listing
+
+    # Simple API
+
+    def fetch_page(self, name: str) -> FetchedPage:
+        """GET /simple/<name>/ once; raises Transient, NotASimplePage or UpstreamError."""
+        self._count_request()
+        url = f"{self.base_url}/simple/{name}/"
+        try:
+            response = self.session.get(
+                url,
+                headers={"Accept": HTML_ACCEPT},
+                timeout=self._timeout,
+                stream=True,
+                allow_redirects=False,
+            )
+        except requests.RequestException as exc:
+            raise Transient(f"{name}: connection failed: {exc}") from exc
+        with response:
+            if response.status_code == 404:
+                return FetchedPage(name, None, None, None)
+            check_status(response, name)
+            content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+            if content_type not in SIMPLE_HTML_TYPES:
+                raise NotASimplePage(name, f"Content-Type {content_type or 'missing'}")
+            serial_header = response.headers.get("X-PyPI-Last-Serial", "")
+            if not serial_header.isdigit():
+                raise NotASimplePage(name, "no X-PyPI-Last-Serial header")
+            body = read_capped(response, self.config.max_page_bytes, name)
+        return FetchedPage(name, body, int(serial_header), inspect_simple_page(name, body))
+
+
+def check_status(response: requests.Response, what: str) -> None:
+    """Turn a non-200 answer into Transient (429, 5xx) or UpstreamError (anything else)."""
+    status = response.status_code
+    if status == 200:
+        return
+    if status == 429 or status >= 500:
+        hint = parse_retry_after(response.headers.get("Retry-After"))
+        raise Transient(f"{what}: HTTP {status}", retry_after=hint)
+    raise UpstreamError(f"{what}: unexpected HTTP {status} from {response.url}")
+
+
+def read_capped(response: requests.Response, limit: int, what: str) -> bytes:
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise NotASimplePage(what, f"{declared} bytes, over the {limit}-byte limit")
+    buffer = bytearray()
+    try:
+        for chunk in response.iter_content(1 << 16):
+            buffer += chunk
+            if len(buffer) > limit:
+                raise NotASimplePage(what, f"over the {limit}-byte limit")
+    except requests.RequestException as exc:
+        raise Transient(f"{what}: body cut off: {exc}") from exc
+    return bytes(buffer)
+
+
+# --- the writer: the only code that changes the mirror
+
+
+@dataclass
+class Change:
+    """What one fetched page does to the mirror."""
+
+    name: str
+    display_name: str
+    page: FetchedPage
+    old: bytes | None  # the page on disk before, if any
+
+    @property
+    def removes(self) -> bool:
+        return self.page.body is None
+
+    @property
+    def modifies(self) -> bool:
+        return self.page.body != self.old
+
+    def listed_before(self) -> bool:
+        return self.old is not None and b'name="pypi:project-status" content="quarantined"' not in (
+            self.old
+        )
+
+    def listed_after(self) -> bool:
+        return self.page.facts is not None and self.page.facts.listed
+
+
+class MirrorWriter:
+    """Writes pages atomically, keeps their hash-prefixed copies, retires old copies.
+
+    A page lives at ``<dir>/index.html`` and, hard-linked to the same inode,
+    at ``<dir>/<blake2b-256>.index.html``: the name a TUF client with
+    consistent snapshots downloads. A superseded copy is kept for `grace`
+    seconds (a client may be between its metadata refresh and its download).
+    """
+
+    def __init__(self, layout: MirrorLayout, state: State, clock: Callable[[], float] = time.time):
+        self.layout = layout
+        self.state = state
+        self.clock = clock
+        self._staging_ready = False
+
+    def read_page(self, name: str) -> bytes | None:
+        try:
+            return self.layout.project_page(name).read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def local_serial(self, name: str) -> int | None:
+        """The serial of the page on disk, from its trailer (None: absent or unknown)."""
+        try:
+            with open(self.layout.project_page(name), "rb") as handle:
+                handle.seek(0, os.SEEK_END)
+                handle.seek(max(0, handle.tell() - 64))
+                return page_serial(handle.read())
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def local_projects(self) -> set[str]:
+        """Names of the project pages on disk (a full scan: only for full syncs)."""
+        try:
+            entries = os.scandir(self.layout.simple_dir)
+        except FileNotFoundError:
+            return set()
+        with entries:
+            return {
+                entry.name
+                for entry in entries
+                if entry.is_dir() and os.path.exists(os.path.join(entry.path, PAGE_NAME))
+            }
+
+    def apply(self, change: Change) -> None:
+        if change.removes:
+            self.remove_project(change.name)
+        else:
+            assert change.page.body is not None
+            self.store(self.layout.project_dir(change.name), change.page.body, change.old)
+
+    def store(self, directory: Path, body: bytes, old: bytes | None) -> bool:
+        """Write `body` as directory/index.html plus its prefixed copy; retire the old copy.
+
+        Returns whether the page's bytes changed.
+        """
+        directory.mkdir(parents=True, exist_ok=True)
+        digest = digest_bytes(body).hexdigest
+        copy = directory / prefixed_name(digest)
+        if old == body:
+            page = directory / PAGE_NAME
+            if not (copy.exists() and os.path.samefile(copy, page)):  # died mid-write, or damage
+                self._link_copy(page, copy)
+            return False
+        temp = self._write_temp(body)
+        try:
+            self._link_copy(temp, copy)
+            os.replace(temp, directory / PAGE_NAME)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+        self.state.retired.pop(self._relative(copy), None)
+        if old is not None:
+            old_digest = digest_bytes(old).hexdigest
+            if old_digest != digest:
+                self.retire(directory / prefixed_name(old_digest))
+        return True
+
+    def _temp_name(self) -> Path:
+        staging = self.layout.staging_dir
+        if not self._staging_ready:
+            staging.mkdir(parents=True, exist_ok=True)
+            self._staging_ready = True
+        return staging / f".tmp-{os.getpid()}-{random.getrandbits(64):016x}"
+
+    def _write_temp(self, body: bytes) -> Path:
+        path = self._temp_name()
+        with open(path, "wb") as handle:
+            handle.write(body)
+        return path
+
+    def _link_copy(self, source: Path, copy: Path) -> None:
+        """Make `copy` a hard link to `source`, replacing whatever had that name atomically."""
+        link = self._temp_name()
+        os.link(source, link)
+        try:
+            os.replace(link, copy)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(link)
+            raise
+
+    def remove_project(self, name: str) -> None:
+        """Unlink the page at once; its prefixed copies stay until their grace ends."""
+        directory = self.layout.project_dir(name)
+        page = directory / PAGE_NAME
+        with contextlib.suppress(FileNotFoundError):
+            old_digest = digest_file(page).hexdigest
+            page.unlink()
+            self.retire(directory / prefixed_name(old_digest))
+        self._remove_if_empty(directory)
+
+    def retire(self, copy: Path) -> None:
+        self.state.retired.setdefault(self._relative(copy), self.clock())
+
+    def read_root(self) -> bytes | None:
+        try:
+            return self.layout.root_page.read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def store_root(self, body: bytes) -> bool:
+        """Write the root index if its bytes changed; return whether they did."""
+        return self.store(self.layout.served_dir, body, self.read_root())
+
+    def collect_retired(self, grace: float) -> int:
+        """Delete prefixed copies retired more than `grace` seconds ago; never a current one."""
+        deadline = self.clock() - grace
+        removed = 0
+        for relative, retired_at in list(self.state.retired.items()):
+            if retired_at > deadline:
+                continue
+            copy = self.layout.served_dir / relative
+            current = copy.parent / PAGE_NAME
+            with contextlib.suppress(FileNotFoundError):
+                if current.exists() and os.path.samefile(copy, current):
+                    del self.state.retired[relative]
+                    continue
+                copy.unlink()
+                removed += 1
+            del self.state.retired[relative]
+            if copy.parent != self.layout.served_dir:
+                self._remove_if_empty(copy.parent)
+        return removed
+
+    def _remove_if_empty(self, directory: Path) -> None:
+        with contextlib.suppress(FileNotFoundError, OSError):
+            directory.rmdir()
+
+    def _relative(self, path: Path) -> str:
+        return path.relative_to(self.layout.served_dir).as_posix()
+
+
+# --- the RSTUF outbox
+
+
+@dataclass
+class DeliveryReport:
+    sent: int = 0
+    confirmed: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+class RstufDelivery:
+    """Delivers the changes in ``state.outbox`` to RSTUF, at most once per path at a time.
+
+    A path is sent as its final state on disk (present: add with its length and
+    hash; absent: remove). A path already in an unfinished task waits until that
+    task ends, so RSTUF never sees an older state after a newer one. Each accepted
+    task id is saved in state.json before anything else happens, so a crash costs
+    at most a resend of an idempotent request.
+    """
+
+    TASK_EXPIRY = 6 * 3600.0  # an unknown task id stays PENDING for ever: resend after this
+
+    def __init__(
+        self,
+        state: State,
+        layout: MirrorLayout,
+        client: rstuf_client.RstufClient,
+        save: Callable[[], None],
+        config: Config,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.box = state.outbox
+        self.layout, self.client, self.save, self.config = layout, client, save, config
+        self.clock, self.sleep = clock, sleep
+        self.task_states: dict[str, str] = {}
+
+    def deliver(self) -> DeliveryReport:
+        """Poll, send, publish and wait until every task ended or `rstuf_wait` passed."""
+        report = DeliveryReport()
+        deadline = time.monotonic() + self.config.rstuf_wait
+        try:
+            self._poll(report)
+            self._send(report)
+            while self.box.tasks and time.monotonic() < deadline:
+                self._publish_if_ready()
+                self.sleep(min(self.client.poll_interval, max(0.0, deadline - time.monotonic())))
+                self._poll(report)
+                self._send(report)
+        except rstuf_client.RstufError as exc:
+            report.errors.append(str(exc))
+        if self.box.tasks and not report.errors:
+            report.errors.append(
+                f"{len(self.box.tasks)} RSTUF task(s) not finished after "
+                f"{self.config.rstuf_wait:.0f}s; they are checked again next run"
+            )
+        if self.box.dirty and not report.errors:
+            report.errors.append(f"{len(self.box.dirty)} change(s) not sent to RSTUF")
+        return report
+
+    def _poll(self, report: DeliveryReport) -> None:
+        changed = False
+        for task in list(self.box.tasks):
+            result = self.client.task(task.task_id)
+            self.task_states[task.task_id] = result.state
+            failure = rstuf_client.task_failure(result)
+            if failure is not None:
+                report.errors.append(failure)
+                self._requeue(task)
+            elif result.state == "SUCCESS":
+                report.confirmed += len(task.paths)
+                self.box.tasks.remove(task)
+            elif self.clock() - task.sent_at > self.TASK_EXPIRY:
+                log.warning(
+                    "RSTUF task %s still %s after %.0fs; sending its changes again",
+                    task.task_id,
+                    result.state,
+                    self.TASK_EXPIRY,
+                )
+                self._requeue(task)
+            else:
+                continue
+            changed = True
+        if changed:
+            self.save()
+
+    def _requeue(self, task: OutboxTask) -> None:
+        self.box.tasks.remove(task)
+        self.box.dirty.update(task.paths)
+
+    def _send(self, report: DeliveryReport) -> None:
+        ready = sorted(self.box.dirty - self.box.in_flight_paths())
+        if not ready:
+            return
+        adds, removes = self._final_states(ready)
+        batch = self.config.rstuf_batch
+        requests_needed = -(-len(adds) // batch) + -(-len(removes) // batch)
+        publish_each = requests_needed == 1  # several: publish once, after all rows are written
+        for start in range(0, len(adds), batch):
+            chunk = adds[start : start + batch]
+            task_id = self.client.add(chunk, publish=publish_each)
+            self._record(task_id, "add", [artifact.path for artifact in chunk], publish_each)
+            report.sent += len(chunk)
+        for start in range(0, len(removes), batch):
+            chunk = removes[start : start + batch]
+            task_id = self.client.remove(chunk, publish=publish_each)
+            self._record(task_id, "remove", chunk, publish_each)
+            report.sent += len(chunk)
+
+    def _final_states(self, paths: list[str]) -> tuple[list[rstuf_client.Artifact], list[str]]:
+        """Split paths into artifacts to add (hashed from disk now) and paths to remove."""
+        adds, removes = [], []
+        for path in paths:
+            try:
+                digest = digest_file(self.layout.path_of_target(path))
+            except (FileNotFoundError, NotADirectoryError):
+                removes.append(path)
+                continue
+            hashes = {TUF_HASH_ALGORITHM: digest.hexdigest}
+            adds.append(rstuf_client.Artifact(path, digest.length, hashes))
+        return adds, removes
+
+    def _record(self, task_id: str, action: str, paths: list[str], published: bool) -> None:
+        self.box.tasks.append(OutboxTask(task_id, action, paths, published, self.clock()))
+        self.box.dirty.difference_update(paths)
+        self.save()
+
+    def _publish_if_ready(self) -> None:
+        """Publish once every unpublished task has written its rows (RUNNING or SUCCESS).
+
+        A publish posted earlier could run first and cover nothing, leaving the
+        tasks RUNNING for ever (REFERENCE: the publish race).
+        """
+        unpublished = [task for task in self.box.tasks if not task.published]
+        if not unpublished:
+            return
+        states = [self.task_states.get(task.task_id, "") for task in unpublished]
+        if all(rstuf_client.is_waiting_for_publish(state) for state in states):
+            self.client.publish()
+            for task in unpublished:
+                task.published = True
+            self.save()
+
+
+# --- progress
+
+
+class Progress:
+    """A one-line bar on a terminal; nothing at all otherwise (cron reads the log lines)."""
+
+    def __init__(self, enabled: bool, stream=sys.stderr) -> None:
+        self.enabled, self.stream = enabled, stream
+        self.total = 0
+        self.done = 0
+        self._last = 0.0
+
+    def start(self, total: int, label: str) -> None:
+        self.total, self.done, self.label = total, 0, label
+
+    def advance(self, count: int = 1) -> None:
+        self.done += count
+        now = time.monotonic()
+        if self.enabled and (now - self._last > 0.2 or self.done == self.total):
+            self._last = now
+            share = self.done / self.total if self.total else 1.0
+            bar = "#" * int(share * 30)
+            self.stream.write(f"\r{self.label} [{bar:<30}] {self.done}/{self.total}")
+            self.stream.flush()
+
+    def finish(self) -> None:
+        if self.enabled and self.total:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+# --- the sync
+
+
+@dataclass
+class Summary:
+    added: int = 0
+    updated: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    failed: int = 0
+    requests: int = 0
+    rstuf_sent: int = 0
+    serial_before: int | None = None
+    serial_after: int | None = None
+    elapsed: float = 0.0
+    problems: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        return (
+            f"summary added={self.added} updated={self.updated} removed={self.removed} "
+            f"unchanged={self.unchanged} failed={self.failed} requests={self.requests} "
+            f"rstuf_sent={self.rstuf_sent} elapsed={self.elapsed:.1f}s "
+            f"serial={self.serial_before}->{self.serial_after}"
+        )
+
+
+class Sync:
+    """One run: deliver what RSTUF is owed, bring the mirror up to date, deliver again."""
+
+    BATCH = 1000  # changes recorded in the outbox with one durable state write
+
+    def __init__(
+        self,
+        config: Config,
+        pypi: PypiClient,
+        rstuf: rstuf_client.RstufClient | None,
+        progress: Progress,
+        out: Callable[[str], None] = print,
+    ) -> None:
+        self.config = config
+        self.layout = MirrorLayout(config.mirror_dir)
+        self.pypi = pypi
+        self.rstuf = rstuf
+        self.progress = progress
+        self.out = out
+        self.summary = Summary()
+        self.state = State()
+        self.writer = MirrorWriter(self.layout, self.state)
+        self.membership_changed = False
+
+    # the run
+
+    def run(self) -> int:
+        started = time.monotonic()
+        with mirror_lock(self.layout.lock_path):
+            clear_staging(self.layout.staging_dir)
+            self.state = load_state(self.config.state_path)
+            self.writer = MirrorWriter(self.layout, self.state)
+            self.summary.serial_before = self.state.serial
+            self.deliver_outbox()
+            if self.needs_full_sync():
+                self.full_sync()
+            else:
+                self.update()
+            if not self.config.dry_run:
+                self.writer.collect_retired(self.config.grace)
+                sync_filesystem(self.layout.root)  # every page durable before the serial moves
+                self.save()
+                self.deliver_outbox()
+        self.summary.serial_after = self.state.serial
+        self.summary.requests = self.pypi.requests_made
+        self.summary.elapsed = time.monotonic() - started
+        for problem in self.summary.problems:
+            log.warning("%s", problem)
+        log.info("%s", self.summary.line())
+        return EXIT_PARTIAL if self.summary.problems or self.state.pending else EXIT_OK
+
+    def needs_full_sync(self) -> bool:
+        state = self.state
+        return state.serial is None or state.full_sync_in_progress or self.config.full_check
+
+    def save(self) -> None:
+        if not self.config.dry_run:
+            save_state(self.config.state_path, self.state)
+
+    # first sync and --full-check
+
+    def full_sync(self) -> None:
+        """Compare PyPI's whole listing with the mirror and fix every difference.
+
+        The target serial is taken before the listing and lowered to the
+        listing's newest serial (PyPI caches the listing for up to an hour), so
+        the next update replays anything the listing did not show yet. A first
+        sync records nothing for RSTUF: RSTUF is bootstrapped from the CSV.
+        """
+        first = self.state.serial is None and not self.layout.root_page.exists()
+        last_serial = self.pypi.changelog_last_serial()
+        listing = self.pypi.list_packages_with_serial()
+        target = min(last_serial, max(listing.values(), default=last_serial))
+        wanted = listing_to_wanted(listing)
+        del listing
+        log.info(
+            "%s: %d projects listed at serial %d",
+            "first sync" if first else "full check",
+            len(wanted),
+            target,
+        )
+        if not self.state.full_sync_in_progress:
+            self.state.full_sync_in_progress = True
+            self.save()
+        local = self.writer.local_projects()
+        if self.config.full_check:  # archiving and local damage leave the serial as it was
+            behind = list(wanted)
+        else:
+            behind = [n for n, item in wanted.items() if not self.is_current(n, item, local)]
+        to_fetch = {name: wanted[name] for name in behind}
+        for name in local - wanted.keys():  # PyPI no longer lists it: let its page decide
+            to_fetch[name] = PendingProject(name, 0)
+        for name, item in self.state.pending.items():
+            merge_pending(to_fetch, name, item)
+        self.summary.unchanged += len(wanted) - len(behind)
+        listed = self.refresh(to_fetch, record_changes=not first)
+        members = {
+            name: item.display_name
+            for name, item in wanted.items()
+            if listed.get(name, name in local)
+        }
+        self.write_root(members, record_change=not first)
+        self.state.serial = target if self.state.serial is None else max(self.state.serial, target)
+        self.state.full_sync_in_progress = False
+
+    def is_current(self, name: str, item: PendingProject, local: set[str]) -> bool:
+        if name not in local or name in self.state.pending:
+            return False
+        on_disk = self.writer.local_serial(name)
+        return on_disk is not None and on_disk >= item.serial
+
+    # updates from the changelog
+
+    def update(self) -> None:
+        """Apply the changelog since ``state.serial``: fetch each mentioned project once."""
+        since = self.state.serial
+        assert since is not None
+        last_serial = self.pypi.changelog_last_serial()
+        to_fetch: dict[str, PendingProject] = {}
+        newest = since
+        renamed: set[str] = set()
+        for entries in self.pypi.changelog_since(since, last_serial):
+            for name, item in projects_to_refresh(entries).items():
+                merge_pending(to_fetch, name, item)
+            renamed |= identity_changes(entries)
+            newest = entries[-1].serial
+        for name, item in self.state.pending.items():
+            merge_pending(to_fetch, name, item)
+        log.info("changelog %d->%d: %d projects to refresh", since, newest, len(to_fetch))
+        listed = self.refresh(to_fetch, record_changes=True)
+        if self.membership_changed or self.state.root_stale or renamed & listed.keys():
+            self.rewrite_root(
+                {name: to_fetch[name].display_name if ok else None for name, ok in listed.items()}
+            )
+        self.state.serial = newest
+
+    def rewrite_root(self, changes: dict[str, str | None]) -> None:
+        """Apply membership changes to the root index (read back from the mirror itself)."""
+        try:
+            members = parse_root_index(self.layout.root_page.read_bytes())
+        except FileNotFoundError:
+            members = {}
+        for name, display in changes.items():
+            if display is None:
+                members.pop(name, None)
+            else:
+                members[name] = display
+        self.write_root(members, record_change=True)
+
+    def write_root(self, members: dict[str, str], record_change: bool) -> None:
+        body = render_root_index(members)
+        if self.config.dry_run:
+            if self.writer.read_root() != body:
+                self.out(f"write {ROOT_TARGET} ({len(members)} projects)")
+            return
+        if self.writer.store_root(body) and record_change:
+            self.state.outbox.dirty.add(ROOT_TARGET)
+        self.state.root_stale = False
+
+    # fetching and applying
+
+    def refresh(self, wanted: dict[str, PendingProject], record_changes: bool) -> dict[str, bool]:
+        """Fetch every project in `wanted` once and apply what its page says.
+
+        Returns, for each project fetched, whether it belongs in the root index
+        (False: gone, or quarantined). Failures stay in ``state.pending``. With
+        `record_changes`, each batch of changed paths is saved to the outbox
+        before the batch touches the disk, so RSTUF hears of every write even
+        if the run dies right after it.
+        """
+        listed: dict[str, bool] = {}
+        self.progress.start(len(wanted), "fetching")
+        batch: list[Change] = []
+        for name, outcome in self.fetch_all(wanted):
+            self.progress.advance()
+            if isinstance(outcome, Exception):
+                self.keep_pending(name, wanted[name], outcome)
+                continue
+            change = Change(name, wanted[name].display_name, outcome, self.writer.read_page(name))
+            listed[name] = change.listed_after()
+            if not change.modifies:
+                self.summary.unchanged += change.page.body is not None
+                continue
+            batch.append(change)
+            if len(batch) >= self.BATCH:
+                self.apply_batch(batch, record_changes)
+                batch = []
+        self.apply_batch(batch, record_changes)
+        self.progress.finish()
+        for name in listed:  # only now: an intent save must not drop a pending name early
+            self.state.pending.pop(name, None)
+        return listed
+
+    def fetch_all(
+        self, wanted: dict[str, PendingProject]
+    ) -> Iterator[tuple[str, FetchedPage | UpstreamError]]:
+        """Fetch pages concurrently, yielding each as it finishes, with a bounded window."""
+        names = iter(sorted(wanted))
+        window = self.config.workers * 4
+        with concurrent.futures.ThreadPoolExecutor(self.config.workers) as pool:
+            running: dict[concurrent.futures.Future, str] = {}
+
+            def submit_next() -> None:
+                name = next(names, None)
+                if name is not None:
+                    running[pool.submit(self.fetch_current, name, wanted[name].serial)] = name
+
+            for _ in range(window):
+                submit_next()
+            while running:
+                done, _ = concurrent.futures.wait(running, return_when="FIRST_COMPLETED")
+                for future in done:
+                    name = running.pop(future)
+                    submit_next()
+                    try:
+                        yield name, future.result()
+                    except UpstreamError as exc:
+                        yield name, exc
+
+    def fetch_current(self, name: str, expected_serial: int) -> FetchedPage:
+        """Fetch a page, retrying while PyPI's CDN serves one older than the changelog."""
+        for attempt in range(self.config.retries + 1):
+            page = self.pypi.with_retries(name, lambda: self.pypi.fetch_page(name))
+            assert isinstance(page, FetchedPage)
+            if page.serial is None or page.serial >= expected_serial:
+                return page
+            log.debug("%s: stale page (serial %s < %d)", name, page.serial, expected_serial)
+            if attempt < self.config.retries:
+                time.sleep(retry_delay(attempt, self.config.backoff, None))
+        raise StalePage(name, expected_serial, page.serial or 0)
+
+    def keep_pending(self, name: str, item: PendingProject, error: Exception) -> None:
+        log.warning("%s; kept pending for the next run", error)
+        merge_pending(self.state.pending, name, item)
+        self.summary.failed += 1
+
+    def apply_batch(self, batch: list[Change], record_changes: bool) -> None:
+        if not batch:
+            return
+        if self.config.dry_run:
+            for change in batch:
+                self.out(f"{'remove' if change.removes else 'write'} {project_target(change.name)}")
+            return
+        membership = any(change.listed_before() != change.listed_after() for change in batch)
+        self.membership_changed |= membership
+        if record_changes:
+            self.state.outbox.dirty.update(project_target(change.name) for change in batch)
+            self.state.root_stale |= membership
+            self.save()
+        for change in batch:
+            self.writer.apply(change)
+            self.count(change)
+
+    def count(self, change: Change) -> None:
+        if change.removes:
+            self.summary.removed += 1
+        elif change.old is None:
+            self.summary.added += 1
+        else:
+            self.summary.updated += 1
+
+    # RSTUF
+
+    def deliver_outbox(self) -> None:
+        box = self.state.outbox
+        if self.config.dry_run:
+            for path in sorted(box.dirty):
+                exists = self.layout.path_of_target(path).exists()
+                self.out(f"rstuf-{'add' if exists else 'remove'} {path}")
+            return
+        if not box.dirty and not box.tasks:
+            return
+        if self.rstuf is None:
+            log.warning(
+                "%d change(s) wait in the outbox for RSTUF: set RSTUF_API_URL or --rstuf-url",
+                len(box),
+            )
+            return
+        report = RstufDelivery(
+            self.state, self.layout, self.rstuf, self.save, self.config
+        ).deliver()
+        self.summary.rstuf_sent += report.sent
+        self.summary.problems.extend(f"RSTUF: {error}" for error in report.errors)
+
+
+# --- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pypi_mirror.py",
+        description=(
+            "Mirror PyPI's simple index and keep RSTUF in step. The first run syncs every "
+            "project; later runs apply PyPI's changelog since the serial in the state file."
+        ),
+        epilog=(
+            "environment: PYPI_URL, RSTUF_API_URL, RSTUF_API_TOKEN (the token is read only "
+            "from the environment). exit codes: 0 done; 1 failed (state not advanced past "
+            "what is on disk); 2 usage error; 3 another run holds the mirror lock; 75 partly "
+            "done (pages or RSTUF changes kept pending for the next run)."
+        ),
+    )
+    parser.add_argument(
+        "--mirror-dir",
+        type=Path,
+        default=Path("pypi-index-mirror"),
+        help="mirror directory; pages go to DIR/pypi_mirror/ (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--state",
+        type=Path,
+        default=Path("state.json"),
+        help="state file: serial, pending projects, RSTUF outbox (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--pypi-url",
+        default=os.environ.get("PYPI_URL", "https://pypi.org"),
+        help="index to mirror; XML-RPC at URL/pypi, pages at URL/simple/ "
+        "(env PYPI_URL; default: %(default)s)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=positive_int,
+        default=8,
+        help="concurrent page fetches (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--full-check",
+        action="store_true",
+        help="compare PyPI's whole listing with the mirror: fetch what is "
+        "missing or behind, remove what PyPI no longer has (404)",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print what would be fetched, written, removed and sent to RSTUF "
+        "on stdout; change nothing",
+    )
+    parser.add_argument(
+        "--rstuf-url",
+        default=os.environ.get("RSTUF_API_URL"),
+        help="RSTUF API base URL (env RSTUF_API_URL); without it changes wait in the outbox",
+    )
+    parser.add_argument(
+        "--rstuf-wait",
+        type=positive_float,
+        default=600.0,
+        help="seconds to wait for RSTUF tasks to finish (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--grace",
+        type=positive_float,
+        default=3600.0,
+        help="seconds an old hash-prefixed page copy stays served for TUF "
+        "clients (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=60.0,
+        help="read timeout of one HTTP request, seconds (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--retries",
+        type=non_negative_int,
+        default=5,
+        help="retries per request and per stale page (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--backoff",
+        type=positive_float,
+        default=1.0,
+        help="first retry delay in seconds, doubled each retry, with jitter (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--xmlrpc-interval",
+        type=positive_float,
+        default=1.0,
+        help="seconds between XML-RPC calls, PyPI's etiquette (default: %(default)s)",
+    )
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument("-v", "--verbose", action="store_true", help="log every page")
+    verbosity.add_argument(
+        "-q", "--quiet", action="store_true", help="log warnings and errors only"
+    )
+    return parser
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
+def configure_logging(verbose: bool, quiet: bool) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    return Config(
+        mirror_dir=args.mirror_dir,
+        state_path=args.state,
+        pypi_url=args.pypi_url,
+        workers=args.workers,
+        full_check=args.full_check,
+        dry_run=args.dry_run,
+        rstuf_url=args.rstuf_url or None,
+        rstuf_token=os.environ.get("RSTUF_API_TOKEN") or None,
+        rstuf_wait=args.rstuf_wait,
+        grace=args.grace,
+        timeout=args.timeout,
+        retries=args.retries,
+        backoff=args.backoff,
+        xmlrpc_interval=args.xmlrpc_interval,
+        progress=sys.stderr.isatty() and not args.quiet,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.verbose, args.quiet)
+    config = config_from_args(args)
+    pypi = PypiClient(config.pypi_url, config)
+    rstuf = (
+        rstuf_client.RstufClient(config.rstuf_url, token=config.rstuf_token)
+        if config.rstuf_url
+        else None
+    )
+    try:
+        return Sync(config, pypi, rstuf, Progress(config.progress)).run()
+    except MirrorLocked as exc:
+        log.error("%s", exc)
+        return EXIT_LOCKED
+    except (MirrorError, StateError) as exc:
+        log.error("%s", exc)
+        return EXIT_FAILED
+    except OSError as exc:
+        log.error("local I/O error: %s (nothing past the last durable state was recorded)", exc)
+        return EXIT_FAILED
+    finally:
+        pypi.close()
+        if rstuf is not None:
+            rstuf.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Shared helpers for tests that run pypi_mirror.py against the stand-ins."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+import pypi_mirror
+from mirror_store import MirrorLayout, digest_file, is_prefixed_copy, load_state
+
+REPO = Path(__file__).resolve().parent.parent
+FAST = ["--xmlrpc-interval", "0", "--backoff", "0.01", "--retries", "2", "--workers", "4"]
+
+
+@dataclass
+class Mirror:
+    """One mirror directory and its state file, driven through main() or the CLI."""
+
+    root: Path
+    state: Path
+    pypi_url: str
+    rstuf_url: str | None = None
+
+    @property
+    def layout(self) -> MirrorLayout:
+        return MirrorLayout(self.root)
+
+    def args(self, *extra: str) -> list[str]:
+        args = ["--mirror-dir", str(self.root), "--state", str(self.state)]
+        args += ["--pypi-url", self.pypi_url, *FAST]
+        if self.rstuf_url:
+            args += ["--rstuf-url", self.rstuf_url, "--rstuf-wait", "20"]
+        return [*args, *extra]
+
+    def run(self, *extra: str) -> int:
+        """main(argv) in this process."""
+        return pypi_mirror.main(self.args(*extra))
+
+    def cli(
+        self, *extra: str, env: dict | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess:
+        """The real command line, as cron runs it."""
+        return subprocess.run(
+            [sys.executable, str(REPO / "pypi_mirror.py"), *self.args(*extra)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, **(env or {})},
+            cwd=self.root.parent,
+        )
+
+    def popen(self, *extra: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, str(REPO / "pypi_mirror.py"), *self.args(*extra)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=self.root.parent,
+        )
+
+    def serial(self) -> int | None:
+        return load_state(self.state).serial
+
+    def page(self, name: str) -> bytes | None:
+        path = self.layout.project_page(name)
+        return path.read_bytes() if path.exists() else None
+
+    def root_projects(self) -> dict[str, str]:
+        return pypi_mirror.parse_root_index(self.layout.root_page.read_bytes())
+
+    def targets(self) -> dict[str, bytes]:
+        """Every served page (not the prefixed copies) by target path."""
+        served = self.layout.served_dir
+        found = {}
+        for path in served.rglob("*"):
+            if path.is_file() and not is_prefixed_copy(path.name):
+                found[path.relative_to(served).as_posix()] = path.read_bytes()
+        return found
+
+
+def upstream_page(pypi_url: str, name: str) -> bytes | None:
+    """What the stand-in PyPI serves for a project right now (None: 404)."""
+    response = requests.get(f"{pypi_url}/simple/{name}/", timeout=10, allow_redirects=False)
+    with response:
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+        return response.content
+
+
+def upstream_listing(pypi_url: str) -> dict[str, str]:
+    """normalized -> display name of every project PyPI lists (root HTML)."""
+    response = requests.get(f"{pypi_url}/simple/", timeout=10, headers={"Accept": "text/html"})
+    with response:
+        links = re.findall(r'<a href="/simple/([^/]+)/">([^<]*)</a>', response.text)
+    import html
+
+    return {name: html.unescape(display) for name, display in links}
+
+
+def assert_mirror_matches_upstream(mirror: Mirror) -> None:
+    """The mirror holds exactly PyPI's listed projects, each page byte for byte."""
+    listing = upstream_listing(mirror.pypi_url)
+    assert mirror.root_projects() == listing
+    for name in listing:
+        assert mirror.page(name) == upstream_page(mirror.pypi_url, name), name
+    assert_consistent(mirror)
+
+
+def assert_consistent(mirror: Mirror) -> None:
+    """No temp file anywhere served; every page has its hash-prefixed copy with the same bytes."""
+    served = mirror.layout.served_dir
+    for path in served.rglob("*"):
+        assert ".tmp" not in path.name, path
+        if path.name == "index.html":
+            copy = path.parent / f"{digest_file(path).hexdigest}.index.html"
+            assert copy.exists() and os.path.samefile(copy, path), copy
+
+
+def files_outside(root: Path, allowed: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and allowed not in p.parents]
+
+
+def page_filenames(page: bytes) -> list[str]:
+    return re.findall(r">([^<>]+)</a><br />", page.decode())

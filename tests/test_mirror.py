@@ -1,0 +1,357 @@
+"""pypi_mirror.py against the stand-in PyPI: full sync, every journal action, resumption."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import pypi_mirror
+from mirror_store import load_state, mirror_lock
+from tests.fake_pypi import FakePyPI
+from tests.mirror_helpers import (
+    Mirror,
+    assert_consistent,
+    assert_mirror_matches_upstream,
+    files_outside,
+    page_filenames,
+    upstream_page,
+)
+
+
+@pytest.fixture
+def pypi() -> Iterator[FakePyPI]:
+    with FakePyPI() as fake:
+        for name in ("Django", "numpy", "zope.interface", "Foo_Bar", "requests"):
+            fake.add_release(name, "1.0", files=2)
+        yield fake
+
+
+@pytest.fixture
+def mirror(tmp_path: Path, pypi: FakePyPI) -> Mirror:
+    return Mirror(tmp_path / "pypi-index-mirror", tmp_path / "state.json", pypi.url)
+
+
+def synced(mirror: Mirror) -> Mirror:
+    assert mirror.run() == 0
+    return mirror
+
+
+# --- first sync -------------------------------------------------------------------
+
+
+def test_first_sync_copies_every_page_byte_for_byte(mirror: Mirror, pypi: FakePyPI) -> None:
+    assert mirror.run() == 0
+    assert_mirror_matches_upstream(mirror)
+    assert mirror.serial() == pypi.last_serial
+    assert sorted(mirror.root_projects()) == [
+        "django",
+        "foo-bar",
+        "numpy",
+        "requests",
+        "zope-interface",
+    ]
+    assert mirror.root_projects()["zope-interface"] == "zope.interface"
+    state = load_state(mirror.state)
+    assert not state.outbox.dirty, "a first sync sends nothing to RSTUF (the CSV bootstraps it)"
+
+
+def test_root_index_is_deterministic(mirror: Mirror, tmp_path: Path) -> None:
+    synced(mirror)
+    other = Mirror(tmp_path / "other", tmp_path / "other.json", mirror.pypi_url)
+    synced(other)
+    assert other.layout.root_page.read_bytes() == mirror.layout.root_page.read_bytes()
+
+
+def test_cli_prints_summary_and_exit_code(mirror: Mirror, pypi: FakePyPI) -> None:
+    result = mirror.cli()
+    assert result.returncode == 0, result.stderr
+    summary = [line for line in result.stderr.splitlines() if " summary " in line]
+    assert len(summary) == 1
+    assert "added=5 " in summary[0]
+    assert f"serial=None->{pypi.last_serial}" in summary[0]
+    assert result.stdout == ""
+
+
+# --- updates: each journal action --------------------------------------------------
+
+
+def update(mirror: Mirror, pypi: FakePyPI) -> None:
+    pypi.reset_log()
+    assert mirror.run() == 0
+    assert mirror.serial() == pypi.last_serial
+    assert_mirror_matches_upstream(mirror)
+
+
+ACTIONS = {
+    "create": lambda p: p.create_project("Brand.New"),
+    "new release": lambda p: p.add_release("numpy", "2.0", files=3),
+    "remove file": lambda p: p.remove_file(
+        "numpy", page_filenames(upstream_page(p.url, "numpy"))[0]
+    ),
+    "remove release": lambda p: p.remove_release("numpy", "1.0"),
+    "yank": lambda p: p.yank_release("Django", "1.0", reason="broken"),
+    "unyank": lambda p: (p.yank_release("Django", "1.0"), p.unyank_release("Django", "1.0")),
+    "role": lambda p: p.add_role("requests", "alice", "Maintainer"),
+    "quarantine": lambda p: p.quarantine_project("Foo_Bar"),
+    "quarantine cleared": lambda p: (
+        p.quarantine_project("Foo_Bar"),
+        p.clear_quarantine("Foo_Bar"),
+    ),
+    "remove project": lambda p: p.remove_project("Django"),
+    "rename": lambda p: p.rename_project("requests", "requests3"),
+    "removed and created again": lambda p: (
+        p.remove_project("numpy"),
+        p.create_project("NumPy"),
+        p.add_release("NumPy", "9.0", files=1),
+    ),
+}
+
+
+@pytest.mark.parametrize("action", ACTIONS)
+def test_each_journal_action_is_mirrored(mirror: Mirror, pypi: FakePyPI, action: str) -> None:
+    synced(mirror)
+    ACTIONS[action](pypi)
+    update(mirror, pypi)
+    assert_consistent(mirror)
+
+
+def test_remove_file_keeps_the_project(mirror: Mirror, pypi: FakePyPI) -> None:
+    synced(mirror)
+    filename = page_filenames(upstream_page(pypi.url, "numpy"))[0]
+    pypi.remove_file("numpy", filename)
+    update(mirror, pypi)
+    page = mirror.page("numpy")
+    assert page is not None and filename.encode() not in page
+    assert "numpy" in mirror.root_projects()
+
+
+def test_remove_project_removes_its_page_and_root_entry(mirror: Mirror, pypi: FakePyPI) -> None:
+    synced(mirror)
+    pypi.remove_project("Django")
+    assert mirror.run("--grace", "0") == 0
+    assert not mirror.layout.project_dir("django").exists()
+    assert "django" not in mirror.root_projects()
+
+
+def test_quarantined_project_keeps_page_but_leaves_root(mirror: Mirror, pypi: FakePyPI) -> None:
+    synced(mirror)
+    pypi.quarantine_project("Foo_Bar")
+    update(mirror, pypi)
+    page = mirror.page("foo-bar")
+    assert page is not None and b'content="quarantined"' in page
+    assert "foo-bar" not in mirror.root_projects()
+
+
+def test_rename_removes_old_and_adds_new(mirror: Mirror, pypi: FakePyPI) -> None:
+    synced(mirror)
+    pypi.rename_project("requests", "requests3")
+    update(mirror, pypi)
+    assert mirror.page("requests") is None
+    assert mirror.page("requests3") is not None
+    state = load_state(mirror.state)
+    assert {"simple/requests/index.html", "simple/requests3/index.html"} <= state.outbox.dirty
+
+
+def test_update_fetches_exactly_the_projects_the_changelog_mentions(
+    mirror: Mirror, pypi: FakePyPI
+) -> None:
+    synced(mirror)
+    pypi.add_release("numpy", "2.0")
+    pypi.add_release("numpy", "2.1")
+    pypi.yank_release("Django", "1.0")
+    pypi.reset_log()
+    assert mirror.run() == 0
+    assert pypi.count_pages() == 2
+    assert pypi.count("changelog_since_serial") == 1
+    assert pypi.count("list_packages_with_serial") == 0
+
+
+def test_nothing_changed_means_no_page_requests(mirror: Mirror, pypi: FakePyPI) -> None:
+    synced(mirror)
+    root_before = mirror.layout.root_page.stat().st_mtime_ns
+    pypi.reset_log()
+    assert mirror.run() == 0
+    assert pypi.count_pages() == 0
+    assert mirror.layout.root_page.stat().st_mtime_ns == root_before
+
+
+def test_changelog_is_paged_across_the_cap(tmp_path: Path) -> None:
+    with FakePyPI(page_cap=3) as pypi:
+        pypi.add_release("alpha", "1.0")
+        mirror = synced(Mirror(tmp_path / "m", tmp_path / "s.json", pypi.url))
+        for index in range(5):
+            pypi.add_release(f"proj{index}", "1.0", files=1)  # 3 rows each: 15 rows
+        pypi.reset_log()
+        assert mirror.run() == 0
+        assert pypi.count("changelog_since_serial") >= 5
+        assert mirror.serial() == pypi.last_serial
+        assert_mirror_matches_upstream(mirror)
+
+
+# --- stale pages and failures -----------------------------------------------------------
+
+
+def test_stale_page_is_retried_until_current(mirror: Mirror, pypi: FakePyPI) -> None:
+    synced(mirror)
+    pypi.add_release("numpy", "2.0")
+    pypi.inject("numpy", "stale", times=2)
+    update(mirror, pypi)
+
+
+def test_page_that_stays_stale_is_kept_pending(mirror: Mirror, pypi: FakePyPI) -> None:
+    synced(mirror)
+    old = mirror.page("numpy")
+    pypi.add_release("numpy", "2.0")
+    pypi.add_release("Django", "2.0")
+    pypi.inject("numpy", "stale", times=100)
+    assert mirror.run() == pypi_mirror.EXIT_PARTIAL
+    assert mirror.page("numpy") == old, "stale bytes must not replace the page"
+    assert mirror.page("django") == upstream_page(pypi.url, "django")
+    state = load_state(mirror.state)
+    assert state.serial == pypi.last_serial
+    assert list(state.pending) == ["numpy"]
+    pypi.clear_faults()
+    pypi.reset_log()
+    assert mirror.run() == 0
+    assert pypi.count_pages() == 1
+    assert_mirror_matches_upstream(mirror)
+    assert load_state(mirror.state).pending == {}
+
+
+def test_failing_project_does_not_abort_the_run(mirror: Mirror, pypi: FakePyPI) -> None:
+    synced(mirror)
+    pypi.add_release("numpy", "2.0")
+    pypi.add_release("Django", "2.0")
+    pypi.inject("numpy", "status", times=100, code=503)
+    assert mirror.run() == pypi_mirror.EXIT_PARTIAL
+    assert mirror.page("django") == upstream_page(pypi.url, "django")
+    assert "numpy" in load_state(mirror.state).pending
+
+
+def test_unreachable_pypi_fails_without_touching_state(mirror: Mirror, pypi: FakePyPI) -> None:
+    synced(mirror)
+    before = mirror.state.read_bytes()
+    dead = Mirror(mirror.root, mirror.state, "http://127.0.0.1:9")
+    result = dead.cli()
+    assert result.returncode == pypi_mirror.EXIT_FAILED
+    assert result.stderr.strip().splitlines()[-1].count("ERROR") == 1
+    assert mirror.state.read_bytes() == before
+
+
+# --- interruption -----------------------------------------------------------------------------
+
+
+def test_interrupted_first_sync_resumes_without_refetching(tmp_path: Path) -> None:
+    with FakePyPI() as pypi:
+        pypi.populate(300, seed=1)
+        mirror = Mirror(tmp_path / "m", tmp_path / "s.json", pypi.url)
+        for name in [f"slow{index}" for index in range(3)]:
+            pypi.add_release(name, "1.0")
+        process = mirror.popen("--workers", "2")
+        deadline = time.monotonic() + 30
+        simple = mirror.layout.simple_dir
+        while time.monotonic() < deadline:
+            if simple.exists() and sum(1 for _ in simple.iterdir()) >= 100:
+                break
+            time.sleep(0.01)
+        process.send_signal(signal.SIGKILL)
+        process.communicate()
+        assert not mirror.layout.root_page.exists()
+        written = sum(1 for _ in simple.iterdir())
+        assert 0 < written < 303
+        pypi.reset_log()
+        assert mirror.run() == 0
+        assert pypi.count_pages() <= 303 - written + 1
+        assert_mirror_matches_upstream(mirror)
+
+
+# --- hostile input, lock, usage ----------------------------------------------------------------
+
+
+# Control characters cannot travel in XML 1.0 at all (such an answer is malformed XML and
+# the run fails cleanly); test_mirror_store covers them at the name gate.
+HOSTILE = ["..", ".", "../x", "a/b", "/abs", "a\\b", "x" * 1000, "n\u03c5mpy", "", "GOOD"]
+
+
+def test_hostile_names_are_skipped_and_touch_nothing(tmp_path: Path) -> None:
+    with FakePyPI() as pypi:
+        pypi.add_release("good", "1.0")
+        for name in HOSTILE:
+            pypi.add_raw_listing_entry(name, 1)
+        mirror = Mirror(tmp_path / "m", tmp_path / "s.json", pypi.url)
+        assert mirror.run() == 0
+        for name in HOSTILE:
+            pypi.add_journal_row(name, None, "create")
+        pypi.add_release("GOOD", "2.0")
+        assert mirror.run() == 0
+        assert files_outside(tmp_path, mirror.layout.root) == [tmp_path / "s.json"]
+        assert sorted(p.name for p in mirror.layout.simple_dir.iterdir()) == ["good"]
+
+
+def test_second_run_exits_at_once_while_the_lock_is_held(mirror: Mirror) -> None:
+    synced(mirror)
+    with mirror_lock(mirror.layout.lock_path):
+        result = mirror.cli()
+    assert result.returncode == pypi_mirror.EXIT_LOCKED
+    assert "another run holds the mirror lock" in result.stderr
+
+
+def test_usage_error_exits_2(mirror: Mirror) -> None:
+    assert mirror.cli("--workers", "0").returncode == 2
+    assert mirror.cli("--no-such-option").returncode == 2
+
+
+def test_corrupt_state_is_refused_and_kept(mirror: Mirror) -> None:
+    synced(mirror)
+    mirror.state.write_text('{"schema": 1, "serial": ')
+    result = mirror.cli()
+    assert result.returncode == 1
+    assert "corrupt" in result.stderr and "--full-check" in result.stderr
+    assert mirror.state.read_text() == '{"schema": 1, "serial": '
+
+
+def test_dry_run_changes_nothing(mirror: Mirror, pypi: FakePyPI) -> None:
+    synced(mirror)
+    pypi.add_release("numpy", "2.0")
+    pypi.remove_project("Django")
+    before_state = mirror.state.read_bytes()
+    before = mirror.targets()
+    result = mirror.cli("--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "write simple/numpy/index.html" in result.stdout
+    assert "remove simple/django/index.html" in result.stdout
+    assert mirror.targets() == before
+    assert mirror.state.read_bytes() == before_state
+
+
+# --- full check ----------------------------------------------------------------------------------
+
+
+def test_full_check_repairs_what_the_changelog_never_reports(
+    mirror: Mirror, pypi: FakePyPI
+) -> None:
+    synced(mirror)
+    pypi.archive_project("numpy")  # no journal entry
+    mirror.layout.project_page("django").write_bytes(b"damaged")
+    assert mirror.run() == 0
+    assert b"archived" not in (mirror.page("numpy") or b"")
+    assert mirror.run("--full-check") == 0
+    assert_mirror_matches_upstream(mirror)
+    dirty = load_state(mirror.state).outbox.dirty
+    assert {"simple/numpy/index.html", "simple/django/index.html"} <= dirty
+
+
+def test_full_check_removes_only_projects_that_404(mirror: Mirror, pypi: FakePyPI) -> None:
+    synced(mirror)
+    pypi.quarantine_project("Foo_Bar")  # leaves the listing, keeps its page
+    stray = mirror.layout.project_dir("stray")
+    stray.mkdir()
+    (stray / "index.html").write_bytes(b"<html>not on PyPI</html>")
+    assert mirror.run("--full-check") == 0
+    assert not stray.joinpath("index.html").exists()
+    assert mirror.page("foo-bar") == upstream_page(pypi.url, "foo-bar")
+    assert "foo-bar" not in mirror.root_projects()
