@@ -1,0 +1,1040 @@
+"""A stand-in for RSTUF's REST API v1 (repository-service-tuf-api + worker), for tests.
+
+It answers like the real service on the endpoints the mirror uses, with the
+same paths, status codes, bodies and task lifecycle, so that ``rstuf_client``
+and ``pypi_mirror`` are tested against behaviour rather than against mocks:
+
+- ``POST /api/v1/artifacts/``, ``POST /api/v1/artifacts/delete``,
+  ``POST /api/v1/artifacts/publish/`` answer 202 with ``data.task_id``;
+  ``POST /api/v1/artifacts`` answers 307 to the slash form (FastAPI's
+  redirect_slashes); bodies RSTUF's pydantic models would refuse answer 422
+  with FastAPI's ``{"detail": [{"type", "loc", "msg", "input"}]}``.
+- Before the bootstrap, add/delete answer 404 ``{"detail": {"message": "Task
+  not accepted.", "error": "It requires bootstrap finished. State: None"}}``
+  (200 with ``not_bootstrapped_status=200``, as releases before the 404 did);
+  a publish is accepted anyway and does nothing.
+- ``GET /api/v1/task/?task_id=`` answers ``{"data": {"task_id", "state",
+  "result"?}}``; an unknown id is PENDING for ever; ``result`` is left out
+  while it is null, as RSTUF's ``response_model_exclude_none`` does.
+- The task lifecycle, in units of ``step`` seconds after acceptance:
+  PENDING; at 1 step STARTED; at 2 steps the add/delete writes its rows to
+  the artifact table and turns RUNNING. With ``publish_artifacts: true`` it
+  then posts its own publish (``publish_artifacts-<task id>``); otherwise it
+  stays RUNNING until some publish covers its rows. A publish runs on its own
+  queue, one at a time: it starts as soon as that queue is free, covers the
+  rows written *before it started*, and finishes half a step later, when
+  every task whose rows are all published turns SUCCESS. A publish posted
+  right after an add therefore runs before the add's rows exist, covers
+  nothing, and the add stays RUNNING for ever (REFERENCE: the publish race).
+- Results like the worker's: ``{"message", "status", "task", "last_update",
+  "details"}`` with ``added_artifacts``/``invalid_paths``/``artifact_roles`` or
+  ``deleted_artifacts``/``not_found_artifacts``. Re-adding a path updates it;
+  deleting an absent one lands in ``not_found_artifacts``.
+
+Fault injection (each for the next `times` matching requests or tasks):
+`fail_requests`, `drop_connections`, `slow_requests`, `fail_tasks`,
+`hang_tasks`; and `set_step`, `set_bootstrapped`, `set_delegations`.
+
+Records: `request_log` (method, path, headers, body, status of every request),
+`accepted` (every accepted add/delete/publish with its parsed body and task
+id, in order), `view` (what is published: ``{path: {"length", "hashes"}}``),
+`published_views` (the view after each publish that changed it), `rows`,
+`task_states()` and `stats`.
+
+Measured ceiling (``python -m tests.fake_rstuf --bench 10 5000``, this 2-CPU
+machine, Python 3.11, one keep-alive client sending pre-encoded bodies):
+10 requests of 5,000 artifacts (760 kB each) in 0.14 s, 360,000 artifacts/s
+end to end and 375,000 artifacts/s of handling (read, parse, validate,
+record, answer); 100 requests of 500: 270,000 artifacts/s; 20 requests of
+50,000 (7.7 MB each): 150,000 artifacts/s. Through ``rstuf_client`` (which
+validates and encodes every artifact) 10 adds of 5,000 take 0.6 s (80,000
+artifacts/s), and the full add / wait_written / publish / wait cycle of those
+50,000 1.1 s at the default step. So the stand-in is not what limits a test.
+
+Run alone: ``python -m tests.fake_rstuf --port 8081 [--step 0.5] [--not-bootstrapped]``
+(``POST /api/v1/bootstrap/`` with any JSON object then bootstraps it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import heapq
+import http.client
+import http.server
+import itertools
+import json
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from fnmatch import fnmatchcase
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+ADD = "add_artifacts"
+REMOVE = "remove_artifacts"
+PUBLISH = "publish_artifacts"
+
+ROUTES: dict[tuple[str, str], str] = {
+    ("POST", "/api/v1/artifacts/"): ADD,
+    ("POST", "/api/v1/artifacts/delete"): REMOVE,
+    ("POST", "/api/v1/artifacts/publish/"): PUBLISH,
+    ("GET", "/api/v1/task/"): "task",
+    ("GET", "/api/v1/bootstrap/"): "bootstrap",
+    ("POST", "/api/v1/bootstrap/"): "do_bootstrap",
+}
+_ROUTE_PATHS = {path for _, path in ROUTES}
+
+NOT_BOOTSTRAPPED_DETAIL = {
+    "message": "Task not accepted.",
+    "error": "It requires bootstrap finished. State: None",
+}
+SUBMITTED = {
+    ADD: "New Artifact(s) successfully submitted.",
+    REMOVE: "Remove Artifact(s) successfully submitted.",
+    PUBLISH: "Publish artifacts successfully submitted.",
+}
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+# --- records -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request as it arrived."""
+
+    method: str
+    path: str  # with the query string
+    headers: dict[str, str]  # names lower-cased
+    body: bytes
+    status: int | None  # None: the connection was dropped without an answer
+
+
+@dataclass(frozen=True)
+class AcceptedRequest:
+    """One add/delete/publish the stand-in accepted (answered 202)."""
+
+    action: str  # ADD, REMOVE or PUBLISH
+    task_id: str
+    body: Any  # the parsed JSON body (None for a publish)
+    at: float  # time.monotonic()
+
+
+@dataclass
+class Row:
+    """One row of RSTUF's artifact table."""
+
+    info: dict[str, Any]
+    action: str  # "ADD" or "REMOVE"
+    published: bool
+    role: str
+
+
+@dataclass
+class _Task:
+    task_id: str
+    action: str
+    payload: dict[str, Any] | None
+    state: str = "PENDING"
+    result: dict[str, Any] | None = None
+    waiting: set[str] = field(default_factory=set)  # rows this task waits to see published
+    final: dict[str, Any] | None = None  # its SUCCESS result, once published
+
+
+@dataclass
+class _Fault:
+    times: int
+    path: str | None = None  # only requests whose path starts with this
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def matches(self, path: str) -> bool:
+        return self.times > 0 and (self.path is None or path.startswith(self.path))
+
+
+@dataclass(frozen=True)
+class Stats:
+    """What the stand-in has handled; `artifacts_per_second` counts handling time only."""
+
+    requests: int
+    accepted_requests: int
+    artifacts: int
+    max_artifacts_per_request: int
+    busy_seconds: float  # time spent handling accepted add/delete requests
+    artifacts_per_second: float
+
+
+# --- FastAPI/pydantic-like validation of RSTUF's payloads ------------------------
+
+_TRUE = {"1", "on", "t", "true", "y", "yes"}
+_FALSE = {"0", "off", "f", "false", "n", "no"}
+_Loc = tuple[Any, ...]
+
+
+def _error(kind: str, loc: _Loc, msg: str, value: Any) -> dict[str, Any]:
+    return {"type": kind, "loc": ["body", *loc], "msg": msg, "input": value}
+
+
+def _model(value: Any, loc: _Loc, errors: list) -> bool:
+    if isinstance(value, dict):
+        return True
+    msg = "Input should be a valid dictionary or object to extract fields from"
+    errors.append(_error("model_attributes_type", loc, msg, value))
+    return False
+
+
+def _field(doc: dict, name: str, loc: _Loc, errors: list) -> tuple[bool, Any]:
+    if name in doc:
+        return True, doc[name]
+    errors.append(_error("missing", (*loc, name), "Field required", doc))
+    return False, None
+
+
+def _check_str(value: Any, loc: _Loc, errors: list) -> None:
+    if not isinstance(value, str):
+        errors.append(_error("string_type", loc, "Input should be a valid string", value))
+
+
+def _check_int(value: Any, loc: _Loc, errors: list) -> None:
+    """pydantic's lax int: ints, bools, integral floats and numeric strings pass."""
+    if isinstance(value, int):
+        return
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            errors.append(_error("finite_number", loc, "Input should be a finite number", value))
+        elif not value.is_integer():
+            msg = "Input should be a valid integer, got a number with a fractional part"
+            errors.append(_error("int_from_float", loc, msg, value))
+        return
+    if isinstance(value, str):
+        try:
+            int(value.strip())
+        except ValueError:
+            msg = "Input should be a valid integer, unable to parse string as an integer"
+            errors.append(_error("int_parsing", loc, msg, value))
+        return
+    errors.append(_error("int_type", loc, "Input should be a valid integer", value))
+
+
+def _check_bool(value: Any, loc: _Loc, errors: list) -> None:
+    """pydantic's lax bool: true/false, 0/1 and the usual words pass."""
+    if isinstance(value, bool):
+        return
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return
+    if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+        return
+    if isinstance(value, (int, float, str)):
+        msg = "Input should be a valid boolean, unable to interpret input"
+        errors.append(_error("bool_parsing", loc, msg, value))
+    else:
+        errors.append(_error("bool_type", loc, "Input should be a valid boolean", value))
+
+
+def _as_bool(value: Any) -> bool:
+    return value.lower() in _TRUE if isinstance(value, str) else bool(value)
+
+
+def _check_dict(value: Any, loc: _Loc, errors: list) -> bool:
+    if isinstance(value, dict):
+        return True
+    errors.append(_error("dict_type", loc, "Input should be a valid dictionary", value))
+    return False
+
+
+def _check_list(value: Any, loc: _Loc, errors: list) -> bool:
+    if isinstance(value, list):
+        return True
+    errors.append(_error("list_type", loc, "Input should be a valid list", value))
+    return False
+
+
+def _check_artifact(item: Any, loc: _Loc, errors: list) -> None:
+    if not _model(item, loc, errors):
+        return
+    found, info = _field(item, "info", loc, errors)
+    if found and _model(info, (*loc, "info"), errors):
+        info_loc = (*loc, "info")
+        found, length = _field(info, "length", info_loc, errors)
+        if found:
+            _check_int(length, (*info_loc, "length"), errors)
+        found, hashes = _field(info, "hashes", info_loc, errors)
+        if found and _check_dict(hashes, (*info_loc, "hashes"), errors):
+            for name, digest in hashes.items():
+                _check_str(digest, (*info_loc, "hashes", name), errors)
+        custom = info.get("custom")
+        if custom is not None:
+            _check_dict(custom, (*info_loc, "custom"), errors)
+    found, path = _field(item, "path", loc, errors)
+    if found:
+        _check_str(path, (*loc, "path"), errors)
+
+
+def validate_add_payload(doc: Any) -> list[dict[str, Any]]:
+    """Errors RSTUF's ``AddPayload`` model would report (unknown fields are ignored)."""
+    errors: list[dict[str, Any]] = []
+    if not _model(doc, (), errors):
+        return errors
+    found, artifacts = _field(doc, "artifacts", (), errors)
+    if found and _check_list(artifacts, ("artifacts",), errors):
+        for index, item in enumerate(artifacts):
+            _check_artifact(item, ("artifacts", index), errors)
+    for flag in ("add_task_id_to_custom", "publish_artifacts"):
+        if flag in doc:
+            _check_bool(doc[flag], (flag,), errors)
+    return errors
+
+
+def validate_delete_payload(doc: Any) -> list[dict[str, Any]]:
+    """Errors RSTUF's ``DeletePayload`` model would report."""
+    errors: list[dict[str, Any]] = []
+    if not _model(doc, (), errors):
+        return errors
+    found, artifacts = _field(doc, "artifacts", (), errors)
+    if found and _check_list(artifacts, ("artifacts",), errors):
+        for index, path in enumerate(artifacts):
+            _check_str(path, ("artifacts", index), errors)
+    if "publish_artifacts" in doc:
+        _check_bool(doc["publish_artifacts"], ("publish_artifacts",), errors)
+    return errors
+
+
+# --- delegations -----------------------------------------------------------------
+
+
+def hash_bin_role(path: str, number_of_bins: int) -> str:
+    """The succinct hash bin python-tuf (and so RSTUF) assigns `path` to."""
+    bit_length = max(1, (number_of_bins - 1).bit_length())
+    bits = int.from_bytes(hashlib.sha256(path.encode("utf-8")).digest()[:4], "big")
+    width = len(f"{number_of_bins - 1:x}")
+    return f"bins-{bits >> (32 - bit_length):0{width}x}"
+
+
+def _tuf_path_match(pattern: str, path: str) -> bool:
+    """TUF's delegated path matching: same number of segments, fnmatch on each."""
+    pattern_parts, path_parts = pattern.split("/"), path.split("/")
+    return len(pattern_parts) == len(path_parts) and all(
+        fnmatchcase(part, glob) for glob, part in zip(pattern_parts, path_parts, strict=True)
+    )
+
+
+# --- the scheduler ----------------------------------------------------------------
+
+
+class _Clock(threading.Thread):
+    """Runs callbacks at given times on one thread, like workers picking up tasks."""
+
+    def __init__(self) -> None:
+        super().__init__(name="fake-rstuf-clock", daemon=True)
+        self._heap: list[tuple[float, int, Callable[[], None]]] = []
+        self._seq = itertools.count()
+        self._cond = threading.Condition()
+        self._stopped = False
+
+    def at(self, when: float, callback: Callable[[], None]) -> None:
+        with self._cond:
+            heapq.heappush(self._heap, (when, next(self._seq), callback))
+            self._cond.notify()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+
+    def run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopped and (not self._heap or self._heap[0][0] > time.monotonic()):
+                    timeout = self._heap[0][0] - time.monotonic() if self._heap else None
+                    self._cond.wait(timeout)
+                if self._stopped:
+                    return
+                _, _, callback = heapq.heappop(self._heap)
+            callback()
+
+
+# --- the HTTP server --------------------------------------------------------------
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = False  # joined by server_close(), after their sockets are shut down
+    block_on_close = True
+
+    def __init__(self, address: tuple[str, int], fake: FakeRstuf) -> None:
+        self.fake = fake
+        self.open_sockets: set[socket.socket] = set()
+        self.sockets_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def process_request(self, request, client_address) -> None:
+        with self.sockets_lock:
+            self.open_sockets.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request) -> None:
+        with self.sockets_lock:
+            self.open_sockets.discard(request)
+        super().shutdown_request(request)
+
+    def handle_error(self, request, client_address) -> None:
+        # A client that hung up mid-answer is part of the tests (timeouts), not an error.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as uvicorn
+    server_version = "uvicorn"
+    sys_version = ""
+    timeout = 60  # seconds an idle keep-alive connection is kept
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        # Without it each answer waits ~40 ms for the client's delayed ACK (REFERENCE 6).
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # tests read request_log instead
+
+    def do_GET(self) -> None:
+        self.server.fake._handle(self)
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_GET
+
+
+@dataclass
+class _Answer:
+    status: int
+    body: bytes = b""
+    content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _json_answer(status: int, document: Any, headers: dict[str, str] | None = None) -> _Answer:
+    body = json.dumps(document, separators=(",", ":")).encode()
+    return _Answer(status, body, headers=headers or {})
+
+
+def _default_failure(status: int) -> _Answer:
+    """What RSTUF (or uvicorn, or a proxy) answers with a given status by itself."""
+    if status == 404:
+        return _json_answer(404, {"detail": NOT_BOOTSTRAPPED_DETAIL})
+    if status == 422:
+        missing = {"type": "missing", "loc": ["body", "artifacts"], "msg": "Field required"}
+        return _json_answer(422, {"detail": [{**missing, "input": {}}]})
+    phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+    if status >= 500:  # uvicorn's answer to an uncaught exception; proxies answer text too
+        return _Answer(status, phrase.encode(), "text/plain; charset=utf-8")
+    return _json_answer(status, {"detail": phrase})
+
+
+class FakeRstuf:
+    """The stand-in server: start with ``with FakeRstuf() as rstuf:``, reach it at `url`."""
+
+    def __init__(
+        self,
+        bootstrapped: bool = True,
+        step: float = 0.05,  # seconds between two task state changes
+        host: str = "127.0.0.1",
+        port: int = 0,
+        number_of_bins: int = 16,
+        not_bootstrapped_status: int = 404,
+    ) -> None:
+        self.step = step
+        self.number_of_bins = number_of_bins
+        self.not_bootstrapped_status = not_bootstrapped_status
+        self._bootstrap_id: str | None = uuid.uuid4().hex if bootstrapped else None
+        self._delegations: list[str] | None = None
+        self._lock = threading.RLock()
+        self._tasks: dict[str, _Task] = {}
+        self._rows: dict[str, Row] = {}
+        self._view: dict[str, dict[str, Any]] = {}
+        self.published_views: list[dict[str, dict[str, Any]]] = []
+        self.request_log: list[RecordedRequest] = []
+        self.accepted: list[AcceptedRequest] = []
+        self._request_faults: list[_Fault] = []
+        self._drop_faults: list[_Fault] = []
+        self._slow_faults: list[_Fault] = []
+        self._task_faults: list[_Fault] = []
+        self._hang_faults: list[_Fault] = []
+        self._publish_free_at = 0.0
+        self._busy = 0.0
+        self._artifacts = 0
+        self._max_artifacts = 0
+        self._stopping = threading.Event()
+        self._clock = _Clock()
+        self._server = _Server((host, port), self)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
+        )
+        self._started = False
+
+    # --- lifecycle ---
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> FakeRstuf:
+        self._clock.start()
+        self._thread.start()
+        self._started = True
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, end every open connection and join every thread."""
+        if not self._started:
+            self._server.server_close()
+            return
+        self._started = False
+        self._stopping.set()
+        self._server.shutdown()
+        with self._server.sockets_lock:
+            for sock in list(self._server.open_sockets):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+        self._server.server_close()
+        self._thread.join()
+        self._clock.stop()
+        self._clock.join()
+
+    def __enter__(self) -> FakeRstuf:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # --- configuration and faults ---
+
+    def set_step(self, seconds: float) -> None:
+        """Change the task speed for tasks scheduled from now on."""
+        with self._lock:
+            self.step = seconds
+
+    def set_bootstrapped(self, bootstrapped: bool) -> None:
+        with self._lock:
+            self._bootstrap_id = (self._bootstrap_id or uuid.uuid4().hex) if bootstrapped else None
+
+    def set_delegations(self, patterns: list[str] | None) -> None:
+        """Use custom delegated roles with these path patterns (None: hash bins cover all).
+
+        A path no pattern matches is reported in ``invalid_paths`` by an add and
+        in ``not_found_artifacts`` by a delete, like RSTUF does.
+        """
+        with self._lock:
+            self._delegations = list(patterns) if patterns is not None else None
+
+    def fail_requests(
+        self,
+        status: int,
+        times: int = 1,
+        detail: Any = None,
+        *,
+        body: bytes | str | None = None,
+        content_type: str = "text/plain; charset=utf-8",
+        retry_after: str | None = None,
+        path: str | None = None,
+    ) -> None:
+        """Answer the next `times` requests (whose path starts with `path`) with `status`.
+
+        The body is ``{"detail": detail}`` when `detail` is given, the raw `body`
+        when that is, else what RSTUF/uvicorn answer by themselves with that status.
+        """
+        options = {
+            "status": status,
+            "detail": detail,
+            "body": body.encode() if isinstance(body, str) else body,
+            "content_type": content_type,
+            "retry_after": retry_after,
+        }
+        with self._lock:
+            self._request_faults.append(_Fault(times, path, options))
+
+    def drop_connections(self, times: int = 1, path: str | None = None) -> None:
+        """Read the next `times` requests, then close the socket without answering."""
+        with self._lock:
+            self._drop_faults.append(_Fault(times, path))
+
+    def slow_requests(self, seconds: float, times: int = 1, path: str | None = None) -> None:
+        """Wait `seconds` before handling the next `times` requests (to cause read timeouts)."""
+        with self._lock:
+            self._slow_faults.append(_Fault(times, path, {"seconds": seconds}))
+
+    def fail_tasks(
+        self,
+        state: str = "ERRORED",
+        times: int = 1,
+        error: str = "injected failure",
+        actions: tuple[str, ...] = (ADD, REMOVE, PUBLISH),
+    ) -> None:
+        """End the next `times` accepted tasks of `actions` in `state`, changing nothing.
+
+        ``ERRORED``: a result with ``status: false`` and `error`; ``FAILURE``: an
+        uncaught exception (``result = {"message": error}``); ``SUCCESS``: a
+        SUCCESS with ``status: false``, as RSTUF API releases before the ERRORED
+        mapping answered; ``REVOKED``/``REJECTED`` likewise end the task.
+        """
+        with self._lock:
+            self._task_faults.append(
+                _Fault(times, None, {"state": state, "error": error, "actions": actions})
+            )
+
+    def hang_tasks(self, times: int = 1, state: str = "PENDING") -> None:
+        """The next `times` accepted tasks stop in `state` (PENDING or STARTED) for ever."""
+        if state not in ("PENDING", "STARTED"):
+            raise ValueError("a task can hang PENDING or STARTED")
+        with self._lock:
+            self._hang_faults.append(_Fault(times, None, {"state": state}))
+
+    # --- records ---
+
+    @property
+    def view(self) -> dict[str, dict[str, Any]]:
+        """What is published now: ``{path: {"length", "hashes"}}``."""
+        with self._lock:
+            return json.loads(json.dumps(self._view))
+
+    @property
+    def rows(self) -> dict[str, Row]:
+        with self._lock:
+            return dict(self._rows)
+
+    def task_states(self) -> dict[str, str]:
+        with self._lock:
+            return {task_id: task.state for task_id, task in self._tasks.items()}
+
+    @property
+    def stats(self) -> Stats:
+        with self._lock:
+            accepted = sum(1 for a in self.accepted if a.action in (ADD, REMOVE))
+            rate = self._artifacts / self._busy if self._busy else 0.0
+            return Stats(
+                requests=len(self.request_log),
+                accepted_requests=accepted,
+                artifacts=self._artifacts,
+                max_artifacts_per_request=self._max_artifacts,
+                busy_seconds=self._busy,
+                artifacts_per_second=rate,
+            )
+
+    # --- request handling ---
+
+    def _handle(self, handler: _Handler) -> None:
+        started = time.perf_counter()
+        length = int(handler.headers.get("Content-Length") or 0)
+        body = handler.rfile.read(length) if length else b""
+        split = urlsplit(handler.path)
+        headers = {name.lower(): value for name, value in handler.headers.items()}
+        with self._lock:
+            if self._take(self._drop_faults, split.path):
+                self.request_log.append(
+                    RecordedRequest(handler.command, handler.path, headers, body, None)
+                )
+                handler.close_connection = True
+                return
+            slow = self._take(self._slow_faults, split.path)
+        if slow is not None:
+            self._stopping.wait(slow.options["seconds"])
+        with self._lock:
+            answer, artifacts = self._answer(handler, split, body)
+            self.request_log.append(
+                RecordedRequest(handler.command, handler.path, headers, body, answer.status)
+            )
+            if artifacts is not None:  # counted before answering, so a client never sees less
+                self._busy += time.perf_counter() - started
+                self._artifacts += artifacts
+                self._max_artifacts = max(self._max_artifacts, artifacts)
+        self._send(handler, answer)
+
+    @staticmethod
+    def _take(faults: list[_Fault], path: str) -> _Fault | None:
+        for fault in faults:
+            if fault.matches(path):
+                fault.times -= 1
+                return fault
+        return None
+
+    def _send(self, handler: _Handler, answer: _Answer) -> None:
+        try:
+            handler.send_response(answer.status)
+            handler.send_header("Content-Type", answer.content_type)
+            handler.send_header("Content-Length", str(len(answer.body)))
+            for name, value in answer.headers.items():
+                handler.send_header(name, value)
+            handler.end_headers()
+            handler.wfile.write(answer.body)
+        except (BrokenPipeError, ConnectionResetError):
+            handler.close_connection = True  # the client gave up (a timeout test)
+
+    def _answer(self, handler: _Handler, split, body: bytes) -> tuple[_Answer, int | None]:
+        fault = self._take(self._request_faults, split.path)
+        if fault is not None:
+            return self._fault_answer(fault.options), None
+        route = ROUTES.get((handler.command, split.path))
+        if route is None:
+            return self._no_route(handler, split), None
+        if route == "task":
+            return self._get_task(split.query), None
+        if route == "bootstrap":
+            return self._get_bootstrap(), None
+        if route == "do_bootstrap":
+            return self._post_bootstrap(body), None
+        if route == PUBLISH:
+            return self._accept(PUBLISH, None, []), None
+        return self._post_artifacts(route, body)
+
+    @staticmethod
+    def _fault_answer(options: dict[str, Any]) -> _Answer:
+        status = options["status"]
+        if options["body"] is not None:
+            answer = _Answer(status, options["body"], options["content_type"])
+        elif options["detail"] is not None:
+            answer = _json_answer(status, {"detail": options["detail"]})
+        else:
+            answer = _default_failure(status)
+        if options["retry_after"] is not None:
+            answer.headers["Retry-After"] = options["retry_after"]
+        return answer
+
+    def _no_route(self, handler: _Handler, split) -> _Answer:
+        if split.path in _ROUTE_PATHS:
+            allowed = ", ".join(sorted(m for m, p in ROUTES if p == split.path))
+            return _json_answer(405, {"detail": "Method Not Allowed"}, {"Allow": allowed})
+        other = split.path[:-1] if split.path.endswith("/") else split.path + "/"
+        if other in _ROUTE_PATHS:  # Starlette's redirect_slashes
+            host = handler.headers.get("Host") or "{}:{}".format(*self._server.server_address)
+            location = f"http://{host}{other}" + (f"?{split.query}" if split.query else "")
+            return _Answer(307, b"", headers={"Location": location})
+        return _json_answer(404, {"detail": "Not Found"})
+
+    def _get_bootstrap(self) -> _Answer:
+        if self._bootstrap_id is None:
+            data: dict[str, Any] = {"bootstrap": False}
+            message = "System available for bootstrap."
+        else:
+            data = {"bootstrap": True, "state": "finished", "id": self._bootstrap_id}
+            message = "System LOCKED for bootstrap."
+        return _json_answer(200, {"data": data, "message": message})
+
+    def _post_bootstrap(self, body: bytes) -> _Answer:
+        """A bootstrap that takes any JSON object (the real one wants signed root metadata)."""
+        if self._bootstrap_id is not None:
+            return _json_answer(200, {"detail": {"error": "System already has a Metadata."}})
+        try:
+            json.loads(body)
+        except ValueError:
+            return self._json_invalid()
+        self._bootstrap_id = uuid.uuid4().hex
+        data = {"task_id": self._bootstrap_id}
+        return _json_answer(202, {"data": data, "message": "Bootstrap accepted."})
+
+    def _get_task(self, query: str) -> _Answer:
+        task_ids = parse_qs(query).get("task_id")
+        if not task_ids:
+            error = {"type": "missing", "loc": ["query", "task_id"], "msg": "Field required"}
+            return _json_answer(422, {"detail": [{**error, "input": None}]})
+        task = self._tasks.get(task_ids[0])
+        data: dict[str, Any] = {"task_id": task_ids[0], "state": "PENDING"}
+        if task is not None:
+            data["state"] = task.state
+            if task.result is not None:
+                data["result"] = task.result
+        return _json_answer(200, {"data": data, "message": "Task state."})
+
+    @staticmethod
+    def _json_invalid() -> _Answer:
+        error = {"type": "json_invalid", "loc": ["body", 0], "msg": "JSON decode error"}
+        return _json_answer(422, {"detail": [{**error, "input": {}, "ctx": {"error": "?"}}]})
+
+    def _post_artifacts(self, action: str, body: bytes) -> tuple[_Answer, int | None]:
+        if not body:
+            error = {"type": "missing", "loc": ["body"], "msg": "Field required", "input": None}
+            return _json_answer(422, {"detail": [error]}), None
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            return self._json_invalid(), None
+        validate = validate_add_payload if action == ADD else validate_delete_payload
+        errors = validate(doc)
+        if errors:
+            return _json_answer(422, {"detail": errors}), None
+        if self._bootstrap_id is None:
+            detail = {"detail": NOT_BOOTSTRAPPED_DETAIL}
+            return _json_answer(self.not_bootstrapped_status, detail), None
+        if action == ADD:
+            paths = [item["path"] for item in doc["artifacts"]]
+        else:
+            paths = list(doc["artifacts"])
+        return self._accept(action, doc, paths), len(paths)
+
+    def _accept(self, action: str, doc: dict[str, Any] | None, paths: list[str]) -> _Answer:
+        task_id = uuid.uuid4().hex
+        task = _Task(task_id, action, doc)
+        self._tasks[task_id] = task
+        self.accepted.append(AcceptedRequest(action, task_id, doc, time.monotonic()))
+        message = SUBMITTED[action]
+        if doc is not None and not _as_bool(doc.get("publish_artifacts", True)):
+            message += " Publishing will be skipped."
+        self._schedule(task)
+        data = {"artifacts": paths, "task_id": task_id, "last_update": _now_iso()}
+        return _json_answer(202, {"data": {**data, "message": message}, "message": message})
+
+    # --- the task lifecycle ---
+
+    def _schedule(self, task: _Task) -> None:
+        hang = self._take(self._hang_faults, "")
+        fault = None
+        for candidate in self._task_faults:
+            if candidate.times > 0 and task.action in candidate.options["actions"]:
+                candidate.times -= 1
+                fault = candidate
+                break
+        now, step = time.monotonic(), self.step
+        if hang is not None:
+            if hang.options["state"] == "STARTED":
+                self._clock.at(now + step, lambda: self._set_state(task, "STARTED", {}))
+            return
+        if task.action == PUBLISH:
+            self._queue_publish(task, fault)
+            return
+        self._clock.at(now + step, lambda: self._set_state(task, "STARTED", {}))
+        self._clock.at(now + 2 * step, lambda: self._write_rows(task, fault))
+
+    def _set_state(self, task: _Task, state: str, result: dict[str, Any] | None) -> None:
+        with self._lock:
+            if task.state in ("PENDING", "STARTED"):
+                task.state, task.result = state, result
+
+    @staticmethod
+    def _result(action: str, message: str, details: Any, error: str | None = None) -> dict:
+        result = {"message": message, "status": error is None, "task": action}
+        if error is not None:
+            result["error"] = error
+        result["last_update"] = _now_iso()
+        if details is not None:
+            result["details"] = details
+        return result
+
+    def _fail(self, task: _Task, fault: _Fault) -> None:
+        state, error = fault.options["state"], fault.options["error"]
+        if state in ("ERRORED", "SUCCESS"):
+            message = {ADD: "Adding artifact(s) Failed", REMOVE: "Removing artifact(s) Failed"}
+            result = self._result(task.action, message.get(task.action, "Failed"), None, error)
+        else:
+            result = {"message": error}
+        task.state, task.result = state, result
+
+    def _role_for(self, path: str) -> str | None:
+        if self._delegations is None:
+            return hash_bin_role(path, self.number_of_bins)
+        for index, pattern in enumerate(self._delegations):
+            if _tuf_path_match(pattern, path):
+                return f"delegated-{index}"
+        return None
+
+    def _write_rows(self, task: _Task, fault: _Fault | None) -> None:
+        """The worker's add/remove: write the rows, then wait for a publish."""
+        with self._lock:
+            if fault is not None:
+                self._fail(task, fault)
+                return
+            assert task.payload is not None
+            details = self._add_rows(task) if task.action == ADD else self._remove_rows(task)
+            if details is None:
+                return
+            message = "Artifact(s) Added" if task.action == ADD else "Artifact(s) removed"
+            task.final = self._result(task.action, message, details)
+            if not task.waiting:
+                task.state, task.result = "SUCCESS", task.final
+                return
+            task.state, task.result = "RUNNING", self._running_result(task)
+            if _as_bool(task.payload.get("publish_artifacts", True)):
+                subtask = _Task(f"publish_artifacts-{task.task_id}", PUBLISH, None)
+                self._tasks[subtask.task_id] = subtask
+                self._queue_publish(subtask, None)
+
+    def _add_rows(self, task: _Task) -> dict[str, Any]:
+        added, invalid, roles = [], [], []
+        for item in task.payload["artifacts"]:
+            path, info = item["path"], item["info"]
+            role = self._role_for(path)
+            if role is None:
+                invalid.append(path)
+                continue
+            info = {**info, "length": int(info["length"])}
+            self._rows[path] = Row(info, "ADD", False, role)
+            task.waiting.add(path)
+            added.append(path)
+            if role not in roles:
+                roles.append(role)
+        return {"added_artifacts": added, "invalid_paths": invalid, "artifact_roles": roles}
+
+    def _remove_rows(self, task: _Task) -> dict[str, Any] | None:
+        paths = task.payload["artifacts"]
+        if not paths:
+            error = "At list one artifact is required"  # sic, RSTUF's text
+            task.state = "ERRORED"
+            task.result = self._result(REMOVE, "Removing artifact(s) Failed", None, error)
+            return None
+        deleted, not_found = [], []
+        for path in paths:
+            row = self._rows.get(path)
+            if (
+                self._role_for(path) is None
+                or row is None
+                or (row.action == "REMOVE" and row.published)
+            ):
+                not_found.append(path)
+                continue
+            self._rows[path] = Row(row.info, "REMOVE", False, row.role)
+            task.waiting.add(path)
+            deleted.append(path)
+        return {"deleted_artifacts": deleted, "not_found_artifacts": not_found}
+
+    def _running_result(self, task: _Task) -> dict[str, Any]:
+        roles = sorted({self._rows[path].role for path in task.waiting})
+        details = {"published_roles": [], "roles_to_publish": str(roles)}
+        return {"message": "Publishing", "last_update": _now_iso(), "details": details}
+
+    def _queue_publish(self, task: _Task, fault: _Fault | None) -> None:
+        """Publishes run one at a time on their own queue, as soon as it is free."""
+        start = max(time.monotonic(), self._publish_free_at)
+        finish = start + self.step / 2
+        self._publish_free_at = finish
+        self._clock.at(start, lambda: self._start_publish(task, fault, finish))
+
+    def _start_publish(self, task: _Task, fault: _Fault | None, finish: float) -> None:
+        with self._lock:
+            task.state, task.result = "STARTED", {}
+            if fault is not None:
+                self._clock.at(finish, lambda: self._end_failed_publish(task, fault))
+                return
+            covered = [(path, row) for path, row in self._rows.items() if not row.published]
+        self._clock.at(finish, lambda: self._finish_publish(task, covered))
+
+    def _end_failed_publish(self, task: _Task, fault: _Fault) -> None:
+        with self._lock:
+            self._fail(task, fault)
+
+    def _finish_publish(self, task: _Task, covered: list[tuple[str, Row]]) -> None:
+        with self._lock:
+            roles: list[str] = []
+            if self._bootstrap_id is not None:
+                roles = self._publish_rows(covered)
+            details = {"target_roles": roles or None}
+            task.state = "SUCCESS"
+            task.result = self._result(PUBLISH, "Publish Artifacts Processed", details)
+
+    def _publish_rows(self, covered: list[tuple[str, Row]]) -> list[str]:
+        """Publish the rows seen when the publish started (a row rewritten since is not)."""
+        roles: list[str] = []
+        for path, row in covered:
+            if self._rows.get(path) is not row or row.published:
+                continue
+            row.published = True
+            if row.action == "ADD":
+                self._view[path] = {"length": row.info["length"], "hashes": row.info["hashes"]}
+            else:
+                self._view.pop(path, None)
+            if row.role not in roles:
+                roles.append(row.role)
+        if covered:
+            self.published_views.append(json.loads(json.dumps(self._view)))
+        for other in self._tasks.values():
+            if other.state == "RUNNING" and other.final is not None:
+                other.waiting = {p for p in other.waiting if not self._rows[p].published}
+                if not other.waiting:
+                    other.state, other.result = "SUCCESS", other.final
+        return roles
+
+
+# --- running alone ----------------------------------------------------------------
+
+
+def _bench(requests_count: int, size: int) -> None:
+    """Send `requests_count` adds of `size` artifacts over one keep-alive connection."""
+    with FakeRstuf(step=60.0) as fake:
+        host, port = fake._server.server_address[:2]
+        digest = "0" * 64
+        bodies = []
+        for number in range(requests_count):
+            artifacts = [
+                {
+                    "path": f"simple/p{number}-{i}/index.html",
+                    "info": {"length": i, "hashes": {"blake2b-256": digest}},
+                }
+                for i in range(size)
+            ]
+            body = {
+                "artifacts": artifacts,
+                "add_task_id_to_custom": False,
+                "publish_artifacts": False,
+            }
+            bodies.append(json.dumps(body, separators=(",", ":")).encode())
+        connection = http.client.HTTPConnection(host, port, timeout=120)
+        try:
+            started = time.perf_counter()
+            for body in bodies:
+                connection.request(
+                    "POST", "/api/v1/artifacts/", body, {"Content-Type": "application/json"}
+                )
+                response = connection.getresponse()
+                response.read()
+                if response.status != 202:
+                    raise SystemExit(f"unexpected HTTP {response.status}")
+            elapsed = time.perf_counter() - started
+        finally:
+            connection.close()
+        stats = fake.stats
+        total = requests_count * size
+        megabytes = sum(map(len, bodies)) / 1e6
+        print(
+            f"{requests_count} requests x {size} artifacts ({megabytes:.1f} MB) in "
+            f"{elapsed:.2f}s: {total / elapsed:,.0f} artifacts/s end to end, "
+            f"{stats.artifacts_per_second:,.0f} artifacts/s handling, "
+            f"max {stats.max_artifacts_per_request} per request"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="A stand-in RSTUF API v1 for tests.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8081)
+    parser.add_argument("--step", type=float, default=0.5, help="seconds per task state change")
+    parser.add_argument("--not-bootstrapped", action="store_true")
+    parser.add_argument(
+        "--bench",
+        nargs=2,
+        type=int,
+        metavar=("REQUESTS", "ARTIFACTS"),
+        help="measure the stand-in's own ceiling and exit",
+    )
+    args = parser.parse_args(argv)
+    if args.bench:
+        _bench(*args.bench)
+        return 0
+    fake = FakeRstuf(
+        bootstrapped=not args.not_bootstrapped, step=args.step, host=args.host, port=args.port
+    )
+    with fake:
+        print(f"fake RSTUF listening on {fake.url}", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            while True:
+                time.sleep(3600)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
