@@ -87,6 +87,7 @@ class Config:
     rstuf_token: str | None = None  # from RSTUF_API_TOKEN only
     rstuf_wait: float = 600.0  # seconds to wait for RSTUF tasks per delivery
     rstuf_batch: int = 5000  # artifacts per RSTUF request
+    rstuf_poll: float = 2.0  # seconds between two task polls
     grace: float = 3600.0  # seconds an old hash-prefixed copy stays served
     timeout: float = 60.0  # read timeout of one HTTP request, seconds
     connect_timeout: float = 10.0
@@ -781,6 +782,7 @@ class RstufDelivery:
         self.layout, self.client, self.save, self.config = layout, client, save, config
         self.clock, self.sleep = clock, sleep
         self.task_states: dict[str, str] = {}
+        self.failed_paths: set[str] = set()  # not resent in the run their task failed in
 
     def deliver(self) -> DeliveryReport:
         """Poll, send, publish and wait until every task ended or `rstuf_wait` passed."""
@@ -813,6 +815,7 @@ class RstufDelivery:
             failure = rstuf_client.task_failure(result)
             if failure is not None:
                 report.errors.append(failure)
+                self.failed_paths.update(task.paths)
                 self._requeue(task)
             elif result.state == "SUCCESS":
                 report.confirmed += len(task.paths)
@@ -836,7 +839,7 @@ class RstufDelivery:
         self.box.dirty.update(task.paths)
 
     def _send(self, report: DeliveryReport) -> None:
-        ready = sorted(self.box.dirty - self.box.in_flight_paths())
+        ready = sorted(self.box.dirty - self.box.in_flight_paths() - self.failed_paths)
         if not ready:
             return
         adds, removes = self._final_states(ready)
@@ -1296,6 +1299,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to wait for RSTUF tasks to finish (default: %(default)s)",
     )
     parser.add_argument(
+        "--rstuf-batch",
+        type=positive_int,
+        default=5000,
+        help="artifacts per RSTUF request; a bigger update is sent in several requests and "
+        "published once (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--rstuf-poll",
+        type=positive_float,
+        default=2.0,
+        help="seconds between two polls of an RSTUF task (default: %(default)s)",
+    )
+    parser.add_argument(
         "--grace",
         type=positive_float,
         default=3600.0,
@@ -1378,6 +1394,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         rstuf_url=args.rstuf_url or None,
         rstuf_token=os.environ.get("RSTUF_API_TOKEN") or None,
         rstuf_wait=args.rstuf_wait,
+        rstuf_batch=args.rstuf_batch,
+        rstuf_poll=args.rstuf_poll,
         grace=args.grace,
         timeout=args.timeout,
         retries=args.retries,
@@ -1387,16 +1405,28 @@ def config_from_args(args: argparse.Namespace) -> Config:
     )
 
 
+def make_rstuf_client(config: Config) -> rstuf_client.RstufClient:
+    return rstuf_client.RstufClient(
+        config.rstuf_url or "",
+        token=config.rstuf_token,
+        timeout=(config.connect_timeout, config.timeout),
+        retries=config.retries,
+        backoff=config.backoff,
+        poll_interval=config.rstuf_poll,
+        user_agent=USER_AGENT,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose, args.quiet)
     config = config_from_args(args)
     pypi = PypiClient(config.pypi_url, config)
-    rstuf = (
-        rstuf_client.RstufClient(config.rstuf_url, token=config.rstuf_token)
-        if config.rstuf_url
-        else None
-    )
+    try:
+        rstuf = make_rstuf_client(config) if config.rstuf_url else None
+    except ValueError as exc:
+        log.error("%s", exc)
+        return EXIT_USAGE
     try:
         return Sync(config, pypi, rstuf, Progress(config.progress)).run()
     except MirrorLocked as exc:

@@ -1,0 +1,282 @@
+"""pypi_mirror.py with RSTUF in the loop: the outbox, final states, faults, publishing."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import pypi_mirror
+import rstuf_client
+from mirror_store import MirrorLayout, digest_file, iter_targets, load_state
+from tests.fake_pypi import FakePyPI
+from tests.fake_rstuf import ADD, PUBLISH, REMOVE, FakeRstuf
+from tests.mirror_helpers import Mirror, assert_consistent, assert_mirror_matches_upstream
+
+RSTUF_FAST = ["--rstuf-poll", "0.05"]
+
+
+@pytest.fixture
+def pypi() -> Iterator[FakePyPI]:
+    with FakePyPI() as fake:
+        for name in ("Django", "numpy", "zope.interface", "Foo_Bar", "requests"):
+            fake.add_release(name, "1.0", files=2)
+        yield fake
+
+
+@pytest.fixture
+def rstuf() -> Iterator[FakeRstuf]:
+    with FakeRstuf(step=0.02) as fake:
+        yield fake
+
+
+def mirror_view(layout: MirrorLayout) -> dict[str, dict]:
+    """What RSTUF should publish for this mirror: every target with its length and hash."""
+    view = {}
+    for target in iter_targets(layout):
+        digest = digest_file(layout.path_of_target(target))
+        view[target] = {"length": digest.length, "hashes": {"blake2b-256": digest.hexdigest}}
+    return view
+
+
+def bootstrap(rstuf: FakeRstuf, layout: MirrorLayout) -> None:
+    """Stand in for the CSV import: register every page the first sync wrote."""
+    artifacts = [
+        rstuf_client.Artifact(path, info["length"], info["hashes"])
+        for path, info in mirror_view(layout).items()
+    ]
+    with rstuf_client.RstufClient(rstuf.url, poll_interval=0.05) as client:
+        client.wait(client.add(artifacts), deadline=float("inf"))
+    rstuf.accepted.clear()
+
+
+@pytest.fixture
+def mirror(tmp_path: Path, pypi: FakePyPI, rstuf: FakeRstuf) -> Mirror:
+    mirror = Mirror(tmp_path / "pypi-index-mirror", tmp_path / "state.json", pypi.url)
+    assert mirror.run() == 0  # first sync: no RSTUF yet
+    bootstrap(rstuf, mirror.layout)
+    mirror.rstuf_url = rstuf.url
+    return mirror
+
+
+def sent_paths(rstuf: FakeRstuf, action: str) -> list[str]:
+    found = []
+    for request in rstuf.accepted:
+        if request.action != action:
+            continue
+        for item in request.body["artifacts"]:
+            found.append(item["path"] if isinstance(item, dict) else item)
+    return found
+
+
+def test_first_sync_sends_nothing(tmp_path: Path, pypi: FakePyPI, rstuf: FakeRstuf) -> None:
+    mirror = Mirror(tmp_path / "m", tmp_path / "s.json", pypi.url, rstuf.url)
+    assert mirror.run(*RSTUF_FAST) == 0
+    assert rstuf.accepted == []
+
+
+def test_update_sends_final_state_of_each_changed_page(
+    mirror: Mirror, pypi: FakePyPI, rstuf: FakeRstuf
+) -> None:
+    pypi.add_release("numpy", "2.0")
+    pypi.remove_project("Django")
+    pypi.rename_project("requests", "requests3")
+    pypi.create_project("Brand-New")
+    assert mirror.run(*RSTUF_FAST) == 0
+    assert_mirror_matches_upstream(mirror)
+    assert rstuf.view == mirror_view(mirror.layout)
+    assert sorted(sent_paths(rstuf, ADD)) == [
+        "index.html",
+        "simple/brand-new/index.html",
+        "simple/numpy/index.html",
+        "simple/requests3/index.html",
+    ]
+    assert sorted(sent_paths(rstuf, REMOVE)) == [
+        "simple/django/index.html",
+        "simple/requests/index.html",
+    ]
+    state = load_state(mirror.state)
+    assert not state.outbox.dirty and not state.outbox.tasks
+
+
+def test_removed_and_recreated_project_is_only_added(
+    mirror: Mirror, pypi: FakePyPI, rstuf: FakeRstuf
+) -> None:
+    pypi.remove_project("numpy")
+    pypi.create_project("numpy")
+    pypi.add_release("numpy", "3.0")
+    assert mirror.run(*RSTUF_FAST) == 0
+    assert "simple/numpy/index.html" in sent_paths(rstuf, ADD)
+    assert "simple/numpy/index.html" not in sent_paths(rstuf, REMOVE)
+    assert rstuf.view == mirror_view(mirror.layout)
+
+
+def test_artifacts_carry_length_and_blake2b_of_the_bytes_served(
+    mirror: Mirror, pypi: FakePyPI, rstuf: FakeRstuf
+) -> None:
+    pypi.add_release("numpy", "2.0")
+    assert mirror.run(*RSTUF_FAST) == 0
+    (request,) = [r for r in rstuf.accepted if r.action == ADD]
+    item = next(a for a in request.body["artifacts"] if a["path"] == "simple/numpy/index.html")
+    page = mirror.layout.project_page("numpy").read_bytes()
+    import hashlib
+
+    assert item["info"] == {
+        "length": len(page),
+        "hashes": {"blake2b-256": hashlib.blake2b(page, digest_size=32).hexdigest()},
+    }
+    assert request.body["publish_artifacts"] is True
+
+
+def test_large_update_is_batched_and_published_once(
+    mirror: Mirror, pypi: FakePyPI, rstuf: FakeRstuf
+) -> None:
+    for index in range(12):
+        pypi.add_release(f"bulk{index}", "1.0", files=1)
+    assert mirror.run(*RSTUF_FAST, "--rstuf-batch", "5") == 0
+    adds = [r for r in rstuf.accepted if r.action == ADD]
+    publishes = [r for r in rstuf.accepted if r.action == PUBLISH]
+    assert len(adds) == 3 and all(r.body["publish_artifacts"] is False for r in adds)
+    assert len(publishes) == 1
+    assert rstuf.view == mirror_view(mirror.layout)
+    assert set(rstuf.task_states().values()) == {"SUCCESS"}
+
+
+def test_without_rstuf_url_changes_wait_then_go(
+    mirror: Mirror, pypi: FakePyPI, rstuf: FakeRstuf
+) -> None:
+    url, mirror.rstuf_url = mirror.rstuf_url, None
+    pypi.add_release("numpy", "2.0")
+    result = mirror.cli()
+    assert result.returncode == 0
+    assert "wait in the outbox" in result.stderr
+    assert rstuf.accepted == []
+    mirror.rstuf_url = url
+    assert mirror.run(*RSTUF_FAST) == 0
+    assert rstuf.view == mirror_view(mirror.layout)
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        "unreachable",
+        "server_error",
+        "not_bootstrapped",
+        "refused",
+        "task_errored",
+        "task_failure",
+        "success_status_false",
+    ],
+)
+def test_rstuf_fault_keeps_changes_for_next_run(
+    mirror: Mirror, pypi: FakePyPI, rstuf: FakeRstuf, fault: str
+) -> None:
+    url = mirror.rstuf_url
+    if fault == "unreachable":
+        mirror.rstuf_url = "http://127.0.0.1:9"
+    elif fault == "server_error":
+        rstuf.fail_requests(500, times=2)  # both attempts of --retries 1
+    elif fault == "not_bootstrapped":
+        rstuf.set_bootstrapped(False)
+    elif fault == "refused":
+        rstuf.fail_requests(422, times=1, detail=[{"msg": "field required", "loc": ["body"]}])
+    elif fault == "task_errored":
+        rstuf.fail_tasks("ERRORED", times=1, error="database is gone")
+    elif fault == "task_failure":
+        rstuf.fail_tasks("FAILURE", times=1, error="worker crashed")
+    elif fault == "success_status_false":
+        rstuf.fail_tasks("SUCCESS", times=1, error="bin broken")
+    pypi.add_release("numpy", "2.0")
+    pypi.remove_project("Django")
+    result = mirror.cli(*RSTUF_FAST, "--retries", "1")
+    assert result.returncode == pypi_mirror.EXIT_PARTIAL, result.stderr
+    assert "RSTUF" in result.stderr
+    assert mirror.page("numpy") is not None and mirror.page("django") is None  # mirror updated
+    state = load_state(mirror.state)
+    assert state.serial == pypi.last_serial
+    owed = state.outbox.dirty | state.outbox.in_flight_paths()
+    changed = {"index.html", "simple/django/index.html", "simple/numpy/index.html"}
+    # a refused request keeps everything; a failed task keeps what that task carried
+    assert owed == changed if not fault.startswith(("task", "success")) else owed < changed
+    assert owed
+    # the next healthy run delivers each change once, in its final state
+    mirror.rstuf_url = url
+    rstuf.set_bootstrapped(True)
+    before = len(rstuf.accepted)
+    assert mirror.run(*RSTUF_FAST) == 0
+    assert rstuf.view == mirror_view(mirror.layout)
+    later = rstuf.accepted[before:]
+    paths = [
+        p
+        for r in later
+        if r.action != PUBLISH
+        for p in (a["path"] if isinstance(a, dict) else a for a in r.body["artifacts"])
+    ]
+    assert sorted(paths) == sorted(owed), "each owed change delivered exactly once"
+    assert not load_state(mirror.state).outbox.tasks
+
+
+def test_unfinished_task_is_remembered_not_resent(
+    mirror: Mirror, pypi: FakePyPI, rstuf: FakeRstuf
+) -> None:
+    rstuf.hang_tasks(times=1)
+    pypi.add_release("numpy", "2.0")
+    assert mirror.run(*RSTUF_FAST, "--rstuf-wait", "0.3") == pypi_mirror.EXIT_PARTIAL
+    state = load_state(mirror.state)
+    assert len(state.outbox.tasks) == 1 and not state.outbox.dirty
+    accepted = len(rstuf.accepted)
+    assert mirror.run(*RSTUF_FAST, "--rstuf-wait", "0.3") == pypi_mirror.EXIT_PARTIAL
+    assert len(rstuf.accepted) == accepted, "a task still running must not be sent again"
+
+
+def test_path_in_flight_waits_for_its_task(
+    mirror: Mirror, pypi: FakePyPI, rstuf: FakeRstuf
+) -> None:
+    rstuf.hang_tasks(times=1)
+    pypi.add_release("numpy", "2.0")
+    assert mirror.run(*RSTUF_FAST, "--rstuf-wait", "0.2") == pypi_mirror.EXIT_PARTIAL
+    pypi.add_release("numpy", "3.0")
+    assert mirror.run(*RSTUF_FAST, "--rstuf-wait", "0.2") == pypi_mirror.EXIT_PARTIAL
+    numpy_adds = sent_paths(rstuf, ADD).count("simple/numpy/index.html")
+    assert numpy_adds == 1, "the newer state waits until the older task has ended"
+    assert "simple/numpy/index.html" in load_state(mirror.state).outbox.dirty
+
+
+def test_token_comes_from_environment_and_is_never_logged(
+    mirror: Mirror, pypi: FakePyPI, rstuf: FakeRstuf
+) -> None:
+    pypi.add_release("numpy", "2.0")
+    secret = "s3cr3t-token-value"
+    before = len(rstuf.request_log)
+    result = mirror.cli(*RSTUF_FAST, "-v", env={"RSTUF_API_TOKEN": secret})
+    assert result.returncode == 0, result.stderr
+    assert secret not in result.stderr + result.stdout
+    posts = [r for r in rstuf.request_log[before:] if r.method == "POST"]
+    assert posts and all(r.headers.get("authorization") == f"Bearer {secret}" for r in posts)
+
+
+def test_no_authorization_header_without_token(
+    mirror: Mirror, pypi: FakePyPI, rstuf: FakeRstuf
+) -> None:
+    pypi.add_release("numpy", "2.0")
+    assert mirror.run(*RSTUF_FAST) == 0
+    assert all("authorization" not in r.headers for r in rstuf.request_log)
+
+
+def test_old_prefixed_copies_are_kept_for_the_grace_period(
+    mirror: Mirror, pypi: FakePyPI, rstuf: FakeRstuf
+) -> None:
+    directory = mirror.layout.project_dir("numpy")
+    old_copy = next(p for p in directory.iterdir() if p.name != "index.html")
+    pypi.add_release("numpy", "2.0")
+    assert mirror.run(*RSTUF_FAST) == 0
+    assert old_copy.exists(), "a client between metadata refresh and download still needs it"
+    assert_consistent(mirror)
+    assert mirror.run(*RSTUF_FAST, "--grace", "0") == 0
+    assert not old_copy.exists()
+    assert_consistent(mirror)
+    current = directory / f"{digest_file(directory / 'index.html').hexdigest}.index.html"
+    assert current.exists() and os.path.samefile(current, directory / "index.html")
+    assert load_state(mirror.state).retired == {}
