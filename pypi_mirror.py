@@ -487,6 +487,8 @@ class PypiClient:
 
     def changelog_last_serial(self) -> int:
         serial = self._xmlrpc("changelog_last_serial")
+        if serial is None:  # warehouse's max(id) of an empty journal
+            return 0
         if type(serial) is not int:
             raise UpstreamError(f"changelog_last_serial returned {serial!r:.80}, not an integer")
         return serial
