@@ -298,7 +298,7 @@ class StateError(RuntimeError):
     """state.json cannot be trusted; the message says how to recover."""
 
 
-@dataclass
+@dataclass(slots=True)
 class PendingProject:
     """A project whose page still has to be fetched (it failed or stayed stale)."""
 
