@@ -1,0 +1,2125 @@
+"""A warehouse-like stand-in for PyPI on 127.0.0.1, for the tests, the README demo and benchmarks.
+
+Why a stand-in: the mirror must never be tested against pypi.org, and a stand-in can do on
+demand, a set number of times, what the real index does only on bad days (rate limits, stale
+CDN pages, truncated bodies, garbage answers).
+
+What it models (warehouse's sources; see ``/work/shared/REFERENCE.md`` sections 1, 2 and 6):
+
+* A journal of rows ``(name, version, timestamp, action, serial)``. Every row takes the next
+  global serial and becomes its project's ``last_serial``; each mutator writes exactly the rows
+  current warehouse writes (``create``, ``new release``, ``add py3 file …``, ``remove file …``,
+  ``remove release``, ``remove project``, ``yank release``, ``unyank release``,
+  ``project quarantined``, ``project quarantine cleared``, ``add Owner …``; legacy
+  ``rename from …``). Archiving writes none, as in warehouse.
+* XML-RPC at ``/pypi``, ``/pypi/`` and ``/RPC2``: ``changelog_last_serial()`` (``None`` while the
+  journal is empty, as warehouse's ``max(id)``), ``changelog_since_serial(since)`` (at most
+  ``page_cap`` rows a call) and ``list_packages_with_serial()``. The removed ``changelog()``
+  answers warehouse's fault -32500 ``ValueError: The changelog method has been deprecated, use
+  changelog_since_serial instead.``; any other method pyramid_rpc's -32601 ``server error;
+  requested method not found``; wrong arguments -32602; an unparsable body -32700.
+* The Simple API (PEP 503/691/700/792): ``/simple/`` and ``/simple/<normalized>/`` with content
+  negotiation (WebOb's rule as warehouse uses it: highest q wins, ties go to ``text/html``, then
+  ``application/vnd.pypi.simple.v1+html``, then ``+json``; nothing acceptable gives HTML),
+  ``Vary: Accept`` and ``X-PyPI-Last-Serial``; 301 to the normalized URL and 404 carry no serial.
+* Enough of the JSON API (``/pypi/<name>/json``) for bandersnatch 8.2 with
+  ``release-files = false``.
+
+Page bytes. The HTML is what warehouse's templates render with its Jinja settings
+(``lstrip_blocks`` and ``trim_blocks``), as pinned byte for byte by warehouse's PEP 833 snapshot
+test ``tests/functional/api/test_simple.py::test_pep833_simple_api_detail_html_frozen``, so it
+differs in whitespace from the tidy template one might write from memory::
+
+    <!DOCTYPE html>
+    <html lang="en">
+      <head>
+        <meta name="pypi:repository-version" content="1.4">
+    <meta name="pypi:project-status" content="active">    <title>Links for ex</title>
+      </head>
+      <body>
+        <h1>Links for ex</h1>
+    <a href="https://files.pythonhosted.org/…/ex-1.0.tar.gz#sha256=…" >ex-1.0.tar.gz</a><br />
+    </body>
+    </html>
+    <!--SERIAL 7-->
+
+(the status ``<meta>`` starts its line and runs into ``<title>``; each ``<a>`` starts its line;
+an ``<a>`` with no optional attribute keeps a space before ``>``; no newline after the
+``SERIAL`` comment). Attribute values are escaped as Jinja's autoescape does (``&gt;``,
+``&#34;``). The root page lists ``<a href="/simple/<normalized>/">DisplayName</a>`` one a line,
+sorted by normalized name, quarantined projects left out. JSON bodies end with a newline.
+
+Speed. Each project's HTML is rendered once when it changes and kept as bytes (its previous
+rendering too, for the ``stale`` fault); the PEP 691 JSON and the JSON API body are rendered on
+their first request and kept until the next change; the root page is rendered on the first
+request after a change. Sockets get ``TCP_NODELAY`` (without it keep-alive answers stall about
+40 ms each). Measured on the 2-CPU development machine, server in its own process, keep-alive
+clients fetching distinct project pages: a threaded ``requests.Session`` loop gets about
+1,400 pages a second (1 or 4 threads alike: the client's CPU is the limit, not the server);
+a lighter ``http.client`` loop gets about 5,700 (1 thread) to 10,000 (4 threads).
+``python -m tests.fake_pypi bench`` prints this machine's figures. ``populate(100_000)`` takes
+about 5 s and 1.3 GB (about a million files, 440 MB of HTML).
+
+Run on its own: ``python -m tests.fake_pypi --projects 1000 --port 8080`` serves a synthetic
+index until Ctrl-C (the URL is the one line on stdout); ``python -m tests.fake_pypi churn --url
+http://127.0.0.1:8080 --events 20`` changes it through ``POST /_fake/churn?events=N``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import email.utils
+import functools
+import gc
+import hashlib
+import itertools
+import json
+import logging
+import math
+import random
+import re
+import signal
+import socket
+import socketserver
+import ssl
+import struct
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import xmlrpc.client
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+API_VERSION = "1.4"
+FILES_URL = "https://files.pythonhosted.org/packages"
+MIME_HTML = "text/html"
+MIME_V1_HTML = "application/vnd.pypi.simple.v1+html"
+MIME_V1_JSON = "application/vnd.pypi.simple.v1+json"
+# Warehouse's offers, in its order: the order breaks ties between equal q-values.
+SIMPLE_OFFERS = (MIME_HTML, MIME_V1_HTML, MIME_V1_JSON)
+# Pyramid adds a charset to text/* types only.
+CONTENT_TYPES = {
+    MIME_HTML: "text/html; charset=UTF-8",
+    MIME_V1_HTML: MIME_V1_HTML,
+    MIME_V1_JSON: MIME_V1_JSON,
+}
+XMLRPC_CONTENT_TYPE = "text/xml; charset=UTF-8"
+XMLRPC_PATHS = frozenset({"/pypi", "/pypi/", "/RPC2"})
+DEFAULT_PAGE_CAP = 50_000
+MAX_REQUEST_BODY = 1 << 20
+
+ACTIVE = "active"
+ARCHIVED = "archived"
+QUARANTINED = "quarantined"
+
+RATE_LIMIT_MESSAGE = (
+    "HTTPTooManyRequests: The action could not be performed because there were too many "
+    "requests by the client. Limit may reset in {seconds} seconds."
+)
+CHANGELOG_REMOVED = (
+    "ValueError: The changelog method has been deprecated, use changelog_since_serial instead."
+)
+
+# --- names, escaping, versions -------------------------------------------------------------
+
+_SEPARATOR_RUNS = re.compile(r"[-_.]+")
+
+
+def normalize(name: str) -> str:
+    """PEP 503 normalization: the key every page is stored and served under."""
+    return _SEPARATOR_RUNS.sub("-", name).lower()
+
+
+_HTML_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&#34;", "'": "&#39;"})
+
+
+_NEEDS_ESCAPE = re.compile(r"[&<>\"']")
+
+
+def escape(text: str) -> str:
+    """Escape as Jinja's autoescape (markupsafe) does, so attribute bytes match warehouse's."""
+    if _NEEDS_ESCAPE.search(text) is None:
+        return text  # the common case, and translate() is slow
+    return text.translate(_HTML_ESCAPES)
+
+
+_VERSION_TOKENS = re.compile(r"\d+|[a-z]+")
+_PRE_RELEASE_RANKS = {"dev": 0, "a": 1, "alpha": 1, "b": 2, "beta": 2, "c": 3, "rc": 3, "pre": 3}
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def version_key(version: str) -> tuple[tuple[int, int, str], ...]:
+    """An approximate PEP 440 order, enough to sort a page's files the way warehouse does.
+
+    Numbers sort above the end of a version and pre-release tags below it, so
+    ``1.0.dev1 < 1.0a1 < 1.0 < 1.0.post1 < 1.0.1``.
+    """
+    key: list[tuple[int, int, str]] = []
+    for token in _VERSION_TOKENS.findall(version.lower()):
+        if token.isdigit():
+            key.append((2, int(token), ""))
+        elif token in _PRE_RELEASE_RANKS:
+            key.append((0, _PRE_RELEASE_RANKS[token], ""))
+        else:
+            key.append((1, 1, token))
+    key.append((1, 0, ""))
+    return tuple(key)
+
+
+# --- records -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class JournalRow:
+    """One row of warehouse's journal, as ``changelog_since_serial`` returns it."""
+
+    name: str
+    version: str | None
+    timestamp: int
+    action: str
+    serial: int
+
+    def as_tuple(self) -> tuple[str, str | None, int, str, int]:
+        """The wire form (xmlrpc.client cannot marshal dataclasses)."""
+        return (self.name, self.version, self.timestamp, self.action, self.serial)
+
+
+@dataclass(slots=True)
+class DistFile:
+    """One uploaded file. Never mutated, so an old page rendering can keep referring to it
+    (not ``frozen``: a frozen dataclass costs a microsecond more to build, times a million)."""
+
+    filename: str
+    url: str
+    sha256: str
+    size: int
+    python_version: str
+    core_metadata_sha256: str | None
+    upload_time: int
+
+    @property
+    def packagetype(self) -> str:
+        if self.filename.endswith(".whl"):
+            return "bdist_wheel"
+        if self.filename.endswith(".egg"):
+            return "bdist_egg"
+        return "sdist"
+
+    @property
+    def blake2b_256(self) -> str:
+        """Warehouse stores files under their blake2b digest split 2/2/60: read it off the URL."""
+        return "".join(self.url.rsplit("/", 4)[1:4])
+
+
+@dataclass(slots=True)
+class Release:
+    version: str
+    requires_python: str | None = None
+    yanked: bool = False
+    yanked_reason: str = ""
+    files: list[DistFile] = field(default_factory=list)
+    # Only grows: a file name once used is never generated again (warehouse refuses reuse).
+    next_file_index: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseView:
+    """A release as one rendering saw it (yank state captured, files frozen)."""
+
+    version: str
+    requires_python: str | None
+    yanked: bool
+    yanked_reason: str
+    files: tuple[DistFile, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PageView:
+    """Everything a project page is rendered from, frozen at one serial."""
+
+    name: str
+    normalized: str
+    status: str
+    serial: int
+    releases: tuple[ReleaseView, ...]
+
+
+@dataclass(slots=True)
+class Rendering:
+    """A project's page at one serial: HTML rendered eagerly, the JSON forms on first request."""
+
+    view: PageView
+    html: bytes
+    simple_json: bytes | None = None
+    api_json: bytes | None = None
+
+
+@dataclass(slots=True)
+class Project:
+    name: str
+    normalized: str
+    last_serial: int = 0
+    status: str = ACTIVE
+    releases: dict[str, Release] = field(default_factory=dict)
+    version_counter: int = 0
+    current: Rendering | None = None
+    previous: Rendering | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ListingEntry:
+    name: str
+    normalized: str
+    serial: int
+
+
+@dataclass(slots=True)
+class RootRendering:
+    generation: int
+    serial: int
+    entries: tuple[ListingEntry, ...]
+    html: bytes
+    json: bytes | None = None
+    xmlrpc_listing: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """One request as the server saw it; ``status`` is 0 when the connection was reset.
+
+    ``kind`` is ``xmlrpc``, ``root``, ``page``, ``redirect``, ``json_api``, ``control``,
+    ``purge`` or ``other``; ``fault`` names the injected fault that fired, if any.
+    """
+
+    method: str
+    path: str
+    xmlrpc_method: str | None
+    status: int
+    kind: str
+    fault: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChurnEvent:
+    """One mutation ``churn`` applied; ``serial`` is the last it wrote (None: wrote no row)."""
+
+    action: str
+    name: str
+    version: str | None
+    serial: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ChurnResult:
+    """What ``churn`` did: its events, and which normalized names now serve a page or a 404."""
+
+    from_serial: int
+    to_serial: int
+    events: tuple[ChurnEvent, ...]
+    changed: tuple[str, ...]
+    removed: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "from_serial": self.from_serial,
+            "to_serial": self.to_serial,
+            "events": [asdict(event) for event in self.events],
+            "changed": list(self.changed),
+            "removed": list(self.removed),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """An HTTP request reduced to what routing needs, so `FakePyPI.respond` needs no socket."""
+
+    method: str
+    path: str
+    query: dict[str, str] = field(default_factory=dict)
+    accept: str | None = None
+    body: bytes = b""
+
+
+@dataclass(slots=True)
+class Reply:
+    """What to send. ``reset``, ``truncate``, ``delay`` and ``pad_to`` are fault effects."""
+
+    status: int
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+    delay: float = 0.0
+    reset: bool = False
+    truncate: bool = False
+    pad_to: int = 0
+
+
+# --- faults --------------------------------------------------------------------------------
+
+# kind -> the keyword parameters it takes
+FAULT_PARAMS: dict[str, frozenset[str]] = {
+    "status": frozenset({"code"}),
+    "rate_limit": frozenset({"seconds"}),
+    "xmlrpc_rate_limit": frozenset({"seconds"}),
+    "xmlrpc_fault": frozenset({"code", "string"}),
+    "xmlrpc_malformed": frozenset(),
+    "reset": frozenset(),
+    "slow": frozenset({"seconds"}),
+    "truncate": frozenset(),
+    "stale": frozenset(),
+    "not_simple": frozenset(),
+    "json_instead": frozenset(),
+    "empty": frozenset(),
+    "oversized": frozenset({"size"}),
+    "not_utf8": frozenset(),
+    "backwards": frozenset(),
+}
+FAULT_KINDS = frozenset(FAULT_PARAMS)
+_XMLRPC_ONLY_FAULTS = frozenset({"xmlrpc_rate_limit", "xmlrpc_fault", "xmlrpc_malformed"})
+_PAGE_ONLY_FAULTS = frozenset({"stale", "not_simple", "json_instead"})
+XMLRPC_METHODS = frozenset(
+    {"changelog_last_serial", "changelog_since_serial", "list_packages_with_serial", "changelog"}
+)
+
+
+@dataclass(slots=True)
+class ArmedFault:
+    kind: str
+    remaining: int
+    params: dict[str, Any]
+
+
+def _check_fault(target: str, kind: str, times: int, params: dict[str, Any]) -> None:
+    """Refuse a fault that could never fire, so a typo fails the test that made it."""
+    if kind not in FAULT_PARAMS:
+        raise ValueError(f"unknown fault kind {kind!r}; known: {sorted(FAULT_KINDS)}")
+    unknown = set(params) - FAULT_PARAMS[kind]
+    if unknown:
+        raise TypeError(f"fault {kind!r} takes no parameter(s) {sorted(unknown)}")
+    if times < 1:
+        raise ValueError("times must be at least 1")
+    is_method = target in XMLRPC_METHODS
+    if kind in _XMLRPC_ONLY_FAULTS and not is_method:
+        raise ValueError(f"fault {kind!r} needs an XML-RPC method as target, not {target!r}")
+    if kind == "backwards" and target != "changelog_since_serial":
+        raise ValueError("fault 'backwards' only applies to changelog_since_serial")
+    if kind in _PAGE_ONLY_FAULTS and is_method:
+        raise ValueError(f"fault {kind!r} applies to pages, not to XML-RPC method {target!r}")
+
+
+# --- rendering (pure) ----------------------------------------------------------------------
+
+_PROJECT_HEAD = (
+    "<!DOCTYPE html>\n"
+    '<html lang="en">\n'
+    "  <head>\n"
+    f'    <meta name="pypi:repository-version" content="{API_VERSION}">\n'
+    '<meta name="pypi:project-status" content="{status}">'
+    "    <title>Links for {name}</title>\n"
+    "  </head>\n"
+    "  <body>\n"
+    "    <h1>Links for {name}</h1>\n"
+)
+_ROOT_HEAD = (
+    "<!DOCTYPE html>\n"
+    '<html lang="en">\n'
+    "  <head>\n"
+    f'    <meta name="pypi:repository-version" content="{API_VERSION}">\n'
+    "    <title>Simple index</title>\n"
+    "  </head>\n"
+    "  <body>\n"
+)
+
+
+def render_project_html(view: PageView) -> bytes:
+    """A project page exactly as warehouse's detail template renders it (see module doc).
+
+    Written as one loop with the release-level attributes built once: populate renders a
+    million of these lines. ``DistFile.url`` is built percent-quoted, so it needs no escaping.
+    """
+    lines = [_PROJECT_HEAD.format(status=escape(view.status), name=escape(view.normalized))]
+    for release in view.releases:
+        shared = ""
+        if release.requires_python:
+            shared += f'data-requires-python="{escape(release.requires_python)}" '
+        if release.yanked:
+            shared += f'data-yanked="{escape(release.yanked_reason)}" '
+        for dist in release.files:
+            metadata = dist.core_metadata_sha256
+            attributes = (
+                f'{shared}data-dist-info-metadata="sha256={metadata}" '
+                f'data-core-metadata="sha256={metadata}"'
+                if metadata
+                else shared
+            )
+            lines.append(
+                f'<a href="{dist.url}#sha256={dist.sha256}" {attributes}>'
+                f"{escape(dist.filename)}</a><br />\n"
+            )
+    lines.append(f"</body>\n</html>\n<!--SERIAL {view.serial}-->")
+    return "".join(lines).encode()
+
+
+def _iso(timestamp: int, *, micro: bool = False) -> str:
+    text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(timestamp))
+    return text + (".000000Z" if micro else "")
+
+
+def render_project_json(view: PageView) -> bytes:
+    """The PEP 691 form of a project page (``application/vnd.pypi.simple.v1+json``)."""
+    files = []
+    for release in view.releases:
+        yanked: bool | str = release.yanked_reason if release.yanked else False
+        if release.yanked and not release.yanked_reason:
+            yanked = True
+        for dist in release.files:
+            metadata: dict[str, str] | bool = (
+                {"sha256": dist.core_metadata_sha256} if dist.core_metadata_sha256 else False
+            )
+            files.append(
+                {
+                    "filename": dist.filename,
+                    "url": dist.url,
+                    "hashes": {"sha256": dist.sha256},
+                    "requires-python": release.requires_python or None,
+                    "size": dist.size,
+                    "upload-time": _iso(dist.upload_time, micro=True),
+                    "yanked": yanked,
+                    "data-dist-info-metadata": metadata,
+                    "core-metadata": metadata,
+                    "provenance": None,
+                }
+            )
+    document = {
+        "meta": {"api-version": API_VERSION, "_last-serial": view.serial},
+        "name": view.normalized,
+        "project-status": {"status": view.status},
+        "versions": [release.version for release in view.releases],
+        "alternate-locations": [],
+        "files": files,
+    }
+    return (json.dumps(document) + "\n").encode()
+
+
+def _api_file(release: ReleaseView, dist: DistFile) -> dict[str, Any]:
+    return {
+        "comment_text": "",
+        "digests": {
+            "blake2b_256": dist.blake2b_256,
+            "md5": dist.sha256[:32],
+            "sha256": dist.sha256,
+        },
+        "downloads": -1,
+        "filename": dist.filename,
+        "has_sig": False,
+        "md5_digest": dist.sha256[:32],
+        "packagetype": dist.packagetype,
+        "python_version": dist.python_version,
+        "requires_python": release.requires_python,
+        "size": dist.size,
+        "upload_time": _iso(dist.upload_time),
+        "upload_time_iso_8601": _iso(dist.upload_time, micro=True),
+        "url": dist.url,
+        "yanked": release.yanked,
+        "yanked_reason": release.yanked_reason or None,
+    }
+
+
+def render_api_json(view: PageView) -> bytes | None:
+    """The legacy JSON API (``/pypi/<name>/json``) body, or None where warehouse answers 404."""
+    if view.status == QUARANTINED or not view.releases:
+        return None
+    candidates = [release for release in view.releases if not release.yanked] or view.releases
+    latest = candidates[-1]  # releases are sorted by version
+    info = {
+        "author": "",
+        "author_email": "",
+        "classifiers": [],
+        "description": "",
+        "description_content_type": None,
+        "home_page": "",
+        "keywords": "",
+        "license": None,
+        "maintainer": "",
+        "maintainer_email": "",
+        "name": view.name,
+        "package_url": f"https://pypi.org/project/{view.name}/",
+        "platform": None,
+        "project_url": f"https://pypi.org/project/{view.name}/",
+        "project_urls": None,
+        "release_url": f"https://pypi.org/project/{view.name}/{latest.version}/",
+        "requires_dist": None,
+        "requires_python": latest.requires_python or "",
+        "summary": "",
+        "version": latest.version,
+        "yanked": latest.yanked,
+        "yanked_reason": latest.yanked_reason or None,
+    }
+    document = {
+        "info": info,
+        "last_serial": view.serial,
+        "releases": {
+            release.version: [_api_file(release, dist) for dist in release.files]
+            for release in view.releases
+        },
+        "urls": [_api_file(latest, dist) for dist in latest.files],
+        "vulnerabilities": [],
+    }
+    return (json.dumps(document) + "\n").encode()
+
+
+def render_root_html(entries: Sequence[ListingEntry]) -> bytes:
+    lines = [
+        f'<a href="/simple/{escape(entry.normalized)}/">{escape(entry.name)}</a>\n'
+        for entry in entries
+    ]
+    return (_ROOT_HEAD + "".join(lines) + "</body>\n</html>").encode()
+
+
+def render_root_json(entries: Sequence[ListingEntry], serial: int) -> bytes:
+    document = {
+        "meta": {"api-version": API_VERSION, "_last-serial": serial},
+        "projects": [{"name": entry.name, "_last-serial": entry.serial} for entry in entries],
+    }
+    return (json.dumps(document) + "\n").encode()
+
+
+def negotiate(accept: str | None) -> str:
+    """Choose the Simple API media type the way warehouse does (WebOb ``acceptable_offers``).
+
+    The most specific matching range gives each offer its q; the highest q wins and ties go
+    to the earlier offer; no header, or nothing acceptable, gives ``text/html``.
+    """
+    if not accept:
+        return MIME_HTML
+    ranges: list[tuple[str, float]] = []
+    for item in accept.split(","):
+        media, *params = (part.strip() for part in item.split(";"))
+        if not media:
+            continue
+        quality = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        ranges.append((media.lower(), quality))
+    best, best_quality = MIME_HTML, 0.0
+    for offer in SIMPLE_OFFERS:
+        quality = _offer_quality(offer, ranges)
+        if quality > best_quality:
+            best, best_quality = offer, quality
+    return best
+
+
+def _offer_quality(offer: str, ranges: Sequence[tuple[str, float]]) -> float:
+    major = offer.split("/", 1)[0]
+    best_specificity, quality = -1, 0.0
+    for media, media_quality in ranges:
+        if media == offer:
+            specificity = 2
+        elif media == f"{major}/*":
+            specificity = 1
+        elif media == "*/*":
+            specificity = 0
+        else:
+            continue
+        if specificity > best_specificity:
+            best_specificity, quality = specificity, media_quality
+    return quality
+
+
+# --- synthetic names and files -------------------------------------------------------------
+
+_WORDS = (
+    "alpha", "beacon", "cider", "delta", "ember", "flask", "garnet", "harbor", "iris", "jade",
+    "kite", "lumen", "maple", "nectar", "orbit", "pixel", "quartz", "raven", "sierra", "tango",
+    "umber", "vortex", "willow", "xenon", "yarrow", "zephyr", "async", "py", "django", "data",
+    "json", "http", "cloud", "tools", "utils", "lib", "client", "core", "plugin", "sdk",
+)  # fmt: skip
+_SEPARATORS = ("-", "-", "-", "_", "_", ".", "", "", "--", "_-")
+_REQUIRES_PYTHON = (None, None, None, ">=3.8", ">=3.9", ">=3.7", "<4,>=3.8", "!=3.0.*,>=2.7")
+_YANK_REASONS = ("", "Broken build", 'Security: see "CVE-0000-1234" & <advisory>')
+_WHEEL_TAGS = (
+    "py3-none-any",
+    *(
+        f"cp3{minor}-cp3{minor}-{platform}"
+        for minor in range(8, 14)
+        for platform in (
+            "manylinux_2_17_x86_64.manylinux2014_x86_64",
+            "manylinux_2_17_aarch64.manylinux2014_aarch64",
+            "musllinux_1_2_x86_64",
+            "macosx_10_9_x86_64",
+            "macosx_11_0_arm64",
+            "win_amd64",
+            "win32",
+        )
+    ),
+)
+
+
+def synthetic_name(rng: random.Random, index: int) -> str:
+    """A display name mixing cases and separators; the trailing index keeps it unique."""
+    first, second = rng.choice(_WORDS), rng.choice(_WORDS)
+    separator = rng.choice(_SEPARATORS)
+    style = rng.random()
+    if style < 0.6:
+        return f"{first}{separator}{second}{index}"
+    if style < 0.85:
+        return f"{first.capitalize()}{separator}{second}{index}"
+    return f"{first.upper()}{separator}{second.capitalize()}{index}"
+
+
+def synthetic_file_count(rng: random.Random, max_files: int) -> int:
+    """Files on one page: mostly 1-20, a long tail to thousands (a page of a few MB)."""
+    roll = rng.random()
+    if roll < 0.68:
+        count = rng.randint(1, 4)
+    elif roll < 0.955:
+        count = rng.randint(5, 20)
+    elif roll < 0.9955:
+        count = rng.randint(21, 80)
+    elif roll < 0.9997:
+        count = rng.randint(81, 600)
+    else:
+        count = rng.randint(601, 8000)
+    return max(1, min(count, max_files))
+
+
+def synthetic_version(index: int) -> str:
+    return f"{1 + index // 100}.{(index // 10) % 10}.{index % 10}"
+
+
+def generated_filename(normalized: str, version: str, index: int) -> tuple[str, str]:
+    """The ``index``-th file name of a release and its python_version (``source`` for sdists)."""
+    dist = normalized.replace("-", "_")
+    if index == 0:
+        return f"{dist}-{version}.tar.gz", "source"
+    tag = _WHEEL_TAGS[(index - 1) % len(_WHEEL_TAGS)]
+    rounds = (index - 1) // len(_WHEEL_TAGS)
+    build = f"-{rounds}" if rounds else ""
+    return f"{dist}-{version}{build}-{tag}.whl", tag.split("-", 1)[0]
+
+
+def python_version_of(filename: str) -> str:
+    if filename.endswith(".whl") and filename.count("-") >= 4:
+        return filename.rsplit("-", 3)[1]
+    return "source"
+
+
+_URL_SAFE = re.compile(r"[A-Za-z0-9_.+~-]+")
+
+
+def make_dist_file(
+    normalized: str, filename: str, python_version: str, uploaded: int, *, url_safe: bool = False
+) -> DistFile:
+    """A file with made-up but deterministic digests: the same name gives the same page bytes.
+
+    One 64-byte blake2b of the name yields both the "sha256" and the storage path (nothing
+    here has contents to hash; populate makes a million of these).
+    """
+    digest = hashlib.blake2b(f"{normalized}/{filename}".encode(), digest_size=64).hexdigest()
+    sha256, path = digest[:64], digest[64:]
+    metadata = sha256[::-1] if filename.endswith(".whl") else None
+    if url_safe or _URL_SAFE.fullmatch(filename):
+        quoted = filename
+    else:
+        quoted = urllib.parse.quote(filename, safe="")
+    url = f"{FILES_URL}/{path[:2]}/{path[2:4]}/{path[4:]}/{quoted}"
+    size = 1_000 + int(sha256[:6], 16) % 5_000_000
+    return DistFile(filename, url, sha256, size, python_version, metadata, uploaded)
+
+
+# --- the index -----------------------------------------------------------------------------
+
+
+class FakePyPI:
+    """An in-memory warehouse with an HTTP face on 127.0.0.1; see the module docstring.
+
+    All state sits behind one re-entrant lock. Mutators return the last serial they wrote and
+    raise KeyError for an unknown project or release, ValueError for a name or file that exists.
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        page_cap: int = DEFAULT_PAGE_CAP,
+        clock: Callable[[], float] = time.time,
+        certfile: str | Path | None = None,
+        keyfile: str | Path | None = None,
+        log_requests: bool = True,
+    ) -> None:
+        if page_cap < 1:
+            raise ValueError("page_cap must be at least 1")
+        self.host = host
+        self.page_cap = page_cap
+        self.log_requests = log_requests
+        self._requested_port = port
+        self._clock = clock
+        self._certfile = certfile
+        self._keyfile = keyfile
+        self._lock = threading.RLock()
+        self._projects: dict[str, Project] = {}
+        self._journal: list[JournalRow] = []
+        self._raw_listing: dict[str, int] = {}
+        self._generation = 0
+        self._root: RootRendering | None = None
+        self._root_previous: RootRendering | None = None
+        self._page_faults: dict[str, deque[ArmedFault]] = {}
+        self._xmlrpc_faults: dict[str, deque[ArmedFault]] = {}
+        self._log: list[RequestRecord] = []
+        self._pages_served = 0
+        self._synthetic_count = 0
+        self._removed_names: list[str] = []  # churn re-creates some, as happens on PyPI
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> FakePyPI:
+        if self._server is not None:
+            return self
+        context = None
+        if self._certfile:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(str(self._certfile), str(self._keyfile or self._certfile))
+        self._server = _Server((self.host, self._requested_port), self, context)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.02},  # how long stop() waits for the loop
+            name="fake-pypi",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and close every connection, so no socket outlives the test."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.stopping.set()
+        server.shutdown()
+        server.server_close()
+        server.close_connections()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> FakePyPI:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("FakePyPI is not started")
+        return int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self._certfile else "http"
+        return f"{scheme}://{self.host}:{self.port}"
+
+    # --- reading state ---------------------------------------------------------------------
+
+    @property
+    def last_serial(self) -> int:
+        """The newest journal serial (0 while the journal is empty)."""
+        with self._lock:
+            return len(self._journal)
+
+    @property
+    def journal(self) -> list[JournalRow]:
+        with self._lock:
+            return list(self._journal)
+
+    def changelog_since(self, since: int) -> list[JournalRow]:
+        """What ``changelog_since_serial(since)`` returns: ascending, at most ``page_cap``."""
+        with self._lock:
+            start = max(since, 0)
+            return self._journal[start : start + self.page_cap]
+
+    def project_names(self) -> list[str]:
+        """Normalized names of every project that has a page (quarantined ones included)."""
+        with self._lock:
+            return sorted(self._projects)
+
+    def has_project(self, name: str) -> bool:
+        with self._lock:
+            return normalize(name) in self._projects
+
+    def project_serial(self, name: str) -> int:
+        with self._lock:
+            return self._project(name).last_serial
+
+    def project_status(self, name: str) -> str:
+        with self._lock:
+            return self._project(name).status
+
+    def display_name(self, name: str) -> str:
+        with self._lock:
+            return self._project(name).name
+
+    def filenames(self, name: str) -> list[str]:
+        """File names on the project's page, in page order."""
+        with self._lock:
+            view = self._rendering(name).view
+        return [dist.filename for release in view.releases for dist in release.files]
+
+    def page(self, name: str, *, json_form: bool = False) -> bytes:
+        """The bytes ``/simple/<name>/`` serves now (HTML, or PEP 691 JSON)."""
+        with self._lock:
+            rendering = self._rendering(name)
+        return self._simple_json(rendering) if json_form else rendering.html
+
+    def root_page(self, *, json_form: bool = False) -> bytes:
+        root = self._current_root()
+        return self._root_json(root) if json_form else root.html
+
+    def listing(self) -> dict[str, int]:
+        """What ``list_packages_with_serial`` returns: ``{display_name: last_serial}``."""
+        return {entry.name: entry.serial for entry in self._current_root().entries}
+
+    # --- request log -----------------------------------------------------------------------
+
+    @property
+    def requests(self) -> list[RequestRecord]:
+        with self._lock:
+            return list(self._log)
+
+    @property
+    def pages_served(self) -> int:
+        """Project pages answered 200 since start (or the last `reset_log`)."""
+        with self._lock:
+            return self._pages_served
+
+    def reset_log(self) -> None:
+        with self._lock:
+            self._log.clear()
+            self._pages_served = 0
+
+    def count(self, what: str) -> int:
+        """Requests whose XML-RPC method or kind (see `RequestRecord`) is ``what``."""
+        with self._lock:
+            return sum(1 for r in self._log if what in (r.xmlrpc_method, r.kind))
+
+    def count_pages(self, name: str | None = None) -> int:
+        """Project page requests (any status), optionally for one project only."""
+        wanted = None if name is None else f"/simple/{normalize(name)}/"
+        with self._lock:
+            return sum(
+                1 for r in self._log if r.kind == "page" and (wanted is None or r.path == wanted)
+            )
+
+    # --- faults ----------------------------------------------------------------------------
+
+    def inject(self, target: str, kind: str, times: int = 1, **params: Any) -> None:
+        """Arm a fault for ``times`` requests to ``target``, then answer normally again.
+
+        ``target`` is ``"root"``, a project name (normalized here; it covers
+        ``/simple/<name>/`` and ``/pypi/<name>/json``) or an XML-RPC method name. Faults for
+        one target fire in the order they were armed. Kinds and parameters:
+
+        - ``status`` (code=503): that status with an HTML error body.
+        - ``rate_limit`` (seconds=1): HTTP 429 with ``Retry-After``.
+        - ``xmlrpc_rate_limit`` (seconds=1): warehouse's -32500 ``HTTPTooManyRequests`` fault.
+        - ``xmlrpc_fault`` (code=-32500, string=…): another fault.
+        - ``xmlrpc_malformed``: 200 ``text/xml`` that is not XML-RPC.
+        - ``reset``: close the connection without an answer.
+        - ``slow`` (seconds=1.0): wait, then answer normally.
+        - ``truncate``: announce the full Content-Length, send half, close.
+        - ``stale``: the previous rendering and its serial (no previous: a lower serial).
+        - ``not_simple``: 200 ``text/html`` CDN error page with no pypi meta and no serial.
+        - ``json_instead``: the JSON form even though HTML was asked.
+        - ``empty``: 200 with an empty body (headers as normal).
+        - ``oversized`` (size=16 MiB): 200 with ``size`` bytes.
+        - ``not_utf8``: 200 with bytes that are not UTF-8.
+        - ``backwards``: ``changelog_since_serial`` rows whose serials go down.
+        """
+        _check_fault(target, kind, times, params)
+        fault = ArmedFault(kind, times, dict(params))
+        with self._lock:
+            if target in XMLRPC_METHODS:
+                self._xmlrpc_faults.setdefault(target, deque()).append(fault)
+            else:
+                key = target if target == "root" else normalize(target)
+                self._page_faults.setdefault(key, deque()).append(fault)
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._page_faults.clear()
+            self._xmlrpc_faults.clear()
+
+    def faults_pending(self) -> int:
+        """How many fault firings are still armed, over all targets."""
+        with self._lock:
+            queues = [*self._page_faults.values(), *self._xmlrpc_faults.values()]
+            return sum(fault.remaining for queue in queues for fault in queue)
+
+    def _take_fault(self, table: dict[str, deque[ArmedFault]], target: str) -> ArmedFault | None:
+        with self._lock:
+            queue = table.get(target)
+            if not queue:
+                return None
+            fault = queue[0]
+            fault.remaining -= 1
+            if fault.remaining <= 0:
+                queue.popleft()
+                if not queue:
+                    del table[target]
+            return ArmedFault(fault.kind, fault.remaining, fault.params)
+
+    # --- mutators: warehouse's journal actions ---------------------------------------------
+
+    def create_project(self, name: str) -> int:
+        """``create``: the project appears with a page and no files."""
+        with self._lock:
+            normalized = normalize(name)
+            if normalized in self._projects:
+                raise ValueError(f"project {normalized!r} exists")
+            project = Project(name, normalized)
+            self._projects[normalized] = project
+            serial = self._write(project, None, "create")
+            self._render(project)
+            return serial
+
+    def add_release(
+        self,
+        name: str,
+        version: str,
+        files: int | Sequence[str] | None = None,
+        requires_python: str | None = None,
+    ) -> int:
+        """``new release`` then ``add <pyversion> file <filename>`` per file.
+
+        ``files``: how many to generate (None: an sdist and a py3 wheel) or explicit names.
+        Creates the project first (``create``) if absent. A version that exists gets only the
+        file rows, as a later upload to an existing release does in warehouse.
+        """
+        with self._lock:
+            if normalize(name) not in self._projects:
+                self.create_project(name)
+            project = self._project(name)
+            release = project.releases.get(version)
+            if release is None:
+                release = Release(version, requires_python)
+                project.releases[version] = release
+                serial = self._write(project, version, "new release")
+            else:
+                serial = project.last_serial
+            uploaded = int(self._clock())
+            for dist in self._new_files(project, release, files, uploaded):
+                release.files.append(dist)
+                serial = self._write(
+                    project, version, f"add {dist.python_version} file {dist.filename}"
+                )
+            self._render(project)
+            return serial
+
+    def remove_file(self, name: str, filename: str) -> int:
+        """``remove file <filename>``: the file leaves the page; the project stays."""
+        with self._lock:
+            project = self._project(name)
+            for release in project.releases.values():
+                for dist in release.files:
+                    if dist.filename == filename:
+                        release.files.remove(dist)
+                        serial = self._write(project, release.version, f"remove file {filename}")
+                        self._render(project)
+                        return serial
+            raise KeyError(f"{project.normalized!r} has no file {filename!r}")
+
+    def remove_release(self, name: str, version: str) -> int:
+        """``remove release``: its files leave the page; the project stays."""
+        with self._lock:
+            project = self._project(name)
+            self._release(project, version)
+            del project.releases[version]
+            serial = self._write(project, version, "remove release")
+            self._render(project)
+            return serial
+
+    def remove_project(self, name: str) -> int:
+        """``remove project``: the page answers 404 and the name leaves the listings."""
+        with self._lock:
+            project = self._project(name)
+            serial = self._write(project, None, "remove project")
+            del self._projects[project.normalized]
+            self._removed_names.append(project.name)
+            return serial
+
+    def yank_release(self, name: str, version: str, reason: str = "") -> int:
+        """``yank release``: the release's links gain ``data-yanked="<reason>"``."""
+        with self._lock:
+            project = self._project(name)
+            release = self._release(project, version)
+            release.yanked, release.yanked_reason = True, reason
+            serial = self._write(project, version, "yank release")
+            self._render(project)
+            return serial
+
+    def unyank_release(self, name: str, version: str) -> int:
+        with self._lock:
+            project = self._project(name)
+            release = self._release(project, version)
+            release.yanked, release.yanked_reason = False, ""
+            serial = self._write(project, version, "unyank release")
+            self._render(project)
+            return serial
+
+    def quarantine_project(self, name: str) -> int:
+        """``project quarantined``: page 200 with no files and status ``quarantined``;
+        the project leaves the root page and ``list_packages_with_serial``."""
+        return self._set_status(name, QUARANTINED, "project quarantined")
+
+    def clear_quarantine(self, name: str) -> int:
+        """``project quarantine cleared``: back to active with its files."""
+        return self._set_status(name, ACTIVE, "project quarantine cleared")
+
+    def archive_project(self, name: str) -> int:
+        """Archiving: the page's status becomes ``archived`` but, as in warehouse, no journal
+        row is written and the serial does not move. Returns the (unchanged) project serial."""
+        with self._lock:
+            project = self._project(name)
+            project.status = ARCHIVED
+            self._render(project)
+            self._generation += 1
+            return project.last_serial
+
+    def add_role(self, name: str, user: str, role: str = "Owner") -> int:
+        """``add <Role> <user>``: the serial moves, the files do not."""
+        with self._lock:
+            project = self._project(name)
+            serial = self._write(project, None, f"add {role} {user}")
+            self._render(project)
+            return serial
+
+    def rename_project(self, old: str, new: str) -> int:
+        """Legacy ``rename from <old>``, journaled under the new name: the old page 404s,
+        the new one has the old files."""
+        with self._lock:
+            project = self._project(old)
+            new_normalized = normalize(new)
+            if new_normalized in self._projects and new_normalized != project.normalized:
+                raise ValueError(f"project {new_normalized!r} exists")
+            old_name = project.name
+            del self._projects[project.normalized]
+            project.name, project.normalized = new, new_normalized
+            project.previous = project.current = None
+            self._projects[new_normalized] = project
+            serial = self._write(project, None, f"rename from {old_name}")
+            self._render(project)
+            return serial
+
+    def add_journal_row(self, name: str, version: str | None, action: str) -> int:
+        """A raw journal row for hostile-input tests: no validation, no project change."""
+        with self._lock:
+            serial = len(self._journal) + 1
+            self._journal.append(JournalRow(name, version, int(self._clock()), action, serial))
+            self._generation += 1
+            return serial
+
+    def add_raw_listing_entry(self, name: str, serial: int) -> int:
+        """Put a raw (possibly hostile) display name into the root page and
+        ``list_packages_with_serial``; it has no page of its own."""
+        with self._lock:
+            self._raw_listing[name] = serial
+            self._generation += 1
+            return serial
+
+    # --- synthetic data --------------------------------------------------------------------
+
+    def populate(
+        self,
+        n_projects: int,
+        seed: int = 0,
+        *,
+        max_files: int = 8000,
+        archived_share: float = 0.003,
+        quarantined_share: float = 0.0005,
+    ) -> int:
+        """Add ``n_projects`` synthetic projects quickly (100,000 in about 4 s).
+
+        Journal: one ``create`` row per project, whose serial becomes the project's
+        ``last_serial``; the releases and files filled in write no rows (as if their history
+        were older than the journal), and archived/quarantined statuses are set directly.
+        So a mirror that replays the changelog from 0 still fetches every page once.
+
+        Deterministic for a given seed on a fresh instance: names mix cases and ``-``, ``_``,
+        ``.`` separators; pages have mostly 1-20 files with a long tail to thousands (capped
+        by ``max_files``); some releases are yanked, some carry ``requires-python``.
+        Returns the last serial.
+        """
+        rng = random.Random(seed)
+        gc_was_enabled = gc.isenabled()
+        gc.disable()  # millions of new objects would trigger full collections over and over
+        try:
+            self._populate(rng, n_projects, max_files, archived_share, quarantined_share)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+        # The index holds no reference cycles: let later collections skip it (serving pauses).
+        gc.freeze()
+        return self.last_serial
+
+    def _populate(
+        self,
+        rng: random.Random,
+        n_projects: int,
+        max_files: int,
+        archived_share: float,
+        quarantined_share: float,
+    ) -> None:
+        with self._lock:
+            now = int(self._clock())
+            created = 0
+            while created < n_projects:
+                name = synthetic_name(rng, self._synthetic_count)
+                self._synthetic_count += 1
+                normalized = normalize(name)
+                if normalized in self._projects:
+                    continue
+                project = Project(name, normalized)
+                self._fill_synthetic(project, rng, max_files, now)
+                roll = rng.random()
+                if roll < quarantined_share:
+                    project.status = QUARANTINED
+                elif roll < quarantined_share + archived_share:
+                    project.status = ARCHIVED
+                self._projects[normalized] = project
+                self._write(project, None, "create")
+                self._render(project)
+                created += 1
+
+    def _fill_synthetic(
+        self, project: Project, rng: random.Random, max_files: int, now: int
+    ) -> None:
+        remaining = synthetic_file_count(rng, max_files)
+        per_release = min(remaining, rng.choice((1, 1, 2, 2, 3, 4, 6, 10, 20, 40)))
+        n_releases = math.ceil(remaining / per_release)
+        requires_python = rng.choice(_REQUIRES_PYTHON)
+        for index in range(n_releases):
+            version = synthetic_version(index)
+            release = Release(version, requires_python)
+            uploaded = now - (n_releases - index) * 86_400
+            count = min(per_release, remaining)
+            remaining -= count
+            for file_index in range(count):
+                filename, python_version = generated_filename(
+                    project.normalized, version, file_index
+                )
+                release.files.append(
+                    make_dist_file(
+                        project.normalized, filename, python_version, uploaded, url_safe=True
+                    )
+                )
+            release.next_file_index = count
+            if n_releases > 1 and rng.random() < 0.03:
+                release.yanked, release.yanked_reason = True, rng.choice(_YANK_REASONS)
+            project.releases[version] = release
+        project.version_counter = n_releases
+
+    def churn(self, events: int = 10, seed: int | None = None) -> ChurnResult:
+        """Apply ``events`` random realistic mutations; return what they did.
+
+        Mostly new releases and new projects, then roles, yanks, file and release removals,
+        project removals (and re-creation of a removed name), quarantines and archiving.
+        ``seed`` None uses the current serial, so repeated calls differ but replay alike.
+        """
+        with self._lock:
+            rng = random.Random(len(self._journal) if seed is None else seed)
+            start = len(self._journal)
+            applied = [self._churn_one(rng) for _ in range(events)]
+            touched = {normalize(event.name) for event in applied}
+            changed = tuple(sorted(n for n in touched if n in self._projects))
+            removed = tuple(sorted(n for n in touched if n not in self._projects))
+            return ChurnResult(start, len(self._journal), tuple(applied), changed, removed)
+
+    def _churn_one(self, rng: random.Random) -> ChurnEvent:
+        roll = rng.random()
+        project = self._random_project(rng)
+        if project is None or roll < 0.15:
+            return self._churn_new_project(rng)
+        releases = list(project.releases.values())
+        if roll < 0.50 and project.status != QUARANTINED:
+            version = self._fresh_version(project)
+            serial = self.add_release(project.name, version, files=rng.randint(1, 4))
+            return ChurnEvent("new release", project.name, version, serial)
+        if roll < 0.60:
+            user = f"user{rng.randint(1, 9999)}"
+            role = rng.choice(("Owner", "Maintainer"))
+            return ChurnEvent(
+                "add role", project.name, None, self.add_role(project.name, user, role)
+            )
+        unyanked = [r for r in releases if not r.yanked]
+        if roll < 0.68 and unyanked:
+            release = rng.choice(unyanked)
+            serial = self.yank_release(project.name, release.version, rng.choice(_YANK_REASONS))
+            return ChurnEvent("yank release", project.name, release.version, serial)
+        yanked = [r for r in releases if r.yanked]
+        if roll < 0.72 and yanked:
+            release = rng.choice(yanked)
+            serial = self.unyank_release(project.name, release.version)
+            return ChurnEvent("unyank release", project.name, release.version, serial)
+        with_files = [r for r in releases if r.files]
+        if roll < 0.80 and with_files:
+            release = rng.choice(with_files)
+            filename = rng.choice(release.files).filename
+            serial = self.remove_file(project.name, filename)
+            return ChurnEvent("remove file", project.name, release.version, serial)
+        if roll < 0.86 and releases:
+            release = rng.choice(releases)
+            serial = self.remove_release(project.name, release.version)
+            return ChurnEvent("remove release", project.name, release.version, serial)
+        if roll < 0.91:
+            return ChurnEvent(
+                "remove project", project.name, None, self.remove_project(project.name)
+            )
+        if roll < 0.95:
+            if project.status == QUARANTINED:
+                serial = self.clear_quarantine(project.name)
+                return ChurnEvent("project quarantine cleared", project.name, None, serial)
+            serial = self.quarantine_project(project.name)
+            return ChurnEvent("project quarantined", project.name, None, serial)
+        if project.status == ACTIVE:
+            self.archive_project(project.name)
+            return ChurnEvent("archive", project.name, None, None)
+        return self._churn_new_project(rng)
+
+    def _churn_new_project(self, rng: random.Random) -> ChurnEvent:
+        comeback = [n for n in self._removed_names if normalize(n) not in self._projects]
+        if comeback and rng.random() < 0.3:
+            name = rng.choice(comeback)
+        else:
+            name = synthetic_name(rng, self._synthetic_count)
+            self._synthetic_count += 1
+        serial = self.add_release(name, synthetic_version(0), files=rng.randint(1, 3))
+        self._project(name).version_counter = 1
+        return ChurnEvent("create", name, synthetic_version(0), serial)
+
+    def _random_project(self, rng: random.Random) -> Project | None:
+        if not self._projects:
+            return None
+        # islice walks the dict in C instead of copying 100,000 values for every event.
+        index = rng.randrange(len(self._projects))
+        return next(itertools.islice(self._projects.values(), index, None))
+
+    def _fresh_version(self, project: Project) -> str:
+        while True:
+            version = synthetic_version(project.version_counter)
+            project.version_counter += 1
+            if version not in project.releases:
+                return version
+
+    # --- internals: state --------------------------------------------------------------------
+
+    def _project(self, name: str) -> Project:
+        project = self._projects.get(normalize(name))
+        if project is None:
+            raise KeyError(f"no project {normalize(name)!r}")
+        return project
+
+    def _release(self, project: Project, version: str) -> Release:
+        release = project.releases.get(version)
+        if release is None:
+            raise KeyError(f"{project.normalized!r} has no release {version!r}")
+        return release
+
+    def _rendering(self, name: str) -> Rendering:
+        rendering = self._project(name).current
+        assert rendering is not None
+        return rendering
+
+    def _write(self, project: Project, version: str | None, action: str) -> int:
+        """Append one journal row for ``project``; it becomes the project's last serial."""
+        serial = len(self._journal) + 1
+        self._journal.append(JournalRow(project.name, version, int(self._clock()), action, serial))
+        project.last_serial = serial
+        self._generation += 1
+        return serial
+
+    def _set_status(self, name: str, status: str, action: str) -> int:
+        with self._lock:
+            project = self._project(name)
+            project.status = status
+            serial = self._write(project, None, action)
+            self._render(project)
+            return serial
+
+    def _new_files(
+        self,
+        project: Project,
+        release: Release,
+        files: int | Sequence[str] | None,
+        uploaded: int,
+    ) -> list[DistFile]:
+        existing = {d.filename for r in project.releases.values() for d in r.files}
+        if files is None:
+            files = 2
+        if isinstance(files, int):
+            names = []
+            for _ in range(files):
+                names.append(
+                    generated_filename(project.normalized, release.version, release.next_file_index)
+                )
+                release.next_file_index += 1
+        else:
+            names = [(filename, python_version_of(filename)) for filename in files]
+        created = []
+        for filename, python_version in names:
+            if filename in existing:
+                raise ValueError(f"{project.normalized!r} already has a file {filename!r}")
+            existing.add(filename)
+            created.append(make_dist_file(project.normalized, filename, python_version, uploaded))
+        return created
+
+    def _render(self, project: Project) -> None:
+        """Freeze the project's state into a view and render its HTML (kept as bytes)."""
+        if project.status == QUARANTINED:
+            releases: tuple[ReleaseView, ...] = ()
+        else:
+            ordered = sorted(project.releases.values(), key=lambda r: version_key(r.version))
+            releases = tuple(
+                ReleaseView(
+                    r.version,
+                    r.requires_python,
+                    r.yanked,
+                    r.yanked_reason,
+                    tuple(sorted(r.files, key=lambda d: d.filename)),
+                )
+                for r in ordered
+            )
+        view = PageView(
+            project.name, project.normalized, project.status, project.last_serial, releases
+        )
+        project.previous = project.current
+        project.current = Rendering(view, render_project_html(view))
+
+    def _listing_entries(self) -> tuple[ListingEntry, ...]:
+        entries = [
+            ListingEntry(p.name, p.normalized, p.last_serial)
+            for p in self._projects.values()
+            if p.status != QUARANTINED
+        ]
+        entries.extend(ListingEntry(n, normalize(n), s) for n, s in self._raw_listing.items())
+        entries.sort(key=lambda e: (e.normalized, e.name))
+        return tuple(entries)
+
+    def _current_root(self) -> RootRendering:
+        with self._lock:
+            root = self._root
+            if root is None or root.generation != self._generation:
+                entries = self._listing_entries()
+                self._root_previous = root
+                root = RootRendering(
+                    self._generation, len(self._journal), entries, render_root_html(entries)
+                )
+                self._root = root
+            return root
+
+    @staticmethod
+    def _simple_json(rendering: Rendering) -> bytes:
+        # Racing threads may both render: same bytes, last assignment wins.
+        if rendering.simple_json is None:
+            rendering.simple_json = render_project_json(rendering.view)
+        return rendering.simple_json
+
+    @staticmethod
+    def _api_json(rendering: Rendering) -> bytes | None:
+        if rendering.api_json is None:
+            rendering.api_json = render_api_json(rendering.view)
+        return rendering.api_json
+
+    @staticmethod
+    def _root_json(root: RootRendering) -> bytes:
+        if root.json is None:
+            root.json = render_root_json(root.entries, root.serial)
+        return root.json
+
+    # --- HTTP: routing (no sockets here) -----------------------------------------------------
+
+    def respond(self, request: Request) -> Reply:
+        """Route one request, apply any armed fault, and log it."""
+        kind, method, reply, fault = self._route(request)
+        record = RequestRecord(
+            request.method,
+            request.path,
+            method,
+            0 if reply.reset else reply.status,
+            kind,
+            fault.kind if fault else None,
+        )
+        with self._lock:
+            if kind == "page" and reply.status == 200:
+                self._pages_served += 1
+            if self.log_requests:
+                self._log.append(record)
+        return reply
+
+    def _route(self, request: Request) -> tuple[str, str | None, Reply, ArmedFault | None]:
+        path = request.path
+        if path in XMLRPC_PATHS:
+            if request.method != "POST":
+                return "xmlrpc", None, _error_reply(405, [("Allow", "POST")]), None
+            return self._route_xmlrpc(request)
+        if request.method == "PURGE":
+            return "purge", None, Reply(200, [("Content-Type", "text/plain")], b"purged\n"), None
+        if path.startswith("/_fake/"):
+            return "control", None, self._route_control(request), None
+        if request.method not in ("GET", "HEAD"):
+            return "other", None, _error_reply(405, [("Allow", "GET, HEAD")]), None
+        if path == "/simple" or path.startswith("/simple/"):
+            return self._route_simple(request)
+        if path.startswith("/pypi/") and path.endswith("/json"):
+            return self._route_json_api(request)
+        return "other", None, _error_reply(404), None
+
+    def _route_simple(self, request: Request) -> tuple[str, None, Reply, ArmedFault | None]:
+        rest = request.path[len("/simple") :]
+        if rest in ("", "/"):
+            if not rest:
+                return "redirect", None, _redirect("/simple/"), None
+            fault = self._take_fault(self._page_faults, "root")
+            reply = self._root_reply(request, fault)
+            return "root", None, reply, fault
+        raw_name, slash, tail = rest[1:].partition("/")
+        if not slash:
+            return "redirect", None, _redirect(f"/simple/{raw_name}/"), None
+        if tail:
+            return "other", None, _error_reply(404), None
+        name = urllib.parse.unquote(raw_name)
+        normalized = normalize(name)
+        if name != normalized:
+            location = f"/simple/{urllib.parse.quote(normalized, safe='')}/"
+            return "redirect", None, _redirect(location), None
+        fault = self._take_fault(self._page_faults, normalized)
+        with self._lock:
+            project = self._projects.get(normalized)
+            current = project.current if project else None
+            previous = project.previous if project else None
+        if current is None:
+            reply = _error_reply(404)
+            if fault:
+                reply = self._generic_fault(fault, reply, xmlrpc=False)
+            return "page", None, reply, fault
+        media = negotiate(request.accept)
+        reply = self._page_reply(media, current)
+        if fault:
+            reply = self._page_fault(fault, reply, media, current, previous)
+        return "page", None, reply, fault
+
+    def _page_reply(self, media: str, rendering: Rendering) -> Reply:
+        body = self._simple_json(rendering) if media == MIME_V1_JSON else rendering.html
+        return _simple_reply(media, body, rendering.view.serial)
+
+    def _page_fault(
+        self,
+        fault: ArmedFault,
+        reply: Reply,
+        media: str,
+        current: Rendering,
+        previous: Rendering | None,
+    ) -> Reply:
+        if fault.kind == "stale":
+            if previous is not None:
+                return self._page_reply(media, previous)
+            return _lower_serial(reply, current.view.serial)
+        if fault.kind == "json_instead":
+            return _simple_reply(MIME_V1_JSON, self._simple_json(current), current.view.serial)
+        return self._generic_fault(fault, reply, xmlrpc=False)
+
+    def _root_reply(self, request: Request, fault: ArmedFault | None) -> Reply:
+        root = self._current_root()
+        media = negotiate(request.accept)
+        body = self._root_json(root) if media == MIME_V1_JSON else root.html
+        reply = _simple_reply(media, body, root.serial)
+        if fault is None:
+            return reply
+        if fault.kind == "stale":
+            with self._lock:
+                previous = self._root_previous
+            if previous is not None and previous.serial < root.serial:
+                body = self._root_json(previous) if media == MIME_V1_JSON else previous.html
+                return _simple_reply(media, body, previous.serial)
+            return _lower_serial(reply, root.serial)
+        if fault.kind == "json_instead":
+            return _simple_reply(MIME_V1_JSON, self._root_json(root), root.serial)
+        return self._generic_fault(fault, reply, xmlrpc=False)
+
+    def _route_json_api(self, request: Request) -> tuple[str, None, Reply, ArmedFault | None]:
+        parts = request.path.split("/")  # ["", "pypi", name, "json"]
+        if len(parts) != 4 or not parts[2]:
+            return "json_api", None, _error_reply(404), None
+        name = urllib.parse.unquote(parts[2])
+        normalized = normalize(name)
+        with self._lock:
+            project = self._projects.get(normalized)
+            current = project.current if project else None
+            previous = project.previous if project else None
+        if project is not None and current is not None and name != current.view.name:
+            location = f"/pypi/{urllib.parse.quote(current.view.name, safe='')}/json"
+            return "redirect", None, _redirect(location), None
+        fault = self._take_fault(self._page_faults, normalized)
+        body = self._api_json(current) if current else None
+        if current is None or body is None:
+            reply = _error_reply(404)
+        else:
+            reply = _json_reply(body, current.view.serial)
+        if fault is None:
+            return "json_api", None, reply, None
+        if fault.kind == "stale" and current is not None and body is not None:
+            old = self._api_json(previous) if previous else None
+            if previous is not None and old is not None:
+                reply = _json_reply(old, previous.view.serial)
+            else:
+                reply = _lower_serial(reply, current.view.serial)
+        elif fault.kind not in ("stale", "json_instead"):
+            reply = self._generic_fault(fault, reply, xmlrpc=False)
+        return "json_api", None, reply, fault
+
+    def _route_control(self, request: Request) -> Reply:
+        if request.path == "/_fake/churn" and request.method == "POST":
+            try:
+                events = int(request.query.get("events", "10"))
+                seed_text = request.query.get("seed")
+                seed = int(seed_text) if seed_text is not None else None
+            except ValueError:
+                return _error_reply(400)
+            result = self.churn(events, seed)
+            return Reply(200, [("Content-Type", "application/json")], _json_bytes(result.to_dict()))
+        if request.path == "/_fake/state" and request.method in ("GET", "HEAD"):
+            with self._lock:
+                state = {
+                    "last_serial": len(self._journal),
+                    "projects": len(self._projects),
+                    "pages_served": self._pages_served,
+                }
+            return Reply(200, [("Content-Type", "application/json")], _json_bytes(state))
+        return _error_reply(404)
+
+    # --- HTTP: XML-RPC -----------------------------------------------------------------------
+
+    def _route_xmlrpc(self, request: Request) -> tuple[str, str | None, Reply, ArmedFault | None]:
+        try:
+            params, method = xmlrpc.client.loads(request.body)
+        except Exception:  # any parse failure is the client's: pyramid_rpc answers -32700
+            return "xmlrpc", None, _fault_reply(-32700, "parse error; not well formed"), None
+        if method is None:
+            return (
+                "xmlrpc",
+                None,
+                _fault_reply(-32601, "server error; requested method not found"),
+                None,
+            )
+        fault = self._take_fault(self._xmlrpc_faults, method)
+        if fault is None:
+            return "xmlrpc", method, self._call(method, params), None
+        if fault.kind == "xmlrpc_rate_limit":
+            message = RATE_LIMIT_MESSAGE.format(seconds=fault.params.get("seconds", 1))
+            reply = _fault_reply(-32500, message)
+        elif fault.kind == "xmlrpc_fault":
+            code = fault.params.get("code", -32500)
+            reply = _fault_reply(code, fault.params.get("string", "RuntimeError: injected fault"))
+        elif fault.kind == "xmlrpc_malformed":
+            garbage = b"<?xml version='1.0'?>\n<methodResponse><params><param><value><arr"
+            reply = Reply(200, [("Content-Type", XMLRPC_CONTENT_TYPE)], garbage)
+        elif fault.kind == "backwards":
+            reply = _xmlrpc_reply(self._backwards_changelog(params))
+        else:
+            reply = self._generic_fault(fault, self._call(method, params), xmlrpc=True)
+        return "xmlrpc", method, reply, fault
+
+    def _call(self, method: str, params: tuple[Any, ...]) -> Reply:
+        if method == "changelog_last_serial":
+            if params:
+                return _invalid_params()
+            with self._lock:
+                serial = len(self._journal) or None
+            return _xmlrpc_reply(serial)
+        if method == "changelog_since_serial":
+            if len(params) != 1 or not isinstance(params[0], int) or isinstance(params[0], bool):
+                return _invalid_params()
+            rows = [row.as_tuple() for row in self.changelog_since(params[0])]
+            return _xmlrpc_reply(rows)
+        if method == "list_packages_with_serial":
+            if params:
+                return _invalid_params()
+            root = self._current_root()
+            if root.xmlrpc_listing is None:
+                listing = {entry.name: entry.serial for entry in root.entries}
+                root.xmlrpc_listing = _marshal(listing)
+            return Reply(200, [("Content-Type", XMLRPC_CONTENT_TYPE)], root.xmlrpc_listing)
+        if method == "changelog":
+            return _fault_reply(-32500, CHANGELOG_REMOVED)
+        return _fault_reply(-32601, "server error; requested method not found")
+
+    def _backwards_changelog(self, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        """A page whose serials go down: the real page reversed, or two made-up rows."""
+        since = params[0] if params and isinstance(params[0], int) else 0
+        rows = [row.as_tuple() for row in self.changelog_since(since)]
+        if len(rows) >= 2:
+            return rows[::-1]
+        name = rows[0][0] if rows else "backwards"
+        stamp = int(self._clock())
+        return [(name, None, stamp, "create", since + 2), (name, None, stamp, "create", since + 1)]
+
+    # --- HTTP: generic faults ----------------------------------------------------------------
+
+    def _generic_fault(self, fault: ArmedFault, reply: Reply, *, xmlrpc: bool) -> Reply:
+        """Faults that look the same on a page, the root, the JSON API and XML-RPC."""
+        kind, params = fault.kind, fault.params
+        content_type = XMLRPC_CONTENT_TYPE if xmlrpc else CONTENT_TYPES[MIME_HTML]
+        if kind == "status":
+            return _error_reply(int(params.get("code", 503)))
+        if kind == "rate_limit":
+            return _error_reply(429, [("Retry-After", str(params.get("seconds", 1)))])
+        if kind == "reset":
+            return Reply(0, reset=True)
+        if kind == "slow":
+            reply.delay = float(params.get("seconds", 1.0))
+            return reply
+        if kind == "truncate":
+            reply.truncate = True
+            return reply
+        if kind == "not_simple":
+            return Reply(200, [("Content-Type", CONTENT_TYPES[MIME_HTML])], CDN_ERROR_PAGE)
+        if kind in ("empty", "oversized", "not_utf8"):
+            headers = [(k, v) for k, v in reply.headers if k != "Content-Type"]
+            headers.insert(0, ("Content-Type", content_type))
+            if kind == "empty":
+                return Reply(200, headers)
+            if kind == "oversized":
+                prefix = b"<?xml version='1.0'?>\n" if xmlrpc else b"<!DOCTYPE html>\n"
+                return Reply(200, headers, prefix, pad_to=int(params.get("size", 16 << 20)))
+            return Reply(200, headers, NOT_UTF8_XML if xmlrpc else NOT_UTF8_HTML)
+        raise AssertionError(f"fault {kind!r} reached the generic handler")
+
+
+# --- reply helpers -------------------------------------------------------------------------
+
+CDN_ERROR_PAGE = (
+    b"<!DOCTYPE html>\n<html>\n  <head>\n    <title>Error 503 Backend fetch failed</title>\n"
+    b"  </head>\n  <body>\n    <h1>Error 503 Backend fetch failed</h1>\n"
+    b"    <p>Backend fetch failed</p>\n    <h3>Guru Meditation:</h3>\n"
+    b"    <p>XID: 123456789</p>\n    <hr>\n    <p>Varnish cache server</p>\n  </body>\n</html>\n"
+)
+NOT_UTF8_HTML = (
+    b'<!DOCTYPE html>\n<html lang="en">\n  <head>\n'
+    b'    <meta name="pypi:repository-version" content="1.4">\n'
+    b"    <title>Links for \xff\xfe</title>\n  </head>\n  <body>\n"
+    b'<a href="https://files.pythonhosted.org/packages/x/\xc3\x28.tar.gz">\xe9t\xe9</a><br />\n'
+    b"</body>\n</html>\n"
+)
+NOT_UTF8_XML = b"<?xml version='1.0'?>\n<methodResponse>\xff\xfe\xc3\x28</methodResponse>\n"
+
+
+def _json_bytes(document: Any) -> bytes:
+    return (json.dumps(document, indent=2) + "\n").encode()
+
+
+def _simple_reply(media: str, body: bytes, serial: int) -> Reply:
+    headers = [
+        ("Content-Type", CONTENT_TYPES[media]),
+        ("Vary", "Accept"),
+        ("X-PyPI-Last-Serial", str(serial)),
+        ("Cache-Control", "max-age=600, public"),
+    ]
+    return Reply(200, headers, body)
+
+
+def _json_reply(body: bytes, serial: int) -> Reply:
+    headers = [
+        ("Content-Type", "application/json"),
+        ("X-PyPI-Last-Serial", str(serial)),
+        ("Access-Control-Allow-Origin", "*"),
+    ]
+    return Reply(200, headers, body)
+
+
+def _lower_serial(reply: Reply, serial: int) -> Reply:
+    """A stale answer when no older rendering exists: same body, a serial one lower."""
+    lower = max(serial - 1, 0)
+    headers = [(k, str(lower) if k == "X-PyPI-Last-Serial" else v) for k, v in reply.headers]
+    body = reply.body
+    trailer = f"<!--SERIAL {serial}-->".encode()
+    if body.endswith(trailer):
+        body = body[: -len(trailer)] + f"<!--SERIAL {lower}-->".encode()
+    return Reply(reply.status, headers, body)
+
+
+def _error_reply(status: int, extra: Sequence[tuple[str, str]] = ()) -> Reply:
+    """An HTML error page; like warehouse, no ``X-PyPI-Last-Serial``."""
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Error"
+    body = (
+        f"<html>\n <head>\n  <title>{status} {phrase}</title>\n </head>\n <body>\n"
+        f"  <h1>{status} {phrase}</h1>\n </body>\n</html>"
+    ).encode()
+    return Reply(status, [("Content-Type", CONTENT_TYPES[MIME_HTML]), *extra], body)
+
+
+def _redirect(location: str) -> Reply:
+    return Reply(301, [("Location", location), ("Content-Type", CONTENT_TYPES[MIME_HTML])])
+
+
+def _marshal(value: Any) -> bytes:
+    return xmlrpc.client.dumps((value,), methodresponse=True, allow_none=True).encode()
+
+
+def _xmlrpc_reply(value: Any) -> Reply:
+    return Reply(200, [("Content-Type", XMLRPC_CONTENT_TYPE)], _marshal(value))
+
+
+def _fault_reply(code: int, message: str) -> Reply:
+    body = xmlrpc.client.dumps(
+        xmlrpc.client.Fault(code, message), methodresponse=True, allow_none=True
+    ).encode()
+    return Reply(200, [("Content-Type", XMLRPC_CONTENT_TYPE)], body)
+
+
+def _invalid_params() -> Reply:
+    return _fault_reply(-32602, "server error; invalid method params")
+
+
+# --- HTTP: sockets -------------------------------------------------------------------------
+
+_FILLER = b"<!-- padding -->" * 4096  # 64 KiB
+
+
+class _Server(ThreadingHTTPServer):
+    """Threaded, keep-alive, TCP_NODELAY; tracks its connections so `stop` can close them."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(
+        self, address: tuple[str, int], fake: FakePyPI, context: ssl.SSLContext | None
+    ) -> None:
+        self.fake = fake
+        self.context = context
+        self.stopping = threading.Event()
+        self._connections: dict[socket.socket, threading.Thread] = {}
+        self._connections_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind would look the host up in DNS (getfqdn): skip it.
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name, self.server_port = str(host), int(port)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, address = super().get_request()
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.context is not None:
+            # The handshake runs in the handler thread (see _Handler.setup), not in accept.
+            sock = self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, address
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        thread = threading.Thread(
+            target=self._serve_connection, args=(request, client_address), daemon=True
+        )
+        with self._connections_lock:
+            self._connections[request] = thread
+        thread.start()
+
+    def _serve_connection(self, request: Any, client_address: Any) -> None:
+        try:
+            self.process_request_thread(request, client_address)
+        finally:
+            with self._connections_lock:
+                self._connections.pop(request, None)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError, ssl.SSLError, OSError)):
+            return  # clients hang up, time out and reset: that is their right
+        log.exception("fake PyPI failed on a request from %s", client_address)
+
+    def close_connections(self) -> None:
+        with self._connections_lock:
+            connections = list(self._connections.items())
+        for sock, _ in connections:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        for _, thread in connections:
+            thread.join(timeout=2)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "fake-pypi"
+    sys_version = ""
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        if isinstance(self.connection, ssl.SSLSocket):
+            self.connection.do_handshake()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: a benchmark makes hundreds of thousands of requests."""
+
+    def do_GET(self) -> None:
+        self._serve()
+
+    def do_HEAD(self) -> None:
+        self._serve()
+
+    def do_POST(self) -> None:
+        self._serve()
+
+    def do_PURGE(self) -> None:
+        self._serve()
+
+    def _serve(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_REQUEST_BODY:
+            self.close_connection = True
+            self._write(_error_reply(413))
+            return
+        body = self.rfile.read(length) if length else b""
+        split = urllib.parse.urlsplit(self.path)
+        request = Request(
+            self.command,
+            split.path,
+            dict(urllib.parse.parse_qsl(split.query)),
+            self.headers.get("Accept"),
+            body,
+        )
+        self._write(self.server.fake.respond(request))
+
+    def _write(self, reply: Reply) -> None:
+        if reply.delay:
+            self.server.stopping.wait(reply.delay)
+        if reply.reset:
+            # Linger 0: closing sends a TCP reset instead of a graceful goodbye.
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.close_connection = True
+            return
+        length = max(len(reply.body), reply.pad_to)
+        phrase = self.responses.get(reply.status, ("",))[0]
+        lines = [
+            f"HTTP/1.1 {reply.status} {phrase}",
+            f"Server: {self.server_version}",
+            f"Date: {email.utils.formatdate(usegmt=True)}",
+            *(f"{name}: {value}" for name, value in reply.headers),
+            f"Content-Length: {length}",
+        ]
+        if reply.truncate:
+            self.close_connection = True
+        if self.close_connection:
+            lines.append("Connection: close")
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace")
+        if self.command == "HEAD":
+            self.wfile.write(head)
+            return
+        body = reply.body[: len(reply.body) // 2] if reply.truncate else reply.body
+        self.wfile.write(head + body)
+        sent = len(body)
+        while sent < reply.pad_to:
+            chunk = _FILLER[: reply.pad_to - sent]
+            self.wfile.write(chunk)
+            sent += len(chunk)
+
+
+# --- TLS helper ----------------------------------------------------------------------------
+
+
+def make_self_signed_cert(directory: str | Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
+    """Write a throwaway certificate for ``host`` (openssl CLI); return (cert, key) paths.
+
+    For clients that insist on https (bandersnatch refuses an ``http://`` master): start
+    ``FakePyPI(certfile=cert, keyfile=key)`` and point the client's CA bundle at ``cert``.
+    """
+    directory = Path(directory)
+    cert, key = directory / "fake-pypi-cert.pem", directory / "fake-pypi-key.pem"
+    san = f"IP:{host}" if re.fullmatch(r"[\d.]+|[0-9a-fA-F:]+", host) else f"DNS:{host}"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-nodes", "-days", "7", "-subj", f"/CN={host}", "-addext", f"subjectAltName={san}",
+            "-keyout", str(key), "-out", str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+# --- command line --------------------------------------------------------------------------
+
+
+def _serve_main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.fake_pypi",
+        description="Serve a synthetic PyPI index on loopback until interrupted.",
+        epilog="Other commands: 'churn --url URL --events N' (change a running server), "
+        "'bench' (measure the serving ceiling).",
+    )
+    parser.add_argument("--projects", type=int, default=1000, help="synthetic projects")
+    parser.add_argument("--port", type=int, default=8080, help="0 lets the OS choose")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--page-cap", type=int, default=DEFAULT_PAGE_CAP)
+    parser.add_argument("--certfile", help="serve https with this certificate")
+    parser.add_argument("--keyfile", help="key for --certfile")
+    args = parser.parse_args(argv)
+
+    fake = FakePyPI(
+        host=args.host,
+        port=args.port,
+        page_cap=args.page_cap,
+        certfile=args.certfile,
+        keyfile=args.keyfile,
+        log_requests=False,
+    )
+    started = time.perf_counter()
+    fake.populate(args.projects, seed=args.seed)
+    elapsed = time.perf_counter() - started
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    with fake:
+        print(fake.url, flush=True)
+        print(
+            f"fake PyPI: {args.projects} projects (built in {elapsed:.1f} s), "
+            f"serial {fake.last_serial}, at {fake.url}; Ctrl-C stops it",
+            file=sys.stderr,
+            flush=True,
+        )
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def _churn_main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.fake_pypi churn",
+        description="Apply random changes to a running fake PyPI; print what changed (JSON).",
+    )
+    parser.add_argument("--url", default="http://127.0.0.1:8080")
+    parser.add_argument("--events", type=int, default=20)
+    parser.add_argument("--seed", type=int, help="default: the server's current serial")
+    args = parser.parse_args(argv)
+    query = {"events": str(args.events)}
+    if args.seed is not None:
+        query["seed"] = str(args.seed)
+    url = f"{args.url.rstrip('/')}/_fake/churn?{urllib.parse.urlencode(query)}"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=60) as r:
+            sys.stdout.write(r.read().decode())
+    except (urllib.error.URLError, OSError) as error:
+        print(f"churn: cannot reach {args.url}: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def measure_ceiling(
+    projects: int = 2000, threads: int = 4, seconds: float = 3.0, client: str = "requests"
+) -> float:
+    """Project pages a second that ``threads`` keep-alive clients get from a stand-in.
+
+    The server runs in its own process (as it does under a benchmark), so client and server
+    do not share a GIL. ``client`` is ``requests`` (one Session a thread: what the mirror
+    uses) or ``http.client`` (lighter, to see the server's own limit).
+    """
+    command = [sys.executable, "-m", "tests.fake_pypi", "--projects", str(projects), "--port", "0"]
+    root = Path(__file__).resolve().parents[1]
+    with subprocess.Popen(
+        command, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    ) as server:
+        try:
+            assert server.stdout is not None
+            url = server.stdout.readline().strip()
+            with urllib.request.urlopen(f"{url}/simple/", timeout=30) as response:
+                listing = response.read().decode()
+            paths = re.findall(r'href="(/simple/[^"]+/)"', listing)
+            return _client_loop(url, paths, threads, seconds, client)
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
+
+
+def _client_loop(url: str, paths: list[str], threads: int, seconds: float, client: str) -> float:
+    import http.client
+
+    import requests
+
+    counts = [0] * threads
+    deadline = time.perf_counter() + seconds
+    split = urllib.parse.urlsplit(url)
+
+    def fetch_with_requests(slot: int) -> None:
+        with requests.Session() as session:
+            position = slot
+            while time.perf_counter() < deadline:
+                session.get(url + paths[position % len(paths)], timeout=30).raise_for_status()
+                counts[slot] += 1
+                position += threads
+
+    def fetch_with_http_client(slot: int) -> None:
+        connection = http.client.HTTPConnection(split.hostname or "127.0.0.1", split.port)
+        try:
+            position = slot
+            while time.perf_counter() < deadline:
+                connection.request("GET", paths[position % len(paths)])
+                response = connection.getresponse()
+                response.read()
+                counts[slot] += 1
+                position += threads
+        finally:
+            connection.close()
+
+    target = fetch_with_requests if client == "requests" else fetch_with_http_client
+    workers = [threading.Thread(target=target, args=(slot,)) for slot in range(threads)]
+    started = time.perf_counter()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return sum(counts) / (time.perf_counter() - started)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "churn":
+        return _churn_main(args[1:])
+    if args and args[0] == "bench":
+        for client in ("requests", "http.client"):
+            for threads in (1, 4):
+                rate = measure_ceiling(threads=threads, client=client)
+                print(f"{client}, {threads} thread(s): {rate:,.0f} pages/s")
+        return 0
+    return _serve_main(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
