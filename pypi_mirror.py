@@ -23,6 +23,7 @@ import logging
 import os
 import random
 import re
+import signal
 import sys
 import threading
 import time
@@ -138,6 +139,29 @@ class StalePage(UpstreamError):
 
 class ChangelogError(UpstreamError):
     """The changelog contradicts itself; applying it could lose changes."""
+
+
+# --- test hook
+
+CRASH_AT_ENV = "PYPI_MIRROR_CRASH_AT"
+_crash_passes: dict[str, int] = {}
+
+
+def crash_point(name: str) -> None:
+    """Test hook: SIGKILL this process the n-th time it passes point `name`.
+
+    The crash tests (tests/test_crash.py) set ``PYPI_MIRROR_CRASH_AT=<name>:<n>``
+    to prove that a run killed right there loses nothing. Points: ``page-temp``
+    (page bytes in a temp file), ``page-renamed`` (page renamed into place),
+    ``state-save`` (before state.json is written), ``rstuf-answered`` (RSTUF
+    accepted a request, its task id not yet saved). Inert when the variable is unset.
+    """
+    spec = os.environ.get(CRASH_AT_ENV)
+    if not spec or spec.partition(":")[0] != name:
+        return
+    _crash_passes[name] = _crash_passes.get(name, 0) + 1
+    if _crash_passes[name] == int(spec.partition(":")[2] or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 # --- records and pure functions
@@ -660,9 +684,11 @@ class MirrorWriter:
                 self._link_copy(page, copy)
             return False
         temp = self._write_temp(body)
+        crash_point("page-temp")
         try:
             self._link_copy(temp, copy)
             os.replace(temp, directory / PAGE_NAME)
+            crash_point("page-renamed")
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp)
@@ -873,6 +899,7 @@ class RstufDelivery:
         return adds, removes
 
     def _record(self, task_id: str, action: str, paths: list[str], published: bool) -> None:
+        crash_point("rstuf-answered")
         self.box.tasks.append(OutboxTask(task_id, action, paths, published, self.clock()))
         self.box.dirty.difference_update(paths)
         self.save()
@@ -1008,6 +1035,7 @@ class Sync:
 
     def save(self) -> None:
         if not self.config.dry_run:
+            crash_point("state-save")
             save_state(self.config.state_path, self.state)
 
     # first sync and --full-check
