@@ -693,10 +693,7 @@ class MirrorWriter:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp)
         self.state.retired.pop(self._relative(copy), None)
-        if old is not None:
-            old_digest = digest_bytes(old).hexdigest
-            if old_digest != digest:
-                self.retire(directory / prefixed_name(old_digest))
+        self.retire_replaced(directory, old, body)
         return True
 
     def _temp_name(self) -> Path:
@@ -733,8 +730,27 @@ class MirrorWriter:
             self.retire(directory / prefixed_name(old_digest))
         self._remove_if_empty(directory)
 
+    def prepare(self, change: Change) -> bool:
+        """Before `apply`: record what it will retire; True if the state must be saved first."""
+        directory = self.layout.project_dir(change.name)
+        return self.retire_replaced(directory, change.old, change.page.body)
+
+    def retire_replaced(self, directory: Path, old: bytes | None, new: bytes | None) -> bool:
+        """Retire the prefixed copy of page `old` if `new` (None: no page) replaces it.
+
+        Called before the write, so the caller saves the retirement with the state
+        first: a run killed right after the write leaves a page its rerun finds
+        unchanged, and the old copy would otherwise be served for ever. Called
+        again after the write, which starts the grace at the real replacement.
+        """
+        if old is None or old == new:
+            return False
+        self.retire(directory / prefixed_name(digest_bytes(old).hexdigest))
+        return True
+
     def retire(self, copy: Path) -> None:
-        self.state.retired.setdefault(self._relative(copy), self.clock())
+        """Start (or restart) `copy`'s grace period now."""
+        self.state.retired[self._relative(copy)] = self.clock()
 
     def read_root(self) -> bytes | None:
         try:
@@ -1134,6 +1150,8 @@ class Sync:
             if self.writer.read_root() != body:
                 self.out(f"write {ROOT_TARGET} ({len(members)} projects)")
             return
+        if self.writer.retire_replaced(self.layout.served_dir, self.writer.read_root(), body):
+            self.save()  # see MirrorWriter.retire_replaced
         if self.writer.store_root(body) and record_change:
             self.state.outbox.dirty.add(ROOT_TARGET)
         self.state.root_stale = False
@@ -1224,10 +1242,12 @@ class Sync:
             return
         membership = any(change.listed_before() != change.listed_after() for change in batch)
         self.membership_changed |= membership
+        retiring = [self.writer.prepare(change) for change in batch]
         if record_changes:
             self.state.outbox.dirty.update(project_target(change.name) for change in batch)
             self.state.root_stale |= membership
-            self.save()
+        if record_changes or any(retiring):
+            self.save()  # the batch's intent is durable before it touches the disk
         for change in batch:
             self.writer.apply(change)
             self.count(change)
