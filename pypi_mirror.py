@@ -1168,10 +1168,15 @@ class Sync:
             if self.writer.read_root() != body:
                 self.out(f"write {ROOT_TARGET} ({len(members)} projects)")
             return
-        if self.writer.retire_replaced(self.layout.served_dir, self.writer.read_root(), body):
-            self.save()  # see MirrorWriter.retire_replaced
-        if self.writer.store_root(body) and record_change:
-            self.state.outbox.dirty.add(ROOT_TARGET)
+        old = self.writer.read_root()
+        if old != body:
+            # Intent before action, as for pages: a run killed right after the write
+            # finds the root unchanged, and would neither tell RSTUF nor retire the copy.
+            self.writer.retire_replaced(self.layout.served_dir, old, body)
+            if record_change:
+                self.state.outbox.dirty.add(ROOT_TARGET)
+            self.save()
+        self.writer.store_root(body)
         self.state.root_stale = False
 
     # fetching and applying
