@@ -1,0 +1,437 @@
+"""End to end with the real TUF client: what RSTUF signs is what the mirror serves.
+
+The chain under test: stand-in PyPI -> ``pypi_mirror.py`` (first sync) ->
+``generate_csv.py`` -> the CSV's rows registered in the stand-in RSTUF ->
+TUF metadata built by python-tuf from exactly what that RSTUF published
+(``FakeRstuf.view``, never the mirror's disk; see ``tests/tuf_repo.py``:
+consistent snapshots, succinct hash bins ``bins-0`` .. ``bins-f``) -> the
+metadata and the mirror's ``pypi_mirror/`` served over loopback HTTP ->
+``tuf.ngclient.Updater`` downloads each page from its hash-prefixed copy
+(``simple/<name>/<blake2b-256>.index.html``) and verifies length and hash.
+Then again after PyPI changes that the mirror delivers to RSTUF itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import functools
+import http.server
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import requests
+from tuf.api.exceptions import (
+    DownloadError,
+    DownloadHTTPError,
+    LengthOrHashMismatchError,
+    RepositoryError,
+)
+from tuf.api.metadata import TargetFile
+from tuf.ngclient import Updater, UpdaterConfig
+
+import generate_csv
+import pypi_mirror
+import rstuf_client
+from mirror_store import ROOT_TARGET, digest_file, iter_targets, project_target
+from tests.fake_pypi import FakePyPI
+from tests.fake_rstuf import FakeRstuf, hash_bin_role
+from tests.mirror_helpers import Mirror, upstream_listing, upstream_page
+from tests.tuf_repo import TufRepository
+
+RSTUF_FAST = ["--rstuf-poll", "0.05"]
+NUMBER_OF_BINS = 16
+# Names with '.', '_', '-' and capitals: the target path is the normalized name.
+PROJECTS = ("Django", "numpy", "zope.interface", "Foo_Bar", "requests", "PyYAML", "my-Pkg.Two")
+
+
+# --- serving ------------------------------------------------------------------
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def serve(directory: Path) -> Iterator[str]:
+    """Serve `directory` (files only, as a static web server would) on 127.0.0.1."""
+    handler = functools.partial(_QuietHandler, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01})
+    thread.start()
+    try:
+        host, port = server.server_address[:2]
+        yield f"http://{host}:{port}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+# --- the world ------------------------------------------------------------------
+
+
+@dataclass
+class World:
+    tmp: Path
+    pypi: FakePyPI
+    rstuf: FakeRstuf
+    mirror: Mirror
+    repo: TufRepository
+    metadata_url: str
+    mirror_url: str
+    clients: int = 0
+    csv_rows: list[list[str]] = field(default_factory=list)
+
+    def client(self, metadata_dir: Path | None = None, trust_cached: bool = False) -> Updater:
+        """A TUF client; fresh ones trust only the initial root (1.root.json)."""
+        if metadata_dir is None:
+            self.clients += 1
+            metadata_dir = self.tmp / "clients" / str(self.clients)
+        metadata_dir.mkdir(parents=True, exist_ok=True)
+        return Updater(
+            metadata_dir=str(metadata_dir),
+            metadata_base_url=self.metadata_url,
+            target_dir=str(metadata_dir / "targets"),
+            target_base_url=self.mirror_url,
+            config=UpdaterConfig(prefix_targets_with_hash=True),
+            bootstrap=None if trust_cached else self.repo.root_bytes,
+        )
+
+    def sync(self, *extra: str) -> None:
+        """One mirror run that tells RSTUF, then RSTUF's new metadata is published."""
+        self.mirror.rstuf_url = self.rstuf.url
+        assert self.mirror.run(*RSTUF_FAST, *extra) == 0
+        self.repo.publish(self.rstuf.view)
+
+    def served(self, target: str) -> bytes:
+        return self.mirror.layout.path_of_target(target).read_bytes()
+
+    def prefixed_copy(self, info: TargetFile) -> Path:
+        """The file the client fetches for `info` (consistent snapshots)."""
+        directory, _, basename = info.path.rpartition("/")
+        name = f"{info.hashes['blake2b-256']}.{basename}"
+        return self.mirror.layout.served_dir / directory / name
+
+
+def fetch(updater: Updater, target: str, into: Path) -> bytes | None:
+    """Download and verify `target`; None when the TUF metadata does not sign it."""
+    info = updater.get_targetinfo(target)
+    if info is None:
+        return None
+    into.mkdir(parents=True, exist_ok=True)
+    path = updater.download_target(info, str(into / target.replace("/", "_")))
+    return Path(path).read_bytes()
+
+
+def csv_import(mirror: Mirror, rstuf: FakeRstuf, output: Path) -> list[list[str]]:
+    """generate_csv.py, then register its rows in RSTUF as `import-artifacts` would."""
+    argv = ["--mirror-dir", str(mirror.root), "--state", str(mirror.state)]
+    assert generate_csv.main([*argv, "--output", str(output), "--workers", "2", "-q"]) == 0
+    with open(output, newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle, delimiter=";"))  # RSTUF CLI's parser: no header
+    lines = output.read_text(encoding="utf-8").splitlines(keepends=True)
+    # the released CLI (line.split(";")) must read the same four values
+    assert [line.split(";")[:4] for line in lines] == [row[:4] for row in rows]
+    artifacts = [
+        rstuf_client.Artifact(path, int(size), {hash_type: digest})
+        for path, size, hash_type, digest, *_ in rows
+    ]
+    with rstuf_client.RstufClient(rstuf.url, poll_interval=0.05) as client:
+        client.wait(client.add(artifacts), deadline=time.monotonic() + 20)
+    rstuf.accepted.clear()
+    return rows
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    with FakePyPI() as pypi, FakeRstuf(step=0.02, number_of_bins=NUMBER_OF_BINS) as rstuf:
+        for name in PROJECTS:
+            pypi.add_release(name, "1.0", files=2)
+        mirror = Mirror(tmp_path / "pypi-index-mirror", tmp_path / "state.json", pypi.url)
+        assert mirror.run() == 0  # first sync: nothing goes to RSTUF yet
+        assert rstuf.accepted == [] and rstuf.view == {}
+        rows = csv_import(mirror, rstuf, tmp_path / "artifacts.csv")
+        repo = TufRepository(tmp_path / "metadata", NUMBER_OF_BINS)
+        repo.publish(rstuf.view)
+        with serve(repo.directory) as metadata_url, serve(mirror.layout.served_dir) as mirror_url:
+            yield World(tmp_path, pypi, rstuf, mirror, repo, metadata_url, mirror_url, 0, rows)
+
+
+def assert_client_sees_upstream(world: World, updater: Updater, into: Path) -> None:
+    """Every project PyPI lists, and the root index, verify and equal PyPI / the mirror."""
+    listing = upstream_listing(world.pypi.url)
+    root = fetch(updater, ROOT_TARGET, into)
+    assert root is not None and root == world.served(ROOT_TARGET)
+    assert pypi_mirror.parse_root_index(root) == listing
+    for name in listing:
+        target = project_target(name)
+        page = fetch(updater, target, into)
+        assert page is not None, f"{target} is not signed"
+        assert page == world.served(target) == upstream_page(world.pypi.url, name), target
+
+
+def flip_byte(path: Path, offset: int = 20) -> None:
+    """Change one byte of the file in place (its hard links see it too)."""
+    with open(path, "r+b") as handle:
+        handle.seek(offset)
+        byte = handle.read(1)
+        handle.seek(offset)
+        handle.write(bytes([byte[0] ^ 0x20]))
+
+
+# --- tests ----------------------------------------------------------------------
+
+
+def test_bootstrap_import_verifies_every_page_and_the_root_index(world: World) -> None:
+    targets = list(iter_targets(world.mirror.layout))
+    assert [row[0] for row in world.csv_rows] == targets
+    assert len(targets) == len(PROJECTS) + 1
+    assert set(world.rstuf.view) == set(targets) == set(world.repo.targets())
+    # the bins the TUF metadata uses are the ones RSTUF assigned
+    roles = {path: row.role for path, row in world.rstuf.rows.items()}
+    assert roles == {path: world.repo.role_for(path) for path in targets}
+    assert roles == {path: hash_bin_role(path, NUMBER_OF_BINS) for path in targets}
+    assert len(set(roles.values())) > 1, "the targets should spread over several bins"
+
+    updater = world.client()
+    assert_client_sees_upstream(world, updater, world.tmp / "downloads")
+    for name in ("zope-interface", "foo-bar", "my-pkg-two", "pyyaml"):
+        info = updater.get_targetinfo(project_target(name))
+        assert info is not None
+        assert world.prefixed_copy(info).is_file()
+    for display in ("zope.interface", "Foo_Bar", "PyYAML", "Django"):
+        assert updater.get_targetinfo(f"simple/{display}/index.html") is None, "not normalized"
+
+
+def test_updates_sent_by_the_mirror_verify(world: World) -> None:
+    before_dir = world.tmp / "clients" / "before"
+    assert_client_sees_upstream(world, world.client(before_dir), world.tmp / "before")
+    numpy_before = world.served("simple/numpy/index.html")
+
+    world.pypi.add_release("numpy", "1.0", files=1)  # an added file
+    world.pypi.remove_project("Django")
+    world.pypi.rename_project("Foo_Bar", "Foo.Baz")
+    world.pypi.create_project("Brand_New")
+    world.sync()
+
+    fresh = world.client()  # trusts only the initial root
+    into = world.tmp / "after"
+    numpy_after = fetch(fresh, "simple/numpy/index.html", into)
+    assert numpy_after is not None and numpy_after != numpy_before
+    assert numpy_after == world.served("simple/numpy/index.html")
+    for gone in ("simple/django/index.html", "simple/foo-bar/index.html"):
+        assert fresh.get_targetinfo(gone) is None, gone
+    assert fetch(fresh, "simple/foo-baz/index.html", into) == upstream_page(
+        world.pypi.url, "foo-baz"
+    )
+    root = fetch(fresh, ROOT_TARGET, into)
+    assert root is not None
+    members = pypi_mirror.parse_root_index(root)
+    assert members["foo-baz"] == "Foo.Baz" and members["brand-new"] == "Brand_New"
+    assert "django" not in members and "foo-bar" not in members
+    assert_client_sees_upstream(world, fresh, into)
+
+    # the first client's metadata directory, refreshed by a new Updater, agrees
+    again = world.client(before_dir, trust_cached=True)
+    assert_client_sees_upstream(world, again, world.tmp / "again")
+    assert again.get_targetinfo("simple/django/index.html") is None
+
+    # a second round: the renamed project changes, one goes, one is quarantined
+    world.pypi.add_release("Foo.Baz", "2.0", files=1)
+    world.pypi.remove_project("numpy")
+    world.pypi.quarantine_project("requests")  # page stays (no files), leaves the listing
+    world.sync()
+    latest = world.client()
+    assert latest.get_targetinfo("simple/numpy/index.html") is None
+    assert_client_sees_upstream(world, latest, world.tmp / "latest")
+    quarantined = fetch(latest, "simple/requests/index.html", world.tmp / "latest")
+    assert (
+        quarantined
+        == upstream_page(world.pypi.url, "requests")
+        == world.served("simple/requests/index.html")
+    )
+
+
+def test_client_with_older_metadata_gets_the_old_page_during_grace(world: World) -> None:
+    target = "simple/zope-interface/index.html"
+    old_page = world.served(target)
+    early = world.client()
+    early.refresh()  # top-level metadata only: its bins are loaded after the update
+
+    world.pypi.add_release("zope.interface", "2.0", files=1)
+    world.sync()
+    assert world.served(target) != old_page
+
+    old_info = early.get_targetinfo(target)  # from the bins its (older) snapshot names
+    assert old_info is not None
+    assert old_info.length == len(old_page)
+    assert world.prefixed_copy(old_info).is_file(), "old copy kept for --grace"
+    path = early.download_target(old_info, str(world.tmp / "early.html"))
+    assert Path(path).read_bytes() == old_page
+
+    assert fetch(world.client(), target, world.tmp / "new") == world.served(target)
+
+    # once the grace period is over the old copy is gone; a current client is unaffected
+    world.sync("--grace", "0")
+    assert not world.prefixed_copy(old_info).exists()
+    with pytest.raises(DownloadHTTPError):
+        early.download_target(old_info, str(world.tmp / "late.html"))
+    assert fetch(world.client(), target, world.tmp / "newer") == world.served(target)
+
+
+@pytest.mark.parametrize("target", ["simple/numpy/index.html", ROOT_TARGET])
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_page_tampered_on_disk_fails_verification(world: World, target: str, damage: str) -> None:
+    updater = world.client()
+    info = updater.get_targetinfo(target)
+    assert info is not None
+    fetched = world.prefixed_copy(info)
+    page = world.mirror.layout.path_of_target(target)
+    original = fetched.read_bytes()
+    if damage == "flip":
+        flip_byte(fetched)
+    else:
+        with open(fetched, "r+b") as handle:
+            handle.truncate(len(original) - 1)
+    assert fetched.samefile(page) and page.read_bytes() != original  # both names damaged
+    with pytest.raises(LengthOrHashMismatchError):
+        updater.download_target(info, str(world.tmp / "tampered.html"))
+    assert not (world.tmp / "tampered.html").exists()
+
+
+def test_page_grown_on_disk_is_refused(world: World) -> None:
+    updater = world.client()
+    info = updater.get_targetinfo("simple/requests/index.html")
+    assert info is not None
+    with open(world.prefixed_copy(info), "ab") as handle:
+        handle.write(b"<a href='https://evil.example/requests-9.tar.gz'>requests-9</a>\n")
+    with pytest.raises((RepositoryError, DownloadError)):
+        updater.download_target(info, str(world.tmp / "grown.html"))
+
+
+def test_pages_rstuf_never_registered_cannot_be_downloaded(world: World) -> None:
+    numpy_signed = world.served("simple/numpy/index.html")
+    root_signed = world.served(ROOT_TARGET)
+    # The mirror updates without RSTUF: its changes wait in the outbox.
+    world.pypi.create_project("Brand_New")
+    world.pypi.add_release("numpy", "1.0", files=1)
+    world.mirror.rstuf_url = None
+    assert world.mirror.run() == 0
+    world.repo.publish(world.rstuf.view)
+    # and someone drops a page of their own into the served tree
+    evil_dir = world.mirror.layout.project_dir("evil")
+    evil_dir.mkdir()
+    evil = b"<html><body><a href='https://evil.example/x.tar.gz'>x</a></body></html>\n"
+    (evil_dir / "index.html").write_bytes(evil)
+    digest = digest_file(evil_dir / "index.html").hexdigest
+    (evil_dir / f"{digest}.index.html").write_bytes(evil)
+
+    updater = world.client()
+    into = world.tmp / "unregistered"
+    for target in ("simple/brand-new/index.html", "simple/evil/index.html"):
+        response = requests.get(world.mirror_url + target, timeout=10)
+        with response:
+            assert response.status_code == 200, "the mirror does serve it"
+        assert updater.get_targetinfo(target) is None, target
+    # a changed page the metadata does not know yet: the client gets the signed old bytes
+    assert world.served("simple/numpy/index.html") != numpy_signed
+    assert fetch(updater, "simple/numpy/index.html", into) == numpy_signed
+    assert fetch(updater, ROOT_TARGET, into) == root_signed
+
+    # the next run with RSTUF delivers the outbox; the unregistered page stays unsigned
+    world.sync()
+    current = world.client()
+    assert fetch(current, "simple/brand-new/index.html", into) == world.served(
+        "simple/brand-new/index.html"
+    )
+    assert fetch(current, "simple/numpy/index.html", into) == world.served(
+        "simple/numpy/index.html"
+    )
+    assert current.get_targetinfo("simple/evil/index.html") is None
+
+
+def test_metadata_comes_from_rstuf_not_from_the_mirror_disk(world: World) -> None:
+    """A page registered with other bytes than the mirror serves is refused."""
+    target = "simple/requests/index.html"
+    page = world.served(target)
+    forged = bytearray(page)
+    forged[-30] ^= 1
+    digest = pypi_mirror.digest_bytes(bytes(forged))
+    artifact = rstuf_client.Artifact(target, digest.length, {digest.algorithm: digest.hexdigest})
+    with rstuf_client.RstufClient(world.rstuf.url, poll_interval=0.05) as client:
+        client.wait(client.add([artifact]), deadline=time.monotonic() + 20)
+    world.repo.publish(world.rstuf.view)
+    updater = world.client()
+    info = updater.get_targetinfo(target)
+    assert info is not None and info.hashes["blake2b-256"] == digest.hexdigest
+    assert not world.prefixed_copy(info).exists()
+    with pytest.raises(DownloadHTTPError):  # the mirror has no copy under that hash
+        updater.download_target(info, str(world.tmp / "forged.html"))
+    # served under the registered hash but with the mirror's bytes: the hash check fails
+    shutil.copyfile(world.mirror.layout.path_of_target(target), world.prefixed_copy(info))
+    with pytest.raises(LengthOrHashMismatchError):
+        updater.download_target(info, str(world.tmp / "forged.html"))
+
+
+def test_full_check_repairs_a_tampered_page(world: World) -> None:
+    for path in (world.mirror.layout.project_page("numpy"), world.mirror.layout.root_page):
+        flip_byte(path, 60)
+    updater = world.client()
+    info = updater.get_targetinfo("simple/numpy/index.html")
+    assert info is not None
+    with pytest.raises(LengthOrHashMismatchError):
+        updater.download_target(info, str(world.tmp / "damaged.html"))
+    world.sync("--full-check")  # "catches ... local damage" (README)
+    assert_client_sees_upstream(world, world.client(), world.tmp / "repaired")
+
+
+def test_rename_that_keeps_the_normalized_name(world: World) -> None:
+    """A rename that changes only case or punctuation changes the root index's display name.
+
+    BUG (pypi_mirror.py, projects_to_refresh): for the changelog row
+    ``("NumPy", None, t, "rename from numpy", serial)`` both names normalize to
+    ``numpy``; the old name is merged last with the same serial and
+    merge_pending's ``>=`` keeps it, so the root index keeps ``numpy`` while
+    PyPI lists ``NumPy`` (until a --full-check).
+    """
+    world.pypi.rename_project("numpy", "NumPy")
+    world.pypi.rename_project("Foo_Bar", "foo.bar")
+    world.sync()
+    updater = world.client()
+    root = fetch(updater, ROOT_TARGET, world.tmp / "renamed")
+    assert root is not None and root == world.served(ROOT_TARGET)  # signed as served
+    members = pypi_mirror.parse_root_index(root)
+    assert (members["numpy"], members["foo-bar"]) == ("NumPy", "foo.bar")
+    assert_client_sees_upstream(world, updater, world.tmp / "renamed")
+
+
+def test_signed_page_stays_downloadable_while_rstuf_is_behind(world: World) -> None:
+    """While RSTUF has not published a change, the copy it still signs must stay served.
+
+    BUG (pypi_mirror.py, MirrorWriter.collect_retired): the grace period of an
+    old hash-prefixed copy counts from when the mirror wrote the new page, not
+    from when RSTUF published it. If RSTUF is unreachable (or its task fails)
+    for longer than --grace, a later run deletes the copy that RSTUF's metadata
+    still names, and every TUF client gets 404 for that page until RSTUF is
+    back, although the mirror still had the signed bytes.
+    """
+    target = "simple/numpy/index.html"
+    signed = world.served(target)
+    world.pypi.add_release("numpy", "1.0", files=1)
+    world.mirror.rstuf_url = "http://127.0.0.1:9"  # RSTUF is down
+    assert world.mirror.run(*RSTUF_FAST, "--grace", "1") == pypi_mirror.EXIT_PARTIAL
+    assert world.served(target) != signed
+    assert fetch(world.client(), target, world.tmp / "during") == signed
+    time.sleep(1.1)  # the grace period passes; RSTUF is still down
+    assert world.mirror.run(*RSTUF_FAST, "--grace", "1") == pypi_mirror.EXIT_PARTIAL
+    world.repo.publish(world.rstuf.view)  # RSTUF's metadata has not moved
+    assert fetch(world.client(), target, world.tmp / "later") == signed
+    world.sync()  # RSTUF is back: the outbox is delivered
+    assert_client_sees_upstream(world, world.client(), world.tmp / "back")

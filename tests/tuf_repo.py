@@ -1,0 +1,125 @@
+"""A small TUF repository laid out like RSTUF's, built with python-tuf's Metadata API.
+
+For end-to-end tests: `TufRepository.publish(view)` signs exactly the artifacts
+in `view` (``{path: {"length", "hashes"}}``, what the stand-in RSTUF has
+published) and writes the files a TUF repository serves, so that
+``tuf.ngclient.Updater`` can verify the mirror's pages against them.
+
+The layout follows RSTUF's bootstrap: root, timestamp, snapshot and targets
+with ``consistent_snapshot: true``; targets delegates every path to succinct
+hash bins (TAP 15, ``name_prefix="bins"``, so roles ``bins-0`` ... ``bins-f``
+for 16 bins) whose names are those RSTUF (and ``tests.fake_rstuf.hash_bin_role``)
+assigns. Like RSTUF, a publish bumps only the bins whose artifacts changed,
+then snapshot and timestamp.
+
+Files written to `directory`: ``<version>.root.json`` (and ``root.json``),
+``<version>.targets.json``, ``<version>.bins-<n>.json``,
+``<version>.snapshot.json`` and ``timestamp.json``. Older versions are kept,
+so a client that refreshed before a publish can still load the delegated
+metadata its snapshot names.
+
+Keys are ed25519, made in memory per repository; nothing here touches the network.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from securesystemslib.signer import CryptoSigner, Signer
+from tuf.api.metadata import (
+    Delegations,
+    Metadata,
+    MetaFile,
+    Root,
+    Snapshot,
+    SuccinctRoles,
+    TargetFile,
+    Targets,
+    Timestamp,
+)
+from tuf.api.serialization.json import JSONSerializer
+
+BINS_PREFIX = "bins"  # RSTUF's name_prefix
+TOP_LEVEL_ROLES = (Root.type, Timestamp.type, Snapshot.type, Targets.type)
+_SERIALIZER = JSONSerializer(compact=False)
+
+
+class TufRepository:
+    """Signs published artifact views into RSTUF-shaped TUF metadata on disk."""
+
+    def __init__(self, directory: Path, number_of_bins: int = 16) -> None:
+        bit_length = number_of_bins.bit_length() - 1
+        if number_of_bins < 2 or 2**bit_length != number_of_bins:
+            raise ValueError("number_of_bins must be a power of two, at least 2")
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.expires = (datetime.now(UTC) + timedelta(days=1)).replace(microsecond=0)
+        self.signers: dict[str, Signer] = {
+            role: CryptoSigner.generate_ed25519() for role in (*TOP_LEVEL_ROLES, BINS_PREFIX)
+        }
+        bins_key = self.signers[BINS_PREFIX].public_key
+        self.succinct_roles = SuccinctRoles([bins_key.keyid], 1, bit_length, BINS_PREFIX)
+        self.versions: dict[str, int] = {}
+        self._bins_content: dict[str, dict[str, TargetFile]] = {}
+
+        root = Root(expires=self.expires, consistent_snapshot=True)
+        for role in TOP_LEVEL_ROLES:
+            root.add_key(self.signers[role].public_key, role)
+        self.root_bytes = self._write(Root.type, Metadata(root), versioned=True)
+        (directory / "root.json").write_bytes(self.root_bytes)
+
+        targets = Targets(expires=self.expires)
+        targets.delegations = Delegations(
+            keys={bins_key.keyid: bins_key}, succinct_roles=self.succinct_roles
+        )
+        self._write(Targets.type, Metadata(targets), versioned=True)
+
+    def role_for(self, path: str) -> str:
+        """The hash bin that holds `path`."""
+        return self.succinct_roles.get_role_for_target(path)
+
+    def publish(self, view: dict[str, dict[str, Any]]) -> None:
+        """Make `view` the repository's targets: new bins, snapshot and timestamp versions."""
+        wanted: dict[str, dict[str, TargetFile]] = {
+            role: {} for role in self.succinct_roles.get_roles()
+        }
+        for path, info in view.items():
+            target = TargetFile(info["length"], dict(info["hashes"]), path)
+            wanted[self.role_for(path)][path] = target
+        for role, content in wanted.items():
+            if role in self.versions and self._bins_content[role] == content:
+                continue
+            self._bins_content[role] = content
+            bins = Targets(version=self.versions.get(role, 0) + 1, expires=self.expires)
+            bins.targets = dict(content)
+            self._write(role, Metadata(bins), versioned=True)
+
+        snapshot = Snapshot(version=self.versions.get(Snapshot.type, 0) + 1, expires=self.expires)
+        snapshot.meta = {
+            f"{role}.json": MetaFile(version=self.versions[role])
+            for role in (Targets.type, *wanted)
+        }
+        self._write(Snapshot.type, Metadata(snapshot), versioned=True)
+
+        timestamp = Timestamp(
+            version=self.versions.get(Timestamp.type, 0) + 1,
+            expires=self.expires,
+            snapshot_meta=MetaFile(version=self.versions[Snapshot.type]),
+        )
+        self._write(Timestamp.type, Metadata(timestamp), versioned=False)
+
+    def targets(self) -> dict[str, TargetFile]:
+        """Every target the current metadata signs, by path."""
+        return {path: t for content in self._bins_content.values() for path, t in content.items()}
+
+    def _write(self, role: str, metadata: Metadata, versioned: bool) -> bytes:
+        signer = self.signers[BINS_PREFIX if self.succinct_roles.is_delegated_role(role) else role]
+        metadata.sign(signer)
+        data = metadata.to_bytes(_SERIALIZER)
+        version = metadata.signed.version
+        name = f"{version}.{role}.json" if versioned else f"{role}.json"
+        (self.directory / name).write_bytes(data)
+        self.versions[role] = version
+        return data
