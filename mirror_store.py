@@ -159,6 +159,12 @@ def prefixed_name(hexdigest: str, basename: str = PAGE_NAME) -> str:
     return f"{hexdigest}.{basename}"
 
 
+def target_of_copy(relative: str) -> str:
+    """The target a hash-prefixed copy stands for (``simple/x/<hex>.index.html`` -> its page)."""
+    directory, _, _ = relative.rpartition("/")
+    return f"{directory}/{PAGE_NAME}" if directory else PAGE_NAME
+
+
 def is_prefixed_copy(filename: str) -> bool:
     return bool(_PREFIXED_PAGE.match(filename))
 

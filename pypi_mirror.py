@@ -59,6 +59,7 @@ from mirror_store import (
     project_target,
     save_state,
     sync_filesystem,
+    target_of_copy,
 )
 
 log = logging.getLogger("pypi_mirror")
@@ -220,7 +221,8 @@ def projects_to_refresh(entries: Iterable[ChangelogEntry]) -> dict[str, PendingP
     """
     wanted: dict[str, PendingProject] = {}
     for entry in entries:
-        for name in (entry.name, entry.renamed_from):
+        # The new name last: a rename that keeps the normalized name keeps the new spelling.
+        for name in (entry.renamed_from, entry.name):
             if name is None:
                 continue
             try:
@@ -781,11 +783,17 @@ class MirrorWriter:
         return self.store(self.layout.served_dir, body, self.read_root())
 
     def collect_retired(self, grace: float) -> int:
-        """Delete prefixed copies retired more than `grace` seconds ago; never a current one."""
+        """Delete prefixed copies retired more than `grace` seconds ago.
+
+        Never the current copy, and never one of a page whose new state RSTUF
+        has not confirmed yet: until it publishes, its metadata still names the
+        old copy (the grace restarts when it confirms, see `restart_grace`).
+        """
         deadline = self.clock() - grace
+        owed = self.state.outbox.dirty | self.state.outbox.in_flight_paths()
         removed = 0
         for relative, retired_at in list(self.state.retired.items()):
-            if retired_at > deadline:
+            if retired_at > deadline or target_of_copy(relative) in owed:
                 continue
             copy = self.layout.served_dir / relative
             current = copy.parent / PAGE_NAME
@@ -799,6 +807,13 @@ class MirrorWriter:
             if copy.parent != self.layout.served_dir:
                 self._remove_if_empty(copy.parent)
         return removed
+
+    def restart_grace(self, targets: set[str]) -> None:
+        """RSTUF now signs the new state of `targets`: their old copies get a full grace."""
+        now = self.clock()
+        for relative in self.state.retired:
+            if target_of_copy(relative) in targets:
+                self.state.retired[relative] = now
 
     def _remove_if_empty(self, directory: Path) -> None:
         with contextlib.suppress(FileNotFoundError, OSError):
@@ -814,7 +829,7 @@ class MirrorWriter:
 @dataclass
 class DeliveryReport:
     sent: int = 0
-    confirmed: int = 0
+    confirmed: set[str] = field(default_factory=set)  # paths RSTUF now publishes
     errors: list[str] = field(default_factory=list)
 
 
@@ -880,7 +895,7 @@ class RstufDelivery:
                 self.failed_paths.update(task.paths)
                 self._requeue(task)
             elif result.state == "SUCCESS":
-                report.confirmed += len(task.paths)
+                report.confirmed.update(task.paths)
                 self.box.tasks.remove(task)
             elif self.clock() - task.sent_at > self.TASK_EXPIRY:
                 log.warning(
@@ -1304,6 +1319,8 @@ class Sync:
             self.state, self.layout, self.rstuf, self.save, self.config
         ).deliver()
         self.summary.rstuf_sent += report.sent
+        self.writer.restart_grace(report.confirmed)
+        self.save()
         self.summary.problems.extend(f"RSTUF: {error}" for error in report.errors)
 
 
@@ -1415,6 +1432,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=1.0,
         help="seconds between XML-RPC calls, PyPI's etiquette (default: %(default)s)",
     )
+    parser.add_argument(
+        "--max-page-bytes",
+        type=positive_int,
+        default=Config.max_page_bytes,
+        help="a project page larger than this is refused and kept pending, never "
+        "mirrored (default: %(default)s)",
+    )
     verbosity = parser.add_mutually_exclusive_group()
     verbosity.add_argument("-v", "--verbose", action="store_true", help="log every page")
     verbosity.add_argument(
@@ -1474,6 +1498,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         retries=args.retries,
         backoff=args.backoff,
         xmlrpc_interval=args.xmlrpc_interval,
+        max_page_bytes=args.max_page_bytes,
         progress=sys.stderr.isatty() and not args.quiet,
     )
 

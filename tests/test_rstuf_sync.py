@@ -280,3 +280,16 @@ def test_old_prefixed_copies_are_kept_for_the_grace_period(
     current = directory / f"{digest_file(directory / 'index.html').hexdigest}.index.html"
     assert current.exists() and os.path.samefile(current, directory / "index.html")
     assert load_state(mirror.state).retired == {}
+
+
+def test_removed_project_directory_goes_once_rstuf_confirmed(
+    mirror: Mirror, pypi: FakePyPI, rstuf: FakeRstuf
+) -> None:
+    pypi.remove_project("Django")
+    url, mirror.rstuf_url = mirror.rstuf_url, None
+    assert mirror.run("--grace", "0") == 0
+    assert mirror.layout.project_dir("django").exists(), "RSTUF still signs its old page"
+    mirror.rstuf_url = url
+    assert mirror.run(*RSTUF_FAST, "--grace", "0") == 0
+    assert "simple/django/index.html" not in rstuf.view
+    assert not mirror.layout.project_dir("django").exists()
