@@ -50,6 +50,7 @@ from mirror_store import (
     State,
     StateError,
     clear_staging,
+    clear_state_temps,
     digest_bytes,
     digest_file,
     load_state,
@@ -63,6 +64,8 @@ from mirror_store import (
 )
 
 log = logging.getLogger("pypi_mirror")
+# The one line every run ends with; logged at INFO even under -q (see configure_logging).
+summary_log = logging.getLogger("pypi_mirror.summary")
 
 USER_AGENT = f"pypi-index-mirror/{VERSION} (+python-requests/{requests.__version__})"
 HTML_ACCEPT = "application/vnd.pypi.simple.v1+html, text/html;q=0.9"
@@ -1057,6 +1060,7 @@ class Sync:
         started = time.monotonic()
         with mirror_lock(self.layout.lock_path):
             clear_staging(self.layout.staging_dir)
+            clear_state_temps(self.config.state_path)
             self.state = load_state(self.config.state_path)
             self.writer = MirrorWriter(self.layout, self.state)
             self.summary.serial_before = self.state.serial
@@ -1075,7 +1079,7 @@ class Sync:
         self.summary.elapsed = time.monotonic() - started
         for problem in self.summary.problems:
             log.warning("%s", problem)
-        log.info("%s", self.summary.line())
+        summary_log.info("%s", self.summary.line())
         return EXIT_PARTIAL if self.summary.problems or self.state.pending else EXIT_OK
 
     def needs_full_sync(self) -> bool:
@@ -1477,6 +1481,7 @@ def configure_logging(verbose: bool, quiet: bool) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    summary_log.setLevel(logging.INFO)
     logging.getLogger("urllib3").setLevel(logging.WARNING)
 
 

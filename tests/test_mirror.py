@@ -358,3 +358,40 @@ def test_full_check_removes_only_projects_that_404(mirror: Mirror, pypi: FakePyP
     assert not stray.joinpath("index.html").exists()
     assert mirror.page("foo-bar") == upstream_page(pypi.url, "foo-bar")
     assert "foo-bar" not in mirror.root_projects()
+
+
+# --- operator interface
+
+
+def test_help_explains_every_option_exit_codes_and_environment() -> None:
+    parser = pypi_mirror.build_parser()
+    for action in parser._actions:
+        assert action.help, f"{action.option_strings} has no help"
+    text = parser.format_help()
+    for needle in ("RSTUF_API_TOKEN", "PYPI_URL", "RSTUF_API_URL", "75", "lock"):
+        assert needle in text
+
+
+def test_progress_bar_only_on_a_terminal() -> None:
+    import io
+
+    shown, hidden = io.StringIO(), io.StringIO()
+    for stream, enabled in ((shown, True), (hidden, False)):
+        progress = pypi_mirror.Progress(enabled, stream)
+        progress.start(3, "fetching")
+        for _ in range(3):
+            progress.advance()
+        progress.finish()
+    assert "fetching [" in shown.getvalue() and "3/3" in shown.getvalue()
+    assert hidden.getvalue() == ""
+
+
+def test_quiet_run_under_cron_logs_only_problems(mirror: Mirror, pypi: FakePyPI) -> None:
+    synced(mirror)
+    pypi.add_release("numpy", "2.0")
+    result = mirror.cli("-q")
+    assert result.returncode == 0
+    lines = result.stderr.splitlines()
+    assert " INFO summary added=0 updated=1 " in lines[-1]  # the summary ends every run
+    assert all(" WARNING " in line for line in lines[:-1])  # -q: otherwise problems only
+    assert "\r" not in result.stderr  # no progress bar without a terminal
