@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import glob
 import hashlib
 import json
 import os
@@ -188,15 +189,17 @@ def iter_targets(layout: MirrorLayout) -> Iterator[str]:
 # --- writing -----------------------------------------------------------------
 
 
-def atomic_write(path: Path, data: bytes, staging_dir: Path, durable: bool = False) -> None:
+def atomic_write(
+    path: Path, data: bytes, staging_dir: Path, durable: bool = False, prefix: str = ".tmp-"
+) -> None:
     """Replace `path` with `data` so that readers see the old or the new bytes, never a mix.
 
-    The temp file is created in `staging_dir` (same filesystem as `path`) and
-    renamed over `path`. With `durable`, the file and its directory are fsynced;
-    bulk page writes leave that to one `sync_filesystem` per batch instead.
+    The temp file (named `prefix`...) is created in `staging_dir` (same filesystem
+    as `path`) and renamed over `path`. With `durable`, the file and its directory
+    are fsynced; bulk page writes leave that to one `sync_filesystem` per batch instead.
     """
     staging_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=staging_dir, prefix=".tmp-")
+    fd, tmp_name = tempfile.mkstemp(dir=staging_dir, prefix=prefix)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -474,4 +477,24 @@ def save_state(path: Path, state: State) -> None:
     """Replace state.json atomically and durably (temp file beside it, fsync, rename)."""
     data = json.dumps(state.to_json(), indent=1, sort_keys=True).encode() + b"\n"
     path = path.absolute()
-    atomic_write(path, data, staging_dir=path.parent, durable=True)
+    atomic_write(path, data, staging_dir=path.parent, durable=True, prefix=_state_temp_prefix(path))
+
+
+def _state_temp_prefix(path: Path) -> str:
+    """Temp files of `path`'s saves are named after it, so that only they are ever cleared."""
+    return f".{path.name}.tmp-"
+
+
+def clear_state_temps(path: Path) -> int:
+    """Delete the temp files of state saves that a killed run left beside `path`.
+
+    The state file may live in a directory shared with anything (the default is
+    the working directory), so only names `save_state` makes are touched.
+    """
+    path = path.absolute()
+    removed = 0
+    for temp in path.parent.glob(glob.escape(_state_temp_prefix(path)) + "*"):
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()
+            removed += 1
+    return removed
