@@ -1,0 +1,647 @@
+#!/usr/bin/env python3
+"""Write the CSV that bootstraps RSTUF with every page the mirror serves.
+
+Run once, after the first full sync of ``pypi_mirror.py`` has finished and
+before its RSTUF updates are switched on::
+
+    python3 generate_csv.py --mirror-dir pypi-index-mirror --output artifacts.csv
+    rstuf admin import-artifacts --db-uri postgresql://... --csv artifacts.csv
+
+One row per TUF target, no header, the root ``index.html`` first and then
+the projects sorted by directory name, as ``mirror_store.iter_targets``
+yields them (two runs over the same mirror produce identical files)::
+
+    index.html;5210;blake2b-256;<64 hex digits>;
+    simple/numpy/index.html;183211;blake2b-256;<64 hex digits>;
+
+Why every row ends with ``;``: the released RSTUF CLI (repository-service-tuf
+1.0.0b1) parses each line with ``line.split(";")`` and keeps the newline in
+the last field, so without the trailing ``;`` every registered hash would end
+in ``"\\n"`` and no TUF client could verify a page. The newer CLI reads the
+file with ``csv.reader(f, delimiter=";")`` and uses columns 0-3, so to it the
+trailing ``;`` is an ignored, empty fifth column. With it, both import the
+same four values.
+
+Paths are POSIX and relative to ``<mirror-dir>/pypi_mirror/`` (the served
+tree), exactly the targets ``mirror_store.iter_targets`` lists: the root
+``index.html`` and ``simple/<normalized>/index.html``. Hash-prefixed
+consistent-snapshot copies, temp files and everything else are not targets.
+Sizes and hashes come from the bytes on disk through
+``mirror_store.digest_file``, the same function ``pypi_mirror.py`` uses for
+the artifacts it sends RSTUF later, so the two can never disagree.
+
+The run holds the mirror lock throughout, so a sync cannot change pages
+while they are read, and it reports the changelog serial the CSV matches:
+updates sent to RSTUF after the import must start from that serial.
+
+Exit codes: 0 written, 1 failed (I/O error, mirror not ready, bad output
+path), 2 usage error, 3 the mirror is locked by a running sync, 130
+interrupted. An unsuccessful run leaves no CSV and no temp file behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import multiprocessing
+import os
+import re
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from mirror_store import (
+    HASH_FACTORIES,
+    TUF_HASH_ALGORITHM,
+    VERSION,
+    FileDigest,
+    MirrorLayout,
+    MirrorLocked,
+    State,
+    StateError,
+    digest_file,
+    fsync_dir,
+    iter_targets,
+    load_state,
+    mirror_lock,
+)
+
+log = logging.getLogger("generate_csv")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_LOCKED = 3
+EXIT_INTERRUPTED = 130
+
+DEFAULT_MIRROR_DIR = "pypi-index-mirror"
+DEFAULT_STATE = "state.json"
+DEFAULT_OUTPUT = "artifacts.csv"
+STDOUT = "-"
+
+# Pages handed to a worker at once. Every task costs the parent (which also
+# walks the tree) ~0.2 ms in the executor's machinery, so a full mirror wants
+# big batches (measured: 64 pages 3.8 s, 256 3.0 s, 2048 2.7 s for 200,000
+# pages); batches start small and double so a mirror of a few hundred pages
+# still spreads over every core.
+FIRST_BATCH_SIZE = 32
+LARGEST_BATCH_SIZE = 2048
+# Batches submitted but not yet written, per worker. Bounds memory (the rows
+# are written in order, so one slow batch, e.g. a page of several MB, holds
+# back the others) while keeping every worker busy.
+BATCHES_IN_FLIGHT_PER_WORKER = 4
+
+EXECUTORS = ("processes", "threads")
+# Measured on the 200,000-page benchmark (tests/bench/bench_csv.py): processes
+# beat threads because opening and reading small files holds the GIL.
+DEFAULT_EXECUTOR = "processes"
+
+# A field must survive both importers: no ';' (the separator), no quote (the
+# csv module's quotechar), no line break or other control character.
+_SAFE_FIELD = re.compile(r"[^;\"\x00-\x1f\x7f]+")
+
+
+# --- errors ------------------------------------------------------------------
+
+
+class CsvError(Exception):
+    """The CSV cannot be produced; the message tells the operator what to do."""
+
+
+class MirrorNotReady(CsvError):
+    """The mirror is missing or its first sync has not finished."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class OutputInServedTree(CsvError):
+    """The CSV would be written where the mirror serves files to the world."""
+
+    def __init__(self, output: Path, served_dir: Path) -> None:
+        super().__init__(
+            f"refusing to write {output} inside the served tree {served_dir}: "
+            "the CSV would be published as a mirror file; choose a path outside it"
+        )
+        self.output = output
+        self.served_dir = served_dir
+
+
+class UnsafeTargetPath(CsvError):
+    """A target path that would corrupt the CSV (';', a quote or a line break)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(
+            f"target path {path!r} cannot be written to the CSV; "
+            "move that directory out of the served tree"
+        )
+        self.path = path
+
+    def __reduce__(self):  # raised in worker processes, so it must survive pickling
+        return (type(self), (self.path,))
+
+
+# --- pure functions ----------------------------------------------------------
+
+
+def format_row(path: str, digest: FileDigest) -> str:
+    """One CSV row: ``path;size;hash-type;hash;`` and a newline.
+
+    The trailing ``;`` is deliberate (see the module docstring). Raises
+    UnsafeTargetPath for a path either importer would misread.
+    """
+    if not _SAFE_FIELD.fullmatch(path):
+        raise UnsafeTargetPath(path)
+    return f"{path};{digest.length};{digest.algorithm};{digest.hexdigest};\n"
+
+
+def growing_batches(items: Iterable[str], first: int, largest: int) -> Iterator[tuple[str, ...]]:
+    """Group `items` lazily into tuples of `first`, then twice that, ... up to `largest`.
+
+    The last tuple may be shorter; none is empty.
+    """
+    size = first
+    batch: list[str] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield tuple(batch)
+            batch = []
+            size = min(size * 2, largest)
+    if batch:
+        yield tuple(batch)
+
+
+def is_inside(path: Path, directory: Path) -> bool:
+    """Whether `path` is `directory` or below it, after resolving symlinks."""
+    path, directory = path.resolve(), directory.resolve()
+    return path == directory or path.is_relative_to(directory)
+
+
+def algorithm_warning(algorithm: str) -> str | None:
+    """Why a hash other than blake2b-256 breaks TUF clients of this mirror, or None."""
+    if algorithm == TUF_HASH_ALGORITHM:
+        return None
+    return (
+        f"--algorithm {algorithm}: the mirror's consistent-snapshot copies are named "
+        f"<{TUF_HASH_ALGORITHM} hex>.index.html, and a TUF client downloads the copy named "
+        f"by the first hash listed for a target, so {TUF_HASH_ALGORITHM} must be listed "
+        f"first; targets imported with only {algorithm} cannot be downloaded"
+    )
+
+
+@dataclass(frozen=True)
+class Options:
+    """What one run does, as parsed from the command line."""
+
+    mirror_dir: Path
+    state_path: Path
+    output: Path | None  # None: standard output
+    algorithm: str
+    workers: int
+    executor: str  # one of EXECUTORS
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What a successful run wrote."""
+
+    serial: int  # the changelog serial the CSV matches
+    rows: int
+    seconds: float
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else float("inf")
+
+
+# --- I/O ---------------------------------------------------------------------
+
+
+def check_mirror_exists(layout: MirrorLayout) -> None:
+    """Raise MirrorNotReady unless the mirror and its served tree exist.
+
+    Checked before taking the lock, because taking it would create the
+    directory the lock lives in.
+    """
+    if not layout.root.is_dir():
+        raise MirrorNotReady(layout.root, "no such mirror directory (check --mirror-dir)")
+    if not layout.served_dir.is_dir():
+        raise MirrorNotReady(
+            layout.served_dir, "missing; run pypi_mirror.py until its first sync finishes"
+        )
+
+
+def check_output_path(output: Path, layout: MirrorLayout, state_path: Path) -> None:
+    """Raise unless `output` can be replaced by a file and is not served to the world."""
+    if is_inside(output, layout.served_dir):
+        raise OutputInServedTree(output, layout.served_dir)
+    if output.resolve() == state_path.resolve():
+        raise CsvError(f"--output {output} is the state file; choose another path")
+    if output.is_dir():
+        raise CsvError(f"--output {output} is a directory; name the CSV file to write")
+    if not output.parent.is_dir():
+        raise CsvError(f"--output {output}: directory {output.parent} does not exist")
+
+
+def read_finished_state(layout: MirrorLayout, state_path: Path) -> State:
+    """The mirror's state, whose serial is the changelog serial it is at.
+
+    Raises MirrorNotReady unless the first sync finished, or StateError for a
+    state file that cannot be trusted.
+    """
+    if not state_path.exists():
+        raise MirrorNotReady(
+            state_path,
+            "no state file, so the first sync has not finished "
+            "(check --state, or run pypi_mirror.py until it finishes)",
+        )
+    state = load_state(state_path)
+    if state.serial is None or state.full_sync_in_progress:
+        what = "the first sync" if state.serial is None else "a full sync (--full-check)"
+        raise MirrorNotReady(
+            state_path, f"{what} has not finished; run pypi_mirror.py until it does"
+        )
+    if state.root_stale:
+        # The root page would be imported without the projects added last.
+        raise MirrorNotReady(
+            state_path,
+            "the root index.html lags the project pages (a run was interrupted); "
+            "run pypi_mirror.py once to rebuild it",
+        )
+    if not layout.root_page.is_file():
+        raise MirrorNotReady(
+            layout.root_page,
+            "missing although the state says the first sync finished; "
+            "run pypi_mirror.py to rewrite it",
+        )
+    return state
+
+
+def _init_worker() -> None:
+    """Worker-process initializer: leave Ctrl-C to the parent, and die with it.
+
+    Without the first, every worker prints its own KeyboardInterrupt
+    traceback; without the second, workers of a parent killed by SIGKILL (or
+    the OOM killer) would wait for work forever.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
+
+
+def _exit_with(parent: multiprocessing.process.BaseProcess) -> None:
+    parent.join()  # returns once the parent process has gone
+    os._exit(EXIT_FAILED)
+
+
+def make_executor(kind: str, workers: int) -> Executor:
+    if kind == "threads":
+        return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="digest")
+    if kind == "processes":
+        # Workers come from a fork server, not fork(2) of this process, so they
+        # never inherit the open file that holds the mirror lock: were this
+        # process killed, a lingering worker would keep the mirror locked
+        # against every sync. Costs ~0.15 s once per run.
+        return ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=multiprocessing.get_context("forkserver"),
+            initializer=_init_worker,
+        )
+    raise ValueError(f"unknown executor {kind!r}")
+
+
+def rows_for_batch(served_dir: str, targets: Sequence[str], algorithm: str) -> str:
+    """Digest a batch of targets and return their CSV rows, in order.
+
+    Runs in a worker (top-level so it pickles): formatting here too leaves the
+    parent, which also walks the tree, nothing per page but the write. A read
+    error is re-raised naming the file (a failed read(2) does not).
+    """
+    rows = []
+    for target in targets:
+        path = os.path.join(served_dir, target)
+        try:
+            digest = digest_file(path, algorithm)
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, path) from None
+        rows.append(format_row(target, digest))
+    return "".join(rows)
+
+
+def iter_rows(
+    served_dir: Path,
+    targets: Iterable[str],
+    algorithm: str,
+    executor: Executor,
+    window: int,
+) -> Iterator[tuple[int, str]]:
+    """Yield (row count, CSV text) per batch of targets, in the order of `targets`.
+
+    At most `window` batches are submitted and not yet yielded, so memory
+    stays flat however many pages the mirror has.
+    """
+    in_flight: deque[tuple[int, Future[str]]] = deque()
+    served = str(served_dir)
+    try:
+        for batch in growing_batches(targets, FIRST_BATCH_SIZE, LARGEST_BATCH_SIZE):
+            in_flight.append(
+                (len(batch), executor.submit(rows_for_batch, served, batch, algorithm))
+            )
+            if len(in_flight) >= window:
+                count, future = in_flight.popleft()
+                yield count, future.result()
+        while in_flight:
+            count, future = in_flight.popleft()
+            yield count, future.result()
+    finally:
+        for _, future in in_flight:
+            future.cancel()
+
+
+@contextlib.contextmanager
+def atomic_text_output(path: Path) -> Iterator[TextIO]:
+    """Write `path` through a temp file beside it: fsync, rename, fsync the directory.
+
+    If the body raises (or is interrupted) the temp file is removed and `path`
+    keeps what it had, so no reader ever sees half a CSV. Unlike
+    ``mirror_store.atomic_write`` this streams, so the CSV of 700,000 pages
+    is never held in memory.
+    """
+    directory = path.parent
+    fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp's 0600 would surprise whoever imports it
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+    fsync_dir(directory)
+
+
+def write_rows(handle: TextIO, chunks: Iterable[tuple[int, str]]) -> int:
+    """Write each chunk of rows; return how many rows were written."""
+    total = 0
+    for count, text in chunks:
+        handle.write(text)
+        total += count
+    return total
+
+
+def generate(options: Options, stdout: TextIO) -> Summary:
+    """Check the mirror, hold its lock, and write the CSV; return what was written.
+
+    Raises MirrorNotReady, OutputInServedTree, UnsafeTargetPath, MirrorLocked,
+    StateError or OSError; on any of them no CSV is left behind.
+    """
+    layout = MirrorLayout(options.mirror_dir)
+    check_mirror_exists(layout)
+    if options.output is not None:
+        check_output_path(options.output, layout, options.state_path)
+    started = time.monotonic()
+    with mirror_lock(layout.lock_path):
+        state = read_finished_state(layout, options.state_path)
+        serial = state.serial
+        assert serial is not None  # read_finished_state refuses a mirror without one
+        log.info(
+            "the CSV matches changelog serial %d: updates after the import must start "
+            "from serial %d",
+            serial,
+            serial,
+        )
+        if state.pending:
+            log.warning(
+                "%d projects are pending (their pages lag serial %d, e.g. %s); the CSV "
+                "has their pages as they are on disk, and the next sync sends RSTUF "
+                "their updates",
+                len(state.pending),
+                serial,
+                ", ".join(sorted(state.pending)[:3]),
+            )
+        window = options.workers * BATCHES_IN_FLIGHT_PER_WORKER
+        executor = make_executor(options.executor, options.workers)
+        try:
+            chunks = iter_rows(
+                layout.served_dir, iter_targets(layout), options.algorithm, executor, window
+            )
+            if options.output is None:
+                count = write_rows(stdout, chunks)
+                stdout.flush()
+            else:
+                with atomic_text_output(options.output) as handle:
+                    count = write_rows(handle, chunks)
+        finally:
+            executor.shutdown(wait=True, cancel_futures=True)
+    return Summary(serial=serial, rows=count, seconds=time.monotonic() - started)
+
+
+# --- command line ------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (a container or taskset may allow fewer than exist)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="generate_csv.py",
+        description=(
+            "Write the CSV that `rstuf admin import-artifacts` reads to bootstrap RSTUF "
+            "with every page the mirror serves. Rows are 'path;size;hash-type;hash;' with "
+            "NO header, root index.html first, then projects sorted by name. The trailing "
+            "';' lets both the released CLI (1.0.0b1, line.split(';'), which would keep "
+            "the newline in the hash without it) and the newer csv.reader one (columns "
+            "0-3) import the same values."
+        ),
+        epilog=(
+            "Exit codes: 0 written, 1 failed (I/O error, mirror not ready), 2 usage error, "
+            "3 mirror locked by a running sync, 130 interrupted."
+        ),
+    )
+    parser.add_argument(
+        "--mirror-dir",
+        type=Path,
+        default=Path(DEFAULT_MIRROR_DIR),
+        help="mirror directory; its pypi_mirror/ is the served tree (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--state",
+        type=Path,
+        default=Path(DEFAULT_STATE),
+        help="pypi_mirror.py's state file, which says the changelog serial the mirror "
+        "is at (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--output",
+        default=DEFAULT_OUTPUT,
+        help="CSV to write atomically, '-' for standard output; must not be inside "
+        "the served tree (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--algorithm",
+        default=TUF_HASH_ALGORITHM,
+        choices=sorted(HASH_FACTORIES),
+        help="hash type; TUF clients of this mirror need blake2b-256 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=usable_cpus(),
+        help="parallel hashing workers (default: the CPUs this process may use, %(default)s)",
+    )
+    # For measuring (tests/bench/bench_csv.py), not for operators.
+    parser.add_argument(
+        "--executor", choices=EXECUTORS, default=DEFAULT_EXECUTOR, help=argparse.SUPPRESS
+    )
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument("-v", "--verbose", action="store_true", help="also log debug detail")
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="log only problems")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
+    return parser
+
+
+def parse_options(args: argparse.Namespace) -> Options:
+    return Options(
+        mirror_dir=args.mirror_dir,
+        state_path=args.state,
+        output=None if args.output == STDOUT else Path(args.output),
+        algorithm=args.algorithm,
+        workers=args.workers,
+        executor=args.executor,
+    )
+
+
+_HANDLER_NAME = "generate_csv.main"
+
+
+def configure_logging(verbose: bool, quiet: bool) -> None:
+    """Send this tool's log to stderr, once (calling main again replaces the handler)."""
+    for handler in list(log.handlers):
+        if handler.get_name() == _HANDLER_NAME:
+            log.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.set_name(_HANDLER_NAME)
+    handler.setFormatter(logging.Formatter("generate_csv: %(levelname)s: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+
+
+def _describe_os_error(exc: OSError) -> str:
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"{where}{exc.strerror or exc}"
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM like Ctrl-C, so `kill` also leaves no temp file behind.
+
+    Only in the main thread (signal handlers can be set nowhere else); the
+    previous handler is restored afterwards.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return the exit code (the only place that maps errors)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on bad usage, 0 on --help/--version
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    configure_logging(args.verbose, args.quiet)
+    options = parse_options(args)
+    if warning := algorithm_warning(options.algorithm):
+        log.warning("%s", warning)
+    log.debug(
+        "mirror %s, state %s, %d %s",
+        options.mirror_dir,
+        options.state_path,
+        options.workers,
+        options.executor,
+    )
+    incomplete = "the output is incomplete" if options.output is None else "no CSV was written"
+    try:
+        with _sigterm_as_interrupt():
+            summary = generate(options, sys.stdout)
+    except MirrorLocked as exc:
+        log.error("%s", exc)
+        return EXIT_LOCKED
+    except (CsvError, StateError) as exc:
+        log.error("%s", exc)
+        return EXIT_FAILED
+    except BrokenProcessPool as exc:
+        log.error("a hashing worker process died (%s); %s", exc, incomplete)
+        return EXIT_FAILED
+    except OSError as exc:
+        if isinstance(exc, BrokenPipeError) and options.output is None:
+            # Whoever read stdout went away; keep Python's exit-time flush quiet.
+            with contextlib.suppress(OSError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            log.error("standard output was closed before the CSV was complete")
+        else:
+            log.error("%s; %s", _describe_os_error(exc), incomplete)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        log.error("interrupted; %s", incomplete)
+        return EXIT_INTERRUPTED
+    destination = "standard output" if options.output is None else str(options.output)
+    log.info(
+        "wrote %d rows (%s) to %s in %.1f s, %.0f rows/s; import them, then start "
+        "RSTUF updates from serial %d",
+        summary.rows,
+        options.algorithm,
+        destination,
+        summary.seconds,
+        summary.rows_per_second,
+        summary.serial,
+    )
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
