@@ -863,6 +863,7 @@ class RstufDelivery:
         self.clock, self.sleep = clock, sleep
         self.task_states: dict[str, str] = {}
         self.failed_paths: set[str] = set()  # not resent in the run their task failed in
+        self.sent_now: set[str] = set()  # ids of the tasks this delivery sent
 
     def deliver(self) -> DeliveryReport:
         """Poll, send, publish and wait until every task ended or `rstuf_wait` passed."""
@@ -952,25 +953,33 @@ class RstufDelivery:
 
     def _record(self, task_id: str, action: str, paths: list[str], published: bool) -> None:
         crash_point("rstuf-answered")
+        self.sent_now.add(task_id)
         self.box.tasks.append(OutboxTask(task_id, action, paths, published, self.clock()))
         self.box.dirty.difference_update(paths)
         self.save()
 
     def _publish_if_ready(self) -> None:
-        """Publish once every unpublished task has written its rows (RUNNING or SUCCESS).
+        """Publish the tasks that wrote their rows (RUNNING or SUCCESS) once all sent now have.
 
         A publish posted earlier could run first and cover nothing, leaving the
-        tasks RUNNING for ever (REFERENCE: the publish race).
+        tasks RUNNING for ever (REFERENCE: the publish race). A task left by an
+        earlier run that has still not written its rows is stuck or lost by RSTUF
+        (it is resent once it expires): it must not hold back every later change.
         """
         unpublished = [task for task in self.box.tasks if not task.published]
-        if not unpublished:
+        written = [
+            task
+            for task in unpublished
+            if rstuf_client.is_waiting_for_publish(self.task_states.get(task.task_id, ""))
+        ]
+        if not written or any(
+            task.task_id in self.sent_now for task in unpublished if task not in written
+        ):
             return
-        states = [self.task_states.get(task.task_id, "") for task in unpublished]
-        if all(rstuf_client.is_waiting_for_publish(state) for state in states):
-            self.client.publish()
-            for task in unpublished:
-                task.published = True
-            self.save()
+        self.client.publish()
+        for task in written:
+            task.published = True
+        self.save()
 
 
 # --- progress
