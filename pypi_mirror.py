@@ -263,6 +263,11 @@ def merge_pending(into: dict[str, PendingProject], name: str, item: PendingProje
         into[name] = item
 
 
+def is_serial(value: object) -> bool:
+    """A journal serial: an int, not a bool, not negative (state.json refuses anything else)."""
+    return type(value) is int and value >= 0
+
+
 def listing_to_wanted(listing: dict[str, int]) -> dict[str, PendingProject]:
     """Validate ``list_packages_with_serial`` into {normalized: (display, serial)}."""
     wanted: dict[str, PendingProject] = {}
@@ -272,8 +277,8 @@ def listing_to_wanted(listing: dict[str, int]) -> dict[str, PendingProject]:
         except InvalidProjectName as exc:
             log.warning("skipping listed project: %s", exc)
             continue
-        if type(serial) is not int:
-            log.warning("skipping listed project %r: serial %r is not an integer", display, serial)
+        if not is_serial(serial):
+            log.warning("skipping listed project %r: serial %r is not a serial", display, serial)
             continue
         merge_pending(wanted, normalized, PendingProject(display, serial))
     return wanted
@@ -519,8 +524,8 @@ class PypiClient:
         serial = self._xmlrpc("changelog_last_serial")
         if serial is None:  # warehouse's max(id) of an empty journal
             return 0
-        if type(serial) is not int:
-            raise UpstreamError(f"changelog_last_serial returned {serial!r:.80}, not an integer")
+        if not is_serial(serial):
+            raise UpstreamError(f"changelog_last_serial returned {serial!r:.80}, not a serial")
         return serial
 
     def changelog_since(self, since: int, until: int) -> Iterator[list[ChangelogEntry]]:
@@ -1113,9 +1118,9 @@ class Sync:
         first = self.state.serial is None and not self.layout.root_page.exists()
         last_serial = self.pypi.changelog_last_serial()
         listing = self.pypi.list_packages_with_serial()
-        target = min(last_serial, max(listing.values(), default=last_serial))
-        wanted = listing_to_wanted(listing)
+        wanted = listing_to_wanted(listing)  # first: only checked serials may set the target
         del listing
+        target = min(last_serial, max((i.serial for i in wanted.values()), default=last_serial))
         log.info(
             "%s: %d projects listed at serial %d",
             "first sync" if first else "full check",
