@@ -280,7 +280,10 @@ def listing_to_wanted(listing: dict[str, int]) -> dict[str, PendingProject]:
         if not is_serial(serial):
             log.warning("skipping listed project %r: serial %r is not a serial", display, serial)
             continue
-        merge_pending(wanted, normalized, PendingProject(display, serial))
+        # Most names are listed already normalized: one string object then serves
+        # as key and display name (700,000 of them are held through a full sync).
+        key = display if normalized == display else normalized
+        merge_pending(wanted, key, PendingProject(display, serial))
     return wanted
 
 
@@ -1135,8 +1138,12 @@ class Sync:
             behind = list(wanted)
         else:
             behind = [n for n, item in wanted.items() if not self.is_current(n, item, local)]
-        to_fetch = {name: wanted[name] for name in behind}
-        for name in local - wanted.keys():  # PyPI no longer lists it: let its page decide
+        gone = local - wanted.keys()
+        if len(behind) == len(wanted) and not gone and not self.state.pending:
+            to_fetch = wanted  # a first sync: no second 700,000-entry dict
+        else:
+            to_fetch = {name: wanted[name] for name in behind}
+        for name in gone:  # PyPI no longer lists it: let its page decide
             to_fetch[name] = PendingProject(name, 0)
         for name, item in self.state.pending.items():
             merge_pending(to_fetch, name, item)
