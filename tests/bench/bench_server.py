@@ -1,0 +1,100 @@
+"""The benchmark's stand-in PyPI, run in its own process (its own GIL, its own core).
+
+    python -m tests.bench.bench_server --projects N [--seed S] [--max-files F] [--prerender]
+
+Prints its URL as the one line on stdout, then serves until SIGTERM. It is
+`tests.fake_pypi.FakePyPI` (same pages, same XML-RPC, same JSON API) with two
+additions a benchmark needs and the tests do not:
+
+* ``--prerender`` renders every project's PEP 691 JSON and JSON API body up
+  front, so the first request for them (bandersnatch's) costs the server no
+  rendering: both mirrors then read pre-rendered bytes, and the stand-in is
+  not what limits either of them.
+* ``GET /_bench/counts`` answers ``{"page": n, "xmlrpc:changelog_since_serial":
+  n, ...}``: every request since start (or ``POST /_bench/reset``), counted by
+  kind and XML-RPC method, without keeping a per-request log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import gc
+import json
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+
+from tests.fake_pypi import FakePyPI, Reply, Request
+
+COUNTS_PATH = "/_bench/counts"
+RESET_PATH = "/_bench/reset"
+
+
+class BenchPyPI(FakePyPI):
+    """A FakePyPI that counts requests by kind instead of logging each one."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(log_requests=False, **kwargs)  # type: ignore[arg-type]
+        self._counts: collections.Counter[str] = collections.Counter()
+        self._counts_lock = threading.Lock()
+
+    def respond(self, request: Request) -> Reply:
+        if request.path == COUNTS_PATH:
+            with self._counts_lock:
+                body = json.dumps(dict(self._counts), sort_keys=True).encode()
+            return Reply(200, [("Content-Type", "application/json")], body)
+        if request.path == RESET_PATH and request.method == "POST":
+            with self._counts_lock:
+                self._counts.clear()
+            return Reply(200, [("Content-Type", "application/json")], b"{}")
+        kind, method, reply, _fault = self._route(request)
+        with self._counts_lock:
+            self._counts[f"xmlrpc:{method}" if method else kind] += 1
+        return reply
+
+    def prerender(self) -> None:
+        """Render every JSON form now, so no request pays for rendering later."""
+        with self._lock:
+            for project in self._projects.values():
+                if project.current is not None:
+                    self._simple_json(project.current)
+                    self._api_json(project.current)
+        root = self._current_root()
+        self._root_json(root)
+        gc.freeze()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.bench_server")
+    parser.add_argument("--projects", type=int, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-files", type=int, default=8000)
+    parser.add_argument("--prerender", action="store_true")
+    args = parser.parse_args(argv)
+    fake = BenchPyPI()
+    started = time.perf_counter()
+    fake.populate(args.projects, seed=args.seed, max_files=args.max_files)
+    if args.prerender:
+        fake.prerender()
+    built = time.perf_counter() - started
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    with fake:
+        print(fake.url, flush=True)
+        print(f"bench server: {args.projects} projects in {built:.1f} s", file=sys.stderr)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

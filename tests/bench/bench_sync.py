@@ -1,0 +1,440 @@
+"""Benchmark pypi_mirror.py's sync (and generate_csv.py) side by side with bandersnatch.
+
+    python -m tests.bench.bench_sync [--projects 100000] [--events 2000] [--workdir DIR]
+    python -m tests.bench.bench_sync --rss-listing 700000      # peak RSS at PyPI's size
+
+One stand-in PyPI (`tests.bench.bench_server`, in its own process, every page
+pre-rendered) serves a synthetic index of N projects with
+`FakePyPI.populate`'s page mix (most pages 1-20 files, a few KB; a long tail
+to 8,000 files, several MB). Measured, each tool run as a subprocess (wall,
+user+system CPU and peak RSS from wait4):
+
+1. the stand-in's own ceiling (http.client keep-alive loops, 4 threads), for
+   the simple pages we fetch and for the JSON API bandersnatch fetches;
+2. first sync: ``pypi_mirror.py``, then ``bandersnatch mirror`` (index only:
+   ``release-files = false``, ``simple-format = ALL``, ``workers = 10``);
+3. an update after ``churn(K events)``, touching M distinct projects: both
+   tools again, with the requests each made, counted by the stand-in;
+4. ``generate_csv.py`` over our mirror (compare it with b2sum in
+   ``tests.bench.bench_csv``).
+
+Prints a table, writes ``bench-results-sync.json``. bandersnatch lives in its
+own venv (see ``tests/bench/README.md``); without it, only our rows are
+measured. With ``--rss-listing N``, only our first sync runs, against a
+stand-in of N projects whose pages hold one file (a listing of PyPI's size
+with pages of a few hundred bytes), to show the memory the listing costs.
+
+Not named test_*, so pytest does not collect it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import configparser
+import http.client
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from mirror_store import normalize_name
+
+REPO = Path(__file__).resolve().parents[2]
+BANDERSNATCH = REPO / ".bench-venv" / "bin" / "bandersnatch"
+RSS_GOAL_MIB = 256
+THROUGHPUT_GOAL = 3.0
+CEILING_THREADS = 4
+CEILING_SECONDS = 3.0
+
+
+@dataclass
+class Run:
+    """One measured subprocess."""
+
+    tool: str
+    phase: str
+    wall: float  # seconds
+    cpu: float  # user + system seconds of the process (and any children it waited for)
+    peak_rss_mib: float
+    returncode: int
+    pages: int = 0  # project pages (or JSON API documents) requested
+    requests: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def pages_per_second(self) -> float:
+        return self.pages / self.wall if self.wall else 0.0
+
+    @property
+    def cpu_ms_per_page(self) -> float:
+        return 1000 * self.cpu / self.pages if self.pages else 0.0
+
+
+# --- the stand-in ----------------------------------------------------------------------------
+
+
+class Server:
+    """The bench stand-in's process and the few control calls the benchmark needs."""
+
+    def __init__(self, projects: int, seed: int, max_files: int, prerender: bool) -> None:
+        command = [
+            sys.executable, "-m", "tests.bench.bench_server", "--projects", str(projects),
+            "--seed", str(seed), "--max-files", str(max_files),
+        ]  # fmt: skip
+        if prerender:
+            command.append("--prerender")
+        self.process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, text=True)
+        assert self.process.stdout is not None
+        self.url = self.process.stdout.readline().strip()
+        if not self.url:
+            raise RuntimeError("the bench stand-in did not start")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+    def _call(self, path: str, method: str = "GET") -> object:
+        request = urllib.request.Request(self.url + path, method=method)
+        with urllib.request.urlopen(request, timeout=300) as response:
+            return json.loads(response.read())
+
+    def counts(self) -> dict[str, int]:
+        counts = self._call("/_bench/counts")
+        assert isinstance(counts, dict)
+        return counts
+
+    def reset_counts(self) -> None:
+        self._call("/_bench/reset", "POST")
+
+    def churn(self, events: int, seed: int) -> set[str]:
+        """Apply `events` changes; return the normalized names that got a journal row."""
+        result = self._call(f"/_fake/churn?events={events}&seed={seed}", "POST")
+        assert isinstance(result, dict)
+        return {
+            normalize_name(event["name"])
+            for event in result["events"]
+            if event["serial"] is not None
+        }
+
+    def project_names(self) -> list[str]:
+        request = urllib.request.Request(
+            self.url + "/simple/", headers={"Accept": "application/vnd.pypi.simple.v1+json"}
+        )
+        with urllib.request.urlopen(request, timeout=300) as response:
+            listing = json.loads(response.read())
+        return [normalize_name(project["name"]) for project in listing["projects"]]
+
+
+@contextmanager
+def running_server(projects: int, seed: int, max_files: int, prerender: bool) -> Iterator[Server]:
+    server = Server(projects, seed, max_files, prerender)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def measure_ceiling(url: str, paths: list[str], threads: int, seconds: float) -> float:
+    """Responses a second `threads` light keep-alive clients (http.client) get from `url`.
+
+    The lightest client there is in Python: what it gets is the stand-in's limit
+    (on 2 cores, it shares them with this process), not a mirror's.
+    """
+    split = urllib.parse.urlsplit(url)
+    counts = [0] * threads
+    deadline = time.perf_counter() + seconds
+
+    def loop(slot: int) -> None:
+        connection = http.client.HTTPConnection(split.hostname, split.port, timeout=60)
+        try:
+            position = slot * 7919
+            while time.perf_counter() < deadline:
+                connection.request("GET", paths[position % len(paths)])
+                response = connection.getresponse()
+                response.read()
+                counts[slot] += 1
+                position += 1
+        finally:
+            connection.close()
+
+    workers = [threading.Thread(target=loop, args=(slot,)) for slot in range(threads)]
+    started = time.perf_counter()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return sum(counts) / (time.perf_counter() - started)
+
+
+# --- measuring a subprocess ---------------------------------------------------------------------
+
+
+def run_measured(
+    tool: str, phase: str, command: list[str], log_path: Path, limit: float | None = None
+) -> Run:
+    """Run `command`, return its wall time, CPU and peak RSS (wait4's rusage).
+
+    Output goes to `log_path` (a mirror logs a line per problem; a pipe could fill).
+    After `limit` seconds the process gets SIGTERM (returncode -15): its pages
+    per second still compare, its wall time does not.
+    """
+    with open(log_path, "ab") as log_file:
+        log_file.write(f"\n$ {' '.join(command)}\n".encode())
+        log_file.flush()
+        started = time.perf_counter()
+        process = subprocess.Popen(command, cwd=REPO, stdout=log_file, stderr=log_file)
+        timer = threading.Timer(limit, process.terminate) if limit else None
+        if timer:
+            timer.start()
+        _, status, usage = os.wait4(process.pid, 0)
+        if timer:
+            timer.cancel()
+        wall = time.perf_counter() - started
+    process.returncode = os.waitstatus_to_exitcode(status)
+    cpu = usage.ru_utime + usage.ru_stime
+    return Run(tool, phase, wall, cpu, usage.ru_maxrss / 1024, process.returncode)
+
+
+def with_requests(run: Run, before: dict[str, int], after: dict[str, int]) -> Run:
+    """Attach the requests the stand-in counted during `run`."""
+    made = {key: after.get(key, 0) - before.get(key, 0) for key in after}
+    run.requests = {key: value for key, value in sorted(made.items()) if value}
+    run.pages = run.requests.get("page", 0) + run.requests.get("json_api", 0)
+    return run
+
+
+# --- the tools ---------------------------------------------------------------------------------
+
+
+def ours_command(url: str, workdir: Path, workers: int) -> list[str]:
+    return [
+        sys.executable, str(REPO / "pypi_mirror.py"), "--mirror-dir", str(workdir / "ours"),
+        "--state", str(workdir / "ours-state.json"), "--pypi-url", url,
+        "--xmlrpc-interval", "0", "--workers", str(workers), "-q",
+    ]  # fmt: skip
+
+
+def generate_csv_command(workdir: Path) -> list[str]:
+    return [
+        sys.executable, str(REPO / "generate_csv.py"), "--mirror-dir", str(workdir / "ours"),
+        "--state", str(workdir / "ours-state.json"), "--output", str(workdir / "artifacts.csv"),
+        "-q",
+    ]  # fmt: skip
+
+
+def bandersnatch_config(url: str, workdir: Path) -> Path:
+    """An index-only bandersnatch 8.2 config (8.2 has ``allow-non-https``: plain http)."""
+    config = configparser.ConfigParser()
+    config["mirror"] = {
+        "directory": str(workdir / "bandersnatch"),
+        "master": url,
+        "allow-non-https": "true",
+        "release-files": "false",
+        "root_uri": "https://files.pythonhosted.org",
+        "simple-format": "ALL",
+        "json": "false",
+        "workers": "10",
+        "timeout": "60",
+        "global-timeout": "3600",
+        "stop-on-error": "false",
+        "hash-index": "false",
+    }
+    path = workdir / "bandersnatch.conf"
+    with open(path, "w") as handle:
+        config.write(handle)
+    return path
+
+
+def bandersnatch_command(config: Path) -> list[str]:
+    return [str(BANDERSNATCH), "-c", str(config), "mirror"]
+
+
+def measured_pair(
+    server: Server,
+    phase: str,
+    commands: dict[str, list[str]],
+    log_path: Path,
+    peer_limit: float | None = None,
+) -> list[Run]:
+    runs = []
+    for tool, command in commands.items():
+        before = server.counts()
+        limit = peer_limit if tool == "bandersnatch" else None
+        run = run_measured(tool, phase, command, log_path, limit)
+        runs.append(with_requests(run, before, server.counts()))
+        print(f"  {tool} {phase}: {run.wall:.1f} s, exit {run.returncode}", file=sys.stderr)
+    return runs
+
+
+# --- reporting ---------------------------------------------------------------------------------
+
+
+def table(runs: list[Run]) -> str:
+    header = (
+        f"{'phase':<13}{'tool':<14}{'wall s':>9}{'CPU s':>9}{'peak MiB':>10}"
+        f"{'pages':>9}{'pages/s':>9}{'CPU ms/pg':>10}{'exit':>5}  requests"
+    )
+    lines = [header, "-" * len(header)]
+    for run in runs:
+        requests = " ".join(f"{key}={value}" for key, value in run.requests.items())
+        lines.append(
+            f"{run.phase:<13}{run.tool:<14}{run.wall:>9.1f}{run.cpu:>9.1f}"
+            f"{run.peak_rss_mib:>10.0f}{run.pages:>9}{run.pages_per_second:>9.0f}"
+            f"{run.cpu_ms_per_page:>10.2f}{run.returncode:>5}  {requests}"
+        )
+    return "\n".join(lines)
+
+
+def ratios(runs: list[Run]) -> dict[str, float]:
+    """bandersnatch's wall time over ours per phase both finished; else pages/s over pages/s."""
+    by_key = {(run.phase, run.tool): run for run in runs}
+    result = {}
+    for phase in ("first sync", "update"):
+        ours, theirs = by_key.get((phase, "pypi_mirror")), by_key.get((phase, "bandersnatch"))
+        if not (ours and theirs and ours.wall):
+            continue
+        if theirs.returncode == 0:
+            result[f"{phase} (wall)"] = theirs.wall / ours.wall
+        elif theirs.pages_per_second:
+            result[f"{phase} (pages/s, peer stopped)"] = (
+                ours.pages_per_second / theirs.pages_per_second
+            )
+    return result
+
+
+def machine() -> dict[str, object]:
+    cpu = platform.processor() or platform.machine()
+    with open("/proc/cpuinfo") as handle:
+        for line in handle:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+    }
+
+
+# --- the runs ----------------------------------------------------------------------------------
+
+
+def side_by_side(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
+    log_path = workdir / "runs.log"
+    have_bandersnatch = BANDERSNATCH.exists() and not args.skip_bandersnatch
+    if not have_bandersnatch:
+        print("bandersnatch not installed (see tests/bench/README.md): ours only", file=sys.stderr)
+    started = time.perf_counter()
+    with running_server(args.projects, args.seed, args.max_files, prerender=True) as server:
+        print(f"stand-in: {args.projects} projects in {time.perf_counter() - started:.0f} s",
+              file=sys.stderr)  # fmt: skip
+        names = server.project_names()
+        ceiling = {
+            "simple_pages_per_s": measure_ceiling(
+                server.url, [f"/simple/{n}/" for n in names], CEILING_THREADS, CEILING_SECONDS
+            ),
+            "json_api_per_s": measure_ceiling(
+                server.url, [f"/pypi/{n}/json" for n in names], CEILING_THREADS, CEILING_SECONDS
+            ),
+        }
+        print(f"stand-in ceiling: {ceiling}", file=sys.stderr)
+        commands = {"pypi_mirror": ours_command(server.url, workdir, args.workers)}
+        if have_bandersnatch:
+            commands["bandersnatch"] = bandersnatch_command(
+                bandersnatch_config(server.url, workdir)
+            )
+        runs = measured_pair(server, "first sync", commands, log_path, args.peer_limit)
+        if runs[-1].tool == "bandersnatch" and runs[-1].returncode != 0:
+            del commands["bandersnatch"]  # its update would resume the first sync
+        touched = server.churn(args.events, args.seed + 1)
+        print(f"churn: {args.events} events over {len(touched)} projects", file=sys.stderr)
+        runs += measured_pair(server, "update", commands, log_path)
+        csv_run = run_measured("generate_csv", "bootstrap CSV", generate_csv_command(workdir),
+                               log_path)  # fmt: skip
+        with open(workdir / "artifacts.csv", "rb") as handle:
+            csv_run.pages = sum(1 for _ in handle)
+        runs.append(csv_run)
+    ours_update = next(r for r in runs if r.phase == "update" and r.tool == "pypi_mirror")
+    return {
+        "projects": args.projects,
+        "events": args.events,
+        "touched_projects": len(touched),
+        "update_requests_ok": ours_update.requests.get("page", 0) == len(touched),
+        "server_ceiling": ceiling,
+        "runs": runs,
+        "bandersnatch_over_ours": ratios(runs),
+    }
+
+
+def rss_at_scale(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
+    log_path = workdir / "runs.log"
+    with running_server(args.rss_listing, args.seed, max_files=1, prerender=False) as server:
+        command = ours_command(server.url, workdir, args.workers)
+        runs = measured_pair(server, "first sync", {"pypi_mirror": command}, log_path)
+    return {"projects": args.rss_listing, "max_files": 1, "runs": runs,
+            "rss_goal_mib": RSS_GOAL_MIB}  # fmt: skip
+
+
+def report(result: dict[str, object], output: Path) -> None:
+    runs = result["runs"]
+    assert isinstance(runs, list)
+    print(table(runs))
+    for key in ("server_ceiling", "bandersnatch_over_ours", "touched_projects",
+                "update_requests_ok"):  # fmt: skip
+        if key in result:
+            print(f"{key}: {result[key]}")
+    document = {**result, "runs": [asdict(run) for run in runs], "machine": machine()}
+    output.write_text(json.dumps(document, indent=1) + "\n")
+    print(f"written to {output}")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.bench.bench_sync",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--projects", type=int, default=100_000)
+    parser.add_argument("--events", type=int, default=2000, help="changelog events (K)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-files", type=int, default=8000, help="files on the largest page")
+    parser.add_argument("--workers", type=int, default=8, help="pypi_mirror.py --workers")
+    parser.add_argument("--workdir", type=Path, help="default: a temp dir, removed afterwards")
+    parser.add_argument("--output", type=Path, default=REPO / "bench-results-sync.json")
+    parser.add_argument("--skip-bandersnatch", action="store_true")
+    parser.add_argument("--peer-limit", type=float, metavar="S",
+                        help="stop bandersnatch's first sync after S seconds "
+                        "(compare pages/s, skip its update)")  # fmt: skip
+    parser.add_argument("--rss-listing", type=int, metavar="N",
+                        help="only measure our first sync of N one-file projects")  # fmt: skip
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-sync-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        run = rss_at_scale if args.rss_listing else side_by_side
+        result = run(args, workdir)
+        report(result, args.output)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
