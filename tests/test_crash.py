@@ -1,0 +1,334 @@
+"""SIGKILL campaign: a run killed at any point loses nothing and leaves nothing half done.
+
+Each case kills ``pypi_mirror.py`` (a real subprocess) once, either at a named point
+(``PYPI_MIRROR_CRASH_AT``, see ``pypi_mirror.crash_point``) or after a seeded random
+delay, then reruns it to completion against the same upstream and checks:
+
+- the served tree is byte-identical to a clean first sync of that upstream (``--grace 0``),
+  but for superseded hash-prefixed copies ``state.json`` still tracks for deletion (kept
+  until RSTUF confirms the new page): no other leftover, no empty directory;
+- no temp file remains, in the served tree, in ``.staging`` or beside ``state.json``;
+- ``state.json`` parses, its serial is PyPI's last serial, nothing is pending;
+- the stand-in RSTUF's published view equals the mirror's pages (length and hash), and
+  every artifact ever sent to it is a page version the mirror really served.
+
+Two journeys share one upstream: a first sync (RSTUF not involved) and an update that
+starts with changes still owed to RSTUF from a run made while RSTUF was down.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+import pypi_mirror
+import rstuf_client
+from mirror_store import MirrorLayout, digest_file, iter_targets, load_state
+from tests.fake_pypi import FakePyPI
+from tests.fake_rstuf import ADD, FakeRstuf
+from tests.mirror_helpers import Mirror, assert_consistent, assert_mirror_matches_upstream
+
+SEED = int(os.environ.get("CRASH_SEED", "6"))
+RANDOM_KILLS = 7  # per journey
+RUN_ARGS = ("--grace", "0", "--rstuf-poll", "0.02")
+FIXED_CLOCK = 1_760_000_000  # the same upstream bytes on every run of the suite
+
+View = dict[str, dict]
+
+
+def mirror_view(layout: MirrorLayout) -> View:
+    """What RSTUF should publish for this mirror: every target with its length and hash."""
+    view = {}
+    for target in iter_targets(layout):
+        digest = digest_file(layout.path_of_target(target))
+        view[target] = {"length": digest.length, "hashes": {"blake2b-256": digest.hexdigest}}
+    return view
+
+
+def served_files(layout: MirrorLayout, retired: Iterable[str] = ()) -> dict[str, bytes]:
+    """Every file served, by relative path, leaving out the `retired` copies still in grace."""
+    found = {}
+    for path in layout.served_dir.rglob("*"):
+        relative = path.relative_to(layout.served_dir).as_posix()
+        if path.is_file() and relative not in retired:
+            found[relative] = path.read_bytes()
+        elif path.is_dir():
+            assert any(path.iterdir()), f"empty directory left: {relative}"
+    return found
+
+
+def bootstrap(rstuf: FakeRstuf, view: View) -> None:
+    """Stand in for RSTUF's CSV import of the first sync's pages."""
+    artifacts = [rstuf_client.Artifact(p, i["length"], i["hashes"]) for p, i in view.items()]
+    with rstuf_client.RstufClient(rstuf.url, poll_interval=0.02) as client:
+        client.wait(client.add(artifacts), deadline=time.monotonic() + 10)
+    rstuf.accepted.clear()
+
+
+def mutate_a(pypi: FakePyPI, names: list[str]) -> None:
+    """Changes made while RSTUF is down: they wait in the outbox."""
+    pypi.add_release(names[0], "2.0", files=2)
+    pypi.add_release(names[1], "2.0", files=1)
+    pypi.remove_project(names[2])
+    pypi.create_project("Crash.Created-A")
+    pypi.add_release("crash_second_a", "0.1", files=3)
+    pypi.add_release(names[3], "7.0", files=1)
+    pypi.yank_release(names[3], "7.0", reason="bad")
+    pypi.rename_project(names[4], "Renamed-A")
+
+
+def mutate_b(pypi: FakePyPI, names: list[str]) -> None:
+    """Changes the killed update applies."""
+    pypi.add_release(names[0], "3.0", files=1)  # changed again, still owed from A
+    for name in names[5:9]:
+        pypi.add_release(name, "9.0", files=2)
+    pypi.remove_project("crash_second_a")  # created in A, gone in B
+    pypi.add_release(names[2], "5.0", files=1)  # removed in A, back in B
+    pypi.remove_file(names[9], pypi.filenames(names[9])[0])
+    pypi.remove_project(names[10])
+    for index in range(6):
+        pypi.add_release(f"crash-new-{index}", "1.0", files=2)
+
+
+@dataclass
+class World:
+    """One upstream, the mirror states along the journey, and the reference."""
+
+    pypi: FakePyPI
+    after_a: Path  # mirror + state after the A update (outbox owed to RSTUF)
+    view0: View  # what RSTUF was bootstrapped with
+    allowed: set[tuple[str, int, str]]  # every page version the mirror ever served
+    reference: dict[str, bytes]  # served tree of a clean sync of the final upstream
+    tally: dict[str, int] = field(
+        default_factory=lambda: {"tried": 0, "survived": 0, "random": 0, "mid-run": 0}
+    )
+
+
+def versions(view: View) -> set[tuple[str, int, str]]:
+    return {(p, i["length"], i["hashes"]["blake2b-256"]) for p, i in view.items()}
+
+
+def snapshot(source: Path, target: Path) -> None:
+    """Copy a mirror keeping its hard links (a prefixed copy is the page's own inode)."""
+    subprocess.run(["cp", "-a", str(source), str(target)], check=True)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    base = tmp_path_factory.mktemp("crash")
+    with FakePyPI(clock=lambda: FIXED_CLOCK) as pypi:
+        pypi.populate(30, seed=SEED, max_files=6, archived_share=0, quarantined_share=0)
+        names = pypi.project_names()
+        first = Mirror(base / "a" / "m", base / "a" / "state.json", pypi.url)
+        assert first.run(*RUN_ARGS) == 0
+        view0 = mirror_view(first.layout)
+        mutate_a(pypi, names)
+        first.rstuf_url = "http://127.0.0.1:9"  # RSTUF down: changes stay in the outbox
+        assert first.run(*RUN_ARGS, "--retries", "0") == pypi_mirror.EXIT_PARTIAL
+        assert_mirror_matches_upstream(first)
+        assert load_state(first.state).outbox.dirty
+        view_a = mirror_view(first.layout)
+        mutate_b(pypi, names)
+        reference = Mirror(base / "ref" / "m", base / "ref" / "state.json", pypi.url)
+        assert reference.run(*RUN_ARGS) == 0
+        assert_mirror_matches_upstream(reference)
+        allowed = versions(view0) | versions(view_a) | versions(mirror_view(reference.layout))
+        world = World(pypi, base / "a", view0, allowed, served_files(reference.layout))
+        yield world
+        tally = world.tally
+        print(
+            f"\ncrash campaign: {tally['survived']}/{tally['tried']} kills survived; "
+            f"{tally['mid-run']}/{tally['random']} random kills landed mid-run"
+        )
+
+
+@dataclass
+class Case:
+    """One mirror being killed and resumed, with its own stand-in RSTUF (or none)."""
+
+    world: World
+    mirror: Mirror
+    rstuf: FakeRstuf | None
+
+    def popen(self, env: dict[str, str], *extra: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [*self.mirror_command(), *extra],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **env},
+        )
+
+    def mirror_command(self) -> list[str]:
+        script = str(Path(pypi_mirror.__file__))
+        return [sys.executable, script, *self.mirror.args(*RUN_ARGS)]
+
+    def requests_seen(self) -> int:
+        rstuf_requests = len(self.rstuf.request_log) if self.rstuf else 0
+        return len(self.world.pypi.requests) + rstuf_requests
+
+    def kill_at_point(self, point: str) -> None:
+        """Run with the crash hook armed; it must die by SIGKILL at that point."""
+        process = self.popen({pypi_mirror.CRASH_AT_ENV: point}, "--workers", "1")
+        _, stderr = process.communicate(timeout=60)
+        assert process.returncode == -signal.SIGKILL, f"{point} not reached:\n{stderr}"
+
+    def kill_randomly(
+        self, rng: random.Random, window: float, started: Callable[[], bool] | None = None
+    ) -> bool:
+        """Kill at a random delay up to `window` after `started()` turns true (default: the
+        run's first request reached a stand-in); return whether the run was still going."""
+        for name in rng.sample(self.world.pypi.project_names(), 8):
+            self.world.pypi.inject(name, "slow", times=1, seconds=0.03)
+        seen = self.requests_seen()
+        started = started or (lambda: self.requests_seen() > seen)
+        process = self.popen({})
+        deadline = time.monotonic() + 20
+        while not started() and process.poll() is None:
+            assert time.monotonic() < deadline, "the run never started"
+            time.sleep(0.001)
+        time.sleep(rng.uniform(0, window))
+        alive = process.poll() is None
+        process.send_signal(signal.SIGKILL)
+        process.communicate(timeout=60)
+        self.world.pypi.clear_faults()
+        self.world.tally["random"] += 1
+        self.world.tally["mid-run"] += alive
+        return alive
+
+    def resume_and_check(self) -> None:
+        """Rerun to completion, then check every promise of the campaign."""
+        self.world.pypi.clear_faults()
+        assert self.mirror.run(*RUN_ARGS) == 0
+        layout = self.mirror.layout
+        state = load_state(self.mirror.state)
+        # byte-identical to a clean sync, but for old copies still tracked for deletion
+        assert served_files(layout, state.retired) == self.world.reference
+        assert_consistent(self.mirror)
+        assert not any(layout.staging_dir.glob("*")), "temp files left in .staging"
+        assert sorted(p.name for p in self.mirror.state.parent.iterdir()) == ["m", "state.json"]
+        assert state.serial == self.world.pypi.last_serial
+        assert not state.pending and not state.full_sync_in_progress and not state.root_stale
+        assert not state.outbox.dirty and not state.outbox.tasks
+        if self.rstuf is not None:
+            assert self.rstuf.view == mirror_view(layout)
+            for request in self.rstuf.accepted:
+                if request.action != ADD:
+                    continue
+                for item in request.body["artifacts"]:
+                    sent = (item["path"], item["info"]["length"], item["info"]["hashes"])
+                    version = (sent[0], sent[1], sent[2]["blake2b-256"])
+                    assert version in self.world.allowed, f"sent a page never served: {sent}"
+        self.world.tally["survived"] += 1
+
+
+@pytest.fixture
+def first_sync(world: World, tmp_path: Path) -> Case:
+    mirror = Mirror(tmp_path / "m", tmp_path / "state.json", world.pypi.url)
+    return Case(world, mirror, None)
+
+
+@pytest.fixture
+def update(world: World, tmp_path: Path) -> Iterator[Case]:
+    """A copy of the mirror as the RSTUF-less A run left it, and a freshly bootstrapped RSTUF."""
+    target = tmp_path / "case"
+    snapshot(world.after_a, target)
+    with FakeRstuf(step=0.01) as rstuf:
+        bootstrap(rstuf, world.view0)
+        mirror = Mirror(target / "m", target / "state.json", world.pypi.url, rstuf.url)
+        yield Case(world, mirror, rstuf)
+
+
+# A first sync writes 36 project pages, then the root index (37); it saves the state when
+# it starts (1), before the root index (2) and at the end (3).
+FIRST_SYNC_POINTS = [
+    "page-temp:1",
+    "page-temp:17",
+    "page-renamed:1",
+    "page-renamed:29",
+    "page-renamed:37",
+    "state-save:1",
+    "state-save:2",
+    "state-save:3",
+]
+# The update writes 13 project pages, then the root index (14); with --workers 1 in name
+# order (with the default seed: 1 is an update, 2-8 adds, 9-13 updates).
+UPDATE_POINTS = [
+    "rstuf-answered:1",  # the changes owed from the A run, sent first
+    "state-save:3",
+    "page-temp:1",
+    "page-renamed:1",
+    "page-temp:5",
+    "page-renamed:9",
+    "page-renamed:13",
+    "page-renamed:14",
+    "state-save:5",
+    "rstuf-answered:2",
+    "rstuf-answered:3",
+]
+
+
+@pytest.mark.parametrize("point", FIRST_SYNC_POINTS)
+def test_first_sync_killed_at_a_named_point(first_sync: Case, point: str) -> None:
+    first_sync.world.tally["tried"] += 1
+    first_sync.kill_at_point(point)
+    first_sync.resume_and_check()
+
+
+@pytest.mark.parametrize("point", UPDATE_POINTS)
+def test_update_killed_at_a_named_point(update: Case, point: str) -> None:
+    update.world.tally["tried"] += 1
+    update.kill_at_point(point)
+    update.resume_and_check()
+
+
+@pytest.mark.parametrize("attempt", range(RANDOM_KILLS))
+def test_first_sync_killed_at_a_random_moment(first_sync: Case, attempt: int) -> None:
+    rng = random.Random(SEED * 1000 + attempt)
+    first_sync.world.tally["tried"] += 1
+    if attempt % 2:  # from the first request: XML-RPC, fetching, writing, the end
+        first_sync.kill_randomly(rng, window=0.2)
+    else:  # from the first page written: pages are written in batches after their fetch
+        simple = first_sync.mirror.layout.simple_dir
+        first_sync.kill_randomly(rng, window=0.03, started=simple.exists)
+    first_sync.resume_and_check()
+
+
+@pytest.mark.parametrize("attempt", range(RANDOM_KILLS))
+def test_update_killed_at_a_random_moment(update: Case, attempt: int) -> None:
+    rng = random.Random(SEED * 2000 + attempt)
+    update.world.tally["tried"] += 1
+    update.kill_randomly(rng, window=0.5)
+    update.resume_and_check()
+
+
+def test_temp_files_of_a_killed_state_save_are_cleared(first_sync: Case) -> None:
+    """A kill inside save_state leaves its temp file beside state.json: the next run clears it
+    (found by a random kill), and only it: the state's directory may hold anything."""
+    directory = first_sync.mirror.state.parent
+    directory.mkdir(parents=True, exist_ok=True)
+    leftover = directory / ".state.json.tmp-k1ll3d"
+    leftover.write_bytes(b'{"schema": 1, "ser')
+    unrelated = [directory / ".tmp-someone-else", directory / "notes.txt"]
+    for path in unrelated:
+        path.write_text("keep me")
+    assert first_sync.mirror.run(*RUN_ARGS) == 0
+    assert not leftover.exists()
+    assert all(path.read_text() == "keep me" for path in unrelated)
+
+
+def test_crash_hook_is_inert_without_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(pypi_mirror.CRASH_AT_ENV, raising=False)
+    for _ in range(3):
+        pypi_mirror.crash_point("state-save")  # still alive
+    monkeypatch.setenv(pypi_mirror.CRASH_AT_ENV, "page-temp:1")
+    pypi_mirror.crash_point("state-save")  # another point: still alive
