@@ -1081,6 +1081,10 @@ class Sync:
             self.state = load_state(self.config.state_path)
             self.writer = MirrorWriter(self.layout, self.state)
             self.summary.serial_before = self.state.serial
+            if self.state.outbox.dirty and not self.config.dry_run:
+                # a killed run may have left pages unflushed: never register bytes
+                # that a power cut could still take back
+                sync_filesystem(self.layout.root)
             self.deliver_outbox()
             if self.needs_full_sync():
                 self.full_sync()
