@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
+import functools
 import html
 import logging
 import os
@@ -38,6 +39,7 @@ import requests
 
 import rstuf_client
 from mirror_store import (
+    HASH_FACTORIES,
     PAGE_NAME,
     ROOT_TARGET,
     TUF_HASH_ALGORITHM,
@@ -272,19 +274,50 @@ def listing_to_wanted(listing: dict[str, int]) -> dict[str, PendingProject]:
     """Validate ``list_packages_with_serial`` into {normalized: (display, serial)}."""
     wanted: dict[str, PendingProject] = {}
     for display, serial in listing.items():
-        try:
-            normalized = project_dir_name(display)
-        except InvalidProjectName as exc:
-            log.warning("skipping listed project: %s", exc)
-            continue
-        if not is_serial(serial):
-            log.warning("skipping listed project %r: serial %r is not a serial", display, serial)
-            continue
-        # Most names are listed already normalized: one string object then serves
-        # as key and display name (700,000 of them are held through a full sync).
-        key = display if normalized == display else normalized
-        merge_pending(wanted, key, PendingProject(display, serial))
+        add_listed(wanted, display, serial)
     return wanted
+
+
+def add_listed(wanted: dict[str, PendingProject], display: object, serial: object) -> None:
+    """Add one listed project to `wanted` if its name and serial are valid; warn otherwise."""
+    try:
+        normalized = project_dir_name(display)  # type: ignore[arg-type]
+    except InvalidProjectName as exc:
+        log.warning("skipping listed project: %s", exc)
+        return
+    if not is_serial(serial):
+        log.warning("skipping listed project %r: serial %r is not a serial", display, serial)
+        return
+    assert isinstance(display, str) and isinstance(serial, int)
+    # Most names are listed already normalized: one string object then serves
+    # as key and display name (700,000 of them are held through a full sync).
+    key = display if normalized == display else normalized
+    merge_pending(wanted, key, PendingProject(display, serial))
+
+
+class StreamingStructUnmarshaller(xmlrpc.client.Unmarshaller):
+    """Hands each member of the answer's top-level struct to `sink` as soon as it is parsed.
+
+    ``list_packages_with_serial`` answers a struct of 700,000 members: building
+    it as a dict and then validating it into another would hold two copies.
+    """
+
+    def __init__(self, sink: Callable[[object, object], None]) -> None:
+        super().__init__(use_datetime=False)
+        self._sink = sink
+        self._in_fault = False
+
+    def start(self, tag: str, attrs: dict) -> None:
+        self._in_fault |= tag == "fault"
+        super().start(tag, attrs)
+
+    def end(self, tag: str) -> None:
+        super().end(tag)
+        stack, marks = self._stack, self._marks
+        top_member = tag == "member" and len(marks) == 1 and not self._in_fault
+        if top_member and len(stack) >= marks[0] + 2:
+            value, name = stack.pop(), stack.pop()
+            self._sink(name, value)
 
 
 ROOT_HEADER = (
@@ -296,22 +329,54 @@ ROOT_FOOTER = b"  </body>\n</html>\n"
 _ROOT_LINK = re.compile(rb'^    <a href="simple/([a-z0-9-]+)/">([^<]*)</a>$', re.MULTILINE)
 
 
+def render_root_lines(projects: Iterable[tuple[str, str]]) -> Iterator[bytes]:
+    """The mirror's root page, line by line, for (normalized, display) pairs in sorted order.
+
+    Streamed: at PyPI's size the page is tens of MB, built from 700,000 names.
+    """
+    yield ROOT_HEADER
+    for normalized, display in projects:
+        text = html.escape(display, quote=False)
+        yield f'    <a href="simple/{normalized}/">{text}</a>\n'.encode()
+    yield ROOT_FOOTER
+
+
 def render_root_index(projects: dict[str, str]) -> bytes:
-    """The mirror's root page: one link per project, sorted, byte-for-byte deterministic."""
-    lines = [ROOT_HEADER]
-    for normalized in sorted(projects):
-        display = html.escape(projects[normalized], quote=False)
-        lines.append(f'    <a href="simple/{normalized}/">{display}</a>\n'.encode())
-    lines.append(ROOT_FOOTER)
-    return b"".join(lines)
+    """The whole root page at once: one link per project, sorted, byte-for-byte deterministic."""
+    return b"".join(render_root_lines(sorted(projects.items())))
+
+
+def iter_root_index(lines: Iterable[bytes]) -> Iterator[tuple[str, str]]:
+    """Inverse of render_root_lines (only ever reads pages this tool wrote)."""
+    for line in lines:
+        match = _ROOT_LINK.match(line.rstrip(b"\n"))
+        if match:
+            yield match.group(1).decode(), html.unescape(match.group(2).decode())
 
 
 def parse_root_index(data: bytes) -> dict[str, str]:
-    """Inverse of render_root_index (only ever reads pages this tool wrote)."""
-    return {
-        match.group(1).decode(): html.unescape(match.group(2).decode())
-        for match in _ROOT_LINK.finditer(data)
-    }
+    return dict(iter_root_index(data.splitlines()))
+
+
+def merge_root(
+    current: Iterable[tuple[str, str]], changes: dict[str, str | None]
+) -> Iterator[tuple[str, str]]:
+    """Merge sorted root members with `changes` (None: leave the root), in sorted order."""
+    updates = sorted(changes.items())
+    index = 0
+    for name, display in current:
+        while index < len(updates) and updates[index][0] <= name:
+            changed, new_display = updates[index]
+            index += 1
+            if new_display is not None:
+                yield changed, new_display
+            if changed == name:
+                break
+        else:
+            yield name, display
+    for changed, new_display in updates[index:]:
+        if new_display is not None:
+            yield changed, new_display
 
 
 _SERIAL_TRAILER = re.compile(rb"<!--SERIAL (\d+)-->\s*$")
@@ -475,7 +540,9 @@ class PypiClient:
     def _xmlrpc(self, method: str, *params: object) -> object:
         return self.with_retries(f"XML-RPC {method}", lambda: self._xmlrpc_once(method, params))
 
-    def _xmlrpc_once(self, method: str, params: tuple) -> object:
+    def _xmlrpc_once(
+        self, method: str, params: tuple, sink: Callable[[object, object], None] | None = None
+    ) -> object:
         wait = self._last_xmlrpc + self.config.xmlrpc_interval - time.monotonic()
         if wait > 0:
             self._sleep(wait)
@@ -494,11 +561,23 @@ class PypiClient:
             raise Transient(f"connection failed: {exc}") from exc
         with response:
             check_status(response, f"XML-RPC {method}")
-            return self._parse_xmlrpc(method, response)
+            return self._parse_xmlrpc(method, response, sink)
 
-    def _parse_xmlrpc(self, method: str, response: requests.Response) -> object:
-        """Feed the answer to the unmarshaller as it streams (no second copy of 50 MB)."""
-        parser, unmarshaller = xmlrpc.client.getparser(use_datetime=False)
+    def _parse_xmlrpc(
+        self,
+        method: str,
+        response: requests.Response,
+        sink: Callable[[object, object], None] | None = None,
+    ) -> object:
+        """Feed the answer to the unmarshaller as it streams (no second copy of 50 MB).
+
+        With `sink`, the members of a struct answer go to it instead of into a dict.
+        """
+        if sink is None:
+            parser, unmarshaller = xmlrpc.client.getparser(use_datetime=False)
+        else:
+            unmarshaller = StreamingStructUnmarshaller(sink)
+            parser = xmlrpc.client.ExpatParser(unmarshaller)
         received = 0
         try:
             for chunk in response.iter_content(1 << 20):
@@ -542,11 +621,20 @@ class PypiClient:
             yield entries
             serial = entries[-1].serial
 
-    def list_packages_with_serial(self) -> dict[str, int]:
-        listing = self._xmlrpc("list_packages_with_serial")
-        if not isinstance(listing, dict):
-            raise UpstreamError("list_packages_with_serial did not return a mapping")
-        return listing
+    def list_packages_with_serial(self) -> dict[str, PendingProject]:
+        """Every listed project as {normalized: (display, serial)}, validated as it streams in."""
+
+        def attempt() -> dict[str, PendingProject]:
+            wanted: dict[str, PendingProject] = {}
+            sink = functools.partial(add_listed, wanted)
+            rest = self._xmlrpc_once("list_packages_with_serial", (), sink)
+            if not isinstance(rest, dict):
+                raise UpstreamError("list_packages_with_serial did not return a mapping")
+            return wanted
+
+        result = self.with_retries("XML-RPC list_packages_with_serial", attempt)
+        assert isinstance(result, dict)
+        return result
 
     # Simple API
 
@@ -708,14 +796,18 @@ class MirrorWriter:
         """
         directory.mkdir(parents=True, exist_ok=True)
         digest = digest_bytes(body).hexdigest
-        copy = directory / prefixed_name(digest)
         if old == body:
-            page = directory / PAGE_NAME
-            if not (copy.exists() and os.path.samefile(copy, page)):  # died mid-write, or damage
-                self._link_copy(page, copy)
+            self.ensure_copy(directory, digest)
             return False
         temp = self._write_temp(body)
         crash_point("page-temp")
+        self.install(directory, temp, digest)
+        self.retire_replaced(directory, old, body)
+        return True
+
+    def install(self, directory: Path, temp: Path, digest: str) -> None:
+        """Move a staged page into place: hash-prefixed copy first, then ``index.html``."""
+        copy = directory / prefixed_name(digest)
         try:
             self._link_copy(temp, copy)
             os.replace(temp, directory / PAGE_NAME)
@@ -724,8 +816,34 @@ class MirrorWriter:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp)
         self.state.retired.pop(self._relative(copy), None)
-        self.retire_replaced(directory, old, body)
-        return True
+
+    def stage(self, chunks: Iterable[bytes], keep: bool = True) -> tuple[Path | None, str]:
+        """Write `chunks` to a temp file (unless not `keep`), hashing them on the way."""
+        hasher = HASH_FACTORIES[TUF_HASH_ALGORITHM]()
+        temp = self._temp_name() if keep else None
+        with open(temp, "wb") if temp else contextlib.nullcontext() as handle:
+            for chunk in chunks:
+                hasher.update(chunk)
+                if handle is not None:
+                    handle.write(chunk)
+        return temp, hasher.hexdigest()
+
+    def discard(self, temp: Path | None) -> None:
+        if temp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+
+    def root_digest(self) -> str | None:
+        try:
+            return digest_file(self.layout.root_page).hexdigest
+        except FileNotFoundError:
+            return None
+
+    def ensure_copy(self, directory: Path, digest: str) -> None:
+        """Relink an unchanged page's prefixed copy if a killed run or damage broke it."""
+        page, copy = directory / PAGE_NAME, directory / prefixed_name(digest)
+        if not (copy.exists() and os.path.samefile(copy, page)):
+            self._link_copy(page, copy)
 
     def _temp_name(self) -> Path:
         staging = self.layout.staging_dir
@@ -782,16 +900,6 @@ class MirrorWriter:
     def retire(self, copy: Path) -> None:
         """Start (or restart) `copy`'s grace period now."""
         self.state.retired[self._relative(copy)] = self.clock()
-
-    def read_root(self) -> bytes | None:
-        try:
-            return self.layout.root_page.read_bytes()
-        except FileNotFoundError:
-            return None
-
-    def store_root(self, body: bytes) -> bool:
-        """Write the root index if its bytes changed; return whether they did."""
-        return self.store(self.layout.served_dir, body, self.read_root())
 
     def collect_retired(self, grace: float) -> int:
         """Delete prefixed copies retired more than `grace` seconds ago.
@@ -1047,6 +1155,20 @@ class Summary:
         )
 
 
+@dataclass
+class Refreshed:
+    """What `Sync.refresh` learned beyond the pages it wrote."""
+
+    failed: set[str] = field(default_factory=set)  # kept pending
+    unlisted: set[str] = field(default_factory=set)  # fetched: gone or quarantined
+
+    def lists(self, name: str, if_failed: bool = True) -> bool:
+        """Whether `name` belongs in the root index; `if_failed` when its fetch failed."""
+        if name in self.failed:
+            return if_failed
+        return name not in self.unlisted
+
+
 class Sync:
     """One run: deliver what RSTUF is owed, bring the mirror up to date, deliver again."""
 
@@ -1124,9 +1246,7 @@ class Sync:
         """
         first = self.state.serial is None and not self.layout.root_page.exists()
         last_serial = self.pypi.changelog_last_serial()
-        listing = self.pypi.list_packages_with_serial()
-        wanted = listing_to_wanted(listing)  # first: only checked serials may set the target
-        del listing
+        wanted = self.pypi.list_packages_with_serial()  # only checked serials set the target
         target = min(last_serial, max((i.serial for i in wanted.values()), default=last_serial))
         log.info(
             "%s: %d projects listed at serial %d",
@@ -1152,12 +1272,12 @@ class Sync:
         for name, item in self.state.pending.items():
             merge_pending(to_fetch, name, item)
         self.summary.unchanged += len(wanted) - len(behind)
-        listed = self.refresh(to_fetch, record_changes=not first)
-        members = {
-            name: item.display_name
-            for name, item in wanted.items()
-            if listed.get(name, name in local)
-        }
+        outcome = self.refresh(to_fetch, record_changes=not first)
+        members = (
+            (name, wanted[name].display_name)
+            for name in sorted(wanted)
+            if outcome.lists(name, if_failed=name in local)
+        )
         self.write_root(members, record_change=not first)
         self.state.serial = target if self.state.serial is None else max(self.state.serial, target)
         self.state.full_sync_in_progress = False
@@ -1186,64 +1306,77 @@ class Sync:
         for name, item in self.state.pending.items():
             merge_pending(to_fetch, name, item)
         log.info("changelog %d->%d: %d projects to refresh", since, newest, len(to_fetch))
-        listed = self.refresh(to_fetch, record_changes=True)
-        if self.membership_changed or self.state.root_stale or renamed & listed.keys():
+        outcome = self.refresh(to_fetch, record_changes=True)
+        fetched = to_fetch.keys() - outcome.failed
+        if self.membership_changed or self.state.root_stale or renamed & fetched:
             self.rewrite_root(
-                {name: to_fetch[name].display_name if ok else None for name, ok in listed.items()}
+                {
+                    name: to_fetch[name].display_name if outcome.lists(name) else None
+                    for name in fetched
+                }
             )
         self.state.serial = newest
 
     def rewrite_root(self, changes: dict[str, str | None]) -> None:
-        """Apply membership changes to the root index (read back from the mirror itself)."""
+        """Merge membership changes into the root index, streaming it (read back from disk)."""
         try:
-            members = parse_root_index(self.layout.root_page.read_bytes())
+            with open(self.layout.root_page, "rb") as current:
+                self.write_root(merge_root(iter_root_index(current), changes), record_change=True)
         except FileNotFoundError:
-            members = {}
-        for name, display in changes.items():
-            if display is None:
-                members.pop(name, None)
-            else:
-                members[name] = display
-        self.write_root(members, record_change=True)
+            self.write_root(merge_root([], changes), record_change=True)
 
-    def write_root(self, members: dict[str, str], record_change: bool) -> None:
-        body = render_root_index(members)
-        if self.config.dry_run:
-            if self.writer.read_root() != body:
-                self.out(f"write {ROOT_TARGET} ({len(members)} projects)")
+    def write_root(self, members: Iterable[tuple[str, str]], record_change: bool) -> None:
+        """Write the root index from sorted (normalized, display) pairs if its bytes change."""
+        served = self.layout.served_dir
+        temp, digest = self.writer.stage(render_root_lines(members), keep=not self.config.dry_run)
+        old_digest = self.writer.root_digest()
+        if digest == old_digest:
+            self.writer.discard(temp)
+            if not self.config.dry_run:
+                self.writer.ensure_copy(served, digest)
+                self.state.root_stale = False
             return
-        old = self.writer.read_root()
-        if old != body:
-            # Intent before action, as for pages: a run killed right after the write
-            # finds the root unchanged, and would neither tell RSTUF nor retire the copy.
-            self.writer.retire_replaced(self.layout.served_dir, old, body)
-            if record_change:
-                self.state.outbox.dirty.add(ROOT_TARGET)
-            self.save()
-        self.writer.store_root(body)
+        if temp is None:  # dry run
+            self.out(f"write {ROOT_TARGET}")
+            return
+        # Intent before action, as for pages: a run killed right after the write
+        # finds the root unchanged, and would neither tell RSTUF nor retire the copy.
+        old_copy = served / prefixed_name(old_digest) if old_digest else None
+        if old_copy is not None:
+            self.writer.retire(old_copy)
+        if record_change:
+            self.state.outbox.dirty.add(ROOT_TARGET)
+        self.save()
+        served.mkdir(parents=True, exist_ok=True)
+        self.writer.install(served, temp, digest)
+        if old_copy is not None:
+            self.writer.retire(old_copy)  # the grace starts at the real replacement
         self.state.root_stale = False
 
     # fetching and applying
 
-    def refresh(self, wanted: dict[str, PendingProject], record_changes: bool) -> dict[str, bool]:
+    def refresh(self, wanted: dict[str, PendingProject], record_changes: bool) -> Refreshed:
         """Fetch every project in `wanted` once and apply what its page says.
 
-        Returns, for each project fetched, whether it belongs in the root index
-        (False: gone, or quarantined). Failures stay in ``state.pending``. With
+        Returns which projects failed and which were fetched but do not belong
+        in the root index (gone, or quarantined): both sets are small, where a
+        flag per project would be 700,000 entries. Failures stay in ``state.pending``. With
         `record_changes`, each batch of changed paths is saved to the outbox
         before the batch touches the disk, so RSTUF hears of every write even
         if the run dies right after it.
         """
-        listed: dict[str, bool] = {}
+        outcome = Refreshed()
         self.progress.start(len(wanted), "fetching")
         batch: list[Change] = []
-        for name, outcome in self.fetch_all(wanted):
+        for name, fetched in self.fetch_all(wanted):
             self.progress.advance()
-            if isinstance(outcome, Exception):
-                self.keep_pending(name, wanted[name], outcome)
+            if isinstance(fetched, Exception):
+                self.keep_pending(name, wanted[name], fetched)
+                outcome.failed.add(name)
                 continue
-            change = Change(name, wanted[name].display_name, outcome, self.writer.read_page(name))
-            listed[name] = change.listed_after()
+            change = Change(name, wanted[name].display_name, fetched, self.writer.read_page(name))
+            if not change.listed_after():
+                outcome.unlisted.add(name)
             if not change.modifies:
                 self.summary.unchanged += change.page.body is not None
                 continue
@@ -1253,9 +1386,10 @@ class Sync:
                 batch = []
         self.apply_batch(batch, record_changes)
         self.progress.finish()
-        for name in listed:  # only now: an intent save must not drop a pending name early
-            self.state.pending.pop(name, None)
-        return listed
+        for name in list(self.state.pending):  # only now: an intent save must keep them
+            if name in wanted and name not in outcome.failed:
+                del self.state.pending[name]
+        return outcome
 
     def fetch_all(
         self, wanted: dict[str, PendingProject]
