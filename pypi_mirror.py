@@ -1547,7 +1547,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--rstuf-wait",
-        type=positive_float,
+        type=non_negative_float,
         default=600.0,
         help="seconds to wait for RSTUF tasks to finish (default: %(default)s)",
     )
@@ -1560,20 +1560,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--rstuf-poll",
-        type=positive_float,
+        type=non_negative_float,
         default=2.0,
         help="seconds between two polls of an RSTUF task (default: %(default)s)",
     )
     parser.add_argument(
         "--grace",
-        type=positive_float,
+        type=non_negative_float,
         default=3600.0,
         help="seconds an old hash-prefixed page copy stays served for TUF "
         "clients (default: %(default)s)",
     )
     parser.add_argument(
         "--timeout",
-        type=positive_float,
+        type=non_negative_float,
         default=60.0,
         help="read timeout of one HTTP request, seconds (default: %(default)s)",
     )
@@ -1585,13 +1585,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--backoff",
-        type=positive_float,
+        type=non_negative_float,
         default=1.0,
         help="first retry delay in seconds, doubled each retry, with jitter (default: %(default)s)",
     )
     parser.add_argument(
         "--xmlrpc-interval",
-        type=positive_float,
+        type=non_negative_float,
         default=1.0,
         help="seconds between XML-RPC calls, PyPI's etiquette (default: %(default)s)",
     )
@@ -1624,7 +1624,7 @@ def non_negative_int(text: str) -> int:
     return value
 
 
-def positive_float(text: str) -> float:
+def non_negative_float(text: str) -> float:
     value = float(text)
     if value < 0:
         raise argparse.ArgumentTypeError("must be 0 or more")
