@@ -69,6 +69,8 @@ from mirror_store import (
     MirrorLocked,
     State,
     StateError,
+    at_least,
+    configure_logging,
     digest_file,
     fsync_dir,
     iter_targets,
@@ -458,16 +460,6 @@ def generate(options: Options, stdout: TextIO) -> Summary:
 # --- command line ------------------------------------------------------------
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
 def usable_cpus() -> int:
     """CPUs this process may run on (a container or taskset may allow fewer than exist)."""
     try:
@@ -519,7 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--workers",
-        type=_positive_int,
+        type=at_least(1),
         default=usable_cpus(),
         help="parallel hashing workers (default: the CPUs this process may use, %(default)s)",
     )
@@ -543,21 +535,6 @@ def parse_options(args: argparse.Namespace) -> Options:
         workers=args.workers,
         executor=args.executor,
     )
-
-
-_HANDLER_NAME = "generate_csv.main"
-
-
-def configure_logging(verbose: bool, quiet: bool) -> None:
-    """Send this tool's log to stderr, once (calling main again replaces the handler)."""
-    for handler in list(log.handlers):
-        if handler.get_name() == _HANDLER_NAME:
-            log.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.set_name(_HANDLER_NAME)
-    handler.setFormatter(logging.Formatter("generate_csv: %(levelname)s: %(message)s"))
-    log.addHandler(handler)
-    log.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
 
 
 def _describe_os_error(exc: OSError) -> str:

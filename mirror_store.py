@@ -8,6 +8,7 @@ Nothing in this module talks to the network.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import ctypes
 import errno
@@ -15,9 +16,12 @@ import fcntl
 import glob
 import hashlib
 import json
+import logging
 import os
 import re
+import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -499,3 +503,36 @@ def clear_state_temps(path: Path) -> int:
             temp.unlink()
             removed += 1
     return removed
+
+
+# --- command line: shared by both scripts ------------------------------------------
+
+
+def at_least(minimum: float, kind: type = int) -> Callable[[str], float]:
+    """An argparse type: a `kind` number not below `minimum`, refused with a clear message."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
+        return value
+
+    return parse
+
+
+def configure_logging(verbose: bool, quiet: bool) -> None:
+    """One parseable line per event on stderr: UTC time, level, message.
+
+    Replaces the root handlers, so calling a script's main() twice logs once.
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%SZ")
+    formatter.converter = time.gmtime
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+    logging.getLogger("urllib3").setLevel(logging.WARNING)

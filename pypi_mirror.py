@@ -51,8 +51,10 @@ from mirror_store import (
     PendingProject,
     State,
     StateError,
+    at_least,
     clear_staging,
     clear_state_temps,
+    configure_logging,
     digest_bytes,
     digest_file,
     load_state,
@@ -1610,38 +1612,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
+positive_int = at_least(1)
+non_negative_int = at_least(0)
+non_negative_float = at_least(0, float)
 
 
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be 0 or more")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be 0 or more")
-    return value
-
-
-def configure_logging(verbose: bool, quiet: bool) -> None:
-    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S")
-    )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
+def configure_summary_logging() -> None:
+    """The summary line is logged at INFO even under -q: cron keeps one line per run."""
     summary_log.setLevel(logging.INFO)
-    logging.getLogger("urllib3").setLevel(logging.WARNING)
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -1682,6 +1660,7 @@ def make_rstuf_client(config: Config) -> rstuf_client.RstufClient:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose, args.quiet)
+    configure_summary_logging()
     config = config_from_args(args)
     pypi = PypiClient(config.pypi_url, config)
     try:
