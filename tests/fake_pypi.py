@@ -2000,24 +2000,27 @@ def _serve_main(argv: Sequence[str]) -> int:
     fake.populate(args.projects, seed=args.seed)
     elapsed = time.perf_counter() - started
 
+    serve_until_stopped(
+        fake,
+        lambda: f"fake PyPI: {args.projects} projects (built in {elapsed:.1f} s), "
+        f"serial {fake.last_serial}, at {fake.url}; Ctrl-C stops it",
+    )
+    return 0
+
+
+def serve_until_stopped(fake: FakePyPI, banner: Callable[[], str]) -> None:
+    """Serve until Ctrl-C or SIGTERM: the URL alone on stdout (for scripts), banner() on stderr."""
+
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
     with fake:
         print(fake.url, flush=True)
-        print(
-            f"fake PyPI: {args.projects} projects (built in {elapsed:.1f} s), "
-            f"serial {fake.last_serial}, at {fake.url}; Ctrl-C stops it",
-            file=sys.stderr,
-            flush=True,
-        )
-        try:
+        print(banner(), file=sys.stderr, flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
             while True:
                 time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
-    return 0
 
 
 def _churn_main(argv: Sequence[str]) -> int:

@@ -21,13 +21,12 @@ import argparse
 import collections
 import gc
 import json
-import signal
 import sys
 import threading
 import time
 from collections.abc import Sequence
 
-from tests.fake_pypi import FakePyPI, Reply, Request
+from tests.fake_pypi import FakePyPI, Reply, Request, serve_until_stopped
 
 COUNTS_PATH = "/_bench/counts"
 RESET_PATH = "/_bench/reset"
@@ -81,18 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         fake.prerender()
     built = time.perf_counter() - started
 
-    def stop(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
-    with fake:
-        print(fake.url, flush=True)
-        print(f"bench server: {args.projects} projects in {built:.1f} s", file=sys.stderr)
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
+    serve_until_stopped(fake, lambda: f"bench server: {args.projects} projects in {built:.1f} s")
     return 0
 
 
