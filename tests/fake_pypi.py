@@ -2002,8 +2002,10 @@ def _serve_main(argv: Sequence[str]) -> int:
 
     serve_until_stopped(
         fake,
-        lambda: f"fake PyPI: {args.projects} projects (built in {elapsed:.1f} s), "
-        f"serial {fake.last_serial}, at {fake.url}; Ctrl-C stops it",
+        lambda: (
+            f"fake PyPI: {args.projects} projects (built in {elapsed:.1f} s), "
+            f"serial {fake.last_serial}, at {fake.url}; Ctrl-C stops it"
+        ),
     )
     return 0
 
