@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+import pypi_client
 import pypi_mirror
 from mirror_store import InvalidProjectName, load_state, project_dir_name, save_state
 from tests.fake_pypi import FakePyPI
@@ -398,7 +399,7 @@ def test_the_name_gate_refuses_every_control_character() -> None:
     assert list(pypi_mirror.listing_to_wanted(listing)) == ["numpy"]
     rows = [[name, None, 0, "create", serial] for serial, name in enumerate(names, start=1)]
     rows.append(["numpy", None, 0, f"rename from {names[0]}", len(rows) + 1])
-    entries = pypi_mirror.parse_changelog_rows(rows, 0)
+    entries = pypi_client.parse_changelog_rows(rows, 0)
     assert list(pypi_mirror.projects_to_refresh(entries)) == ["numpy"]
     assert pypi_mirror.identity_changes(entries) == {"numpy"}
 

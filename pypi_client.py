@@ -1,0 +1,479 @@
+"""The only code that speaks to PyPI: XML-RPC mirroring methods and Simple API pages.
+
+Pure parts first (changelog rows, page checks, retry delays), then `PypiClient`,
+which owns the HTTP sessions. Nothing here writes to disk or decides what a
+page means for the mirror; `pypi_mirror.py` does that.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+import threading
+import time
+import xml.parsers.expat
+import xmlrpc.client
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import lxml.etree
+import requests
+
+from mirror_store import VERSION
+
+log = logging.getLogger("pypi_mirror")
+
+USER_AGENT = f"pypi-index-mirror/{VERSION} (+python-requests/{requests.__version__})"
+HTML_ACCEPT = "application/vnd.pypi.simple.v1+html, text/html;q=0.9"
+SIMPLE_HTML_TYPES = ("application/vnd.pypi.simple.v1+html", "text/html")
+
+
+class ClientSettings(Protocol):
+    """What `PypiClient` is told (pypi_mirror's Config has these fields); seconds and bytes."""
+
+    connect_timeout: float
+    timeout: float  # read timeout of one request
+    retries: int  # attempts after the first
+    backoff: float  # first retry delay, doubled each retry, with jitter
+    max_page_bytes: int
+    max_xmlrpc_bytes: int
+    xmlrpc_interval: float  # between two XML-RPC calls
+
+
+# --- errors
+
+
+class UpstreamError(Exception):
+    """PyPI answered something this tool cannot use; the message says what."""
+
+
+class Transient(UpstreamError):
+    """A failure worth retrying (connection, 5xx, 429, rate-limit fault)."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class XmlRpcFault(UpstreamError):
+    def __init__(self, method: str, code: int, text: str) -> None:
+        super().__init__(f"PyPI XML-RPC {method} failed: fault {code}: {text[:200]}")
+        self.method, self.code, self.text = method, code, text
+
+
+class NotASimplePage(UpstreamError):
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"{name}: not a simple page ({reason}); not mirrored")
+        self.name, self.reason = name, reason
+
+
+class StalePage(UpstreamError):
+    def __init__(self, name: str, expected: int, got: int) -> None:
+        super().__init__(f"{name}: page serial {got} is older than changelog serial {expected}")
+        self.name, self.expected, self.got = name, expected, got
+
+
+class ChangelogError(UpstreamError):
+    """The changelog contradicts itself; applying it could lose changes."""
+
+
+# --- records and pure functions
+
+
+@dataclass(frozen=True)
+class ChangelogEntry:
+    name: str
+    version: str | None
+    timestamp: int
+    action: str
+    serial: int
+
+    @property
+    def renamed_from(self) -> str | None:
+        """The old name of a legacy ``rename from <old>`` entry."""
+        if self.action.startswith("rename from "):
+            return self.action[len("rename from ") :].strip()
+        return None
+
+
+def parse_changelog_rows(rows: object, since: int) -> list[ChangelogEntry]:
+    """Check and convert a ``changelog_since_serial`` answer.
+
+    Serials must be above `since` and ascending; otherwise the answer cannot be
+    trusted to cover what it claims and ChangelogError is raised.
+    """
+    if not isinstance(rows, list):
+        raise ChangelogError(f"changelog_since_serial returned {type(rows).__name__}, not a list")
+    entries = []
+    previous = since
+    for row in rows:
+        if not (isinstance(row, list | tuple) and len(row) == 5):
+            raise ChangelogError(f"malformed changelog row {row!r:.120}")
+        name, version, timestamp, action, serial = row
+        if not (isinstance(name, str) and isinstance(action, str) and type(serial) is int):
+            raise ChangelogError(f"malformed changelog row {row!r:.120}")
+        if serial <= previous:
+            raise ChangelogError(
+                f"changelog serials go backwards ({serial} after {previous}); "
+                "refusing to apply it — retry later"
+            )
+        previous = serial
+        ts = timestamp if type(timestamp) is int else 0
+        entries.append(
+            ChangelogEntry(name, version if isinstance(version, str) else None, ts, action, serial)
+        )
+    return entries
+
+
+def is_serial(value: object) -> bool:
+    """A journal serial: an int, not a bool, not negative (state.json refuses anything else)."""
+    return type(value) is int and value >= 0
+
+
+class StreamingStructUnmarshaller(xmlrpc.client.Unmarshaller):
+    """Hands each member of the answer's top-level struct to `sink` as soon as it is parsed.
+
+    ``list_packages_with_serial`` answers a struct of 700,000 members: building
+    it as a dict and then validating it into another would hold two copies.
+    """
+
+    def __init__(self, sink: Callable[[object, object], None]) -> None:
+        super().__init__(use_datetime=False)
+        self._sink = sink
+        self._in_fault = False
+
+    def start(self, tag: str, attrs: dict) -> None:
+        self._in_fault |= tag == "fault"
+        super().start(tag, attrs)
+
+    def end(self, tag: str) -> None:
+        super().end(tag)
+        stack, marks = self._stack, self._marks
+        top_member = tag == "member" and len(marks) == 1 and not self._in_fault
+        if top_member and len(stack) >= marks[0] + 2:
+            value, name = stack.pop(), stack.pop()
+            self._sink(name, value)
+
+
+@dataclass(frozen=True)
+class PageFacts:
+    project_status: str  # "active", "archived", "quarantined", ...
+
+    @property
+    def listed(self) -> bool:
+        """Quarantined projects keep a page but leave the root listing (as on PyPI)."""
+        return self.project_status != "quarantined"
+
+
+_HTML_PARSER = lxml.etree.HTMLParser(recover=True, no_network=True, huge_tree=True)
+
+
+def inspect_simple_page(name: str, body: bytes) -> PageFacts:
+    """Refuse anything that is not a plausible PEP 503 project page.
+
+    A CDN error page, JSON, an empty or non-UTF-8 body would otherwise be
+    mirrored and signed. Raises NotASimplePage.
+    """
+    if not body.strip():
+        raise NotASimplePage(name, "empty body")
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise NotASimplePage(name, f"not UTF-8 at byte {exc.start}") from None
+    head = body[:512].lstrip().lower()
+    if not (head.startswith(b"<!doctype html") or head.startswith(b"<html")):
+        raise NotASimplePage(name, "not an HTML document")
+    try:
+        root = lxml.etree.fromstring(body, _HTML_PARSER)
+    except lxml.etree.LxmlError as exc:
+        raise NotASimplePage(name, f"unparsable HTML: {exc}") from None
+    if root is None:
+        raise NotASimplePage(name, "unparsable HTML")
+    versions = root.xpath('//meta[@name="pypi:repository-version"]/@content')
+    if not versions or not str(versions[0]).startswith("1."):
+        raise NotASimplePage(name, "no pypi:repository-version 1.x meta tag")
+    if any(anchor.get("href") is None for anchor in root.iter("a")):
+        raise NotASimplePage(name, "a link without href")
+    status = root.xpath('//meta[@name="pypi:project-status"]/@content')
+    return PageFacts(str(status[0]) if status else "active")
+
+
+_RESET_IN = re.compile(r"reset in (\d+(?:\.\d+)?) seconds?")
+
+
+def retry_delay(attempt: int, base: float, hint: float | None) -> float:
+    """Exponential backoff with full jitter; a server's hint (Retry-After) wins, capped."""
+    if hint is not None:
+        return min(max(hint, 0.0), 300.0)
+    return random.uniform(0, base * (2**attempt))
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+# --- the client
+
+
+@dataclass(frozen=True)
+class FetchedPage:
+    """A project page as PyPI served it; `body is None` means 404 (project gone)."""
+
+    name: str
+    body: bytes | None
+    serial: int | None
+    facts: PageFacts | None
+
+
+class PypiClient:
+    """PyPI's XML-RPC mirroring methods and Simple API pages over keep-alive sessions.
+
+    Each worker thread gets its own `requests.Session` (a Session is not
+    thread-safe), all made by `session_factory` so tests can inspect them.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        config: ClientSettings,
+        session_factory: Callable[[], requests.Session] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.config = config
+        self._session_factory = session_factory or self._default_session
+        self._local = threading.local()
+        self._sessions: list[requests.Session] = []
+        self._lock = threading.Lock()
+        self._sleep = sleep
+        self._last_xmlrpc = 0.0
+        self.requests_made = 0
+
+    def _default_session(self) -> requests.Session:
+        session = requests.Session()
+        session.headers["User-Agent"] = USER_AGENT
+        adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=4, max_retries=0)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        settle_environment(session, self.base_url)
+        return session
+
+    @property
+    def session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._session_factory()
+            self._local.session = session
+            with self._lock:
+                self._sessions.append(session)
+        return session
+
+    def close(self) -> None:
+        with self._lock:
+            for session in self._sessions:
+                session.close()
+            self._sessions.clear()
+
+    def _count_request(self) -> None:
+        with self._lock:
+            self.requests_made += 1
+
+    @property
+    def _timeout(self) -> tuple[float, float]:
+        return (self.config.connect_timeout, self.config.timeout)
+
+    def with_retries(self, what: str, call: Callable[[], object]) -> object:
+        """Run `call`, retrying Transient failures with backoff; re-raise the last one."""
+        for attempt in range(self.config.retries + 1):
+            try:
+                return call()
+            except Transient as exc:
+                if attempt == self.config.retries:
+                    raise UpstreamError(
+                        f"{what}: giving up after {attempt + 1} attempts: {exc}"
+                    ) from exc
+                delay = retry_delay(attempt, self.config.backoff, exc.retry_after)
+                log.info("%s: %s; retrying in %.1fs", what, exc, delay)
+                self._sleep(delay)
+        raise AssertionError("unreachable")
+
+    # XML-RPC
+
+    def _xmlrpc(self, method: str, *params: object) -> object:
+        return self.with_retries(f"XML-RPC {method}", lambda: self._xmlrpc_once(method, params))
+
+    def _xmlrpc_once(
+        self, method: str, params: tuple, sink: Callable[[object, object], None] | None = None
+    ) -> object:
+        wait = self._last_xmlrpc + self.config.xmlrpc_interval - time.monotonic()
+        if wait > 0:
+            self._sleep(wait)
+        self._last_xmlrpc = time.monotonic()
+        body = xmlrpc.client.dumps(params, method, allow_none=True).encode()
+        self._count_request()
+        try:
+            response = self.session.post(
+                f"{self.base_url}/pypi",
+                data=body,
+                headers={"Content-Type": "text/xml", "Accept": "text/xml"},
+                timeout=self._timeout,
+                stream=True,
+            )
+        except requests.RequestException as exc:
+            raise Transient(f"connection failed: {exc}") from exc
+        with response:
+            check_status(response, f"XML-RPC {method}")
+            return self._parse_xmlrpc(method, response, sink)
+
+    def _parse_xmlrpc(
+        self,
+        method: str,
+        response: requests.Response,
+        sink: Callable[[object, object], None] | None = None,
+    ) -> object:
+        """Feed the answer to the unmarshaller as it streams (no second copy of 50 MB).
+
+        With `sink`, the members of a struct answer go to it instead of into a dict.
+        """
+        if sink is None:
+            parser, unmarshaller = xmlrpc.client.getparser(use_datetime=False)
+        else:
+            unmarshaller = StreamingStructUnmarshaller(sink)
+            parser = xmlrpc.client.ExpatParser(unmarshaller)
+        received = 0
+        try:
+            for chunk in response.iter_content(1 << 20):
+                received += len(chunk)
+                if received > self.config.max_xmlrpc_bytes:
+                    raise UpstreamError(f"XML-RPC {method}: answer over {received} bytes; refused")
+                parser.feed(chunk)
+            parser.close()
+            (result,) = unmarshaller.close()
+        except requests.RequestException as exc:
+            raise Transient(f"XML-RPC {method}: answer cut off: {exc}") from exc
+        except xmlrpc.client.Fault as fault:
+            text = str(fault.faultString)
+            if "TooManyRequests" in text or (fault.faultCode == -32500 and "reset in" in text):
+                match = _RESET_IN.search(text)
+                raise Transient(
+                    f"rate limited by PyPI ({text[:120]})",
+                    retry_after=float(match.group(1)) if match else None,
+                ) from None
+            raise XmlRpcFault(method, fault.faultCode, text) from None
+        except (xml.parsers.expat.ExpatError, xmlrpc.client.ResponseError, ValueError) as exc:
+            raise Transient(f"XML-RPC {method}: malformed answer ({exc})") from None
+        return result
+
+    def changelog_last_serial(self) -> int:
+        serial = self._xmlrpc("changelog_last_serial")
+        if serial is None:  # warehouse's max(id) of an empty journal
+            return 0
+        if not is_serial(serial):
+            raise UpstreamError(f"changelog_last_serial returned {serial!r:.80}, not a serial")
+        return serial
+
+    def changelog_since(self, since: int, until: int) -> Iterator[list[ChangelogEntry]]:
+        """Page through ``changelog_since_serial`` until `until` is covered (or a page is empty)."""
+        serial = since
+        while serial < until:
+            rows = self._xmlrpc("changelog_since_serial", serial)
+            entries = parse_changelog_rows(rows, serial)
+            if not entries:
+                return
+            yield entries
+            serial = entries[-1].serial
+
+    def list_packages_with_serial(self, sink: Callable[[object, object], None]) -> None:
+        """Hand every listed (display name, serial) pair to `sink` as the answer streams in.
+
+        The listing is 700,000 pairs: the caller validates and keeps each one, so
+        the answer never exists as a dict of its own. A retried call starts over:
+        `sink` must tolerate seeing a pair again.
+        """
+
+        def attempt() -> None:
+            rest = self._xmlrpc_once("list_packages_with_serial", (), sink)
+            if not isinstance(rest, dict):
+                raise UpstreamError("list_packages_with_serial did not return a mapping")
+
+        self.with_retries("XML-RPC list_packages_with_serial", attempt)
+
+    # Simple API
+
+    def fetch_page(self, name: str) -> FetchedPage:
+        """GET /simple/<name>/ once; raises Transient, NotASimplePage or UpstreamError."""
+        self._count_request()
+        url = f"{self.base_url}/simple/{name}/"
+        try:
+            response = self.session.get(
+                url,
+                headers={"Accept": HTML_ACCEPT},
+                timeout=self._timeout,
+                stream=True,
+                allow_redirects=False,
+            )
+        except requests.RequestException as exc:
+            raise Transient(f"{name}: connection failed: {exc}") from exc
+        with response:
+            if response.status_code == 404:
+                return FetchedPage(name, None, None, None)
+            check_status(response, name)
+            content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+            if content_type not in SIMPLE_HTML_TYPES:
+                raise NotASimplePage(name, f"Content-Type {content_type or 'missing'}")
+            serial_header = response.headers.get("X-PyPI-Last-Serial", "")
+            if not serial_header.isdigit():
+                raise NotASimplePage(name, "no X-PyPI-Last-Serial header")
+            body = read_capped(response, self.config.max_page_bytes, name)
+        return FetchedPage(name, body, int(serial_header), inspect_simple_page(name, body))
+
+
+def settle_environment(session: requests.Session, base_url: str) -> None:
+    """Resolve, once, what requests otherwise reads from the environment on every request.
+
+    Every request of a PypiClient goes to `base_url`'s host, so its proxies
+    (``*_PROXY``/``NO_PROXY``), CA bundle (``REQUESTS_CA_BUNDLE``,
+    ``CURL_CA_BUNDLE``) and ``.netrc`` credentials are the same each time;
+    re-deriving them per request was a tenth of a first sync's CPU (profile).
+    """
+    session.proxies.update(requests.utils.get_environ_proxies(base_url))
+    bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+    if bundle and session.verify is True:
+        session.verify = bundle
+    if session.auth is None:
+        session.auth = requests.utils.get_netrc_auth(base_url)
+    session.trust_env = False
+
+
+def check_status(response: requests.Response, what: str) -> None:
+    """Turn a non-200 answer into Transient (429, 5xx) or UpstreamError (anything else)."""
+    status = response.status_code
+    if status == 200:
+        return
+    if status == 429 or status >= 500:
+        hint = parse_retry_after(response.headers.get("Retry-After"))
+        raise Transient(f"{what}: HTTP {status}", retry_after=hint)
+    raise UpstreamError(f"{what}: unexpected HTTP {status} from {response.url}")
+
+
+def read_capped(response: requests.Response, limit: int, what: str) -> bytes:
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise NotASimplePage(what, f"{declared} bytes, over the {limit}-byte limit")
+    buffer = bytearray()
+    try:
+        for chunk in response.iter_content(1 << 16):
+            buffer += chunk
+            if len(buffer) > limit:
+                raise NotASimplePage(what, f"over the {limit}-byte limit")
+    except requests.RequestException as exc:
+        raise Transient(f"{what}: body cut off: {exc}") from exc
+    return bytes(buffer)
