@@ -318,6 +318,8 @@ class PendingProject:
 
     display_name: str
     serial: int  # the changelog serial its page must reach
+    # the newest entry says the project exists: a 404 is a stale CDN answer, not a removal
+    expect_page: bool = False
 
 
 @dataclass
@@ -369,7 +371,11 @@ class State:
             "schema": STATE_SCHEMA,
             "serial": self.serial,
             "pending": {
-                name: {"display_name": p.display_name, "serial": p.serial}
+                name: {
+                    "display_name": p.display_name,
+                    "serial": p.serial,
+                    "expect_page": p.expect_page,
+                }
                 for name, p in sorted(self.pending.items())
             },
             "outbox": {
@@ -415,7 +421,9 @@ def _state_from_json(doc: object) -> State:
         display, p_serial = entry.get("display_name"), entry.get("serial")
         _require(isinstance(display, str) and type(p_serial) is int, f"bad pending {name!r}")
         _require(project_dir_name(display) == name, f"pending name {name!r} does not match")
-        pending[name] = PendingProject(display, p_serial)
+        expect_page = entry.get("expect_page", False)
+        _require(isinstance(expect_page, bool), f"bad pending {name!r}")
+        pending[name] = PendingProject(display, p_serial, expect_page)
     outbox_doc = doc.get("outbox", {})
     _require(isinstance(outbox_doc, dict), "bad 'outbox'")
     dirty = outbox_doc.get("dirty", [])

@@ -76,6 +76,15 @@ class StalePage(UpstreamError):
         self.name, self.expected, self.got = name, expected, got
 
 
+class MissingPage(UpstreamError):
+    def __init__(self, name: str, serial: int) -> None:
+        super().__init__(
+            f"{name}: page answers 404 although changelog serial {serial} says the project "
+            "exists (a CDN not caught up?)"
+        )
+        self.name, self.serial = name, serial
+
+
 class ChangelogError(UpstreamError):
     """The changelog contradicts itself; applying it could lose changes."""
 

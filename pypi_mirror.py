@@ -64,6 +64,7 @@ from pypi_client import (
     USER_AGENT,
     ChangelogEntry,
     FetchedPage,
+    MissingPage,
     PypiClient,
     StalePage,
     UpstreamError,
@@ -140,8 +141,9 @@ def crash_point(name: str) -> None:
 def projects_to_refresh(entries: Iterable[ChangelogEntry]) -> dict[str, PendingProject]:
     """Every project the changelog mentions (both names of a rename), with its newest serial.
 
-    Actions are deliberately not interpreted: the page fetched afterwards
-    decides whether a project exists. Invalid names are skipped with a warning.
+    The page fetched afterwards decides whether a project exists; the action
+    only says whether a 404 is plausible (see `expects_page`). Invalid names are
+    skipped with a warning.
     """
     wanted: dict[str, PendingProject] = {}
     for entry in entries:
@@ -154,8 +156,19 @@ def projects_to_refresh(entries: Iterable[ChangelogEntry]) -> dict[str, PendingP
             except InvalidProjectName as exc:
                 log.warning("skipping changelog entry %d: %s", entry.serial, exc)
                 continue
-            merge_pending(wanted, normalized, PendingProject(name, entry.serial))
+            expect = name == entry.name and expects_page(entry)
+            merge_pending(wanted, normalized, PendingProject(name, entry.serial, expect))
     return wanted
+
+
+def expects_page(entry: ChangelogEntry) -> bool:
+    """Whether the project named by `entry` exists after it (its page must not be a 404).
+
+    Only a removal makes a 404 right; after anything else a 404 is a CDN that
+    has not caught up (a project just created), so it is retried, then kept pending.
+    """
+    removal = entry.action == "remove project" or (entry.action == "remove" and not entry.version)
+    return not removal
 
 
 IDENTITY_ACTIONS = ("create", "remove project", "rename from ")
@@ -206,7 +219,7 @@ def add_listed(wanted: dict[str, PendingProject], display: object, serial: objec
     # Most names are listed already normalized: one string object then serves
     # as key and display name (700,000 of them are held through a full sync).
     key = display if normalized == display else normalized
-    merge_pending(wanted, key, PendingProject(display, serial))
+    merge_pending(wanted, key, PendingProject(display, serial, expect_page=True))
 
 
 ROOT_HEADER = (
@@ -972,7 +985,7 @@ class Sync:
             def submit_next() -> None:
                 name = next(names, None)
                 if name is not None:
-                    running[pool.submit(self.fetch_current, name, wanted[name].serial)] = name
+                    running[pool.submit(self.fetch_current, name, wanted[name])] = name
 
             for _ in range(window):
                 submit_next()
@@ -986,17 +999,26 @@ class Sync:
                     except UpstreamError as exc:
                         yield name, exc
 
-    def fetch_current(self, name: str, expected_serial: int) -> FetchedPage:
-        """Fetch a page, retrying while PyPI's CDN serves one older than the changelog."""
+    def fetch_current(self, name: str, item: PendingProject) -> FetchedPage:
+        """Fetch a page, retrying while PyPI's CDN serves one older than the changelog.
+
+        Older means a lower ``X-PyPI-Last-Serial``, or a 404 for a project the
+        changelog's newest entry says exists. Raises StalePage or MissingPage.
+        """
         for attempt in range(self.config.retries + 1):
             page = self.pypi.with_retries(name, lambda: self.pypi.fetch_page(name))
             assert isinstance(page, FetchedPage)
-            if page.serial is None or page.serial >= expected_serial:
+            if page.body is None:
+                if not item.expect_page:
+                    return page
+            elif page.serial is not None and page.serial >= item.serial:
                 return page
-            log.debug("%s: stale page (serial %s < %d)", name, page.serial, expected_serial)
+            log.debug("%s: stale answer (serial %s < %d)", name, page.serial, item.serial)
             if attempt < self.config.retries:
                 time.sleep(retry_delay(attempt, self.config.backoff, None))
-        raise StalePage(name, expected_serial, page.serial or 0)
+        if page.body is None:
+            raise MissingPage(name, item.serial)
+        raise StalePage(name, item.serial, page.serial or 0)
 
     def keep_pending(self, name: str, item: PendingProject, error: Exception) -> None:
         log.warning("%s; kept pending for the next run", error)

@@ -395,3 +395,41 @@ def test_quiet_run_under_cron_logs_only_problems(mirror: Mirror, pypi: FakePyPI)
     assert " INFO summary added=0 updated=1 " in lines[-1]  # the summary ends every run
     assert all(" WARNING " in line for line in lines[:-1])  # -q: otherwise problems only
     assert "\r" not in result.stderr  # no progress bar without a terminal
+
+
+def test_a_404_for_a_project_the_changelog_says_exists_is_retried(
+    mirror: Mirror, pypi: FakePyPI
+) -> None:
+    synced(mirror)
+    pypi.create_project("Just-Created")
+    pypi.add_release("Just-Created", "1.0")
+    pypi.inject("just-created", "status", times=2, code=404)  # a CDN that has not caught up
+    update(mirror, pypi)
+    assert mirror.page("just-created") is not None
+
+
+def test_a_404_that_stays_keeps_the_project_pending_not_lost(
+    mirror: Mirror, pypi: FakePyPI
+) -> None:
+    synced(mirror)
+    pypi.add_release("numpy", "2.0")
+    before = mirror.page("numpy")
+    pypi.inject("numpy", "status", times=100, code=404)
+    assert mirror.run() == pypi_mirror.EXIT_PARTIAL
+    assert mirror.page("numpy") == before, "a 404 after 'new release' must not remove it"
+    pending = load_state(mirror.state).pending["numpy"]
+    assert pending.expect_page
+    pypi.clear_faults()
+    update(mirror, pypi)
+    assert "numpy" not in load_state(mirror.state).pending
+
+
+def test_a_project_removed_while_pending_is_removed(mirror: Mirror, pypi: FakePyPI) -> None:
+    synced(mirror)
+    pypi.add_release("numpy", "2.0")
+    pypi.inject("numpy", "status", times=100, code=404)
+    assert mirror.run() == pypi_mirror.EXIT_PARTIAL
+    pypi.clear_faults()
+    pypi.remove_project("numpy")
+    update(mirror, pypi)
+    assert mirror.page("numpy") is None
