@@ -65,9 +65,11 @@ from pypi_client import (
     ChangelogEntry,
     FetchedPage,
     MissingPage,
+    NotASimplePage,
     PypiClient,
     StalePage,
     UpstreamError,
+    inspect_simple_page,
     is_serial,
     retry_delay,
 )
@@ -311,9 +313,13 @@ class Change:
         return self.page.body != self.old
 
     def listed_before(self) -> bool:
-        return self.old is not None and b'name="pypi:project-status" content="quarantined"' not in (
-            self.old
-        )
+        """Whether the page on disk put the project in the root index (same rule as after)."""
+        if self.old is None:
+            return False
+        try:
+            return inspect_simple_page(self.name, self.old).listed
+        except NotASimplePage:
+            return True  # damaged on disk: the root index still lists it
 
     def listed_after(self) -> bool:
         return self.page.facts is not None and self.page.facts.listed
