@@ -330,8 +330,9 @@ class MirrorWriter:
 
     A page lives at ``<dir>/index.html`` and, hard-linked to the same inode,
     at ``<dir>/<blake2b-256>.index.html``: the name a TUF client with
-    consistent snapshots downloads. A superseded copy is kept for `grace`
-    seconds (a client may be between its metadata refresh and its download).
+    consistent snapshots downloads. A superseded copy is kept while RSTUF has
+    not confirmed the new state, then `grace` seconds more (a client may be
+    between its metadata refresh and its download).
     """
 
     def __init__(self, layout: MirrorLayout, state: State, clock: Callable[[], float] = time.time):
