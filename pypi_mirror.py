@@ -28,7 +28,7 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -199,15 +199,51 @@ def merge_pending(into: dict[str, PendingProject], name: str, item: PendingProje
         into[name] = item
 
 
-def listing_to_wanted(listing: dict[str, int]) -> dict[str, PendingProject]:
-    """Validate ``list_packages_with_serial`` into {normalized: (display, serial)}."""
-    wanted: dict[str, PendingProject] = {}
+class Listing(Mapping[str, PendingProject]):
+    """PyPI's whole listing, compact: {normalized: serial}, plus the display names that differ.
+
+    700,000 projects are held through a full sync; a PendingProject each would
+    add about 45 MiB, so one is made only when a project is looked up.
+    """
+
+    def __init__(self) -> None:
+        self.serials: dict[str, int] = {}
+        self.displays: dict[str, str] = {}  # only where the display name is not the key
+
+    def add(self, normalized: str, display: str, serial: int) -> None:
+        """Keep the newest serial per project and the display name that came with it."""
+        if serial < self.serials.get(normalized, -1):
+            return
+        # Most names are listed already normalized: one string then serves as both.
+        key = display if display == normalized else normalized
+        self.serials[key] = serial
+        if key is display:
+            self.displays.pop(key, None)
+        else:
+            self.displays[key] = display
+
+    def __getitem__(self, name: str) -> PendingProject:
+        return PendingProject(self.displays.get(name, name), self.serials[name], expect_page=True)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.serials)
+
+    def __len__(self) -> int:
+        return len(self.serials)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.serials
+
+
+def listing_to_wanted(listing: dict[str, int]) -> Listing:
+    """Validate ``list_packages_with_serial`` into a Listing."""
+    wanted = Listing()
     for display, serial in listing.items():
         add_listed(wanted, display, serial)
     return wanted
 
 
-def add_listed(wanted: dict[str, PendingProject], display: object, serial: object) -> None:
+def add_listed(wanted: Listing, display: object, serial: object) -> None:
     """Add one listed project to `wanted` if its name and serial are valid; warn otherwise."""
     try:
         normalized = project_dir_name(display)  # type: ignore[arg-type]
@@ -218,10 +254,7 @@ def add_listed(wanted: dict[str, PendingProject], display: object, serial: objec
         log.warning("skipping listed project %r: serial %r is not a serial", display, serial)
         return
     assert isinstance(display, str) and isinstance(serial, int)
-    # Most names are listed already normalized: one string object then serves
-    # as key and display name (700,000 of them are held through a full sync).
-    key = display if normalized == display else normalized
-    merge_pending(wanted, key, PendingProject(display, serial, expect_page=True))
+    wanted.add(normalized, display, serial)
 
 
 ROOT_HEADER = (
@@ -834,9 +867,9 @@ class Sync:
         """
         first = self.state.serial is None and not self.layout.root_page.exists()
         last_serial = self.pypi.changelog_last_serial()
-        wanted: dict[str, PendingProject] = {}  # only checked serials set the target
+        wanted = Listing()  # only checked serials set the target
         self.pypi.list_packages_with_serial(functools.partial(add_listed, wanted))
-        target = min(last_serial, max((i.serial for i in wanted.values()), default=last_serial))
+        target = min(last_serial, max(wanted.serials.values(), default=last_serial))
         log.info(
             "%s: %d projects listed at serial %d",
             "first sync" if first else "full check",
@@ -851,7 +884,7 @@ class Sync:
             current: set[str] = set()
         else:
             current = {n for n, item in wanted.items() if self.is_current(n, item, local)}
-        gone = local - wanted.keys()
+        gone = local - wanted.serials.keys()
         if not current and not gone and not self.state.pending:
             to_fetch = wanted  # a first sync: no second 700,000-entry dict or list
         else:
@@ -944,7 +977,7 @@ class Sync:
 
     # fetching and applying
 
-    def refresh(self, wanted: dict[str, PendingProject], record_changes: bool) -> Refreshed:
+    def refresh(self, wanted: Mapping[str, PendingProject], record_changes: bool) -> Refreshed:
         """Fetch every project in `wanted` once and apply what its page says.
 
         Returns which projects failed and which were fetched but do not belong
@@ -981,7 +1014,7 @@ class Sync:
         return outcome
 
     def fetch_all(
-        self, wanted: dict[str, PendingProject]
+        self, wanted: Mapping[str, PendingProject]
     ) -> Iterator[tuple[str, FetchedPage | UpstreamError]]:
         """Fetch pages concurrently, yielding each as it finishes, with a bounded window."""
         names = iter(wanted)  # in listing order: a sorted copy would be 700,000 more references
