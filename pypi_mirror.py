@@ -278,11 +278,6 @@ def render_root_lines(projects: Iterable[tuple[str, str]]) -> Iterator[bytes]:
     yield ROOT_FOOTER
 
 
-def render_root_index(projects: dict[str, str]) -> bytes:
-    """The whole root page at once: one link per project, sorted, byte-for-byte deterministic."""
-    return b"".join(render_root_lines(sorted(projects.items())))
-
-
 def iter_root_index(lines: Iterable[bytes]) -> Iterator[tuple[str, str]]:
     """Inverse of render_root_lines (only ever reads pages this tool wrote)."""
     for line in lines:

@@ -433,3 +433,13 @@ def test_a_project_removed_while_pending_is_removed(mirror: Mirror, pypi: FakePy
     pypi.remove_project("numpy")
     update(mirror, pypi)
     assert mirror.page("numpy") is None
+
+
+def test_root_index_merge_keeps_sorted_order_and_applies_every_change() -> None:
+    current = [("a", "A"), ("c", "C"), ("e", "E<&>")]
+    page = b"".join(pypi_mirror.render_root_lines(current))
+    assert list(pypi_mirror.iter_root_index(page.splitlines(keepends=True))) == current
+    changes = {"0": None, "b": "B", "c": None, "e": "E2", "z": "Z"}
+    merged = list(pypi_mirror.merge_root(current, changes))
+    assert merged == [("a", "A"), ("b", "B"), ("e", "E2"), ("z", "Z")]
+    assert list(pypi_mirror.merge_root([], {"x": "X", "y": None})) == [("x", "X")]
