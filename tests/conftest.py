@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+from collections.abc import Iterator
 
 import pytest
 
@@ -47,3 +48,17 @@ def loopback_only() -> None:
     yield
     socket.socket.connect = _real_connect  # type: ignore[method-assign]
     socket.socket.connect_ex = _real_connect_ex  # type: ignore[method-assign]
+
+
+PROJECTS = ("Django", "numpy", "zope.interface", "Foo_Bar", "requests")
+
+
+@pytest.fixture
+def pypi() -> Iterator[object]:
+    """A stand-in PyPI with a few projects (names with caps, '.', '_'), two files each."""
+    from tests.fake_pypi import FakePyPI
+
+    with FakePyPI() as fake:
+        for name in PROJECTS:
+            fake.add_release(name, "1.0", files=2)
+        yield fake

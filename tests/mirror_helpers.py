@@ -6,14 +6,17 @@ import os
 import re
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import requests
 
 import pypi_mirror
-from mirror_store import MirrorLayout, digest_file, is_prefixed_copy, load_state
+import rstuf_client
+from mirror_store import MirrorLayout, digest_file, is_prefixed_copy, iter_targets, load_state
 
+View = dict[str, dict]
 REPO = Path(__file__).resolve().parent.parent
 FAST = ["--xmlrpc-interval", "0", "--backoff", "0.01", "--retries", "2", "--workers", "4"]
 
@@ -129,3 +132,20 @@ def files_outside(root: Path, allowed: Path) -> list[Path]:
 
 def page_filenames(page: bytes) -> list[str]:
     return re.findall(r">([^<>]+)</a><br />", page.decode())
+
+
+def mirror_view(layout: MirrorLayout) -> View:
+    """What RSTUF should publish for this mirror: every target with its length and hash."""
+    view = {}
+    for target in iter_targets(layout):
+        digest = digest_file(layout.path_of_target(target))
+        view[target] = {"length": digest.length, "hashes": {"blake2b-256": digest.hexdigest}}
+    return view
+
+
+def bootstrap(rstuf, view: View) -> None:
+    """Stand in for RSTUF's CSV import: register `view` (the first sync's pages)."""
+    artifacts = [rstuf_client.Artifact(p, i["length"], i["hashes"]) for p, i in view.items()]
+    with rstuf_client.RstufClient(rstuf.url, poll_interval=0.02) as client:
+        client.wait(client.add(artifacts), deadline=time.monotonic() + 10)
+    rstuf.accepted.clear()

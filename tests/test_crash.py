@@ -31,27 +31,22 @@ from pathlib import Path
 import pytest
 
 import pypi_mirror
-import rstuf_client
-from mirror_store import MirrorLayout, digest_file, iter_targets, load_state
+from mirror_store import MirrorLayout, load_state
 from tests.fake_pypi import FakePyPI
 from tests.fake_rstuf import ADD, FakeRstuf
-from tests.mirror_helpers import Mirror, assert_consistent, assert_mirror_matches_upstream
+from tests.mirror_helpers import (
+    Mirror,
+    View,
+    assert_consistent,
+    assert_mirror_matches_upstream,
+    bootstrap,
+    mirror_view,
+)
 
 SEED = int(os.environ.get("CRASH_SEED", "6"))
 RANDOM_KILLS = 7  # per journey
 RUN_ARGS = ("--grace", "0", "--rstuf-poll", "0.02")
 FIXED_CLOCK = 1_760_000_000  # the same upstream bytes on every run of the suite
-
-View = dict[str, dict]
-
-
-def mirror_view(layout: MirrorLayout) -> View:
-    """What RSTUF should publish for this mirror: every target with its length and hash."""
-    view = {}
-    for target in iter_targets(layout):
-        digest = digest_file(layout.path_of_target(target))
-        view[target] = {"length": digest.length, "hashes": {"blake2b-256": digest.hexdigest}}
-    return view
 
 
 def served_files(layout: MirrorLayout, retired: Iterable[str] = ()) -> dict[str, bytes]:
@@ -64,14 +59,6 @@ def served_files(layout: MirrorLayout, retired: Iterable[str] = ()) -> dict[str,
         elif path.is_dir():
             assert any(path.iterdir()), f"empty directory left: {relative}"
     return found
-
-
-def bootstrap(rstuf: FakeRstuf, view: View) -> None:
-    """Stand in for RSTUF's CSV import of the first sync's pages."""
-    artifacts = [rstuf_client.Artifact(p, i["length"], i["hashes"]) for p, i in view.items()]
-    with rstuf_client.RstufClient(rstuf.url, poll_interval=0.02) as client:
-        client.wait(client.add(artifacts), deadline=time.monotonic() + 10)
-    rstuf.accepted.clear()
 
 
 def mutate_a(pypi: FakePyPI, names: list[str]) -> None:

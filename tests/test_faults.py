@@ -25,6 +25,7 @@ import pytest
 import pypi_client
 import pypi_mirror
 from mirror_store import InvalidProjectName, load_state, project_dir_name, save_state
+from tests.conftest import PROJECTS
 from tests.fake_pypi import FakePyPI
 from tests.fake_rstuf import PUBLISH, FakeRstuf
 from tests.mirror_helpers import (
@@ -32,22 +33,14 @@ from tests.mirror_helpers import (
     Mirror,
     assert_consistent,
     assert_mirror_matches_upstream,
+    bootstrap,
     files_outside,
+    mirror_view,
     upstream_page,
 )
-from tests.test_crash import bootstrap, mirror_view
 
-PROJECTS = ("Django", "numpy", "zope.interface", "Foo_Bar", "requests")
 RETRIES = 2  # tests.mirror_helpers.FAST
 RSTUF_FAST = ("--rstuf-poll", "0.02")
-
-
-@pytest.fixture
-def pypi() -> Iterator[FakePyPI]:
-    with FakePyPI() as fake:
-        for name in PROJECTS:
-            fake.add_release(name, "1.0", files=2)
-        yield fake
 
 
 @pytest.fixture

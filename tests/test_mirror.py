@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,14 +19,6 @@ from tests.mirror_helpers import (
     page_filenames,
     upstream_page,
 )
-
-
-@pytest.fixture
-def pypi() -> Iterator[FakePyPI]:
-    with FakePyPI() as fake:
-        for name in ("Django", "numpy", "zope.interface", "Foo_Bar", "requests"):
-            fake.add_release(name, "1.0", files=2)
-        yield fake
 
 
 @pytest.fixture

@@ -9,21 +9,18 @@ from pathlib import Path
 import pytest
 
 import pypi_mirror
-import rstuf_client
-from mirror_store import MirrorLayout, digest_file, iter_targets, load_state
+from mirror_store import digest_file, load_state
 from tests.fake_pypi import FakePyPI
 from tests.fake_rstuf import ADD, PUBLISH, REMOVE, FakeRstuf
-from tests.mirror_helpers import Mirror, assert_consistent, assert_mirror_matches_upstream
+from tests.mirror_helpers import (
+    Mirror,
+    assert_consistent,
+    assert_mirror_matches_upstream,
+    bootstrap,
+    mirror_view,
+)
 
 RSTUF_FAST = ["--rstuf-poll", "0.05"]
-
-
-@pytest.fixture
-def pypi() -> Iterator[FakePyPI]:
-    with FakePyPI() as fake:
-        for name in ("Django", "numpy", "zope.interface", "Foo_Bar", "requests"):
-            fake.add_release(name, "1.0", files=2)
-        yield fake
 
 
 @pytest.fixture
@@ -32,31 +29,11 @@ def rstuf() -> Iterator[FakeRstuf]:
         yield fake
 
 
-def mirror_view(layout: MirrorLayout) -> dict[str, dict]:
-    """What RSTUF should publish for this mirror: every target with its length and hash."""
-    view = {}
-    for target in iter_targets(layout):
-        digest = digest_file(layout.path_of_target(target))
-        view[target] = {"length": digest.length, "hashes": {"blake2b-256": digest.hexdigest}}
-    return view
-
-
-def bootstrap(rstuf: FakeRstuf, layout: MirrorLayout) -> None:
-    """Stand in for the CSV import: register every page the first sync wrote."""
-    artifacts = [
-        rstuf_client.Artifact(path, info["length"], info["hashes"])
-        for path, info in mirror_view(layout).items()
-    ]
-    with rstuf_client.RstufClient(rstuf.url, poll_interval=0.05) as client:
-        client.wait(client.add(artifacts), deadline=float("inf"))
-    rstuf.accepted.clear()
-
-
 @pytest.fixture
 def mirror(tmp_path: Path, pypi: FakePyPI, rstuf: FakeRstuf) -> Mirror:
     mirror = Mirror(tmp_path / "pypi-index-mirror", tmp_path / "state.json", pypi.url)
     assert mirror.run() == 0  # first sync: no RSTUF yet
-    bootstrap(rstuf, mirror.layout)
+    bootstrap(rstuf, mirror_view(mirror.layout))
     mirror.rstuf_url = rstuf.url
     return mirror
 
