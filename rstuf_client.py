@@ -153,8 +153,8 @@ class RstufNotBootstrapped(RstufError):
         )
 
 
-class RstufRefused(RstufError):
-    """A 4xx answer: RSTUF (or a proxy in front of it) refused this request as sent."""
+class RstufHttpError(RstufError):
+    """An HTTP error answer: its status, RSTUF's detail text and the call it answered."""
 
     def __init__(self, status: int, detail: str, url: str | None = None) -> None:
         super().__init__(status, detail)
@@ -162,8 +162,15 @@ class RstufRefused(RstufError):
         self.detail = detail
         self.url = url
 
+    @property
+    def where(self) -> str:
+        return f" {self.url}" if self.url else ""
+
+
+class RstufRefused(RstufHttpError):
+    """A 4xx answer: RSTUF (or a proxy in front of it) refused this request as sent."""
+
     def __str__(self) -> str:
-        where = f" {self.url}" if self.url else ""
         advice = {
             401: "check the RSTUF token (RSTUF_API_TOKEN) or the proxy's credentials",
             403: "check the RSTUF token's scopes or the proxy's access rules",
@@ -171,22 +178,15 @@ class RstufRefused(RstufError):
             422: "the request did not match RSTUF's API; report this with RSTUF's version",
             429: "RSTUF is rate limiting; run again later",
         }.get(self.status, "see RSTUF's detail above")
-        return f"RSTUF refused{where} (HTTP {self.status}): {self.detail}; {advice}"
+        return f"RSTUF refused{self.where} (HTTP {self.status}): {self.detail}; {advice}"
 
 
-class RstufServerError(RstufError):
+class RstufServerError(RstufHttpError):
     """A 5xx answer that did not go away after the retries."""
 
-    def __init__(self, status: int, detail: str, url: str | None = None) -> None:
-        super().__init__(status, detail)
-        self.status = status
-        self.detail = detail
-        self.url = url
-
     def __str__(self) -> str:
-        where = f" {self.url}" if self.url else ""
         return (
-            f"RSTUF failed{where} (HTTP {self.status}): {self.detail}; "
+            f"RSTUF failed{self.where} (HTTP {self.status}): {self.detail}; "
             "check the RSTUF API and worker logs, then run again"
         )
 
