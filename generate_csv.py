@@ -61,6 +61,8 @@ from pathlib import Path
 from typing import TextIO
 
 from mirror_store import (
+    DEFAULT_MIRROR_DIR,
+    DEFAULT_STATE,
     HASH_FACTORIES,
     TUF_HASH_ALGORITHM,
     VERSION,
@@ -86,8 +88,6 @@ EXIT_USAGE = 2
 EXIT_LOCKED = 3
 EXIT_INTERRUPTED = 130
 
-DEFAULT_MIRROR_DIR = "pypi-index-mirror"
-DEFAULT_STATE = "state.json"
 DEFAULT_OUTPUT = "artifacts.csv"
 STDOUT = "-"
 
@@ -487,13 +487,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--mirror-dir",
         type=Path,
-        default=Path(DEFAULT_MIRROR_DIR),
+        default=DEFAULT_MIRROR_DIR,
         help="mirror directory; its pypi_mirror/ is the served tree (default: %(default)s)",
     )
     parser.add_argument(
         "--state",
         type=Path,
-        default=Path(DEFAULT_STATE),
+        default=DEFAULT_STATE,
         help="pypi_mirror.py's state file, which says the changelog serial the mirror "
         "is at (default: %(default)s)",
     )

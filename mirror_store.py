@@ -107,6 +107,9 @@ def digest_file(path: Path | str, algorithm: str = TUF_HASH_ALGORITHM) -> FileDi
 
 # --- layout ------------------------------------------------------------------
 
+# Both scripts' defaults: generate_csv.py must find what pypi_mirror.py wrote.
+DEFAULT_MIRROR_DIR = Path("pypi-index-mirror")
+DEFAULT_STATE = Path("state.json")
 PAGE_NAME = "index.html"
 _PREFIXED_PAGE = re.compile(r"^[0-9a-f]{64}\.index\.html$")
 

@@ -34,6 +34,8 @@ from pathlib import Path
 
 import rstuf_client
 from mirror_store import (
+    DEFAULT_MIRROR_DIR,
+    DEFAULT_STATE,
     HASH_FACTORIES,
     PAGE_NAME,
     ROOT_TARGET,
@@ -89,8 +91,8 @@ EXIT_PARTIAL = 75
 class Config:
     """Everything a run is told; units in the names or comments."""
 
-    mirror_dir: Path = Path("pypi-index-mirror")
-    state_path: Path = Path("state.json")
+    mirror_dir: Path = DEFAULT_MIRROR_DIR
+    state_path: Path = DEFAULT_STATE
     pypi_url: str = "https://pypi.org"
     workers: int = 8
     full_check: bool = False
@@ -1133,13 +1135,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--mirror-dir",
         type=Path,
-        default=Path("pypi-index-mirror"),
+        default=DEFAULT_MIRROR_DIR,
         help="mirror directory; pages go to DIR/pypi_mirror/ (default: %(default)s)",
     )
     parser.add_argument(
         "--state",
         type=Path,
-        default=Path("state.json"),
+        default=DEFAULT_STATE,
         help="state file: serial, pending projects, RSTUF outbox (default: %(default)s)",
     )
     parser.add_argument(

@@ -434,3 +434,11 @@ def test_root_index_merge_keeps_sorted_order_and_applies_every_change() -> None:
     merged = list(pypi_mirror.merge_root(current, changes))
     assert merged == [("a", "A"), ("b", "B"), ("e", "E2"), ("z", "Z")]
     assert list(pypi_mirror.merge_root([], {"x": "X", "y": None})) == [("x", "X")]
+
+
+def test_both_scripts_default_to_the_same_mirror_and_state() -> None:
+    import generate_csv
+
+    ours = pypi_mirror.build_parser().parse_args([])
+    csv = generate_csv.build_parser().parse_args([])
+    assert (ours.mirror_dir, ours.state) == (csv.mirror_dir, csv.state)
