@@ -1,6 +1,7 @@
 """The benchmark's stand-in PyPI, run in its own process (its own GIL, its own core).
 
     python -m tests.bench.bench_server --projects N [--seed S] [--max-files F] [--prerender]
+                                       [--latency MS]
 
 Prints its URL as the one line on stdout, then serves until SIGTERM. It is
 `tests.fake_pypi.FakePyPI` (same pages, same XML-RPC, same JSON API) with two
@@ -13,12 +14,18 @@ additions a benchmark needs and the tests do not:
 * ``GET /_bench/counts`` answers ``{"page": n, "xmlrpc:changelog_since_serial":
   n, ...}``: every request since start (or ``POST /_bench/reset``), counted by
   kind and XML-RPC method, without keeping a per-request log.
+* ``--latency MS`` (or ``POST /_bench/latency?ms=MS`` while it runs) holds
+  every answer MS milliseconds before sending it, as a network round trip
+  would: the connection's thread waits on an event, using no CPU, so as many
+  requests can be in flight as there are connections (one thread each).
+  Control requests (``/_bench/...``) are never delayed.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import gc
 import json
 import sys
@@ -30,15 +37,17 @@ from tests.fake_pypi import FakePyPI, Reply, Request, serve_until_stopped
 
 COUNTS_PATH = "/_bench/counts"
 RESET_PATH = "/_bench/reset"
+LATENCY_PATH = "/_bench/latency"
 
 
 class BenchPyPI(FakePyPI):
     """A FakePyPI that counts requests by kind instead of logging each one."""
 
-    def __init__(self, **kwargs: object) -> None:
+    def __init__(self, latency: float = 0.0, **kwargs: object) -> None:
         super().__init__(log_requests=False, **kwargs)  # type: ignore[arg-type]
         self._counts: collections.Counter[str] = collections.Counter()
         self._counts_lock = threading.Lock()
+        self.latency = latency  # seconds each answer is held, like a round trip
 
     def respond(self, request: Request) -> Reply:
         if request.path == COUNTS_PATH:
@@ -49,9 +58,15 @@ class BenchPyPI(FakePyPI):
             with self._counts_lock:
                 self._counts.clear()
             return Reply(200, [("Content-Type", "application/json")], b"{}")
+        if request.path == LATENCY_PATH and request.method == "POST":
+            self.latency = float(request.query.get("ms", "0")) / 1000
+            return Reply(200, [("Content-Type", "application/json")], b"{}")
         kind, method, reply, _fault = self._route(request)
         with self._counts_lock:
             self._counts[f"xmlrpc:{method}" if method else kind] += 1
+        if self.latency:
+            # A copy: the prerendered Reply objects of the stand-in may be shared.
+            reply = dataclasses.replace(reply, delay=reply.delay + self.latency)
         return reply
 
     def prerender(self) -> None:
@@ -72,8 +87,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-files", type=int, default=8000)
     parser.add_argument("--prerender", action="store_true")
+    parser.add_argument("--latency", type=float, default=0.0, metavar="MS",
+                        help="hold every answer MS ms (a network round trip)")  # fmt: skip
     args = parser.parse_args(argv)
-    fake = BenchPyPI()
+    fake = BenchPyPI(latency=args.latency / 1000)
     started = time.perf_counter()
     fake.populate(args.projects, seed=args.seed, max_files=args.max_files)
     if args.prerender:

@@ -2,6 +2,7 @@
 
     python -m tests.bench.bench_sync [--projects 100000] [--events 2000] [--workdir DIR]
     python -m tests.bench.bench_sync --rss-listing 700000      # peak RSS at PyPI's size
+    python -m tests.bench.bench_sync --projects 5000 --latency 20,50   # pages/s by --workers
 
 One stand-in PyPI (`tests.bench.bench_server`, in its own process, every page
 pre-rendered) serves a synthetic index of N projects with
@@ -43,7 +44,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -56,6 +57,7 @@ RSS_GOAL_MIB = 256
 THROUGHPUT_GOAL = 3.0
 CEILING_THREADS = 4
 CEILING_SECONDS = 3.0
+BANDERSNATCH_MAX_WORKERS = 10  # bandersnatch refuses more
 
 
 @dataclass
@@ -115,6 +117,10 @@ class Server:
 
     def reset_counts(self) -> None:
         self._call("/_bench/reset", "POST")
+
+    def set_latency(self, ms: float) -> None:
+        """Hold every answer `ms` milliseconds from now on (see bench_server)."""
+        self._call(f"/_bench/latency?ms={ms}", "POST")
 
     def churn(self, events: int, seed: int) -> set[str]:
         """Apply `events` changes; return the normalized names that got a journal row."""
@@ -216,11 +222,12 @@ def with_requests(run: Run, before: dict[str, int], after: dict[str, int]) -> Ru
 # --- the tools ---------------------------------------------------------------------------------
 
 
-def ours_command(url: str, workdir: Path, workers: int) -> list[str]:
+def ours_command(url: str, mirror: Path, workers: int, *extra: str) -> list[str]:
+    """pypi_mirror.py with its defaults (XML-RPC pacing included) but `--workers`."""
     return [
-        sys.executable, str(REPO / "pypi_mirror.py"), "--mirror-dir", str(workdir / "ours"),
-        "--state", str(workdir / "ours-state.json"), "--pypi-url", url,
-        "--xmlrpc-interval", "0", "--workers", str(workers), "-q",
+        sys.executable, str(REPO / "pypi_mirror.py"), "--mirror-dir", str(mirror),
+        "--state", str(mirror.parent / f"{mirror.name}-state.json"), "--pypi-url", url,
+        "--workers", str(workers), "-q", *extra,
     ]  # fmt: skip
 
 
@@ -232,24 +239,26 @@ def generate_csv_command(workdir: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def bandersnatch_config(url: str, workdir: Path) -> Path:
+def bandersnatch_config(
+    url: str, workdir: Path, workers: int = BANDERSNATCH_MAX_WORKERS, name: str = "bandersnatch"
+) -> Path:
     """An index-only bandersnatch 8.2 config (8.2 has ``allow-non-https``: plain http)."""
     config = configparser.ConfigParser()
     config["mirror"] = {
-        "directory": str(workdir / "bandersnatch"),
+        "directory": str(workdir / name),
         "master": url,
         "allow-non-https": "true",
         "release-files": "false",
         "root_uri": "https://files.pythonhosted.org",
         "simple-format": "ALL",
         "json": "false",
-        "workers": "10",
+        "workers": str(workers),
         "timeout": "60",
         "global-timeout": "3600",
         "stop-on-error": "false",
         "hash-index": "false",
     }
-    path = workdir / "bandersnatch.conf"
+    path = workdir / f"{name}.conf"
     with open(path, "w") as handle:
         config.write(handle)
     return path
@@ -350,7 +359,7 @@ def side_by_side(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
             ),
         }
         print(f"stand-in ceiling: {ceiling}", file=sys.stderr)
-        commands = {"pypi_mirror": ours_command(server.url, workdir, args.workers)}
+        commands = {"pypi_mirror": ours_command(server.url, workdir / "ours", args.workers)}
         if have_bandersnatch:
             commands["bandersnatch"] = bandersnatch_command(
                 bandersnatch_config(server.url, workdir)
@@ -381,16 +390,98 @@ def side_by_side(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
 def rss_at_scale(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
     log_path = workdir / "runs.log"
     with running_server(args.rss_listing, args.seed, max_files=1, prerender=False) as server:
-        command = ours_command(server.url, workdir, args.workers)
+        command = ours_command(server.url, workdir / "ours", args.workers)
         runs = measured_pair(server, "first sync", {"pypi_mirror": command}, log_path)
+        if args.full_check:
+            command = ours_command(server.url, workdir / "ours", args.workers, "--full-check")
+            runs += measured_pair(server, "full check", {"pypi_mirror": command}, log_path)
     return {"projects": args.rss_listing, "max_files": 1, "runs": runs,
             "rss_goal_mib": RSS_GOAL_MIB}  # fmt: skip
+
+
+@dataclass
+class SweepPoint:
+    """One first sync at one latency and worker count, beside the stand-in's ideal there."""
+
+    latency_ms: float
+    workers: int
+    ceiling_pages_per_s: float  # light clients, `workers` of them, at this latency
+    runs: list[Run] = field(default_factory=list)
+
+
+def latency_sweep(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
+    """First syncs against `--workers` at each `--latency`: ours, bandersnatch up to 10 workers.
+
+    One stand-in for the whole sweep (its latency set between points); each run
+    starts from an empty mirror. The ceiling at each point is what `workers`
+    light keep-alive clients get at that latency: the most any client with
+    that many connections could get.
+    """
+    log_path = workdir / "runs.log"
+    have_bandersnatch = BANDERSNATCH.exists() and not args.skip_bandersnatch
+    points: list[SweepPoint] = []
+    with running_server(args.projects, args.seed, args.max_files, prerender=True) as server:
+        paths = [f"/simple/{n}/" for n in server.project_names()]
+        for latency in args.latency:
+            server.set_latency(latency)
+            for workers in args.sweep_workers:
+                ceiling = measure_ceiling(server.url, paths, workers, CEILING_SECONDS)
+                point = SweepPoint(latency, workers, ceiling)
+                commands = {"pypi_mirror": ours_command(server.url, workdir / "ours", workers)}
+                if have_bandersnatch and workers <= BANDERSNATCH_MAX_WORKERS:
+                    config = bandersnatch_config(server.url, workdir, workers)
+                    commands["bandersnatch"] = bandersnatch_command(config)
+                phase = f"{latency:g} ms x{workers}"
+                for tool, command in commands.items():
+                    before = server.counts()
+                    run = run_measured(tool, phase, command, log_path, args.run_limit)
+                    point.runs.append(with_requests(run, before, server.counts()))
+                    print(f"  {tool} {phase}: {run.pages_per_second:.0f} pages/s "
+                          f"(ceiling {ceiling:.0f}), exit {run.returncode}",
+                          file=sys.stderr)  # fmt: skip
+                for name in ("ours", "ours-state.json", "bandersnatch"):
+                    path = workdir / name
+                    shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+                points.append(point)
+    return {
+        "projects": args.projects,
+        "runs": [run for point in points for run in point.runs],
+        "sweep": [sweep_row(point) for point in points],
+    }
+
+
+def sweep_row(point: SweepPoint) -> dict[str, float]:
+    row = {
+        "latency_ms": point.latency_ms,
+        "workers": point.workers,
+        "ceiling_pages_per_s": point.ceiling_pages_per_s,
+    }
+    row.update({f"{run.tool}_pages_per_s": run.pages_per_second for run in point.runs})
+    return row
+
+
+def sweep_table(sweep: list[dict[str, float]]) -> str:
+    header = (
+        f"{'latency':>8}{'workers':>9}{'ceiling':>9}{'ours':>8}{'ours %':>8}{'bandersnatch':>14}"
+    )
+    lines = [header, "-" * len(header)]
+    for row in sweep:
+        ours, ceiling = row.get("pypi_mirror_pages_per_s", 0.0), row["ceiling_pages_per_s"]
+        theirs = row.get("bandersnatch_pages_per_s")
+        lines.append(
+            f"{row['latency_ms']:>6g}ms{row['workers']:>9}{ceiling:>9.0f}{ours:>8.0f}"
+            f"{100 * ours / ceiling if ceiling else 0:>7.0f}%"
+            f"{'' if theirs is None else f'{theirs:.0f}':>14}"
+        )
+    return "\n".join(lines)
 
 
 def report(result: dict[str, object], output: Path) -> None:
     runs = result["runs"]
     assert isinstance(runs, list)
     print(table(runs))
+    if "sweep" in result:
+        print(sweep_table(result["sweep"]))  # type: ignore[arg-type]
     for key in ("server_ceiling", "bandersnatch_over_ours", "touched_projects",
                 "update_requests_ok"):  # fmt: skip
         if key in result:
@@ -398,6 +489,10 @@ def report(result: dict[str, object], output: Path) -> None:
     document = {**result, "runs": [asdict(run) for run in runs], "machine": machine()}
     output.write_text(json.dumps(document, indent=1) + "\n")
     print(f"written to {output}")
+
+
+def _numbers(kind: type) -> Callable[[str], list]:
+    return lambda text: [kind(part) for part in text.split(",") if part]
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -419,6 +514,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "(compare pages/s, skip its update)")  # fmt: skip
     parser.add_argument("--rss-listing", type=int, metavar="N",
                         help="only measure our first sync of N one-file projects")  # fmt: skip
+    parser.add_argument("--full-check", action="store_true",
+                        help="with --rss-listing: then a --full-check run")  # fmt: skip
+    parser.add_argument("--latency", type=_numbers(float), metavar="MS,...",
+                        help="latency sweep: first syncs of --projects at each latency "
+                        "against each of --sweep-workers")  # fmt: skip
+    parser.add_argument("--sweep-workers", type=_numbers(int), default=[4, 8, 16, 32, 64],
+                        metavar="N,...", help="worker counts of the latency sweep")  # fmt: skip
+    parser.add_argument(
+        "--run-limit",
+        type=float,
+        metavar="S",
+        help="latency sweep: stop a run after S seconds (pages/s still compare)",
+    )
     return parser.parse_args(argv)
 
 
@@ -427,7 +535,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-sync-"))
     workdir.mkdir(parents=True, exist_ok=True)
     try:
-        run = rss_at_scale if args.rss_listing else side_by_side
+        run = rss_at_scale if args.rss_listing else latency_sweep if args.latency else side_by_side
         result = run(args, workdir)
         report(result, args.output)
     finally:
