@@ -16,7 +16,7 @@ import time
 import xml.parsers.expat
 import xmlrpc.client
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import lxml.etree
@@ -40,7 +40,7 @@ class ClientSettings(Protocol):
     backoff: float  # first retry delay, doubled each retry, with jitter
     max_page_bytes: int
     max_xmlrpc_bytes: int
-    xmlrpc_interval: float  # between two XML-RPC calls
+    xmlrpc_interval: float  # average seconds between XML-RPC calls (see XmlRpcPacing)
 
 
 # --- errors
@@ -210,6 +210,44 @@ def inspect_simple_page(name: str, body: bytes) -> PageFacts:
     return PageFacts(str(status[0]) if status else "active")
 
 
+XMLRPC_BURST = 3  # a small run's XML-RPC calls (two or three) go out without a pause
+
+
+@dataclass
+class XmlRpcPacing:
+    """A token bucket: `burst` calls at once, then one every `interval` seconds on average.
+
+    PyPI asks mirrors for about one XML-RPC call a second and enforces its
+    limit per IP per hour (warehouse's rate limiter), so what matters is the
+    average: a run's first calls need not wait, a long changelog catch-up
+    still keeps the pace. `interval` 0 disables the pacing.
+    """
+
+    interval: float
+    burst: int = XMLRPC_BURST
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+    _tokens: float = field(default=0.0, init=False)
+    _stamp: float | None = field(default=None, init=False)
+
+    def take(self) -> None:
+        """Spend one token, sleeping first if none is left."""
+        if self.interval <= 0:
+            return
+        now = self.clock()
+        if self._stamp is None:
+            self._tokens = float(self.burst)
+        else:
+            refill = (now - self._stamp) / self.interval
+            self._tokens = min(float(self.burst), self._tokens + refill)
+        self._stamp = now
+        if self._tokens < 1:
+            wait = (1 - self._tokens) * self.interval
+            self.sleep(wait)
+            self._tokens, self._stamp = 1.0, now + wait
+        self._tokens -= 1
+
+
 _RESET_IN = re.compile(r"reset in (\d+(?:\.\d+)?) seconds?")
 
 
@@ -255,6 +293,7 @@ class PypiClient:
         config: ClientSettings,
         session_factory: Callable[[], requests.Session] | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.config = config
@@ -263,7 +302,7 @@ class PypiClient:
         self._sessions: list[requests.Session] = []
         self._lock = threading.Lock()
         self._sleep = sleep
-        self._last_xmlrpc = 0.0
+        self._pacing = XmlRpcPacing(config.xmlrpc_interval, clock=clock, sleep=sleep)
         self.requests_made = 0
 
     def _default_session(self) -> requests.Session:
@@ -322,10 +361,7 @@ class PypiClient:
     def _xmlrpc_once(
         self, method: str, params: tuple, sink: Callable[[object, object], None] | None = None
     ) -> object:
-        wait = self._last_xmlrpc + self.config.xmlrpc_interval - time.monotonic()
-        if wait > 0:
-            self._sleep(wait)
-        self._last_xmlrpc = time.monotonic()
+        self._pacing.take()
         body = xmlrpc.client.dumps(params, method, allow_none=True).encode()
         self._count_request()
         try:
