@@ -8,9 +8,13 @@ held in a compact `Listing`.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import heapq
+import io
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from array import array
+from collections.abc import ItemsView, Iterable, Iterator, Mapping, Sequence
 
 from mirror_store import InvalidProjectName, project_dir_name
 from pypi_client import ChangelogEntry, is_serial
@@ -79,39 +83,231 @@ def merge_pending(into: dict[str, PendingProject], name: str, item: PendingProje
 
 
 class Listing(Mapping[str, PendingProject]):
-    """PyPI's whole listing, compact: {normalized: serial}, plus the display names that differ.
+    """PyPI's whole listing, compact and sorted by normalized name; no object per project.
 
-    700,000 projects are held through a full sync; a PendingProject each would
-    add about 45 MiB, so one is made only when a project is looked up.
+    700,000 projects are held through a full sync: as Python strings, ints and
+    dict entries they took 155 MiB; here they are a few flat buffers (about
+    40 bytes a project). While the listing streams in, each project is one
+    ``normalized NUL display NUL serial LF`` record; every `RUN` records are
+    sorted into a run of bytes, and the first read merges the runs into
+
+    * ``_names``: the normalized names back to back, ``_name_ends`` their ends;
+    * ``_displays``: the display names that differ from the normalized one
+      (most are listed normalized already), ``_display_ends`` per project;
+    * ``_serials``: the newest serial of each project.
+
+    Lookups bisect the sorted names; iteration is in the root index's order.
+    A PendingProject is made only for the project looked at.
     """
 
+    RUN = 1 << 16  # records sorted at a time while the listing streams in
+
     def __init__(self) -> None:
-        self.serials: dict[str, int] = {}
-        self.displays: dict[str, str] = {}  # only where the display name is not the key
+        self._records: list[bytes] = []  # the current, unsorted run
+        self._runs: list[bytes] = []  # sorted runs of LF-terminated records
+        self._names = bytearray()
+        self._name_ends = array("L")
+        self._displays = bytearray()
+        self._display_ends = array("L")
+        self._serials = array("q")
+        self._frozen = True
 
     def add(self, normalized: str, display: str, serial: int) -> None:
-        """Keep the newest serial per project and the display name that came with it."""
-        if serial < self.serials.get(normalized, -1):
-            return
-        # Most names are listed already normalized: one string then serves as both.
-        key = display if display == normalized else normalized
-        self.serials[key] = serial
-        if key is display:
-            self.displays.pop(key, None)
-        else:
-            self.displays[key] = display
+        """Record one listed project; of several records of one name the newest serial wins.
+
+        (Two spellings at one serial cannot both be PyPI's: then the one that sorts last.)
+        """
+        if self._frozen and self._serials:
+            self._runs.append(b"".join(self._frozen_records()))
+            self._clear_frozen()
+        self._frozen = False
+        shown = "" if display == normalized else display
+        self._records.append(f"{normalized}\0{shown}\0{serial}\n".encode("ascii"))
+        if len(self._records) >= self.RUN:
+            self._spill()
+
+    # reading
 
     def __getitem__(self, name: str) -> PendingProject:
-        return PendingProject(self.displays.get(name, name), self.serials[name], expect_page=True)
+        index = self.index(name)
+        if index < 0:
+            raise KeyError(name)
+        return self.item(index)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.serials)
+        return (name for name, _ in self.iter_items())
 
     def __len__(self) -> int:
-        return len(self.serials)
+        self._freeze()
+        return len(self._serials)
 
     def __contains__(self, name: object) -> bool:
-        return name in self.serials
+        return isinstance(name, str) and self.index(name) >= 0
+
+    def items(self) -> ItemsView[str, PendingProject]:
+        return _Items(self)
+
+    def iter_items(self) -> Iterator[tuple[str, PendingProject]]:
+        """(normalized, project) in sorted order, without a lookup per project."""
+        self._freeze()
+        names, displays = self._names, self._displays
+        start = shown_start = 0
+        for end, shown_end, serial in zip(
+            self._name_ends, self._display_ends, self._serials, strict=True
+        ):
+            name = names[start:end].decode("ascii")
+            display = (
+                displays[shown_start:shown_end].decode("ascii") if shown_end > shown_start else name
+            )
+            yield name, PendingProject(display, serial, expect_page=True)
+            start, shown_start = end, shown_end
+
+    def index(self, name: str) -> int:
+        """The position of `name` in sorted order, or -1 if it is not listed."""
+        self._freeze()
+        try:
+            key = name.encode("ascii")
+        except UnicodeEncodeError:
+            return -1
+        view = _NameView(self._names, self._name_ends)
+        index = bisect.bisect_left(view, key)
+        return index if index < len(view) and view[index] == key else -1
+
+    def item(self, index: int) -> PendingProject:
+        """The project at sorted position `index`."""
+        self._freeze()
+        name = _NameView(self._names, self._name_ends)[index].decode("ascii")
+        start = self._display_ends[index - 1] if index else 0
+        end = self._display_ends[index]
+        display = self._displays[start:end].decode("ascii") if end > start else name
+        return PendingProject(display, self._serials[index], expect_page=True)
+
+    def max_serial(self, default: int) -> int:
+        self._freeze()
+        return max(self._serials, default=default)
+
+    # building
+
+    def _spill(self) -> None:
+        self._records.sort()
+        self._runs.append(b"".join(self._records))
+        self._records = []
+
+    def _freeze(self) -> None:
+        """Merge the sorted runs into the flat buffers (once, on the first read)."""
+        if self._frozen:
+            return
+        self._spill()
+        runs, self._runs = self._runs, []
+        held: tuple[bytes, bytes, int] | None = None
+        for record in heapq.merge(*(io.BytesIO(run) for run in runs)):
+            name, display, serial_text = record[:-1].split(b"\0")
+            serial = int(serial_text)
+            if held is not None and held[0] == name:
+                if serial >= held[2]:
+                    held = (name, display, serial)
+                continue
+            if held is not None:
+                self._append(*held)
+            held = (name, display, serial)
+        if held is not None:
+            self._append(*held)
+        self._frozen = True
+
+    def _append(self, name: bytes, display: bytes, serial: int) -> None:
+        self._names += name
+        self._name_ends.append(len(self._names))
+        self._displays += display
+        self._display_ends.append(len(self._displays))
+        self._serials.append(serial)
+
+    def _frozen_records(self) -> Iterator[bytes]:
+        for name, item in self.iter_items():
+            shown = "" if item.display_name == name else item.display_name
+            yield f"{name}\0{shown}\0{item.serial}\n".encode("ascii")
+
+    def _clear_frozen(self) -> None:
+        self._names, self._displays = bytearray(), bytearray()
+        self._name_ends, self._display_ends, self._serials = array("L"), array("L"), array("q")
+
+
+class _NameView(Sequence[bytearray]):
+    """The sorted names of a Listing as a sequence of bytes, for `bisect`."""
+
+    def __init__(self, names: bytearray, ends: array) -> None:
+        self._names, self._ends = names, ends
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    def __getitem__(self, index: int) -> bytearray:  # type: ignore[override]
+        start = self._ends[index - 1] if index else 0
+        return self._names[start : self._ends[index]]
+
+
+class _Items(ItemsView[str, PendingProject]):
+    """`items()` of a Listing or Selection: iterated without a lookup per key."""
+
+    _mapping: Listing | Selection
+
+    def __iter__(self) -> Iterator[tuple[str, PendingProject]]:
+        return self._mapping.iter_items()
+
+
+class Selection(Mapping[str, PendingProject]):
+    """What a full sync fetches: the listing but the projects found current, plus a few more.
+
+    The few more are projects PyPI no longer lists but the mirror has, and
+    pending ones; they are held as PendingProjects. Excluding a listed project
+    costs one byte, so a resumed first sync or a full check of 700,000
+    projects builds no second mapping of them.
+    """
+
+    def __init__(self, listing: Listing) -> None:
+        self.listing = listing
+        self._excluded = bytearray(len(listing))
+        self._excluded_count = 0
+        self.extra: dict[str, PendingProject] = {}
+
+    def exclude(self, index: int) -> None:
+        """Leave out the listed project at sorted position `index`."""
+        if not self._excluded[index]:
+            self._excluded[index] = 1
+            self._excluded_count += 1
+
+    def merge(self, name: str, item: PendingProject) -> None:
+        """Add `item` unless the selection already wants `name` at a newer serial."""
+        current = self.get(name)
+        if current is not None and item.serial < current.serial:
+            return
+        index = self.listing.index(name)
+        if index >= 0:
+            self.exclude(index)  # from now on it comes from `extra`
+        self.extra[name] = item
+
+    def __getitem__(self, name: str) -> PendingProject:
+        if name in self.extra:
+            return self.extra[name]
+        index = self.listing.index(name)
+        if index < 0 or self._excluded[index]:
+            raise KeyError(name)
+        return self.listing.item(index)
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name, _ in self.iter_items())
+
+    def __len__(self) -> int:
+        return len(self.listing) - self._excluded_count + len(self.extra)
+
+    def items(self) -> ItemsView[str, PendingProject]:
+        return _Items(self)
+
+    def iter_items(self) -> Iterator[tuple[str, PendingProject]]:
+        excluded = self._excluded
+        for index, pair in enumerate(self.listing.iter_items()):
+            if not excluded[index]:
+                yield pair
+        yield from self.extra.items()
 
 
 def add_listed(wanted: Listing, display: object, serial: object) -> None:

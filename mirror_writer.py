@@ -13,7 +13,7 @@ import os
 import random
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,18 +105,19 @@ class MirrorWriter:
         except (FileNotFoundError, NotADirectoryError):
             return None
 
-    def local_projects(self) -> set[str]:
-        """Names of the project pages on disk (a full scan: only for full syncs)."""
+    def local_projects(self) -> Iterator[str]:
+        """Names of the project pages on disk, streamed (a full scan: only for full syncs)."""
         try:
             entries = os.scandir(self.layout.simple_dir)
         except FileNotFoundError:
-            return set()
+            return
         with entries:
-            return {
-                entry.name
-                for entry in entries
-                if entry.is_dir() and os.path.exists(os.path.join(entry.path, PAGE_NAME))
-            }
+            for entry in entries:
+                if entry.is_dir() and os.path.exists(os.path.join(entry.path, PAGE_NAME)):
+                    yield entry.name
+
+    def has_page(self, name: str) -> bool:
+        return self.layout.project_page(name).exists()
 
     def apply(self, change: Change) -> None:
         if change.removes:

@@ -34,7 +34,14 @@ from dataclasses import dataclass, field
 
 import rstuf_client
 import settings
-from changelog import Listing, add_listed, identity_changes, merge_pending, projects_to_refresh
+from changelog import (
+    Listing,
+    Selection,
+    add_listed,
+    identity_changes,
+    merge_pending,
+    projects_to_refresh,
+)
 from cli_support import EXIT_OK, EXIT_PARTIAL, UsageError, configure_logging, run_cli
 from mirror_store import (
     ROOT_TARGET,
@@ -186,7 +193,7 @@ class Sync:
         last_serial = self.pypi.changelog_last_serial()
         wanted = Listing()  # only checked serials set the target
         self.pypi.list_packages_with_serial(functools.partial(add_listed, wanted))
-        target = min(last_serial, max(wanted.serials.values(), default=last_serial))
+        target = min(last_serial, wanted.max_serial(default=last_serial))
         log.info(
             "%s: %d projects listed at serial %d",
             "first sync" if first else "full check",
@@ -196,36 +203,38 @@ class Sync:
         if not self.state.full_sync_in_progress:
             self.state.full_sync_in_progress = True
             self.save()
-        local = self.writer.local_projects()
-        if self.config.full_check or not local:  # archiving leaves the serial as it was
-            current: set[str] = set()
-        else:
-            current = {n for n, item in wanted.items() if self.is_current(n, item, local)}
-        gone = local - wanted.serials.keys()
-        if not current and not gone and not self.state.pending:
-            to_fetch = wanted  # a first sync: no second 700,000-entry dict or list
-        else:
-            to_fetch = {name: item for name, item in wanted.items() if name not in current}
-        for name in gone:  # PyPI no longer lists it: let its page decide
-            to_fetch[name] = PendingProject(name, 0)
-        for name, item in self.state.pending.items():
-            merge_pending(to_fetch, name, item)
-        self.summary.unchanged += len(current)
+        to_fetch = self.select(wanted)
         outcome = self.refresh(to_fetch, record_changes=not first)
         members = (
-            (name, wanted[name].display_name)
-            for name in sorted(wanted)
-            if outcome.lists(name, if_failed=name in local)
+            (name, item.display_name)
+            for name, item in wanted.items()
+            if outcome.lists(name, if_failed=name in outcome.failed and self.writer.has_page(name))
         )
         self.write_root(members, record_change=not first)
         self.state.serial = target if self.state.serial is None else max(self.state.serial, target)
         self.state.full_sync_in_progress = False
 
-    def is_current(self, name: str, item: PendingProject, local: set[str]) -> bool:
-        if name not in local or name in self.state.pending:
-            return False
-        on_disk = self.writer.local_serial(name)
-        return on_disk is not None and on_disk >= item.serial
+    def select(self, wanted: Listing) -> Selection:
+        """What a full sync fetches: every listed project but those already current, projects
+        the mirror has and PyPI no longer lists (their page decides), and the pending ones.
+
+        One pass over the mirror's directories, streamed: no set of its 700,000 names.
+        A ``--full-check`` fetches every listed project (archiving a project changes
+        its page, not its serial).
+        """
+        to_fetch = Selection(wanted)
+        for name in self.writer.local_projects():
+            index = wanted.index(name)
+            if index < 0:
+                to_fetch.merge(name, PendingProject(name, 0))
+            elif not self.config.full_check and name not in self.state.pending:
+                on_disk = self.writer.local_serial(name)
+                if on_disk is not None and on_disk >= wanted.item(index).serial:
+                    to_fetch.exclude(index)
+                    self.summary.unchanged += 1
+        for name, item in self.state.pending.items():
+            to_fetch.merge(name, item)
+        return to_fetch
 
     # updates from the changelog
 
@@ -307,13 +316,13 @@ class Sync:
         outcome = Refreshed()
         self.progress.start(len(wanted), "fetching")
         batch: list[Change] = []
-        for name, fetched in self.fetch_all(wanted):
+        for name, item, fetched in self.fetch_all(wanted):
             self.progress.advance()
             if isinstance(fetched, Exception):
-                self.keep_pending(name, wanted[name], fetched)
+                self.keep_pending(name, item, fetched)
                 outcome.failed.add(name)
                 continue
-            change = Change(name, wanted[name].display_name, fetched, self.writer.read_page(name))
+            change = Change(name, item.display_name, fetched, self.writer.read_page(name))
             if not change.listed_after():
                 outcome.unlisted.add(name)
             if not change.modifies:
@@ -332,29 +341,29 @@ class Sync:
 
     def fetch_all(
         self, wanted: Mapping[str, PendingProject]
-    ) -> Iterator[tuple[str, FetchedPage | UpstreamError]]:
+    ) -> Iterator[tuple[str, PendingProject, FetchedPage | UpstreamError]]:
         """Fetch pages concurrently, yielding each as it finishes, with a bounded window."""
-        names = iter(wanted)  # in listing order: a sorted copy would be 700,000 more references
+        pairs = iter(wanted.items())  # in `wanted`'s order, no lookup per project
         window = self.config.workers * 4
         with concurrent.futures.ThreadPoolExecutor(self.config.workers) as pool:
-            running: dict[concurrent.futures.Future, str] = {}
+            running: dict[concurrent.futures.Future, tuple[str, PendingProject]] = {}
 
             def submit_next() -> None:
-                name = next(names, None)
-                if name is not None:
-                    running[pool.submit(self.fetch_current, name, wanted[name])] = name
+                pair = next(pairs, None)
+                if pair is not None:
+                    running[pool.submit(self.fetch_current, *pair)] = pair
 
             for _ in range(window):
                 submit_next()
             while running:
                 done, _ = concurrent.futures.wait(running, return_when="FIRST_COMPLETED")
                 for future in done:
-                    name = running.pop(future)
+                    name, item = running.pop(future)
                     submit_next()
                     try:
-                        yield name, future.result()
+                        yield name, item, future.result()
                     except UpstreamError as exc:
-                        yield name, exc
+                        yield name, item, exc
 
     def fetch_current(self, name: str, item: PendingProject) -> FetchedPage:
         """Fetch a page, retrying while PyPI's CDN serves one older than the changelog.
