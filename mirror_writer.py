@@ -88,10 +88,14 @@ class MirrorWriter:
         self.state = state
         self.clock = clock
         self._staging_ready = False
+        # str paths: a first sync writes 700,000 pages, and Path joins cost more than syscalls
+        self._simple = os.fspath(layout.simple_dir)
+        self._temp_prefix = f"{os.fspath(layout.staging_dir)}/.tmp-{os.getpid()}-"
 
     def read_page(self, name: str) -> bytes | None:
         try:
-            return self.layout.project_page(name).read_bytes()
+            with open(f"{self._simple}/{name}/{PAGE_NAME}", "rb", buffering=0) as handle:
+                return handle.readall()
         except (FileNotFoundError, NotADirectoryError):
             return None
 
@@ -124,37 +128,43 @@ class MirrorWriter:
             self.remove_project(change.name)
         else:
             assert change.page.body is not None
-            self.store(self.layout.project_dir(change.name), change.page.body, change.old)
+            self.store(f"{self._simple}/{change.name}", change.page.body, change.old)
 
-    def store(self, directory: Path, body: bytes, old: bytes | None) -> bool:
+    def store(self, directory: str | Path, body: bytes, old: bytes | None) -> bool:
         """Write `body` as directory/index.html plus its prefixed copy; retire the old copy.
 
-        Returns whether the page's bytes changed.
+        Returns whether the page's bytes changed. A new page costs six syscalls:
+        mkdir, open, write, close, link (the prefixed copy), rename.
         """
-        directory.mkdir(parents=True, exist_ok=True)
+        directory = os.fspath(directory)
         digest = digest_bytes(body).hexdigest
         if old == body:
             self.ensure_copy(directory, digest)
             return False
+        if old is None:
+            make_directory(directory)
         temp = self._write_temp(body)
         crash_point("page-temp")
         self.install(directory, temp, digest)
         self.retire_replaced(directory, old, body)
         return True
 
-    def install(self, directory: Path, temp: Path, digest: str) -> None:
+    def install(self, directory: str | Path, temp: str, digest: str) -> None:
         """Move a staged page into place: hash-prefixed copy first, then ``index.html``."""
-        copy = directory / prefixed_name(digest)
+        directory = os.fspath(directory)
+        copy = f"{directory}/{prefixed_name(digest)}"
         try:
             self._link_copy(temp, copy)
-            os.replace(temp, directory / PAGE_NAME)
+            os.rename(temp, f"{directory}/{PAGE_NAME}")
             crash_point("page-renamed")
-        finally:
+        except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp)
-        self.state.retired.pop(self._relative(copy), None)
+            raise
+        if self.state.retired:
+            self.state.retired.pop(self._relative(copy), None)
 
-    def stage(self, chunks: Iterable[bytes], keep: bool = True) -> tuple[Path | None, str]:
+    def stage(self, chunks: Iterable[bytes], keep: bool = True) -> tuple[str | None, str]:
         """Write `chunks` to a temp file (unless not `keep`), hashing them on the way."""
         hasher = HASH_FACTORIES[TUF_HASH_ALGORITHM]()
         temp = self._temp_name() if keep else None
@@ -165,7 +175,7 @@ class MirrorWriter:
                     handle.write(chunk)
         return temp, hasher.hexdigest()
 
-    def discard(self, temp: Path | None) -> None:
+    def discard(self, temp: str | None) -> None:
         if temp is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp)
@@ -176,27 +186,45 @@ class MirrorWriter:
         except FileNotFoundError:
             return None
 
-    def ensure_copy(self, directory: Path, digest: str) -> None:
+    def ensure_copy(self, directory: str | Path, digest: str) -> None:
         """Relink an unchanged page's prefixed copy if a killed run or damage broke it."""
-        page, copy = directory / PAGE_NAME, directory / prefixed_name(digest)
-        if not (copy.exists() and os.path.samefile(copy, page)):
+        page = os.path.join(directory, PAGE_NAME)
+        copy = os.path.join(directory, prefixed_name(digest))
+        if not (os.path.exists(copy) and os.path.samefile(copy, page)):
             self._link_copy(page, copy)
 
-    def _temp_name(self) -> Path:
-        staging = self.layout.staging_dir
+    def _temp_name(self) -> str:
         if not self._staging_ready:
-            staging.mkdir(parents=True, exist_ok=True)
+            self.layout.staging_dir.mkdir(parents=True, exist_ok=True)
             self._staging_ready = True
-        return staging / f".tmp-{os.getpid()}-{random.getrandbits(64):016x}"
+        return f"{self._temp_prefix}{random.getrandbits(64):016x}"
 
-    def _write_temp(self, body: bytes) -> Path:
+    def _write_temp(self, body: bytes) -> str:
+        """The page's bytes in a new temp file: os.open/write/close, no file object."""
         path = self._temp_name()
-        with open(path, "wb") as handle:
-            handle.write(body)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        try:
+            view = memoryview(body)
+            while view:
+                view = view[os.write(fd, view) :]
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            raise
+        os.close(fd)
         return path
 
-    def _link_copy(self, source: Path, copy: Path) -> None:
-        """Make `copy` a hard link to `source`, replacing whatever had that name atomically."""
+    def _link_copy(self, source: str | Path, copy: str | Path) -> None:
+        """Make `copy` a hard link to `source`, replacing whatever had that name atomically.
+
+        Where nothing has that name yet (a new page), the link is made in place.
+        """
+        try:
+            os.link(source, copy)
+            return
+        except FileExistsError:
+            pass
         link = self._temp_name()
         os.link(source, link)
         try:
@@ -221,7 +249,7 @@ class MirrorWriter:
         directory = self.layout.project_dir(change.name)
         return self.retire_replaced(directory, change.old, change.page.body)
 
-    def retire_replaced(self, directory: Path, old: bytes | None, new: bytes | None) -> bool:
+    def retire_replaced(self, directory: str | Path, old: bytes | None, new: bytes | None) -> bool:
         """Retire the prefixed copy of page `old` if `new` (None: no page) replaces it.
 
         Called before the write, so the caller saves the retirement with the state
@@ -231,7 +259,7 @@ class MirrorWriter:
         """
         if old is None or old == new:
             return False
-        self.retire(directory / prefixed_name(digest_bytes(old).hexdigest))
+        self.retire(Path(directory, prefixed_name(digest_bytes(old).hexdigest)))
         return True
 
     def retire(self, copy: Path) -> None:
@@ -275,5 +303,15 @@ class MirrorWriter:
         with contextlib.suppress(FileNotFoundError, OSError):
             directory.rmdir()
 
-    def _relative(self, path: Path) -> str:
-        return path.relative_to(self.layout.served_dir).as_posix()
+    def _relative(self, path: str | Path) -> str:
+        return Path(path).relative_to(self.layout.served_dir).as_posix()
+
+
+def make_directory(path: str) -> None:
+    """mkdir, and its parents on the first page of an empty mirror."""
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        os.makedirs(path, exist_ok=True)
