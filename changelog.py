@@ -13,8 +13,11 @@ import contextlib
 import heapq
 import io
 import logging
+import tempfile
 from array import array
 from collections.abc import ItemsView, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import BinaryIO
 
 from mirror_store import InvalidProjectName, project_dir_name
 from pypi_client import ChangelogEntry, is_serial
@@ -82,34 +85,40 @@ def merge_pending(into: dict[str, PendingProject], name: str, item: PendingProje
         into[name] = item
 
 
+MAX_SERIAL = (1 << 63) - 1  # what an array('q') holds; far beyond any journal
+
+
 class Listing(Mapping[str, PendingProject]):
     """PyPI's whole listing, compact and sorted by normalized name; no object per project.
 
     700,000 projects are held through a full sync: as Python strings, ints and
-    dict entries they took 155 MiB; here they are a few flat buffers (about
+    dict entries they took 155 MiB; here they are a few flat buffers (under
     40 bytes a project). While the listing streams in, each project is one
     ``normalized NUL display NUL serial LF`` record; every `RUN` records are
-    sorted into a run of bytes, and the first read merges the runs into
+    sorted into a run (an unlinked temp file in `spill_dir`, so the runs and
+    the final buffers are never in memory together; in memory without one),
+    and the first read merges the runs into
 
     * ``_names``: the normalized names back to back, ``_name_ends`` their ends;
     * ``_displays``: the display names that differ from the normalized one
       (most are listed normalized already), ``_display_ends`` per project;
     * ``_serials``: the newest serial of each project.
 
-    Lookups bisect the sorted names; iteration is in the root index's order.
-    A PendingProject is made only for the project looked at.
+    The buffers are allocated once at their final size (sizes counted while
+    the records came in): grown piece by piece, they left as much memory
+    again fragmented in the allocator. Lookups bisect the sorted names;
+    iteration is in the root index's order. A PendingProject is made only
+    for the project looked at.
     """
 
     RUN = 1 << 16  # records sorted at a time while the listing streams in
 
-    def __init__(self) -> None:
+    def __init__(self, spill_dir: Path | None = None) -> None:
+        self._spill_dir = spill_dir
         self._records: list[bytes] = []  # the current, unsorted run
-        self._runs: list[bytes] = []  # sorted runs of LF-terminated records
-        self._names = bytearray()
-        self._name_ends = array("L")
-        self._displays = bytearray()
-        self._display_ends = array("L")
-        self._serials = array("q")
+        self._runs: list[BinaryIO] = []  # sorted runs of LF-terminated records
+        self._count = self._name_bytes = self._shown_bytes = 0  # over every record added
+        self._set_buffers(0, 0, 0)
         self._frozen = True
 
     def add(self, normalized: str, display: str, serial: int) -> None:
@@ -117,12 +126,17 @@ class Listing(Mapping[str, PendingProject]):
 
         (Two spellings at one serial cannot both be PyPI's: then the one that sorts last.)
         """
-        if self._frozen and self._serials:
-            self._runs.append(b"".join(self._frozen_records()))
-            self._clear_frozen()
+        if not 0 <= serial <= MAX_SERIAL:
+            raise ValueError(f"serial {serial} out of range")
+        if self._frozen and len(self._serials):
+            self._runs.append(self._new_run(self._frozen_records()))
+            self._set_buffers(0, 0, 0)
         self._frozen = False
         shown = "" if display == normalized else display
         self._records.append(f"{normalized}\0{shown}\0{serial}\n".encode("ascii"))
+        self._count += 1
+        self._name_bytes += len(normalized)
+        self._shown_bytes += len(shown)
         if len(self._records) >= self.RUN:
             self._spill()
 
@@ -188,10 +202,26 @@ class Listing(Mapping[str, PendingProject]):
 
     # building
 
+    def _set_buffers(self, count: int, name_bytes: int, shown_bytes: int) -> None:
+        self._names, self._displays = bytearray(name_bytes), bytearray(shown_bytes)
+        self._name_ends, self._display_ends = array("I", [0]) * count, array("I", [0]) * count
+        self._serials = array("q", [0]) * count
+
     def _spill(self) -> None:
         self._records.sort()
-        self._runs.append(b"".join(self._records))
+        self._runs.append(self._new_run(self._records))
         self._records = []
+
+    def _new_run(self, records: Iterable[bytes]) -> BinaryIO:
+        if self._spill_dir is None:
+            return io.BytesIO(b"".join(records))
+        run = tempfile.TemporaryFile(dir=self._spill_dir)  # noqa: SIM115 (closed by _freeze)
+        try:
+            run.writelines(records)
+        except BaseException:
+            run.close()
+            raise
+        return run
 
     def _freeze(self) -> None:
         """Merge the sorted runs into the flat buffers (once, on the first read)."""
@@ -199,8 +229,18 @@ class Listing(Mapping[str, PendingProject]):
             return
         self._spill()
         runs, self._runs = self._runs, []
+        with contextlib.ExitStack() as closing:
+            for run in runs:
+                closing.callback(run.close)
+                run.seek(0)
+            self._merge(runs)
+        self._frozen = True
+
+    def _merge(self, runs: list[BinaryIO]) -> None:
+        self._set_buffers(self._count, self._name_bytes, self._shown_bytes)
+        self._filled = self._name_used = self._shown_used = 0
         held: tuple[bytes, bytes, int] | None = None
-        for record in heapq.merge(*(io.BytesIO(run) for run in runs)):
+        for record in heapq.merge(*runs):
             name, display, serial_text = record[:-1].split(b"\0")
             serial = int(serial_text)
             if held is not None and held[0] == name:
@@ -208,33 +248,34 @@ class Listing(Mapping[str, PendingProject]):
                     held = (name, display, serial)
                 continue
             if held is not None:
-                self._append(*held)
+                self._put(*held)
             held = (name, display, serial)
         if held is not None:
-            self._append(*held)
-        self._frozen = True
+            self._put(*held)
+        filled = self._filled  # fewer than counted where one name was listed twice
+        del self._names[self._name_used :], self._displays[self._shown_used :]
+        del self._name_ends[filled:], self._display_ends[filled:], self._serials[filled:]
 
-    def _append(self, name: bytes, display: bytes, serial: int) -> None:
-        self._names += name
-        self._name_ends.append(len(self._names))
-        self._displays += display
-        self._display_ends.append(len(self._displays))
-        self._serials.append(serial)
+    def _put(self, name: bytes, display: bytes, serial: int) -> None:
+        index, start, shown_start = self._filled, self._name_used, self._shown_used
+        self._name_used = end = start + len(name)
+        self._names[start:end] = name
+        self._shown_used = shown_end = shown_start + len(display)
+        self._displays[shown_start:shown_end] = display
+        self._name_ends[index], self._display_ends[index] = end, shown_end
+        self._serials[index] = serial
+        self._filled = index + 1
 
     def _frozen_records(self) -> Iterator[bytes]:
         for name, item in self.iter_items():
             shown = "" if item.display_name == name else item.display_name
             yield f"{name}\0{shown}\0{item.serial}\n".encode("ascii")
 
-    def _clear_frozen(self) -> None:
-        self._names, self._displays = bytearray(), bytearray()
-        self._name_ends, self._display_ends, self._serials = array("L"), array("L"), array("q")
-
 
 class _NameView(Sequence[bytearray]):
     """The sorted names of a Listing as a sequence of bytes, for `bisect`."""
 
-    def __init__(self, names: bytearray, ends: array) -> None:
+    def __init__(self, names: bytearray, ends: array[int]) -> None:
         self._names, self._ends = names, ends
 
     def __len__(self) -> int:
@@ -317,7 +358,7 @@ def add_listed(wanted: Listing, display: object, serial: object) -> None:
     except InvalidProjectName as exc:
         log.warning("skipping listed project: %s", exc)
         return
-    if not is_serial(serial):
+    if not is_serial(serial) or serial > MAX_SERIAL:  # type: ignore[operator]
         log.warning("skipping listed project %r: serial %r is not a serial", display, serial)
         return
     assert isinstance(display, str) and isinstance(serial, int)

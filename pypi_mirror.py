@@ -31,6 +31,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import rstuf_client
 import settings
@@ -191,7 +192,7 @@ class Sync:
         """
         first = self.state.serial is None and not self.layout.root_page.exists()
         last_serial = self.pypi.changelog_last_serial()
-        wanted = Listing()  # only checked serials set the target
+        wanted = Listing(self.spill_dir())  # only checked serials set the target
         self.pypi.list_packages_with_serial(functools.partial(add_listed, wanted))
         target = min(last_serial, wanted.max_serial(default=last_serial))
         log.info(
@@ -213,6 +214,13 @@ class Sync:
         self.write_root(members, record_change=not first)
         self.state.serial = target if self.state.serial is None else max(self.state.serial, target)
         self.state.full_sync_in_progress = False
+
+    def spill_dir(self) -> Path | None:
+        """Where the listing's sorted runs go while it streams in (a dry run: in memory)."""
+        if self.config.dry_run:
+            return None
+        self.layout.staging_dir.mkdir(parents=True, exist_ok=True)
+        return self.layout.staging_dir
 
     def select(self, wanted: Listing) -> Selection:
         """What a full sync fetches: every listed project but those already current, projects

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 
@@ -28,8 +29,8 @@ def reference(pairs: list[tuple[str, int]]) -> dict[str, PendingProject]:
     return dict(sorted(result.items()))
 
 
-def listed(pairs: list[tuple[str, int]]) -> changelog.Listing:
-    listing = changelog.Listing()
+def listed(pairs: list[tuple[str, int]], spill_dir: Path | None = None) -> changelog.Listing:
+    listing = changelog.Listing(spill_dir)
     for display, serial in pairs:
         changelog.add_listed(listing, display, serial)
     return listing
@@ -46,14 +47,16 @@ def synthetic_pairs(count: int, seed: int) -> list[tuple[str, int]]:
     return pairs
 
 
-def test_listing_holds_what_a_dict_would_in_sorted_order() -> None:
+@pytest.mark.parametrize("spill", [False, True], ids=["runs in memory", "runs in temp files"])
+def test_listing_holds_what_a_dict_would_in_sorted_order(tmp_path: Path, spill: bool) -> None:
     pairs = synthetic_pairs(300, seed=1)
-    listing, expected = listed(pairs), reference(pairs)
+    listing, expected = listed(pairs, tmp_path if spill else None), reference(pairs)
     assert len(listing) == len(expected)
     assert list(listing) == list(expected)
     assert dict(listing.items()) == expected
     assert all(listing[name] == item for name, item in expected.items())
     assert listing.max_serial(default=0) == max(item.serial for item in expected.values())
+    assert list(tmp_path.iterdir()) == [], "the runs' temp files have no name to leave behind"
 
 
 def test_lookups_of_unlisted_names() -> None:
@@ -94,3 +97,11 @@ def test_selection_excludes_merges_and_counts() -> None:
     assert len(selection) == len(expected)
     assert sorted(selection) == sorted(expected)
     assert "a" not in selection and selection["c"].serial == 9
+
+
+def test_a_serial_beyond_any_journal_is_skipped_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    listing = listed([("huge", 1 << 70), ("fine", 7)])
+    assert list(listing) == ["fine"]
+    assert "is not a serial" in caplog.text
