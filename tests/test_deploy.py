@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pypi_mirror
+from cli_support import EXIT_PARTIAL, EXIT_TERMINATED
 from tests.fake_pypi import FakePyPI
 from tests.mirror_helpers import REPO
 
@@ -47,7 +47,7 @@ def test_service_is_a_hardened_oneshot_that_agrees_with_the_code() -> None:
     assert service["ProtectSystem"] == "strict"
     interpreter, script = service["ExecStart"].split()[:2]
     assert (interpreter, script) == (VENV_PYTHON, f"{CHECKOUT}/pypi_mirror.py")
-    assert str(pypi_mirror.EXIT_PARTIAL) in service["SuccessExitStatus"].split()
+    assert service["SuccessExitStatus"].split() == [str(EXIT_PARTIAL), str(EXIT_TERMINATED)]
     assert "TimeoutStopSec" in service
 
 
@@ -111,5 +111,5 @@ def test_readme_cron_line_works_under_crons_environment(tmp_path: Path) -> None:
         )
     assert result.returncode == 0, (command, (data / "mirror.log").read_text())
     assert (data / "pypi-index-mirror" / "pypi_mirror" / "simple" / "numpy" / "index.html").exists()
-    assert (data / "state.json").exists()
+    assert (data / "pypi-index-mirror" / "state.json").exists()
     assert "summary added=1" in (data / "mirror.log").read_text()
