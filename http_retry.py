@@ -13,7 +13,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -156,11 +156,20 @@ def iter_capped(
     connection cut mid-body raises requests' own exception, for the caller to
     judge (both clients retry it).
     """
-    declared = response.headers.get("Content-Length", "")
+    yield from capped(response.iter_content(chunk_bytes), response.headers, limit)
+
+
+def capped(chunks: Iterable[bytes], headers: Mapping[str, str], limit: int) -> Iterator[bytes]:
+    """`chunks` of a body with these `headers`, refused (BodyTooLarge) past `limit` bytes.
+
+    The one cap of every client, whatever yields the chunks (requests'
+    ``iter_content``, urllib3's ``stream``).
+    """
+    declared = headers.get("Content-Length", "")
     if declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(limit, int(declared))
     received = 0
-    for chunk in response.iter_content(chunk_bytes):
+    for chunk in chunks:
         received += len(chunk)
         if received > limit:
             raise BodyTooLarge(limit)

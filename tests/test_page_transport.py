@@ -1,0 +1,175 @@
+"""The page fetch's own transport (urllib3 directly): what requests did for it, it still does.
+
+Proxies from ``*_PROXY`` (with their credentials) unless ``NO_PROXY`` says otherwise, the
+CA bundle from ``REQUESTS_CA_BUNDLE``, ``.netrc`` credentials, gzip, keep-alive, no
+redirects followed; each against a stand-in on loopback.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+import pypi_client
+import settings
+from tests.fake_pypi import FakePyPI, make_self_signed_cert
+
+PAGE = (
+    b'<!DOCTYPE html><html><head><meta name="pypi:repository-version" content="1.1">'
+    b'</head><body><a href="x-1.0.tar.gz">x-1.0.tar.gz</a></body></html>\n<!--SERIAL 7-->'
+)
+
+
+@dataclass
+class Seen:
+    """What a capturing server saw: each request line's target and headers (lower-cased names)."""
+
+    targets: list[str] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
+    connections: set[int] = field(default_factory=set)
+
+
+@pytest.fixture
+def capture() -> Iterator[tuple[str, Seen]]:
+    """A loopback server answering every GET with one simple page (gzipped if asked)."""
+    seen = Seen()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            seen.targets.append(self.path)
+            seen.headers.append({name.lower(): value for name, value in self.headers.items()})
+            seen.connections.add(self.client_address[1])
+            zipped = "gzip" in self.headers.get("Accept-Encoding", "")
+            body = gzip.compress(PAGE) if zipped else PAGE
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("X-PyPI-Last-Serial", "7")
+            if zipped:
+                self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+
+
+def client(url: str) -> pypi_client.PypiClient:
+    return pypi_client.PypiClient(url, settings.Config(pypi_url=url, retries=0))
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def test_pages_are_fetched_over_kept_alive_connections_gzipped(capture) -> None:
+    url, seen = capture
+    pypi = client(url)
+    try:
+        for name in ("a", "b", "c"):
+            page = pypi.fetch_page(name)
+            assert page.body == PAGE and page.serial == 7
+    finally:
+        pypi.close()
+    assert seen.targets == ["/simple/a/", "/simple/b/", "/simple/c/"]
+    assert len(seen.connections) == 1, "a connection per page: keep-alive lost"
+    headers = seen.headers[0]
+    assert "gzip" in headers["accept-encoding"]
+    assert headers["user-agent"] == pypi_client.USER_AGENT
+    assert headers["accept"] == pypi_client.HTML_ACCEPT
+    assert "authorization" not in headers
+
+
+def test_netrc_credentials_are_sent(capture, monkeypatch, tmp_path: Path) -> None:
+    url, seen = capture
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login mirror password s3cret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    pypi = client(url)
+    try:
+        pypi.fetch_page("a")
+    finally:
+        pypi.close()
+    assert seen.headers[0]["authorization"] == basic("mirror", "s3cret")
+
+
+def test_a_proxy_from_the_environment_gets_the_request_and_its_credentials(
+    capture, monkeypatch
+) -> None:
+    proxy, seen = capture
+    monkeypatch.setenv("HTTP_PROXY", proxy.replace("http://", "http://me:pw@"))
+    pypi = client("http://pypi.invalid")  # only the proxy is ever connected to
+    try:
+        assert pypi.fetch_page("a").body == PAGE
+    finally:
+        pypi.close()
+    assert seen.targets == ["http://pypi.invalid/simple/a/"]
+    assert seen.headers[0]["proxy-authorization"] == basic("me", "pw")
+
+
+def test_no_proxy_bypasses_the_proxy(pypi: FakePyPI, monkeypatch) -> None:
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    mirror = client(pypi.url)
+    try:
+        assert mirror.fetch_page("numpy").body == pypi.page("numpy")
+    finally:
+        mirror.close()
+
+
+def test_the_ca_bundle_from_the_environment_is_trusted_and_only_it(
+    tmp_path: Path, monkeypatch
+) -> None:
+    cert, key = make_self_signed_cert(tmp_path)
+    with FakePyPI(certfile=cert, keyfile=key) as fake:
+        fake.create_project("tls")
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
+        mirror = client(fake.url)
+        try:
+            assert mirror.fetch_page("tls").body == fake.page("tls")
+        finally:
+            mirror.close()
+        monkeypatch.delenv("REQUESTS_CA_BUNDLE")
+        monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+        mirror = client(fake.url)  # requests' default bundle does not know the stand-in
+        try:
+            with pytest.raises(pypi_client.Transient, match=r"connection failed.*CERTIFICATE"):
+                mirror.fetch_page("tls")
+        finally:
+            mirror.close()
+
+
+def test_a_redirect_is_not_followed(pypi: FakePyPI) -> None:
+    mirror = client(pypi.url)
+    try:
+        with pytest.raises(pypi_client.UpstreamError, match="unexpected HTTP 301"):
+            mirror.fetch_page("Django")  # warehouse redirects a non-normalized name
+    finally:
+        mirror.close()
