@@ -25,12 +25,11 @@ concern it orchestrates has a module of its own beside it:
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import functools
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,6 +69,7 @@ from root_index import iter_root_index, merge_root, render_root_lines
 from rstuf_outbox import RstufDelivery
 from settings import Config, config_from
 from state import PendingProject, State, clear_state_temps, load_state, save_state
+from worker_pool import map_unordered
 
 log = logging.getLogger("pypi_mirror")
 # The one line every run ends with; logged at INFO even under -q (see `main`).
@@ -100,6 +100,17 @@ class Summary:
             f"rstuf_sent={self.rstuf_sent} elapsed={self.elapsed:.1f}s "
             f"serial={self.serial_before}->{self.serial_after}"
         )
+
+
+@dataclass
+class Fetched:
+    """What a worker made of one project: its page (or why not), and the page on disk before."""
+
+    name: str
+    item: PendingProject
+    page: FetchedPage | UpstreamError
+    old: bytes | None
+    written: bool = False  # the worker wrote the page already (see Sync.fetch_and_compare)
 
 
 @dataclass
@@ -325,22 +336,28 @@ class Sync:
         outcome = Refreshed()
         self.progress.start(len(wanted), "fetching")
         batch: list[Change] = []
-        for name, item, fetched in self.fetch_all(wanted):
+        work = functools.partial(self.fetch_and_compare, record_changes=record_changes)
+        window = self.config.workers * 4
+        for fetched in map_unordered(work, iter(wanted.items()), self.config.workers, window):
             self.progress.advance()
-            if isinstance(fetched, Exception):
-                self.keep_pending(name, item, fetched)
+            name, item, page = fetched.name, fetched.item, fetched.page
+            if isinstance(page, UpstreamError):
+                self.keep_pending(name, item, page)
                 outcome.failed.add(name)
                 continue
-            change = Change(name, item.display_name, fetched, self.writer.read_page(name))
+            change = Change(name, item.display_name, page, fetched.old)
             if not change.listed_after():
                 outcome.unlisted.add(name)
             if not change.modifies:
                 self.summary.unchanged += change.page.body is not None
-                continue
-            batch.append(change)
-            if len(batch) >= self.BATCH:
-                self.apply_batch(batch, record_changes)
-                batch = []
+            elif fetched.written:
+                self.membership_changed |= change.listed_before() != change.listed_after()
+                self.count(change)
+            else:
+                batch.append(change)
+                if len(batch) >= self.BATCH:
+                    self.apply_batch(batch, record_changes)
+                    batch = []
         self.apply_batch(batch, record_changes)
         self.progress.finish()
         for name in list(self.state.pending):  # only now: an intent save must keep them
@@ -348,31 +365,27 @@ class Sync:
                 del self.state.pending[name]
         return outcome
 
-    def fetch_all(
-        self, wanted: Mapping[str, PendingProject]
-    ) -> Iterator[tuple[str, PendingProject, FetchedPage | UpstreamError]]:
-        """Fetch pages concurrently, yielding each as it finishes, with a bounded window."""
-        pairs = iter(wanted.items())  # in `wanted`'s order, no lookup per project
-        window = self.config.workers * 4
-        with concurrent.futures.ThreadPoolExecutor(self.config.workers) as pool:
-            running: dict[concurrent.futures.Future, tuple[str, PendingProject]] = {}
+    def fetch_and_compare(self, pair: tuple[str, PendingProject], record_changes: bool) -> Fetched:
+        """On a worker thread: fetch one page, read the one on disk, write it if that is safe.
 
-            def submit_next() -> None:
-                pair = next(pairs, None)
-                if pair is not None:
-                    running[pool.submit(self.fetch_current, *pair)] = pair
-
-            for _ in range(window):
-                submit_next()
-            while running:
-                done, _ = concurrent.futures.wait(running, return_when="FIRST_COMPLETED")
-                for future in done:
-                    name, item = running.pop(future)
-                    submit_next()
-                    try:
-                        yield name, item, future.result()
-                    except UpstreamError as exc:
-                        yield name, item, exc
+        Safe here, without the main thread's batch, is a new page (nothing on
+        disk) when no change is recorded (a first sync): `apply_batch` would
+        neither save an intent nor retire a copy for it. Everything else goes
+        through the batch. Only this run's one worker for `name` touches its
+        directory, and a page is written the same way wherever that happens.
+        """
+        name, item = pair
+        try:
+            page: FetchedPage | UpstreamError = self.fetch_current(name, item)
+        except UpstreamError as exc:
+            return Fetched(name, item, exc, None)
+        old = self.writer.read_page(name)
+        direct = page.body is not None and old is None and not record_changes
+        if direct and not self.config.dry_run:
+            assert page.body is not None
+            self.writer.store(self.layout.project_dir(name), page.body, None)
+            return Fetched(name, item, page, None, written=True)
+        return Fetched(name, item, page, old)
 
     def fetch_current(self, name: str, item: PendingProject) -> FetchedPage:
         """Fetch a page, retrying while PyPI's CDN serves one older than the changelog.

@@ -1,0 +1,53 @@
+"""map_unordered: every item once, bounded memory, and no worker left running afterwards."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from worker_pool import map_unordered
+
+
+def test_every_item_once() -> None:
+    results = list(map_unordered(lambda n: n * n, iter(range(1000)), workers=8, window=4))
+    assert sorted(results) == [n * n for n in range(1000)]
+
+
+def test_at_most_window_results_wait_for_the_consumer() -> None:
+    started: list[int] = []
+    lock = threading.Lock()
+
+    def record(n: int) -> int:
+        with lock:
+            started.append(n)
+        return n
+
+    results = map_unordered(record, iter(range(200)), workers=4, window=5)
+    for consumed, _ in enumerate(results, start=1):
+        with lock:
+            assert len(started) <= consumed + 5
+
+
+def test_an_exception_stops_the_workers_and_reaches_the_consumer() -> None:
+    calls: list[int] = []
+
+    def fail_at_ten(n: int) -> int:
+        calls.append(n)
+        if n == 10:
+            raise OSError("disk full")
+        return n
+
+    before = threading.active_count()
+    with pytest.raises(OSError, match="disk full"):
+        list(map_unordered(fail_at_ten, iter(range(100_000)), workers=4, window=8))
+    assert len(calls) < 100, "the workers went on after the failure"
+    assert threading.active_count() == before
+
+
+def test_a_consumer_that_stops_early_stops_the_workers() -> None:
+    before = threading.active_count()
+    results = map_unordered(lambda n: n, iter(range(100_000)), workers=4, window=8)
+    assert next(results) is not None
+    results.close()
+    assert threading.active_count() == before
