@@ -197,7 +197,18 @@ class PageFacts:
         return self.project_status != "quarantined"
 
 
-_HTML_PARSER = lxml.etree.HTMLParser(recover=True, no_network=True, huge_tree=True)
+class _PageTools(threading.local):
+    """A parser and compiled XPaths per thread: lxml parsers must not be shared by threads,
+    and a thread of its own lets the parse (which releases the GIL) run beside the others."""
+
+    def __init__(self) -> None:
+        self.parser = lxml.etree.HTMLParser(recover=True, no_network=True, huge_tree=True)
+        self.version = lxml.etree.XPath('//meta[@name="pypi:repository-version"]/@content')
+        self.status = lxml.etree.XPath('//meta[@name="pypi:project-status"]/@content')
+        self.link_without_href = lxml.etree.XPath("boolean(//a[not(@href)])")
+
+
+_PAGE_TOOLS = _PageTools()
 
 
 def inspect_simple_page(name: str, body: bytes) -> PageFacts:
@@ -206,7 +217,7 @@ def inspect_simple_page(name: str, body: bytes) -> PageFacts:
     A CDN error page, JSON, an empty or non-UTF-8 body would otherwise be
     mirrored and signed. Raises NotASimplePage.
     """
-    if not body.strip():
+    if not body or body.isspace():
         raise NotASimplePage(name, "empty body")
     try:
         body.decode("utf-8")
@@ -215,18 +226,19 @@ def inspect_simple_page(name: str, body: bytes) -> PageFacts:
     head = body[:512].lstrip().lower()
     if not (head.startswith(b"<!doctype html") or head.startswith(b"<html")):
         raise NotASimplePage(name, "not an HTML document")
+    tools = _PAGE_TOOLS
     try:
-        root = lxml.etree.fromstring(body, _HTML_PARSER)
+        root = lxml.etree.fromstring(body, tools.parser)
     except lxml.etree.LxmlError as exc:
         raise NotASimplePage(name, f"unparsable HTML: {exc}") from None
     if root is None:
         raise NotASimplePage(name, "unparsable HTML")
-    versions = root.xpath('//meta[@name="pypi:repository-version"]/@content')
+    versions = tools.version(root)
     if not versions or not str(versions[0]).startswith("1."):
         raise NotASimplePage(name, "no pypi:repository-version 1.x meta tag")
-    if any(anchor.get("href") is None for anchor in root.iter("a")):
+    if tools.link_without_href(root):
         raise NotASimplePage(name, "a link without href")
-    status = root.xpath('//meta[@name="pypi:project-status"]/@content')
+    status = tools.status(root)
     return PageFacts(str(status[0]) if status else "active")
 
 
@@ -484,14 +496,14 @@ class PypiClient:
     def fetch_page(self, name: str) -> FetchedPage:
         """GET /simple/<name>/ once; raises Transient, NotASimplePage or UpstreamError."""
         self._count_request()
-        url = f"{self.base_url}/simple/{name}/"
-        response = self.pages.get(url, name)
+        path = f"/simple/{name}/"
+        response = self.pages.get(path, name)
         consumed = False
         try:
             headers = response.headers
             if response.status == 404:
                 return FetchedPage(name, None, None, None)
-            check_status_of(response.status, headers, name, url)
+            check_status_of(response.status, headers, name, self.base_url + path)
             content_type = headers.get("Content-Type", "").split(";")[0].strip().lower()
             if content_type not in SIMPLE_HTML_TYPES:
                 raise NotASimplePage(name, f"Content-Type {content_type or 'missing'}")
@@ -517,37 +529,49 @@ class PagePool:
     """
 
     def __init__(self, base_url: str, config: ClientSettings, environment: HttpEnvironment):
+        self.base_url = base_url
         self.timeout = urllib3.Timeout(connect=config.connect_timeout, read=config.timeout)
         self.headers = {
             "User-Agent": USER_AGENT,
             "Accept": HTML_ACCEPT,
             "Accept-Encoding": "gzip, deflate",
         }
-        credentials = requests.utils.get_netrc_auth(base_url)
-        if credentials:
-            self.headers.update(urllib3.make_headers(basic_auth=":".join(credentials)))
+        if environment.auth:
+            self.headers.update(urllib3.make_headers(basic_auth=":".join(environment.auth)))
         pool_options: dict[str, object] = {"maxsize": config.workers, "block": False}
         if base_url.startswith("https:"):
-            bundle = (
-                os.environ.get("REQUESTS_CA_BUNDLE")
-                or os.environ.get("CURL_CA_BUNDLE")
-                or requests.utils.DEFAULT_CA_BUNDLE_PATH
-            )
+            bundle = environment.ca_bundle or requests.utils.DEFAULT_CA_BUNDLE_PATH
             pool_options["cert_reqs"] = "CERT_REQUIRED"
             pool_options["ca_cert_dir" if os.path.isdir(bundle) else "ca_certs"] = bundle
-        proxy = requests.utils.select_proxy(base_url, requests.utils.get_environ_proxies(base_url))
+        proxy = environment.proxy_for(base_url)
         self.manager: urllib3.PoolManager
         if proxy:
             self.manager = proxy_manager(proxy, pool_options)
         else:
             self.manager = urllib3.PoolManager(num_pools=1, **pool_options)
+        # One host: its pool directly, no URL parsing and pool lookup per page; but a
+        # plain-http proxy wants the whole URL in each request, which the manager adds.
+        forwarding = proxy is not None and not proxy.lower().startswith("socks")
+        forwarding &= base_url.startswith("http:")
+        self._pool = None if forwarding else self.manager.connection_from_url(base_url)
+        self._path_prefix = urllib3.util.parse_url(base_url).path or ""
 
-    def get(self, url: str, what: str) -> urllib3.BaseHTTPResponse:
-        """Send the GET; the body is left to read (`read_page_body`), then `done`."""
+    def get(self, path: str, what: str) -> urllib3.BaseHTTPResponse:
+        """GET `base_url` + `path`; the body is left to read (`read_page_body`), then `done`."""
         try:
+            if self._pool is not None:
+                return self._pool.urlopen(
+                    "GET",
+                    self._path_prefix + path,
+                    headers=self.headers,
+                    timeout=self.timeout,
+                    retries=False,
+                    redirect=False,
+                    preload_content=False,
+                )
             return self.manager.urlopen(
                 "GET",
-                url,
+                self.base_url + path,
                 headers=self.headers,
                 timeout=self.timeout,
                 retries=False,
