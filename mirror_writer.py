@@ -130,6 +130,10 @@ class MirrorWriter:
             assert change.page.body is not None
             self.store(f"{self._simple}/{change.name}", change.page.body, change.old)
 
+    def store_new(self, name: str, body: bytes) -> None:
+        """Write the page of project `name`, which has none on disk yet."""
+        self.store(f"{self._simple}/{name}", body, None)
+
     def store(self, directory: str | Path, body: bytes, old: bytes | None) -> bool:
         """Write `body` as directory/index.html plus its prefixed copy; retire the old copy.
 

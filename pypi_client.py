@@ -8,6 +8,7 @@ the mirror; `pypi_mirror.py` does that.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -382,7 +383,7 @@ class PypiClient:
     def _timeout(self) -> tuple[float, float]:
         return (self.config.connect_timeout, self.config.timeout)
 
-    @property
+    @functools.cached_property
     def retry_policy(self) -> RetryPolicy:
         """``--retries`` and ``--backoff``, sleeping through the injected `sleep`."""
         return RetryPolicy(self.config.retries, self.config.backoff, self._sleep)
@@ -517,6 +518,10 @@ class PypiClient:
         return FetchedPage(name, body, int(serial_header), inspect_simple_page(name, body))
 
 
+# urllib3 would build this from retries=False on every request
+NO_RETRIES = urllib3.Retry(total=False, redirect=False)
+
+
 class PagePool:
     """Keep-alive connections for page GETs: urllib3 directly, with the `HttpEnvironment`.
 
@@ -565,7 +570,7 @@ class PagePool:
                     self._path_prefix + path,
                     headers=self.headers,
                     timeout=self.timeout,
-                    retries=False,
+                    retries=NO_RETRIES,
                     redirect=False,
                     preload_content=False,
                 )
@@ -574,7 +579,7 @@ class PagePool:
                 self.base_url + path,
                 headers=self.headers,
                 timeout=self.timeout,
-                retries=False,
+                retries=NO_RETRIES,
                 redirect=False,
                 preload_content=False,
             )

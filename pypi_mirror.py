@@ -383,7 +383,7 @@ class Sync:
         direct = page.body is not None and old is None and not record_changes
         if direct and not self.config.dry_run:
             assert page.body is not None
-            self.writer.store(self.layout.project_dir(name), page.body, None)
+            self.writer.store_new(name, page.body)
             return Fetched(name, item, page, None, written=True)
         return Fetched(name, item, page, old)
 
