@@ -11,7 +11,8 @@ This module is the orchestration (`Sync`) and the command line (`main`); each
 concern it orchestrates has a module of its own beside it:
 
 - ``settings.py``: every option (flag, environment, config file) and `Config`;
-- ``pypi_client.py``: the only code that speaks to PyPI;
+- ``pypi_client.py``: the only code that speaks to PyPI (its XML-RPC answers are
+  parsed by ``xmlrpc_stream.py``);
 - ``changelog.py``: what the changelog and the listing mean (pure);
 - ``root_index.py``: the root page, rendered and merged as a stream (pure);
 - ``mirror_writer.py``: the only code that changes the served tree;
