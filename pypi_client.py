@@ -21,8 +21,9 @@ from typing import Protocol, TypeVar
 import lxml.etree
 import requests
 
-from cli_support import VERSION, ToolError
+from cli_support import ToolError
 from http_retry import (
+    USER_AGENT,
     BodyTooLarge,
     Retryable,
     RetryPolicy,
@@ -37,7 +38,6 @@ from xmlrpc_stream import AnswerParser, MalformedAnswer
 log = logging.getLogger("pypi_mirror")
 T = TypeVar("T")
 
-USER_AGENT = f"pypi-index-mirror/{VERSION} (+python-requests/{requests.__version__})"
 HTML_ACCEPT = "application/vnd.pypi.simple.v1+html, text/html;q=0.9"
 SIMPLE_HTML_TYPES = ("application/vnd.pypi.simple.v1+html", "text/html")
 
