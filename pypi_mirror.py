@@ -14,6 +14,7 @@ concern it orchestrates has a module of its own beside it:
 - ``pypi_client.py``: the only code that speaks to PyPI (its XML-RPC answers are
   parsed by ``xmlrpc_stream.py``);
 - ``changelog.py``: what the changelog and the listing mean (pure);
+- ``sync_plan.py``: what a run fetches and rewrites, from what it read (pure);
 - ``root_index.py``: the root page, rendered and merged as a stream (pure);
 - ``mirror_writer.py``: the only code that changes the served tree;
 - ``state.py``: state.json, with the RSTUF outbox;
@@ -53,15 +54,14 @@ from mirror_writer import Change, MirrorWriter
 from progress import Progress
 from pypi_client import (
     FetchedPage,
-    MissingPage,
     PypiClient,
-    StalePage,
     UpstreamError,
 )
 from root_index import iter_root_index, merge_root, render_root_lines
 from rstuf_outbox import RstufDelivery
 from settings import Config, config_from
 from state import PendingProject, State, clear_state_temps, load_state, save_state
+from sync_plan import current_projects, full_sync_fetches, root_changes, stale_answer
 
 log = logging.getLogger("pypi_mirror")
 # The one line every run ends with; logged at INFO even under -q (see `run`).
@@ -198,19 +198,11 @@ class Sync:
             self.state.full_sync_in_progress = True
             self.save()
         local = self.writer.local_projects()
-        if self.config.full_check or not local:  # archiving leaves the serial as it was
+        if self.config.full_check:  # archiving leaves the serial as it was: fetch them all
             current: set[str] = set()
         else:
-            current = {n for n, item in wanted.items() if self.is_current(n, item, local)}
-        gone = local - wanted.serials.keys()
-        if not current and not gone and not self.state.pending:
-            to_fetch = wanted  # a first sync: no second 700,000-entry dict or list
-        else:
-            to_fetch = {name: item for name, item in wanted.items() if name not in current}
-        for name in gone:  # PyPI no longer lists it: let its page decide
-            to_fetch[name] = PendingProject(name, 0)
-        for name, item in self.state.pending.items():
-            merge_pending(to_fetch, name, item)
+            current = current_projects(wanted, local, self.writer.local_serial, self.state.pending)
+        to_fetch = full_sync_fetches(wanted, local, current, self.state.pending)
         self.summary.unchanged += len(current)
         outcome = self.refresh(to_fetch, record_changes=not first)
         members = (
@@ -222,12 +214,6 @@ class Sync:
         self.state.serial = target if self.state.serial is None else max(self.state.serial, target)
         self.state.full_sync_in_progress = False
 
-    def is_current(self, name: str, item: PendingProject, local: set[str]) -> bool:
-        if name not in local or name in self.state.pending:
-            return False
-        on_disk = self.writer.local_serial(name)
-        return on_disk is not None and on_disk >= item.serial
-
     # updates from the changelog
 
     def update(self) -> None:
@@ -237,24 +223,21 @@ class Sync:
         last_serial = self.pypi.changelog_last_serial()
         to_fetch: dict[str, PendingProject] = {}
         newest = since
-        identity_changed: set[str] = set()  # renamed, created or removed: see identity_changes
+        renamed: set[str] = set()  # renamed, created or removed: see identity_changes
         for entries in self.pypi.changelog_since(since, last_serial):
             for name, item in projects_to_refresh(entries).items():
                 merge_pending(to_fetch, name, item)
-            identity_changed |= identity_changes(entries)
+            renamed |= identity_changes(entries)
             newest = entries[-1].serial
         for name, item in self.state.pending.items():
             merge_pending(to_fetch, name, item)
         log.info("changelog %d->%d: %d projects to refresh", since, newest, len(to_fetch))
         outcome = self.refresh(to_fetch, record_changes=True)
         fetched = to_fetch.keys() - outcome.failed
-        if self.membership_changed or self.state.root_stale or identity_changed & fetched:
-            self.rewrite_root(
-                {
-                    name: to_fetch[name].display_name if outcome.lists(name) else None
-                    for name in fetched
-                }
-            )
+        membership = self.membership_changed or self.state.root_stale
+        changes = root_changes(to_fetch, fetched, outcome.lists, renamed, membership)
+        if changes is not None:
+            self.rewrite_root(changes)
         self.state.serial = newest
 
     def rewrite_root(self, changes: dict[str, str | None]) -> None:
@@ -366,11 +349,8 @@ class Sync:
 
         def attempt() -> FetchedPage:
             page = self.pypi.with_retries(name, lambda: self.pypi.fetch_page(name))
-            if page.body is None:
-                if item.expect_page:
-                    raise MissingPage(name, item.serial)
-            elif page.serial is None or page.serial < item.serial:
-                raise StalePage(name, item.serial, page.serial or 0)
+            if problem := stale_answer(page, item):
+                raise problem
             return page
 
         return call_with_retries(attempt, self.pypi.retry_policy, name, log, logging.DEBUG)
