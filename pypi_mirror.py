@@ -154,7 +154,7 @@ class Sync:
             if not self.config.dry_run:
                 self.writer.collect_retired(self.config.grace)
                 sync_filesystem(self.layout.root)  # every page durable before the serial moves
-                self.save()
+                self.save("run-end")
                 self.deliver_outbox()
         self.summary.serial_after = self.state.serial
         self.summary.requests = self.pypi.requests_made
@@ -168,9 +168,10 @@ class Sync:
         state = self.state
         return state.serial is None or state.full_sync_in_progress or self.config.full_check
 
-    def save(self) -> None:
+    def save(self, why: str = "") -> None:
+        """Write state.json (not in a dry run); `why` names the moment for the crash tests."""
         if not self.config.dry_run:
-            crash_point("state-save")
+            crash_point("state-save", (why,))
             save_state(self.config.state_file, self.state)
 
     # first sync and --full-check
@@ -196,7 +197,7 @@ class Sync:
         )
         if not self.state.full_sync_in_progress:
             self.state.full_sync_in_progress = True
-            self.save()
+            self.save("full-sync-started")
         local = self.writer.local_projects()
         if self.config.full_check:  # archiving leaves the serial as it was: fetch them all
             current: set[str] = set()
@@ -269,7 +270,7 @@ class Sync:
             self.writer.retire(old_copy)
         if record_change:
             self.state.outbox.dirty.add(ROOT_TARGET)
-        self.save()
+        self.save("root-intent")
         served.mkdir(parents=True, exist_ok=True)
         self.writer.install(served, temp, digest)
         if old_copy is not None:
@@ -374,7 +375,7 @@ class Sync:
             self.state.outbox.dirty.update(project_target(change.name) for change in batch)
             self.state.root_stale |= membership
         if record_changes or any(retiring):
-            self.save()  # the batch's intent is durable before it touches the disk
+            self.save("batch-intent")  # durable before the batch touches the disk
         for change in batch:
             self.writer.apply(change)
             self.count(change)
@@ -414,7 +415,7 @@ class Sync:
         ).deliver()
         self.summary.rstuf_sent += report.sent
         self.writer.restart_grace(report.confirmed)
-        self.save()
+        self.save("delivered")
         self.summary.problems.extend(f"RSTUF: {error}" for error in report.errors)
 
 
