@@ -366,6 +366,7 @@ class PypiClient:
                 parser.feed(chunk)
             parser.close()
             (result,) = unmarshaller.close()
+            log.debug("XML-RPC %s: HTTP %d, %d bytes", method, response.status_code, received)
         except requests.RequestException as exc:
             raise Transient(f"XML-RPC {method}: answer cut off: {exc}") from exc
         except xmlrpc.client.Fault as fault:
@@ -433,6 +434,7 @@ class PypiClient:
             raise Transient(f"{name}: connection failed: {exc}") from exc
         with response:
             if response.status_code == 404:
+                log.debug("page %s: HTTP 404", name)
                 return FetchedPage(name, None, None, None)
             check_status(response, name)
             content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
@@ -442,6 +444,7 @@ class PypiClient:
             if not serial_header.isdigit():
                 raise NotASimplePage(name, "no X-PyPI-Last-Serial header")
             body = read_capped(response, self.config.max_page_bytes, name)
+        log.debug("page %s: HTTP 200, serial %s, %d bytes", name, serial_header, len(body))
         return FetchedPage(name, body, int(serial_header), inspect_simple_page(name, body))
 
 
