@@ -17,6 +17,7 @@ concern it orchestrates has a module of its own beside it:
 - ``mirror_writer.py``: the only code that changes the served tree;
 - ``state.py``: state.json, with the RSTUF outbox;
 - ``rstuf_outbox.py`` and ``rstuf_client.py``: delivering changes to RSTUF;
+- ``http_retry.py``: when both HTTP clients retry, and how much of an answer they read;
 - ``mirror_store.py``: the disk's rules (names, paths, hashing, the lock);
 - ``cli_support.py``: version, exit codes, logging, the one error funnel.
 """
@@ -45,6 +46,7 @@ from cli_support import (
     failure,
     run_cli,
 )
+from http_retry import call_with_retries
 from mirror_store import (
     ROOT_TARGET,
     MirrorLayout,
@@ -64,7 +66,6 @@ from pypi_client import (
     PypiClient,
     StalePage,
     UpstreamError,
-    retry_delay,
 )
 from root_index import iter_root_index, merge_root, render_root_lines
 from rstuf_outbox import RstufDelivery
@@ -411,20 +412,17 @@ class Sync:
         Older means a lower ``X-PyPI-Last-Serial``, or a 404 for a project the
         changelog's newest entry says exists. Raises StalePage or MissingPage.
         """
-        for attempt in range(self.config.retries + 1):
+
+        def attempt() -> FetchedPage:
             page = self.pypi.with_retries(name, lambda: self.pypi.fetch_page(name))
-            assert isinstance(page, FetchedPage)
             if page.body is None:
-                if not item.expect_page:
-                    return page
-            elif page.serial is not None and page.serial >= item.serial:
-                return page
-            log.debug("%s: stale answer (serial %s < %d)", name, page.serial, item.serial)
-            if attempt < self.config.retries:
-                time.sleep(retry_delay(attempt, self.config.backoff, None))
-        if page.body is None:
-            raise MissingPage(name, item.serial)
-        raise StalePage(name, item.serial, page.serial or 0)
+                if item.expect_page:
+                    raise MissingPage(name, item.serial)
+            elif page.serial is None or page.serial < item.serial:
+                raise StalePage(name, item.serial, page.serial or 0)
+            return page
+
+        return call_with_retries(attempt, self.pypi.retry_policy, name, log, logging.DEBUG)
 
     def keep_pending(self, name: str, item: PendingProject, error: Exception) -> None:
         log.warning("%s; kept pending for the next run", error)
