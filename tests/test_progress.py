@@ -175,13 +175,13 @@ def test_on_a_terminal_the_bar_and_the_log_lines_share_the_screen_cleanly(
     assert re.search(r"\d+/205 ", output), output
     logged = assert_log_lines_start_their_own_line(output)
     assert any("kept pending" in line for line in logged)
-    assert any("retrying in" in line for line in logged)
+    assert any(re.search(r"; retry \d+/\d+ in ", line) for line in logged)
     assert visible_lines(output)[-2].split(" INFO ")[1].startswith("summary ")
 
 
 @pytest.fixture
 def rstuf() -> Iterator[FakeRstuf]:
-    with FakeRstuf(step=0.3) as fake:  # each task takes ~0.6 s: delivering is a long phase
+    with FakeRstuf(step=0.15) as fake:  # each task takes ~0.3 s: delivering is a long phase
         yield fake
 
 
@@ -194,7 +194,7 @@ def test_without_a_terminal_long_phases_log_progress_lines(
     mirror.rstuf_url = rstuf.url
     pypi.add_release("numpy", "2.0")
     pypi.add_release("Django", "2.0")
-    pypi.inject("numpy", "slow", seconds=1)  # fetching lasts a second
+    pypi.inject("numpy", "slow", seconds=0.5)  # fetching lasts half a second
     result = mirror.cli("--progress-interval", "0.05", "--rstuf-poll", "0.05")
     assert result.returncode == 0, result.stderr
     assert "\r" not in result.stderr

@@ -96,12 +96,19 @@ def test_the_oldest_unsent_change_keeps_its_time_across_runs(
 ) -> None:
     pypi.add_release("numpy", "2.0")
     assert mirror.run() == 0
-    first = status_of(mirror, capsys)["outbox"]["oldest_unsent"]
-    time.sleep(1.1)  # the status's times have whole seconds
+    first = run_status.load_status(mirror.layout.status_file)
+    assert first is not None and first.last_run is not None
     pypi.add_release("Django", "2.0")
     assert mirror.run() == 0
-    outbox = status_of(mirror, capsys)["outbox"]
-    assert outbox["paths"] == 2 and outbox["oldest_unsent"] == first
+    second = run_status.load_status(mirror.layout.status_file)
+    assert second is not None and second.last_run is not None
+    since = second.mirror.outbox_since
+    assert since["simple/numpy/index.html"] == first.mirror.outbox_since["simple/numpy/index.html"]
+    assert since["simple/django/index.html"] == second.last_run.started
+    assert second.mirror.oldest_unsent == first.last_run.started
+    assert status_of(mirror, capsys)["outbox"]["oldest_unsent"] == run_status.iso(
+        first.last_run.started
+    )
 
 
 def test_a_failed_run_is_recorded_with_its_exit_code_and_line(
@@ -135,9 +142,9 @@ def test_a_partly_done_run_names_its_pending_projects(
 
 def test_a_stopped_run_is_recorded(mirror: Mirror, pypi: FakePyPI) -> None:
     pypi.add_release("numpy", "2.0")
-    pypi.inject("numpy", "slow", seconds=2)  # a stop waits for the requests in flight
+    pypi.inject("numpy", "slow", seconds=60)
     pypi.reset_log()
-    process = mirror.popen()
+    process = mirror.popen("--timeout", "1")  # a stop waits for the requests in flight
     deadline = time.monotonic() + 60
     while pypi.count_pages("numpy") == 0 and time.monotonic() < deadline:
         time.sleep(0.02)  # the run is now waiting for the slow page
