@@ -11,7 +11,8 @@ This module is the orchestration (`Sync`) and the command line (`main`); each
 concern it orchestrates has a module of its own beside it:
 
 - ``settings.py``: every option (flag, environment, config file) and `Config`;
-- ``pypi_client.py``: the only code that speaks to PyPI;
+- ``pypi_client.py``: the only code that speaks to PyPI (its XML-RPC answers are
+  parsed by ``xmlrpc_stream.py``);
 - ``changelog.py``: what the changelog and the listing mean (pure);
 - ``root_index.py``: the root page, rendered and merged as a stream (pure);
 - ``mirror_writer.py``: the only code that changes the served tree;
@@ -60,7 +61,6 @@ from mirror_store import (
 from mirror_writer import Change, MirrorWriter
 from progress import Progress
 from pypi_client import (
-    USER_AGENT,
     FetchedPage,
     MissingPage,
     PypiClient,
@@ -74,7 +74,7 @@ from settings import Config, config_from
 from state import PendingProject, State, clear_state_temps, load_state, save_state
 
 log = logging.getLogger("pypi_mirror")
-# The one line every run ends with; logged at INFO even under -q (see `main`).
+# The one line every run ends with; logged at INFO even under -q (see `run`).
 summary_log = logging.getLogger("pypi_mirror.summary")
 
 
@@ -286,18 +286,18 @@ class Sync:
         last_serial = self.upstream_last_serial()
         to_fetch: dict[str, PendingProject] = {}
         newest = since
-        renamed: set[str] = set()
+        identity_changed: set[str] = set()  # renamed, created or removed: see identity_changes
         for entries in self.pypi.changelog_since(since, last_serial):
             for name, item in projects_to_refresh(entries).items():
                 merge_pending(to_fetch, name, item)
-            renamed |= identity_changes(entries)
+            identity_changed |= identity_changes(entries)
             newest = entries[-1].serial
         for name, item in self.state.pending.items():
             merge_pending(to_fetch, name, item)
         log.info("changelog %d->%d: %d projects to refresh", since, newest, len(to_fetch))
         outcome = self.refresh(to_fetch, record_changes=True)
         fetched = to_fetch.keys() - outcome.failed
-        if self.membership_changed or self.state.root_stale or renamed & fetched:
+        if self.membership_changed or self.state.root_stale or identity_changed & fetched:
             self.rewrite_root(
                 {
                     name: to_fetch[name].display_name if outcome.lists(name) else None
@@ -526,7 +526,6 @@ def make_rstuf_client(config: Config) -> rstuf_client.RstufClient:
         retries=config.retries,
         backoff=config.backoff,
         poll_interval=config.rstuf_poll,
-        user_agent=USER_AGENT,
     )
 
 
