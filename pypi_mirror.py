@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import functools
 import logging
 import sys
@@ -38,7 +39,15 @@ from dataclasses import dataclass, field
 import rstuf_client
 import settings
 from changelog import Listing, add_listed, identity_changes, merge_pending, projects_to_refresh
-from cli_support import EXIT_OK, EXIT_PARTIAL, UsageError, configure_logging, run_cli
+from cli_support import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    UsageError,
+    configure_logging,
+    failure,
+    run_cli,
+)
 from http_retry import call_with_retries
 from mirror_store import (
     ROOT_TARGET,
@@ -59,6 +68,7 @@ from pypi_client import (
 )
 from root_index import iter_root_index, merge_root, render_root_lines
 from rstuf_outbox import RstufDelivery
+from run_status import StatusRecorder, show_status
 from settings import Config, config_from
 from state import PendingProject, State, clear_state_temps, load_state, save_state
 from sync_plan import current_projects, full_sync_fetches, root_changes, stale_answer
@@ -82,6 +92,8 @@ class Summary:
     rstuf_sent: int = 0
     serial_before: int | None = None
     serial_after: int | None = None
+    upstream_serial: int | None = None  # PyPI's last serial, as this run saw it
+    upstream_seen: float | None = None  # when (epoch seconds)
     elapsed: float = 0.0
     problems: list[str] = field(default_factory=list)
 
@@ -131,12 +143,16 @@ class Sync:
         self.state = State()
         self.writer = MirrorWriter(self.layout, self.state)
         self.membership_changed = False
+        self.status = StatusRecorder(
+            self.layout.status_file, self.layout.staging_dir, config.metrics_file
+        )
+        self.started = time.monotonic()
 
     # the run
 
     def run(self) -> int:
-        started = time.monotonic()
-        with mirror_lock(self.layout.lock_path):
+        self.started = time.monotonic()
+        with mirror_lock(self.layout.lock_path), self.recording():
             clear_staging(self.layout.staging_dir)
             clear_state_temps(self.config.state_file)
             self.state = load_state(self.config.state_file)
@@ -156,13 +172,46 @@ class Sync:
                 sync_filesystem(self.layout.root)  # every page durable before the serial moves
                 self.save("run-end")
                 self.deliver_outbox()
-        self.summary.serial_after = self.state.serial
-        self.summary.requests = self.pypi.requests_made
-        self.summary.elapsed = time.monotonic() - started
         for problem in self.summary.problems:
             log.warning("%s", problem)
         summary_log.info("%s", self.summary.line())
+        return self.exit_code()
+
+    def exit_code(self) -> int:
         return EXIT_PARTIAL if self.summary.problems or self.state.pending else EXIT_OK
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[None]:
+        """Record the run in status.json (and --metrics-file) when it starts and however it ends.
+
+        The one place a run's end is recorded, inside the lock: an exception
+        (a failure, SIGTERM) is recorded with its exit code and line, then goes on
+        to `run_cli`. A dry run changes nothing, so it records nothing.
+        """
+        if self.config.dry_run:
+            yield
+            return
+        unread = self.state  # replaced when state.json is loaded; kept if that failed
+        self.status.begin()
+        exit_code, error = EXIT_FAILED, None
+        try:
+            yield
+            exit_code = self.exit_code()
+        except BaseException as exc:
+            exit_code, error = failure(exc)
+            raise
+        finally:
+            self.summary.serial_after = self.state.serial
+            self.summary.requests = self.pypi.requests_made
+            self.summary.elapsed = time.monotonic() - self.started
+            loaded = self.state if self.state is not unread else None
+            self.status.end(exit_code, error, self.summary, loaded)
+
+    def upstream_last_serial(self) -> int:
+        """PyPI's last changelog serial, noted for the status file (the lag behind it)."""
+        serial = self.pypi.changelog_last_serial()
+        self.summary.upstream_serial, self.summary.upstream_seen = serial, time.time()
+        return serial
 
     def needs_full_sync(self) -> bool:
         state = self.state
@@ -185,7 +234,7 @@ class Sync:
         sync records nothing for RSTUF: RSTUF is bootstrapped from the CSV.
         """
         first = self.state.serial is None and not self.layout.root_page.exists()
-        last_serial = self.pypi.changelog_last_serial()
+        last_serial = self.upstream_last_serial()
         wanted = Listing()  # only checked serials set the target
         self.pypi.list_packages_with_serial(functools.partial(add_listed, wanted))
         target = min(last_serial, max(wanted.serials.values(), default=last_serial))
@@ -221,7 +270,7 @@ class Sync:
         """Apply the changelog since ``state.serial``: fetch each mentioned project once."""
         since = self.state.serial
         assert since is not None
-        last_serial = self.pypi.changelog_last_serial()
+        last_serial = self.upstream_last_serial()
         to_fetch: dict[str, PendingProject] = {}
         newest = since
         renamed: set[str] = set()  # renamed, created or removed: see identity_changes
@@ -293,7 +342,7 @@ class Sync:
         self.progress.start(len(wanted), "fetching")
         batch: list[Change] = []
         for name, fetched in self.fetch_all(wanted):
-            self.progress.advance()
+            self.progress.advance(failed=isinstance(fetched, Exception))
             if isinstance(fetched, Exception):
                 self.keep_pending(name, wanted[name], fetched)
                 outcome.failed.add(name)
@@ -405,18 +454,31 @@ class Sync:
                 len(box),
             )
             return
+        self.progress.start(self.unconfirmed(), "delivering", unit="paths")
         report = RstufDelivery(
             self.state,
             self.layout,
             self.rstuf,
-            self.save,
+            self.save_delivery_step,
             wait=self.config.rstuf_wait,
             batch=self.config.rstuf_batch,
         ).deliver()
+        self.progress.finish()
         self.summary.rstuf_sent += report.sent
         self.writer.restart_grace(report.confirmed)
         self.save("delivered")
         self.summary.problems.extend(f"RSTUF: {error}" for error in report.errors)
+
+    def unconfirmed(self) -> int:
+        """Outbox paths RSTUF has not confirmed: len(outbox) without its set union (cheap)."""
+        box = self.state.outbox
+        return len(box.dirty) + sum(len(task.paths) for task in box.tasks)
+
+    def save_delivery_step(self) -> None:
+        """Save a durable step of the RSTUF delivery, and show how far the delivery got."""
+        self.save()
+        if self.progress.phase is not None:
+            self.progress.update_to(self.progress.phase.total - self.unconfirmed())
 
 
 # --- main
@@ -456,15 +518,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run(config: Config) -> int:
     configure_logging(config.verbose, config.quiet)
+    if config.status:
+        return show_status(MirrorLayout(config.mirror_dir).status_file, config.status_json)
+    if config.metrics_file is not None and not config.metrics_file.parent.is_dir():
+        raise UsageError(f"--metrics-file {config.metrics_file}: no such directory")
     summary_log.setLevel(logging.INFO)  # cron keeps one line per run, even under -q
     pypi = PypiClient(config.pypi_url, config)
     try:
         rstuf = make_rstuf_client(config) if config.rstuf_url else None
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    progress = Progress(config.progress, config.progress_interval)
     try:
-        return Sync(config, pypi, rstuf, Progress(config.progress)).run()
+        return Sync(config, pypi, rstuf, progress).run()
     finally:
+        progress.close()
         pypi.close()
         if rstuf is not None:
             rstuf.close()
