@@ -1,7 +1,7 @@
 """What PyPI's changelog and listing mean for the mirror: pure functions, no I/O.
 
 The changelog names projects; the page fetched afterwards decides whether a
-project exists (REFERENCE of warehouse's journal actions: a removal is the
+project exists (of the journal actions warehouse writes, a removal is the
 only action after which a 404 is right). The whole listing of a full sync is
 held in a compact `Listing`.
 """
@@ -306,15 +306,22 @@ class Selection(Mapping[str, PendingProject]):
 
     def __init__(self, listing: Listing) -> None:
         self.listing = listing
-        self._excluded = bytearray(len(listing))
-        self._excluded_count = 0
+        self._hidden = bytearray(len(listing))  # 1: excluded, or superseded by `extra`
+        self._hidden_count = 0
+        self.excluded = 0  # listed projects left out (found current)
         self.extra: dict[str, PendingProject] = {}
 
     def exclude(self, index: int) -> None:
-        """Leave out the listed project at sorted position `index`."""
-        if not self._excluded[index]:
-            self._excluded[index] = 1
-            self._excluded_count += 1
+        """Leave out the listed project at sorted position `index` (it is current)."""
+        if self._hide(index):
+            self.excluded += 1
+
+    def _hide(self, index: int) -> bool:
+        if self._hidden[index]:
+            return False
+        self._hidden[index] = 1
+        self._hidden_count += 1
+        return True
 
     def merge(self, name: str, item: PendingProject) -> None:
         """Add `item` unless the selection already wants `name` at a newer serial."""
@@ -323,14 +330,14 @@ class Selection(Mapping[str, PendingProject]):
             return
         index = self.listing.index(name)
         if index >= 0:
-            self.exclude(index)  # from now on it comes from `extra`
+            self._hide(index)  # from now on it comes from `extra`
         self.extra[name] = item
 
     def __getitem__(self, name: str) -> PendingProject:
         if name in self.extra:
             return self.extra[name]
         index = self.listing.index(name)
-        if index < 0 or self._excluded[index]:
+        if index < 0 or self._hidden[index]:
             raise KeyError(name)
         return self.listing.item(index)
 
@@ -338,15 +345,15 @@ class Selection(Mapping[str, PendingProject]):
         return (name for name, _ in self.iter_items())
 
     def __len__(self) -> int:
-        return len(self.listing) - self._excluded_count + len(self.extra)
+        return len(self.listing) - self._hidden_count + len(self.extra)
 
     def items(self) -> ItemsView[str, PendingProject]:
         return _Items(self)
 
     def iter_items(self) -> Iterator[tuple[str, PendingProject]]:
-        excluded = self._excluded
+        hidden = self._hidden
         for index, pair in enumerate(self.listing.iter_items()):
-            if not excluded[index]:
+            if not hidden[index]:
                 yield pair
         yield from self.extra.items()
 

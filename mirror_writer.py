@@ -90,6 +90,7 @@ class MirrorWriter:
         self._staging_ready = False
         # str paths: a first sync writes 700,000 pages, and Path joins cost more than syscalls
         self._simple = os.fspath(layout.simple_dir)
+        self._served_prefix = os.fspath(layout.served_dir) + "/"
         self._temp_prefix = f"{os.fspath(layout.staging_dir)}/.tmp-{os.getpid()}-"
 
     def read_page(self, name: str) -> bytes | None:
@@ -148,7 +149,6 @@ class MirrorWriter:
         if old is None:
             make_directory(directory)
         temp = self._write_temp(body)
-        crash_point("page-temp")
         self.install(directory, temp, digest)
         self.retire_replaced(directory, old, body)
         return True
@@ -157,16 +157,19 @@ class MirrorWriter:
         """Move a staged page into place: hash-prefixed copy first, then ``index.html``."""
         directory = os.fspath(directory)
         copy = f"{directory}/{prefixed_name(digest)}"
+        relative = self._relative(copy)
+        target = (target_of_copy(relative),)
         try:
+            crash_point("page-temp", target)
             self._link_copy(temp, copy)
             os.rename(temp, f"{directory}/{PAGE_NAME}")
-            crash_point("page-renamed")
+            crash_point("page-renamed", target)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp)
             raise
         if self.state.retired:
-            self.state.retired.pop(self._relative(copy), None)
+            self.state.retired.pop(relative, None)
 
     def stage(self, chunks: Iterable[bytes], keep: bool = True) -> tuple[str | None, str]:
         """Write `chunks` to a temp file (unless not `keep`), hashing them on the way."""
@@ -308,6 +311,9 @@ class MirrorWriter:
             directory.rmdir()
 
     def _relative(self, path: str | Path) -> str:
+        """`path` relative to the served tree, posix-style (a prefix cut for our own str paths)."""
+        if isinstance(path, str) and path.startswith(self._served_prefix):
+            return path[len(self._served_prefix) :]
         return Path(path).relative_to(self.layout.served_dir).as_posix()
 
 

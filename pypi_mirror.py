@@ -11,8 +11,10 @@ This module is the orchestration (`Sync`) and the command line (`main`); each
 concern it orchestrates has a module of its own beside it:
 
 - ``settings.py``: every option (flag, environment, config file) and `Config`;
-- ``pypi_client.py``: the only code that speaks to PyPI;
+- ``pypi_client.py``: the only code that speaks to PyPI (its XML-RPC answers are
+  parsed by ``xmlrpc_stream.py``);
 - ``changelog.py``: what the changelog and the listing mean (pure);
+- ``sync_plan.py``: what a run fetches and rewrites, from what it read (pure);
 - ``root_index.py``: the root page, rendered and merged as a stream (pure);
 - ``mirror_writer.py``: the only code that changes the served tree;
 - ``state.py``: state.json, with the RSTUF outbox;
@@ -25,25 +27,27 @@ concern it orchestrates has a module of its own beside it:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import rstuf_client
 import settings
-from changelog import (
-    Listing,
-    Selection,
-    add_listed,
-    identity_changes,
-    merge_pending,
-    projects_to_refresh,
+from changelog import Listing, add_listed, identity_changes, merge_pending, projects_to_refresh
+from cli_support import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    UsageError,
+    configure_logging,
+    failure,
+    run_cli,
 )
-from cli_support import EXIT_OK, EXIT_PARTIAL, UsageError, configure_logging, run_cli
 from http_retry import call_with_retries
 from mirror_store import (
     ROOT_TARGET,
@@ -58,21 +62,20 @@ from mirror_store import (
 from mirror_writer import Change, MirrorWriter
 from progress import Progress
 from pypi_client import (
-    USER_AGENT,
     FetchedPage,
-    MissingPage,
     PypiClient,
-    StalePage,
     UpstreamError,
 )
 from root_index import iter_root_index, merge_root, render_root_lines
 from rstuf_outbox import RstufDelivery
+from run_status import StatusRecorder, show_status
 from settings import Config, config_from
 from state import PendingProject, State, clear_state_temps, load_state, save_state
+from sync_plan import full_sync_fetches, root_changes, stale_answer
 from worker_pool import map_unordered
 
 log = logging.getLogger("pypi_mirror")
-# The one line every run ends with; logged at INFO even under -q (see `main`).
+# The one line every run ends with; logged at INFO even under -q (see `run`).
 summary_log = logging.getLogger("pypi_mirror.summary")
 
 
@@ -90,6 +93,8 @@ class Summary:
     rstuf_sent: int = 0
     serial_before: int | None = None
     serial_after: int | None = None
+    upstream_serial: int | None = None  # PyPI's last serial, as this run saw it
+    upstream_seen: float | None = None  # when (epoch seconds)
     elapsed: float = 0.0
     problems: list[str] = field(default_factory=list)
 
@@ -150,12 +155,16 @@ class Sync:
         self.state = State()
         self.writer = MirrorWriter(self.layout, self.state)
         self.membership_changed = False
+        self.status = StatusRecorder(
+            self.layout.status_file, self.layout.staging_dir, config.metrics_file
+        )
+        self.started = time.monotonic()
 
     # the run
 
     def run(self) -> int:
-        started = time.monotonic()
-        with mirror_lock(self.layout.lock_path):
+        self.started = time.monotonic()
+        with mirror_lock(self.layout.lock_path), self.recording():
             clear_staging(self.layout.staging_dir)
             clear_state_temps(self.config.state_file)
             self.state = load_state(self.config.state_file)
@@ -173,23 +182,57 @@ class Sync:
             if not self.config.dry_run:
                 self.writer.collect_retired(self.config.grace)
                 sync_filesystem(self.layout.root)  # every page durable before the serial moves
-                self.save()
+                self.save("run-end")
                 self.deliver_outbox()
-        self.summary.serial_after = self.state.serial
-        self.summary.requests = self.pypi.requests_made
-        self.summary.elapsed = time.monotonic() - started
         for problem in self.summary.problems:
             log.warning("%s", problem)
         summary_log.info("%s", self.summary.line())
+        return self.exit_code()
+
+    def exit_code(self) -> int:
         return EXIT_PARTIAL if self.summary.problems or self.state.pending else EXIT_OK
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[None]:
+        """Record the run in status.json (and --metrics-file) when it starts and however it ends.
+
+        The one place a run's end is recorded, inside the lock: an exception
+        (a failure, SIGTERM) is recorded with its exit code and line, then goes on
+        to `run_cli`. A dry run changes nothing, so it records nothing.
+        """
+        if self.config.dry_run:
+            yield
+            return
+        unread = self.state  # replaced when state.json is loaded; kept if that failed
+        self.status.begin()
+        exit_code, error = EXIT_FAILED, None
+        try:
+            yield
+            exit_code = self.exit_code()
+        except BaseException as exc:
+            exit_code, error = failure(exc)
+            raise
+        finally:
+            self.summary.serial_after = self.state.serial
+            self.summary.requests = self.pypi.requests_made
+            self.summary.elapsed = time.monotonic() - self.started
+            loaded = self.state if self.state is not unread else None
+            self.status.end(exit_code, error, self.summary, loaded)
+
+    def upstream_last_serial(self) -> int:
+        """PyPI's last changelog serial, noted for the status file (the lag behind it)."""
+        serial = self.pypi.changelog_last_serial()
+        self.summary.upstream_serial, self.summary.upstream_seen = serial, time.time()
+        return serial
 
     def needs_full_sync(self) -> bool:
         state = self.state
         return state.serial is None or state.full_sync_in_progress or self.config.full_check
 
-    def save(self) -> None:
+    def save(self, why: str = "") -> None:
+        """Write state.json (not in a dry run); `why` names the moment for the crash tests."""
         if not self.config.dry_run:
-            crash_point("state-save")
+            crash_point("state-save", (why,))
             save_state(self.config.state_file, self.state)
 
     # first sync and --full-check
@@ -203,7 +246,7 @@ class Sync:
         sync records nothing for RSTUF: RSTUF is bootstrapped from the CSV.
         """
         first = self.state.serial is None and not self.layout.root_page.exists()
-        last_serial = self.pypi.changelog_last_serial()
+        last_serial = self.upstream_last_serial()
         wanted = Listing(self.spill_dir())  # only checked serials set the target
         self.pypi.list_packages_with_serial(functools.partial(add_listed, wanted))
         target = min(last_serial, wanted.max_serial(default=last_serial))
@@ -215,8 +258,15 @@ class Sync:
         )
         if not self.state.full_sync_in_progress:
             self.state.full_sync_in_progress = True
-            self.save()
-        to_fetch = self.select(wanted)
+            self.save("full-sync-started")
+        # --full-check: archiving leaves the serial as it was, so fetch every listed project
+        to_fetch = full_sync_fetches(
+            wanted,
+            self.writer.local_projects(),
+            None if self.config.full_check else self.writer.local_serial,
+            self.state.pending,
+        )
+        self.summary.unchanged += to_fetch.excluded
         outcome = self.refresh(to_fetch, record_changes=not first)
         members = (
             (name, item.display_name)
@@ -234,38 +284,16 @@ class Sync:
         self.layout.staging_dir.mkdir(parents=True, exist_ok=True)
         return self.layout.staging_dir
 
-    def select(self, wanted: Listing) -> Selection:
-        """What a full sync fetches: every listed project but those already current, projects
-        the mirror has and PyPI no longer lists (their page decides), and the pending ones.
-
-        One pass over the mirror's directories, streamed: no set of its 700,000 names.
-        A ``--full-check`` fetches every listed project (archiving a project changes
-        its page, not its serial).
-        """
-        to_fetch = Selection(wanted)
-        for name in self.writer.local_projects():
-            index = wanted.index(name)
-            if index < 0:
-                to_fetch.merge(name, PendingProject(name, 0))
-            elif not self.config.full_check and name not in self.state.pending:
-                on_disk = self.writer.local_serial(name)
-                if on_disk is not None and on_disk >= wanted.item(index).serial:
-                    to_fetch.exclude(index)
-                    self.summary.unchanged += 1
-        for name, item in self.state.pending.items():
-            to_fetch.merge(name, item)
-        return to_fetch
-
     # updates from the changelog
 
     def update(self) -> None:
         """Apply the changelog since ``state.serial``: fetch each mentioned project once."""
         since = self.state.serial
         assert since is not None
-        last_serial = self.pypi.changelog_last_serial()
+        last_serial = self.upstream_last_serial()
         to_fetch: dict[str, PendingProject] = {}
         newest = since
-        renamed: set[str] = set()
+        renamed: set[str] = set()  # renamed, created or removed: see identity_changes
         for entries in self.pypi.changelog_since(since, last_serial):
             for name, item in projects_to_refresh(entries).items():
                 merge_pending(to_fetch, name, item)
@@ -276,13 +304,10 @@ class Sync:
         log.info("changelog %d->%d: %d projects to refresh", since, newest, len(to_fetch))
         outcome = self.refresh(to_fetch, record_changes=True)
         fetched = to_fetch.keys() - outcome.failed
-        if self.membership_changed or self.state.root_stale or renamed & fetched:
-            self.rewrite_root(
-                {
-                    name: to_fetch[name].display_name if outcome.lists(name) else None
-                    for name in fetched
-                }
-            )
+        membership = self.membership_changed or self.state.root_stale
+        changes = root_changes(to_fetch, fetched, outcome.lists, renamed, membership)
+        if changes is not None:
+            self.rewrite_root(changes)
         self.state.serial = newest
 
     def rewrite_root(self, changes: dict[str, str | None]) -> None:
@@ -314,7 +339,7 @@ class Sync:
             self.writer.retire(old_copy)
         if record_change:
             self.state.outbox.dirty.add(ROOT_TARGET)
-        self.save()
+        self.save("root-intent")
         served.mkdir(parents=True, exist_ok=True)
         self.writer.install(served, temp, digest)
         if old_copy is not None:
@@ -339,8 +364,8 @@ class Sync:
         work = functools.partial(self.fetch_and_compare, record_changes=record_changes)
         window = self.config.workers * 4
         for fetched in map_unordered(work, iter(wanted.items()), self.config.workers, window):
-            self.progress.advance()
             name, item, page = fetched.name, fetched.item, fetched.page
+            self.progress.advance(failed=isinstance(page, UpstreamError))
             if isinstance(page, UpstreamError):
                 self.keep_pending(name, item, page)
                 outcome.failed.add(name)
@@ -396,11 +421,8 @@ class Sync:
 
         def attempt() -> FetchedPage:
             page = self.pypi.with_retries(name, lambda: self.pypi.fetch_page(name))
-            if page.body is None:
-                if item.expect_page:
-                    raise MissingPage(name, item.serial)
-            elif page.serial is None or page.serial < item.serial:
-                raise StalePage(name, item.serial, page.serial or 0)
+            if problem := stale_answer(page, item):
+                raise problem
             return page
 
         return call_with_retries(attempt, self.pypi.retry_policy, name, log, logging.DEBUG)
@@ -424,7 +446,7 @@ class Sync:
             self.state.outbox.dirty.update(project_target(change.name) for change in batch)
             self.state.root_stale |= membership
         if record_changes or any(retiring):
-            self.save()  # the batch's intent is durable before it touches the disk
+            self.save("batch-intent")  # durable before the batch touches the disk
         for change in batch:
             self.writer.apply(change)
             self.count(change)
@@ -454,18 +476,31 @@ class Sync:
                 len(box),
             )
             return
+        self.progress.start(self.unconfirmed(), "delivering", unit="paths")
         report = RstufDelivery(
             self.state,
             self.layout,
             self.rstuf,
-            self.save,
+            self.save_delivery_step,
             wait=self.config.rstuf_wait,
             batch=self.config.rstuf_batch,
         ).deliver()
+        self.progress.finish()
         self.summary.rstuf_sent += report.sent
         self.writer.restart_grace(report.confirmed)
-        self.save()
+        self.save("delivered")
         self.summary.problems.extend(f"RSTUF: {error}" for error in report.errors)
+
+    def unconfirmed(self) -> int:
+        """Outbox paths RSTUF has not confirmed: len(outbox) without its set union (cheap)."""
+        box = self.state.outbox
+        return len(box.dirty) + sum(len(task.paths) for task in box.tasks)
+
+    def save_delivery_step(self) -> None:
+        """Save a durable step of the RSTUF delivery, and show how far the delivery got."""
+        self.save()
+        if self.progress.phase is not None:
+            self.progress.update_to(self.progress.phase.total - self.unconfirmed())
 
 
 # --- main
@@ -494,7 +529,6 @@ def make_rstuf_client(config: Config) -> rstuf_client.RstufClient:
         retries=config.retries,
         backoff=config.backoff,
         poll_interval=config.rstuf_poll,
-        user_agent=USER_AGENT,
     )
 
 
@@ -506,15 +540,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run(config: Config) -> int:
     configure_logging(config.verbose, config.quiet)
+    if config.status:
+        return show_status(MirrorLayout(config.mirror_dir).status_file, config.status_json)
+    if config.metrics_file is not None and not config.metrics_file.parent.is_dir():
+        raise UsageError(f"--metrics-file {config.metrics_file}: no such directory")
     summary_log.setLevel(logging.INFO)  # cron keeps one line per run, even under -q
     pypi = PypiClient(config.pypi_url, config)
     try:
         rstuf = make_rstuf_client(config) if config.rstuf_url else None
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    progress = Progress(config.progress, config.progress_interval)
     try:
-        return Sync(config, pypi, rstuf, Progress(config.progress)).run()
+        return Sync(config, pypi, rstuf, progress).run()
     finally:
+        progress.close()
         pypi.close()
         if rstuf is not None:
             rstuf.close()

@@ -1,0 +1,95 @@
+"""What a run must fetch and rewrite, decided from what it has read: pure functions, no I/O.
+
+`Sync` (pypi_mirror.py) reads PyPI and the disk; the rules that turn what it
+read into work live here, so each is tested without a server or a mirror
+(tests/test_sync_plan.py), as python-tuf's ngclient keeps its trusted set free
+of I/O:
+
+- which listed projects a full sync may skip (`is_current`) and which it must
+  fetch (`full_sync_fetches`);
+- whether a fetched page is as new as the changelog says (`stale_answer`);
+- what an update changes in the root index (`root_changes`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Set
+
+from changelog import Listing, Selection
+from pypi_client import FetchedPage, MissingPage, StalePage
+from state import PendingProject
+
+
+def is_current(listed: PendingProject, on_disk_serial: int | None) -> bool:
+    """Whether the page on disk holds what the listing says, so a full sync need not fetch it.
+
+    `on_disk_serial` is the serial trailer warehouse writes at the end of each
+    page (``<!--SERIAL n-->``); None when there is no page or no trailer.
+    """
+    return on_disk_serial is not None and on_disk_serial >= listed.serial
+
+
+def full_sync_fetches(
+    wanted: Listing,
+    local: Iterable[str],
+    on_disk_serial: Callable[[str], int | None] | None,
+    pending: Mapping[str, PendingProject],
+) -> Selection:
+    """What a full sync fetches: every listed project not current, every local project
+    PyPI no longer lists (its page decides: 404 removes it), and every pending one.
+
+    `local` (the mirror's project directories) is streamed once, and no set of
+    it is kept. A listed project on disk and not pending is current when its
+    page's trailer (`on_disk_serial`, asked only for those) `is_current`;
+    without `on_disk_serial` (``--full-check``) none is. The current ones are
+    left out of `wanted` with a byte each (`Selection.excluded` counts them): no
+    second 700,000-entry mapping, whatever the mirror holds.
+    """
+    to_fetch = Selection(wanted)
+    for name in local:
+        index = wanted.index(name)
+        if index < 0:
+            to_fetch.merge(name, PendingProject(name, 0))
+        elif (
+            on_disk_serial is not None
+            and name not in pending
+            and is_current(wanted.item(index), on_disk_serial(name))
+        ):
+            to_fetch.exclude(index)
+    for name, item in pending.items():
+        to_fetch.merge(name, item)
+    return to_fetch
+
+
+def stale_answer(page: FetchedPage, wanted: PendingProject) -> StalePage | MissingPage | None:
+    """Why `page` is older than the changelog says it must be, or None when it will do.
+
+    A CDN may serve a page from before the change the changelog reports: a
+    lower ``X-PyPI-Last-Serial``, or a 404 for a project the newest entry says
+    exists (`PendingProject.expect_page`). A 404 after a removal is the answer.
+    """
+    if page.body is None:
+        return MissingPage(page.name, wanted.serial) if wanted.expect_page else None
+    if page.serial is None or page.serial < wanted.serial:
+        return StalePage(page.name, wanted.serial, page.serial or 0)
+    return None
+
+
+def root_changes(
+    to_fetch: Mapping[str, PendingProject],
+    fetched: Set[str],
+    listed: Callable[[str], bool],
+    identity_changed: Set[str],
+    membership_changed: bool,
+) -> dict[str, str | None] | None:
+    """The root-index lines an update merges, or None when the root stays as it is.
+
+    The root is rewritten when a page joined or left the listing (created,
+    removed, quarantined, or owed by an earlier run: `membership_changed`) or a
+    fetched project's identity changed (created, removed or renamed, so its
+    display name may differ). Every fetched project then gets its display name,
+    or None when `listed` says it leaves the root (gone or quarantined).
+    """
+    if not membership_changed and not identity_changed & fetched:
+        return None
+    return {name: to_fetch[name].display_name if listed(name) else None for name in fetched}
