@@ -309,6 +309,7 @@ class Selection(Mapping[str, PendingProject]):
         self._hidden = bytearray(len(listing))  # 1: excluded, or superseded by `extra`
         self._hidden_count = 0
         self.excluded = 0  # listed projects left out (found current)
+        self.local_seen = 0  # projects found on disk while selecting (see sync_plan)
         self.extra: dict[str, PendingProject] = {}
 
     def exclude(self, index: int) -> None:

@@ -113,9 +113,9 @@ class Fetched:
 
     name: str
     item: PendingProject
-    page: FetchedPage | UpstreamError
+    page: FetchedPage | UpstreamError | None  # None: a new page the worker wrote already
     old: bytes | None
-    written: bool = False  # the worker wrote the page already (see Sync.fetch_and_compare)
+    listed: bool = False  # of a page the worker wrote: whether the root index lists it
 
 
 @dataclass
@@ -267,7 +267,7 @@ class Sync:
             self.state.pending,
         )
         self.summary.unchanged += to_fetch.excluded
-        outcome = self.refresh(to_fetch, record_changes=not first)
+        outcome = self.refresh(to_fetch, not first, nothing_on_disk=to_fetch.local_seen == 0)
         members = (
             (name, item.display_name)
             for name, item in wanted.items()
@@ -348,7 +348,12 @@ class Sync:
 
     # fetching and applying
 
-    def refresh(self, wanted: Mapping[str, PendingProject], record_changes: bool) -> Refreshed:
+    def refresh(
+        self,
+        wanted: Mapping[str, PendingProject],
+        record_changes: bool,
+        nothing_on_disk: bool = False,
+    ) -> Refreshed:
         """Fetch every project in `wanted` once and apply what its page says.
 
         Returns which projects failed and which were fetched but do not belong
@@ -356,12 +361,15 @@ class Sync:
         flag per project would be 700,000 entries. Failures stay in ``state.pending``. With
         `record_changes`, each batch of changed paths is saved to the outbox
         before the batch touches the disk, so RSTUF hears of every write even
-        if the run dies right after it.
+        if the run dies right after it. `nothing_on_disk`: the mirror has no page
+        (a full sync found none), so none is read back to compare.
         """
         outcome = Refreshed()
         self.progress.start(len(wanted), "fetching")
         batch: list[Change] = []
-        work = functools.partial(self.fetch_and_compare, record_changes=record_changes)
+        work = functools.partial(
+            self.fetch_and_compare, record_changes=record_changes, read_old=not nothing_on_disk
+        )
         window = self.config.workers * 4
         for fetched in map_unordered(work, iter(wanted.items()), self.config.workers, window):
             name, item, page = fetched.name, fetched.item, fetched.page
@@ -370,14 +378,17 @@ class Sync:
                 self.keep_pending(name, item, page)
                 outcome.failed.add(name)
                 continue
+            if page is None:  # a new page, written by the worker
+                if not fetched.listed:
+                    outcome.unlisted.add(name)
+                self.membership_changed |= fetched.listed
+                self.summary.added += 1
+                continue
             change = Change(name, item.display_name, page, fetched.old)
             if not change.listed_after():
                 outcome.unlisted.add(name)
             if not change.modifies:
                 self.summary.unchanged += change.page.body is not None
-            elif fetched.written:
-                self.membership_changed |= change.listed_before() != change.listed_after()
-                self.count(change)
             else:
                 batch.append(change)
                 if len(batch) >= self.BATCH:
@@ -390,7 +401,9 @@ class Sync:
                 del self.state.pending[name]
         return outcome
 
-    def fetch_and_compare(self, pair: tuple[str, PendingProject], record_changes: bool) -> Fetched:
+    def fetch_and_compare(
+        self, pair: tuple[str, PendingProject], record_changes: bool, read_old: bool = True
+    ) -> Fetched:
         """On a worker thread: fetch one page, read the one on disk, write it if that is safe.
 
         Safe here, without the main thread's batch, is a new page (nothing on
@@ -404,12 +417,12 @@ class Sync:
             page: FetchedPage | UpstreamError = self.fetch_current(name, item)
         except UpstreamError as exc:
             return Fetched(name, item, exc, None)
-        old = self.writer.read_page(name)
+        old = self.writer.read_page(name) if read_old else None
         direct = page.body is not None and old is None and not record_changes
         if direct and not self.config.dry_run:
-            assert page.body is not None
+            assert page.body is not None and page.facts is not None
             self.writer.store_new(name, page.body)
-            return Fetched(name, item, page, None, written=True)
+            return Fetched(name, item, None, None, listed=page.facts.listed)  # the body freed
         return Fetched(name, item, page, old)
 
     def fetch_current(self, name: str, item: PendingProject) -> FetchedPage:

@@ -43,10 +43,12 @@ def full_sync_fetches(
     page's trailer (`on_disk_serial`, asked only for those) `is_current`;
     without `on_disk_serial` (``--full-check``) none is. The current ones are
     left out of `wanted` with a byte each (`Selection.excluded` counts them): no
-    second 700,000-entry mapping, whatever the mirror holds.
+    second 700,000-entry mapping, whatever the mirror holds. `Selection.local_seen`
+    counts the local projects.
     """
     to_fetch = Selection(wanted)
     for name in local:
+        to_fetch.local_seen += 1
         index = wanted.index(name)
         if index < 0:
             to_fetch.merge(name, PendingProject(name, 0))

@@ -43,13 +43,13 @@ def test_current_projects_are_on_disk_listed_not_pending_and_not_behind() -> Non
         return on_disk.get(name)
 
     fetches = full_sync_fetches(wanted, iter(local), trailer, pending)
-    assert "numpy" not in fetches and fetches.excluded == 1
+    assert "numpy" not in fetches and fetches.excluded == 1 and fetches.local_seen == 5
     assert sorted(asked) == ["django", "numpy", "requests"], "only listed, non-pending pages read"
 
 
 def test_nothing_on_disk_reads_nothing() -> None:
     fetches = full_sync_fetches(listing(numpy=1), iter([]), pytest.fail, {})
-    assert fetches.excluded == 0 and list(fetches) == ["numpy"]
+    assert fetches.excluded == 0 and fetches.local_seen == 0 and list(fetches) == ["numpy"]
 
 
 def test_a_full_check_fetches_every_listed_project() -> None:
