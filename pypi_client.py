@@ -341,6 +341,15 @@ class PypiClient:
                 pages = self._pages
         return pages
 
+    def forget_connections(self) -> None:
+        """In a forked child: drop the parent's connections unclosed (they are the parent's)
+        and count requests afresh; new ones are opened on first use."""
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._sessions = []
+        self._pages = None
+        self.requests_made = 0
+
     def close(self) -> None:
         with self._lock:
             for session in self._sessions:

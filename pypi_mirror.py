@@ -28,14 +28,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import logging
+import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import fetch_helper
 import rstuf_client
 import settings
 from changelog import Listing, add_listed, identity_changes, merge_pending, projects_to_refresh
@@ -116,6 +120,13 @@ class Fetched:
     page: FetchedPage | UpstreamError | None  # None: a new page the worker wrote already
     old: bytes | None
     listed: bool = False  # of a page the worker wrote: whether the root index lists it
+
+
+def portable_fetched(fetched: Fetched) -> Fetched:
+    """`fetched` as it can cross a pipe: an error becomes a plain UpstreamError (its line)."""
+    if isinstance(fetched.page, UpstreamError) and type(fetched.page) is not UpstreamError:
+        return dataclasses.replace(fetched, page=UpstreamError(str(fetched.page)))
+    return fetched
 
 
 @dataclass
@@ -365,13 +376,13 @@ class Sync:
         (a full sync found none), so none is read back to compare.
         """
         outcome = Refreshed()
-        self.progress.start(len(wanted), "fetching")
-        batch: list[Change] = []
         work = functools.partial(
             self.fetch_and_compare, record_changes=record_changes, read_old=not nothing_on_disk
         )
-        window = self.config.workers * 4
-        for fetched in map_unordered(work, iter(wanted.items()), self.config.workers, window):
+        results = self.fetch_results(work, wanted, helped=not record_changes and nothing_on_disk)
+        self.progress.start(len(wanted), "fetching")  # after a fork: its thread is ours
+        batch: list[Change] = []
+        for fetched in results:
             name, item, page = fetched.name, fetched.item, fetched.page
             self.progress.advance(failed=isinstance(page, UpstreamError))
             if isinstance(page, UpstreamError):
@@ -400,6 +411,51 @@ class Sync:
             if name in wanted and name not in outcome.failed:
                 del self.state.pending[name]
         return outcome
+
+    def fetch_results(
+        self,
+        work: Callable[[tuple[str, PendingProject]], Fetched],
+        wanted: Mapping[str, PendingProject],
+        helped: bool,
+    ) -> Iterable[Fetched]:
+        """`work` over every project of `wanted`, in the order the results come.
+
+        `helped` (a first sync into an empty mirror: every page is written by the
+        worker that fetched it) with ``--processes 2`` on two cores: a helper
+        process takes every other project (fetch_helper), forked now, before
+        any thread of this run starts.
+        """
+        window = self.config.workers * 4
+        items = iter(wanted.items())
+        workers = self.config.workers
+        if (
+            helped
+            and self.config.processes > 1
+            and workers > 1
+            and not self.config.dry_run
+            and (os.cpu_count() or 1) > 1
+            and fetch_helper.available()
+            and threading.active_count() == 1
+            and len(wanted) >= 4 * workers
+        ):
+            split = fetch_helper.HelperSplit(
+                work,
+                items,
+                workers,
+                window,
+                portable=portable_fetched,
+                on_fork=self.pypi.forget_connections,
+                report_requests=lambda: self.pypi.requests_made,
+            )
+            log.debug("helper process %d fetches every other project", split.pid)
+            return self.counting_helper_requests(split)
+        return map_unordered(work, items, workers, window)
+
+    def counting_helper_requests(self, split: fetch_helper.HelperSplit) -> Iterator[Fetched]:
+        try:
+            yield from split
+        finally:
+            self.pypi.requests_made += split.helper_requests
 
     def fetch_and_compare(
         self, pair: tuple[str, PendingProject], record_changes: bool, read_old: bool = True

@@ -37,6 +37,7 @@ class Config:
     state_path: Path | None = None  # None: MirrorLayout.state_file, inside mirror_dir
     pypi_url: str = "https://pypi.org"
     workers: int = 8
+    processes: int = 2  # a clean first sync's processes (the second one needs a second core)
     full_check: bool = False
     dry_run: bool = False
     rstuf_url: str | None = None
@@ -144,6 +145,12 @@ OPTIONS: tuple[Option, ...] = (
         metavar="URL",
     ),
     Option("workers", "concurrent page fetches", number(int, 1, 64)),
+    Option(
+        "processes",
+        "processes that fetch and write a first sync into an empty mirror: with 2 (and a "
+        "second core) a helper process takes every other project and half the --workers",
+        number(int, 1, 2),
+    ),
     Option(
         "full-check",
         "compare PyPI's whole listing with the mirror: fetch what is missing or behind, "

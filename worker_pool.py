@@ -11,7 +11,7 @@ from __future__ import annotations
 import collections
 import threading
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -27,52 +27,91 @@ def map_unordered(
     Items are taken from `items` one at a time (under a lock), and a worker
     waits while `window` results are computed but not yet consumed (a worker
     racing past that check adds one), so memory stays bounded whatever the
-    consumer's pace. An exception raised by
-    `function` (or by `items`) stops the workers after their current item and
-    is re-raised here; if the consumer stops (an exception, ``close()``), the
-    workers are stopped the same way. Either way every worker has finished
-    when this generator ends: nothing runs on after the caller moves on.
+    consumer's pace. An exception raised by `function` (or by `items`) stops
+    the workers after their current item and is re-raised here; if the
+    consumer stops (an exception, ``close()``), the workers are stopped the
+    same way. Either way every worker has finished when this generator ends:
+    nothing runs on after the caller moves on.
 
     Results are handed over in a deque the consumer drains when woken, and it
     is woken once per `window // 2` results (or a worker's end), not per
     result: a wake-up is a syscall made while holding the GIL, and on a
     virtual machine one per page cost a fifth of a first sync's CPU.
     """
-    handoff = _Handoff(window)
-    lock = threading.Lock()
+    return iter(WorkerPool(function, items, workers, window))
 
-    def work() -> None:
+
+class WorkerPool(Generic[T, R]):
+    """`map_unordered`, with room for results from elsewhere: `feeders` other threads
+    `feed` results (or `fail`) into the same stream and each says when it is `done`."""
+
+    def __init__(
+        self,
+        function: Callable[[T], R],
+        items: Iterator[T],
+        workers: int,
+        window: int,
+        feeders: int = 0,
+    ) -> None:
+        self.function, self.items, self.workers = function, items, workers
+        self.feeders = feeders
+        self._handoff = _Handoff(window)
+        self._lock = threading.Lock()
+
+    def feed(self, result: R) -> None:
+        """From a feeder thread: one more result (waits while the consumer is behind)."""
+        self._handoff.wait_for_room()
+        self._handoff.put((True, result))
+
+    def fail(self, error: BaseException) -> None:
+        """From a feeder thread: stop everything; the consumer raises `error`."""
+        self._handoff.stopped = True
+        self._handoff.put((False, error), wake=True)
+
+    def done(self) -> None:
+        """From a feeder thread: it feeds nothing more."""
+        self._handoff.put((False, _END), wake=True)
+
+    @property
+    def stopped(self) -> bool:
+        return self._handoff.stopped
+
+    def _work(self) -> None:
+        handoff = self._handoff
         try:
             while not handoff.stopped:
                 handoff.wait_for_room()
-                with lock:
-                    item = _END if handoff.stopped else next(items, _END)
+                with self._lock:
+                    item = _END if handoff.stopped else next(self.items, _END)
                 if item is _END:
                     return
-                handoff.put((True, function(item)))  # type: ignore[arg-type]
+                handoff.put((True, self.function(item)))  # type: ignore[arg-type]
         except BaseException as exc:  # handed to the consumer, who re-raises it
-            handoff.stopped = True
-            handoff.put((False, exc), wake=True)
+            self.fail(exc)
         finally:
-            handoff.put((False, _END), wake=True)
+            self.done()
 
-    threads = [threading.Thread(target=work, name=f"worker-{n}") for n in range(workers)]
-    for thread in threads:
-        thread.start()
-    running = len(threads)
-    try:
-        while running:
-            for ok, value in handoff.drain():
-                if ok:
-                    yield value  # type: ignore[misc]
-                elif value is _END:
-                    running -= 1
-                else:
-                    raise value  # type: ignore[misc]
-    finally:
-        handoff.stop()
+    def __iter__(self) -> Iterator[R]:
+        handoff = self._handoff
+        threads = [
+            threading.Thread(target=self._work, name=f"worker-{n}") for n in range(self.workers)
+        ]
         for thread in threads:
-            thread.join()
+            thread.start()
+        running = len(threads) + self.feeders
+        try:
+            while running:
+                for ok, value in handoff.drain():
+                    if ok:
+                        yield value  # type: ignore[misc]
+                    elif value is _END:
+                        running -= 1
+                    else:
+                        raise value  # type: ignore[misc]
+        finally:
+            handoff.stop()
+            for thread in threads:
+                thread.join()
 
 
 class _Handoff:

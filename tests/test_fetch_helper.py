@@ -1,0 +1,102 @@
+"""The helper process of a first sync: the same mirror, each page fetched once, and nothing
+left running or half-recorded when either process dies."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import cli_support
+from tests.fake_pypi import FakePyPI
+from tests.mirror_helpers import Mirror, assert_consistent, assert_mirror_matches_upstream
+
+PROJECTS = 120
+
+
+@pytest.fixture
+def upstream() -> Iterator[FakePyPI]:
+    with FakePyPI() as pypi:
+        pypi.populate(PROJECTS, seed=3, max_files=3)
+        yield pypi
+
+
+def children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as handle:
+        return [int(child) for child in handle.read().split()]
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_for(condition, seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def started_with_helper(mirror: Mirror, pypi: FakePyPI) -> tuple[object, int]:
+    """A first sync whose every page hangs 3 s (it cannot end meanwhile), and its helper's pid."""
+    for name in pypi.project_names():
+        pypi.inject(name, "slow", times=1, seconds=3)
+    process = mirror.popen("--processes", "2")
+    wait_for(lambda: process.poll() is not None or children(process.pid))
+    assert process.poll() is None, process.communicate()
+    (helper,) = children(process.pid)
+    return process, helper
+
+
+def test_two_processes_mirror_every_page_once(tmp_path: Path, upstream: FakePyPI) -> None:
+    mirror = Mirror(tmp_path / "m", tmp_path / "s.json", upstream.url)
+    result = mirror.cli("--processes", "2", "-v")
+    assert result.returncode == 0, result.stderr
+    assert "helper process" in result.stderr
+    assert f"added={PROJECTS} " in result.stderr and f"requests={PROJECTS + 2} " in result.stderr
+    assert {name: upstream.count_pages(name) for name in upstream.project_names()} == dict.fromkeys(
+        upstream.project_names(), 1
+    )
+    assert_mirror_matches_upstream(mirror)
+    assert_consistent(mirror)
+
+
+def test_the_helper_dies_with_a_killed_run(tmp_path: Path, upstream: FakePyPI) -> None:
+    mirror = Mirror(tmp_path / "m", tmp_path / "s.json", upstream.url)
+    process, helper = started_with_helper(mirror, upstream)
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    wait_for(lambda: not alive(helper))
+
+
+def test_a_stopped_run_stops_its_helper(tmp_path: Path, upstream: FakePyPI) -> None:
+    mirror = Mirror(tmp_path / "m", tmp_path / "s.json", upstream.url)
+    process, helper = started_with_helper(mirror, upstream)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == cli_support.EXIT_TERMINATED, stderr
+    assert not alive(helper)
+
+
+def test_a_helper_that_dies_fails_the_run_and_the_rerun_completes(
+    tmp_path: Path, upstream: FakePyPI
+) -> None:
+    mirror = Mirror(tmp_path / "m", tmp_path / "s.json", upstream.url)
+    process, helper = started_with_helper(mirror, upstream)
+    os.kill(helper, signal.SIGKILL)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == cli_support.EXIT_FAILED
+    errors = [line for line in stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and "helper process" in errors[0] and "rerun" in errors[0], stderr
+    upstream.clear_faults()
+    assert mirror.run() == 0
+    assert_mirror_matches_upstream(mirror)
+    assert_consistent(mirror)
