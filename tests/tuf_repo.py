@@ -183,6 +183,8 @@ class TufRepository:
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     """Files only, as a static web server serves RSTUF's storage; 404 for anything absent."""
 
+    protocol_version = "HTTP/1.1"  # keep-alive, as a real web server answers
+
     def setup(self) -> None:
         super().setup()
         # Without it keep-alive clients wait ~40 ms per answer (Nagle meets delayed ACKs).
