@@ -22,7 +22,7 @@ from typing import Protocol
 import lxml.etree
 import requests
 
-from mirror_store import VERSION
+from cli_support import VERSION, ToolError
 
 log = logging.getLogger("pypi_mirror")
 
@@ -46,7 +46,7 @@ class ClientSettings(Protocol):
 # --- errors
 
 
-class UpstreamError(Exception):
+class UpstreamError(ToolError):
     """PyPI answered something this tool cannot use; the message says what."""
 
 

@@ -43,7 +43,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
-from mirror_store import VERSION
+from cli_support import VERSION
 
 log = logging.getLogger(__name__)
 

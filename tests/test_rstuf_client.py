@@ -20,7 +20,8 @@ import pytest
 import requests
 
 import rstuf_client
-from mirror_store import VERSION, digest_bytes
+from cli_support import VERSION
+from mirror_store import digest_bytes
 from rstuf_client import (
     Artifact,
     InvalidArtifact,

@@ -43,15 +43,8 @@ from pathlib import Path
 from tuf.api.metadata import TargetFile
 
 import tuf_audit
-from mirror_store import (
-    ROOT_TARGET,
-    MirrorLayout,
-    State,
-    digest_bytes,
-    prefixed_name,
-    project_target,
-    save_state,
-)
+from mirror_store import ROOT_TARGET, MirrorLayout, digest_bytes, prefixed_name, project_target
+from state import State, save_state
 from tests.tuf_repo import TufRepository, serve_directory
 
 REPO = Path(__file__).resolve().parents[2]
@@ -135,7 +128,7 @@ def build(workdir: Path, targets: int, bins: int, seed: int) -> tuple[Path, Path
     by_bin[bin_index(ROOT_TARGET, bit_length)].append(
         (ROOT_TARGET, len(root), write_page(layout.served_dir, root))
     )
-    save_state(workdir / "state.json", State(serial=BENCH_SERIAL))
+    save_state(layout.state_file, State(serial=BENCH_SERIAL))
     written = time.monotonic()
     print(f"signing {bins} bins into {metadata} ...", file=sys.stderr)
     repo = TufRepository(metadata, number_of_bins=bins)
