@@ -175,11 +175,16 @@ class MirrorWriter:
         except FileNotFoundError:
             return None
 
-    def ensure_copy(self, directory: Path, digest: str) -> None:
-        """Relink an unchanged page's prefixed copy if a killed run or damage broke it."""
-        page, copy = directory / PAGE_NAME, directory / prefixed_name(digest)
-        if not (copy.exists() and os.path.samefile(copy, page)):
-            self._link_copy(page, copy)
+    def ensure_copy(self, directory: Path, digest: str, basename: str = PAGE_NAME) -> bool:
+        """Relink an unchanged page's prefixed copy if a killed run or damage broke it.
+
+        Returns whether it had to.
+        """
+        page, copy = directory / basename, directory / prefixed_name(digest, basename)
+        if copy.exists() and os.path.samefile(copy, page):
+            return False
+        self._link_copy(page, copy)
+        return True
 
     def _temp_name(self) -> Path:
         staging = self.layout.staging_dir

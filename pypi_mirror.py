@@ -18,6 +18,8 @@ concern it orchestrates has a module of its own beside it:
 - ``state.py``: state.json, with the RSTUF outbox;
 - ``rstuf_outbox.py`` and ``rstuf_client.py``: delivering changes to RSTUF;
 - ``mirror_store.py``: the disk's rules (names, paths, hashing, the lock);
+- ``tuf_audit.py``: the served tree held against what RSTUF's TUF metadata signs
+  (``--audit``; ``--repair`` fixes what it finds through `Sync.refresh`);
 - ``cli_support.py``: version, exit codes, logging, the one error funnel.
 """
 
@@ -27,6 +29,7 @@ import argparse
 import concurrent.futures
 import functools
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -34,15 +37,27 @@ from dataclasses import dataclass, field
 
 import rstuf_client
 import settings
+import tuf_audit
 from changelog import Listing, add_listed, identity_changes, merge_pending, projects_to_refresh
-from cli_support import EXIT_OK, EXIT_PARTIAL, UsageError, configure_logging, run_cli
+from cli_support import (
+    EXIT_AUDIT_DIFFERS,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    ToolError,
+    UsageError,
+    configure_logging,
+    run_cli,
+)
 from mirror_store import (
     ROOT_TARGET,
+    InvalidProjectName,
     MirrorLayout,
     clear_staging,
     crash_point,
+    digest_file,
     mirror_lock,
     prefixed_name,
+    project_dir_name,
     project_target,
     sync_filesystem,
 )
@@ -130,6 +145,7 @@ class Sync:
         self.state = State()
         self.writer = MirrorWriter(self.layout, self.state)
         self.membership_changed = False
+        self.bootstrap_refusal: str | None = None  # why this run keeps changes from RSTUF
 
     # the run
 
@@ -426,6 +442,8 @@ class Sync:
                 len(box),
             )
             return
+        if not self.bootstrap_imported():
+            return
         report = RstufDelivery(
             self.state,
             self.layout,
@@ -439,6 +457,191 @@ class Sync:
         self.save()
         self.summary.problems.extend(f"RSTUF: {error}" for error in report.errors)
 
+    def bootstrap_imported(self) -> bool:
+        """Whether RSTUF holds the bootstrap import, checked once before the first delivery.
+
+        An update delivered before the operator imported the bootstrap CSV makes
+        that import abort on a duplicate path (or, with another importer, lets
+        older rows overwrite newer ones). With a TUF metadata URL configured,
+        the first delivery after a first sync therefore checks that RSTUF's
+        verified metadata signs the root index, the CSV's first row; until it
+        does, changes stay in the outbox. Without a metadata URL nothing is
+        checked (as before).
+        """
+        if self.state.bootstrap_seen or self.config.tuf_metadata_url is None:
+            return True
+        if self.bootstrap_refusal is None:
+            waiting = f"{len(self.state.outbox)} change(s) stay in the outbox"
+            try:
+                signed = tuf_audit.signed_target(audit_settings(self.config), ROOT_TARGET)
+            except tuf_audit.AuditError as exc:
+                self.bootstrap_refusal = (
+                    f"cannot check that RSTUF holds the bootstrap import ({exc}); {waiting}"
+                )
+            else:
+                if signed is not None:
+                    self.state.bootstrap_seen = True
+                    self.save()
+                    return True
+                self.bootstrap_refusal = (
+                    f"RSTUF's TUF metadata does not sign {ROOT_TARGET}: the bootstrap import "
+                    "has not been done. Write the CSV with `python3 generate_csv.py`, import it "
+                    "with `rstuf admin import-artifacts --db-uri ... --csv artifacts.csv`, and "
+                    f"let RSTUF publish; until then {waiting}"
+                )
+            self.summary.problems.append(self.bootstrap_refusal)
+        return False
+
+    # the audit and its repair
+
+    def run_audit(self) -> int:
+        """``--audit [--repair]``: every difference between the served tree and TUF's targets.
+
+        Prints one ``KIND PATH`` line per difference and the audit's summary
+        line on stdout. Holds the mirror lock, so no sync changes pages while
+        they are compared; without `repair` nothing is written, not even
+        state.json. Raises tuf_audit.AuditError when the audit cannot run.
+        """
+        started = time.monotonic()
+        served = self.layout.served_dir
+        if not served.is_dir():
+            raise ToolError(
+                f"{served}: no served tree to audit (check --mirror-dir, or run pypi_mirror.py "
+                "until its first sync finishes)"
+            )
+        with mirror_lock(self.layout.lock_path):
+            self.state = load_state(self.config.state_file)
+            self.writer = MirrorWriter(self.layout, self.state)
+            owed = self.state.outbox.dirty | self.state.outbox.in_flight_paths()
+            owed_found: set[str] = set()
+            differing: dict[str, tuf_audit.SignedTarget | None] = {}
+
+            def emit(difference: tuf_audit.Difference) -> None:
+                self.out(difference.line())
+                if difference.path in owed:
+                    owed_found.add(difference.path)
+                if self.config.repair:
+                    differing[difference.path] = difference.signed
+
+            report = tuf_audit.audit(audit_settings(self.config), self.layout, emit)
+            self.out(report.line())
+            if owed_found:
+                log.info(
+                    "%d of the differing paths are changes the outbox still owes RSTUF; "
+                    "a run with RSTUF delivers them",
+                    len(owed_found),
+                )
+            if not self.config.repair:
+                return EXIT_AUDIT_DIFFERS if report.differences else EXIT_OK
+            self.summary.serial_before = self.summary.serial_after = self.state.serial
+            failed = self.repair(differing) if differing else set()
+        self.summary.requests = self.pypi.requests_made
+        self.summary.elapsed = time.monotonic() - started
+        for problem in self.summary.problems:
+            log.warning("%s", problem)
+        summary_log.info("%s", self.summary.line())
+        return EXIT_PARTIAL if failed or self.summary.problems else EXIT_OK
+
+    def repair(self, differing: Mapping[str, tuf_audit.SignedTarget | None]) -> set[str]:
+        """Fix each difference at its source, through the sync's own refresh path.
+
+        Every differing project is re-fetched from PyPI and written (the tree
+        is never trusted over upstream, so a damaged page is replaced, not
+        signed); its hash-prefixed copy is relinked; then each differing path
+        whose final state RSTUF does not sign yet is queued in the outbox (an
+        add, or a remove when upstream no longer has the project) and
+        delivered. The root index, if it differs or a project came or went, is
+        rebuilt from PyPI's listing. Returns the projects whose fetch failed:
+        they stay pending and nothing of theirs is sent.
+        """
+        clear_staging(self.layout.staging_dir)
+        clear_state_temps(self.config.state_file)
+        projects: dict[str, list[str]] = {}
+        for path in differing:
+            name = project_of_target(path)
+            if name is not None:
+                projects.setdefault(name, []).append(path)
+            elif path != ROOT_TARGET:
+                log.warning("%s is not a page this mirror writes: remove it at RSTUF", path)
+        log.info("repair: re-fetching %d project(s) from PyPI", len(projects))
+        # serial 0: any page PyPI serves now is current; a 404 means the project is gone
+        wanted = {name: PendingProject(name, 0) for name in projects}
+        outcome = self.refresh(wanted, record_changes=True)
+        for name in sorted(outcome.failed):
+            log.warning("repair: %s could not be fetched; nothing of it is sent to RSTUF", name)
+        paths = [p for name, ps in projects.items() if name not in outcome.failed for p in ps]
+        if ROOT_TARGET in differing or self.membership_changed or self.state.root_stale:
+            self.rebuild_root(outcome)  # queues the root itself if its bytes change
+        if ROOT_TARGET in differing:
+            paths.append(ROOT_TARGET)
+        in_flight = self.state.outbox.in_flight_paths()
+        for path in paths:
+            self.settle(path, differing.get(path), in_flight)
+        sync_filesystem(self.layout.root)  # never register bytes a power cut could take back
+        self.save()
+        self.deliver_outbox()
+        return outcome.failed
+
+    def rebuild_root(self, outcome: Refreshed) -> None:
+        """Rewrite the root index from PyPI's listing: listed projects with a page on disk.
+
+        The rule of a full sync's root; the root on disk is not trusted for it.
+        """
+        listing = Listing()
+        self.pypi.list_packages_with_serial(functools.partial(add_listed, listing))
+        local = self.writer.local_projects()
+        members = (
+            (name, listing[name].display_name)
+            for name in sorted(listing)
+            if name in local and outcome.lists(name)
+        )
+        self.write_root(members, record_change=True)
+
+    def settle(self, path: str, signed: tuf_audit.SignedTarget | None, in_flight: set[str]) -> None:
+        """Relink `path`'s copy, then queue it for RSTUF unless RSTUF signs it as it is now.
+
+        A path RSTUF already signs byte for byte (a tampered page restored from
+        PyPI, a copy relinked) needs nothing sent; a path in an unfinished task
+        is queued anyway, since that task will change what RSTUF signs.
+        """
+        served = os.fspath(self.layout.served_dir)
+        file = self.layout.path_of_target(path)
+        if file.is_file():
+            self.writer.ensure_copy(file.parent, digest_file(file).hexdigest, file.name)
+        in_step = not tuf_audit.differences(
+            path, signed, tuf_audit.read_disk_facts(served, path, signed)
+        )
+        if in_step and path not in in_flight:
+            self.state.outbox.dirty.discard(path)
+        else:
+            self.state.outbox.dirty.add(path)
+
+
+def project_of_target(path: str) -> str | None:
+    """The project whose page `path` is (``simple/<name>/index.html``), or None."""
+    name = path.removeprefix("simple/").partition("/")[0]
+    if path != project_target(name):
+        return None
+    try:
+        return name if project_dir_name(name) == name else None
+    except InvalidProjectName:
+        return None
+
+
+def audit_settings(config: Config) -> tuf_audit.AuditConfig:
+    """The audit's settings from the run's (its timeouts, retries and fetch threads)."""
+    if config.tuf_metadata_url is None or config.tuf_root is None:
+        raise UsageError("--tuf-metadata-url and --tuf-root are needed")
+    return tuf_audit.AuditConfig(
+        metadata_url=config.tuf_metadata_url,
+        trusted_root=config.tuf_root,
+        fetch_workers=config.workers,
+        connect_timeout=config.connect_timeout,
+        timeout=config.timeout,
+        retries=config.retries,
+        backoff=config.backoff,
+    )
+
 
 # --- main
 
@@ -448,9 +651,11 @@ DESCRIPTION = (
 )
 EPILOG = (
     "The RSTUF token is read only from the environment (RSTUF_API_TOKEN). "
-    "Exit codes: 0 done; 1 failed (state not advanced past what is on disk); 2 usage "
-    "error; 3 another run holds the mirror lock; 75 partly done (pages or RSTUF changes "
-    "kept pending for the next run); 130 stopped by SIGINT; 143 stopped by SIGTERM."
+    "Exit codes: 0 done (--audit: the tree and TUF's targets agree); 1 failed (state not "
+    "advanced past what is on disk; --audit: metadata unreachable, badly signed or expired); "
+    "2 usage error; 3 another run holds the mirror lock; 4 --audit found differences; 75 "
+    "partly done (pages or RSTUF changes kept pending for the next run); 130 stopped by "
+    "SIGINT; 143 stopped by SIGTERM."
 )
 
 
@@ -485,7 +690,8 @@ def run(config: Config) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     try:
-        return Sync(config, pypi, rstuf, Progress(config.progress)).run()
+        sync = Sync(config, pypi, rstuf, Progress(config.progress))
+        return sync.run_audit() if config.audit else sync.run()
     finally:
         pypi.close()
         if rstuf is not None:

@@ -49,6 +49,10 @@ class Config:
     max_page_bytes: int = 64 << 20
     max_xmlrpc_bytes: int = 512 << 20
     xmlrpc_interval: float = 1.0  # seconds between XML-RPC calls (PyPI's etiquette)
+    audit: bool = False  # compare the served tree with what RSTUF's TUF metadata signs
+    repair: bool = False  # with audit: re-fetch and re-deliver every differing project
+    tuf_metadata_url: str | None = None  # where RSTUF's TUF metadata is served
+    tuf_root: Path | None = None  # the root metadata trusted to verify it
     verbose: bool = False
     quiet: bool = False
     progress: bool = False  # a bar on stderr: set when stderr is a terminal and not quiet
@@ -186,6 +190,38 @@ OPTIONS: tuple[Option, ...] = (
         "a project page larger than this is refused and kept pending, never mirrored",
         number(int, 1024, 1 << 30),
     ),
+    Option(
+        "audit",
+        "compare the served tree with the targets RSTUF's TUF metadata signs, verified "
+        "from --tuf-root; print one 'KIND PATH' line per difference (unsigned, mismatch, "
+        "missing, copy-missing) and a summary line; exit 0 in step, 4 apart, 1 cannot audit",
+        in_file=False,
+        env=None,
+    ),
+    Option(
+        "repair",
+        "with --audit: re-fetch every differing project from PyPI (never trusting the "
+        "tree), write it and deliver its final state to RSTUF in the same run",
+        in_file=False,
+        env=None,
+    ),
+    Option(
+        "tuf-metadata-url",
+        "base URL RSTUF's TUF metadata is served from (1.root.json, timestamp.json, ...); "
+        "--audit reads it, and the first delivery to RSTUF checks it holds the bootstrap import",
+        url,
+        env="TUF_METADATA_URL",
+        metavar="URL",
+    ),
+    Option(
+        "tuf-root",
+        "TUF root metadata to trust (RSTUF's 1.root.json, obtained out of band); "
+        "needed with --tuf-metadata-url",
+        Path,
+        env="TUF_ROOT",
+        path=True,
+        metavar="FILE",
+    ),
     Option("verbose", "log debug detail (each retry and stale answer)", short="-v"),
     Option("quiet", "log warnings, errors and the summary line only", short="-q"),
 )
@@ -320,6 +356,27 @@ def resolve(
     return values
 
 
+def check_audit_options(values: Mapping[str, Any]) -> None:
+    """Refuse audit settings that cannot work together; raises UsageError."""
+    if values.get("repair") and not values.get("audit"):
+        raise UsageError("--repair repairs what --audit finds: give both")
+    if values.get("audit") and (values.get("full_check") or values.get("dry_run")):
+        raise UsageError(
+            "--audit runs alone: run --full-check first, then --audit "
+            "(--audit without --repair changes nothing)"
+        )
+    if bool(values.get("tuf_metadata_url")) != bool(values.get("tuf_root")):
+        raise UsageError(
+            "--tuf-metadata-url (env TUF_METADATA_URL) and --tuf-root (env TUF_ROOT) go "
+            "together: the metadata is verified from the root you trust"
+        )
+    if values.get("audit") and not values.get("tuf_metadata_url"):
+        raise UsageError(
+            "--audit needs --tuf-metadata-url URL (env TUF_METADATA_URL) and --tuf-root FILE "
+            "(env TUF_ROOT)"
+        )
+
+
 def config_from(
     argv: Sequence[str] | None,
     parser: argparse.ArgumentParser,
@@ -332,6 +389,7 @@ def config_from(
     values = {key: value for key, value in values.items() if key in config_fields}
     if values.get("verbose") and values.get("quiet"):
         raise UsageError("--verbose and --quiet exclude each other")
+    check_audit_options(values)
     token = environ.get(TOKEN_ENV) or None
     quiet = values.get("quiet", False)
     return Config(**values, rstuf_token=token, progress=sys.stderr.isatty() and not quiet)

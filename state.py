@@ -77,6 +77,9 @@ class State:
     full_sync_in_progress: bool = False
     # the root index may lag the pages (a run died between them); rebuild it
     root_stale: bool = False
+    # RSTUF's TUF metadata was seen to sign the root index: the bootstrap import is done,
+    # so deliveries can no longer collide with it (checked once, with a metadata URL)
+    bootstrap_seen: bool = False
 
     def to_json(self) -> dict:
         return {
@@ -106,6 +109,7 @@ class State:
             "retired": dict(sorted(self.retired.items())),
             "full_sync_in_progress": self.full_sync_in_progress,
             "root_stale": self.root_stale,
+            "bootstrap_seen": self.bootstrap_seen,
         }
 
 
@@ -160,7 +164,8 @@ def _state_from_json(doc: object) -> State:
     for path, when in retired_doc.items():
         _require(_is_retired_copy(path) and isinstance(when, int | float), "bad 'retired'")
         retired[path] = float(when)
-    flags = {key: doc.get(key, False) for key in ("full_sync_in_progress", "root_stale")}
+    flag_names = ("full_sync_in_progress", "root_stale", "bootstrap_seen")
+    flags = {key: doc.get(key, False) for key in flag_names}
     _require(all(isinstance(value, bool) for value in flags.values()), "bad flags")
     return State(serial, pending, Outbox(set(dirty), tasks), retired, **flags)
 

@@ -60,6 +60,7 @@ from tuf.api import exceptions as tuf_errors
 from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, SuccinctRoles, Targets
 from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
 
+from cli_support import ToolError
 from mirror_store import HASH_FACTORIES, TUF_HASH_ALGORITHM, MirrorLayout, digest_file, iter_targets
 from parallel import make_executor, ordered_map, usable_cpus
 from pypi_client import USER_AGENT, retry_delay, settle_environment
@@ -104,8 +105,8 @@ class AuditConfig:
 # --- errors --------------------------------------------------------------------------
 
 
-class AuditError(Exception):
-    """The audit cannot run; the message is one line that names what failed."""
+class AuditError(ToolError):
+    """The audit cannot run; the message is one line that names what failed (exit 1)."""
 
 
 class TrustedRootUnusable(AuditError):
@@ -193,6 +194,7 @@ NO_FILE = DiskFacts(None, None)
 class Difference(NamedTuple):
     kind: str  # one of KINDS
     path: str
+    signed: SignedTarget | None = None  # what the metadata signs for `path`, if anything
 
     def line(self) -> str:
         return f"{self.kind} {self.path}"
@@ -262,12 +264,12 @@ def differences(path: str, target: SignedTarget | None, disk: DiskFacts) -> list
     if target is None:
         return [Difference(UNSIGNED, path)] if disk.page is not None else []
     if disk.page is None:
-        return [Difference(MISSING, path)]
+        return [Difference(MISSING, path, target)]
     found = []
     if not matches(target, disk.page):
-        found.append(Difference(MISMATCH, path))
+        found.append(Difference(MISMATCH, path, target))
     if disk.copy is None or not matches(target, disk.copy):
-        found.append(Difference(COPY_MISSING, path))
+        found.append(Difference(COPY_MISSING, path, target))
     return found
 
 

@@ -9,6 +9,8 @@ the stand-in PyPI. The comparison itself is tested as pure functions first.
 from __future__ import annotations
 
 import json
+import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -18,11 +20,20 @@ import pytest
 from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Delegations, Metadata, MetaFile, SuccinctRoles, TargetFile, Targets
 
+import rstuf_client
 import tuf_audit
+from cli_support import EXIT_PARTIAL
 from mirror_store import ROOT_TARGET, digest_bytes, digest_file, project_target
+from state import load_state
 from tests.fake_pypi import FakePyPI
-from tests.fake_rstuf import FakeRstuf
-from tests.mirror_helpers import Mirror, bootstrap, mirror_view
+from tests.fake_rstuf import ADD, REMOVE, FakeRstuf
+from tests.mirror_helpers import (
+    Mirror,
+    assert_mirror_matches_upstream,
+    bootstrap,
+    mirror_view,
+    upstream_page,
+)
 from tests.tuf_repo import TufRepository, serve_directory
 from tuf_audit import (
     COPY_MISSING,
@@ -398,3 +409,221 @@ def test_signed_target_reads_one_bin(world: World) -> None:
         root.stat().st_size, (("blake2b-256", digest_file(root).hexdigest),)
     )
     assert tuf_audit.signed_target(world.config(), "simple/unknown/index.html") is None
+
+
+# --- the command line: --audit, --repair, and the bootstrap window ---------------------------
+
+RSTUF_FAST = ["--rstuf-poll", "0.05"]
+
+
+def audit_args(world: World, *extra: str) -> list[str]:
+    return ["--tuf-metadata-url", world.metadata_url, "--tuf-root", str(world.root_file), *extra]
+
+
+def run_audit(
+    world: World, capsys: pytest.CaptureFixture[str], *extra: str
+) -> tuple[int, list[str]]:
+    """``pypi_mirror.py --audit`` in this process; returns the exit code and stdout's lines."""
+    capsys.readouterr()
+    code = world.mirror.run(*audit_args(world, "--audit", *extra))
+    return code, capsys.readouterr().out.splitlines()
+
+
+def sent(rstuf: FakeRstuf, action: str) -> dict[str, object]:
+    """Every path sent with `action` (ADD: its hashes; REMOVE: None), in order."""
+    found: dict[str, object] = {}
+    for request in rstuf.accepted:
+        if request.action == action:
+            for item in request.body["artifacts"]:
+                if isinstance(item, dict):
+                    found[item["path"]] = item["info"]["hashes"]["blake2b-256"]
+                else:
+                    found[item] = None
+    return found
+
+
+def test_cli_audit_exits_0_when_in_step_and_4_when_apart(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, lines = run_audit(world, capsys)
+    assert code == 0
+    assert len(lines) == 1 and lines[0].startswith("summary targets=8 pages=8 bins=16 unsigned=0")
+    (world.mirror.layout.project_page("six")).write_bytes(b"<html>not six</html>")
+    code, lines = run_audit(world, capsys)
+    assert code == 4
+    assert lines[:2] == ["mismatch simple/six/index.html", "copy-missing simple/six/index.html"]
+    assert "mismatch=1" in lines[2] and "copy-missing=1" in lines[2]
+    assert not world.mirror.state.exists() or world.mirror.serial() is not None
+
+
+@pytest.mark.parametrize("fault", ["signature", "expired", "unreachable"])
+def test_cli_audit_that_cannot_run_exits_1_with_one_line(world: World, fault: str) -> None:
+    url = world.metadata_url
+    if fault == "signature":
+        world.repo.signers["snapshot"] = CryptoSigner.generate_ed25519()
+        world.publish()
+        expected = "TUF metadata rejected: bad signature: snapshot was signed by 0/1 keys"
+    elif fault == "expired":
+        world.repo.expires_by_role["timestamp"] = datetime.now(UTC) - timedelta(seconds=1)
+        world.publish()
+        expected = "TUF metadata rejected: expired: timestamp.json is expired"
+    else:
+        url = "http://127.0.0.1:9"
+        expected = "TUF metadata unreachable: http://127.0.0.1:9/2.root.json: Connection refused"
+    result = world.mirror.cli(
+        "--audit", "--tuf-metadata-url", url, "--tuf-root", str(world.root_file), "--retries", "0"
+    )
+    assert result.returncode == 1, result.stderr
+    assert result.stdout == ""
+    errors = result.stderr.splitlines()
+    assert len(errors) == 1 and errors[0].endswith(f" ERROR {expected}"), result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--repair"], "--repair repairs what --audit finds"),
+        (["--audit"], "--audit needs --tuf-metadata-url"),
+        (["--audit", "--full-check", "--tuf-metadata-url", "http://x", "--tuf-root", "r"], "alone"),
+        (["--tuf-metadata-url", "http://127.0.0.1:9"], "go together"),
+    ],
+)
+def test_audit_options_that_cannot_work_are_usage_errors(
+    world: World, args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert world.mirror.run(*args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_audit_settings_come_from_the_environment(world: World) -> None:
+    env = {"TUF_METADATA_URL": world.metadata_url, "TUF_ROOT": str(world.root_file)}
+    result = world.mirror.cli("--audit", env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("summary targets=8 ")
+
+
+def test_repair_refetches_and_sends_rstuf_exactly_what_it_lacks(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    layout, rstuf = world.mirror.layout, world.rstuf
+    tampered = b"<html><a href='https://evil.example/numpy-9.tar.gz'>numpy-9</a></html>\n"
+    layout.project_page("numpy").write_bytes(tampered)  # upstream unchanged: restore, send nothing
+    layout.project_page("zope-interface").write_bytes(tampered)  # and upstream moved on
+    world.pypi.add_release("zope.interface", "2.0")
+    with rstuf_client.RstufClient(rstuf.url, poll_interval=0.02) as client:  # RSTUF lost six
+        client.wait(client.remove([project_target("six")]), deadline=time.monotonic() + 10)
+        ghost = rstuf_client.Artifact("simple/ghost/index.html", 5, {"blake2b-256": "ab" * 32})
+        client.wait(client.add([ghost]), deadline=time.monotonic() + 10)  # a removed project
+    rstuf.accepted.clear()
+    requests_page = layout.project_page("requests")
+    (requests_page.parent / f"{digest_file(requests_page).hexdigest}.index.html").unlink()
+    shutil.rmtree(layout.project_dir("foo-bar"))  # lost locally, still on PyPI and signed
+    world.publish()
+    signed_numpy = world.repo.targets()[project_target("numpy")].hashes["blake2b-256"]
+
+    world.mirror.rstuf_url = rstuf.url
+    code, lines = run_audit(world, capsys, "--repair", *RSTUF_FAST)
+    assert code == 0
+    assert sorted(lines[:-1]) == [
+        "copy-missing simple/numpy/index.html",
+        "copy-missing simple/requests/index.html",
+        "copy-missing simple/zope-interface/index.html",
+        "mismatch simple/numpy/index.html",
+        "mismatch simple/zope-interface/index.html",
+        "missing simple/foo-bar/index.html",
+        "missing simple/ghost/index.html",
+        "unsigned simple/six/index.html",
+    ]
+    zope = digest_file(layout.project_page("zope-interface")).hexdigest
+    assert layout.project_page("zope-interface").read_bytes() == upstream_page(
+        world.pypi.url, "zope-interface"
+    )
+    assert sent(rstuf, ADD) == {
+        project_target("six"): digest_file(layout.project_page("six")).hexdigest,
+        project_target("zope-interface"): zope,
+    }
+    assert sent(rstuf, REMOVE) == {"simple/ghost/index.html": None}
+    tampered_hash = digest_bytes(tampered).hexdigest
+    assert all(tampered_hash not in str(request.body) for request in rstuf.accepted)
+    assert digest_file(layout.project_page("numpy")).hexdigest == signed_numpy
+    assert load_state(world.mirror.state).outbox.dirty == set()
+
+    world.publish()  # RSTUF publishes what it accepted
+    code, lines = run_audit(world, capsys)
+    assert (code, lines[:-1]) == (0, [])
+    assert world.rstuf.view == mirror_view(layout)
+
+
+def test_repair_of_a_project_pypi_cannot_serve_sends_nothing_of_it(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    layout = world.mirror.layout
+    layout.project_page("numpy").write_bytes(b"<html>damaged</html>")
+    world.pypi.inject("numpy", "status", times=50, code=503)
+    world.mirror.rstuf_url = world.rstuf.url
+    code, lines = run_audit(world, capsys, "--repair", *RSTUF_FAST)
+    assert code == EXIT_PARTIAL
+    assert "mismatch simple/numpy/index.html" in lines
+    assert world.rstuf.accepted == []
+    assert "numpy" in load_state(world.mirror.state).pending  # the next sync tries again
+
+
+def test_the_first_delivery_waits_for_the_bootstrap_import(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with FakePyPI() as pypi, FakeRstuf(step=0.02, number_of_bins=NUMBER_OF_BINS) as rstuf:
+        for name in PROJECTS:
+            pypi.add_release(name, "1.0")
+        mirror = Mirror(tmp_path / "mirror", tmp_path / "state.json", pypi.url, rstuf.url)
+        repo = TufRepository(tmp_path / "metadata", NUMBER_OF_BINS)
+        repo.publish(rstuf.view)  # RSTUF bootstrapped, nothing imported yet
+        root_file = tmp_path / "root.json"
+        root_file.write_bytes(repo.root_bytes)
+        with serve_directory(repo.directory) as url:
+            tuf = ["--tuf-metadata-url", url, "--tuf-root", str(root_file), *RSTUF_FAST]
+            assert mirror.run(*tuf) == 0  # the first sync sends nothing anyway
+            pypi.add_release("numpy", "2.0")
+            capsys.readouterr()
+            assert mirror.run(*tuf) == EXIT_PARTIAL
+            assert rstuf.accepted == []
+            errors = capsys.readouterr().err
+            assert "generate_csv.py" in errors and "rstuf admin import-artifacts" in errors
+            state = load_state(mirror.state)
+            assert state.outbox.dirty == {project_target("numpy")} and not state.bootstrap_seen
+
+            bootstrap(rstuf, mirror_view(mirror.layout))  # the operator imports the CSV
+            repo.publish(rstuf.view)
+            assert mirror.run(*tuf) == 0
+            assert sent(rstuf, ADD) == {
+                project_target("numpy"): digest_file(mirror.layout.project_page("numpy")).hexdigest
+            }
+            assert load_state(mirror.state).bootstrap_seen
+            rstuf.accepted.clear()
+            repo.publish({})  # checked once: a later publish cannot hold changes back
+            pypi.add_release("six", "2.0")
+            assert mirror.run(*tuf) == 0
+            assert list(sent(rstuf, ADD)) == [project_target("six")]
+
+
+def test_lost_state_with_changes_owed_is_recovered_by_the_readme_steps(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """README "Recovering a lost or foreign state.json": --full-check, then --audit --repair."""
+    world.pypi.add_release("numpy", "2.0")
+    world.pypi.remove_project("Django")
+    world.pypi.create_project("Brand_New")
+    assert world.mirror.run() == 0  # RSTUF not configured: the changes wait in the outbox
+    assert len(load_state(world.mirror.state).outbox.dirty) == 4
+    world.mirror.state.unlink()  # ... and state.json is lost
+
+    world.mirror.rstuf_url = world.rstuf.url
+    assert world.mirror.run("--full-check", *RSTUF_FAST) == 0  # step 1
+    world.publish()
+    code, lines = run_audit(world, capsys, "--repair", *RSTUF_FAST)  # step 2
+    assert code == 0
+    assert "mismatch simple/numpy/index.html" in lines  # what the lost outbox owed
+    world.publish()
+    code, lines = run_audit(world, capsys)  # step 3: in step
+    assert (code, lines[:-1]) == (0, [])
+    assert world.rstuf.view == mirror_view(world.mirror.layout)
+    assert_mirror_matches_upstream(world.mirror)
