@@ -39,31 +39,34 @@ one-line message names what failed (which metadata, which URL).
 
 from __future__ import annotations
 
-import contextlib
 import functools
+import json
 import logging
 import os
 import stat
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, NamedTuple
+from typing import NamedTuple
 from urllib import parse
 
-import requests
+import urllib3
 from tuf.api import exceptions as tuf_errors
 from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, SuccinctRoles, Targets
+from tuf.api.serialization import DeserializationError
+from tuf.api.serialization.json import CanonicalJSONSerializer
 from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
 
-from cli_support import ToolError
+from cli_support import VERSION, ToolError
 from mirror_store import HASH_FACTORIES, TUF_HASH_ALGORITHM, MirrorLayout, digest_file, iter_targets
 from parallel import make_executor, ordered_map, usable_cpus
-from pypi_client import USER_AGENT, retry_delay, settle_environment
+from pypi_client import retry_delay
 
 log = logging.getLogger("tuf_audit")
 
@@ -79,6 +82,7 @@ KINDS = (UNSIGNED, MISMATCH, MISSING, COPY_MISSING)
 GROUP_ITEMS = 256
 GROUP_MAX_BINS = 64
 _TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
+USER_AGENT = f"pypi-index-mirror/{VERSION} audit (+urllib3/{urllib3.__version__})"
 
 
 @dataclass(frozen=True)
@@ -142,6 +146,8 @@ def _one_line(text: str) -> str:
 def rejection(exc: Exception) -> AuditError:
     """The AuditError for an error python-tuf raised while verifying or downloading."""
     detail = _one_line(str(exc) or type(exc).__name__)
+    if isinstance(exc, tuf_errors.DownloadLengthMismatchError):
+        return MetadataRejected("too large", detail)
     if isinstance(exc, tuf_errors.DownloadError):
         cause = exc.__cause__
         if cause is not None and str(cause) and str(cause) not in detail:
@@ -310,12 +316,12 @@ def verify_bin(
     """
     try:
         meta.verify_length_and_hashes(data)
-        metadata = Metadata[Targets].from_bytes(data)
+        metadata = parse_metadata(data, role)
         if metadata.signed.type != Targets.type:
             raise tuf_errors.RepositoryError(
                 f"{role}: expected targets metadata, got {metadata.signed.type!r}"
             )
-        delegator.verify_delegate(role, metadata.signed_bytes, metadata.signatures)
+        delegator.verify_delegate(role, signed_payload(metadata.signed), metadata.signatures)
         if metadata.signed.version != meta.version:
             raise tuf_errors.BadVersionNumberError(
                 f"expected {role} v{meta.version}, got v{metadata.signed.version}"
@@ -335,6 +341,45 @@ def verify_bin(
             "publishes",
         )
     return metadata.signed
+
+
+def _no_float(text: str) -> object:
+    raise ValueError(f"{text}: canonical JSON has integers only")
+
+
+def parse_metadata(data: bytes, role: str) -> Metadata[Targets]:
+    """Deserialize metadata as python-tuf's JSON deserializer does, refusing non-integer numbers.
+
+    Canonical JSON (what TUF signs) has no floats, NaN or infinities, so
+    python-tuf can never verify metadata holding one; refusing them here keeps
+    `signed_payload`'s shortcut exact. Raises DeserializationError.
+    """
+    try:
+        document = json.loads(data, parse_float=_no_float, parse_constant=_no_float)
+        return Metadata.from_dict(document)
+    except Exception as exc:  # as python-tuf's JSONDeserializer: any failure is bad data
+        raise DeserializationError(f"{role}: not TUF metadata ({_one_line(str(exc))})") from None
+
+
+def signed_payload(signed: Targets) -> bytes:
+    """The canonical JSON bytes of `signed` that signatures cover (``Metadata.signed_bytes``).
+
+    securesystemslib's canonical encoder is pure Python: at 700,000 targets it
+    was a third of the audit's CPU. For data without floats (`parse_metadata`
+    refuses them) and without a backslash or control character in any string,
+    canonical JSON (OLPC: keys sorted, no whitespace, only '\\' and '"'
+    escaped, UTF-8) is byte for byte what ``json.dumps(sort_keys=True)`` with
+    compact separators writes; anything else takes python-tuf's own encoder.
+    """
+    try:
+        text = json.dumps(
+            signed.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        )
+        if "\\" not in text:  # json escapes control characters, canonical JSON does not
+            return text.encode("utf-8")
+    except (TypeError, ValueError, UnicodeEncodeError):
+        pass
+    return CanonicalJSONSerializer().serialize(signed)
 
 
 def split_misplaced(
@@ -402,7 +447,7 @@ class BinWork(NamedTuple):
     role: str
     meta: MetaFile | None  # None: the top-level targets' own (already verified) targets
     data: bytes | None  # the bin's metadata as fetched
-    pages: tuple[str, ...]  # the pages on disk that hash into this bin
+    pages: bytes  # the pages on disk that hash into this bin, packed (`unpack_paths`)
     top_level: dict[str, SignedTarget]  # top-level targets in this bin: a client finds these first
 
 
@@ -433,7 +478,7 @@ def audit_group(
             signed, misplaced = split_misplaced(signed_targets(verified), work.role, succinct)
             report.misplaced.extend(misplaced)
         signed.update(work.top_level)
-        paths = set(work.pages) | signed.keys()
+        paths = set(unpack_paths(work.pages)) | signed.keys()
         on_disk = {path: read_disk_facts(served_dir, path, signed.get(path)) for path in paths}
         report.differences.extend(compare(signed, on_disk))
         report.targets += len(signed)
@@ -444,12 +489,16 @@ def audit_group(
 
 
 class MetadataFetcher(FetcherInterface):
-    """Moves bytes only (python-tuf's fetcher interface): one `requests.Session`.
+    """Moves bytes only (python-tuf's fetcher interface), over one urllib3 pool.
 
     Every request has a (connect, read) timeout and this tool's User-Agent;
     connection errors, 429 and 5xx are retried with backoff (GETs of
     metadata are idempotent); a 4xx is final (a 404 ends the root rotation).
-    Size caps are the ``max_length`` python-tuf passes to ``download_bytes``.
+    Each answer is read with the size cap python-tuf passes (``max_length``).
+    urllib3 rather than requests: 16,384 bins are 16,384 requests, and
+    requests' per-request machinery cost 2.3 ms of CPU each against 0.85 ms
+    (measured on loopback). Proxies come from the environment (``*_proxy``,
+    ``no_proxy``), a CA bundle from ``REQUESTS_CA_BUNDLE`` or ``CURL_CA_BUNDLE``.
     """
 
     CHUNK = 1 << 16
@@ -457,30 +506,30 @@ class MetadataFetcher(FetcherInterface):
     def __init__(self, config: AuditConfig, sleep: Callable[[float], None] = time.sleep) -> None:
         self.config = config
         self.sleep = sleep
-        self.session = requests.Session()
-        self.session.headers["User-Agent"] = USER_AGENT
-        adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=2, max_retries=0)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
-        settle_environment(self.session, config.metadata_url)
+        self.timeout = urllib3.Timeout(connect=config.connect_timeout, read=config.timeout)
+        self.pool = _pool_for(config.metadata_url)
 
     def close(self) -> None:
-        self.session.close()
+        self.pool.clear()
 
     def _fetch(self, url: str) -> Iterator[bytes]:
-        timeout = (self.config.connect_timeout, self.config.timeout)
         for attempt in range(self.config.retries + 1):
             last = attempt == self.config.retries
             try:
-                response = self.session.get(url, stream=True, timeout=timeout)
-            except requests.Timeout as exc:
+                response = self.pool.request(
+                    "GET", url, preload_content=False, timeout=self.timeout, retries=False
+                )
+            except urllib3.exceptions.NewConnectionError as exc:  # a TimeoutError to urllib3
                 if last:
-                    raise tuf_errors.SlowRetrievalError(f"{url}: timed out") from exc
-            except requests.RequestException as exc:
+                    raise tuf_errors.DownloadError(f"{url}: {_reason(exc)}") from None
+            except urllib3.exceptions.TimeoutError:
+                if last:
+                    raise tuf_errors.SlowRetrievalError(f"{url}: timed out") from None
+            except urllib3.exceptions.HTTPError as exc:
                 if last:
                     raise tuf_errors.DownloadError(f"{url}: {_reason(exc)}") from None
             else:
-                status = response.status_code
+                status = response.status
                 if status < 400:
                     return self._chunks(url, response)
                 response.close()
@@ -489,30 +538,47 @@ class MetadataFetcher(FetcherInterface):
             self.sleep(retry_delay(attempt, self.config.backoff, None))
         raise AssertionError("unreachable")
 
-    def _chunks(self, url: str, response: requests.Response) -> Iterator[bytes]:
+    def _chunks(self, url: str, response: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
+        complete = False
         try:
-            yield from response.iter_content(self.CHUNK)
-        except requests.RequestException as exc:
+            yield from response.stream(self.CHUNK)
+            complete = True
+        except urllib3.exceptions.HTTPError as exc:
             raise tuf_errors.DownloadError(f"{url}: body cut off: {_reason(exc)}") from None
         finally:
-            response.close()
+            if complete:
+                response.release_conn()  # keep-alive for the next bin
+            else:
+                response.close()  # a half-read answer must not be reused
 
-    @contextlib.contextmanager
-    def download_file(self, url: str, max_length: int) -> Iterator[IO]:
-        """As python-tuf's, with the URL in the message when the answer is too large."""
-        try:
-            with super().download_file(url, max_length) as handle:
-                yield handle
-        except tuf_errors.DownloadLengthMismatchError:
-            raise tuf_errors.DownloadLengthMismatchError(
-                f"{url}: larger than the {max_length}-byte limit"
-            ) from None
+    def download_bytes(self, url: str, max_length: int) -> bytes:
+        """As python-tuf's, but in memory (no temp file per bin), naming the URL if too large."""
+        received = bytearray()
+        for chunk in self.fetch(url):
+            received += chunk
+            if len(received) > max_length:
+                raise tuf_errors.DownloadLengthMismatchError(
+                    f"{url}: larger than the {max_length}-byte limit"
+                )
+        return bytes(received)
+
+
+def _pool_for(base_url: str) -> urllib3.PoolManager:
+    """A keep-alive pool for `base_url`'s host, through the environment's proxy if any."""
+    headers = {"User-Agent": USER_AGENT}
+    ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+    options = {"num_pools": 2, "maxsize": 2, "headers": headers, "ca_certs": ca_bundle}
+    split = parse.urlsplit(base_url)
+    proxy = urllib.request.getproxies().get(split.scheme)
+    if proxy and not urllib.request.proxy_bypass(split.hostname or ""):
+        return urllib3.ProxyManager(proxy, **options)
+    return urllib3.PoolManager(**options)
 
 
 def _reason(exc: BaseException) -> str:
-    """The innermost words of a requests error ("Connection refused"), not urllib3's reprs."""
+    """The innermost words of a urllib3 error ("Connection refused"), not its reprs."""
     inner = exc
-    for _ in range(5):  # requests wraps urllib3 errors that wrap socket errors
+    for _ in range(5):  # urllib3 errors wrap socket errors
         cause = getattr(inner, "reason", None)
         if not isinstance(cause, BaseException):
             cause = next((a for a in reversed(inner.args) if isinstance(a, BaseException)), None)
@@ -653,17 +719,40 @@ def succinct_roles_of(targets: Targets) -> SuccinctRoles | None:
     return delegations.succinct_roles
 
 
-def pages_by_bin(
-    pages: Iterable[str], succinct: SuccinctRoles | None, roles: list[str]
-) -> list[list[str]]:
-    """Group page paths by the bin a client would look them up in (one group without bins)."""
-    if succinct is None:
-        return [list(pages)]
-    index = {role: position for position, role in enumerate(roles)}
-    groups: list[list[str]] = [[] for _ in roles]
-    for path in pages:
-        groups[index[succinct.get_role_for_target(path)]].append(path)
-    return groups
+class PagesByBin:
+    """The page paths on disk, grouped by the bin a client looks each up in.
+
+    Each bin's paths are packed into one buffer of NUL-separated file-system
+    bytes (a NUL cannot occur in a path): at 700,000 pages that is ~25 MB,
+    where a list of str per bin would be ~65 MB. Without bins, one group.
+    """
+
+    def __init__(self, succinct: SuccinctRoles | None, roles: list[str]) -> None:
+        self.succinct = succinct
+        self._position = {role: position for position, role in enumerate(roles)}
+        self._packed = [bytearray() for _ in roles] if succinct else [bytearray()]
+        self.count = 0
+
+    def position(self, path: str) -> int:
+        if self.succinct is None:
+            return 0
+        return self._position[self.succinct.get_role_for_target(path)]
+
+    def add_all(self, paths: Iterable[str]) -> PagesByBin:
+        for path in paths:
+            self._packed[self.position(path)] += os.fsencode(path) + b"\0"
+            self.count += 1
+        return self
+
+    def take(self, position: int) -> bytes:
+        """The packed paths of one bin, released here (each bin is handed on once)."""
+        packed, self._packed[position] = bytes(self._packed[position]), bytearray()
+        return packed
+
+
+def unpack_paths(packed: bytes) -> list[str]:
+    """The paths `PagesByBin.take` packed."""
+    return [os.fsdecode(path) for path in packed.split(b"\0")[:-1]]
 
 
 def group_work(work: Iterable[BinWork]) -> Iterator[tuple[BinWork, ...]]:
@@ -672,7 +761,7 @@ def group_work(work: Iterable[BinWork]) -> Iterator[tuple[BinWork, ...]]:
     items = 0
     for item in work:
         group.append(item)
-        items += len(item.pages) + len(item.top_level) + 1
+        items += item.pages.count(0) + len(item.top_level) + 1
         if items >= GROUP_ITEMS or len(group) >= GROUP_MAX_BINS:
             yield tuple(group)
             group, items = [], 0
@@ -699,8 +788,8 @@ def audit(
         roles = list(succinct.get_roles()) if succinct else []
         metas = [_bin_meta(trusted.snapshot, role) for role in roles]
         top_level = signed_targets(trusted.targets)
-        pages = pages_by_bin(iter_targets(layout), succinct, roles)
-        report.pages, report.bins = sum(map(len, pages)), len(roles)
+        pages = PagesByBin(succinct, roles).add_all(iter_targets(layout, ordered=False))
+        report.pages, report.bins = pages.count, len(roles)
         log.info(
             "auditing %d pages against %d bins at %s", report.pages, len(roles), reader.base_url
         )
@@ -709,7 +798,7 @@ def audit(
         try:
             if succinct is None:
                 work: Iterable[BinWork] = [
-                    BinWork(Targets.type, None, None, tuple(pages.pop()), top_level)
+                    BinWork(Targets.type, None, None, pages.take(0), top_level)
                 ]
             else:
                 fetched = ordered_map(
@@ -721,9 +810,7 @@ def audit(
                     ),
                     config.fetch_workers * 4,
                 )
-                work = _bin_work(
-                    fetched, pages, pages_by_bin(top_level, succinct, roles), top_level
-                )
+                work = _bin_work(fetched, pages, top_level)
             served = os.fspath(layout.served_dir)
             tasks = (
                 (served, trusted.targets_bytes, reference_time, group) for group in group_work(work)
@@ -747,15 +834,15 @@ def audit(
 
 def _bin_work(
     fetched: Iterable[tuple[tuple[str, MetaFile, bool], bytes]],
-    pages: list[list[str]],
-    top_pages: list[list[str]],
+    pages: PagesByBin,
     top_level: dict[str, SignedTarget],
 ) -> Iterator[BinWork]:
-    """Pair each fetched bin with its pages on disk, releasing each page list once handed on."""
+    """Pair each fetched bin with its pages on disk and the top-level targets in its range."""
+    top_by_bin: dict[int, dict[str, SignedTarget]] = {}
+    for path, target in top_level.items():  # RSTUF signs none at the top: usually empty
+        top_by_bin.setdefault(pages.position(path), {})[path] = target
     for position, ((role, meta, _), data) in enumerate(fetched):
-        bin_pages, pages[position] = tuple(pages[position]), []
-        overrides = {path: top_level[path] for path in top_pages[position]}
-        yield BinWork(role, meta, data, bin_pages, overrides)
+        yield BinWork(role, meta, data, pages.take(position), top_by_bin.get(position, {}))
 
 
 def _bin_meta(snapshot: Snapshot, role: str) -> MetaFile:

@@ -216,6 +216,25 @@ def test_verify_bin_refuses_what_a_client_refuses(bins: Bins) -> None:
     assert problem(data, MetaFile(2), role="elsewhere").startswith("invalid: elsewhere")
 
 
+@pytest.mark.parametrize(
+    "path",
+    ["simple/numpy/index.html", "simple/ünïcode-€/index.html", 'a\\back"slash', "tab\there"],
+)
+def test_the_signed_payload_is_python_tufs_canonical_json(bins: Bins, path: str) -> None:
+    role = bins.succinct.get_role_for_target(path)
+    metadata = tuf_audit.parse_metadata(bins.sign(role, [path, "simple/other/index.html"]), role)
+    assert tuf_audit.signed_payload(metadata.signed) == metadata.signed_bytes
+
+
+def test_numbers_canonical_json_cannot_hold_are_refused(bins: Bins) -> None:
+    document = json.loads(bins.sign("bins-0", ["simple/numpy/index.html"]))
+    document["signed"]["targets"]["simple/numpy/index.html"]["custom"] = {"score": 1.5}
+    with pytest.raises(tuf_audit.MetadataRejected, match=r"^TUF metadata rejected: invalid: "):
+        tuf_audit.verify_bin(
+            json.dumps(document).encode(), "bins-0", MetaFile(1), bins.delegator, NOW
+        )
+
+
 def test_targets_in_a_bin_not_theirs_sign_nothing(bins: Bins) -> None:
     home = "simple/numpy/index.html"
     role = bins.succinct.get_role_for_target(home)
@@ -391,6 +410,13 @@ def test_a_lost_bin_stops_the_audit(world: World) -> None:
     error = audit_error(world)
     url = f"{world.metadata_url}{world.repo.versions[role]}.{role}.json"
     assert str(error) == f"TUF metadata unreachable: {url} answered HTTP 404"
+
+
+def test_every_answer_is_size_capped(world: World) -> None:
+    error = audit_error(world, max_targets_bytes=100)  # top-level targets, then every bin
+    url = f"{world.metadata_url}1.targets.json"
+    assert str(error).startswith(f"TUF metadata rejected: too large: {url}: ")
+    assert str(error).endswith("larger than the 100-byte limit")
 
 
 def test_a_trusted_root_that_is_not_one_stops_the_audit(world: World) -> None:
