@@ -75,7 +75,7 @@ from pypi_client import (
 from root_index import iter_root_index, merge_root, render_root_lines
 from rstuf_outbox import RstufDelivery
 from settings import Config, config_from
-from state import PendingProject, State, clear_state_temps, load_state, save_state
+from state import PendingProject, State, StateError, clear_state_temps, load_state, save_state
 
 log = logging.getLogger("pypi_mirror")
 # The one line every run ends with; logged at INFO even under -q (see `main`).
@@ -510,7 +510,12 @@ class Sync:
                 "until its first sync finishes)"
             )
         with mirror_lock(self.layout.lock_path):
-            self.state = load_state(self.config.state_file)
+            try:
+                self.state = load_state(self.config.state_file)
+            except StateError as exc:
+                if self.config.repair:  # it writes the outbox: see the README's recovery steps
+                    raise
+                log.warning("%s; auditing without it", exc)  # the audit is how to recover
             self.writer = MirrorWriter(self.layout, self.state)
             owed = self.state.outbox.dirty | self.state.outbox.in_flight_paths()
             owed_found: set[str] = set()

@@ -419,6 +419,20 @@ def test_every_answer_is_size_capped(world: World) -> None:
     assert str(error).endswith("larger than the 100-byte limit")
 
 
+def test_transient_answers_are_retried_and_a_404_is_final(world: World) -> None:
+    role = world.repo.role_for(ROOT_TARGET)
+    bin_path = f"/{world.repo.versions[role]}.{role}.json"
+    failures = {"/timestamp.json": [503, 502], bin_path: [500]}
+    with serve_directory(world.repo.directory, failures) as url:
+        found, report = world.audit(metadata_url=url, retries=2, backoff=0.01)
+        assert found == [] and report.targets == len(PROJECTS) + 1
+        assert failures == {"/timestamp.json": [], bin_path: []}
+        failures["/timestamp.json"] = [404, 404]
+        error = audit_error(world, metadata_url=url, retries=2, backoff=0.01)
+        assert str(error) == f"TUF metadata unreachable: {url}timestamp.json answered HTTP 404"
+        assert failures["/timestamp.json"] == [404], "a 404 is not retried"
+
+
 def test_a_trusted_root_that_is_not_one_stops_the_audit(world: World) -> None:
     world.root_file.write_text("{}")
     error = audit_error(world)
@@ -519,6 +533,17 @@ def test_audit_options_that_cannot_work_are_usage_errors(
 ) -> None:
     assert world.mirror.run(*args) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_damaged_state_does_not_stop_an_audit_but_stops_a_repair(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    world.mirror.state.write_text("{not json")
+    code, lines = run_audit(world, capsys)
+    assert code == 0 and lines[0].startswith("summary ")
+    code, _ = run_audit(world, capsys, "--repair")
+    assert code == 1
+    assert world.mirror.state.read_text() == "{not json"
 
 
 def test_audit_settings_come_from_the_environment(world: World) -> None:

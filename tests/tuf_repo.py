@@ -184,20 +184,33 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     """Files only, as a static web server serves RSTUF's storage; 404 for anything absent."""
 
     protocol_version = "HTTP/1.1"  # keep-alive, as a real web server answers
+    failures: dict[str, list[int]]  # URL path -> statuses to answer first, in order
 
     def setup(self) -> None:
         super().setup()
         # Without it keep-alive clients wait ~40 ms per answer (Nagle meets delayed ACKs).
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
+    def do_GET(self) -> None:
+        planned = self.failures.get(self.path)
+        if planned:
+            self.send_error(planned.pop(0))
+            return
+        super().do_GET()
+
     def log_message(self, format: str, *args: object) -> None:
         pass
 
 
 @contextlib.contextmanager
-def serve_directory(directory: Path) -> Iterator[str]:
-    """Serve `directory` on 127.0.0.1 from a thread; yields its base URL (with a slash)."""
-    handler = functools.partial(_QuietHandler, directory=str(directory))
+def serve_directory(directory: Path, failures: dict[str, list[int]] | None = None) -> Iterator[str]:
+    """Serve `directory` on 127.0.0.1 from a thread; yields its base URL (with a slash).
+
+    `failures` maps a URL path (``/timestamp.json``) to the statuses answered
+    to its first requests (the dict is consumed, so a test can inspect it).
+    """
+    handler = type("Handler", (_QuietHandler,), {"failures": failures or {}})
+    handler = functools.partial(handler, directory=str(directory))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01})

@@ -12,13 +12,16 @@ Builds (or reuses, keyed by its parameters) in the work directory:
   (``tests.tuf_repo``: consistent snapshots, ed25519, every bin signed).
 
 Then serves the metadata over loopback (``tests.tuf_repo.serve_directory``:
-``http.server`` threads in this process, TCP_NODELAY) and runs the audit in
-a subprocess, ``--rounds`` times on a warm page cache: wall time, CPU
-(user + system of the audit and the workers it waited for, from wait4), peak
-RSS of the audit's own process (its ``resource.getrusage``) and of its
-largest worker (VmHWM, sampled from /proc). Prints a
-table and writes a JSON result file. The module is not named test_*, so
-pytest does not collect it.
+``http.server`` threads in this process, TCP_NODELAY, keep-alive) and runs
+the audit in a subprocess, ``--rounds`` times on a warm page cache: wall
+time; CPU (user + system) of the audit's process and of all its processes
+(its hashing workers are children of multiprocessing's fork server, so
+wait4 never sees them: sampled from /proc), and of the metadata server
+(this process); peak RSS of the audit's own process (its
+``resource.getrusage``) and of its largest worker (VmHWM). The machine's
+load average is recorded too: on a shared machine wall time says little
+without it. Prints one line per round and writes a JSON result file. The
+module is not named test_*, so pytest does not collect it.
 """
 
 from __future__ import annotations
@@ -57,11 +60,14 @@ BENCH_SERIAL = 24_000_000
 @dataclass
 class Round:
     wall: float  # seconds
-    cpu: float  # user + system seconds, the audit and its waited-for children
+    cpu: float  # user + system seconds of the audit's own process (sampled)
+    tree_cpu: float  # the same, summed over the audit and all its descendants
     audit_peak_rss_mib: float  # the audit's own process (its getrusage RUSAGE_SELF)
     worker_peak_rss_mib: float  # VmHWM of its largest descendant (a worker), sampled
     returncode: int
     stdout_tail: str
+    load_before: float  # 1-minute load average when the round started (2 cores here)
+    server_cpu: float  # user + system seconds the metadata server (this process) spent
 
 
 # --- building -----------------------------------------------------------------------
@@ -161,22 +167,31 @@ def _bin_contents(
 # --- measuring -------------------------------------------------------------------------
 
 
-class PeakSampler(threading.Thread):
-    """Samples the VmHWM of every descendant of a process from /proc until stopped."""
+class TreeSampler(threading.Thread):
+    """Samples VmHWM and CPU time of a process and its descendants from /proc until stopped.
 
-    def __init__(self, pid: int, interval: float = 0.25) -> None:
+    The pool's workers are children of multiprocessing's fork server, not of
+    the audit, so wait4 never accounts for them; sampling every `interval`
+    seconds loses at most that much CPU per process.
+    """
+
+    def __init__(self, pid: int, interval: float = 0.2) -> None:
         super().__init__(daemon=True)
         self.pid, self.interval = pid, interval
         self.peaks: dict[int, int] = {}  # pid -> kB
+        self.cpu: dict[int, float] = {}  # pid -> seconds (user + system)
         self._done = threading.Event()
+        self._tick = os.sysconf("SC_CLK_TCK")
 
     def run(self) -> None:
         while not self._done.wait(self.interval):
-            for pid in self._descendants():
+            for pid in [self.pid, *self._descendants()]:
                 try:
                     status = Path(f"/proc/{pid}/status").read_text()
+                    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
                 except OSError:
                     continue
+                self.cpu[pid] = (int(fields[11]) + int(fields[12])) / self._tick
                 for line in status.splitlines():
                     if line.startswith("VmHWM:"):
                         self.peaks[pid] = max(self.peaks.get(pid, 0), int(line.split()[1]))
@@ -239,9 +254,11 @@ def run_child(spec: str) -> int:
 
 
 def measure(command: list[str]) -> Round:
+    load_before = os.getloadavg()[0]
+    server_started = time.process_time()
     started = time.perf_counter()
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, text=True)
-    sampler = PeakSampler(process.pid)
+    sampler = TreeSampler(process.pid)
     sampler.start()
     assert process.stdout is not None
     lines = process.stdout.read().splitlines()
@@ -253,9 +270,15 @@ def measure(command: list[str]) -> Round:
     lines = [line for line in lines if not line.startswith(RSS_LINE)]
     return Round(
         wall=wall,
-        cpu=usage.ru_utime + usage.ru_stime,
+        cpu=sampler.cpu.get(process.pid, usage.ru_utime + usage.ru_stime),
         audit_peak_rss_mib=(own[0] if own else usage.ru_maxrss) / 1024,
-        worker_peak_rss_mib=max(sampler.peaks.values(), default=0) / 1024,
+        worker_peak_rss_mib=max(
+            (kib for pid, kib in sampler.peaks.items() if pid != process.pid), default=0
+        )
+        / 1024,
+        tree_cpu=sum(sampler.cpu.values()),
+        load_before=load_before,
+        server_cpu=time.process_time() - server_started,
         returncode=process.returncode,
         stdout_tail="\n".join(lines[-3:]),
     )
@@ -290,7 +313,9 @@ def main(argv: list[str] | None = None) -> int:
             rounds.append(result)
             print(
                 f"round {number + 1}: exit {result.returncode}, {result.wall:.1f} s wall, "
-                f"{result.cpu:.1f} s CPU, peak RSS: audit process "
+                f"{result.cpu:.1f} s CPU (audit process), {result.tree_cpu:.1f} s CPU (with its "
+                f"workers), server {result.server_cpu:.1f} s CPU, load {result.load_before:.1f}, "
+                f"peak RSS: audit process "
                 f"{result.audit_peak_rss_mib:.0f} MiB, largest worker "
                 f"{result.worker_peak_rss_mib:.0f} MiB\n"
                 f"  {result.stdout_tail}",
@@ -299,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     best = min(rounds, key=lambda r: r.wall)
     print(
         f"\naudit of {args.targets} targets in {args.bins} bins, {args.workers} workers: "
-        f"best {best.wall:.1f} s wall, {best.cpu:.1f} s CPU, peak RSS "
+        f"best {best.wall:.1f} s wall, {best.tree_cpu:.1f} s CPU (all processes), peak RSS "
         f"{max(r.audit_peak_rss_mib for r in rounds):.0f} MiB (audit process), "
         f"{max(r.worker_peak_rss_mib for r in rounds):.0f} MiB (largest worker)"
     )
