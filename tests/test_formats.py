@@ -1,0 +1,272 @@
+"""PEP 691 JSON pages (--simple-format json|all) and the JSON root, against the stand-ins."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import cli_support
+import generate_csv
+from mirror_store import (
+    JSON_PAGE_NAME,
+    JSON_ROOT_TARGET,
+    PAGE_NAME,
+    PAGE_NAMES,
+    digest_file,
+    prefixed_name,
+)
+from page_formats import judge
+from pypi_client import FetchedPage
+from state import load_state
+from tests.fake_pypi import FakePyPI
+from tests.fake_rstuf import ADD, REMOVE, FakeRstuf
+from tests.mirror_helpers import (
+    Mirror,
+    assert_consistent,
+    assert_mirror_matches_upstream,
+    bootstrap,
+    mirror_view,
+    upstream_json_page,
+)
+
+ALL = ("--simple-format", "all")
+JSON_ONLY = ("--simple-format", "json")
+
+
+@pytest.fixture
+def mirror(tmp_path: Path, pypi: FakePyPI) -> Mirror:
+    return Mirror(tmp_path / "pypi-index-mirror", tmp_path / "state.json", pypi.url)
+
+
+def json_root(mirror: Mirror) -> dict:
+    return json.loads(mirror.layout.json_root_page.read_bytes())
+
+
+def json_page(mirror: Mirror, name: str) -> bytes | None:
+    path = mirror.layout.project_page(name, JSON_PAGE_NAME)
+    return path.read_bytes() if path.exists() else None
+
+
+def upstream_root_serials(pypi: FakePyPI) -> dict[str, int]:
+    """display name -> _last-serial, as PyPI's own JSON root lists them."""
+    root = json.loads(pypi.root_page(json_form=True))
+    return {project["name"]: project["_last-serial"] for project in root["projects"]}
+
+
+def assert_json_matches_upstream(mirror: Mirror, pypi: FakePyPI) -> None:
+    """Both forms of every listed page byte for byte, and a JSON root that agrees with PyPI's."""
+    assert_mirror_matches_upstream(mirror)
+    for name in mirror.root_projects():
+        assert json_page(mirror, name) == upstream_json_page(pypi.url, name), name
+    root = json_root(mirror)
+    listed = {project["name"]: project["_last-serial"] for project in root["projects"]}
+    assert listed == upstream_root_serials(pypi)
+    assert root["meta"] == {"api-version": "1.0", "_last-serial": max(listed.values(), default=0)}
+
+
+# --- first sync and updates with both forms ----------------------------------------------------
+
+
+def test_first_sync_with_all_mirrors_both_forms_and_the_json_root(
+    mirror: Mirror, pypi: FakePyPI
+) -> None:
+    assert mirror.run(*ALL) == 0
+    assert_json_matches_upstream(mirror, pypi)
+    assert_consistent(mirror)  # each JSON page hard-linked to its <blake2b-256>.index.v1_json
+    root_copy = prefixed_name(digest_file(mirror.layout.json_root_page).hexdigest, JSON_PAGE_NAME)
+    assert (mirror.layout.simple_dir / root_copy).exists()
+    assert load_state(mirror.state).formats == ("html", "json")
+    # a JSON page has what HTML cannot carry (PEP 700)
+    page = json.loads(json_page(mirror, "numpy") or b"")
+    assert page["versions"] == ["1.0"] and all("size" in f for f in page["files"])
+
+
+def test_json_root_is_deterministic(mirror: Mirror, pypi: FakePyPI, tmp_path: Path) -> None:
+    assert mirror.run(*ALL) == 0
+    other = Mirror(tmp_path / "other", tmp_path / "other.json", pypi.url)
+    assert other.run(*ALL) == 0
+    assert other.layout.json_root_page.read_bytes() == mirror.layout.json_root_page.read_bytes()
+
+
+def test_update_fetches_both_forms_of_each_changed_project(mirror: Mirror, pypi: FakePyPI) -> None:
+    assert mirror.run(*ALL) == 0
+    html_root = mirror.layout.root_page.stat().st_mtime_ns
+    pypi.add_release("numpy", "2.0")
+    pypi.reset_log()
+    assert mirror.run(*ALL) == 0
+    assert pypi.count_pages() == 2  # one more request per changed project, no more
+    assert pypi.count_pages("numpy") == 2
+    assert_json_matches_upstream(mirror, pypi)
+    assert mirror.layout.root_page.stat().st_mtime_ns == html_root, "membership did not change"
+    dirty = load_state(mirror.state).outbox.dirty
+    assert dirty == {"simple/numpy/index.html", "simple/numpy/index.v1_json", JSON_ROOT_TARGET}
+
+
+def test_nothing_changed_rewrites_no_root(mirror: Mirror, pypi: FakePyPI) -> None:
+    assert mirror.run(*ALL) == 0
+    before = mirror.layout.json_root_page.stat().st_mtime_ns
+    pypi.reset_log()
+    assert mirror.run(*ALL) == 0
+    assert pypi.count_pages() == 0
+    assert mirror.layout.json_root_page.stat().st_mtime_ns == before
+
+
+def test_removed_and_quarantined_projects_follow_the_html_rules(
+    mirror: Mirror, pypi: FakePyPI
+) -> None:
+    assert mirror.run(*ALL) == 0
+    pypi.remove_project("Django")
+    pypi.quarantine_project("Foo_Bar")
+    assert mirror.run(*ALL) == 0
+    assert mirror.page("django") is None and json_page(mirror, "django") is None
+    quarantined = json.loads(json_page(mirror, "foo-bar") or b"")
+    assert quarantined["project-status"]["status"] == "quarantined"
+    assert quarantined["files"] == []
+    names = [project["name"] for project in json_root(mirror)["projects"]]
+    assert "Django" not in names and "Foo_Bar" not in names
+    assert_json_matches_upstream(mirror, pypi)
+
+
+def test_both_forms_come_from_one_serial_or_the_project_waits(
+    mirror: Mirror, pypi: FakePyPI
+) -> None:
+    assert mirror.run(*ALL) == 0
+    old_html, old_json = mirror.page("numpy"), json_page(mirror, "numpy")
+    pypi.add_release("numpy", "2.0")
+    # Every answer for numpy is stale except the first (the HTML): the JSON never catches up.
+    pypi.inject("numpy", "slow", seconds=0)
+    pypi.inject("numpy", "stale", times=100)
+    assert mirror.run(*ALL) == cli_support.EXIT_PARTIAL
+    assert (mirror.page("numpy"), json_page(mirror, "numpy")) == (old_html, old_json)
+    assert "numpy" in load_state(mirror.state).pending
+    pypi.clear_faults()
+    assert mirror.run(*ALL) == 0
+    assert_json_matches_upstream(mirror, pypi)
+    assert not load_state(mirror.state).pending
+
+
+def test_a_stale_json_answer_is_retried_until_it_matches(mirror: Mirror, pypi: FakePyPI) -> None:
+    assert mirror.run(*ALL) == 0
+    pypi.add_release("numpy", "2.0")
+    pypi.inject("numpy", "slow", seconds=0)  # the HTML request
+    pypi.inject("numpy", "stale", times=2)  # the JSON request and its first retry
+    pypi.reset_log()
+    assert mirror.run(*ALL) == 0
+    assert pypi.count_pages("numpy") == 4  # the HTML once, the JSON three times
+    assert_json_matches_upstream(mirror, pypi)
+
+
+def test_a_json_page_that_is_not_a_pep_691_page_is_refused(mirror: Mirror, pypi: FakePyPI) -> None:
+    assert mirror.run(*ALL) == 0
+    old = json_page(mirror, "numpy")
+    pypi.add_release("numpy", "2.0")
+    pypi.inject("numpy", "slow", seconds=0)
+    pypi.inject("numpy", "not_simple", times=100)  # a CDN error page where JSON was asked
+    assert mirror.run(*ALL) == cli_support.EXIT_PARTIAL
+    assert json_page(mirror, "numpy") == old
+    assert "numpy" in load_state(mirror.state).pending
+
+
+def test_judge_settles_which_forms_to_fetch_again() -> None:
+    def page(serial: int | None) -> FetchedPage:
+        return FetchedPage("x", None if serial is None else b"x", serial, None)
+
+    assert judge([page(7), page(7)], 5, True).agreed
+    assert judge([page(None), page(None)], 5, False).agreed  # removed
+    newer_json = judge([page(7), page(9)], 5, True)
+    assert (newer_json.refetch, newer_json.expected) == ((0,), 9)  # the HTML is behind
+    assert judge([page(7), page(7)], 8, True).refetch == (0, 1)
+    mixed = judge([page(None), page(7)], 5, False)
+    assert mixed.refetch == (0, 1) and mixed.missing  # removed or created: ask both again
+    assert judge([page(None), page(7)], 5, True).refetch == (0,)  # it exists: the 404 is behind
+
+
+# --- json only, and changing forms -----------------------------------------------------------
+
+
+def test_json_only_serves_no_html_at_all(mirror: Mirror, pypi: FakePyPI, tmp_path: Path) -> None:
+    assert mirror.run(*JSON_ONLY) == 0
+    served = sorted(p.name for p in mirror.layout.served_dir.rglob("*") if p.is_file())
+    assert served and not any(name.endswith(".html") for name in served)
+    names = [project["name"] for project in json_root(mirror)["projects"]]
+    assert sorted(names) == sorted(upstream_root_serials(pypi))
+    pypi.add_release("numpy", "2.0")
+    pypi.remove_project("Django")
+    assert mirror.run(*JSON_ONLY) == 0
+    assert json_page(mirror, "numpy") == upstream_json_page(pypi.url, "numpy")
+    assert json_page(mirror, "django") is None
+    csv = tmp_path / "artifacts.csv"
+    assert generate_csv.main(["--mirror-dir", str(mirror.root), "--state", str(mirror.state),
+                              "--output", str(csv), "-q"]) == 0  # fmt: skip
+    paths = [line.split(";")[0] for line in csv.read_text().splitlines()]
+    assert paths[0] == JSON_ROOT_TARGET
+    assert paths[1:] == sorted(f"simple/{n}/{JSON_PAGE_NAME}" for n in mirror_projects(mirror))
+
+
+def mirror_projects(mirror: Mirror) -> list[str]:
+    """Projects with a page in some form (a removed one's directory may still hold old copies)."""
+    simple = mirror.layout.simple_dir
+    return sorted(p.name for p in simple.iterdir() if any((p / n).exists() for n in PAGE_NAMES))
+
+
+def test_adding_then_dropping_the_json_form(mirror: Mirror, pypi: FakePyPI) -> None:
+    assert mirror.run() == 0  # html, as before this option existed
+    html_before = {name: mirror.page(name) for name in mirror_projects(mirror)}
+    assert mirror.run(*ALL) == 0  # every project gains its JSON page, nothing else moves
+    assert_json_matches_upstream(mirror, pypi)
+    assert {name: mirror.page(name) for name in mirror_projects(mirror)} == html_before
+    dirty = load_state(mirror.state).outbox.dirty
+    assert dirty == {f"simple/{n}/{JSON_PAGE_NAME}" for n in html_before} | {JSON_ROOT_TARGET}
+    pypi.reset_log()
+    assert mirror.run() == 0  # back to html: JSON pages and root removed, no page fetched
+    assert pypi.count_pages() == 0
+    assert not list(mirror.layout.served_dir.rglob(JSON_PAGE_NAME))
+    assert load_state(mirror.state).formats == ("html",)
+    assert_mirror_matches_upstream(mirror)
+
+
+def test_full_check_with_all_repairs_a_damaged_json_page(mirror: Mirror, pypi: FakePyPI) -> None:
+    assert mirror.run(*ALL) == 0
+    mirror.layout.project_page("numpy", JSON_PAGE_NAME).write_bytes(b"{}")
+    pypi.archive_project("requests")  # changes both forms, writes no journal entry
+    assert mirror.run(*ALL, "--full-check") == 0
+    assert_json_matches_upstream(mirror, pypi)
+    dirty = load_state(mirror.state).outbox.dirty
+    assert {"simple/numpy/index.v1_json", "simple/requests/index.v1_json"} <= dirty
+    assert "simple/numpy/index.html" not in dirty  # unchanged bytes are not sent again
+
+
+# --- RSTUF --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def rstuf() -> Iterator[FakeRstuf]:
+    with FakeRstuf(step=0.02) as fake:
+        yield fake
+
+
+def test_each_form_is_its_own_rstuf_target(
+    mirror: Mirror, pypi: FakePyPI, rstuf: FakeRstuf
+) -> None:
+    assert mirror.run(*ALL) == 0
+    bootstrap(rstuf, mirror_view(mirror.layout))
+    assert JSON_ROOT_TARGET in rstuf.view and "simple/numpy/index.v1_json" in rstuf.view
+    mirror.rstuf_url = rstuf.url
+    old_copy = mirror.layout.project_dir("numpy") / prefixed_name(
+        digest_file(mirror.layout.project_page("numpy", JSON_PAGE_NAME)).hexdigest, JSON_PAGE_NAME
+    )
+    pypi.add_release("numpy", "2.0")
+    pypi.remove_project("Django")
+    assert mirror.run(*ALL, "--rstuf-poll", "0.05", "--grace", "0") == 0
+    assert rstuf.view == mirror_view(mirror.layout)
+    added = {a["path"] for r in rstuf.accepted if r.action == ADD for a in r.body["artifacts"]}
+    removed = {p for r in rstuf.accepted if r.action == REMOVE for p in r.body["artifacts"]}
+    assert added == {"simple/numpy/index.html", "simple/numpy/index.v1_json", JSON_ROOT_TARGET,
+                     PAGE_NAME}  # fmt: skip
+    assert removed == {"simple/django/index.html", "simple/django/index.v1_json"}
+    assert mirror.run(*ALL, "--grace", "0") == 0  # RSTUF confirmed: the old copy's grace ran out
+    assert not old_copy.exists()
+    assert_consistent(mirror)
