@@ -191,6 +191,25 @@ class PageFacts:
 
 
 _HTML_PARSER = lxml.etree.HTMLParser(recover=True, no_network=True, huge_tree=True)
+# The status as warehouse writes it (PEP 792), in either form of a page.
+_STATUS_OF_CHECKED = re.compile(
+    rb'<meta name="pypi:project-status" content="([^"]*)">'
+    rb'|"project-status"\s*:\s*\{\s*"status"\s*:\s*"([^"]*)"'
+)
+
+
+def facts_of_checked_page(body: bytes) -> PageFacts | None:
+    """The facts of a page whose bytes were checked before (the mirror's copy), cheaply.
+
+    A full check fetches every page and most are byte for byte what the mirror
+    holds: parsing them again would find what it found when they were written.
+    None when the status is not where warehouse puts it (the caller then
+    inspects the page in full).
+    """
+    match = _STATUS_OF_CHECKED.search(body)
+    if match is None:
+        return None
+    return PageFacts((match.group(1) or match.group(2)).decode("ascii", "replace"))
 
 
 def inspect_simple_page(name: str, body: bytes) -> PageFacts:
@@ -676,19 +695,25 @@ class PypiClient:
 
     # Simple API
 
-    def fetch_page(self, name: str) -> FetchedPage:
-        """GET /simple/<name>/ once as HTML; raises Transient, NotASimplePage or UpstreamError."""
+    def fetch_page(self, name: str, known: bytes | None = None) -> FetchedPage:
+        """GET /simple/<name>/ once as HTML; raises Transient, NotASimplePage or UpstreamError.
+
+        A body equal to `known` (the page the mirror holds, checked when it was
+        written) is not parsed again.
+        """
         body, serial = self._get_simple(name, HTML_ACCEPT, SIMPLE_HTML_TYPES)
         if body is None:
             return FetchedPage(name, None, None, None)
-        return FetchedPage(name, body, serial, inspect_simple_page(name, body))
+        facts = facts_of_checked_page(body) if body == known else None
+        return FetchedPage(name, body, serial, facts or inspect_simple_page(name, body))
 
-    def fetch_json_page(self, name: str) -> FetchedPage:
-        """GET /simple/<name>/ once as PEP 691 JSON; raises like `fetch_page`."""
+    def fetch_json_page(self, name: str, known: bytes | None = None) -> FetchedPage:
+        """GET /simple/<name>/ once as PEP 691 JSON; raises and skips like `fetch_page`."""
         body, serial = self._get_simple(name, JSON_TYPE, (JSON_TYPE,))
         if body is None:
             return FetchedPage(name, None, None, None)
-        return FetchedPage(name, body, serial, inspect_json_page(name, body, serial))
+        facts = facts_of_checked_page(body) if body == known else None
+        return FetchedPage(name, body, serial, facts or inspect_json_page(name, body, serial))
 
     def _get_simple(
         self, name: str, accept: str, media_types: tuple[str, ...]

@@ -126,6 +126,14 @@ class Refreshed:
         return name not in self.unlisted
 
 
+@dataclass(frozen=True)
+class ProjectPages:
+    """A project's page in each mirrored form as fetched, and as the mirror held it before."""
+
+    pages: list[FetchedPage]
+    olds: list[bytes | None]
+
+
 class Sync:
     """One run: deliver what RSTUF is owed, bring the mirror up to date, deliver again."""
 
@@ -622,10 +630,9 @@ class Sync:
                 outcome.failed.add(name)
                 continue
             changes = [
-                Change(name, item.display_name, page, self.writer.read_page(name, form.basename),
-                       form.basename)
-                for form, page in zip(self.forms, fetched, strict=True)
-            ]  # fmt: skip
+                Change(name, item.display_name, page, old, form.basename)
+                for form, page, old in zip(self.forms, fetched.pages, fetched.olds, strict=True)
+            ]
             primary = changes[0]
             if not primary.listed_after():
                 outcome.unlisted.add(name)
@@ -647,7 +654,7 @@ class Sync:
 
     def fetch_all(
         self, wanted: Mapping[str, PendingProject]
-    ) -> Iterator[tuple[str, list[FetchedPage] | UpstreamError]]:
+    ) -> Iterator[tuple[str, ProjectPages | UpstreamError]]:
         """Fetch pages concurrently, yielding each as it finishes, with a bounded window."""
         names = iter(wanted)  # in listing order: a sorted copy would be 700,000 more references
         window = self.config.workers * 4
@@ -671,39 +678,43 @@ class Sync:
                     except UpstreamError as exc:
                         yield name, exc
 
-    def fetch_current(self, name: str, item: PendingProject) -> list[FetchedPage]:
+    def fetch_current(self, name: str, item: PendingProject) -> ProjectPages:
         """Fetch a project's page in every form, all from one moment and none older than needed.
 
         Retries while PyPI's CDN serves a page older than the changelog (a
         lower ``X-PyPI-Last-Serial``, or a 404 for a project the changelog's
         newest entry says exists) or while the forms disagree (see
         `page_formats.judge`); each retry fetches only the forms behind.
-        Raises StalePage or MissingPage.
+        Runs in a worker thread, which also reads the pages on disk: the main
+        thread, which writes, then compares bytes without waiting on I/O, and a
+        page identical to the mirror's is not parsed again. Raises StalePage
+        or MissingPage.
         """
+        olds = [self.writer.read_page(name, form.basename) for form in self.forms]
         pages: list[FetchedPage | None] = [None] * len(self.forms)
         refetch: tuple[int, ...] = tuple(range(len(self.forms)))
         expected = item.serial
         for attempt in range(self.config.retries + 1):
             for index in refetch:
-                form = self.forms[index]
-                pages[index] = self.pypi.with_retries(  # type: ignore[assignment]
-                    name, functools.partial(self.fetch_form, form, name)
-                )
+                fetch = functools.partial(self.fetch_form, self.forms[index], name, olds[index])
+                pages[index] = self.pypi.with_retries(name, fetch)  # type: ignore[assignment]
             got = [page for page in pages if page is not None]
             verdict = judge(got, expected, item.expect_page)
             if verdict.agreed:
-                return got
-            log.debug("%s: stale or disagreeing answers (serials %s, want %d)",
-                      name, [page.serial for page in got], verdict.expected)  # fmt: skip
+                return ProjectPages(got, olds)
             refetch, expected = verdict.refetch, verdict.expected
+            serials = [page.serial for page in got]
+            log.debug("%s: stale or disagreeing answers (%s, want %d)", name, serials, expected)
             if attempt < self.config.retries:
                 time.sleep(retry_delay(attempt, self.config.backoff, None))
         if verdict.missing:
             raise MissingPage(name, expected)
         raise StalePage(name, expected, min(page.serial or 0 for page in got))
 
-    def fetch_form(self, form: PageFormat, name: str) -> FetchedPage:
-        return self.pypi.fetch_json_page(name) if form is JSON else self.pypi.fetch_page(name)
+    def fetch_form(self, form: PageFormat, name: str, known: bytes | None) -> FetchedPage:
+        if form is JSON:
+            return self.pypi.fetch_json_page(name, known)
+        return self.pypi.fetch_page(name, known)
 
     def keep_pending(self, name: str, item: PendingProject, error: Exception) -> None:
         log.warning("%s; kept pending for the next run", error)

@@ -270,3 +270,20 @@ def test_each_form_is_its_own_rstuf_target(
     assert mirror.run(*ALL, "--grace", "0") == 0  # RSTUF confirmed: the old copy's grace ran out
     assert not old_copy.exists()
     assert_consistent(mirror)
+
+
+@pytest.mark.parametrize("form", ["all", "json"])
+def test_full_check_leaves_unchanged_pages_alone(mirror: Mirror, pypi: FakePyPI, form: str) -> None:
+    assert mirror.run("--simple-format", form) == 0
+    pypi.quarantine_project("Foo_Bar")
+    assert mirror.run("--simple-format", form) == 0
+    owed = load_state(mirror.state).outbox.dirty  # no RSTUF here: the update's changes wait
+    files = [p for p in mirror.layout.served_dir.rglob("*") if p.is_file()]
+    before = {path: path.stat().st_mtime_ns for path in files}
+    pypi.reset_log()
+    assert mirror.run("--simple-format", form, "--full-check") == 0
+    assert pypi.count_pages() == 5 * (2 if form == "all" else 1)
+    assert {path: path.stat().st_mtime_ns for path in files} == before  # nothing rewritten
+    assert load_state(mirror.state).outbox.dirty == owed  # nothing more for RSTUF
+    names = [project["name"] for project in json_root(mirror)["projects"]]
+    assert "Foo_Bar" not in names, "an unchanged quarantined page still keeps it unlisted"
