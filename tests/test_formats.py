@@ -10,6 +10,7 @@ import pytest
 
 import cli_support
 import generate_csv
+import root_index
 from mirror_store import (
     JSON_PAGE_NAME,
     JSON_ROOT_TARGET,
@@ -19,8 +20,9 @@ from mirror_store import (
     prefixed_name,
 )
 from page_formats import judge
+from project_filter import ProjectFilter
 from pypi_client import FetchedPage
-from state import load_state
+from state import State, StateError, load_state, save_state
 from tests.fake_pypi import FakePyPI
 from tests.fake_rstuf import ADD, REMOVE, FakeRstuf
 from tests.mirror_helpers import (
@@ -287,3 +289,29 @@ def test_full_check_leaves_unchanged_pages_alone(mirror: Mirror, pypi: FakePyPI,
     assert load_state(mirror.state).outbox.dirty == owed  # nothing more for RSTUF
     names = [project["name"] for project in json_root(mirror)["projects"]]
     assert "Foo_Bar" not in names, "an unchanged quarantined page still keeps it unlisted"
+
+
+def test_json_root_renders_reads_back_and_merges() -> None:
+    members = [("a", "A", 3), ("b-c", "B.c", 9), ("q-x", "Q_x", 2)]
+    page = b"".join(root_index.render_json_root_lines(members))
+    assert json.loads(page) == {
+        "projects": [{"name": d, "_last-serial": s} for _, d, s in members],
+        "meta": {"api-version": "1.0", "_last-serial": 9},
+    }
+    read = list(root_index.iter_json_root(page.splitlines(keepends=True)))
+    assert read == [(n, (d, s)) for n, d, s in members]
+    merged = root_index.merge_root(read, {"a": None, "b-c": ("B.c", 12), "z": ("Z", 1)})
+    assert list(merged) == [("b-c", ("B.c", 12)), ("q-x", ("Q_x", 2)), ("z", ("Z", 1))]
+    empty = b"".join(root_index.render_json_root_lines([]))
+    assert json.loads(empty) == {"projects": [], "meta": {"api-version": "1.0", "_last-serial": 0}}
+
+
+def test_state_records_forms_and_filters_and_refuses_others(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    state = State(serial=3, formats=("html", "json"), filters=ProjectFilter.of(["d*"]))
+    save_state(path, state)
+    again = load_state(path)
+    assert (again.formats, again.filters) == (("html", "json"), ProjectFilter.of(["d*"]))
+    path.write_text(path.read_text().replace('"json"', '"xml"'))
+    with pytest.raises(StateError, match="corrupt"):
+        load_state(path)
