@@ -108,7 +108,6 @@ PAGE_NAME = "index.html"
 # PEP 691's JSON form of a page, under bandersnatch's name, which existing server configs expect
 JSON_PAGE_NAME = "index.v1_json"
 PAGE_NAMES = (PAGE_NAME, JSON_PAGE_NAME)  # every form a project page is served in
-_PREFIXED_PAGE = re.compile(r"^[0-9a-f]{64}\.index\.(html|v1_json)$")
 
 
 @dataclass(frozen=True)
@@ -151,6 +150,11 @@ class MirrorLayout:
         return self.root / "state.json"
 
     @property
+    def status_file(self) -> Path:
+        """How the last run ended (run_status.py): beside state.json, never served."""
+        return self.root / "status.json"
+
+    @property
     def lock_path(self) -> Path:
         return self.root / ".lock"
 
@@ -186,10 +190,6 @@ def target_of_copy(relative: str) -> str:
     return f"{directory}/{basename}" if directory else basename
 
 
-def is_prefixed_copy(filename: str) -> bool:
-    return bool(_PREFIXED_PAGE.match(filename))
-
-
 def iter_targets(layout: MirrorLayout) -> Iterator[str]:
     """Yield every TUF target the mirror serves: the roots, then each project's pages.
 
@@ -214,16 +214,21 @@ def iter_targets(layout: MirrorLayout) -> Iterator[str]:
 # --- writing -----------------------------------------------------------------
 
 
-def atomic_write(path: Path, data: bytes, staging_dir: Path, prefix: str = ".tmp-") -> None:
+def atomic_write(
+    path: Path, data: bytes, staging_dir: Path, prefix: str = ".tmp-", mode: int | None = None
+) -> None:
     """Replace `path` with `data` durably, so that readers see the old or the new bytes.
 
     The temp file (named `prefix`...) is created in `staging_dir` (same filesystem
     as `path`), fsynced, and renamed over `path`; then the directory is fsynced.
+    Its permissions are mkstemp's 0600 unless `mode` is given.
     Bulk page writes do not come here: they share one `sync_filesystem` per batch.
     """
     staging_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=staging_dir, prefix=prefix)
     try:
+        if mode is not None:
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -234,6 +239,16 @@ def atomic_write(path: Path, data: bytes, staging_dir: Path, prefix: str = ".tmp
             os.unlink(tmp_name)
         raise
     fsync_dir(path.parent)
+
+
+def readable_mode() -> int:
+    """The mode open(2) would give a new file (0666 less the umask), for files others read.
+
+    mkstemp's 0600 would keep out whoever imports the CSV or scrapes the metrics.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def fsync_dir(directory: Path) -> None:

@@ -11,12 +11,14 @@ This module is the orchestration (`Sync`) and the command line (`main`); each
 concern it orchestrates has a module of its own beside it:
 
 - ``settings.py``: every option (flag, environment, config file) and `Config`;
-- ``pypi_client.py``: the only code that speaks to PyPI;
+- ``pypi_client.py``: the only code that speaks to PyPI (its XML-RPC answers are
+  parsed by ``xmlrpc_stream.py``);
 - ``changelog.py``: what the changelog and the listing mean (pure);
 - ``root_index.py``: the root page, rendered and merged as a stream (pure);
 - ``mirror_writer.py``: the only code that changes the served tree;
 - ``state.py``: state.json, with the RSTUF outbox;
 - ``rstuf_outbox.py`` and ``rstuf_client.py``: delivering changes to RSTUF;
+- ``http_retry.py``: when both HTTP clients retry, and how much of an answer they read;
 - ``mirror_store.py``: the disk's rules (names, paths, hashing, the lock);
 - ``cli_support.py``: version, exit codes, logging, the one error funnel.
 """
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import functools
 import logging
 import sys
@@ -36,7 +39,16 @@ from typing import TypeVar
 import rstuf_client
 import settings
 from changelog import Listing, add_listed, identity_changes, merge_pending, projects_to_refresh
-from cli_support import EXIT_OK, EXIT_PARTIAL, UsageError, configure_logging, run_cli
+from cli_support import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    UsageError,
+    configure_logging,
+    failure,
+    run_cli,
+)
+from http_retry import call_with_retries
 from mirror_store import (
     MirrorLayout,
     clear_staging,
@@ -52,14 +64,12 @@ from page_formats import ALL_FORMATS, HTML, JSON, SIMPLE_FORMATS, PageFormat, ju
 from progress import Progress
 from project_filter import ProjectFilter
 from pypi_client import (
-    USER_AGENT,
     FetchedPage,
     MissingPage,
     PypiClient,
     StalePage,
     UpstreamError,
     XmlRpcUnavailable,
-    retry_delay,
 )
 from root_index import (
     iter_json_root,
@@ -69,11 +79,12 @@ from root_index import (
     render_root_lines,
 )
 from rstuf_outbox import RstufDelivery
+from run_status import StatusRecorder, show_status
 from settings import Config, config_from
 from state import PendingProject, State, clear_state_temps, load_state, save_state
 
 log = logging.getLogger("pypi_mirror")
-# The one line every run ends with; logged at INFO even under -q (see `main`).
+# The one line every run ends with; logged at INFO even under -q (see `run`).
 summary_log = logging.getLogger("pypi_mirror.summary")
 
 T = TypeVar("T")
@@ -95,6 +106,8 @@ class Summary:
     rstuf_sent: int = 0
     serial_before: int | None = None
     serial_after: int | None = None
+    upstream_serial: int | None = None  # PyPI's last serial, as this run saw it
+    upstream_seen: float | None = None  # when (epoch seconds)
     elapsed: float = 0.0
     problems: list[str] = field(default_factory=list)
 
@@ -162,12 +175,16 @@ class Sync:
         self.source_noted = False
         self.membership_changed = False
         self.pages_changed = False
+        self.status = StatusRecorder(
+            self.layout.status_file, self.layout.staging_dir, config.metrics_file
+        )
+        self.started = time.monotonic()
 
     # the run
 
     def run(self) -> int:
-        started = time.monotonic()
-        with mirror_lock(self.layout.lock_path):
+        self.started = time.monotonic()
+        with mirror_lock(self.layout.lock_path), self.recording():
             clear_staging(self.layout.staging_dir)
             clear_state_temps(self.config.state_file)
             self.state = load_state(self.config.state_file)
@@ -190,13 +207,46 @@ class Sync:
                 sync_filesystem(self.layout.root)  # every page durable before the serial moves
                 self.save()
                 self.deliver_outbox()
-        self.summary.serial_after = self.state.serial
-        self.summary.requests = self.pypi.requests_made
-        self.summary.elapsed = time.monotonic() - started
         for problem in self.summary.problems:
             log.warning("%s", problem)
         summary_log.info("%s", self.summary.line())
+        return self.exit_code()
+
+    def exit_code(self) -> int:
         return EXIT_PARTIAL if self.summary.problems or self.state.pending else EXIT_OK
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[None]:
+        """Record the run in status.json (and --metrics-file) when it starts and however it ends.
+
+        The one place a run's end is recorded, inside the lock: an exception
+        (a failure, SIGTERM) is recorded with its exit code and line, then goes on
+        to `run_cli`. A dry run changes nothing, so it records nothing.
+        """
+        if self.config.dry_run:
+            yield
+            return
+        unread = self.state  # replaced when state.json is loaded; kept if that failed
+        self.status.begin()
+        exit_code, error = EXIT_FAILED, None
+        try:
+            yield
+            exit_code = self.exit_code()
+        except BaseException as exc:
+            exit_code, error = failure(exc)
+            raise
+        finally:
+            self.summary.serial_after = self.state.serial
+            self.summary.requests = self.pypi.requests_made
+            self.summary.elapsed = time.monotonic() - self.started
+            loaded = self.state if self.state is not unread else None
+            self.status.end(exit_code, error, self.summary, loaded)
+
+    def upstream_last_serial(self) -> int:
+        """PyPI's last changelog serial, noted for the status file (the lag behind it)."""
+        serial = self.pypi.changelog_last_serial()
+        self.summary.upstream_serial, self.summary.upstream_seen = serial, time.time()
+        return serial
 
     def needs_full_sync(self) -> bool:
         state = self.state
@@ -247,7 +297,7 @@ class Sync:
         if self.source == XMLRPC_SOURCE:
             wanted = Listing()
             try:
-                last_serial = self.pypi.changelog_last_serial()
+                last_serial = self.upstream_last_serial()
                 self.pypi.list_packages_with_serial(
                     functools.partial(add_listed, wanted, allows=allows)
                 )
@@ -259,6 +309,7 @@ class Sync:
         last_serial = self.pypi.list_projects_json(
             functools.partial(add_listed, wanted, allows=allows)
         )
+        self.summary.upstream_serial, self.summary.upstream_seen = last_serial, time.time()
         self.note_source()
         return wanted, last_serial
 
@@ -445,16 +496,16 @@ class Sync:
         """Apply the changelog since ``state.serial``: fetch each mentioned project once."""
         since = self.state.serial
         assert since is not None
-        last_serial = self.pypi.changelog_last_serial()
+        last_serial = self.upstream_last_serial()
         self.note_source()
         to_fetch: dict[str, PendingProject] = {}
         newest = since
-        renamed: set[str] = set()
+        identity_changed: set[str] = set()  # renamed, created or removed: see identity_changes
         for entries in self.pypi.changelog_since(since, last_serial):
             for name, item in projects_to_refresh(entries).items():
                 if self.filter.allows(name):
                     merge_pending(to_fetch, name, item)
-            renamed |= identity_changes(entries)
+            identity_changed |= identity_changes(entries)
             newest = entries[-1].serial
         if widened_from is not None:  # the filter admits more now: fetch just those
             listing, _ = self.fetch_listing()
@@ -465,7 +516,7 @@ class Sync:
             merge_pending(to_fetch, name, item)
         log.info("changelog %d->%d: %d projects to refresh", since, newest, len(to_fetch))
         outcome = self.refresh(to_fetch, record_changes=True)
-        self.finish_update(to_fetch, outcome, renamed)
+        self.finish_update(to_fetch, outcome, identity_changed)
         self.state.serial = newest
 
     def update_from_listing(self, widened_from: ProjectFilter | None) -> None:
@@ -485,13 +536,13 @@ class Sync:
         for name, serial in listing.serials.items():
             if serial > since or (widened_from is not None and not widened_from.allows(name)):
                 to_fetch[name] = listing[name]
-        renamed: set[str] = set()
+        identity_changed: set[str] = set()
         unlisted: dict[str, str] = {}
         for name, display in self.iter_root_members():
             if name not in listing:
                 unlisted[name] = display
             elif listing.displays.get(name, name) != display:
-                renamed.add(name)  # removed and created again under another spelling
+                identity_changed.add(name)  # removed and created again, spelled otherwise
         for name, item in self.state.pending.items():
             merge_pending(to_fetch, name, item)
         for name, display in unlisted.items():  # a 404 now means removed, whatever was pending
@@ -507,7 +558,7 @@ class Sync:
         )
         del listing
         outcome = self.refresh(to_fetch, record_changes=True)
-        self.finish_update(to_fetch, outcome, renamed)
+        self.finish_update(to_fetch, outcome, identity_changed)
         self.state.serial = max(since, root_serial)
 
     def iter_root_members(self) -> Iterator[tuple[str, str]]:
@@ -521,7 +572,10 @@ class Sync:
                     yield name, display
 
     def finish_update(
-        self, to_fetch: Mapping[str, PendingProject], outcome: Refreshed, renamed: set[str]
+        self,
+        to_fetch: Mapping[str, PendingProject],
+        outcome: Refreshed,
+        identity_changed: set[str],
     ) -> None:
         """Merge what the fetched pages say into the root indexes, if anything they show moved."""
         fetched = to_fetch.keys() - outcome.failed
@@ -530,8 +584,8 @@ class Sync:
             item = to_fetch[name]
             listed = outcome.lists(name)
             changes[name] = (item.display_name, outcome.serial(name, item)) if listed else None
-        html_due = self.membership_changed or self.state.root_stale or bool(renamed & fetched)
-        self.rewrite_roots(changes, html_due, html_due or self.pages_changed)
+        due = self.membership_changed or self.state.root_stale or bool(identity_changed & fetched)
+        self.rewrite_roots(changes, html_due=due, json_due=due or self.pages_changed)
 
     # the root indexes
 
@@ -623,7 +677,7 @@ class Sync:
         self.progress.start(len(wanted), "fetching")
         batch: list[list[Change]] = []
         for name, fetched in self.fetch_all(wanted):
-            self.progress.advance()
+            self.progress.advance(failed=isinstance(fetched, Exception))
             item = wanted[name]
             if isinstance(fetched, Exception):
                 self.keep_pending(name, item, fetched)
@@ -692,24 +746,24 @@ class Sync:
         """
         olds = [self.writer.read_page(name, form.basename) for form in self.forms]
         pages: list[FetchedPage | None] = [None] * len(self.forms)
-        refetch: tuple[int, ...] = tuple(range(len(self.forms)))
+        behind: tuple[int, ...] = tuple(range(len(self.forms)))
         expected = item.serial
-        for attempt in range(self.config.retries + 1):
-            for index in refetch:
+
+        def attempt() -> ProjectPages:
+            nonlocal behind, expected
+            for index in behind:
                 fetch = functools.partial(self.fetch_form, self.forms[index], name, olds[index])
-                pages[index] = self.pypi.with_retries(name, fetch)  # type: ignore[assignment]
+                pages[index] = self.pypi.with_retries(name, fetch)
             got = [page for page in pages if page is not None]
             verdict = judge(got, expected, item.expect_page)
             if verdict.agreed:
                 return ProjectPages(got, olds)
-            refetch, expected = verdict.refetch, verdict.expected
-            serials = [page.serial for page in got]
-            log.debug("%s: stale or disagreeing answers (%s, want %d)", name, serials, expected)
-            if attempt < self.config.retries:
-                time.sleep(retry_delay(attempt, self.config.backoff, None))
-        if verdict.missing:
-            raise MissingPage(name, expected)
-        raise StalePage(name, expected, min(page.serial or 0 for page in got))
+            behind, expected = verdict.refetch, verdict.expected
+            if verdict.missing:
+                raise MissingPage(name, expected)
+            raise StalePage(name, expected, min(got[index].serial or 0 for index in behind))
+
+        return call_with_retries(attempt, self.pypi.retry_policy, name, log, logging.DEBUG)
 
     def fetch_form(self, form: PageFormat, name: str, known: bytes | None) -> FetchedPage:
         if form is JSON:
@@ -774,18 +828,31 @@ class Sync:
                 len(box),
             )
             return
+        self.progress.start(self.unconfirmed(), "delivering", unit="paths")
         report = RstufDelivery(
             self.state,
             self.layout,
             self.rstuf,
-            self.save,
+            self.save_delivery_step,
             wait=self.config.rstuf_wait,
             batch=self.config.rstuf_batch,
         ).deliver()
+        self.progress.finish()
         self.summary.rstuf_sent += report.sent
         self.writer.restart_grace(report.confirmed)
         self.save()
         self.summary.problems.extend(f"RSTUF: {error}" for error in report.errors)
+
+    def unconfirmed(self) -> int:
+        """Outbox paths RSTUF has not confirmed: len(outbox) without its set union (cheap)."""
+        box = self.state.outbox
+        return len(box.dirty) + sum(len(task.paths) for task in box.tasks)
+
+    def save_delivery_step(self) -> None:
+        """Save a durable step of the RSTUF delivery, and show how far the delivery got."""
+        self.save()
+        if self.progress.phase is not None:
+            self.progress.update_to(self.progress.phase.total - self.unconfirmed())
 
 
 # --- main
@@ -814,7 +881,6 @@ def make_rstuf_client(config: Config) -> rstuf_client.RstufClient:
         retries=config.retries,
         backoff=config.backoff,
         poll_interval=config.rstuf_poll,
-        user_agent=USER_AGENT,
     )
 
 
@@ -826,15 +892,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run(config: Config) -> int:
     configure_logging(config.verbose, config.quiet)
+    if config.status:
+        return show_status(MirrorLayout(config.mirror_dir).status_file, config.status_json)
+    if config.metrics_file is not None and not config.metrics_file.parent.is_dir():
+        raise UsageError(f"--metrics-file {config.metrics_file}: no such directory")
     summary_log.setLevel(logging.INFO)  # cron keeps one line per run, even under -q
     pypi = PypiClient(config.pypi_url, config)
     try:
         rstuf = make_rstuf_client(config) if config.rstuf_url else None
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    progress = Progress(config.progress, config.progress_interval)
     try:
-        return Sync(config, pypi, rstuf, Progress(config.progress)).run()
+        return Sync(config, pypi, rstuf, progress).run()
     finally:
+        progress.close()
         pypi.close()
         if rstuf is not None:
             rstuf.close()
