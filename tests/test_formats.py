@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 
 import cli_support
 import generate_csv
@@ -315,3 +319,43 @@ def test_state_records_forms_and_filters_and_refuses_others(tmp_path: Path) -> N
     path.write_text(path.read_text().replace('"json"', '"xml"'))
     with pytest.raises(StateError, match="corrupt"):
         load_state(path)
+
+
+# --- served by serving/nginx.conf, installed from by pip and uv ---------------------------------
+
+
+def test_pip_and_uv_install_from_the_json_pages_through_nginx(tmp_path: Path) -> None:
+    """The mirror's own JSON pages (not hand-placed ones) behind nginx, read by pip and uv."""
+    from tests.test_serving import MIME_V1_JSON as JSON_TYPE
+    from tests.test_serving import PIP_ACCEPT, client_env, installed_version, start_nginx
+
+    with FakePyPI() as pypi:
+        pypi.add_wheel("Tiny_Wheel", "1.0")
+        pypi.add_wheel("Tiny_Wheel", "1.1")
+        mirror = Mirror(tmp_path / "m", tmp_path / "state.json", pypi.url)
+        assert mirror.run(*ALL) == 0
+        nginx = start_nginx(mirror.layout.served_dir, tmp_path / "nginx")
+        try:
+            root = requests.get(f"{nginx.url}/simple/", headers={"Accept": PIP_ACCEPT}, timeout=10)
+            assert root.headers["Content-Type"] == JSON_TYPE
+            assert root.content == mirror.layout.json_root_page.read_bytes()
+            uv = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
+            installers = {
+                "pip": [sys.executable, "-m", "pip", "install", "--quiet", "--no-cache-dir",
+                        "--disable-pip-version-check", "--root-user-action=ignore"],
+                "uv": [uv, "pip", "install", "--quiet", "--no-config", "--no-cache",
+                       "--python", sys.executable],
+            }  # fmt: skip
+            for tool, command in installers.items():
+                target = tmp_path / tool
+                result = subprocess.run(
+                    [*command, "--no-deps", "--index-url", f"{nginx.url}/simple/",
+                     "--target", str(target), "tiny-wheel"],
+                    capture_output=True, text=True, timeout=120, env=client_env(tmp_path),
+                )  # fmt: skip
+                assert result.returncode == 0, f"{tool}: {result.stderr}"
+                assert installed_version(target, "tiny_wheel") == "1.1", tool
+            pages = [line for line in nginx.access_log() if " /simple/tiny-wheel/ " in line]
+            assert len(pages) == 2 and all(f'"{JSON_TYPE}"' in line for line in pages), pages
+        finally:
+            nginx.stop()
