@@ -359,3 +359,24 @@ def test_pip_and_uv_install_from_the_json_pages_through_nginx(tmp_path: Path) ->
             assert len(pages) == 2 and all(f'"{JSON_TYPE}"' in line for line in pages), pages
         finally:
             nginx.stop()
+
+
+@pytest.mark.parametrize(
+    "point", ["page-temp:2", "page-renamed:1", "page-renamed:3", "state-save:2"]
+)
+def test_a_run_killed_mid_update_leaves_both_forms_and_roots_right(
+    mirror: Mirror, pypi: FakePyPI, point: str
+) -> None:
+    assert mirror.run(*ALL) == 0
+    pypi.add_release("numpy", "2.0")
+    pypi.add_release("Django", "2.0")
+    pypi.create_project("Brand.New")
+    killed = mirror.cli(*ALL, env={"PYPI_MIRROR_CRASH_AT": point})
+    assert killed.returncode == -9, killed.stderr
+    assert mirror.run(*ALL) == 0
+    assert_json_matches_upstream(mirror, pypi)
+    assert_consistent(mirror)
+    dirty = load_state(mirror.state).outbox.dirty
+    for name in ("numpy", "django", "brand-new"):
+        assert {f"simple/{name}/index.html", f"simple/{name}/index.v1_json"} <= dirty
+    assert {PAGE_NAME, JSON_ROOT_TARGET} <= dirty
