@@ -14,6 +14,7 @@ concern it orchestrates has a module of its own beside it:
 - ``pypi_client.py``: the only code that speaks to PyPI (its XML-RPC answers are
   parsed by ``xmlrpc_stream.py``);
 - ``changelog.py``: what the changelog and the listing mean (pure);
+- ``sync_plan.py``: what a run fetches and rewrites, from what it read (pure);
 - ``root_index.py``: the root page, rendered and merged as a stream (pure);
 - ``mirror_writer.py``: the only code that changes the served tree;
 - ``state.py``: state.json, with the RSTUF outbox;
@@ -60,14 +61,12 @@ from mirror_store import (
     sync_filesystem,
 )
 from mirror_writer import Change, MirrorWriter
-from page_formats import ALL_FORMATS, HTML, JSON, SIMPLE_FORMATS, PageFormat, judge
+from page_formats import ALL_FORMATS, HTML, JSON, SIMPLE_FORMATS, PageFormat
 from progress import Progress
 from project_filter import ProjectFilter
 from pypi_client import (
     FetchedPage,
-    MissingPage,
     PypiClient,
-    StalePage,
     UpstreamError,
     XmlRpcUnavailable,
 )
@@ -82,6 +81,13 @@ from rstuf_outbox import RstufDelivery
 from run_status import StatusRecorder, show_status
 from settings import Config, config_from
 from state import PendingProject, State, clear_state_temps, load_state, save_state
+from sync_plan import (
+    current_projects,
+    forms_answer,
+    full_sync_fetches,
+    json_root_changes,
+    root_changes,
+)
 
 log = logging.getLogger("pypi_mirror")
 # The one line every run ends with; logged at INFO even under -q (see `run`).
@@ -205,7 +211,7 @@ class Sync:
             if not self.config.dry_run:
                 self.writer.collect_retired(self.config.grace)
                 sync_filesystem(self.layout.root)  # every page durable before the serial moves
-                self.save()
+                self.save("run-end")
                 self.deliver_outbox()
         for problem in self.summary.problems:
             log.warning("%s", problem)
@@ -263,9 +269,10 @@ class Sync:
     def form_words(self) -> tuple[str, ...]:
         return tuple(form.word for form in self.forms)
 
-    def save(self) -> None:
+    def save(self, why: str = "") -> None:
+        """Write state.json (not in a dry run); `why` names the moment for the crash tests."""
         if not self.config.dry_run:
-            crash_point("state-save")
+            crash_point("state-save", (why,))
             save_state(self.config.state_file, self.state)
 
     # where changes come from: PyPI's XML-RPC changelog, or its JSON root
@@ -338,24 +345,17 @@ class Sync:
         )
         if not self.state.full_sync_in_progress:
             self.state.full_sync_in_progress = True
-            self.save()
+            self.save("full-sync-started")
         local = self.writer.local_projects()
         excluded = {name for name in local if not self.filter.allows(name)}
         local -= excluded
-        serials: dict[str, int] = {}  # page serials that differ from the listing's
-        if self.config.full_check or not local:  # archiving leaves the serial as it was
+        serials: dict[str, int] = {}  # page serials newer than the listing's, for the JSON root
+        if self.config.full_check:  # archiving leaves the serial as it was: fetch them all
             current: set[str] = set()
         else:
-            current = {n for n, item in wanted.items() if self.is_current(n, item, local, serials)}
-        gone = local - wanted.serials.keys()
-        if not current and not gone and not self.state.pending:
-            to_fetch = wanted  # a first sync: no second 700,000-entry dict or list
-        else:
-            to_fetch = {name: item for name, item in wanted.items() if name not in current}
-        for name in gone:  # PyPI no longer lists it: let its page decide
-            to_fetch[name] = PendingProject(name, 0)
-        for name, item in self.state.pending.items():
-            merge_pending(to_fetch, name, item)
+            on_disk = functools.partial(self.on_disk_serial, wanted, serials)
+            current = current_projects(wanted, local, on_disk, self.state.pending)
+        to_fetch = full_sync_fetches(wanted, local, current, self.state.pending)
         self.summary.unchanged += len(current)
         outcome = self.refresh(to_fetch, record_changes=not first)
         self.remove_projects(excluded, record_changes=not first)
@@ -377,26 +377,22 @@ class Sync:
         self.state.formats = self.form_words
         self.state.full_sync_in_progress = False
 
-    def is_current(
-        self, name: str, item: PendingProject, local: set[str], serials: dict[str, int]
-    ) -> bool:
-        """Whether the mirror has the project in every form at the listed serial or newer.
+    def on_disk_serial(self, wanted: Listing, serials: dict[str, int], name: str) -> int | None:
+        """The serial of a listed project's pages on disk; None unless every form is there.
 
-        The serial is read from the page itself (its trailer, or its JSON
-        ``meta``), never from a per-project record; one newer than the listing
-        is noted in `serials` for the JSON root.
+        Read from the page itself (the first form's trailer or JSON ``meta``),
+        never from a per-project record; one newer than the listing is noted in
+        `serials` for the JSON root (such a project is current).
         """
-        if name not in local or name in self.state.pending:
-            return False
         primary, *others = self.forms
-        on_disk = self.writer.local_serial(name, primary.basename)
-        if on_disk is None or on_disk < item.serial:
-            return False
+        serial = self.writer.local_serial(name, primary.basename)
+        if serial is None:
+            return None
         if any(not self.layout.project_page(name, form.basename).exists() for form in others):
-            return False
-        if on_disk != item.serial:
-            serials[name] = on_disk
-        return True
+            return None
+        if serial > wanted.serials[name]:
+            serials[name] = serial
+        return serial
 
     def drop_other_forms(self, local: set[str], record_changes: bool) -> None:
         """Remove the pages and root of forms no longer mirrored (after a --simple-format change).
@@ -433,7 +429,7 @@ class Sync:
         self.writer.retire(path.parent / prefixed_name(old_digest, path.name))
         if record_change:
             self.state.outbox.dirty.add(form.root_target)
-        self.save()  # intent first, as for pages
+        self.save("root-intent")  # intent first, as for pages
         path.unlink()
 
     # the project filter
@@ -500,12 +496,12 @@ class Sync:
         self.note_source()
         to_fetch: dict[str, PendingProject] = {}
         newest = since
-        identity_changed: set[str] = set()  # renamed, created or removed: see identity_changes
+        renamed: set[str] = set()  # renamed, created or removed: see identity_changes
         for entries in self.pypi.changelog_since(since, last_serial):
             for name, item in projects_to_refresh(entries).items():
                 if self.filter.allows(name):
                     merge_pending(to_fetch, name, item)
-            identity_changed |= identity_changes(entries)
+            renamed |= identity_changes(entries)
             newest = entries[-1].serial
         if widened_from is not None:  # the filter admits more now: fetch just those
             listing, _ = self.fetch_listing()
@@ -516,7 +512,7 @@ class Sync:
             merge_pending(to_fetch, name, item)
         log.info("changelog %d->%d: %d projects to refresh", since, newest, len(to_fetch))
         outcome = self.refresh(to_fetch, record_changes=True)
-        self.finish_update(to_fetch, outcome, identity_changed)
+        self.finish_update(to_fetch, outcome, renamed)
         self.state.serial = newest
 
     def update_from_listing(self, widened_from: ProjectFilter | None) -> None:
@@ -536,13 +532,13 @@ class Sync:
         for name, serial in listing.serials.items():
             if serial > since or (widened_from is not None and not widened_from.allows(name)):
                 to_fetch[name] = listing[name]
-        identity_changed: set[str] = set()
+        renamed: set[str] = set()  # removed and created again under another spelling
         unlisted: dict[str, str] = {}
         for name, display in self.iter_root_members():
             if name not in listing:
                 unlisted[name] = display
             elif listing.displays.get(name, name) != display:
-                identity_changed.add(name)  # removed and created again, spelled otherwise
+                renamed.add(name)
         for name, item in self.state.pending.items():
             merge_pending(to_fetch, name, item)
         for name, display in unlisted.items():  # a 404 now means removed, whatever was pending
@@ -558,7 +554,7 @@ class Sync:
         )
         del listing
         outcome = self.refresh(to_fetch, record_changes=True)
-        self.finish_update(to_fetch, outcome, identity_changed)
+        self.finish_update(to_fetch, outcome, renamed)
         self.state.serial = max(since, root_serial)
 
     def iter_root_members(self) -> Iterator[tuple[str, str]]:
@@ -575,37 +571,40 @@ class Sync:
         self,
         to_fetch: Mapping[str, PendingProject],
         outcome: Refreshed,
-        identity_changed: set[str],
+        renamed: set[str],
     ) -> None:
-        """Merge what the fetched pages say into the root indexes, if anything they show moved."""
+        """Merge what the fetched pages say into the root indexes, if anything they show moved.
+
+        The HTML root lists names (`root_changes` says when it moves); the JSON
+        root also each project's serial, so any page change moves it.
+        """
         fetched = to_fetch.keys() - outcome.failed
-        changes: dict[str, tuple[str, int] | None] = {}
-        for name in fetched:
-            item = to_fetch[name]
-            listed = outcome.lists(name)
-            changes[name] = (item.display_name, outcome.serial(name, item)) if listed else None
-        due = self.membership_changed or self.state.root_stale or bool(identity_changed & fetched)
-        self.rewrite_roots(changes, html_due=due, json_due=due or self.pages_changed)
+        membership = self.membership_changed or self.state.root_stale
+        html = root_changes(to_fetch, fetched, outcome.lists, renamed, membership)
+        json_lines = None
+        if html is not None or self.pages_changed:
+            json_lines = json_root_changes(to_fetch, fetched, outcome.lists, outcome.serial)
+        self.rewrite_roots(html, json_lines)
 
     # the root indexes
 
     def rewrite_roots(
-        self, changes: dict[str, tuple[str, int] | None], html_due: bool, json_due: bool
+        self,
+        html_changes: dict[str, str | None] | None,
+        json_changes: dict[str, tuple[str, int] | None] | None,
     ) -> None:
-        """Merge `changes` into each root index that is due, streaming it back from disk.
+        """Merge the changes into each mirrored root (None: it stays), streaming it from disk.
 
         A merge also drops any project the filter excludes, so a run killed
         between removing excluded projects and this never leaves them listed.
         """
         for form in self.forms:
-            if form is HTML and html_due:
-                html_changes = {n: (e[0] if e else None) for n, e in changes.items()}
-                self.write_root(
-                    form, self.filtered(self.merged(form, iter_root_index, html_changes)), True
-                )
-            elif form is JSON and json_due:
-                members = self.filtered(self.merged(form, iter_json_root, changes))
-                self.write_root(form, ((n, d, s) for n, (d, s) in members), True)
+            if form is HTML and html_changes is not None:
+                members = self.filtered(self.merged(form, iter_root_index, html_changes))
+                self.write_root(form, members, True)
+            elif form is JSON and json_changes is not None:
+                merged = self.filtered(self.merged(form, iter_json_root, json_changes))
+                self.write_root(form, ((n, d, s) for n, (d, s) in merged), True)
 
     def merged(self, form: PageFormat, read: Callable, changes: dict) -> Iterator[tuple[str, T]]:
         try:
@@ -653,7 +652,7 @@ class Sync:
             self.writer.retire(old_copy)
         if record_change:
             self.state.outbox.dirty.add(form.root_target)
-        self.save()
+        self.save("root-intent")
         directory.mkdir(parents=True, exist_ok=True)
         self.writer.install(directory, temp, digest, basename)
         if old_copy is not None:
@@ -738,7 +737,7 @@ class Sync:
         Retries while PyPI's CDN serves a page older than the changelog (a
         lower ``X-PyPI-Last-Serial``, or a 404 for a project the changelog's
         newest entry says exists) or while the forms disagree (see
-        `page_formats.judge`); each retry fetches only the forms behind.
+        `sync_plan.forms_answer`); each retry fetches only the forms behind.
         Runs in a worker thread, which also reads the pages on disk: the main
         thread, which writes, then compares bytes without waiting on I/O, and a
         page identical to the mirror's is not parsed again. Raises StalePage
@@ -755,13 +754,13 @@ class Sync:
                 fetch = functools.partial(self.fetch_form, self.forms[index], name, olds[index])
                 pages[index] = self.pypi.with_retries(name, fetch)
             got = [page for page in pages if page is not None]
-            verdict = judge(got, expected, item.expect_page)
-            if verdict.agreed:
+            answer = forms_answer(
+                got, PendingProject(item.display_name, expected, item.expect_page)
+            )
+            if answer.problem is None:
                 return ProjectPages(got, olds)
-            behind, expected = verdict.refetch, verdict.expected
-            if verdict.missing:
-                raise MissingPage(name, expected)
-            raise StalePage(name, expected, min(got[index].serial or 0 for index in behind))
+            behind, expected = answer.behind, answer.expected
+            raise answer.problem
 
         return call_with_retries(attempt, self.pypi.retry_policy, name, log, logging.DEBUG)
 
@@ -796,7 +795,7 @@ class Sync:
             # the JSON root shows every project's serial: any page change moves it
             self.state.root_stale |= membership or JSON in self.forms
         if record_changes or any(retiring):
-            self.save()  # the batch's intent is durable before it touches the disk
+            self.save("batch-intent")  # durable before the batch touches the disk
         for change in changes:
             self.writer.apply(change)
         if count:
@@ -840,7 +839,7 @@ class Sync:
         self.progress.finish()
         self.summary.rstuf_sent += report.sent
         self.writer.restart_grace(report.confirmed)
-        self.save()
+        self.save("delivered")
         self.summary.problems.extend(f"RSTUF: {error}" for error in report.errors)
 
     def unconfirmed(self) -> int:

@@ -23,10 +23,10 @@ from mirror_store import (
     digest_file,
     prefixed_name,
 )
-from page_formats import judge
 from project_filter import ProjectFilter
 from pypi_client import FetchedPage
-from state import State, StateError, load_state, save_state
+from state import PendingProject, State, StateError, load_state, save_state
+from sync_plan import forms_answer, stale_answer
 from tests.fake_pypi import FakePyPI
 from tests.fake_rstuf import ADD, REMOVE, FakeRstuf
 from tests.mirror_helpers import (
@@ -176,18 +176,26 @@ def test_a_json_page_that_is_not_a_pep_691_page_is_refused(mirror: Mirror, pypi:
     assert "numpy" in load_state(mirror.state).pending
 
 
-def test_judge_settles_which_forms_to_fetch_again() -> None:
+def test_forms_answer_settles_which_forms_to_fetch_again() -> None:
     def page(serial: int | None) -> FetchedPage:
         return FetchedPage("x", None if serial is None else b"x", serial, None)
 
-    assert judge([page(7), page(7)], 5, True).agreed
-    assert judge([page(None), page(None)], 5, False).agreed  # removed
-    newer_json = judge([page(7), page(9)], 5, True)
-    assert (newer_json.refetch, newer_json.expected) == ((0,), 9)  # the HTML is behind
-    assert judge([page(7), page(7)], 8, True).refetch == (0, 1)
-    mixed = judge([page(None), page(7)], 5, False)
-    assert mixed.refetch == (0, 1) and mixed.missing  # removed or created: ask both again
-    assert judge([page(None), page(7)], 5, True).refetch == (0,)  # it exists: the 404 is behind
+    def answer(pages: list[FetchedPage], serial: int, exists: bool) -> tuple:
+        got = forms_answer(pages, PendingProject("x", serial, exists))
+        return got.behind, type(got.problem).__name__, got.expected
+
+    assert answer([page(7), page(7)], 5, True) == ((), "NoneType", 7)
+    assert answer([page(None), page(None)], 5, False)[:2] == ((), "NoneType")  # removed
+    assert answer([page(7), page(9)], 5, True) == ((0,), "StalePage", 9)  # the HTML lags
+    assert answer([page(7), page(7)], 8, True) == ((0, 1), "StalePage", 8)
+    # a 404 beside a 200: removed or created, not seen by every cache yet: ask both again
+    assert answer([page(None), page(7)], 5, False) == ((0, 1), "MissingPage", 7)
+    assert answer([page(None), page(7)], 5, True)[:2] == ((0,), "MissingPage")  # it exists
+    for one in (page(7), page(3), page(None)):  # one form: exactly the single-page rule
+        for exists in (True, False):
+            wanted = PendingProject("x", 5, exists)
+            problem = forms_answer([one], wanted).problem
+            assert type(problem) is type(stale_answer(one, wanted))
 
 
 # --- json only, and changing forms -----------------------------------------------------------
@@ -362,7 +370,14 @@ def test_pip_and_uv_install_from_the_json_pages_through_nginx(tmp_path: Path) ->
 
 
 @pytest.mark.parametrize(
-    "point", ["page-temp:2", "page-renamed:1", "page-renamed:3", "state-save:2"]
+    "point",
+    [
+        "page-temp@simple/numpy/index.v1_json",
+        "page-renamed@simple/django/index.html",  # the HTML in place, its JSON not yet
+        "page-renamed@simple/index.v1_json",  # the JSON root written, its intent saved
+        "state-save@batch-intent",
+        "state-save@root-intent",
+    ],
 )
 def test_a_run_killed_mid_update_leaves_both_forms_and_roots_right(
     mirror: Mirror, pypi: FakePyPI, point: str
