@@ -17,7 +17,7 @@ import os
 import re
 import signal
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,7 +105,9 @@ def digest_file(path: Path | str, algorithm: str = TUF_HASH_ALGORITHM) -> FileDi
 # Both scripts' defaults: generate_csv.py must find what pypi_mirror.py wrote.
 DEFAULT_MIRROR_DIR = Path("pypi-index-mirror")
 PAGE_NAME = "index.html"
-_PREFIXED_PAGE = re.compile(r"^[0-9a-f]{64}\.index\.html$")
+# PEP 691's JSON form of a page, under bandersnatch's name, which existing server configs expect
+JSON_PAGE_NAME = "index.v1_json"
+PAGE_NAMES = (PAGE_NAME, JSON_PAGE_NAME)  # every form a project page is served in
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,10 @@ class MirrorLayout:
         return self.served_dir / PAGE_NAME
 
     @property
+    def json_root_page(self) -> Path:
+        return self.served_dir / JSON_ROOT_TARGET
+
+    @property
     def staging_dir(self) -> Path:
         return self.root / ".staging"
 
@@ -144,25 +150,32 @@ class MirrorLayout:
         return self.root / "state.json"
 
     @property
+    def status_file(self) -> Path:
+        """How the last run ended (run_status.py): beside state.json, never served."""
+        return self.root / "status.json"
+
+    @property
     def lock_path(self) -> Path:
         return self.root / ".lock"
 
     def project_dir(self, normalized: str) -> Path:
         return self.simple_dir / normalized
 
-    def project_page(self, normalized: str) -> Path:
-        return self.simple_dir / normalized / PAGE_NAME
+    def project_page(self, normalized: str, basename: str = PAGE_NAME) -> Path:
+        return self.simple_dir / normalized / basename
 
     def path_of_target(self, target: str) -> Path:
         return self.served_dir / target
 
 
-def project_target(normalized: str) -> str:
+def project_target(normalized: str, basename: str = PAGE_NAME) -> str:
     """The TUF target path of a project page (relative to ``pypi_mirror/``)."""
-    return f"simple/{normalized}/{PAGE_NAME}"
+    return f"simple/{normalized}/{basename}"
 
 
 ROOT_TARGET = PAGE_NAME
+# The JSON root sits where a PEP 691 client asks for it (``/simple/``), as bandersnatch's does.
+JSON_ROOT_TARGET = f"simple/{JSON_PAGE_NAME}"
 
 
 def prefixed_name(hexdigest: str, basename: str = PAGE_NAME) -> str:
@@ -172,23 +185,23 @@ def prefixed_name(hexdigest: str, basename: str = PAGE_NAME) -> str:
 
 def target_of_copy(relative: str) -> str:
     """The target a hash-prefixed copy stands for (``simple/x/<hex>.index.html`` -> its page)."""
-    directory, _, _ = relative.rpartition("/")
-    return f"{directory}/{PAGE_NAME}" if directory else PAGE_NAME
-
-
-def is_prefixed_copy(filename: str) -> bool:
-    return bool(_PREFIXED_PAGE.match(filename))
+    directory, _, filename = relative.rpartition("/")
+    basename = filename.partition(".")[2]
+    return f"{directory}/{basename}" if directory else basename
 
 
 def iter_targets(layout: MirrorLayout, ordered: bool = True) -> Iterator[str]:
-    """Yield every TUF target the mirror serves: ``index.html`` first, then sorted.
+    """Yield every TUF target the mirror serves: the roots, then each project's pages.
 
-    Streams directory entries instead of building a list of 700,000 paths;
-    sorting needs the 700,000 names at once, so a caller that does not need
-    the order (the audit groups pages by hash bin) passes ``ordered=False``.
+    Order: ``index.html``, ``simple/index.v1_json``, then the projects sorted
+    by name, each with ``index.html`` before ``index.v1_json`` (whichever
+    exist). Streams directory entries instead of building a list of 700,000
+    paths; sorting needs the 700,000 names at once, so a caller that does not
+    need the order (the audit groups pages by hash bin) passes ``ordered=False``.
     """
-    if layout.root_page.is_file():
-        yield ROOT_TARGET
+    for root_target in (ROOT_TARGET, JSON_ROOT_TARGET):
+        if layout.path_of_target(root_target).is_file():
+            yield root_target
     try:
         entries = os.scandir(layout.simple_dir)
     except FileNotFoundError:
@@ -199,23 +212,29 @@ def iter_targets(layout: MirrorLayout, ordered: bool = True) -> Iterator[str]:
             names = sorted(names)
         simple = os.fspath(layout.simple_dir)  # str joins: Path objects cost 3x here
         for name in names:
-            if os.path.isfile(f"{simple}/{name}/{PAGE_NAME}"):
-                yield project_target(name)
+            for basename in PAGE_NAMES:
+                if os.path.isfile(f"{simple}/{name}/{basename}"):
+                    yield project_target(name, basename)
 
 
 # --- writing -----------------------------------------------------------------
 
 
-def atomic_write(path: Path, data: bytes, staging_dir: Path, prefix: str = ".tmp-") -> None:
+def atomic_write(
+    path: Path, data: bytes, staging_dir: Path, prefix: str = ".tmp-", mode: int | None = None
+) -> None:
     """Replace `path` with `data` durably, so that readers see the old or the new bytes.
 
     The temp file (named `prefix`...) is created in `staging_dir` (same filesystem
     as `path`), fsynced, and renamed over `path`; then the directory is fsynced.
+    Its permissions are mkstemp's 0600 unless `mode` is given.
     Bulk page writes do not come here: they share one `sync_filesystem` per batch.
     """
     staging_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=staging_dir, prefix=prefix)
     try:
+        if mode is not None:
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -226,6 +245,16 @@ def atomic_write(path: Path, data: bytes, staging_dir: Path, prefix: str = ".tmp
             os.unlink(tmp_name)
         raise
     fsync_dir(path.parent)
+
+
+def readable_mode() -> int:
+    """The mode open(2) would give a new file (0666 less the umask), for files others read.
+
+    mkstemp's 0600 would keep out whoever imports the CSV or scrapes the metrics.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def fsync_dir(directory: Path) -> None:
@@ -316,21 +345,29 @@ def mirror_lock(lock_path: Path) -> Iterator[None]:
 # --- test hook -----------------------------------------------------------------
 
 CRASH_AT_ENV = "PYPI_MIRROR_CRASH_AT"
-_crash_passes: dict[str, int] = {}
 
 
-def crash_point(name: str) -> None:
-    """Test hook: SIGKILL this process the n-th time it passes point `name`.
+def crash_point(moment: str, subjects: Collection[str] = ()) -> None:
+    """Test hook: SIGKILL this process at the moment ``PYPI_MIRROR_CRASH_AT`` names.
 
-    The crash tests (tests/test_crash.py) set ``PYPI_MIRROR_CRASH_AT=<name>:<n>``
-    to prove that a run killed right there loses nothing. Points: ``page-temp``
-    (page bytes in a temp file), ``page-renamed`` (page renamed into place),
-    ``state-save`` (before state.json is written), ``rstuf-answered`` (RSTUF
-    accepted a request, its task id not yet saved). Inert when the variable is unset.
+    The crash tests (tests/test_crash.py) set it to ``<moment>`` (the first time
+    the run reaches that moment) or ``<moment>@<subject>`` (the first time it
+    reaches it for that subject) to prove that a run killed right there loses
+    nothing. Moments and their subjects:
+
+    - ``page-temp@<target>``: a page's new bytes are in a temp file, nothing of
+      them in place yet (``simple/numpy/index.html``; ``index.html``: the root);
+    - ``page-renamed@<target>``: the page is in place, the old copy not yet retired;
+    - ``state-save@<why>``: state.json is about to record `why` (``full-sync-started``,
+      ``batch-intent``, ``root-intent``, ``run-end``, ``delivered``);
+    - ``rstuf-answered@<target>``: RSTUF accepted a request carrying that target,
+      its task id not yet saved.
+
+    Inert when the variable is unset.
     """
     spec = os.environ.get(CRASH_AT_ENV)
-    if not spec or spec.partition(":")[0] != name:
+    if not spec:
         return
-    _crash_passes[name] = _crash_passes.get(name, 0) + 1
-    if _crash_passes[name] == int(spec.partition(":")[2] or 1):
+    point, _, subject = spec.partition("@")
+    if point == moment and (not subject or subject in subjects):
         os.kill(os.getpid(), signal.SIGKILL)

@@ -5,22 +5,27 @@ Each `Option` becomes a ``--flag``, a ``PYPI_MIRROR_*`` environment variable
 with ``--config`` (env ``PYPI_MIRROR_CONFIG``). The command line wins over the
 environment, the environment over the file, the file over the default. Paths
 in the file are resolved relative to the file, so a cron line without ``cd``
-still finds the mirror. Unknown keys are refused with the key named.
+still finds the mirror. Unknown keys, actions of one run (``dry-run``) and
+values of the wrong TOML type or out of range are refused with the key named;
+``pypi-mirror.example.toml`` documents every key.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
+import re
 import sys
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from cli_support import VERSION, UsageError, format_bound, number
 from mirror_store import DEFAULT_MIRROR_DIR, MirrorLayout
+from project_filter import ProjectFilter, glob_pattern
 
 CONFIG_ENV = "PYPI_MIRROR_CONFIG"
 TOKEN_ENV = "RSTUF_API_TOKEN"  # a secret: read from the environment only, never a flag
@@ -53,13 +58,25 @@ class Config:
     repair: bool = False  # with audit: re-fetch and re-deliver every differing project
     tuf_metadata_url: str | None = None  # where RSTUF's TUF metadata is served
     tuf_root: Path | None = None  # the root metadata trusted to verify it
+    no_xmlrpc: bool = False  # list and follow PyPI through the JSON root /simple/ only
+    simple_format: str = "html"  # which forms of the pages to mirror: html, json or all
+    include: tuple[str, ...] = ()  # globs over normalized names; empty: every project
+    exclude: tuple[str, ...] = ()
     verbose: bool = False
     quiet: bool = False
     progress: bool = False  # a bar on stderr: set when stderr is a terminal and not quiet
+    progress_interval: float = 60.0  # seconds between progress log lines without a terminal
+    metrics_file: Path | None = None  # Prometheus text file written at the end of each run
+    status: bool = False  # --status: print the last run's status and exit
+    status_json: bool = False  # --status --json
 
     @property
     def state_file(self) -> Path:
         return self.state_path or MirrorLayout(self.mirror_dir).state_file
+
+    @property
+    def project_filter(self) -> ProjectFilter:
+        return ProjectFilter.of(self.include, self.exclude)
 
 
 @dataclass(frozen=True)
@@ -73,6 +90,7 @@ class Option:
     field: str = ""  # the Config field; "": the key with '_' for '-'
     path: bool = False  # relative to the config file's directory when set there
     in_file: bool = True  # False: an action of one run (--dry-run), not a setting
+    many: bool = False  # a list: a repeatable flag, a comma/space-separated env var, a TOML array
     short: str | None = None
     metavar: str | None = None
 
@@ -105,6 +123,23 @@ def pypi_url(text: str) -> str:
     return base
 
 
+def one_of(*words: str) -> Callable[[str], str]:
+    """A parser for one of `words` (case-insensitive), refused with the choices named."""
+
+    def parse(text: str) -> str:
+        word = text.strip().lower()
+        if word not in words:
+            raise ValueError(f"must be one of {', '.join(words)}, not {text!r}")
+        return word
+
+    return parse
+
+
+def split_list(text: str) -> list[str]:
+    """An environment variable's list: items separated by commas and/or whitespace."""
+    return [item for item in re.split(r"[,\s]+", text) if item]
+
+
 def switch(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -126,8 +161,8 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "state",
-        "state file: serial, pending projects, RSTUF outbox (default: DIR/state.json, beside "
-        "the served tree, so a backup of the mirror keeps it)",
+        "state file: serial, pending projects, RSTUF outbox; by default DIR/state.json, beside "
+        "the served tree, so a backup of the mirror keeps it",
         Path,
         field="state_path",
         path=True,
@@ -186,6 +221,35 @@ OPTIONS: tuple[Option, ...] = (
         number(float, 0, 60),
     ),
     Option(
+        "no-xmlrpc",
+        "never call PyPI's XML-RPC: list projects and notice changes from the JSON root "
+        "/simple/ (PEP 691, projects[]._last-serial); used anyway when XML-RPC answers "
+        "404/405/410 or says the method is disabled",
+    ),
+    Option(
+        "simple-format",
+        "forms of each page to mirror: html (index.html), json (PEP 691 index.v1_json) "
+        "or all (both, from the same serial); json and all add the JSON root "
+        "simple/index.v1_json",
+        one_of("html", "json", "all"),
+        metavar="{html,json,all}",
+    ),
+    Option(
+        "include",
+        "mirror only projects whose normalized name matches this glob",
+        glob_pattern,
+        many=True,
+        metavar="GLOB",
+    ),
+    Option(
+        "exclude",
+        "never mirror projects whose normalized name matches this glob; removes them "
+        "if already mirrored",
+        glob_pattern,
+        many=True,
+        metavar="GLOB",
+    ),
+    Option(
         "max-page-bytes",
         "a project page larger than this is refused and kept pending, never mirrored",
         number(int, 1024, 1 << 30),
@@ -222,9 +286,46 @@ OPTIONS: tuple[Option, ...] = (
         path=True,
         metavar="FILE",
     ),
-    Option("verbose", "log debug detail (each retry and stale answer)", short="-v"),
+    Option(
+        "progress-interval",
+        "seconds between two progress log lines of a long phase when stderr is not a "
+        "terminal (0: none); on a terminal a bar is shown instead",
+        number(float, 0, 86400),
+        metavar="S",
+    ),
+    Option(
+        "metrics-file",
+        "write the run's figures to FILE in Prometheus text format at the end of each run "
+        "(atomically; for node_exporter's textfile collector, so name it *.prom)",
+        Path,
+        path=True,
+        metavar="FILE",
+    ),
+    Option(
+        "status",
+        "print the last run's status (from the mirror directory's status.json; no network) "
+        "and exit",
+        in_file=False,
+        env=None,
+    ),
+    Option(
+        "json",
+        "with --status: print the status as one JSON object",
+        field="status_json",
+        in_file=False,
+        env=None,
+    ),
+    Option(
+        "verbose",
+        "log debug detail (each page fetched, each retry and stale answer)",
+        short="-v",
+    ),
     Option("quiet", "log warnings, errors and the summary line only", short="-q"),
 )
+
+# Switches of which one source (command line, environment, file) may set only one; a
+# higher source's choice replaces a lower one's (``-q`` over a file's ``verbose = true``).
+EXCLUSIVE = ("verbose", "quiet")
 
 
 def describe(option: Option) -> str:
@@ -233,10 +334,12 @@ def describe(option: Option) -> str:
     bounds = getattr(option.parse, "bounds", None)
     if bounds:
         notes.append(f"{format_bound(bounds[0])}-{format_bound(bounds[1])}")
+    if option.many:
+        notes.append("repeatable")
     if option.env_name:
-        notes.append(f"env {option.env_name}")
+        notes.append(f"env {option.env_name}" + (", comma-separated" if option.many else ""))
     default = getattr(DEFAULTS, option.dest, None)
-    if option.parse is not None and default is not None:
+    if option.parse is not None and default not in (None, ()):
         notes.append(f"default {default}")
     return f"{option.help} ({'; '.join(notes)})" if notes else option.help
 
@@ -251,28 +354,38 @@ def build_parser(
         epilog=epilog,
         argument_default=argparse.SUPPRESS,
     )
+    add_config_argument(parser)
+    add_options(parser, options)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
+    return parser
+
+
+def add_config_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config",
         type=Path,
         metavar="FILE",
-        help=f"TOML config file; keys are the long option names (env {CONFIG_ENV})",
+        default=argparse.SUPPRESS,
+        help="TOML config file; its keys are the long option names, relative paths are "
+        f"relative to it (see pypi-mirror.example.toml; env {CONFIG_ENV})",
     )
+
+
+def add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> None:
+    """Add `options` to `parser` as flags that default to 'not given' (see `resolve`)."""
     for option in options:
         names = [f"--{option.key}"] + ([option.short] if option.short else [])
+        common = {"dest": option.dest, "help": describe(option), "default": argparse.SUPPRESS}
         if option.parse is None:
-            parser.add_argument(
-                *names, dest=option.dest, action="store_true", help=describe(option)
-            )
+            parser.add_argument(*names, action="store_true", **common)
         else:
             parser.add_argument(
                 *names,
-                dest=option.dest,
+                action="append" if option.many else "store",
                 type=argparse_type(option),
                 metavar=option.metavar or ("N" if getattr(option.parse, "bounds", None) else None),
-                help=describe(option),
+                **common,
             )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
-    return parser
 
 
 def argparse_type(option: Option) -> Callable[[str], Any]:
@@ -291,7 +404,12 @@ def argparse_type(option: Option) -> Callable[[str], Any]:
 
 
 def load_config_file(path: Path, options: Sequence[Option] = OPTIONS) -> dict[str, Any]:
-    """Read a TOML config file into {dest: value}; raise UsageError naming what is wrong."""
+    """Read a TOML config file into {dest: value}; raise UsageError naming what is wrong.
+
+    Every key is checked against `options` (the whole table, even when the caller
+    uses a few keys: a typo is refused by both scripts alike). Relative paths are
+    resolved against the file's directory.
+    """
     try:
         document = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -305,31 +423,58 @@ def load_config_file(path: Path, options: Sequence[Option] = OPTIONS) -> dict[st
     for key, raw in document.items():
         option = known.get(key)
         if option is None:
-            hint = (
-                " (an action of one run: give it on the command line)"
-                if any(o.key == key for o in options)
-                else ""
-            )
-            raise UsageError(f"config file {path}: unknown key {key!r}{hint}")
+            raise UsageError(f"config file {path}: unknown key {key!r}{unknown_key_hint(key)}")
         try:
             value = file_value(option, raw)
         except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
             raise UsageError(f"config file {path}: {key}: {exc}") from None
         if option.path:
-            value = (path.parent / value) if not Path(value).is_absolute() else Path(value)
+            # an absolute value stays; '..' is resolved as written, as a shell would
+            value = Path(os.path.normpath(path.absolute().parent / value.expanduser()))
         values[option.dest] = value
+    check_exclusive(values, f"config file {path}: {' and '.join(EXCLUSIVE)}")
     return values
 
 
+def unknown_key_hint(key: str, options: Sequence[Option] = OPTIONS) -> str:
+    """What the operator probably meant by a key the file may not have."""
+    if any(option.key == key and not option.in_file for option in options):
+        return " (an action of one run, not a setting: give it on the command line)"
+    if "token" in key:
+        return f" (the RSTUF token is read from the environment only: {TOKEN_ENV})"
+    if key == "config":
+        return " (a config file cannot name another)"
+    settable = [option.key for option in options if option.in_file]
+    close = difflib.get_close_matches(key.replace("_", "-"), settable, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def file_value(option: Option, raw: object) -> Any:
-    """A TOML value checked by the same parser as the flag (so the same ranges apply)."""
+    """A TOML value of the option's type, checked by the flag's parser (same ranges apply).
+
+    The TOML type must fit: ``workers = 8`` and ``timeout = 2.5``, not ``"8"``;
+    paths and URLs are strings; a list option (``include``) is an array of its items.
+    """
+    if option.many:
+        if not isinstance(raw, list):
+            raise TypeError(f'must be an array, e.g. ["django*"], not {raw!r}')
+        return tuple(file_value(replace(option, many=False), item) for item in raw)
     if option.parse is None:
         if not isinstance(raw, bool):
             raise TypeError(f"must be true or false, not {raw!r}")
         return raw
-    if isinstance(raw, bool) or not isinstance(raw, str | int | float):
-        raise TypeError(f"must be a string or a number, not {raw!r}")
-    return option.parse(str(raw))
+    kind = getattr(option.parse, "kind", None)
+    if kind is not None:
+        allowed = (int, float) if kind is float else (int,)
+        if isinstance(raw, bool) or not isinstance(raw, allowed):
+            what = "a number" if kind is float else "a whole number"
+            raise TypeError(f"must be {what}, not {raw!r}")
+        return option.parse(str(raw))
+    if not isinstance(raw, str):
+        raise TypeError(f"must be a string, not {raw!r}")
+    if option.path and not raw:
+        raise ValueError("must not be empty")
+    return option.parse(raw)
 
 
 def resolve(
@@ -337,22 +482,52 @@ def resolve(
     environ: Mapping[str, str],
     options: Sequence[Option] = OPTIONS,
 ) -> dict[str, Any]:
-    """{dest: value} for every option given anywhere: command line > environment > file."""
+    """{dest: value} for every option given anywhere: command line > environment > file.
+
+    Only `options` are resolved (generate_csv.py uses two of them), but the
+    file is checked against the whole table.
+    """
     given = vars(args)
     config_path = given.get("config") or (
         Path(environ[CONFIG_ENV]) if environ.get(CONFIG_ENV) else None
     )
-    values = load_config_file(config_path, options) if config_path else {}
+    wanted = {option.dest for option in options}
+    lists = {option.dest for option in options if option.many}  # argparse's append: a list
+    from_file = load_config_file(config_path) if config_path else {}
+    layers = [
+        {dest: value for dest, value in from_file.items() if dest in wanted},
+        environment_values(environ, options),
+        {
+            dest: tuple(value) if dest in lists else value
+            for dest, value in given.items()
+            if dest in wanted
+        },
+    ]
+    check_exclusive(layers[1], " and ".join(f"PYPI_MIRROR_{key.upper()}" for key in EXCLUSIVE))
+    check_exclusive(layers[2], " and ".join(f"--{key}" for key in EXCLUSIVE))
+    values: dict[str, Any] = {}
+    for layer in layers:  # lowest precedence first
+        if any(layer.get(key) for key in EXCLUSIVE):
+            for key in EXCLUSIVE:
+                values.pop(key, None)
+        values.update(layer)
+    return values
+
+
+def environment_values(environ: Mapping[str, str], options: Sequence[Option]) -> dict[str, Any]:
+    """{dest: value} of the options set in the environment (an empty variable is unset)."""
+    values = {}
     for option in options:
         name = option.env_name
-        if name and environ.get(name, "") != "" and option.dest not in given:
-            text = environ[name]
+        if name and environ.get(name, "") != "":
+            parse = option.parse or switch
             try:
-                values[option.dest] = (option.parse or switch)(text)
+                if option.many:
+                    values[option.dest] = tuple(parse(item) for item in split_list(environ[name]))
+                else:
+                    values[option.dest] = parse(environ[name])
             except (ValueError, argparse.ArgumentTypeError) as exc:
                 raise UsageError(f"environment variable {name}: {exc}") from None
-        if option.dest in given:
-            values[option.dest] = given[option.dest]
     return values
 
 
@@ -360,7 +535,7 @@ def check_audit_options(values: Mapping[str, Any]) -> None:
     """Refuse audit settings that cannot work together; raises UsageError."""
     if values.get("repair") and not values.get("audit"):
         raise UsageError("--repair repairs what --audit finds: give both")
-    if values.get("audit") and (values.get("full_check") or values.get("dry_run")):
+    if values.get("audit") and any(values.get(k) for k in ("full_check", "dry_run", "status")):
         raise UsageError(
             "--audit runs alone: run --full-check first, then --audit "
             "(--audit without --repair changes nothing)"
@@ -377,6 +552,11 @@ def check_audit_options(values: Mapping[str, Any]) -> None:
         )
 
 
+def check_exclusive(values: Mapping[str, Any], what: str) -> None:
+    if all(values.get(key) for key in EXCLUSIVE):
+        raise UsageError(f"{what} exclude each other")
+
+
 def config_from(
     argv: Sequence[str] | None,
     parser: argparse.ArgumentParser,
@@ -387,9 +567,24 @@ def config_from(
     values = resolve(args, environ)
     config_fields = {f.name for f in fields(Config)}
     values = {key: value for key, value in values.items() if key in config_fields}
-    if values.get("verbose") and values.get("quiet"):
-        raise UsageError("--verbose and --quiet exclude each other")
+    if values.get("status_json") and not values.get("status"):
+        raise UsageError("--json goes with --status")
+    if values.get("status") and (values.get("dry_run") or values.get("full_check")):
+        raise UsageError("--status only reads; give it without --dry-run and --full-check")
     check_audit_options(values)
     token = environ.get(TOKEN_ENV) or None
     quiet = values.get("quiet", False)
     return Config(**values, rstuf_token=token, progress=sys.stderr.isatty() and not quiet)
+
+
+def mirror_paths(
+    args: argparse.Namespace, environ: Mapping[str, str] = os.environ
+) -> tuple[Path, Path]:
+    """The mirror directory and the state file, resolved as pypi_mirror.py resolves them.
+
+    generate_csv.py reads them from the same flags, environment and config file,
+    so both scripts always agree on where the mirror is.
+    """
+    shared = [option for option in OPTIONS if option.key in ("mirror-dir", "state")]
+    config = Config(**resolve(args, environ, shared))
+    return config.mirror_dir, config.state_file

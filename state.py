@@ -16,6 +16,7 @@ from pathlib import Path
 
 from cli_support import ToolError
 from mirror_store import InvalidProjectName, atomic_write, project_dir_name
+from project_filter import ProjectFilter
 
 STATE_SCHEMA = 1
 
@@ -80,6 +81,10 @@ class State:
     # RSTUF's TUF metadata was seen to sign the root index: the bootstrap import is done,
     # so deliveries can no longer collide with it (checked once, with a metadata URL)
     bootstrap_seen: bool = False
+    # the --include/--exclude set the mirror was last brought in line with
+    filters: ProjectFilter = field(default_factory=ProjectFilter)
+    # the page forms the mirror holds ("html", "json"); a state from before JSON pages: html
+    formats: tuple[str, ...] = ("html",)
 
     def to_json(self) -> dict:
         return {
@@ -110,6 +115,8 @@ class State:
             "full_sync_in_progress": self.full_sync_in_progress,
             "root_stale": self.root_stale,
             "bootstrap_seen": self.bootstrap_seen,
+            "filters": self.filters.to_json(),
+            "formats": list(self.formats),
         }
 
 
@@ -167,12 +174,29 @@ def _state_from_json(doc: object) -> State:
     flag_names = ("full_sync_in_progress", "root_stale", "bootstrap_seen")
     flags = {key: doc.get(key, False) for key in flag_names}
     _require(all(isinstance(value, bool) for value in flags.values()), "bad flags")
-    return State(serial, pending, Outbox(set(dirty), tasks), retired, **flags)
+    filters = ProjectFilter.from_json(doc.get("filters", {}))
+    formats = doc.get("formats", ["html"])
+    _require(
+        isinstance(formats, list) and bool(formats) and set(formats) <= {"html", "json"},
+        "bad 'formats'",
+    )
+    return State(
+        serial,
+        pending,
+        Outbox(set(dirty), tasks),
+        retired,
+        **flags,
+        filters=filters,
+        formats=tuple(formats),
+    )
 
 
-_TARGET = re.compile(r"^(index\.html|simple/[a-z0-9]+(-[a-z0-9]+)*/index\.html)$")
+# Targets: the two roots (index.html; simple/index.v1_json) and each project's two pages.
+_NAME = r"[a-z0-9]+(-[a-z0-9]+)*"
+_TARGET = re.compile(rf"^(index\.html|simple/index\.v1_json|simple/{_NAME}/index\.(html|v1_json))$")
 _RETIRED = re.compile(
-    r"^([0-9a-f]{64}\.index\.html|simple/[a-z0-9]+(-[a-z0-9]+)*/[0-9a-f]{64}\.index\.html)$"
+    rf"^([0-9a-f]{{64}}\.index\.html|simple/[0-9a-f]{{64}}\.index\.v1_json"
+    rf"|simple/{_NAME}/[0-9a-f]{{64}}\.index\.(html|v1_json))$"
 )
 
 

@@ -64,9 +64,9 @@ from tuf.api.serialization.json import CanonicalJSONSerializer
 from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
 
 from cli_support import VERSION, ToolError
+from http_retry import Retryable, RetryPolicy, call_with_retries, retry_after_of
 from mirror_store import HASH_FACTORIES, TUF_HASH_ALGORITHM, MirrorLayout, digest_file, iter_targets
 from parallel import make_executor, ordered_map, usable_cpus
-from pypi_client import retry_delay
 
 log = logging.getLogger("tuf_audit")
 
@@ -513,30 +513,33 @@ class MetadataFetcher(FetcherInterface):
         self.pool.clear()
 
     def _fetch(self, url: str) -> Iterator[bytes]:
-        for attempt in range(self.config.retries + 1):
-            last = attempt == self.config.retries
-            try:
-                response = self.pool.request(
-                    "GET", url, preload_content=False, timeout=self.timeout, retries=False
-                )
-            except urllib3.exceptions.NewConnectionError as exc:  # a TimeoutError to urllib3
-                if last:
-                    raise tuf_errors.DownloadError(f"{url}: {_reason(exc)}") from None
-            except urllib3.exceptions.TimeoutError:
-                if last:
-                    raise tuf_errors.SlowRetrievalError(f"{url}: timed out") from None
-            except urllib3.exceptions.HTTPError as exc:
-                if last:
-                    raise tuf_errors.DownloadError(f"{url}: {_reason(exc)}") from None
-            else:
-                status = response.status
-                if status < 400:
-                    return self._chunks(url, response)
-                response.close()
-                if status not in _TRANSIENT_STATUS or last:
-                    raise tuf_errors.DownloadHTTPError(f"{url} answered HTTP {status}", status)
-            self.sleep(retry_delay(attempt, self.config.backoff, None))
-        raise AssertionError("unreachable")
+        policy = RetryPolicy(self.config.retries, self.config.backoff, self.sleep)
+        try:
+            return call_with_retries(lambda: self._attempt(url), policy, url, log, logging.INFO)
+        except _Transient as exc:  # retries spent: the error python-tuf's callers know
+            raise exc.final from None
+
+    def _attempt(self, url: str) -> Iterator[bytes]:
+        """One GET; raises _Transient (worth another try) or DownloadHTTPError (final)."""
+        try:
+            response = self.pool.request(
+                "GET", url, preload_content=False, timeout=self.timeout, retries=False
+            )
+        except urllib3.exceptions.NewConnectionError as exc:  # a TimeoutError to urllib3
+            raise _Transient(tuf_errors.DownloadError(f"{url}: {_reason(exc)}")) from None
+        except urllib3.exceptions.TimeoutError:
+            raise _Transient(tuf_errors.SlowRetrievalError(f"{url}: timed out")) from None
+        except urllib3.exceptions.HTTPError as exc:
+            raise _Transient(tuf_errors.DownloadError(f"{url}: {_reason(exc)}")) from None
+        status = response.status
+        if status < 400:
+            return self._chunks(url, response)
+        hint = retry_after_of(status, response.headers)
+        response.close()
+        final = tuf_errors.DownloadHTTPError(f"{url} answered HTTP {status}", status)
+        if status in _TRANSIENT_STATUS:
+            raise _Transient(final, hint)
+        raise final
 
     def _chunks(self, url: str, response: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
         complete = False
@@ -561,6 +564,14 @@ class MetadataFetcher(FetcherInterface):
                     f"{url}: larger than the {max_length}-byte limit"
                 )
         return bytes(received)
+
+
+class _Transient(Retryable):
+    """A failed attempt worth repeating; `final` is what is raised once retries are spent."""
+
+    def __init__(self, final: tuf_errors.DownloadError, retry_after: float | None = None) -> None:
+        super().__init__(str(final), retry_after)
+        self.final = final
 
 
 def _pool_for(base_url: str) -> urllib3.PoolManager:

@@ -4,7 +4,7 @@ Why a stand-in: the mirror must never be tested against pypi.org, and a stand-in
 demand, a set number of times, what the real index does only on bad days (rate limits, stale
 CDN pages, truncated bodies, garbage answers).
 
-What it models (warehouse's sources; see ``/work/shared/REFERENCE.md`` sections 1, 2 and 6):
+What it models (warehouse's ``warehouse/legacy/api/xmlrpc/views.py``, ``warehouse/api/simple.py``):
 
 * A journal of rows ``(name, version, timestamp, action, serial)``. Every row takes the next
   global serial and becomes its project's ``last_serial``; each mutator writes exactly the rows
@@ -18,10 +18,16 @@ What it models (warehouse's sources; see ``/work/shared/REFERENCE.md`` sections 
   answers warehouse's fault -32500 ``ValueError: The changelog method has been deprecated, use
   changelog_since_serial instead.``; any other method pyramid_rpc's -32601 ``server error;
   requested method not found``; wrong arguments -32602; an unparsable body -32700.
+  `switch_off_xmlrpc` models the day PyPI retires it (bandersnatch 8 already lives without it):
+  the endpoint answers 404, 405 or 410, or every mirroring method a -32500 fault saying it
+  has been disabled.
 * The Simple API (PEP 503/691/700/792): ``/simple/`` and ``/simple/<normalized>/`` with content
   negotiation (WebOb's rule as warehouse uses it: highest q wins, ties go to ``text/html``, then
   ``application/vnd.pypi.simple.v1+html``, then ``+json``; nothing acceptable gives HTML),
-  ``Vary: Accept`` and ``X-PyPI-Last-Serial``; 301 to the normalized URL and 404 carry no serial.
+  ``Vary: Accept``, ``X-PyPI-Last-Serial`` and warehouse's CORS headers; 301 to the normalized
+  URL and 404 carry no serial. The JSON root (``Accept: application/vnd.pypi.simple.v1+json``)
+  is warehouse's ``{"meta": {"api-version", "_last-serial"}, "projects": [{"name",
+  "_last-serial"}]}`` and, like the HTML root, leaves quarantined projects out.
 * Enough of the JSON API (``/pypi/<name>/json``) for bandersnatch 8.2 with
   ``release-files = false``.
 
@@ -68,11 +74,13 @@ http://127.0.0.1:8080 --events 20`` changes it through ``POST /_fake/churn?event
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import email.utils
 import functools
 import gc
 import hashlib
+import io
 import itertools
 import json
 import logging
@@ -92,6 +100,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import xmlrpc.client
+import zipfile
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -130,6 +139,23 @@ RATE_LIMIT_MESSAGE = (
 )
 CHANGELOG_REMOVED = (
     "ValueError: The changelog method has been deprecated, use changelog_since_serial instead."
+)
+XMLRPC_DISABLED = (
+    "RuntimeError: This API has been disabled. Use the JSON Simple API (PEP 691) at /simple/ "
+    "instead."
+)
+# How XML-RPC can be switched off: an HTTP status for the endpoint, or a fault for each call.
+XMLRPC_OFF_MODES = ("404", "405", "410", "disabled")
+# warehouse.utils.cors._CORS_HEADERS, sent with every Simple API answer
+CORS_HEADERS = (
+    ("Access-Control-Allow-Origin", "*"),
+    (
+        "Access-Control-Allow-Headers",
+        "Content-Type, If-Match, If-Modified-Since, If-None-Match, If-Unmodified-Since",
+    ),
+    ("Access-Control-Allow-Methods", "GET"),
+    ("Access-Control-Max-Age", "86400"),
+    ("Access-Control-Expose-Headers", "X-PyPI-Last-Serial"),
 )
 
 # --- names, escaping, versions -------------------------------------------------------------
@@ -300,7 +326,8 @@ class RequestRecord:
     """One request as the server saw it; ``status`` is 0 when the connection was reset.
 
     ``kind`` is ``xmlrpc``, ``root``, ``page``, ``redirect``, ``json_api``, ``control``,
-    ``purge`` or ``other``; ``fault`` names the injected fault that fired, if any.
+    ``purge``, ``file`` (an `add_wheel` file) or ``other``; ``fault`` names the injected
+    fault that fired, if any.
     """
 
     method: str
@@ -743,6 +770,53 @@ def make_dist_file(
     return DistFile(filename, url, sha256, size, python_version, metadata, uploaded)
 
 
+@dataclass(frozen=True, slots=True)
+class BuiltWheel:
+    """A real, installable wheel: its file name, bytes and ``.dist-info/METADATA`` bytes."""
+
+    filename: str
+    content: bytes
+    metadata: bytes
+
+
+def _record_hash(data: bytes) -> str:
+    """A RECORD line's hash: urlsafe base64 of the SHA-256, no padding (the wheel spec)."""
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
+    return f"sha256={digest.decode()}"
+
+
+def build_wheel(name: str, version: str, requires_python: str | None = None) -> BuiltWheel:
+    """The smallest valid pure-Python wheel (binary distribution format: METADATA, WHEEL,
+    RECORD) for ``name`` ``version``, with one module that records its version.
+
+    Deterministic (fixed zip timestamps), so the same name and version give the same bytes
+    and the same ``#sha256=`` on the page. pip and uv install it for real.
+    """
+    dist = normalize(name).replace("-", "_")
+    filename = f"{dist}-{version}-py3-none-any.whl"
+    info = f"{dist}-{version}.dist-info"
+    metadata = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+    if requires_python:
+        metadata += f"Requires-Python: {requires_python}\n"
+    members = {
+        f"{dist}/__init__.py": f'VERSION = "{version}"\n'.encode(),
+        f"{info}/METADATA": metadata.encode(),
+        f"{info}/WHEEL": (
+            b"Wheel-Version: 1.0\nGenerator: tests.fake_pypi\nRoot-Is-Purelib: true\n"
+            b"Tag: py3-none-any\n"
+        ),
+    }
+    record = "".join(f"{path},{_record_hash(data)},{len(data)}\n" for path, data in members.items())
+    members[f"{info}/RECORD"] = (record + f"{info}/RECORD,,\n").encode()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path, data in members.items():
+            member = zipfile.ZipInfo(path, date_time=(2020, 1, 1, 0, 0, 0))
+            member.external_attr = 0o644 << 16  # rw-r--r--, as build backends write them
+            archive.writestr(member, data, compress_type=zipfile.ZIP_DEFLATED)
+    return BuiltWheel(filename, buffer.getvalue(), members[f"{info}/METADATA"])
+
+
 # --- the index -----------------------------------------------------------------------------
 
 
@@ -777,6 +851,8 @@ class FakePyPI:
         self._projects: dict[str, Project] = {}
         self._journal: list[JournalRow] = []
         self._raw_listing: dict[str, int] = {}
+        self._files: dict[str, bytes] = {}  # URL path -> body, for add_wheel's files
+        self._xmlrpc_off: str | None = None  # one of XMLRPC_OFF_MODES while switched off
         self._generation = 0
         self._root: RootRendering | None = None
         self._root_previous: RootRendering | None = None
@@ -963,6 +1039,18 @@ class FakePyPI:
                 key = target if target == "root" else normalize(target)
                 self._page_faults.setdefault(key, deque()).append(fault)
 
+    def switch_off_xmlrpc(self, mode: str = "410") -> None:
+        """Retire XML-RPC: ``"404"``, ``"405"``, ``"410"`` (the endpoint's HTTP answer) or
+        ``"disabled"`` (every mirroring method answers a -32500 fault saying so)."""
+        if mode not in XMLRPC_OFF_MODES:
+            raise ValueError(f"unknown mode {mode!r}; known: {XMLRPC_OFF_MODES}")
+        with self._lock:
+            self._xmlrpc_off = mode
+
+    def switch_on_xmlrpc(self) -> None:
+        with self._lock:
+            self._xmlrpc_off = None
+
     def clear_faults(self) -> None:
         with self._lock:
             self._page_faults.clear()
@@ -1005,12 +1093,13 @@ class FakePyPI:
         self,
         name: str,
         version: str,
-        files: int | Sequence[str] | None = None,
+        files: int | Sequence[str | DistFile] | None = None,
         requires_python: str | None = None,
     ) -> int:
         """``new release`` then ``add <pyversion> file <filename>`` per file.
 
-        ``files``: how many to generate (None: an sdist and a py3 wheel) or explicit names.
+        ``files``: how many to generate (None: an sdist and a py3 wheel), explicit names, or
+        ready `DistFile` records (`add_wheel`'s real files).
         Creates the project first (``create``) if absent. A version that exists gets only the
         file rows, as a later upload to an existing release does in warehouse.
         """
@@ -1033,6 +1122,31 @@ class FakePyPI:
                 )
             self._render(project)
             return serial
+
+    def add_wheel(self, name: str, version: str, requires_python: str | None = None) -> int:
+        """Like `add_release` with one real wheel (`build_wheel`) that this stand-in serves.
+
+        The page links to it as warehouse links to files.pythonhosted.org, by an absolute
+        URL, here ``<url>/packages/<blake2b 2/2/60>/<filename>`` on loopback, with its real
+        ``#sha256=`` and its PEP 658 metadata at ``<file URL>.metadata``, so pip and uv can
+        download, verify and install it. Needs a started server (the URL holds its port).
+        """
+        wheel = build_wheel(name, version, requires_python)
+        storage = hashlib.blake2b(wheel.content, digest_size=32).hexdigest()
+        path = f"/packages/{storage[:2]}/{storage[2:4]}/{storage[4:]}/{wheel.filename}"
+        dist = DistFile(
+            wheel.filename,
+            f"{self.url}{path}",
+            hashlib.sha256(wheel.content).hexdigest(),
+            len(wheel.content),
+            "py3",
+            hashlib.sha256(wheel.metadata).hexdigest(),
+            int(self._clock()),
+        )
+        with self._lock:
+            self._files[path] = wheel.content
+            self._files[f"{path}.metadata"] = wheel.metadata
+            return self.add_release(name, version, [dist], requires_python)
 
     def remove_file(self, name: str, filename: str) -> int:
         """``remove file <filename>``: the file leaves the page; the project stays."""
@@ -1368,12 +1482,21 @@ class FakePyPI:
         self,
         project: Project,
         release: Release,
-        files: int | Sequence[str] | None,
+        files: int | Sequence[str | DistFile] | None,
         uploaded: int,
     ) -> list[DistFile]:
         existing = {d.filename for r in project.releases.values() for d in r.files}
         if files is None:
             files = 2
+        if not isinstance(files, int):
+            ready = [f for f in files if isinstance(f, DistFile)]
+            if ready:
+                if len(ready) != len(files):
+                    raise TypeError("files: either all names or all DistFile records")
+                clash = [f.filename for f in ready if f.filename in existing]
+                if clash:
+                    raise ValueError(f"{project.normalized!r} already has a file {clash[0]!r}")
+                return ready
         if isinstance(files, int):
             names = []
             for _ in range(files):
@@ -1382,7 +1505,7 @@ class FakePyPI:
                 )
                 release.next_file_index += 1
         else:
-            names = [(filename, python_version_of(filename)) for filename in files]
+            names = [(str(filename), python_version_of(str(filename))) for filename in files]
         created = []
         for filename, python_version in names:
             if filename in existing:
@@ -1477,6 +1600,10 @@ class FakePyPI:
     def _route(self, request: Request) -> tuple[str, str | None, Reply, ArmedFault | None]:
         path = request.path
         if path in XMLRPC_PATHS:
+            off = self._xmlrpc_off
+            if off is not None and off != "disabled":
+                allow = [("Allow", "GET, HEAD")] if off == "405" else []
+                return "xmlrpc", None, _error_reply(int(off), allow), None
             if request.method != "POST":
                 return "xmlrpc", None, _error_reply(405, [("Allow", "POST")]), None
             return self._route_xmlrpc(request)
@@ -1490,7 +1617,17 @@ class FakePyPI:
             return self._route_simple(request)
         if path.startswith("/pypi/") and path.endswith("/json"):
             return self._route_json_api(request)
+        if path.startswith("/packages/"):
+            return "file", None, self._file_reply(path), None
         return "other", None, _error_reply(404), None
+
+    def _file_reply(self, path: str) -> Reply:
+        """An `add_wheel` file or its metadata, as the file host serves them (no serial)."""
+        with self._lock:
+            body = self._files.get(path)
+        if body is None:
+            return _error_reply(404)
+        return Reply(200, [("Content-Type", "application/octet-stream")], body)
 
     def _route_simple(self, request: Request) -> tuple[str, None, Reply, ArmedFault | None]:
         rest = request.path[len("/simple") :]
@@ -1629,6 +1766,8 @@ class FakePyPI:
                 _fault_reply(-32601, "server error; requested method not found"),
                 None,
             )
+        if self._xmlrpc_off == "disabled":
+            return "xmlrpc", method, _fault_reply(-32500, XMLRPC_DISABLED), None
         fault = self._take_fault(self._xmlrpc_faults, method)
         if fault is None:
             return "xmlrpc", method, self._call(method, params), None
@@ -1741,6 +1880,7 @@ def _simple_reply(media: str, body: bytes, serial: int) -> Reply:
         ("Vary", "Accept"),
         ("X-PyPI-Last-Serial", str(serial)),
         ("Cache-Control", "max-age=600, public"),
+        *CORS_HEADERS,
     ]
     return Reply(200, headers, body)
 
@@ -1986,6 +2126,11 @@ def _serve_main(argv: Sequence[str]) -> int:
     parser.add_argument("--page-cap", type=int, default=DEFAULT_PAGE_CAP)
     parser.add_argument("--certfile", help="serve https with this certificate")
     parser.add_argument("--keyfile", help="key for --certfile")
+    parser.add_argument(
+        "--xmlrpc-off",
+        choices=XMLRPC_OFF_MODES,
+        help="serve no XML-RPC: the endpoint answers this HTTP status, or 'disabled' faults",
+    )
     args = parser.parse_args(argv)
 
     fake = FakePyPI(
@@ -1999,6 +2144,8 @@ def _serve_main(argv: Sequence[str]) -> int:
     started = time.perf_counter()
     fake.populate(args.projects, seed=args.seed)
     elapsed = time.perf_counter() - started
+    if args.xmlrpc_off:
+        fake.switch_off_xmlrpc(args.xmlrpc_off)
 
     serve_until_stopped(
         fake,

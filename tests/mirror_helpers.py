@@ -15,12 +15,14 @@ import requests
 import pypi_mirror
 import root_index
 import rstuf_client
-from mirror_store import MirrorLayout, digest_file, is_prefixed_copy, iter_targets
+from mirror_store import PAGE_NAMES, MirrorLayout, digest_file, iter_targets, prefixed_name
 from state import load_state
 
 View = dict[str, dict]
 REPO = Path(__file__).resolve().parent.parent
 FAST = ["--xmlrpc-interval", "0", "--backoff", "0.01", "--retries", "2", "--workers", "4"]
+# A consistent-snapshot copy: a page's blake2b-256 and its name, hard-linked beside it.
+PREFIXED_COPY = re.compile(r"[0-9a-f]{64}\.index\.(html|v1_json)")
 
 
 @dataclass
@@ -84,7 +86,7 @@ class Mirror:
         served = self.layout.served_dir
         found = {}
         for path in served.rglob("*"):
-            if path.is_file() and not is_prefixed_copy(path.name):
+            if path.is_file() and not PREFIXED_COPY.fullmatch(path.name):
                 found[path.relative_to(served).as_posix()] = path.read_bytes()
         return found
 
@@ -92,6 +94,21 @@ class Mirror:
 def upstream_page(pypi_url: str, name: str) -> bytes | None:
     """What the stand-in PyPI serves for a project right now (None: 404)."""
     response = requests.get(f"{pypi_url}/simple/{name}/", timeout=10, allow_redirects=False)
+    with response:
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+        return response.content
+
+
+def upstream_json_page(pypi_url: str, name: str) -> bytes | None:
+    """The PEP 691 JSON page the stand-in PyPI serves for a project right now (None: 404)."""
+    response = requests.get(
+        f"{pypi_url}/simple/{name}/",
+        timeout=10,
+        allow_redirects=False,
+        headers={"Accept": "application/vnd.pypi.simple.v1+json"},
+    )
     with response:
         if response.status_code == 404:
             return None
@@ -123,8 +140,8 @@ def assert_consistent(mirror: Mirror) -> None:
     served = mirror.layout.served_dir
     for path in served.rglob("*"):
         assert ".tmp" not in path.name, path
-        if path.name == "index.html":
-            copy = path.parent / f"{digest_file(path).hexdigest}.index.html"
+        if path.name in PAGE_NAMES:
+            copy = path.parent / prefixed_name(digest_file(path).hexdigest, path.name)
             assert copy.exists() and os.path.samefile(copy, path), copy
 
 
