@@ -678,3 +678,43 @@ def test_lost_state_with_changes_owed_is_recovered_by_the_readme_steps(
     assert (code, lines[:-1]) == (0, [])
     assert world.rstuf.view == mirror_view(world.mirror.layout)
     assert_mirror_matches_upstream(world.mirror)
+
+
+def test_both_page_forms_are_audited_and_repaired(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With --simple-format all each form is its own target: index.html and index.v1_json."""
+    with FakePyPI() as pypi, FakeRstuf(step=0.02, number_of_bins=NUMBER_OF_BINS) as rstuf:
+        for name in PROJECTS:
+            pypi.add_release(name, "1.0")
+        mirror = Mirror(tmp_path / "mirror", tmp_path / "state.json", pypi.url)
+        assert mirror.run("--simple-format", "all") == 0
+        bootstrap(rstuf, mirror_view(mirror.layout))
+        repo = TufRepository(tmp_path / "metadata", NUMBER_OF_BINS)
+        repo.publish(rstuf.view)
+        root_file = tmp_path / "root.json"
+        root_file.write_bytes(repo.root_bytes)
+        json_page = mirror.layout.project_page("numpy", "index.v1_json")
+        signed = json_page.read_bytes()
+        json_page.write_bytes(signed.replace(b"numpy", b"nunpy"))
+        with serve_directory(repo.directory) as url:
+            tuf = [
+                "--simple-format",
+                "all",
+                "--tuf-metadata-url",
+                url,
+                "--tuf-root",
+                str(root_file),
+            ]
+            capsys.readouterr()
+            assert mirror.run(*tuf, "--audit") == 4
+            lines = capsys.readouterr().out.splitlines()
+            assert lines[:-1] == [
+                "mismatch simple/numpy/index.v1_json",
+                "copy-missing simple/numpy/index.v1_json",
+            ]
+            assert f"targets={2 * len(PROJECTS) + 2} " in lines[-1]
+            mirror.rstuf_url = rstuf.url
+            assert mirror.run(*tuf, "--audit", "--repair", *RSTUF_FAST) == 0
+            assert json_page.read_bytes() == signed and rstuf.accepted == []
+            assert mirror.run(*tuf, "--audit") == 0
