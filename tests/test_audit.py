@@ -497,7 +497,9 @@ def test_cli_audit_exits_0_when_in_step_and_4_when_apart(
 
 
 @pytest.mark.parametrize("fault", ["signature", "expired", "unreachable"])
-def test_cli_audit_that_cannot_run_exits_1_with_one_line(world: World, fault: str) -> None:
+def test_cli_audit_that_cannot_run_exits_1_with_one_line(
+    world: World, fault: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     url = world.metadata_url
     if fault == "signature":
         world.repo.signers["snapshot"] = CryptoSigner.generate_ed25519()
@@ -510,13 +512,13 @@ def test_cli_audit_that_cannot_run_exits_1_with_one_line(world: World, fault: st
     else:
         url = "http://127.0.0.1:9"
         expected = "TUF metadata unreachable: http://127.0.0.1:9/2.root.json: Connection refused"
-    result = world.mirror.cli(
-        "--audit", "--tuf-metadata-url", url, "--tuf-root", str(world.root_file), "--retries", "0"
-    )
-    assert result.returncode == 1, result.stderr
-    assert result.stdout == ""
-    errors = result.stderr.splitlines()
-    assert len(errors) == 1 and errors[0].endswith(f" ERROR {expected}"), result.stderr
+    capsys.readouterr()
+    args = ["--tuf-metadata-url", url, "--tuf-root", str(world.root_file), "--retries", "0"]
+    assert world.mirror.run("--audit", *args) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    errors = err.splitlines()
+    assert len(errors) == 1 and errors[0].endswith(f" ERROR {expected}"), err
 
 
 @pytest.mark.parametrize(
@@ -546,11 +548,15 @@ def test_a_damaged_state_does_not_stop_an_audit_but_stops_a_repair(
     assert world.mirror.state.read_text() == "{not json"
 
 
-def test_audit_settings_come_from_the_environment(world: World) -> None:
+def test_the_command_line_audits_with_settings_from_the_environment(world: World) -> None:
     env = {"TUF_METADATA_URL": world.metadata_url, "TUF_ROOT": str(world.root_file)}
     result = world.mirror.cli("--audit", env=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("summary targets=8 ")
+    world.mirror.layout.project_page("six").unlink()  # a target with no page
+    result = world.mirror.cli("--audit", env=env)
+    assert result.returncode == 4, result.stderr
+    assert result.stdout.splitlines()[0] == "missing simple/six/index.html"
 
 
 def test_repair_refetches_and_sends_rstuf_exactly_what_it_lacks(
