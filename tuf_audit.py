@@ -10,9 +10,10 @@ page TUF signs*. This module checks it the way a TUF client would see it:
    until 404) and verifies timestamp, snapshot and top-level targets; then
    every hash bin the targets role delegates to succinctly (TAP 15; RSTUF
    names them ``bins-<hex>``) is fetched as ``<version>.bins-<hex>.json`` and
-   verified with python-tuf's public ``Metadata``/``verify_delegate``: the
-   delegator's signature threshold, the version and (where snapshot lists
-   them) length and hashes snapshot gives, expiry.
+   verified with python-tuf's public API (``Metadata``, ``MetaFile``,
+   ``Targets.verify_delegate``), in the client workflow's order: length and
+   hashes where snapshot lists them, the delegator's signature threshold, the
+   version snapshot names, expiry.
 2. Compare each bin's targets with the pages on disk that hash into the same
    bin (``mirror_store.iter_targets``), and with the hash-prefixed copy
    ``<dir>/<first hash>.<basename>`` a client with consistent snapshots
@@ -24,12 +25,12 @@ page TUF signs*. This module checks it the way a TUF client would see it:
    - ``copy-missing``: a target whose hash-prefixed copy is missing or holds
      other bytes (what a TUF client actually downloads fails).
 
-It streams: bins are fetched by a few threads (one HTTP session each) a
+It streams: bins are fetched by a few threads (one urllib3 pool each) a
 window ahead, and each group of bins is verified and compared in a worker
 process (``parallel``, the pool ``generate_csv.py`` hashes with) together with
-the pages that hash into it; only the list of page paths, grouped by bin, and
-the bins in flight are held at once. At 700,000 targets in 16,384 bins see
-the README for time and memory.
+the pages that hash into it; only the page paths (packed per bin) and the
+bins in flight are held at once. At 700,000 targets in 16,384 bins see the
+README for time and memory.
 
 Layers, as in python-tuf's ngclient: `MetadataFetcher` only moves bytes;
 the pure functions verify bins and compare facts; `read_disk_facts` reads the
@@ -786,9 +787,10 @@ def audit(
     """Compare the served tree with every target RSTUF's metadata signs.
 
     Calls `emit` with each difference, in bin order and by path within a bin,
-    as they are found. Raises AuditError when the audit cannot run (metadata
-    unreachable or failing verification: no difference has been emitted for
-    a bin that failed), or OSError when a page cannot be read.
+    as they are found (so memory does not grow with them). Raises AuditError
+    when the audit cannot run (metadata unreachable or failing verification;
+    differences of the bins before it were emitted, none of the bin that
+    failed), or OSError when a page cannot be read.
     """
     started = time.monotonic()
     report = AuditReport()
@@ -828,9 +830,9 @@ def audit(
             )
             for _, found in ordered_map(hash_pool, audit_group, tasks, config.hash_workers * 4):
                 report.targets += found.targets
-                report.misplaced += len(found.misplaced)
-                for path in found.misplaced[:3]:
+                for path in found.misplaced[: max(0, 3 - report.misplaced)]:  # the first few
                     log.warning("target %s is listed in a bin a client never reads for it", path)
+                report.misplaced += len(found.misplaced)
                 for difference in found.differences:
                     report.counts[difference.kind] += 1
                     emit(difference)
