@@ -81,7 +81,7 @@ from mirror_store import (
     iter_targets,
     mirror_lock,
 )
-from state import State, load_state
+from state import State, load_state, refuse_legacy_default_state
 
 log = logging.getLogger("generate_csv")
 
@@ -543,6 +543,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     configure_logging(args.verbose, args.quiet)
     options = parse_options(args)
+    refuse_legacy_default_state(options.state_path, given=args.state is not None)
     if warning := algorithm_warning(options.algorithm):
         log.warning("%s", warning)
     log.debug(

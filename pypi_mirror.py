@@ -18,6 +18,8 @@ concern it orchestrates has a module of its own beside it:
 - ``state.py``: state.json, with the RSTUF outbox;
 - ``rstuf_outbox.py`` and ``rstuf_client.py``: delivering changes to RSTUF;
 - ``mirror_store.py``: the disk's rules (names, paths, hashing, the lock);
+- ``safety.py``: state and mirror that know each other, the circuit breaker;
+- ``dry_run.py``: the plan ``--dry-run`` prints;
 - ``cli_support.py``: version, exit codes, logging, the one error funnel.
 """
 
@@ -25,17 +27,30 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import functools
 import logging
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import dry_run
 import rstuf_client
 import settings
 from changelog import Listing, add_listed, identity_changes, merge_pending, projects_to_refresh
-from cli_support import EXIT_OK, EXIT_PARTIAL, UsageError, configure_logging, run_cli
+from cli_support import (
+    EXIT_OK,
+    EXIT_PARTIAL,
+    Stopped,
+    UsageError,
+    configure_logging,
+    deferred_stops,
+    run_cli,
+    stop_requested,
+)
 from mirror_store import (
     ROOT_TARGET,
     MirrorLayout,
@@ -59,8 +74,29 @@ from pypi_client import (
 )
 from root_index import iter_root_index, merge_root, render_root_lines
 from rstuf_outbox import RstufDelivery
+from safety import (
+    CircuitBreaker,
+    FetchHalted,
+    Halt,
+    MirrorFacts,
+    Verdict,
+    canonical_url,
+    check_identity,
+    check_serial,
+    has_project_pages,
+    read_mirror_facts,
+    write_marker,
+)
 from settings import Config, config_from
-from state import PendingProject, State, clear_state_temps, load_state, save_state
+from state import (
+    PendingProject,
+    State,
+    clear_state_temps,
+    load_state,
+    new_mirror_id,
+    refuse_legacy_default_state,
+    save_state,
+)
 
 log = logging.getLogger("pypi_mirror")
 # The one line every run ends with; logged at INFO even under -q (see `main`).
@@ -72,6 +108,8 @@ summary_log = logging.getLogger("pypi_mirror.summary")
 
 @dataclass
 class Summary:
+    """The one line every run ends with, whatever its exit (see `main`)."""
+
     added: int = 0
     updated: int = 0
     removed: int = 0
@@ -82,15 +120,35 @@ class Summary:
     serial_before: int | None = None
     serial_after: int | None = None
     elapsed: float = 0.0
+    pending: int | None = None  # projects still to fetch; None: the state was not read
+    outbox: int | None = None  # paths owed to RSTUF
+    exit: int | None = None
+    dry_run: bool = False
+    would_fetch: int | None = None  # a dry run: pages a real run would fetch
+    started: bool = False  # a sync began (not --help, --version)
     problems: list[str] = field(default_factory=list)
 
     def line(self) -> str:
+        unknown = "?"
+        mode = "dry-run " if self.dry_run else ""
+        if self.would_fetch is not None:
+            mode += f"would_fetch={self.would_fetch} "
         return (
-            f"summary added={self.added} updated={self.updated} removed={self.removed} "
+            f"summary {mode}added={self.added} updated={self.updated} removed={self.removed} "
             f"unchanged={self.unchanged} failed={self.failed} requests={self.requests} "
             f"rstuf_sent={self.rstuf_sent} elapsed={self.elapsed:.1f}s "
-            f"serial={self.serial_before}->{self.serial_after}"
+            f"serial={self.serial_before}->{self.serial_after} "
+            f"pending={unknown if self.pending is None else self.pending} "
+            f"outbox={unknown if self.outbox is None else self.outbox} exit={self.exit}"
         )
+
+
+class NotFetched:
+    """The result of a page that fetching stopped before (circuit breaker, signal)."""
+
+
+NOT_FETCHED = NotFetched()
+STOP_POLL = 0.1  # seconds: how soon the fetch loop sees a signal
 
 
 @dataclass
@@ -99,10 +157,12 @@ class Refreshed:
 
     failed: set[str] = field(default_factory=set)  # kept pending
     unlisted: set[str] = field(default_factory=set)  # fetched: gone or quarantined
+    unfetched: int = 0  # fetching stopped before these (circuit breaker, signal)
+    unfetched_names: set[str] = field(default_factory=set)  # ... when they are kept pending
 
     def lists(self, name: str, if_failed: bool = True) -> bool:
         """Whether `name` belongs in the root index; `if_failed` when its fetch failed."""
-        if name in self.failed:
+        if name in self.failed or name in self.unfetched_names:
             return if_failed
         return name not in self.unlisted
 
@@ -119,83 +179,184 @@ class Sync:
         rstuf: rstuf_client.RstufClient | None,
         progress: Progress,
         out: Callable[[str], None] = print,
+        summary: Summary | None = None,
+        halt: Halt | None = None,
     ) -> None:
         self.config = config
         self.layout = MirrorLayout(config.mirror_dir)
+        self.upstream = canonical_url(config.pypi_url)
         self.pypi = pypi
         self.rstuf = rstuf
         self.progress = progress
         self.out = out
-        self.summary = Summary()
+        self.summary = summary or Summary()
+        self.summary.dry_run = config.dry_run
         self.state = State()
+        self.loaded = False  # self.state is the state file's
+        self.identified = False  # ... and was found to belong to this mirror and upstream
         self.writer = MirrorWriter(self.layout, self.state)
         self.membership_changed = False
+        self.marker_owed = False  # write the marker before the next state save
+        self.upstream_changed = False
+        self.applying = False  # inside a section a signal must not cut: do not save then
+        self.breaker = CircuitBreaker(config.failure_limit)
+        self.halt = halt or Halt()  # the PypiClient's retry pauses should wait on it too
+        self.untracked = 0  # pages a full sync still owes that state.pending does not list
 
     # the run
 
     def run(self) -> int:
-        started = time.monotonic()
-        with mirror_lock(self.layout.lock_path):
-            clear_staging(self.layout.staging_dir)
-            clear_state_temps(self.config.state_file)
-            self.state = load_state(self.config.state_file)
-            self.writer = MirrorWriter(self.layout, self.state)
-            self.summary.serial_before = self.state.serial
-            if self.state.outbox.dirty and not self.config.dry_run:
+        """Run once; raises ToolError (a refusal or failure) or Stopped (a signal)."""
+        self.summary.started = True
+        try:
+            return self.sync()
+        except Stopped as stop:
+            raise Stopped(stop.signum, self.save_after_stop()) from None
+        finally:
+            self.settle_summary()
+
+    def sync(self) -> int:
+        config = self.config
+        refuse_legacy_default_state(config.state_file, given=config.state_path is not None)
+        if not config.dry_run and not self.layout.root.exists():
+            self.check_identity()  # before the lock, which would create the directory
+        with mirror_lock(self.layout.lock_path, read_only=config.dry_run):
+            last_serial = self.start()
+            if self.state.outbox.dirty and not config.dry_run:
                 # a killed run may have left pages unflushed: never register bytes
                 # that a power cut could still take back
                 sync_filesystem(self.layout.root)
             self.deliver_outbox()
             if self.needs_full_sync():
-                self.full_sync()
+                self.full_sync(last_serial)
             else:
-                self.update()
-            if not self.config.dry_run:
-                self.writer.collect_retired(self.config.grace)
-                sync_filesystem(self.layout.root)  # every page durable before the serial moves
-                self.save()
-                self.deliver_outbox()
-        self.summary.serial_after = self.state.serial
-        self.summary.requests = self.pypi.requests_made
-        self.summary.elapsed = time.monotonic() - started
+                self.update(last_serial)
+            if config.dry_run:
+                return EXIT_OK
+            self.writer.collect_retired(self.config.grace)
+            sync_filesystem(self.layout.root)  # every page durable before the serial moves
+            self.save()
+            self.deliver_outbox()
         for problem in self.summary.problems:
             log.warning("%s", problem)
-        summary_log.info("%s", self.summary.line())
-        return EXIT_PARTIAL if self.summary.problems or self.state.pending else EXIT_OK
+        return EXIT_PARTIAL if self.summary.problems or self.pending_count() else EXIT_OK
+
+    def start(self) -> int:
+        """Under the lock: clear leftovers, check state and mirror; return PyPI's last serial.
+
+        Every refusal comes before anything is written.
+        """
+        config = self.config
+        if not config.dry_run:
+            clear_staging(self.layout.staging_dir)
+            clear_state_temps(config.state_file)
+        verdict, facts = self.check_identity()
+        last_serial = self.pypi.changelog_last_serial()
+        if not verdict.upstream_changed:
+            check_serial(self.state.serial, last_serial, self.upstream, config.state_file)
+        self.record_identity(verdict, facts)
+        return last_serial
+
+    def check_identity(self) -> tuple[Verdict, MirrorFacts]:
+        """Read the state and the mirror; refuse (MirrorMismatch) if they do not belong together."""
+        self.state = load_state(self.config.state_file)
+        self.writer = MirrorWriter(self.layout, self.state)
+        self.loaded = True
+        self.summary.serial_before = self.state.serial
+        facts = read_mirror_facts(self.layout)
+        verdict = check_identity(
+            self.state,
+            facts,
+            self.upstream,
+            self.config.full_check,
+            self.config.state_file,
+            new_mirror_id(),
+        )
+        return verdict, facts
+
+    def record_identity(self, verdict: Verdict, facts: MirrorFacts) -> None:
+        """Take the verdict's identity into the state; the next save makes it durable."""
+        for note in verdict.notes:
+            log.info("%s", note)
+        for warning in verdict.warnings:
+            log.warning("%s", warning)
+        state = self.state
+        if state.read_schema == 1 and state.serial is None and state.full_sync_in_progress:
+            # release 1.0 wrote the root index only at the end of a first sync
+            state.first_sync = not facts.root_index
+        state.mirror_id, state.mirror_dir = verdict.mirror_id, str(facts.directory)
+        state.upstream = self.upstream
+        self.marker_owed = verdict.write_marker
+        self.upstream_changed = verdict.upstream_changed
+        self.identified = True
 
     def needs_full_sync(self) -> bool:
         state = self.state
         return state.serial is None or state.full_sync_in_progress or self.config.full_check
 
+    def pending_count(self) -> int:
+        return len(self.state.pending) + self.untracked
+
     def save(self) -> None:
-        if not self.config.dry_run:
-            crash_point("state-save")
-            save_state(self.config.state_file, self.state)
+        if self.config.dry_run:
+            return
+        if self.marker_owed:  # the marker first: a state never names an id its mirror lacks
+            write_marker(self.layout, self.state.mirror_id or "")
+            self.marker_owed = False
+        crash_point("state-save")
+        save_state(self.config.state_file, self.state)
+
+    def save_after_stop(self) -> str:
+        """Save what is durable after a signal; return what the stop line adds."""
+        if not self.identified:
+            return "nothing was changed"
+        if self.config.dry_run:
+            return "nothing was changed (dry run)"
+        if self.applying:  # a second signal cut a batch: the last saved state is consistent
+            return "the state saved last stays; the next run resumes from it"
+        try:
+            if self.layout.root.exists():
+                sync_filesystem(self.layout.root)
+            self.save()
+        except OSError as exc:
+            return f"the state could not be saved ({exc}); the next run resumes from the last one"
+        return (
+            f"state saved at serial {self.state.serial} with {self.pending_count()} "
+            "project(s) pending; the next run resumes"
+        )
+
+    def settle_summary(self) -> None:
+        summary = self.summary
+        summary.requests = self.pypi.requests_made
+        if self.loaded:
+            summary.serial_after = self.state.serial
+            summary.pending = self.pending_count()
+            summary.outbox = len(self.state.outbox)
 
     # first sync and --full-check
 
-    def full_sync(self) -> None:
+    def full_sync(self, last_serial: int) -> None:
         """Compare PyPI's whole listing with the mirror and fix every difference.
 
         The target serial is taken before the listing and lowered to the
         listing's newest serial (PyPI caches the listing for up to an hour), so
         the next update replays anything the listing did not show yet. A first
-        sync records nothing for RSTUF: RSTUF is bootstrapped from the CSV.
+        sync records nothing for RSTUF: RSTUF is bootstrapped from the CSV. It
+        is finished only when every listed page is on disk or known gone: until
+        then the state has no serial and the next run goes on with it.
         """
-        first = self.state.serial is None and not self.layout.root_page.exists()
-        last_serial = self.pypi.changelog_last_serial()
         wanted = Listing()  # only checked serials set the target
         self.pypi.list_packages_with_serial(functools.partial(add_listed, wanted))
         target = min(last_serial, max(wanted.serials.values(), default=last_serial))
-        log.info(
-            "%s: %d projects listed at serial %d",
-            "first sync" if first else "full check",
-            len(wanted),
-            target,
-        )
         if not self.state.full_sync_in_progress:
+            self.state.first_sync = self.state.serial is None and not (
+                self.layout.root_page.exists() or has_project_pages(self.layout)
+            )
             self.state.full_sync_in_progress = True
             self.save()
+        first = self.state.first_sync
+        kind = "first sync" if first else "full check"
+        log.info("%s: %d projects listed at serial %d", kind, len(wanted), target)
         local = self.writer.local_projects()
         if self.config.full_check or not local:  # archiving leaves the serial as it was
             current: set[str] = set()
@@ -210,16 +371,54 @@ class Sync:
             to_fetch[name] = PendingProject(name, 0)
         for name, item in self.state.pending.items():
             merge_pending(to_fetch, name, item)
+        if self.config.dry_run:
+            self.summary.would_fetch = len(to_fetch)
+            outbox = dry_run.outbox_actions(self.state.outbox.dirty, self.target_exists)
+            plan = dry_run.full_sync_plan(
+                kind.replace(" ", "-"), len(to_fetch), len(wanted), target, outbox
+            )
+            for line in plan:
+                self.out(line)
+            return
         self.summary.unchanged += len(current)
-        outcome = self.refresh(to_fetch, record_changes=not first)
-        members = (
-            (name, wanted[name].display_name)
-            for name in sorted(wanted)
-            if outcome.lists(name, if_failed=name in local)
+        with self.applying_changes():
+            outcome = self.refresh(to_fetch, record_changes=not first, keep_unfetched=False)
+            self.finish_full_sync(wanted, local, outcome, target, first)
+
+    def finish_full_sync(
+        self, wanted: Listing, local: set[str], outcome: Refreshed, target: int, first: bool
+    ) -> None:
+        """Write the root index from what is on disk; move the serial if the sync is done."""
+        done = not outcome.unfetched and not (first and outcome.failed)
+        if outcome.unfetched:  # stopped early: the pages on disk now say who is listed
+            on_disk = self.writer.local_projects()
+            members: Iterable[tuple[str, str]] = (
+                (name, wanted[name].display_name)
+                for name in sorted(wanted)
+                if name in on_disk and name not in outcome.unlisted
+            )
+        else:
+            members = (
+                (name, wanted[name].display_name)
+                for name in sorted(wanted)
+                if outcome.lists(name, if_failed=name in local)
+            )
+        if done or has_project_pages(self.layout):  # never an empty root for a failed sync
+            self.write_root(members, record_change=not first)
+        if not done:
+            still = self.pending_count()
+            what = "first sync" if first else "full check"
+            self.summary.problems.append(
+                f"the {what} is not finished: {still} project(s) still to fetch; "
+                "the next run goes on with it"
+            )
+            return
+        serial = self.state.serial
+        self.state.serial = (
+            target if serial is None or self.upstream_changed else max(serial, target)
         )
-        self.write_root(members, record_change=not first)
-        self.state.serial = target if self.state.serial is None else max(self.state.serial, target)
         self.state.full_sync_in_progress = False
+        self.state.first_sync = False
 
     def is_current(self, name: str, item: PendingProject, local: set[str]) -> bool:
         if name not in local or name in self.state.pending:
@@ -227,34 +426,60 @@ class Sync:
         on_disk = self.writer.local_serial(name)
         return on_disk is not None and on_disk >= item.serial
 
+    def target_exists(self, target: str) -> bool:
+        return self.layout.path_of_target(target).exists()
+
     # updates from the changelog
 
-    def update(self) -> None:
+    def update(self, last_serial: int) -> None:
         """Apply the changelog since ``state.serial``: fetch each mentioned project once."""
         since = self.state.serial
         assert since is not None
-        last_serial = self.pypi.changelog_last_serial()
         to_fetch: dict[str, PendingProject] = {}
         newest = since
         renamed: set[str] = set()
+        membership_hint = False  # for a dry run: the root index may change
         for entries in self.pypi.changelog_since(since, last_serial):
             for name, item in projects_to_refresh(entries).items():
                 merge_pending(to_fetch, name, item)
             renamed |= identity_changes(entries)
+            membership_hint |= any("quarantine" in entry.action for entry in entries)
             newest = entries[-1].serial
         for name, item in self.state.pending.items():
             merge_pending(to_fetch, name, item)
         log.info("changelog %d->%d: %d projects to refresh", since, newest, len(to_fetch))
-        outcome = self.refresh(to_fetch, record_changes=True)
-        fetched = to_fetch.keys() - outcome.failed
-        if self.membership_changed or self.state.root_stale or renamed & fetched:
-            self.rewrite_root(
-                {
-                    name: to_fetch[name].display_name if outcome.lists(name) else None
-                    for name in fetched
-                }
-            )
-        self.state.serial = newest
+        if self.config.dry_run:
+            self.summary.would_fetch = len(to_fetch)
+            outbox = dry_run.outbox_actions(self.state.outbox.dirty, self.target_exists)
+            root = bool(renamed) or membership_hint or self.state.root_stale
+            for line in dry_run.update_plan(since, newest, to_fetch, outbox, root):
+                self.out(line)
+            return
+        with self.applying_changes():
+            outcome = self.refresh(to_fetch, record_changes=True, keep_unfetched=True)
+            fetched = to_fetch.keys() - outcome.failed - outcome.unfetched_names
+            if self.membership_changed or self.state.root_stale or renamed & fetched:
+                self.rewrite_root(
+                    {
+                        name: to_fetch[name].display_name if outcome.lists(name) else None
+                        for name in fetched
+                    }
+                )
+            self.state.serial = newest  # what was not fetched is pending with its serial
+
+    @contextlib.contextmanager
+    def applying_changes(self) -> Iterator[None]:
+        """Fetching and writing, up to the serial's move: a signal winds it down, never cuts it.
+
+        A first SIGINT/SIGTERM stops the fetching at once (like the circuit
+        breaker: the rest stays pending); the pages fetched are written, the
+        root index and the serial follow, and only then is `Stopped` raised,
+        at a point where the state in memory is consistent and is saved.
+        """
+        with deferred_stops():
+            self.applying = True
+            yield
+            self.applying = False
 
     def rewrite_root(self, changes: dict[str, str | None]) -> None:
         """Merge membership changes into the root index, streaming it (read back from disk)."""
@@ -267,17 +492,14 @@ class Sync:
     def write_root(self, members: Iterable[tuple[str, str]], record_change: bool) -> None:
         """Write the root index from sorted (normalized, display) pairs if its bytes change."""
         served = self.layout.served_dir
-        temp, digest = self.writer.stage(render_root_lines(members), keep=not self.config.dry_run)
+        temp, digest = self.writer.stage(render_root_lines(members))
         old_digest = self.writer.root_digest()
         if digest == old_digest:
             self.writer.discard(temp)
-            if not self.config.dry_run:
-                self.writer.ensure_copy(served, digest)
-                self.state.root_stale = False
+            self.writer.ensure_copy(served, digest)
+            self.state.root_stale = False
             return
-        if temp is None:  # dry run
-            self.out(f"write {ROOT_TARGET}")
-            return
+        assert temp is not None
         # Intent before action, as for pages: a run killed right after the write
         # finds the root unchanged, and would neither tell RSTUF nor retire the copy.
         old_copy = served / prefixed_name(old_digest) if old_digest else None
@@ -294,88 +516,168 @@ class Sync:
 
     # fetching and applying
 
-    def refresh(self, wanted: Mapping[str, PendingProject], record_changes: bool) -> Refreshed:
+    def refresh(
+        self,
+        wanted: Mapping[str, PendingProject],
+        record_changes: bool,
+        keep_unfetched: bool = True,
+    ) -> Refreshed:
         """Fetch every project in `wanted` once and apply what its page says.
 
         Returns which projects failed and which were fetched but do not belong
         in the root index (gone, or quarantined): both sets are small, where a
-        flag per project would be 700,000 entries. Failures stay in ``state.pending``. With
-        `record_changes`, each batch of changed paths is saved to the outbox
-        before the batch touches the disk, so RSTUF hears of every write even
-        if the run dies right after it.
+        flag per project would be 700,000 entries. Failures stay in ``state.pending``,
+        and so, with `keep_unfetched` (an update), do the projects that fetching
+        stopped before (circuit breaker, signal); a full sync finds those again
+        from the listing. With `record_changes`, each batch of changed paths is
+        saved to the outbox before the batch touches the disk, so RSTUF hears of
+        every write even if the run dies right after it.
         """
         outcome = Refreshed()
+        settled: set[str] = set()  # pending projects fetched now
         self.progress.start(len(wanted), "fetching")
         batch: list[Change] = []
-        for name, fetched in self.fetch_all(wanted):
-            self.progress.advance()
-            if isinstance(fetched, Exception):
-                self.keep_pending(name, wanted[name], fetched)
-                outcome.failed.add(name)
-                continue
-            change = Change(name, wanted[name].display_name, fetched, self.writer.read_page(name))
-            if not change.listed_after():
-                outcome.unlisted.add(name)
-            if not change.modifies:
-                self.summary.unchanged += change.page.body is not None
-                continue
-            batch.append(change)
-            if len(batch) >= self.BATCH:
-                self.apply_batch(batch, record_changes)
-                batch = []
+        fetches = self.fetch_all(wanted)
+        try:
+            for name, fetched in fetches:
+                self.progress.advance()
+                if isinstance(fetched, NotFetched):
+                    self.not_fetched(name, wanted[name], outcome, keep_unfetched)
+                    continue
+                if isinstance(fetched, Exception):
+                    self.keep_pending(name, wanted[name], fetched)
+                    outcome.failed.add(name)
+                    continue
+                if name in self.state.pending:
+                    settled.add(name)
+                change = Change(
+                    name, wanted[name].display_name, fetched, self.writer.read_page(name)
+                )
+                if not change.listed_after():
+                    outcome.unlisted.add(name)
+                if not change.modifies:
+                    self.summary.unchanged += change.page.body is not None
+                    continue
+                batch.append(change)
+                if len(batch) >= self.BATCH:
+                    self.apply_batch(batch, record_changes)
+                    batch = []
+        finally:
+            fetches.close()  # on an error too: stop the workers, drop what is queued
         self.apply_batch(batch, record_changes)
         self.progress.finish()
-        for name in list(self.state.pending):  # only now: an intent save must keep them
-            if name in wanted and name not in outcome.failed:
-                del self.state.pending[name]
+        for name in settled:  # only now: an intent save must keep them
+            self.state.pending.pop(name, None)
+        if self.halt.reason is not None:
+            self.summary.problems.append(
+                f"{self.halt.reason}: stopped fetching; {outcome.unfetched} project(s) not "
+                "fetched are kept for the next run"
+            )
         return outcome
+
+    def not_fetched(
+        self, name: str, item: PendingProject, outcome: Refreshed, keep_pending: bool
+    ) -> None:
+        outcome.unfetched += 1
+        if keep_pending:
+            outcome.unfetched_names.add(name)
+            merge_pending(self.state.pending, name, item)
+        elif name not in self.state.pending:  # a full sync finds it again in the listing
+            self.untracked += 1
 
     def fetch_all(
         self, wanted: Mapping[str, PendingProject]
-    ) -> Iterator[tuple[str, FetchedPage | UpstreamError]]:
-        """Fetch pages concurrently, yielding each as it finishes, with a bounded window."""
+    ) -> Iterator[tuple[str, FetchedPage | UpstreamError | NotFetched]]:
+        """Fetch pages concurrently, yielding each as it finishes, with a bounded window.
+
+        Once the halt is set (circuit breaker, or a signal seen at the next poll)
+        nothing more is submitted, queued fetches are cancelled, running ones end
+        after their current request, and every name left is yielded NOT_FETCHED.
+        Closing the generator early shuts the pool down the same way.
+        """
         names = iter(wanted)  # in listing order: a sorted copy would be 700,000 more references
         window = self.config.workers * 4
-        with concurrent.futures.ThreadPoolExecutor(self.config.workers) as pool:
-            running: dict[concurrent.futures.Future, str] = {}
+        pool = concurrent.futures.ThreadPoolExecutor(self.config.workers)
+        running: dict[concurrent.futures.Future, str] = {}
 
-            def submit_next() -> None:
-                name = next(names, None)
-                if name is not None:
-                    running[pool.submit(self.fetch_current, name, wanted[name])] = name
+        def submit_next() -> None:
+            name = None if self.halt.is_set else next(names, None)
+            if name is not None:
+                running[pool.submit(self.fetch_current, name, wanted[name])] = name
 
+        try:
             for _ in range(window):
                 submit_next()
             while running:
-                done, _ = concurrent.futures.wait(running, return_when="FIRST_COMPLETED")
+                done, _ = concurrent.futures.wait(
+                    running, timeout=STOP_POLL, return_when="FIRST_COMPLETED"
+                )
+                signum = stop_requested()
+                if signum is not None:
+                    self.halt.set(f"stopped by {signal.Signals(signum).name}")
+                if self.halt.is_set:
+                    for future in [f for f in running if f.cancel()]:
+                        yield running.pop(future), NOT_FETCHED
                 for future in done:
                     name = running.pop(future)
                     submit_next()
                     try:
                         yield name, future.result()
+                    except FetchHalted:
+                        yield name, NOT_FETCHED
                     except UpstreamError as exc:
                         yield name, exc
+            for name in names:  # left when the halt came
+                yield name, NOT_FETCHED
+        finally:
+            if running:  # closed early: an error or a second signal in the consumer
+                self.halt.set("the run is ending")
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def fetch_current(self, name: str, item: PendingProject) -> FetchedPage:
         """Fetch a page, retrying while PyPI's CDN serves one older than the changelog.
 
         Older means a lower ``X-PyPI-Last-Serial``, or a 404 for a project the
-        changelog's newest entry says exists. Raises StalePage or MissingPage.
+        changelog's newest entry says exists. Raises StalePage or MissingPage,
+        or FetchHalted once the halt is set. Every attempt feeds the circuit breaker.
         """
         for attempt in range(self.config.retries + 1):
-            page = self.pypi.with_retries(name, lambda: self.pypi.fetch_page(name))
+            page = self.pypi.with_retries(name, lambda: self.attempt(name))
             assert isinstance(page, FetchedPage)
             if page.body is None:
                 if not item.expect_page:
+                    self.breaker.record(True)
                     return page
             elif page.serial is not None and page.serial >= item.serial:
+                self.breaker.record(True)
                 return page
             log.debug("%s: stale answer (serial %s < %d)", name, page.serial, item.serial)
+            self.count_failure(
+                f"{name}: 404 although the project exists"
+                if page.body is None
+                else f"{name}: stale page (serial {page.serial} < {item.serial})"
+            )
             if attempt < self.config.retries:
-                time.sleep(retry_delay(attempt, self.config.backoff, None))
+                self.halt.sleep(retry_delay(attempt, self.config.backoff, None))
         if page.body is None:
             raise MissingPage(name, item.serial)
         raise StalePage(name, item.serial, page.serial or 0)
+
+    def attempt(self, name: str) -> FetchedPage:
+        """One request for a page, unless the halt is set; a failure feeds the breaker."""
+        self.halt.check()
+        try:
+            return self.pypi.fetch_page(name)
+        except UpstreamError as exc:
+            self.count_failure(str(exc))
+            raise
+
+    def count_failure(self, what: str) -> None:
+        if self.breaker.record(False):
+            self.halt.set(
+                f"PyPI is failing as a whole: {self.breaker.limit} page requests failed in "
+                f"a row (the last: {what}; --failure-limit)"
+            )
 
     def keep_pending(self, name: str, item: PendingProject, error: Exception) -> None:
         log.warning("%s; kept pending for the next run", error)
@@ -384,10 +686,6 @@ class Sync:
 
     def apply_batch(self, batch: list[Change], record_changes: bool) -> None:
         if not batch:
-            return
-        if self.config.dry_run:
-            for change in batch:
-                self.out(f"{'remove' if change.removes else 'write'} {project_target(change.name)}")
             return
         membership = any(change.listed_before() != change.listed_after() for change in batch)
         self.membership_changed |= membership
@@ -413,13 +711,8 @@ class Sync:
 
     def deliver_outbox(self) -> None:
         box = self.state.outbox
-        if self.config.dry_run:
-            for path in sorted(box.dirty):
-                exists = self.layout.path_of_target(path).exists()
-                self.out(f"rstuf-{'add' if exists else 'remove'} {path}")
-            return
-        if not box.dirty and not box.tasks:
-            return
+        if self.config.dry_run or (not box.dirty and not box.tasks):
+            return  # a dry run lists the outbox with its plan
         if self.rstuf is None:
             log.warning(
                 "%d change(s) wait in the outbox for RSTUF: set RSTUF_API_URL or --rstuf-url",
@@ -471,21 +764,51 @@ def make_rstuf_client(config: Config) -> rstuf_client.RstufClient:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The command line: parse settings, run once, return the exit code."""
+    """The command line: parse settings, run once, return the exit code.
+
+    Every run ends with the summary line, whatever its exit; only --help and
+    --version, which are not runs, print none.
+    """
     configure_logging(False, False)
-    return run_cli(log, lambda: run(config_from(argv, build_parser())))
+    started = time.monotonic()
+    summary = Summary()
+    state_file: list[Path] = []  # known once the settings are parsed
+
+    def body() -> int:
+        config = config_from(argv, build_parser())
+        state_file.append(config.state_file)
+        return run(config, summary)
+
+    code = run_cli(log, body)
+    if summary.started or code != EXIT_OK:
+        summary.exit, summary.elapsed = code, time.monotonic() - started
+        if summary.pending is None and state_file:
+            count_owed_work(summary, state_file[0])
+        summary_log.info("%s", summary.line())
+    return code
 
 
-def run(config: Config) -> int:
+def count_owed_work(summary: Summary, state_file: Path) -> None:
+    """Pending and outbox counts for a run that never read its state (a locked mirror)."""
+    with contextlib.suppress(Exception):  # a summary must never fail the run it reports
+        if state_file.exists():
+            state = load_state(state_file)
+            summary.pending, summary.outbox = len(state.pending), len(state.outbox)
+            summary.serial_before = summary.serial_after = state.serial
+
+
+def run(config: Config, summary: Summary | None = None) -> int:
     configure_logging(config.verbose, config.quiet)
     summary_log.setLevel(logging.INFO)  # cron keeps one line per run, even under -q
-    pypi = PypiClient(config.pypi_url, config)
+    halt = Halt()  # ends the retry pauses of the fetch threads when the run stops fetching
+    pypi = PypiClient(config.pypi_url, config, sleep=halt.sleep)
     try:
         rstuf = make_rstuf_client(config) if config.rstuf_url else None
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     try:
-        return Sync(config, pypi, rstuf, Progress(config.progress)).run()
+        sync = Sync(config, pypi, rstuf, Progress(config.progress), summary=summary, halt=halt)
+        return sync.run()
     finally:
         pypi.close()
         if rstuf is not None:
