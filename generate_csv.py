@@ -28,7 +28,10 @@ tree), exactly the targets ``mirror_store.iter_targets`` lists: the root
 consistent-snapshot copies, temp files and everything else are not targets.
 Sizes and hashes come from the bytes on disk through
 ``mirror_store.digest_file``, the same function ``pypi_mirror.py`` uses for
-the artifacts it sends RSTUF later, so the two can never disagree.
+the artifacts it sends RSTUF later, so the two can never disagree. The hash
+is always blake2b-256: a TUF client with consistent snapshots downloads the
+copy named by a target's hash, and the mirror names its copies by blake2b-256,
+so a CSV of another hash would register pages no client could download.
 
 The run holds the mirror lock throughout, so a sync cannot change pages
 while they are read, and it reports the changelog serial the CSV matches:
@@ -72,7 +75,6 @@ from cli_support import (
 )
 from mirror_store import (
     DEFAULT_MIRROR_DIR,
-    HASH_FACTORIES,
     TUF_HASH_ALGORITHM,
     FileDigest,
     MirrorLayout,
@@ -189,18 +191,6 @@ def is_inside(path: Path, directory: Path) -> bool:
     return path == directory or path.is_relative_to(directory)
 
 
-def algorithm_warning(algorithm: str) -> str | None:
-    """Why a hash other than blake2b-256 breaks TUF clients of this mirror, or None."""
-    if algorithm == TUF_HASH_ALGORITHM:
-        return None
-    return (
-        f"--algorithm {algorithm}: the mirror's consistent-snapshot copies are named "
-        f"<{TUF_HASH_ALGORITHM} hex>.index.html, and a TUF client downloads the copy named "
-        f"by the first hash listed for a target, so {TUF_HASH_ALGORITHM} must be listed "
-        f"first; targets imported with only {algorithm} cannot be downloaded"
-    )
-
-
 @dataclass(frozen=True)
 class Options:
     """What one run does, as parsed from the command line."""
@@ -208,7 +198,6 @@ class Options:
     mirror_dir: Path
     state_path: Path
     output: Path | None  # None: standard output
-    algorithm: str
     workers: int
     executor: str  # one of EXECUTORS
 
@@ -441,7 +430,7 @@ def generate(options: Options, stdout: TextIO) -> Summary:
         executor = make_executor(options.executor, options.workers)
         try:
             chunks = iter_rows(
-                layout.served_dir, iter_targets(layout), options.algorithm, executor, window
+                layout.served_dir, iter_targets(layout), TUF_HASH_ALGORITHM, executor, window
             )
             if options.output is None:
                 count = write_rows(stdout, chunks)
@@ -501,12 +490,6 @@ def build_parser() -> argparse.ArgumentParser:
         "the served tree (default: %(default)s)",
     )
     parser.add_argument(
-        "--algorithm",
-        default=TUF_HASH_ALGORITHM,
-        choices=sorted(HASH_FACTORIES),
-        help="hash type; TUF clients of this mirror need blake2b-256 (default: %(default)s)",
-    )
-    parser.add_argument(
         "--workers",
         type=number(int, 1, 256),
         default=usable_cpus(),
@@ -528,7 +511,6 @@ def parse_options(args: argparse.Namespace) -> Options:
         mirror_dir=args.mirror_dir,
         state_path=args.state or MirrorLayout(args.mirror_dir).state_file,
         output=None if args.output == STDOUT else Path(args.output),
-        algorithm=args.algorithm,
         workers=args.workers,
         executor=args.executor,
     )
@@ -544,8 +526,6 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(args.verbose, args.quiet)
     options = parse_options(args)
     refuse_legacy_default_state(options.state_path, given=args.state is not None)
-    if warning := algorithm_warning(options.algorithm):
-        log.warning("%s", warning)
     log.debug(
         "mirror %s, state %s, %d %s",
         options.mirror_dir,
@@ -579,7 +559,7 @@ def run(args: argparse.Namespace) -> int:
         "wrote %d rows (%s) to %s in %.1f s, %.0f rows/s; import them, then start "
         "RSTUF updates from serial %d",
         summary.rows,
-        options.algorithm,
+        TUF_HASH_ALGORITHM,
         destination,
         summary.seconds,
         summary.rows_per_second,

@@ -105,7 +105,6 @@ def digest_file(path: Path | str, algorithm: str = TUF_HASH_ALGORITHM) -> FileDi
 # Both scripts' defaults: generate_csv.py must find what pypi_mirror.py wrote.
 DEFAULT_MIRROR_DIR = Path("pypi-index-mirror")
 PAGE_NAME = "index.html"
-_PREFIXED_PAGE = re.compile(r"^[0-9a-f]{64}\.index\.html$")
 
 
 @dataclass(frozen=True)
@@ -179,10 +178,6 @@ def target_of_copy(relative: str) -> str:
     """The target a hash-prefixed copy stands for (``simple/x/<hex>.index.html`` -> its page)."""
     directory, _, _ = relative.rpartition("/")
     return f"{directory}/{PAGE_NAME}" if directory else PAGE_NAME
-
-
-def is_prefixed_copy(filename: str) -> bool:
-    return bool(_PREFIXED_PAGE.match(filename))
 
 
 def iter_targets(layout: MirrorLayout) -> Iterator[str]:

@@ -11,12 +11,14 @@ This module is the orchestration (`Sync`) and the command line (`main`); each
 concern it orchestrates has a module of its own beside it:
 
 - ``settings.py``: every option (flag, environment, config file) and `Config`;
-- ``pypi_client.py``: the only code that speaks to PyPI;
+- ``pypi_client.py``: the only code that speaks to PyPI (its XML-RPC answers are
+  parsed by ``xmlrpc_stream.py``);
 - ``changelog.py``: what the changelog and the listing mean (pure);
 - ``root_index.py``: the root page, rendered and merged as a stream (pure);
 - ``mirror_writer.py``: the only code that changes the served tree;
 - ``state.py``: state.json, with the RSTUF outbox;
 - ``rstuf_outbox.py`` and ``rstuf_client.py``: delivering changes to RSTUF;
+- ``http_retry.py``: when both HTTP clients retry, and how much of an answer they read;
 - ``mirror_store.py``: the disk's rules (names, paths, hashing, the lock);
 - ``safety.py``: state and mirror that know each other, the circuit breaker;
 - ``dry_run.py``: the plan ``--dry-run`` prints;
@@ -51,6 +53,7 @@ from cli_support import (
     run_cli,
     stop_requested,
 )
+from http_retry import call_with_retries
 from mirror_store import (
     ROOT_TARGET,
     MirrorLayout,
@@ -64,13 +67,11 @@ from mirror_store import (
 from mirror_writer import Change, MirrorWriter
 from progress import Progress
 from pypi_client import (
-    USER_AGENT,
     FetchedPage,
     MissingPage,
     PypiClient,
     StalePage,
     UpstreamError,
-    retry_delay,
 )
 from root_index import iter_root_index, merge_root, render_root_lines
 from rstuf_outbox import RstufDelivery
@@ -99,7 +100,7 @@ from state import (
 )
 
 log = logging.getLogger("pypi_mirror")
-# The one line every run ends with; logged at INFO even under -q (see `main`).
+# The one line every run ends with, whatever its exit; INFO even under -q (see `main`).
 summary_log = logging.getLogger("pypi_mirror.summary")
 
 
@@ -437,12 +438,12 @@ class Sync:
         assert since is not None
         to_fetch: dict[str, PendingProject] = {}
         newest = since
-        renamed: set[str] = set()
+        identity_changed: set[str] = set()  # renamed, created or removed: see identity_changes
         membership_hint = False  # for a dry run: the root index may change
         for entries in self.pypi.changelog_since(since, last_serial):
             for name, item in projects_to_refresh(entries).items():
                 merge_pending(to_fetch, name, item)
-            renamed |= identity_changes(entries)
+            identity_changed |= identity_changes(entries)
             membership_hint |= any("quarantine" in entry.action for entry in entries)
             newest = entries[-1].serial
         for name, item in self.state.pending.items():
@@ -451,14 +452,14 @@ class Sync:
         if self.config.dry_run:
             self.summary.would_fetch = len(to_fetch)
             outbox = dry_run.outbox_actions(self.state.outbox.dirty, self.target_exists)
-            root = bool(renamed) or membership_hint or self.state.root_stale
+            root = bool(identity_changed) or membership_hint or self.state.root_stale
             for line in dry_run.update_plan(since, newest, to_fetch, outbox, root):
                 self.out(line)
             return
         with self.applying_changes():
             outcome = self.refresh(to_fetch, record_changes=True, keep_unfetched=True)
             fetched = to_fetch.keys() - outcome.failed - outcome.unfetched_names
-            if self.membership_changed or self.state.root_stale or renamed & fetched:
+            if self.membership_changed or self.state.root_stale or identity_changed & fetched:
                 self.rewrite_root(
                     {
                         name: to_fetch[name].display_name if outcome.lists(name) else None
@@ -641,27 +642,21 @@ class Sync:
         changelog's newest entry says exists. Raises StalePage or MissingPage,
         or FetchHalted once the halt is set. Every attempt feeds the circuit breaker.
         """
-        for attempt in range(self.config.retries + 1):
+
+        def attempt() -> FetchedPage:
             page = self.pypi.with_retries(name, lambda: self.attempt(name))
-            assert isinstance(page, FetchedPage)
             if page.body is None:
-                if not item.expect_page:
-                    self.breaker.record(True)
-                    return page
-            elif page.serial is not None and page.serial >= item.serial:
-                self.breaker.record(True)
-                return page
-            log.debug("%s: stale answer (serial %s < %d)", name, page.serial, item.serial)
-            self.count_failure(
-                f"{name}: 404 although the project exists"
-                if page.body is None
-                else f"{name}: stale page (serial {page.serial} < {item.serial})"
-            )
-            if attempt < self.config.retries:
-                self.halt.sleep(retry_delay(attempt, self.config.backoff, None))
-        if page.body is None:
-            raise MissingPage(name, item.serial)
-        raise StalePage(name, item.serial, page.serial or 0)
+                if item.expect_page:
+                    self.count_failure(f"{name}: 404 although the project exists")
+                    raise MissingPage(name, item.serial)
+            elif page.serial is None or page.serial < item.serial:
+                self.count_failure(f"{name}: stale page (serial {page.serial} < {item.serial})")
+                raise StalePage(name, item.serial, page.serial or 0)
+            self.breaker.record(True)
+            return page
+
+        # the retry pauses go through the halt's sleep: they end when the run stops fetching
+        return call_with_retries(attempt, self.pypi.retry_policy, name, log, logging.DEBUG)
 
     def attempt(self, name: str) -> FetchedPage:
         """One request for a page, unless the halt is set; a failure feeds the breaker."""
@@ -759,7 +754,6 @@ def make_rstuf_client(config: Config) -> rstuf_client.RstufClient:
         retries=config.retries,
         backoff=config.backoff,
         poll_interval=config.rstuf_poll,
-        user_agent=USER_AGENT,
     )
 
 

@@ -21,6 +21,7 @@ import requests
 
 import rstuf_client
 from cli_support import VERSION
+from http_retry import USER_AGENT
 from mirror_store import digest_bytes
 from rstuf_client import (
     Artifact,
@@ -84,7 +85,9 @@ def test_is_waiting_for_publish_only_once_rows_are_written(state: str, written: 
 
 def test_terminal_failure_states() -> None:
     assert {"FAILURE", "ERRORED", "REVOKED", "REJECTED"} <= rstuf_client.TERMINAL_FAILURE_STATES
-    assert not rstuf_client.TERMINAL_FAILURE_STATES & rstuf_client.NON_TERMINAL_STATES
+    for on_the_way in ("PENDING", "RECEIVED", "STARTED", "PRE_RUN", "RUNNING", "RETRY"):
+        assert on_the_way not in rstuf_client.TERMINAL_FAILURE_STATES
+        assert rstuf_client.task_failure(TaskResult("t", on_the_way, None)) is None
     assert "SUCCESS" not in rstuf_client.TERMINAL_FAILURE_STATES
 
 
@@ -108,21 +111,6 @@ def test_task_failure_judges_like_rstuf(state: str, result: dict | None, failed:
         assert verdict is None
     else:
         assert verdict is not None and failed in verdict
-
-
-def test_parse_retry_after() -> None:
-    assert rstuf_client.parse_retry_after("7") == 7.0
-    assert rstuf_client.parse_retry_after(None) is None
-    assert rstuf_client.parse_retry_after("soon") is None
-    date = "Wed, 21 Oct 2015 07:28:00 GMT"
-    now = 1445412480.0 - 30  # 30 s before that date
-    assert rstuf_client.parse_retry_after(date, now=now) == pytest.approx(30.0)
-
-
-def test_backoff_grows_exponentially_with_bounded_jitter() -> None:
-    assert rstuf_client.backoff_delay(0, 1.0, rng=lambda: 0.0) == 0.5
-    assert rstuf_client.backoff_delay(3, 1.0, rng=lambda: 1.0) == 8.0
-    assert rstuf_client.backoff_delay(20, 1.0, rng=lambda: 1.0) == rstuf_client.MAX_BACKOFF
 
 
 @pytest.mark.parametrize(
@@ -151,7 +139,8 @@ def test_add_sends_rstuf_body_to_the_slash_path_with_headers(rstuf, client) -> N
 
     [request] = rstuf.request_log
     assert (request.method, request.path, request.status) == ("POST", "/api/v1/artifacts/", 202)
-    assert request.headers["user-agent"] == f"pypi-index-mirror/{VERSION}"
+    assert request.headers["user-agent"] == USER_AGENT
+    assert USER_AGENT.startswith(f"pypi-index-mirror/{VERSION} ")
     assert request.headers["content-type"] == "application/json"
     assert "authorization" not in request.headers
     [accepted] = rstuf.accepted
