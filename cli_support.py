@@ -52,6 +52,7 @@ class Stopped(BaseException):
     def __init__(self, signum: int, note: str = "") -> None:
         super().__init__(signal.Signals(signum).name + (f"; {note}" if note else ""))
         self.signum = signum
+        self.note = note  # what the run saved before it stopped
 
     @property
     def exit_code(self) -> int:
@@ -122,35 +123,44 @@ def run_cli(log: logging.Logger, body: Callable[[], int]) -> int:
     """Run `body` and turn every way it can end into an exit code and at most one line.
 
     The one exception funnel of both scripts: ToolError (and its subclasses),
-    local I/O errors, a signal, and argparse's own exit.
+    local I/O errors, a signal, argparse's own exit, and a bug (no traceback
+    reaches the operator, who gets it with -v).
     """
     try:
         with stop_on_signals():
             return body()
     except SystemExit as exc:  # argparse: 0 for --help/--version, 2 for bad usage
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    except ToolError as exc:
-        log.error("%s", exc)
-        return exc.exit_code
-    except Stopped as exc:
-        log.error("stopped by %s", exc)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        log.error("stopped by SIGINT")
-        return EXIT_INTERRUPTED
-    except OSError as exc:
-        where = f"{exc.filename}: " if exc.filename else ""
-        log.error("local I/O error: %s%s", where, exc.strerror or exc)
-        return EXIT_FAILED
+    except (ToolError, Stopped, KeyboardInterrupt, OSError) as exc:
+        code, message = failure(exc)
+        log.error("%s", message)
+        return code
     except Exception as exc:  # a bug: one line for the operator, the traceback under -v
-        log.error(
-            "internal error %s: %s; nothing past the last saved state was recorded; "
-            "please report it (run with -v for the traceback)",
-            type(exc).__name__,
-            exc,
-        )
+        code, message = failure(exc)
+        log.error("%s", message)
         log.debug("traceback of the internal error", exc_info=True)
-        return EXIT_FAILED
+        return code
+
+
+def failure(exc: BaseException) -> tuple[int, str]:
+    """The exit code and the one line a run that raised `exc` ends with.
+
+    `run_cli` logs it; the status file records it (run_status.py), so the two agree.
+    Anything unforeseen is a bug: exit 1, named by its type.
+    """
+    if isinstance(exc, ToolError):
+        return exc.exit_code, str(exc)
+    if isinstance(exc, Stopped):
+        return exc.exit_code, f"stopped by {exc}"
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED, "stopped by SIGINT"
+    if isinstance(exc, OSError):
+        where = f"{exc.filename}: " if exc.filename else ""
+        return EXIT_FAILED, f"local I/O error: {where}{exc.strerror or exc}"
+    return EXIT_FAILED, (
+        f"internal error {type(exc).__name__}: {exc}; nothing past the last saved state "
+        "was recorded; please report it (run with -v for the traceback)"
+    )
 
 
 def number(kind: type, minimum: float, maximum: float) -> Callable[[str], float]:
@@ -174,6 +184,7 @@ def number(kind: type, minimum: float, maximum: float) -> Callable[[str], float]
         return value
 
     parse.bounds = (minimum, maximum)  # type: ignore[attr-defined]  # shown in --help
+    parse.kind = kind  # type: ignore[attr-defined]  # a config file's value must be one
     return parse
 
 

@@ -56,13 +56,14 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+import settings
 from cli_support import (
     EXIT_FAILED,
     EXIT_OK,
@@ -74,7 +75,6 @@ from cli_support import (
     run_cli,
 )
 from mirror_store import (
-    DEFAULT_MIRROR_DIR,
     TUF_HASH_ALGORITHM,
     FileDigest,
     MirrorLayout,
@@ -82,6 +82,7 @@ from mirror_store import (
     fsync_dir,
     iter_targets,
     mirror_lock,
+    readable_mode,
 )
 from state import State, load_state, refuse_legacy_default_state
 
@@ -200,6 +201,7 @@ class Options:
     output: Path | None  # None: standard output
     workers: int
     executor: str  # one of EXECUTORS
+    state_given: bool = True  # False: the default state file (release 1.0's may be around)
 
 
 @dataclass(frozen=True)
@@ -372,9 +374,7 @@ def atomic_text_output(path: Path) -> Iterator[TextIO]:
     directory = path.parent
     fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp's 0600 would surprise whoever imports it
+        os.fchmod(fd, readable_mode())  # mkstemp's 0600 would surprise whoever imports it
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
             yield handle
             handle.flush()
@@ -466,23 +466,17 @@ def build_parser() -> argparse.ArgumentParser:
             "0-3) import the same values."
         ),
         epilog=(
+            "--mirror-dir and --state are read like pypi_mirror.py reads them (environment "
+            "PYPI_MIRROR_MIRROR_DIR, PYPI_MIRROR_STATE, the --config file; its other keys "
+            "are pypi_mirror.py's and ignored here). "
             "Exit codes: 0 written, 1 failed (I/O error, mirror not ready), 2 usage error, "
             "3 mirror locked by a running sync, 130 interrupted."
         ),
     )
-    parser.add_argument(
-        "--mirror-dir",
-        type=Path,
-        default=DEFAULT_MIRROR_DIR,
-        help="mirror directory; its pypi_mirror/ is the served tree (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--state",
-        type=Path,
-        default=None,
-        help="pypi_mirror.py's state file, which says the changelog serial the mirror "
-        "is at (default: DIR/state.json)",
-    )
+    # The mirror and its state come from pypi_mirror.py's own settings (flags,
+    # PYPI_MIRROR_* variables, the same --config file), so the two always agree.
+    settings.add_config_argument(parser)
+    settings.add_options(parser, [o for o in settings.OPTIONS if o.key in ("mirror-dir", "state")])
     parser.add_argument(
         "--output",
         default=DEFAULT_OUTPUT,
@@ -506,13 +500,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_options(args: argparse.Namespace) -> Options:
+def parse_options(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> Options:
+    paths = settings.mirror_config(args, environ)
     return Options(
-        mirror_dir=args.mirror_dir,
-        state_path=args.state or MirrorLayout(args.mirror_dir).state_file,
+        mirror_dir=paths.mirror_dir,
+        state_path=paths.state_file,
         output=None if args.output == STDOUT else Path(args.output),
         workers=args.workers,
         executor=args.executor,
+        state_given=paths.state_path is not None,
     )
 
 
@@ -525,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     configure_logging(args.verbose, args.quiet)
     options = parse_options(args)
-    refuse_legacy_default_state(options.state_path, given=args.state is not None)
+    refuse_legacy_default_state(options.state_path, given=options.state_given)
     log.debug(
         "mirror %s, state %s, %d %s",
         options.mirror_dir,

@@ -143,6 +143,11 @@ class MirrorLayout:
         return self.root / "state.json"
 
     @property
+    def status_file(self) -> Path:
+        """How the last run ended (run_status.py): beside state.json, never served."""
+        return self.root / "status.json"
+
+    @property
     def lock_path(self) -> Path:
         return self.root / ".lock"
 
@@ -200,16 +205,21 @@ def iter_targets(layout: MirrorLayout) -> Iterator[str]:
 # --- writing -----------------------------------------------------------------
 
 
-def atomic_write(path: Path, data: bytes, staging_dir: Path, prefix: str = ".tmp-") -> None:
+def atomic_write(
+    path: Path, data: bytes, staging_dir: Path, prefix: str = ".tmp-", mode: int | None = None
+) -> None:
     """Replace `path` with `data` durably, so that readers see the old or the new bytes.
 
     The temp file (named `prefix`...) is created in `staging_dir` (same filesystem
     as `path`), fsynced, and renamed over `path`; then the directory is fsynced.
+    Its permissions are mkstemp's 0600 unless `mode` is given.
     Bulk page writes do not come here: they share one `sync_filesystem` per batch.
     """
     staging_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=staging_dir, prefix=prefix)
     try:
+        if mode is not None:
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -220,6 +230,16 @@ def atomic_write(path: Path, data: bytes, staging_dir: Path, prefix: str = ".tmp
             os.unlink(tmp_name)
         raise
     fsync_dir(path.parent)
+
+
+def readable_mode() -> int:
+    """The mode open(2) would give a new file (0666 less the umask), for files others read.
+
+    mkstemp's 0600 would keep out whoever imports the CSV or scrapes the metrics.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def fsync_dir(directory: Path) -> None:

@@ -327,10 +327,13 @@ class PypiClient:
         With `sink`, the members of a struct answer go to it instead of into a dict.
         """
         parser = AnswerParser(sink)
+        received = 0  # for -v
         try:
             for chunk in iter_capped(response, self.config.max_xmlrpc_bytes, 1 << 20):
+                received += len(chunk)
                 parser.feed(chunk)
             result = parser.close()
+            log.debug("XML-RPC %s: HTTP %d, %d bytes", method, response.status_code, received)
         except BodyTooLarge as exc:
             raise UpstreamError(f"XML-RPC {method}: answer {exc}; refused") from None
         except requests.RequestException as exc:
@@ -400,6 +403,7 @@ class PypiClient:
             raise Transient(f"{name}: connection failed: {exc}") from exc
         with response:
             if response.status_code == 404:
+                log.debug("page %s: HTTP 404", name)
                 return FetchedPage(name, None, None, None)
             check_status(response, name)
             content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
@@ -414,6 +418,7 @@ class PypiClient:
                 raise NotASimplePage(name, str(exc)) from None
             except requests.RequestException as exc:
                 raise Transient(f"{name}: body cut off: {exc}") from exc
+        log.debug("page %s: HTTP 200, serial %s, %d bytes", name, serial_header, len(body))
         return FetchedPage(name, body, int(serial_header), inspect_simple_page(name, body))
 
 

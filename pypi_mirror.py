@@ -44,12 +44,14 @@ import rstuf_client
 import settings
 from changelog import Listing, add_listed, identity_changes, merge_pending, projects_to_refresh
 from cli_support import (
+    EXIT_FAILED,
     EXIT_OK,
     EXIT_PARTIAL,
     Stopped,
     UsageError,
     configure_logging,
     deferred_stops,
+    failure,
     run_cli,
     stop_requested,
 )
@@ -75,6 +77,7 @@ from pypi_client import (
 )
 from root_index import iter_root_index, merge_root, render_root_lines
 from rstuf_outbox import RstufDelivery
+from run_status import StatusRecorder, show_status
 from safety import (
     CircuitBreaker,
     FetchHalted,
@@ -120,6 +123,8 @@ class Summary:
     rstuf_sent: int = 0
     serial_before: int | None = None
     serial_after: int | None = None
+    upstream_serial: int | None = None  # PyPI's last serial, as this run saw it
+    upstream_seen: float | None = None  # when (epoch seconds)
     elapsed: float = 0.0
     pending: int | None = None  # projects still to fetch; None: the state was not read
     outbox: int | None = None  # paths owed to RSTUF
@@ -203,15 +208,22 @@ class Sync:
         self.breaker = CircuitBreaker(config.failure_limit)
         self.halt = halt or Halt()  # the PypiClient's retry pauses should wait on it too
         self.untracked = 0  # pages a full sync still owes that state.pending does not list
+        self.status = StatusRecorder(
+            self.layout.status_file, self.layout.staging_dir, config.metrics_file
+        )
+        self.started = time.monotonic()
 
     # the run
 
     def run(self) -> int:
         """Run once; raises ToolError (a refusal or failure) or Stopped (a signal)."""
+        self.started = time.monotonic()
         self.summary.started = True
         try:
             return self.sync()
         except Stopped as stop:
+            if stop.note:  # stopped under the lock: what was saved is said already
+                raise
             raise Stopped(stop.signum, self.save_after_stop()) from None
         finally:
             self.settle_summary()
@@ -221,38 +233,50 @@ class Sync:
         refuse_legacy_default_state(config.state_file, given=config.state_path is not None)
         if not config.dry_run and not self.layout.root.exists():
             self.check_identity()  # before the lock, which would create the directory
-        with mirror_lock(self.layout.lock_path, read_only=config.dry_run):
-            last_serial = self.start()
-            if self.state.outbox.dirty and not config.dry_run:
-                # a killed run may have left pages unflushed: never register bytes
-                # that a power cut could still take back
-                sync_filesystem(self.layout.root)
-            self.deliver_outbox()
-            if self.needs_full_sync():
-                self.full_sync(last_serial)
-            else:
-                self.update(last_serial)
-            if config.dry_run:
-                return EXIT_OK
-            self.writer.collect_retired(self.config.grace)
-            sync_filesystem(self.layout.root)  # every page durable before the serial moves
-            self.save()
-            self.deliver_outbox()
+        with mirror_lock(self.layout.lock_path, read_only=config.dry_run), self.recording():
+            try:
+                self.sync_locked()
+            except Stopped as stop:  # saved inside the lock, and recorded with what was saved
+                raise Stopped(stop.signum, self.save_after_stop()) from None
         for problem in self.summary.problems:
             log.warning("%s", problem)
+        return self.exit_code()
+
+    def sync_locked(self) -> None:
+        config = self.config
+        last_serial = self.start()
+        if self.state.outbox.dirty and not config.dry_run:
+            # a killed run may have left pages unflushed: never register bytes
+            # that a power cut could still take back
+            sync_filesystem(self.layout.root)
+        self.deliver_outbox()
+        if self.needs_full_sync():
+            self.full_sync(last_serial)
+        else:
+            self.update(last_serial)
+        if config.dry_run:
+            return
+        self.writer.collect_retired(self.config.grace)
+        sync_filesystem(self.layout.root)  # every page durable before the serial moves
+        self.save()
+        self.deliver_outbox()
+
+    def exit_code(self) -> int:
+        if self.config.dry_run:
+            return EXIT_OK
         return EXIT_PARTIAL if self.summary.problems or self.pending_count() else EXIT_OK
 
     def start(self) -> int:
         """Under the lock: clear leftovers, check state and mirror; return PyPI's last serial.
 
-        Every refusal comes before anything is written.
+        Every refusal comes before anything is written (but status.json, which records it).
         """
         config = self.config
         if not config.dry_run:
             clear_staging(self.layout.staging_dir)
             clear_state_temps(config.state_file)
         verdict, facts = self.check_identity()
-        last_serial = self.pypi.changelog_last_serial()
+        last_serial = self.upstream_last_serial()
         if not verdict.upstream_changed:
             check_serial(self.state.serial, last_serial, self.upstream, config.state_file)
         self.record_identity(verdict, facts)
@@ -290,6 +314,38 @@ class Sync:
         self.marker_owed = verdict.write_marker
         self.upstream_changed = verdict.upstream_changed
         self.identified = True
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[None]:
+        """Record the run in status.json (and --metrics-file) when it starts and however it ends.
+
+        The one place a run's end is recorded, inside the lock: an exception
+        (a failure, SIGTERM) is recorded with its exit code and line, then goes on
+        to `run_cli`. A dry run changes nothing, so it records nothing.
+        """
+        if self.config.dry_run:
+            yield
+            return
+        unread = self.state  # replaced when state.json is loaded; kept if that failed
+        self.status.begin()
+        exit_code, error = EXIT_FAILED, None
+        try:
+            yield
+            exit_code = self.exit_code()
+        except BaseException as exc:
+            exit_code, error = failure(exc)
+            raise
+        finally:
+            self.settle_summary()
+            self.summary.exit = exit_code
+            loaded = self.state if self.state is not unread else None
+            self.status.end(exit_code, error, self.summary, loaded)
+
+    def upstream_last_serial(self) -> int:
+        """PyPI's last changelog serial, noted for the status file (the lag behind it)."""
+        serial = self.pypi.changelog_last_serial()
+        self.summary.upstream_serial, self.summary.upstream_seen = serial, time.time()
+        return serial
 
     def needs_full_sync(self) -> bool:
         state = self.state
@@ -329,6 +385,7 @@ class Sync:
     def settle_summary(self) -> None:
         summary = self.summary
         summary.requests = self.pypi.requests_made
+        summary.elapsed = time.monotonic() - self.started
         if self.loaded:
             summary.serial_after = self.state.serial
             summary.pending = self.pending_count()
@@ -541,7 +598,7 @@ class Sync:
         fetches = self.fetch_all(wanted)
         try:
             for name, fetched in fetches:
-                self.progress.advance()
+                self.progress.advance(failed=isinstance(fetched, Exception))
                 if isinstance(fetched, NotFetched):
                     self.not_fetched(name, wanted[name], outcome, keep_unfetched)
                     continue
@@ -714,18 +771,31 @@ class Sync:
                 len(box),
             )
             return
+        self.progress.start(self.unconfirmed(), "delivering", unit="paths")
         report = RstufDelivery(
             self.state,
             self.layout,
             self.rstuf,
-            self.save,
+            self.save_delivery_step,
             wait=self.config.rstuf_wait,
             batch=self.config.rstuf_batch,
         ).deliver()
+        self.progress.finish()
         self.summary.rstuf_sent += report.sent
         self.writer.restart_grace(report.confirmed)
         self.save()
         self.summary.problems.extend(f"RSTUF: {error}" for error in report.errors)
+
+    def unconfirmed(self) -> int:
+        """Outbox paths RSTUF has not confirmed: len(outbox) without its set union (cheap)."""
+        box = self.state.outbox
+        return len(box.dirty) + sum(len(task.paths) for task in box.tasks)
+
+    def save_delivery_step(self) -> None:
+        """Save a durable step of the RSTUF delivery, and show how far the delivery got."""
+        self.save()
+        if self.progress.phase is not None:
+            self.progress.update_to(self.progress.phase.total - self.unconfirmed())
 
 
 # --- main
@@ -760,24 +830,28 @@ def make_rstuf_client(config: Config) -> rstuf_client.RstufClient:
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line: parse settings, run once, return the exit code.
 
-    Every run ends with the summary line, whatever its exit; only --help and
-    --version, which are not runs, print none.
+    Every run ends with the summary line, whatever its exit; --help, --version
+    and --status, which are not runs, print none.
     """
     configure_logging(False, False)
     started = time.monotonic()
     summary = Summary()
-    state_file: list[Path] = []  # known once the settings are parsed
+    parsed: list[Config] = []  # the settings, once they are known
 
     def body() -> int:
         config = config_from(argv, build_parser())
-        state_file.append(config.state_file)
+        parsed.append(config)
         return run(config, summary)
 
     code = run_cli(log, body)
+    if parsed and parsed[0].status:
+        return code
     if summary.started or code != EXIT_OK:
-        summary.exit, summary.elapsed = code, time.monotonic() - started
-        if summary.pending is None and state_file:
-            count_owed_work(summary, state_file[0])
+        summary.exit = code
+        if not summary.started:
+            summary.elapsed = time.monotonic() - started
+        if summary.pending is None and parsed:
+            count_owed_work(summary, parsed[0].state_file)
         summary_log.info("%s", summary.line())
     return code
 
@@ -793,6 +867,10 @@ def count_owed_work(summary: Summary, state_file: Path) -> None:
 
 def run(config: Config, summary: Summary | None = None) -> int:
     configure_logging(config.verbose, config.quiet)
+    if config.status:
+        return show_status(MirrorLayout(config.mirror_dir).status_file, config.status_json)
+    if config.metrics_file is not None and not config.metrics_file.parent.is_dir():
+        raise UsageError(f"--metrics-file {config.metrics_file}: no such directory")
     summary_log.setLevel(logging.INFO)  # cron keeps one line per run, even under -q
     halt = Halt()  # ends the retry pauses of the fetch threads when the run stops fetching
     pypi = PypiClient(config.pypi_url, config, sleep=halt.sleep)
@@ -800,10 +878,12 @@ def run(config: Config, summary: Summary | None = None) -> int:
         rstuf = make_rstuf_client(config) if config.rstuf_url else None
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    progress = Progress(config.progress, config.progress_interval)
     try:
-        sync = Sync(config, pypi, rstuf, Progress(config.progress), summary=summary, halt=halt)
+        sync = Sync(config, pypi, rstuf, progress, summary=summary, halt=halt)
         return sync.run()
     finally:
+        progress.close()
         pypi.close()
         if rstuf is not None:
             rstuf.close()

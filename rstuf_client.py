@@ -15,9 +15,9 @@ lives here, in three parts:
    one line telling the operator what to do.
 
 The endpoints and bodies follow repository-service-tuf-api
-(``repository_service_tuf_api/artifacts.py``, ``tasks.py``, ``bootstrap.py``) and
-what a real RSTUF (API 1.0.1, worker 1.0.2) was seen to answer; see
-/work/shared/REFERENCE.md sections 3 and 5.
+(``repository_service_tuf_api/artifacts.py``, ``tasks.py``, ``bootstrap.py``), the
+task results repository-service-tuf-worker writes (``repository_service_tuf_worker/
+repository.py``), and what a real RSTUF (API 1.0.1, worker 1.0.2) was seen to answer.
 
 The publish race: an add/delete task sent with ``publish_artifacts: false``
 first writes its rows, then stays RUNNING until a publish that *started after*

@@ -155,7 +155,7 @@ class RstufDelivery:
         """Publish the tasks that wrote their rows (RUNNING or SUCCESS) once all sent now have.
 
         A publish posted earlier could run first and cover nothing, leaving the
-        tasks RUNNING for ever (REFERENCE: the publish race). A task left by an
+        tasks RUNNING for ever (the publish race, see rstuf_client.py). A task left by an
         earlier run that has still not written its rows is stuck or lost by RSTUF
         (it is resent once it expires): it must not hold back every later change.
         """

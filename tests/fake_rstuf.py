@@ -25,7 +25,7 @@ and ``pypi_mirror`` are tested against behaviour rather than against mocks:
   rows written *before it started*, and finishes half a step later, when
   every task whose rows are all published turns SUCCESS. A publish posted
   right after an add therefore runs before the add's rows exist, covers
-  nothing, and the add stays RUNNING for ever (REFERENCE: the publish race).
+  nothing, and the add stays RUNNING for ever (the publish race, see rstuf_client.py).
 - Results like the worker's: ``{"message", "status", "task", "last_update",
   "details"}`` with ``added_artifacts``/``invalid_paths``/``artifact_roles`` or
   ``deleted_artifacts``/``not_found_artifacts``. Re-adding a path updates it;
@@ -401,7 +401,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
-        # Without it each answer waits ~40 ms for the client's delayed ACK (REFERENCE 6).
+        # Without it each answer waits ~40 ms: Nagle's algorithm meets the client's delayed ACK.
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def log_message(self, format: str, *args: Any) -> None:

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 import cli_support
-import progress
 import pypi_mirror
 import root_index
 import settings
@@ -372,20 +371,6 @@ def test_help_explains_every_option_exit_codes_and_environment() -> None:
         assert needle in text
 
 
-def test_progress_bar_only_on_a_terminal() -> None:
-    import io
-
-    shown, hidden = io.StringIO(), io.StringIO()
-    for stream, enabled in ((shown, True), (hidden, False)):
-        bar = progress.Progress(enabled, stream)
-        bar.start(3, "fetching")
-        for _ in range(3):
-            bar.advance()
-        bar.finish()
-    assert "fetching [" in shown.getvalue() and "3/3" in shown.getvalue()
-    assert hidden.getvalue() == ""
-
-
 def test_quiet_run_under_cron_logs_only_problems(mirror: Mirror, pypi: FakePyPI) -> None:
     synced(mirror)
     pypi.add_release("numpy", "2.0")
@@ -449,6 +434,6 @@ def test_both_scripts_default_to_the_same_mirror_and_state() -> None:
     import generate_csv
 
     ours = settings.config_from([], pypi_mirror.build_parser(), environ={})
-    csv = generate_csv.parse_options(generate_csv.build_parser().parse_args([]))
+    csv = generate_csv.parse_options(generate_csv.build_parser().parse_args([]), environ={})
     assert (ours.mirror_dir, ours.state_file) == (csv.mirror_dir, csv.state_path)
     assert ours.state_file.parent == ours.mirror_dir  # a backup of the mirror keeps its state

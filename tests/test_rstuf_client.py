@@ -497,7 +497,7 @@ def test_deleting_an_absent_path_succeeds_and_re_adding_updates(rstuf, client) -
     assert rstuf.view == {}
 
 
-# --- the publish race (REFERENCE section 3) ---------------------------------------------------
+# --- the publish race (rstuf_client.py's docstring) -------------------------------------------
 
 
 def test_a_publish_posted_right_after_the_adds_covers_nothing(rstuf, client) -> None:

@@ -39,14 +39,17 @@ FAILURE_LIMIT = settings.DEFAULTS.failure_limit
 WORKERS = 4  # tests.mirror_helpers.FAST
 
 
+RECORDS = (".lock", "status.json")  # the last run's pid and how it ended: written by any run
+
+
 def tree(root: Path) -> dict[str, bytes]:
-    """Every file under `root` and its bytes (but the lock, which records the last pid)."""
+    """Every file under `root` and its bytes, but the records of the last run."""
     if not root.exists():
         return {}
     return {
         path.relative_to(root).as_posix(): path.read_bytes()
         for path in sorted(root.rglob("*"))
-        if path.is_file() and path.name != ".lock"
+        if path.is_file() and path.name not in RECORDS
     }
 
 
