@@ -17,7 +17,7 @@ import os
 import re
 import signal
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -340,21 +340,29 @@ def mirror_lock(lock_path: Path, read_only: bool = False) -> Iterator[None]:
 # --- test hook -----------------------------------------------------------------
 
 CRASH_AT_ENV = "PYPI_MIRROR_CRASH_AT"
-_crash_passes: dict[str, int] = {}
 
 
-def crash_point(name: str) -> None:
-    """Test hook: SIGKILL this process the n-th time it passes point `name`.
+def crash_point(moment: str, subjects: Collection[str] = ()) -> None:
+    """Test hook: SIGKILL this process at the moment ``PYPI_MIRROR_CRASH_AT`` names.
 
-    The crash tests (tests/test_crash.py) set ``PYPI_MIRROR_CRASH_AT=<name>:<n>``
-    to prove that a run killed right there loses nothing. Points: ``page-temp``
-    (page bytes in a temp file), ``page-renamed`` (page renamed into place),
-    ``state-save`` (before state.json is written), ``rstuf-answered`` (RSTUF
-    accepted a request, its task id not yet saved). Inert when the variable is unset.
+    The crash tests (tests/test_crash.py) set it to ``<moment>`` (the first time
+    the run reaches that moment) or ``<moment>@<subject>`` (the first time it
+    reaches it for that subject) to prove that a run killed right there loses
+    nothing. Moments and their subjects:
+
+    - ``page-temp@<target>``: a page's new bytes are in a temp file, nothing of
+      them in place yet (``simple/numpy/index.html``; ``index.html``: the root);
+    - ``page-renamed@<target>``: the page is in place, the old copy not yet retired;
+    - ``state-save@<why>``: state.json is about to record `why` (``full-sync-started``,
+      ``batch-intent``, ``root-intent``, ``run-end``, ``delivered``);
+    - ``rstuf-answered@<target>``: RSTUF accepted a request carrying that target,
+      its task id not yet saved.
+
+    Inert when the variable is unset.
     """
     spec = os.environ.get(CRASH_AT_ENV)
-    if not spec or spec.partition(":")[0] != name:
+    if not spec:
         return
-    _crash_passes[name] = _crash_passes.get(name, 0) + 1
-    if _crash_passes[name] == int(spec.partition(":")[2] or 1):
+    point, _, subject = spec.partition("@")
+    if point == moment and (not subject or subject in subjects):
         os.kill(os.getpid(), signal.SIGKILL)

@@ -14,6 +14,7 @@ concern it orchestrates has a module of its own beside it:
 - ``pypi_client.py``: the only code that speaks to PyPI (its XML-RPC answers are
   parsed by ``xmlrpc_stream.py``);
 - ``changelog.py``: what the changelog and the listing mean (pure);
+- ``sync_plan.py``: what a run fetches and rewrites, from what it read (pure);
 - ``root_index.py``: the root page, rendered and merged as a stream (pure);
 - ``mirror_writer.py``: the only code that changes the served tree;
 - ``state.py``: state.json, with the RSTUF outbox;
@@ -70,9 +71,7 @@ from mirror_writer import Change, MirrorWriter
 from progress import Progress
 from pypi_client import (
     FetchedPage,
-    MissingPage,
     PypiClient,
-    StalePage,
     UpstreamError,
 )
 from root_index import iter_root_index, merge_root, render_root_lines
@@ -101,6 +100,7 @@ from state import (
     refuse_legacy_default_state,
     save_state,
 )
+from sync_plan import current_projects, full_sync_fetches, root_changes, stale_answer
 
 log = logging.getLogger("pypi_mirror")
 # The one line every run ends with, whatever its exit; INFO even under -q (see `main`).
@@ -258,7 +258,7 @@ class Sync:
             return
         self.writer.collect_retired(self.config.grace)
         sync_filesystem(self.layout.root)  # every page durable before the serial moves
-        self.save()
+        self.save("run-end")
         self.deliver_outbox()
 
     def exit_code(self) -> int:
@@ -354,13 +354,17 @@ class Sync:
     def pending_count(self) -> int:
         return len(self.state.pending) + self.untracked
 
-    def save(self) -> None:
+    def save(self, why: str = "") -> None:
+        """Write state.json (not in a dry run); `why` names the moment for the crash tests.
+
+        The marker goes first, so a state never names an id its mirror lacks.
+        """
         if self.config.dry_run:
             return
-        if self.marker_owed:  # the marker first: a state never names an id its mirror lacks
+        if self.marker_owed:
             write_marker(self.layout, self.state.mirror_id or "")
             self.marker_owed = False
-        crash_point("state-save")
+        crash_point("state-save", (why,))
         save_state(self.config.state_file, self.state)
 
     def save_after_stop(self) -> str:
@@ -374,7 +378,7 @@ class Sync:
         try:
             if self.layout.root.exists():
                 sync_filesystem(self.layout.root)
-            self.save()
+            self.save("stopped")
         except OSError as exc:
             return f"the state could not be saved ({exc}); the next run resumes from the last one"
         return (
@@ -411,24 +415,16 @@ class Sync:
                 self.layout.root_page.exists() or has_project_pages(self.layout)
             )
             self.state.full_sync_in_progress = True
-            self.save()
+            self.save("full-sync-started")
         first = self.state.first_sync
         kind = "first sync" if first else "full check"
         log.info("%s: %d projects listed at serial %d", kind, len(wanted), target)
         local = self.writer.local_projects()
-        if self.config.full_check or not local:  # archiving leaves the serial as it was
+        if self.config.full_check:  # archiving leaves the serial as it was: fetch them all
             current: set[str] = set()
         else:
-            current = {n for n, item in wanted.items() if self.is_current(n, item, local)}
-        gone = local - wanted.serials.keys()
-        if not current and not gone and not self.state.pending:
-            to_fetch = wanted  # a first sync: no second 700,000-entry dict or list
-        else:
-            to_fetch = {name: item for name, item in wanted.items() if name not in current}
-        for name in gone:  # PyPI no longer lists it: let its page decide
-            to_fetch[name] = PendingProject(name, 0)
-        for name, item in self.state.pending.items():
-            merge_pending(to_fetch, name, item)
+            current = current_projects(wanted, local, self.writer.local_serial, self.state.pending)
+        to_fetch = full_sync_fetches(wanted, local, current, self.state.pending)
         if self.config.dry_run:
             self.summary.would_fetch = len(to_fetch)
             outbox = dry_run.outbox_actions(self.state.outbox.dirty, self.target_exists)
@@ -478,12 +474,6 @@ class Sync:
         self.state.full_sync_in_progress = False
         self.state.first_sync = False
 
-    def is_current(self, name: str, item: PendingProject, local: set[str]) -> bool:
-        if name not in local or name in self.state.pending:
-            return False
-        on_disk = self.writer.local_serial(name)
-        return on_disk is not None and on_disk >= item.serial
-
     def target_exists(self, target: str) -> bool:
         return self.layout.path_of_target(target).exists()
 
@@ -516,13 +506,10 @@ class Sync:
         with self.applying_changes():
             outcome = self.refresh(to_fetch, record_changes=True, keep_unfetched=True)
             fetched = to_fetch.keys() - outcome.failed - outcome.unfetched_names
-            if self.membership_changed or self.state.root_stale or identity_changed & fetched:
-                self.rewrite_root(
-                    {
-                        name: to_fetch[name].display_name if outcome.lists(name) else None
-                        for name in fetched
-                    }
-                )
+            membership = self.membership_changed or self.state.root_stale
+            changes = root_changes(to_fetch, fetched, outcome.lists, identity_changed, membership)
+            if changes is not None:
+                self.rewrite_root(changes)
             self.state.serial = newest  # what was not fetched is pending with its serial
 
     @contextlib.contextmanager
@@ -565,7 +552,7 @@ class Sync:
             self.writer.retire(old_copy)
         if record_change:
             self.state.outbox.dirty.add(ROOT_TARGET)
-        self.save()
+        self.save("root-intent")
         served.mkdir(parents=True, exist_ok=True)
         self.writer.install(served, temp, digest)
         if old_copy is not None:
@@ -702,13 +689,9 @@ class Sync:
 
         def attempt() -> FetchedPage:
             page = self.pypi.with_retries(name, lambda: self.attempt(name))
-            if page.body is None:
-                if item.expect_page:
-                    self.count_failure(f"{name}: 404 although the project exists")
-                    raise MissingPage(name, item.serial)
-            elif page.serial is None or page.serial < item.serial:
-                self.count_failure(f"{name}: stale page (serial {page.serial} < {item.serial})")
-                raise StalePage(name, item.serial, page.serial or 0)
+            if problem := stale_answer(page, item):
+                self.count_failure(str(problem))
+                raise problem
             self.breaker.record(True)
             return page
 
@@ -746,7 +729,7 @@ class Sync:
             self.state.outbox.dirty.update(project_target(change.name) for change in batch)
             self.state.root_stale |= membership
         if record_changes or any(retiring):
-            self.save()  # the batch's intent is durable before it touches the disk
+            self.save("batch-intent")  # durable before the batch touches the disk
         for change in batch:
             self.writer.apply(change)
             self.count(change)
@@ -783,7 +766,7 @@ class Sync:
         self.progress.finish()
         self.summary.rstuf_sent += report.sent
         self.writer.restart_grace(report.confirmed)
-        self.save()
+        self.save("delivered")
         self.summary.problems.extend(f"RSTUF: {error}" for error in report.errors)
 
     def unconfirmed(self) -> int:

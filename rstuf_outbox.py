@@ -145,7 +145,7 @@ class RstufDelivery:
         return adds, removes
 
     def _record(self, task_id: str, action: str, paths: list[str], published: bool) -> None:
-        crash_point("rstuf-answered")
+        crash_point("rstuf-answered", paths)
         self.sent_now.add(task_id)
         self.box.tasks.append(OutboxTask(task_id, action, paths, published, self.clock()))
         self.box.dirty.difference_update(paths)

@@ -161,7 +161,8 @@ def test_a_killed_run_is_shown_and_counted_by_the_next(
     mirror: Mirror, pypi: FakePyPI, capsys: pytest.CaptureFixture[str]
 ) -> None:
     pypi.add_release("numpy", "2.0")
-    result = mirror.cli(env={CRASH_AT_ENV: "state-save:2"})  # SIGKILL after recording intent
+    # SIGKILL at the end, the batch's intent recorded: the change waits in the outbox
+    result = mirror.cli(env={CRASH_AT_ENV: "state-save@run-end"})
     assert result.returncode == -signal.SIGKILL
     killed = run_status.load_status(mirror.layout.status_file)
     assert killed is not None and killed.running is not None
