@@ -256,10 +256,12 @@ def test_failing_project_does_not_abort_the_run(mirror: Mirror, pypi: FakePyPI) 
 def test_unreachable_pypi_fails_without_touching_state(mirror: Mirror, pypi: FakePyPI) -> None:
     synced(mirror)
     before = mirror.state.read_bytes()
-    dead = Mirror(mirror.root, mirror.state, "http://127.0.0.1:9")
-    result = dead.cli()
+    pypi.stop()  # the same upstream, gone (another URL would be another upstream: refused)
+    result = mirror.cli("--retries", "0")
     assert result.returncode == cli_support.EXIT_FAILED
-    assert result.stderr.strip().splitlines()[-1].count("ERROR") == 1
+    *_, error, summary = result.stderr.strip().splitlines()
+    assert " ERROR " in error and "connection failed" in error, result.stderr
+    assert " summary " in summary and summary.endswith(" exit=1"), summary
     assert mirror.state.read_bytes() == before
 
 
@@ -340,8 +342,9 @@ def test_second_run_exits_at_once_while_the_lock_is_held(mirror: Mirror) -> None
 def test_usage_error_exits_2_with_its_reason(mirror: Mirror, bad: list[str], words: str) -> None:
     result = mirror.cli(*bad)
     assert result.returncode == cli_support.EXIT_USAGE
-    lines = result.stderr.splitlines()
+    *lines, summary = result.stderr.splitlines()  # every run ends with its summary line
     assert lines[0].startswith("usage: pypi_mirror.py") and words in lines[-1], result.stderr
+    assert " summary " in summary and summary.endswith(" exit=2"), summary
     assert result.stdout == ""
     assert not mirror.root.exists(), "a usage error touches nothing"
 
@@ -361,10 +364,13 @@ def test_dry_run_changes_nothing(mirror: Mirror, pypi: FakePyPI) -> None:
     pypi.remove_project("Django")
     before_state = mirror.state.read_bytes()
     before = mirror.targets()
+    pypi.reset_log()
     result = mirror.cli("--dry-run")
     assert result.returncode == 0, result.stderr
-    assert "write simple/numpy/index.html" in result.stdout
-    assert "remove simple/django/index.html" in result.stdout
+    lines = result.stdout.splitlines()
+    assert {"fetch numpy", "fetch django", "rstuf-add simple/numpy/index.html"} <= set(lines)
+    assert "rstuf-remove simple/django/index.html" in lines
+    assert pypi.count_pages() == 0, "a dry run plans from the changelog, it fetches no page"
     assert mirror.targets() == before
     assert mirror.state.read_bytes() == before_state
 
