@@ -234,7 +234,7 @@ def test_xmlrpc_read_timeout_fails_the_run_cleanly(
     before = mirror.state.read_bytes()
     pypi.inject("changelog_since_serial", "slow", times=50, seconds=10.0)
     capsys.readouterr()
-    assert mirror.run(*READ_TIMEOUT) == cli_support.EXIT_FAILED
+    assert mirror.run(*READ_TIMEOUT, "--retries", "0") == cli_support.EXIT_FAILED
     assert_one_clear_error(capsys.readouterr().err, "changelog_since_serial", "timed out")
     assert mirror.state.read_bytes() == before
 
