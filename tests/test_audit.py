@@ -665,7 +665,7 @@ def test_the_first_delivery_waits_for_the_bootstrap_import(
 def test_lost_state_with_changes_owed_is_recovered_by_the_readme_steps(
     world: World, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """README "Recovering a lost or foreign state.json": --full-check, then --audit --repair."""
+    """README "Recovery", state.json lost: --full-check, then --audit --repair, then --audit."""
     world.pypi.add_release("numpy", "2.0")
     world.pypi.remove_project("Django")
     world.pypi.create_project("Brand_New")
