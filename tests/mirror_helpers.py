@@ -6,14 +6,12 @@ import os
 import re
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import requests
 
 import pypi_mirror
-import rstuf_client
 from mirror_store import MirrorLayout, digest_file, is_prefixed_copy, iter_targets, load_state
 
 View = dict[str, dict]
@@ -144,8 +142,5 @@ def mirror_view(layout: MirrorLayout) -> View:
 
 
 def bootstrap(rstuf, view: View) -> None:
-    """Stand in for RSTUF's CSV import: register `view` (the first sync's pages)."""
-    artifacts = [rstuf_client.Artifact(p, i["length"], i["hashes"]) for p, i in view.items()]
-    with rstuf_client.RstufClient(rstuf.url, poll_interval=0.02) as client:
-        client.wait(client.add(artifacts), deadline=time.monotonic() + 10)
-    rstuf.accepted.clear()
+    """RSTUF's CSV import (``rstuf admin import-artifacts``) of `view`, the first sync's pages."""
+    rstuf.import_artifacts(view)
