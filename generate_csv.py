@@ -60,33 +60,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from cli_support import (
+    EXIT_FAILED,
+    EXIT_OK,
+    VERSION,
+    Stopped,
+    ToolError,
+    configure_logging,
+    number,
+    run_cli,
+)
 from mirror_store import (
     DEFAULT_MIRROR_DIR,
-    DEFAULT_STATE,
     HASH_FACTORIES,
     TUF_HASH_ALGORITHM,
-    VERSION,
     FileDigest,
     MirrorLayout,
-    MirrorLocked,
-    State,
-    StateError,
-    at_least,
-    configure_logging,
     digest_file,
     fsync_dir,
     iter_targets,
-    load_state,
     mirror_lock,
 )
+from state import State, load_state
 
 log = logging.getLogger("generate_csv")
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_LOCKED = 3
-EXIT_INTERRUPTED = 130
 
 DEFAULT_OUTPUT = "artifacts.csv"
 STDOUT = "-"
@@ -116,7 +113,7 @@ _SAFE_FIELD = re.compile(r"[^;\"\x00-\x1f\x7f]+")
 # --- errors ------------------------------------------------------------------
 
 
-class CsvError(Exception):
+class CsvError(ToolError):
     """The CSV cannot be produced; the message tells the operator what to do."""
 
 
@@ -493,9 +490,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--state",
         type=Path,
-        default=DEFAULT_STATE,
+        default=None,
         help="pypi_mirror.py's state file, which says the changelog serial the mirror "
-        "is at (default: %(default)s)",
+        "is at (default: DIR/state.json)",
     )
     parser.add_argument(
         "--output",
@@ -511,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--workers",
-        type=at_least(1),
+        type=number(int, 1, 256),
         default=usable_cpus(),
         help="parallel hashing workers (default: the CPUs this process may use, %(default)s)",
     )
@@ -529,7 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_options(args: argparse.Namespace) -> Options:
     return Options(
         mirror_dir=args.mirror_dir,
-        state_path=args.state,
+        state_path=args.state or MirrorLayout(args.mirror_dir).state_file,
         output=None if args.output == STDOUT else Path(args.output),
         algorithm=args.algorithm,
         workers=args.workers,
@@ -537,39 +534,13 @@ def parse_options(args: argparse.Namespace) -> Options:
     )
 
 
-def _describe_os_error(exc: OSError) -> str:
-    where = f"{exc.filename}: " if exc.filename else ""
-    return f"{where}{exc.strerror or exc}"
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Treat SIGTERM like Ctrl-C, so `kill` also leaves no temp file behind.
-
-    Only in the main thread (signal handlers can be set nowhere else); the
-    previous handler is restored afterwards.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; return the exit code (the only place that maps errors)."""
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse exits 2 on bad usage, 0 on --help/--version
-        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    """Run the command line; return the exit code (errors are mapped in `run_cli`)."""
+    configure_logging(False, False)
+    return run_cli(log, lambda: run(build_parser().parse_args(argv)))
+
+
+def run(args: argparse.Namespace) -> int:
     configure_logging(args.verbose, args.quiet)
     options = parse_options(args)
     if warning := algorithm_warning(options.algorithm):
@@ -583,29 +554,25 @@ def main(argv: list[str] | None = None) -> int:
     )
     incomplete = "the output is incomplete" if options.output is None else "no CSV was written"
     try:
-        with _sigterm_as_interrupt():
-            summary = generate(options, sys.stdout)
-    except MirrorLocked as exc:
-        log.error("%s", exc)
-        return EXIT_LOCKED
-    except (CsvError, StateError) as exc:
-        log.error("%s", exc)
-        return EXIT_FAILED
+        summary = generate(options, sys.stdout)
     except BrokenProcessPool as exc:
         log.error("a hashing worker process died (%s); %s", exc, incomplete)
         return EXIT_FAILED
-    except OSError as exc:
-        if isinstance(exc, BrokenPipeError) and options.output is None:
-            # Whoever read stdout went away; keep Python's exit-time flush quiet.
-            with contextlib.suppress(OSError):
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            log.error("standard output was closed before the CSV was complete")
-        else:
-            log.error("%s; %s", _describe_os_error(exc), incomplete)
+    except BrokenPipeError:
+        if options.output is not None:
+            raise
+        # Whoever read stdout went away; keep Python's exit-time flush quiet.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        log.error("standard output was closed before the CSV was complete")
         return EXIT_FAILED
-    except KeyboardInterrupt:
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        log.error("%s%s; %s", where, exc.strerror or exc, incomplete)
+        return EXIT_FAILED
+    except (KeyboardInterrupt, Stopped):
         log.error("interrupted; %s", incomplete)
-        return EXIT_INTERRUPTED
+        raise
     destination = "standard output" if options.output is None else str(options.output)
     log.info(
         "wrote %d rows (%s) to %s in %.1f s, %.0f rows/s; import them, then start "

@@ -1,4 +1,4 @@
-"""The mirror on disk: layout, names, atomic writes, hashing, the lock and state.json.
+"""The mirror on disk: layout, names, atomic writes, hashing and the lock.
 
 Everything here is shared by ``pypi_mirror.py`` and ``generate_csv.py`` so that
 each rule (how a name becomes a path, how bytes are hashed for TUF, how a file
@@ -8,25 +8,20 @@ Nothing in this module talks to the network.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ctypes
 import errno
 import fcntl
-import glob
 import hashlib
-import json
-import logging
 import os
 import re
-import sys
+import signal
 import tempfile
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-VERSION = "1.0.0"
+from cli_support import EXIT_LOCKED, ToolError
 
 # --- names -----------------------------------------------------------------
 
@@ -109,7 +104,6 @@ def digest_file(path: Path | str, algorithm: str = TUF_HASH_ALGORITHM) -> FileDi
 
 # Both scripts' defaults: generate_csv.py must find what pypi_mirror.py wrote.
 DEFAULT_MIRROR_DIR = Path("pypi-index-mirror")
-DEFAULT_STATE = Path("state.json")
 PAGE_NAME = "index.html"
 _PREFIXED_PAGE = re.compile(r"^[0-9a-f]{64}\.index\.html$")
 
@@ -139,6 +133,15 @@ class MirrorLayout:
     @property
     def staging_dir(self) -> Path:
         return self.root / ".staging"
+
+    @property
+    def state_file(self) -> Path:
+        """Where state.json lives unless told otherwise: beside the served tree, never in it.
+
+        A backup or a move of the mirror then takes its state (and the RSTUF
+        outbox in it) along.
+        """
+        return self.root / "state.json"
 
     @property
     def lock_path(self) -> Path:
@@ -197,30 +200,26 @@ def iter_targets(layout: MirrorLayout) -> Iterator[str]:
 # --- writing -----------------------------------------------------------------
 
 
-def atomic_write(
-    path: Path, data: bytes, staging_dir: Path, durable: bool = False, prefix: str = ".tmp-"
-) -> None:
-    """Replace `path` with `data` so that readers see the old or the new bytes, never a mix.
+def atomic_write(path: Path, data: bytes, staging_dir: Path, prefix: str = ".tmp-") -> None:
+    """Replace `path` with `data` durably, so that readers see the old or the new bytes.
 
     The temp file (named `prefix`...) is created in `staging_dir` (same filesystem
-    as `path`) and renamed over `path`. With `durable`, the file and its directory
-    are fsynced; bulk page writes leave that to one `sync_filesystem` per batch instead.
+    as `path`), fsynced, and renamed over `path`; then the directory is fsynced.
+    Bulk page writes do not come here: they share one `sync_filesystem` per batch.
     """
     staging_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=staging_dir, prefix=prefix)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-            if durable:
-                handle.flush()
-                os.fsync(handle.fileno())
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(tmp_name, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
-    if durable:
-        fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def fsync_dir(directory: Path) -> None:
@@ -273,7 +272,9 @@ def sync_filesystem(path: Path) -> None:
 # --- the lock ----------------------------------------------------------------
 
 
-class MirrorLocked(RuntimeError):
+class MirrorLocked(ToolError):
+    exit_code = EXIT_LOCKED
+
     def __init__(self, lock_path: Path, holder: str) -> None:
         super().__init__(
             f"another run holds the mirror lock {lock_path} ({holder}); "
@@ -306,244 +307,24 @@ def mirror_lock(lock_path: Path) -> Iterator[None]:
         os.close(fd)
 
 
-# --- state.json ----------------------------------------------------------------
+# --- test hook -----------------------------------------------------------------
 
-STATE_SCHEMA = 1
-
-
-class StateError(RuntimeError):
-    """state.json cannot be trusted; the message says how to recover."""
+CRASH_AT_ENV = "PYPI_MIRROR_CRASH_AT"
+_crash_passes: dict[str, int] = {}
 
 
-@dataclass(slots=True)
-class PendingProject:
-    """A project whose page still has to be fetched (it failed or stayed stale)."""
+def crash_point(name: str) -> None:
+    """Test hook: SIGKILL this process the n-th time it passes point `name`.
 
-    display_name: str
-    serial: int  # the changelog serial its page must reach
-    # the newest entry says the project exists: a 404 is a stale CDN answer, not a removal
-    expect_page: bool = False
-
-
-@dataclass
-class OutboxTask:
-    """An RSTUF task that was accepted but has not been seen to reach SUCCESS."""
-
-    task_id: str
-    action: str  # "add" or "remove"
-    paths: list[str]
-    published: bool  # False: sent with publish_artifacts=false, needs a publish
-    sent_at: float  # epoch seconds
-
-
-@dataclass
-class Outbox:
-    """Changes the mirror owes RSTUF.
-
-    `dirty` holds target paths whose current state (the bytes on disk, or
-    absence) RSTUF has not been told yet; the artifact is computed from disk
-    when it is sent, so only a path's final state is ever delivered.
+    The crash tests (tests/test_crash.py) set ``PYPI_MIRROR_CRASH_AT=<name>:<n>``
+    to prove that a run killed right there loses nothing. Points: ``page-temp``
+    (page bytes in a temp file), ``page-renamed`` (page renamed into place),
+    ``state-save`` (before state.json is written), ``rstuf-answered`` (RSTUF
+    accepted a request, its task id not yet saved). Inert when the variable is unset.
     """
-
-    dirty: set[str] = field(default_factory=set)
-    tasks: list[OutboxTask] = field(default_factory=list)
-
-    def in_flight_paths(self) -> set[str]:
-        return {path for task in self.tasks for path in task.paths}
-
-    def __len__(self) -> int:
-        return len(self.dirty | self.in_flight_paths())
-
-
-@dataclass
-class State:
-    """Everything a run needs to resume; see README "state.json"."""
-
-    serial: int | None = None  # last changelog serial fully applied; None: no first sync yet
-    pending: dict[str, PendingProject] = field(default_factory=dict)
-    outbox: Outbox = field(default_factory=Outbox)
-    # hash-prefixed copies no longer current, by served-relative path -> epoch retired
-    retired: dict[str, float] = field(default_factory=dict)
-    # a full sync (first sync or --full-check) started and must be finished first
-    full_sync_in_progress: bool = False
-    # the root index may lag the pages (a run died between them); rebuild it
-    root_stale: bool = False
-
-    def to_json(self) -> dict:
-        return {
-            "schema": STATE_SCHEMA,
-            "serial": self.serial,
-            "pending": {
-                name: {
-                    "display_name": p.display_name,
-                    "serial": p.serial,
-                    "expect_page": p.expect_page,
-                }
-                for name, p in sorted(self.pending.items())
-            },
-            "outbox": {
-                "dirty": sorted(self.outbox.dirty),
-                "tasks": [
-                    {
-                        "task_id": t.task_id,
-                        "action": t.action,
-                        "paths": t.paths,
-                        "published": t.published,
-                        "sent_at": t.sent_at,
-                    }
-                    for t in self.outbox.tasks
-                ],
-            },
-            "retired": dict(sorted(self.retired.items())),
-            "full_sync_in_progress": self.full_sync_in_progress,
-            "root_stale": self.root_stale,
-        }
-
-
-def _require(condition: bool, what: str) -> None:
-    if not condition:
-        raise ValueError(what)
-
-
-def _state_from_json(doc: object) -> State:
-    _require(isinstance(doc, dict), "not a JSON object")
-    assert isinstance(doc, dict)
-    schema = doc.get("schema")
-    if schema != STATE_SCHEMA:
-        raise StateError(
-            f"unknown schema version {schema!r} (this tool reads {STATE_SCHEMA}); "
-            "use the pypi_mirror.py release that wrote it"
-        )
-    serial = doc.get("serial")
-    _require(serial is None or (type(serial) is int and serial >= 0), "bad 'serial'")
-    pending_doc = doc.get("pending", {})
-    _require(isinstance(pending_doc, dict), "bad 'pending'")
-    pending = {}
-    for name, entry in pending_doc.items():
-        _require(isinstance(entry, dict), f"bad pending entry {name!r}")
-        display, p_serial = entry.get("display_name"), entry.get("serial")
-        _require(isinstance(display, str) and type(p_serial) is int, f"bad pending {name!r}")
-        _require(project_dir_name(display) == name, f"pending name {name!r} does not match")
-        expect_page = entry.get("expect_page", False)
-        _require(isinstance(expect_page, bool), f"bad pending {name!r}")
-        pending[name] = PendingProject(display, p_serial, expect_page)
-    outbox_doc = doc.get("outbox", {})
-    _require(isinstance(outbox_doc, dict), "bad 'outbox'")
-    dirty = outbox_doc.get("dirty", [])
-    _require(isinstance(dirty, list) and all(map(_is_target, dirty)), "bad 'outbox.dirty'")
-    tasks = []
-    for task in outbox_doc.get("tasks", []):
-        _require(isinstance(task, dict), "bad outbox task")
-        tasks.append(
-            OutboxTask(
-                task_id=str(task["task_id"]),
-                action=task["action"],
-                paths=list(task["paths"]),
-                published=bool(task["published"]),
-                sent_at=float(task["sent_at"]),
-            )
-        )
-        _require(task["action"] in ("add", "remove"), "bad outbox task action")
-        _require(all(map(_is_target, task["paths"])), "bad outbox task paths")
-    retired_doc = doc.get("retired", {})
-    _require(isinstance(retired_doc, dict), "bad 'retired'")
-    retired = {}
-    for path, when in retired_doc.items():
-        _require(_is_retired_copy(path) and isinstance(when, int | float), "bad 'retired'")
-        retired[path] = float(when)
-    flags = {key: doc.get(key, False) for key in ("full_sync_in_progress", "root_stale")}
-    _require(all(isinstance(value, bool) for value in flags.values()), "bad flags")
-    return State(serial, pending, Outbox(set(dirty), tasks), retired, **flags)
-
-
-_TARGET = re.compile(r"^(index\.html|simple/[a-z0-9]+(-[a-z0-9]+)*/index\.html)$")
-_RETIRED = re.compile(
-    r"^([0-9a-f]{64}\.index\.html|simple/[a-z0-9]+(-[a-z0-9]+)*/[0-9a-f]{64}\.index\.html)$"
-)
-
-
-def _is_target(path: object) -> bool:
-    return isinstance(path, str) and bool(_TARGET.match(path))
-
-
-def _is_retired_copy(path: object) -> bool:
-    return isinstance(path, str) and bool(_RETIRED.match(path))
-
-
-def load_state(path: Path) -> State:
-    """Read state.json; a missing file is a fresh state, a damaged one is a StateError."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return State()
-    except OSError as exc:
-        raise StateError(f"cannot read {path}: {exc.strerror}") from exc
-    try:
-        return _state_from_json(json.loads(raw))
-    except StateError as exc:
-        raise StateError(f"{path}: {exc}") from exc
-    except (ValueError, KeyError, TypeError, InvalidProjectName) as exc:
-        raise StateError(
-            f"{path} is corrupt ({exc}); restore it from a backup, or move it away and "
-            "run with --full-check to rebuild it from the mirror and PyPI"
-        ) from exc
-
-
-def save_state(path: Path, state: State) -> None:
-    """Replace state.json atomically and durably (temp file beside it, fsync, rename)."""
-    data = json.dumps(state.to_json(), indent=1, sort_keys=True).encode() + b"\n"
-    path = path.absolute()
-    atomic_write(path, data, staging_dir=path.parent, durable=True, prefix=_state_temp_prefix(path))
-
-
-def _state_temp_prefix(path: Path) -> str:
-    """Temp files of `path`'s saves are named after it, so that only they are ever cleared."""
-    return f".{path.name}.tmp-"
-
-
-def clear_state_temps(path: Path) -> int:
-    """Delete the temp files of state saves that a killed run left beside `path`.
-
-    The state file may live in a directory shared with anything (the default is
-    the working directory), so only names `save_state` makes are touched.
-    """
-    path = path.absolute()
-    removed = 0
-    for temp in path.parent.glob(glob.escape(_state_temp_prefix(path)) + "*"):
-        with contextlib.suppress(FileNotFoundError):
-            temp.unlink()
-            removed += 1
-    return removed
-
-
-# --- command line: shared by both scripts ------------------------------------------
-
-
-def at_least(minimum: float, kind: type = int) -> Callable[[str], float]:
-    """An argparse type: a `kind` number not below `minimum`, refused with a clear message."""
-
-    def parse(text: str) -> float:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
-        return value
-
-    return parse
-
-
-def configure_logging(verbose: bool, quiet: bool) -> None:
-    """One parseable line per event on stderr: UTC time, level, message.
-
-    Replaces the root handlers, so calling a script's main() twice logs once.
-    """
-    handler = logging.StreamHandler(sys.stderr)
-    formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%SZ")
-    formatter.converter = time.gmtime
-    handler.setFormatter(formatter)
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
-    logging.getLogger("urllib3").setLevel(logging.WARNING)
+    spec = os.environ.get(CRASH_AT_ENV)
+    if not spec or spec.partition(":")[0] != name:
+        return
+    _crash_passes[name] = _crash_passes.get(name, 0) + 1
+    if _crash_passes[name] == int(spec.partition(":")[2] or 1):
+        os.kill(os.getpid(), signal.SIGKILL)

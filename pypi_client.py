@@ -1,15 +1,15 @@
 """The only code that speaks to PyPI: XML-RPC mirroring methods and Simple API pages.
 
-Pure parts first (changelog rows, page checks, retry delays), then `PypiClient`,
-which owns the HTTP sessions. Nothing here writes to disk or decides what a
-page means for the mirror; `pypi_mirror.py` does that.
+Pure parts first (changelog rows, page checks), then `PypiClient`, which owns
+the HTTP sessions; when to retry and how much of an answer to read is
+`http_retry`'s. Nothing here writes to disk or decides what a page means for
+the mirror; `pypi_mirror.py` does that.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import random
 import re
 import threading
 import time
@@ -17,14 +17,25 @@ import xml.parsers.expat
 import xmlrpc.client
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import lxml.etree
 import requests
 
-from mirror_store import VERSION
+from cli_support import VERSION, ToolError
+from http_retry import (
+    BodyTooLarge,
+    Retryable,
+    RetryPolicy,
+    call_with_retries,
+    cap_retry_after,
+    iter_capped,
+    read_capped,
+    retry_after_of,
+)
 
 log = logging.getLogger("pypi_mirror")
+T = TypeVar("T")
 
 USER_AGENT = f"pypi-index-mirror/{VERSION} (+python-requests/{requests.__version__})"
 HTML_ACCEPT = "application/vnd.pypi.simple.v1+html, text/html;q=0.9"
@@ -46,16 +57,15 @@ class ClientSettings(Protocol):
 # --- errors
 
 
-class UpstreamError(Exception):
+class UpstreamError(ToolError):
     """PyPI answered something this tool cannot use; the message says what."""
 
 
-class Transient(UpstreamError):
+class Transient(UpstreamError, Retryable):
     """A failure worth retrying (connection, 5xx, 429, rate-limit fault)."""
 
     def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
+        Retryable.__init__(self, message, retry_after)
 
 
 class XmlRpcFault(UpstreamError):
@@ -70,17 +80,24 @@ class NotASimplePage(UpstreamError):
         self.name, self.reason = name, reason
 
 
-class StalePage(UpstreamError):
+class StalePage(UpstreamError, Retryable):
+    """A CDN served a page older than the changelog said: asking again later may help."""
+
     def __init__(self, name: str, expected: int, got: int) -> None:
-        super().__init__(f"{name}: page serial {got} is older than changelog serial {expected}")
+        Retryable.__init__(
+            self, f"{name}: page serial {got} is older than changelog serial {expected}"
+        )
         self.name, self.expected, self.got = name, expected, got
 
 
-class MissingPage(UpstreamError):
+class MissingPage(UpstreamError, Retryable):
+    """A 404 for a project the changelog says exists: a CDN not caught up, probably."""
+
     def __init__(self, name: str, serial: int) -> None:
-        super().__init__(
+        Retryable.__init__(
+            self,
             f"{name}: page answers 404 although changelog serial {serial} says the project "
-            "exists (a CDN not caught up?)"
+            "exists (a CDN not caught up?)",
         )
         self.name, self.serial = name, serial
 
@@ -213,22 +230,6 @@ def inspect_simple_page(name: str, body: bytes) -> PageFacts:
 _RESET_IN = re.compile(r"reset in (\d+(?:\.\d+)?) seconds?")
 
 
-def retry_delay(attempt: int, base: float, hint: float | None) -> float:
-    """Exponential backoff with full jitter; a server's hint (Retry-After) wins, capped."""
-    if hint is not None:
-        return min(max(hint, 0.0), 300.0)
-    return random.uniform(0, base * (2**attempt))
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        return None
-
-
 # --- the client
 
 
@@ -299,20 +300,18 @@ class PypiClient:
     def _timeout(self) -> tuple[float, float]:
         return (self.config.connect_timeout, self.config.timeout)
 
-    def with_retries(self, what: str, call: Callable[[], object]) -> object:
-        """Run `call`, retrying Transient failures with backoff; re-raise the last one."""
-        for attempt in range(self.config.retries + 1):
-            try:
-                return call()
-            except Transient as exc:
-                if attempt == self.config.retries:
-                    raise UpstreamError(
-                        f"{what}: giving up after {attempt + 1} attempts: {exc}"
-                    ) from exc
-                delay = retry_delay(attempt, self.config.backoff, exc.retry_after)
-                log.info("%s: %s; retrying in %.1fs", what, exc, delay)
-                self._sleep(delay)
-        raise AssertionError("unreachable")
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        """``--retries`` and ``--backoff``, sleeping through the injected `sleep`."""
+        return RetryPolicy(self.config.retries, self.config.backoff, self._sleep)
+
+    def with_retries(self, what: str, call: Callable[[], T]) -> T:
+        """Return `call()`, retrying Transient failures; UpstreamError once retries are spent."""
+        try:
+            return call_with_retries(call, self.retry_policy, what, log, logging.INFO)
+        except Transient as exc:
+            attempts = self.config.retries + 1
+            raise UpstreamError(f"{what}: giving up after {attempts} attempts: {exc}") from exc
 
     # XML-RPC
 
@@ -357,15 +356,13 @@ class PypiClient:
         else:
             unmarshaller = StreamingStructUnmarshaller(sink)
             parser = xmlrpc.client.ExpatParser(unmarshaller)
-        received = 0
         try:
-            for chunk in response.iter_content(1 << 20):
-                received += len(chunk)
-                if received > self.config.max_xmlrpc_bytes:
-                    raise UpstreamError(f"XML-RPC {method}: answer over {received} bytes; refused")
+            for chunk in iter_capped(response, self.config.max_xmlrpc_bytes, 1 << 20):
                 parser.feed(chunk)
             parser.close()
             (result,) = unmarshaller.close()
+        except BodyTooLarge as exc:
+            raise UpstreamError(f"XML-RPC {method}: answer {exc}; refused") from None
         except requests.RequestException as exc:
             raise Transient(f"XML-RPC {method}: answer cut off: {exc}") from exc
         except xmlrpc.client.Fault as fault:
@@ -374,7 +371,7 @@ class PypiClient:
                 match = _RESET_IN.search(text)
                 raise Transient(
                     f"rate limited by PyPI ({text[:120]})",
-                    retry_after=float(match.group(1)) if match else None,
+                    retry_after=cap_retry_after(float(match.group(1))) if match else None,
                 ) from None
             raise XmlRpcFault(method, fault.faultCode, text) from None
         except (xml.parsers.expat.ExpatError, xmlrpc.client.ResponseError, ValueError) as exc:
@@ -441,7 +438,12 @@ class PypiClient:
             serial_header = response.headers.get("X-PyPI-Last-Serial", "")
             if not serial_header.isdigit():
                 raise NotASimplePage(name, "no X-PyPI-Last-Serial header")
-            body = read_capped(response, self.config.max_page_bytes, name)
+            try:
+                body = read_capped(response, self.config.max_page_bytes)
+            except BodyTooLarge as exc:
+                raise NotASimplePage(name, str(exc)) from None
+            except requests.RequestException as exc:
+                raise Transient(f"{name}: body cut off: {exc}") from exc
         return FetchedPage(name, body, int(serial_header), inspect_simple_page(name, body))
 
 
@@ -468,21 +470,6 @@ def check_status(response: requests.Response, what: str) -> None:
     if status == 200:
         return
     if status == 429 or status >= 500:
-        hint = parse_retry_after(response.headers.get("Retry-After"))
+        hint = retry_after_of(status, response.headers)
         raise Transient(f"{what}: HTTP {status}", retry_after=hint)
     raise UpstreamError(f"{what}: unexpected HTTP {status} from {response.url}")
-
-
-def read_capped(response: requests.Response, limit: int, what: str) -> bytes:
-    declared = response.headers.get("Content-Length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise NotASimplePage(what, f"{declared} bytes, over the {limit}-byte limit")
-    buffer = bytearray()
-    try:
-        for chunk in response.iter_content(1 << 16):
-            buffer += chunk
-            if len(buffer) > limit:
-                raise NotASimplePage(what, f"over the {limit}-byte limit")
-    except requests.RequestException as exc:
-        raise Transient(f"{what}: body cut off: {exc}") from exc
-    return bytes(buffer)

@@ -29,10 +29,8 @@ then `RstufClient.publish`, then `RstufClient.wait` for each task.
 
 from __future__ import annotations
 
-import email.utils
 import json
 import logging
-import random
 import re
 import time
 import unicodedata
@@ -43,7 +41,15 @@ from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
-from mirror_store import VERSION
+from cli_support import VERSION
+from http_retry import (
+    BodyTooLarge,
+    Retryable,
+    RetryPolicy,
+    call_with_retries,
+    read_capped,
+    retry_after_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +82,6 @@ NON_TERMINAL_STATES: frozenset[str] = frozenset(
 ROWS_WRITTEN_STATES: frozenset[str] = frozenset({"RUNNING", SUCCESS_STATE})
 
 MAX_RESPONSE_BYTES = 1 << 20  # 1 MiB, plus the request's own size (the answer echoes its paths)
-MAX_RETRY_AFTER = 60.0  # seconds: never sleep longer than this on one Retry-After
-MAX_BACKOFF = 30.0  # seconds: cap of one exponential backoff delay
 _DETAIL_CHARS = 400  # RSTUF's text is shown on one line, at most this long
 
 DEFAULT_USER_AGENT = f"pypi-index-mirror/{VERSION}"
@@ -390,32 +394,6 @@ def error_detail(body: bytes) -> str:
     return _one_line(text)
 
 
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date), or None."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when is None or when.tzinfo is None:
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
-
-
-def backoff_delay(attempt: int, base: float, rng: Callable[[], float] = random.random) -> float:
-    """Exponential backoff with jitter for retry `attempt` (0 = first retry).
-
-    Half the delay is fixed and half random, so clients that failed together
-    do not all come back at the same instant.
-    """
-    delay = min(MAX_BACKOFF, base * (2**attempt))
-    return delay / 2 + rng() * delay / 2
-
-
 def is_waiting_for_publish(state: str) -> bool:
     """True when an add/delete task has written its rows (RUNNING or SUCCESS).
 
@@ -476,14 +454,12 @@ _RETRYABLE = (
 )
 
 
-class _Transient(Exception):
+class _Transient(Retryable):
     """An attempt worth repeating; carries what to raise once the retries are spent."""
 
     def __init__(self, final: RstufError, why: str, wait: float | None = None) -> None:
-        super().__init__(why)
+        super().__init__(why, retry_after=wait)
         self.final = final
-        self.why = why
-        self.wait = wait
 
 
 class RstufClient:
@@ -640,27 +616,16 @@ class RstufClient:
         params: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         """Send one request with retries; return the JSON object of a 200/202 answer."""
-        attempts = self.retries + 1
-        for attempt in range(attempts):
-            try:
-                return self._attempt(method, path, body, params)
-            except _Transient as transient:
-                if attempt + 1 >= attempts:
-                    raise transient.final from transient.final.__cause__
-                delay = transient.wait
-                if delay is None:
-                    delay = backoff_delay(attempt, self.backoff)
-                log.warning(
-                    "RSTUF %s %s: %s; retry %d/%d in %.1fs",
-                    method,
-                    path,
-                    transient.why,
-                    attempt + 1,
-                    self.retries,
-                    delay,
-                )
-                time.sleep(delay)
-        raise AssertionError("unreachable")  # pragma: no cover
+        policy = RetryPolicy(self.retries, self.backoff)
+        try:
+            return call_with_retries(
+                lambda: self._attempt(method, path, body, params),
+                policy,
+                f"RSTUF {method} {path}",
+                log,
+            )
+        except _Transient as transient:
+            raise transient.final from transient.final.__cause__
 
     def _attempt(
         self,
@@ -686,8 +651,13 @@ class RstufClient:
             )
             with response:
                 status = response.status_code
-                retry_after = response.headers.get("Retry-After")
-                content = self._read_capped(response, cap, method, path)
+                retry_after = retry_after_of(status, response.headers)
+                try:
+                    content = read_capped(response, cap)
+                except BodyTooLarge:
+                    raise RstufBadResponse(
+                        f"{method} {path} answered more than {cap} bytes"
+                    ) from None
         except _RETRYABLE as exc:
             reason = self._scrub(_exception_reason(exc))
             final = RstufUnreachable(_redact_url(url), reason)
@@ -697,18 +667,8 @@ class RstufClient:
             raise RstufUnreachable(_redact_url(url), self._scrub(_exception_reason(exc))) from exc
         return self._judge(method, path, status, retry_after, content)
 
-    def _read_capped(self, response: requests.Response, cap: int, method: str, path: str) -> bytes:
-        chunks: list[bytes] = []
-        size = 0
-        for chunk in response.iter_content(chunk_size=64 * 1024):
-            size += len(chunk)
-            if size > cap:
-                raise RstufBadResponse(f"{method} {path} answered more than {cap} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
-
     def _judge(
-        self, method: str, path: str, status: int, retry_after: str | None, content: bytes
+        self, method: str, path: str, status: int, retry_after: float | None, content: bytes
     ) -> dict[str, Any]:
         where = f"{method} {path}"
         if status in (200, 202):
@@ -724,14 +684,12 @@ class RstufClient:
             return document
         detail = self._scrub(error_detail(content)) or f"HTTP {status} without details"
         if status == 429 or status >= 500:
-            wait = parse_retry_after(retry_after) if status in (429, 503) else None
             final: RstufError = (
                 RstufRefused(status, detail, where)
                 if status == 429
                 else RstufServerError(status, detail, where)
             )
-            wait = None if wait is None else min(wait, MAX_RETRY_AFTER)
-            raise _Transient(final, f"HTTP {status}: {detail}", wait)
+            raise _Transient(final, f"HTTP {status}: {detail}", retry_after)
         if status == 404 and path in (ADD_PATH, DELETE_PATH) and detail != "Not Found":
             # FastAPI's own 404 for a missing route says just "Not Found":
             # that is a wrong URL, not an RSTUF waiting for its bootstrap.

@@ -68,11 +68,13 @@ http://127.0.0.1:8080 --events 20`` changes it through ``POST /_fake/churn?event
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import email.utils
 import functools
 import gc
 import hashlib
+import io
 import itertools
 import json
 import logging
@@ -92,6 +94,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import xmlrpc.client
+import zipfile
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -300,7 +303,8 @@ class RequestRecord:
     """One request as the server saw it; ``status`` is 0 when the connection was reset.
 
     ``kind`` is ``xmlrpc``, ``root``, ``page``, ``redirect``, ``json_api``, ``control``,
-    ``purge`` or ``other``; ``fault`` names the injected fault that fired, if any.
+    ``purge``, ``file`` (an `add_wheel` file) or ``other``; ``fault`` names the injected
+    fault that fired, if any.
     """
 
     method: str
@@ -743,6 +747,53 @@ def make_dist_file(
     return DistFile(filename, url, sha256, size, python_version, metadata, uploaded)
 
 
+@dataclass(frozen=True, slots=True)
+class BuiltWheel:
+    """A real, installable wheel: its file name, bytes and ``.dist-info/METADATA`` bytes."""
+
+    filename: str
+    content: bytes
+    metadata: bytes
+
+
+def _record_hash(data: bytes) -> str:
+    """A RECORD line's hash: urlsafe base64 of the SHA-256, no padding (the wheel spec)."""
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
+    return f"sha256={digest.decode()}"
+
+
+def build_wheel(name: str, version: str, requires_python: str | None = None) -> BuiltWheel:
+    """The smallest valid pure-Python wheel (binary distribution format: METADATA, WHEEL,
+    RECORD) for ``name`` ``version``, with one module that records its version.
+
+    Deterministic (fixed zip timestamps), so the same name and version give the same bytes
+    and the same ``#sha256=`` on the page. pip and uv install it for real.
+    """
+    dist = normalize(name).replace("-", "_")
+    filename = f"{dist}-{version}-py3-none-any.whl"
+    info = f"{dist}-{version}.dist-info"
+    metadata = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+    if requires_python:
+        metadata += f"Requires-Python: {requires_python}\n"
+    members = {
+        f"{dist}/__init__.py": f'VERSION = "{version}"\n'.encode(),
+        f"{info}/METADATA": metadata.encode(),
+        f"{info}/WHEEL": (
+            b"Wheel-Version: 1.0\nGenerator: tests.fake_pypi\nRoot-Is-Purelib: true\n"
+            b"Tag: py3-none-any\n"
+        ),
+    }
+    record = "".join(f"{path},{_record_hash(data)},{len(data)}\n" for path, data in members.items())
+    members[f"{info}/RECORD"] = (record + f"{info}/RECORD,,\n").encode()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path, data in members.items():
+            member = zipfile.ZipInfo(path, date_time=(2020, 1, 1, 0, 0, 0))
+            member.external_attr = 0o644 << 16  # rw-r--r--, as build backends write them
+            archive.writestr(member, data, compress_type=zipfile.ZIP_DEFLATED)
+    return BuiltWheel(filename, buffer.getvalue(), members[f"{info}/METADATA"])
+
+
 # --- the index -----------------------------------------------------------------------------
 
 
@@ -777,6 +828,7 @@ class FakePyPI:
         self._projects: dict[str, Project] = {}
         self._journal: list[JournalRow] = []
         self._raw_listing: dict[str, int] = {}
+        self._files: dict[str, bytes] = {}  # URL path -> body, for add_wheel's files
         self._generation = 0
         self._root: RootRendering | None = None
         self._root_previous: RootRendering | None = None
@@ -1005,12 +1057,13 @@ class FakePyPI:
         self,
         name: str,
         version: str,
-        files: int | Sequence[str] | None = None,
+        files: int | Sequence[str | DistFile] | None = None,
         requires_python: str | None = None,
     ) -> int:
         """``new release`` then ``add <pyversion> file <filename>`` per file.
 
-        ``files``: how many to generate (None: an sdist and a py3 wheel) or explicit names.
+        ``files``: how many to generate (None: an sdist and a py3 wheel), explicit names, or
+        ready `DistFile` records (`add_wheel`'s real files).
         Creates the project first (``create``) if absent. A version that exists gets only the
         file rows, as a later upload to an existing release does in warehouse.
         """
@@ -1033,6 +1086,31 @@ class FakePyPI:
                 )
             self._render(project)
             return serial
+
+    def add_wheel(self, name: str, version: str, requires_python: str | None = None) -> int:
+        """Like `add_release` with one real wheel (`build_wheel`) that this stand-in serves.
+
+        The page links to it as warehouse links to files.pythonhosted.org, by an absolute
+        URL, here ``<url>/packages/<blake2b 2/2/60>/<filename>`` on loopback, with its real
+        ``#sha256=`` and its PEP 658 metadata at ``<file URL>.metadata``, so pip and uv can
+        download, verify and install it. Needs a started server (the URL holds its port).
+        """
+        wheel = build_wheel(name, version, requires_python)
+        storage = hashlib.blake2b(wheel.content, digest_size=32).hexdigest()
+        path = f"/packages/{storage[:2]}/{storage[2:4]}/{storage[4:]}/{wheel.filename}"
+        dist = DistFile(
+            wheel.filename,
+            f"{self.url}{path}",
+            hashlib.sha256(wheel.content).hexdigest(),
+            len(wheel.content),
+            "py3",
+            hashlib.sha256(wheel.metadata).hexdigest(),
+            int(self._clock()),
+        )
+        with self._lock:
+            self._files[path] = wheel.content
+            self._files[f"{path}.metadata"] = wheel.metadata
+            return self.add_release(name, version, [dist], requires_python)
 
     def remove_file(self, name: str, filename: str) -> int:
         """``remove file <filename>``: the file leaves the page; the project stays."""
@@ -1368,12 +1446,21 @@ class FakePyPI:
         self,
         project: Project,
         release: Release,
-        files: int | Sequence[str] | None,
+        files: int | Sequence[str | DistFile] | None,
         uploaded: int,
     ) -> list[DistFile]:
         existing = {d.filename for r in project.releases.values() for d in r.files}
         if files is None:
             files = 2
+        if not isinstance(files, int):
+            ready = [f for f in files if isinstance(f, DistFile)]
+            if ready:
+                if len(ready) != len(files):
+                    raise TypeError("files: either all names or all DistFile records")
+                clash = [f.filename for f in ready if f.filename in existing]
+                if clash:
+                    raise ValueError(f"{project.normalized!r} already has a file {clash[0]!r}")
+                return ready
         if isinstance(files, int):
             names = []
             for _ in range(files):
@@ -1382,7 +1469,7 @@ class FakePyPI:
                 )
                 release.next_file_index += 1
         else:
-            names = [(filename, python_version_of(filename)) for filename in files]
+            names = [(str(filename), python_version_of(str(filename))) for filename in files]
         created = []
         for filename, python_version in names:
             if filename in existing:
@@ -1490,7 +1577,17 @@ class FakePyPI:
             return self._route_simple(request)
         if path.startswith("/pypi/") and path.endswith("/json"):
             return self._route_json_api(request)
+        if path.startswith("/packages/"):
+            return "file", None, self._file_reply(path), None
         return "other", None, _error_reply(404), None
+
+    def _file_reply(self, path: str) -> Reply:
+        """An `add_wheel` file or its metadata, as the file host serves them (no serial)."""
+        with self._lock:
+            body = self._files.get(path)
+        if body is None:
+            return _error_reply(404)
+        return Reply(200, [("Content-Type", "application/octet-stream")], body)
 
     def _route_simple(self, request: Request) -> tuple[str, None, Reply, ArmedFault | None]:
         rest = request.path[len("/simple") :]

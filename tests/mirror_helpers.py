@@ -12,7 +12,9 @@ from pathlib import Path
 import requests
 
 import pypi_mirror
-from mirror_store import MirrorLayout, digest_file, is_prefixed_copy, iter_targets, load_state
+import root_index
+from mirror_store import MirrorLayout, digest_file, is_prefixed_copy, iter_targets
+from state import load_state
 
 View = dict[str, dict]
 REPO = Path(__file__).resolve().parent.parent
@@ -73,7 +75,7 @@ class Mirror:
         return path.read_bytes() if path.exists() else None
 
     def root_projects(self) -> dict[str, str]:
-        return pypi_mirror.parse_root_index(self.layout.root_page.read_bytes())
+        return dict(root_index.iter_root_index(self.layout.root_page.read_bytes().splitlines()))
 
     def targets(self) -> dict[str, bytes]:
         """Every served page (not the prefixed copies) by target path."""

@@ -1,7 +1,7 @@
 """SIGKILL campaign: a run killed at any point loses nothing and leaves nothing half done.
 
 Each case kills ``pypi_mirror.py`` (a real subprocess) once, either at a named point
-(``PYPI_MIRROR_CRASH_AT``, see ``pypi_mirror.crash_point``) or after a seeded random
+(``PYPI_MIRROR_CRASH_AT``, see ``mirror_store.crash_point``) or after a seeded random
 delay, then reruns it to completion against the same upstream and checks:
 
 - the served tree is byte-identical to a clean first sync of that upstream (``--grace 0``),
@@ -30,8 +30,11 @@ from pathlib import Path
 
 import pytest
 
+import cli_support
+import mirror_store
 import pypi_mirror
-from mirror_store import MirrorLayout, load_state
+from mirror_store import MirrorLayout
+from state import load_state
 from tests.fake_pypi import FakePyPI
 from tests.fake_rstuf import ADD, FakeRstuf
 from tests.mirror_helpers import (
@@ -120,7 +123,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         view0 = mirror_view(first.layout)
         mutate_a(pypi, names)
         first.rstuf_url = "http://127.0.0.1:9"  # RSTUF down: changes stay in the outbox
-        assert first.run(*RUN_ARGS, "--retries", "0") == pypi_mirror.EXIT_PARTIAL
+        assert first.run(*RUN_ARGS, "--retries", "0") == cli_support.EXIT_PARTIAL
         assert_mirror_matches_upstream(first)
         assert load_state(first.state).outbox.dirty
         view_a = mirror_view(first.layout)
@@ -165,7 +168,7 @@ class Case:
 
     def kill_at_point(self, point: str) -> None:
         """Run with the crash hook armed; it must die by SIGKILL at that point."""
-        process = self.popen({pypi_mirror.CRASH_AT_ENV: point}, "--workers", "1")
+        process = self.popen({mirror_store.CRASH_AT_ENV: point}, "--workers", "1")
         _, stderr = process.communicate(timeout=60)
         assert process.returncode == -signal.SIGKILL, f"{point} not reached:\n{stderr}"
 
@@ -314,8 +317,8 @@ def test_temp_files_of_a_killed_state_save_are_cleared(first_sync: Case) -> None
 
 
 def test_crash_hook_is_inert_without_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(pypi_mirror.CRASH_AT_ENV, raising=False)
+    monkeypatch.delenv(mirror_store.CRASH_AT_ENV, raising=False)
     for _ in range(3):
-        pypi_mirror.crash_point("state-save")  # still alive
-    monkeypatch.setenv(pypi_mirror.CRASH_AT_ENV, "page-temp:1")
-    pypi_mirror.crash_point("state-save")  # another point: still alive
+        mirror_store.crash_point("state-save")  # still alive
+    monkeypatch.setenv(mirror_store.CRASH_AT_ENV, "page-temp:1")
+    mirror_store.crash_point("state-save")  # another point: still alive

@@ -7,6 +7,9 @@ listings, and consistency under concurrent clients and writers.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import io
 import json
 import re
 import shutil
@@ -16,6 +19,7 @@ import sys
 import threading
 import time
 import xmlrpc.client
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -953,3 +957,49 @@ def test_https_with_a_self_signed_certificate(tmp_path: Path, session: requests.
         response = session.get(fake.url + "/simple/tls/", verify=str(cert), timeout=10)
         assert response.status_code == 200
         assert response.headers[SERIAL] == "1"
+
+
+def test_add_wheel_serves_a_real_wheel_with_true_hashes(fake, session) -> None:
+    """The page's #sha256= and data-core-metadata match the bytes the stand-in serves, and
+    the wheel holds METADATA, WHEEL and a RECORD whose hashes are right (pip checks all)."""
+    serial = fake.add_wheel("Tiny_Wheel", "1.0", requires_python=">=3.8")
+    assert [row.action for row in fake.journal] == [
+        "create",
+        "new release",
+        "add py3 file tiny_wheel-1.0-py3-none-any.whl",
+    ]
+    assert fake.project_serial("tiny-wheel") == serial
+    page = get(session, fake, "/simple/tiny-wheel/").text
+    href, metadata_hash = re.search(
+        r'<a href="([^"]+)" data-requires-python="&gt;=3.8" '
+        r'data-dist-info-metadata="sha256=(\w+)" data-core-metadata="sha256=\w+">',
+        page,
+    ).groups()
+    url, _, fragment = href.partition("#sha256=")
+    assert url.startswith(f"{fake.url}/packages/")
+    wheel = session.get(url, timeout=10)
+    assert wheel.status_code == 200
+    assert hashlib.sha256(wheel.content).hexdigest() == fragment
+    assert (
+        "".join(url.split("/")[-4:-1]) == hashlib.blake2b(wheel.content, digest_size=32).hexdigest()
+    )
+    metadata = session.get(url + ".metadata", timeout=10).content
+    assert hashlib.sha256(metadata).hexdigest() == metadata_hash
+    assert (
+        metadata
+        == b"Metadata-Version: 2.1\nName: Tiny_Wheel\nVersion: 1.0\nRequires-Python: >=3.8\n"
+    )
+
+    with zipfile.ZipFile(io.BytesIO(wheel.content)) as archive:
+        info = "tiny_wheel-1.0.dist-info"
+        assert archive.read(f"{info}/METADATA") == metadata
+        assert b"Root-Is-Purelib: true" in archive.read(f"{info}/WHEEL")
+        for line in archive.read(f"{info}/RECORD").decode().splitlines():
+            path, digest, size = line.split(",")
+            if path.endswith("RECORD"):
+                continue
+            data = archive.read(path)
+            expected = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
+            assert (digest, int(size)) == (f"sha256={expected.decode()}", len(data))
+    assert get(session, fake, "/packages/00/00/nothing/none.whl").status_code == 404
+    assert fake.count("file") == 3

@@ -22,9 +22,12 @@ from pathlib import Path
 
 import pytest
 
+import changelog
+import cli_support
 import pypi_client
-import pypi_mirror
-from mirror_store import InvalidProjectName, load_state, project_dir_name, save_state
+import settings
+from mirror_store import InvalidProjectName, project_dir_name
+from state import load_state, save_state
 from tests.conftest import PROJECTS
 from tests.fake_pypi import FakePyPI
 from tests.fake_rstuf import PUBLISH, FakeRstuf
@@ -108,7 +111,7 @@ def test_page_that_keeps_failing_stays_pending_and_unchanged(
     pypi.inject("numpy", kind, times=50, **params)
     pypi.reset_log()
     capsys.readouterr()
-    assert mirror.run(*PAGE_ARGS) == pypi_mirror.EXIT_PARTIAL
+    assert mirror.run(*PAGE_ARGS) == cli_support.EXIT_PARTIAL
     stderr = capsys.readouterr().err
     assert mirror.page("numpy") == old, "a wrong page was mirrored"
     assert mirror.page("django") == upstream_page(pypi.url, "django"), "the run did not go on"
@@ -152,7 +155,7 @@ def test_retry_after_and_rate_limit_reset_are_honoured(mirror: Mirror, pypi: Fak
 def test_first_sync_keeps_a_failing_project_pending(tmp_path: Path, pypi: FakePyPI) -> None:
     pypi.inject("numpy", "not_simple", times=1)
     mirror = Mirror(tmp_path / "m", tmp_path / "state.json", pypi.url)
-    assert mirror.run() == pypi_mirror.EXIT_PARTIAL
+    assert mirror.run() == cli_support.EXIT_PARTIAL
     assert mirror.page("numpy") is None
     assert "numpy" not in mirror.root_projects(), "the root index links only pages it has"
     assert list(load_state(mirror.state).pending) == ["numpy"]
@@ -202,7 +205,7 @@ def test_xmlrpc_fault_fails_the_run_cleanly(
     pypi.inject(method, kind, times=50, **params)
     pypi.reset_log()
     capsys.readouterr()
-    assert mirror.run("--timeout", "0.3") == pypi_mirror.EXIT_FAILED
+    assert mirror.run("--timeout", "0.3") == cli_support.EXIT_FAILED
     line = assert_one_clear_error(capsys.readouterr().err, words)
     assert method in line or method == "changelog_since_serial", line
     assert pypi.count(method) == (RETRIES + 1 if retried else 1)
@@ -221,7 +224,7 @@ def test_xmlrpc_read_timeout_fails_the_run_cleanly(
     before = mirror.state.read_bytes()
     pypi.inject("changelog_since_serial", "slow", times=50, seconds=3.0)
     capsys.readouterr()
-    assert mirror.run("--timeout", "0.2") == pypi_mirror.EXIT_FAILED
+    assert mirror.run("--timeout", "0.2") == cli_support.EXIT_FAILED
     assert_one_clear_error(capsys.readouterr().err, "changelog_since_serial", "timed out")
     assert mirror.state.read_bytes() == before
 
@@ -245,7 +248,7 @@ def test_failure_on_a_later_changelog_page_applies_nothing(tmp_path: Path) -> No
         before, state_before = tree(mirror.root), mirror.state.read_bytes()
         pypi.inject("changelog_since_serial", "slow", times=1, seconds=0)  # page 1 answers
         pypi.inject("changelog_since_serial", "status", times=50, code=503)
-        assert mirror.run() == pypi_mirror.EXIT_FAILED
+        assert mirror.run() == cli_support.EXIT_FAILED
         assert tree(mirror.root) == before and mirror.state.read_bytes() == state_before
         pypi.clear_faults()
         assert mirror.run() == 0
@@ -345,7 +348,7 @@ def test_names_xml_cannot_carry_fail_the_run_cleanly(
             pypi.add_release("good", "2.0")
         before = tree(tmp_path)
         capsys.readouterr()
-        assert mirror.run() == pypi_mirror.EXIT_FAILED
+        assert mirror.run() == cli_support.EXIT_FAILED
         assert_one_clear_error(capsys.readouterr().err, "malformed")
         assert tree(tmp_path) == before
 
@@ -372,10 +375,10 @@ def test_hostile_serials_in_the_listing_are_skipped(
 
 
 def test_a_last_serial_that_is_no_serial_fails_the_run(tmp_path: Path) -> None:
-    client = pypi_mirror.PypiClient("http://127.0.0.1:9", pypi_mirror.Config())
+    client = pypi_client.PypiClient("http://127.0.0.1:9", settings.Config())
     for answer in (-3, True, "12", 1.0):
         client._xmlrpc = lambda method, answer=answer: answer  # type: ignore[method-assign]
-        with pytest.raises(pypi_mirror.UpstreamError, match="not a serial"):
+        with pytest.raises(pypi_client.UpstreamError, match="not a serial"):
             client.changelog_last_serial()
 
 
@@ -389,12 +392,15 @@ def test_the_name_gate_refuses_every_control_character() -> None:
         with pytest.raises(InvalidProjectName):
             project_dir_name(name)
     listing = {name: 7 for name in names} | {"NumPy": 5}
-    assert list(pypi_mirror.listing_to_wanted(listing)) == ["numpy"]
+    wanted = changelog.Listing()
+    for display, serial in listing.items():
+        changelog.add_listed(wanted, display, serial)
+    assert list(wanted) == ["numpy"]
     rows = [[name, None, 0, "create", serial] for serial, name in enumerate(names, start=1)]
     rows.append(["numpy", None, 0, f"rename from {names[0]}", len(rows) + 1])
     entries = pypi_client.parse_changelog_rows(rows, 0)
-    assert list(pypi_mirror.projects_to_refresh(entries)) == ["numpy"]
-    assert pypi_mirror.identity_changes(entries) == {"numpy"}
+    assert list(changelog.projects_to_refresh(entries)) == ["numpy"]
+    assert changelog.identity_changes(entries) == {"numpy"}
 
 
 # --- local faults: disk full, read-only, damaged state ----------------------------------
@@ -440,7 +446,7 @@ def test_disk_full_while_writing_pages(mirror: Mirror, pypi: FakePyPI, rstuf: Fa
     pypi.add_release("Django", "2.0")
     pypi.add_release("numpy", "2.0", files=400)  # a page far over the limit
     result = run_with_file_size_limit(mirror, 32 * 1024, *RSTUF_FAST)
-    assert result.returncode == pypi_mirror.EXIT_FAILED, result.stderr
+    assert result.returncode == cli_support.EXIT_FAILED, result.stderr
     assert_one_clear_error(result.stderr, "local I/O error", "File too large")
     assert mirror.serial() == serial, "the serial moved past pages that are not on disk"
     assert mirror.page("numpy") == old
@@ -461,7 +467,7 @@ def test_disk_full_while_writing_state(tmp_path: Path) -> None:
             pypi.add_release(name, "2.0", files=1)
         before, state_before = tree(mirror.root), mirror.state.read_bytes()
         result = run_with_file_size_limit(mirror, 4096)
-        assert result.returncode == pypi_mirror.EXIT_FAILED, result.stderr
+        assert result.returncode == cli_support.EXIT_FAILED, result.stderr
         assert_one_clear_error(result.stderr, "local I/O error", "File too large")
         assert tree(mirror.root) == before, "pages written before their intent was saved"
         assert mirror.state.read_bytes() == state_before
@@ -506,7 +512,7 @@ def test_full_filesystem_under_the_mirror(
         pypi.add_release("Django", "2.0", files=3)
         fill(volume)
         capsys.readouterr()
-        assert mirror.run(*RSTUF_FAST) == pypi_mirror.EXIT_FAILED
+        assert mirror.run(*RSTUF_FAST) == cli_support.EXIT_FAILED
         assert_one_clear_error(capsys.readouterr().err, "No space left on device")
         assert mirror.serial() == serial
         assert_consistent(mirror)
@@ -532,7 +538,7 @@ def test_read_only_directory_fails_cleanly(
     with mounted("--bind", str(target), target=target):
         subprocess.run(["mount", "-o", "remount,bind,ro", str(target)], check=True)
         capsys.readouterr()
-        assert mirror.run() == pypi_mirror.EXIT_FAILED
+        assert mirror.run() == cli_support.EXIT_FAILED
         assert_one_clear_error(capsys.readouterr().err, "Read-only file system")
     assert tree(mirror.root) == before and mirror.state.read_bytes() == state_before
     assert mirror.run() == 0
@@ -574,7 +580,7 @@ def test_damaged_state_is_refused_with_recovery_advice(
     before = tree(mirror.root)
     pypi.reset_log()
     capsys.readouterr()
-    assert mirror.run() == pypi_mirror.EXIT_FAILED
+    assert mirror.run() == cli_support.EXIT_FAILED
     assert_one_clear_error(capsys.readouterr().err, str(mirror.state), advice)
     assert mirror.state.read_bytes() == damaged, "the damaged state was overwritten"
     assert tree(mirror.root) == before
@@ -587,7 +593,7 @@ def test_state_that_is_a_directory_is_refused(
     mirror.state.unlink()
     mirror.state.mkdir()
     capsys.readouterr()
-    assert mirror.run() == pypi_mirror.EXIT_FAILED
+    assert mirror.run() == cli_support.EXIT_FAILED
     assert_one_clear_error(capsys.readouterr().err, str(mirror.state))
     assert mirror.state.is_dir()
 
@@ -654,7 +660,7 @@ def test_rstuf_down_across_updates_then_each_change_goes_once_in_its_final_state
         mirror.rstuf_url = down_url
         for change in ROUNDS:
             change(pypi)
-            assert mirror.run(*RSTUF_FAST, "--retries", "1") == pypi_mirror.EXIT_PARTIAL
+            assert mirror.run(*RSTUF_FAST, "--retries", "1") == cli_support.EXIT_PARTIAL
             assert_mirror_matches_upstream(mirror)
             assert mirror.serial() == pypi.last_serial, "RSTUF must not hold the mirror back"
     owed_paths = owed(mirror)
@@ -675,7 +681,7 @@ def test_task_that_never_finishes_is_sent_again_once_it_expires(
     rstuf.hang_tasks(times=1)
     for change in ROUNDS:  # the first task hangs; its paths wait, others go
         change(pypi)
-        assert mirror.run(*RSTUF_FAST, "--rstuf-wait", "0.3") == pypi_mirror.EXIT_PARTIAL
+        assert mirror.run(*RSTUF_FAST, "--rstuf-wait", "0.3") == cli_support.EXIT_PARTIAL
     state = load_state(mirror.state)
     assert len(state.outbox.tasks) == 1
     stuck = set(owed(mirror))

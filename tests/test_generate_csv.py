@@ -21,14 +21,8 @@ from pathlib import Path
 import pytest
 
 import generate_csv
-from mirror_store import (
-    MirrorLocked,
-    PendingProject,
-    State,
-    mirror_lock,
-    project_dir_name,
-    save_state,
-)
+from mirror_store import MirrorLocked, mirror_lock, project_dir_name
+from state import PendingProject, State, save_state
 
 SCRIPT = Path(generate_csv.__file__).resolve()
 SERIAL = 21_734_562
@@ -366,7 +360,7 @@ def test_stdout_carries_only_the_csv(mirror: Mirror, tmp_path: Path) -> None:
 def test_defaults_and_the_serial_and_count_are_logged(tmp_path: Path) -> None:
     mirror = build_mirror(tmp_path / "unused", PROJECTS)
     os.rename(mirror.root, tmp_path / "pypi-index-mirror")
-    os.rename(mirror.state, tmp_path / "state.json")
+    os.rename(mirror.state, tmp_path / "pypi-index-mirror" / "state.json")
     result = run_cli(cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     rows = len(PROJECTS) + 1

@@ -8,8 +8,13 @@ from pathlib import Path
 
 import pytest
 
+import cli_support
+import progress
 import pypi_mirror
-from mirror_store import load_state, mirror_lock
+import root_index
+import settings
+from mirror_store import mirror_lock
+from state import load_state
 from tests.fake_pypi import FakePyPI
 from tests.mirror_helpers import (
     Mirror,
@@ -202,7 +207,7 @@ def test_page_that_stays_stale_is_kept_pending(mirror: Mirror, pypi: FakePyPI) -
     pypi.add_release("numpy", "2.0")
     pypi.add_release("Django", "2.0")
     pypi.inject("numpy", "stale", times=100)
-    assert mirror.run() == pypi_mirror.EXIT_PARTIAL
+    assert mirror.run() == cli_support.EXIT_PARTIAL
     assert mirror.page("numpy") == old, "stale bytes must not replace the page"
     assert mirror.page("django") == upstream_page(pypi.url, "django")
     state = load_state(mirror.state)
@@ -221,7 +226,7 @@ def test_failing_project_does_not_abort_the_run(mirror: Mirror, pypi: FakePyPI) 
     pypi.add_release("numpy", "2.0")
     pypi.add_release("Django", "2.0")
     pypi.inject("numpy", "status", times=100, code=503)
-    assert mirror.run() == pypi_mirror.EXIT_PARTIAL
+    assert mirror.run() == cli_support.EXIT_PARTIAL
     assert mirror.page("django") == upstream_page(pypi.url, "django")
     assert "numpy" in load_state(mirror.state).pending
 
@@ -231,7 +236,7 @@ def test_unreachable_pypi_fails_without_touching_state(mirror: Mirror, pypi: Fak
     before = mirror.state.read_bytes()
     dead = Mirror(mirror.root, mirror.state, "http://127.0.0.1:9")
     result = dead.cli()
-    assert result.returncode == pypi_mirror.EXIT_FAILED
+    assert result.returncode == cli_support.EXIT_FAILED
     assert result.stderr.strip().splitlines()[-1].count("ERROR") == 1
     assert mirror.state.read_bytes() == before
 
@@ -290,7 +295,7 @@ def test_second_run_exits_at_once_while_the_lock_is_held(mirror: Mirror) -> None
     synced(mirror)
     with mirror_lock(mirror.layout.lock_path):
         result = mirror.cli()
-    assert result.returncode == pypi_mirror.EXIT_LOCKED
+    assert result.returncode == cli_support.EXIT_LOCKED
     assert "another run holds the mirror lock" in result.stderr
 
 
@@ -355,10 +360,9 @@ def test_full_check_removes_only_projects_that_404(mirror: Mirror, pypi: FakePyP
 
 
 def test_help_explains_every_option_exit_codes_and_environment() -> None:
-    parser = pypi_mirror.build_parser()
-    for action in parser._actions:
-        assert action.help, f"{action.option_strings} has no help"
-    text = parser.format_help()
+    text = pypi_mirror.build_parser().format_help()
+    for option in settings.OPTIONS:
+        assert option.help and f"--{option.key}" in text, option.key
     for needle in ("RSTUF_API_TOKEN", "PYPI_URL", "RSTUF_API_URL", "75", "lock"):
         assert needle in text
 
@@ -368,11 +372,11 @@ def test_progress_bar_only_on_a_terminal() -> None:
 
     shown, hidden = io.StringIO(), io.StringIO()
     for stream, enabled in ((shown, True), (hidden, False)):
-        progress = pypi_mirror.Progress(enabled, stream)
-        progress.start(3, "fetching")
+        bar = progress.Progress(enabled, stream)
+        bar.start(3, "fetching")
         for _ in range(3):
-            progress.advance()
-        progress.finish()
+            bar.advance()
+        bar.finish()
     assert "fetching [" in shown.getvalue() and "3/3" in shown.getvalue()
     assert hidden.getvalue() == ""
 
@@ -406,7 +410,7 @@ def test_a_404_that_stays_keeps_the_project_pending_not_lost(
     pypi.add_release("numpy", "2.0")
     before = mirror.page("numpy")
     pypi.inject("numpy", "status", times=100, code=404)
-    assert mirror.run() == pypi_mirror.EXIT_PARTIAL
+    assert mirror.run() == cli_support.EXIT_PARTIAL
     assert mirror.page("numpy") == before, "a 404 after 'new release' must not remove it"
     pending = load_state(mirror.state).pending["numpy"]
     assert pending.expect_page
@@ -419,7 +423,7 @@ def test_a_project_removed_while_pending_is_removed(mirror: Mirror, pypi: FakePy
     synced(mirror)
     pypi.add_release("numpy", "2.0")
     pypi.inject("numpy", "status", times=100, code=404)
-    assert mirror.run() == pypi_mirror.EXIT_PARTIAL
+    assert mirror.run() == cli_support.EXIT_PARTIAL
     pypi.clear_faults()
     pypi.remove_project("numpy")
     update(mirror, pypi)
@@ -428,17 +432,18 @@ def test_a_project_removed_while_pending_is_removed(mirror: Mirror, pypi: FakePy
 
 def test_root_index_merge_keeps_sorted_order_and_applies_every_change() -> None:
     current = [("a", "A"), ("c", "C"), ("e", "E<&>")]
-    page = b"".join(pypi_mirror.render_root_lines(current))
-    assert list(pypi_mirror.iter_root_index(page.splitlines(keepends=True))) == current
+    page = b"".join(root_index.render_root_lines(current))
+    assert list(root_index.iter_root_index(page.splitlines(keepends=True))) == current
     changes = {"0": None, "b": "B", "c": None, "e": "E2", "z": "Z"}
-    merged = list(pypi_mirror.merge_root(current, changes))
+    merged = list(root_index.merge_root(current, changes))
     assert merged == [("a", "A"), ("b", "B"), ("e", "E2"), ("z", "Z")]
-    assert list(pypi_mirror.merge_root([], {"x": "X", "y": None})) == [("x", "X")]
+    assert list(root_index.merge_root([], {"x": "X", "y": None})) == [("x", "X")]
 
 
 def test_both_scripts_default_to_the_same_mirror_and_state() -> None:
     import generate_csv
 
-    ours = pypi_mirror.build_parser().parse_args([])
-    csv = generate_csv.build_parser().parse_args([])
-    assert (ours.mirror_dir, ours.state) == (csv.mirror_dir, csv.state)
+    ours = settings.config_from([], pypi_mirror.build_parser(), environ={})
+    csv = generate_csv.parse_options(generate_csv.build_parser().parse_args([]))
+    assert (ours.mirror_dir, ours.state_file) == (csv.mirror_dir, csv.state_path)
+    assert ours.state_file.parent == ours.mirror_dir  # a backup of the mirror keeps its state

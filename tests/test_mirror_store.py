@@ -15,20 +15,15 @@ from mirror_store import (
     InvalidProjectName,
     MirrorLayout,
     MirrorLocked,
-    OutboxTask,
-    PendingProject,
-    State,
-    StateError,
     atomic_write,
     digest_bytes,
     digest_file,
     iter_targets,
-    load_state,
     mirror_lock,
     normalize_name,
     project_dir_name,
-    save_state,
 )
+from state import OutboxTask, PendingProject, State, StateError, load_state, save_state
 
 
 @pytest.mark.parametrize(
@@ -86,7 +81,7 @@ def test_atomic_write_leaves_no_temp_file_and_replaces(tmp_path: Path) -> None:
     target = tmp_path / "page"
     staging = tmp_path / ".staging"
     atomic_write(target, b"one", staging)
-    atomic_write(target, b"two", staging, durable=True)
+    atomic_write(target, b"two", staging)
     assert target.read_bytes() == b"two"
     assert list(staging.iterdir()) == []
 

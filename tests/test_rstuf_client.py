@@ -20,7 +20,8 @@ import pytest
 import requests
 
 import rstuf_client
-from mirror_store import VERSION, digest_bytes
+from cli_support import VERSION
+from mirror_store import digest_bytes
 from rstuf_client import (
     Artifact,
     InvalidArtifact,
@@ -107,21 +108,6 @@ def test_task_failure_judges_like_rstuf(state: str, result: dict | None, failed:
         assert verdict is None
     else:
         assert verdict is not None and failed in verdict
-
-
-def test_parse_retry_after() -> None:
-    assert rstuf_client.parse_retry_after("7") == 7.0
-    assert rstuf_client.parse_retry_after(None) is None
-    assert rstuf_client.parse_retry_after("soon") is None
-    date = "Wed, 21 Oct 2015 07:28:00 GMT"
-    now = 1445412480.0 - 30  # 30 s before that date
-    assert rstuf_client.parse_retry_after(date, now=now) == pytest.approx(30.0)
-
-
-def test_backoff_grows_exponentially_with_bounded_jitter() -> None:
-    assert rstuf_client.backoff_delay(0, 1.0, rng=lambda: 0.0) == 0.5
-    assert rstuf_client.backoff_delay(3, 1.0, rng=lambda: 1.0) == 8.0
-    assert rstuf_client.backoff_delay(20, 1.0, rng=lambda: 1.0) == rstuf_client.MAX_BACKOFF
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-import pypi_mirror
-from mirror_store import digest_file, load_state
+import cli_support
+from mirror_store import digest_file
+from state import load_state
 from tests.fake_pypi import FakePyPI
 from tests.fake_rstuf import ADD, PUBLISH, REMOVE, FakeRstuf
 from tests.mirror_helpers import (
@@ -168,7 +169,7 @@ def test_rstuf_fault_keeps_changes_for_next_run(
     pypi.add_release("numpy", "2.0")
     pypi.remove_project("Django")
     result = mirror.cli(*RSTUF_FAST, "--retries", "1")
-    assert result.returncode == pypi_mirror.EXIT_PARTIAL, result.stderr
+    assert result.returncode == cli_support.EXIT_PARTIAL, result.stderr
     assert "RSTUF" in result.stderr
     assert mirror.page("numpy") is not None and mirror.page("django") is None  # mirror updated
     state = load_state(mirror.state)
@@ -200,11 +201,11 @@ def test_unfinished_task_is_remembered_not_resent(
 ) -> None:
     rstuf.hang_tasks(times=1)
     pypi.add_release("numpy", "2.0")
-    assert mirror.run(*RSTUF_FAST, "--rstuf-wait", "0.3") == pypi_mirror.EXIT_PARTIAL
+    assert mirror.run(*RSTUF_FAST, "--rstuf-wait", "0.3") == cli_support.EXIT_PARTIAL
     state = load_state(mirror.state)
     assert len(state.outbox.tasks) == 1 and not state.outbox.dirty
     accepted = len(rstuf.accepted)
-    assert mirror.run(*RSTUF_FAST, "--rstuf-wait", "0.3") == pypi_mirror.EXIT_PARTIAL
+    assert mirror.run(*RSTUF_FAST, "--rstuf-wait", "0.3") == cli_support.EXIT_PARTIAL
     assert len(rstuf.accepted) == accepted, "a task still running must not be sent again"
 
 
@@ -213,9 +214,9 @@ def test_path_in_flight_waits_for_its_task(
 ) -> None:
     rstuf.hang_tasks(times=1)
     pypi.add_release("numpy", "2.0")
-    assert mirror.run(*RSTUF_FAST, "--rstuf-wait", "0.2") == pypi_mirror.EXIT_PARTIAL
+    assert mirror.run(*RSTUF_FAST, "--rstuf-wait", "0.2") == cli_support.EXIT_PARTIAL
     pypi.add_release("numpy", "3.0")
-    assert mirror.run(*RSTUF_FAST, "--rstuf-wait", "0.2") == pypi_mirror.EXIT_PARTIAL
+    assert mirror.run(*RSTUF_FAST, "--rstuf-wait", "0.2") == cli_support.EXIT_PARTIAL
     numpy_adds = sent_paths(rstuf, ADD).count("simple/numpy/index.html")
     assert numpy_adds == 1, "the newer state waits until the older task has ended"
     assert "simple/numpy/index.html" in load_state(mirror.state).outbox.dirty

@@ -35,8 +35,10 @@ from tuf.api.exceptions import (
 from tuf.api.metadata import TargetFile
 from tuf.ngclient import Updater, UpdaterConfig
 
+import cli_support
 import generate_csv
-import pypi_mirror
+import mirror_store
+import root_index
 import rstuf_client
 from mirror_store import ROOT_TARGET, digest_file, iter_targets, project_target
 from tests.fake_pypi import FakePyPI
@@ -169,7 +171,7 @@ def assert_client_sees_upstream(world: World, updater: Updater, into: Path) -> N
     listing = upstream_listing(world.pypi.url)
     root = fetch(updater, ROOT_TARGET, into)
     assert root is not None and root == world.served(ROOT_TARGET)
-    assert pypi_mirror.parse_root_index(root) == listing
+    assert dict(root_index.iter_root_index(root.splitlines())) == listing
     for name in listing:
         target = project_target(name)
         page = fetch(updater, target, into)
@@ -233,7 +235,7 @@ def test_updates_sent_by_the_mirror_verify(world: World) -> None:
     )
     root = fetch(fresh, ROOT_TARGET, into)
     assert root is not None
-    members = pypi_mirror.parse_root_index(root)
+    members = dict(root_index.iter_root_index(root.splitlines()))
     assert members["foo-baz"] == "Foo.Baz" and members["brand-new"] == "Brand_New"
     assert "django" not in members and "foo-bar" not in members
     assert_client_sees_upstream(world, fresh, into)
@@ -363,7 +365,7 @@ def test_metadata_comes_from_rstuf_not_from_the_mirror_disk(world: World) -> Non
     page = world.served(target)
     forged = bytearray(page)
     forged[-30] ^= 1
-    digest = pypi_mirror.digest_bytes(bytes(forged))
+    digest = mirror_store.digest_bytes(bytes(forged))
     artifact = rstuf_client.Artifact(target, digest.length, {digest.algorithm: digest.hexdigest})
     with rstuf_client.RstufClient(world.rstuf.url, poll_interval=0.05) as client:
         client.wait(client.add([artifact]), deadline=time.monotonic() + 20)
@@ -407,7 +409,7 @@ def test_rename_that_keeps_the_normalized_name(world: World) -> None:
     updater = world.client()
     root = fetch(updater, ROOT_TARGET, world.tmp / "renamed")
     assert root is not None and root == world.served(ROOT_TARGET)  # signed as served
-    members = pypi_mirror.parse_root_index(root)
+    members = dict(root_index.iter_root_index(root.splitlines()))
     assert (members["numpy"], members["foo-bar"]) == ("NumPy", "foo.bar")
     assert_client_sees_upstream(world, updater, world.tmp / "renamed")
 
@@ -426,11 +428,11 @@ def test_signed_page_stays_downloadable_while_rstuf_is_behind(world: World) -> N
     signed = world.served(target)
     world.pypi.add_release("numpy", "1.0", files=1)
     world.mirror.rstuf_url = "http://127.0.0.1:9"  # RSTUF is down
-    assert world.mirror.run(*RSTUF_FAST, "--grace", "1") == pypi_mirror.EXIT_PARTIAL
+    assert world.mirror.run(*RSTUF_FAST, "--grace", "1") == cli_support.EXIT_PARTIAL
     assert world.served(target) != signed
     assert fetch(world.client(), target, world.tmp / "during") == signed
     time.sleep(1.1)  # the grace period passes; RSTUF is still down
-    assert world.mirror.run(*RSTUF_FAST, "--grace", "1") == pypi_mirror.EXIT_PARTIAL
+    assert world.mirror.run(*RSTUF_FAST, "--grace", "1") == cli_support.EXIT_PARTIAL
     world.repo.publish(world.rstuf.view)  # RSTUF's metadata has not moved
     assert fetch(world.client(), target, world.tmp / "later") == signed
     world.sync()  # RSTUF is back: the outbox is delivered

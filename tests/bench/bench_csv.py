@@ -32,14 +32,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mirror_store import (
-    MirrorLayout,
-    State,
-    digest_bytes,
-    prefixed_name,
-    project_target,
-    save_state,
-)
+from mirror_store import MirrorLayout, digest_bytes, prefixed_name, project_target
+from state import State, save_state
 
 REPO = Path(__file__).resolve().parents[2]
 GENERATE_CSV = REPO / "generate_csv.py"

@@ -1,0 +1,149 @@
+"""What both command lines share: the version, exit codes, logging and the error funnel.
+
+``pypi_mirror.py`` and ``generate_csv.py`` map every failure to one of the exit
+codes below in one place (`run_cli`), so an operator never sees a traceback and
+cron's log keeps one parseable line per event.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+VERSION = "1.1.0"
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # nothing past the last durable state was recorded
+EXIT_USAGE = 2
+EXIT_LOCKED = 3  # another run holds the mirror lock
+EXIT_AUDIT_DIFFERS = 4  # --audit found the served tree and TUF's targets apart
+EXIT_PARTIAL = 75  # EX_TEMPFAIL: some work kept for the next run
+EXIT_INTERRUPTED = 130  # SIGINT (128 + 2)
+EXIT_TERMINATED = 143  # SIGTERM (128 + 15)
+
+
+class ToolError(Exception):
+    """A failure the operator can act on; its message is the one line they see.
+
+    `exit_code` says how the run ends; subclasses set it.
+    """
+
+    exit_code = EXIT_FAILED
+
+
+class UsageError(ToolError):
+    exit_code = EXIT_USAGE
+
+
+class Stopped(BaseException):
+    """SIGINT or SIGTERM arrived: stop cleanly, saving what is durable.
+
+    A BaseException like KeyboardInterrupt, so ``except Exception`` in library
+    code never swallows it.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_TERMINATED if self.signum == signal.SIGTERM else EXIT_INTERRUPTED
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Turn SIGINT and SIGTERM into `Stopped` in the main thread; restore the old handlers.
+
+    `timeout`, systemd and shutdowns send SIGTERM; without this the process would
+    die with no log line and no state saved.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise Stopped(signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def run_cli(log: logging.Logger, body: Callable[[], int]) -> int:
+    """Run `body` and turn every way it can end into an exit code and at most one line.
+
+    The one exception funnel of both scripts: ToolError (and its subclasses),
+    local I/O errors, a signal, and argparse's own exit.
+    """
+    try:
+        with stop_on_signals():
+            return body()
+    except SystemExit as exc:  # argparse: 0 for --help/--version, 2 for bad usage
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    except ToolError as exc:
+        log.error("%s", exc)
+        return exc.exit_code
+    except Stopped as exc:
+        log.error("stopped by %s", exc)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        log.error("stopped by SIGINT")
+        return EXIT_INTERRUPTED
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        log.error("local I/O error: %s%s", where, exc.strerror or exc)
+        return EXIT_FAILED
+
+
+def number(kind: type, minimum: float, maximum: float) -> Callable[[str], float]:
+    """A parser for a finite `kind` number in [minimum, maximum], refused with a clear message.
+
+    NaN and infinity are refused: they pass a plain ``value < minimum`` test and
+    then crash the code that sleeps or times out with them.
+    """
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, not {text!r}")
+        if not minimum <= value <= maximum:
+            raise argparse.ArgumentTypeError(
+                f"must be from {format_bound(minimum)} to {format_bound(maximum)}, not {text}"
+            )
+        return value
+
+    parse.bounds = (minimum, maximum)  # type: ignore[attr-defined]  # shown in --help
+    return parse
+
+
+def format_bound(value: float) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def configure_logging(verbose: bool, quiet: bool) -> None:
+    """One parseable line per event on stderr: UTC time, level, message.
+
+    Replaces the root handlers, so calling a script's main() twice logs once.
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%SZ")
+    formatter.converter = time.gmtime
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+    logging.getLogger("urllib3").setLevel(logging.WARNING)

@@ -1,0 +1,175 @@
+"""How both HTTP clients retry and read answers: one backoff, one Retry-After, one size cap.
+
+`pypi_client.py` (PyPI) and `rstuf_client.py` (RSTUF) each decide which
+failures are worth another attempt and raise `Retryable` for them; everything
+about *when* to try again and *how much* of an answer to read lives here, so a
+fix to either lands in both clients.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import random
+import re
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+
+import requests
+
+T = TypeVar("T")
+
+MAX_BACKOFF = 30.0  # seconds: cap of one exponential backoff delay
+# seconds: never sleep longer than this on one server hint. PyPI's XML-RPC rate
+# limit (3600 calls an hour per IP by default) may say "reset in" up to an hour:
+# waiting five minutes and asking again costs one call; sleeping an hour inside
+# a cron run every five minutes would stack runs behind the lock.
+MAX_RETRY_AFTER = 300.0
+CHUNK_BYTES = 1 << 16
+_SECONDS = re.compile(r"\d+(?:\.\d+)?")
+
+
+class Retryable(Exception):
+    """An attempt that failed in a way another attempt may not (connection, 5xx, 429...).
+
+    `retry_after` is the server's hint in seconds (from `parse_retry_after` or a
+    rate-limit message), or None to back off exponentially.
+    """
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class BodyTooLarge(Exception):
+    """An answer over its size cap (declared in Content-Length, or as it streamed)."""
+
+    def __init__(self, limit: int, declared: int | None = None) -> None:
+        size = f"{declared} bytes" if declared is not None else "more bytes"
+        super().__init__(f"{size}, over the {limit}-byte limit")
+        self.limit = limit
+        self.declared = declared
+
+
+# --- when to try again
+
+
+def backoff_delay(attempt: int, base: float, rng: Callable[[], float] = random.random) -> float:
+    """Seconds before retry `attempt` (0 = the first retry): exponential, capped, jittered.
+
+    Equal jitter: half the delay is fixed, so a stale CDN page or a restarting
+    server gets at least that long; half is random, so clients that failed
+    together do not all come back at the same instant.
+    """
+    delay = min(MAX_BACKOFF, base * 2.0 ** min(attempt, 64))  # no float overflow
+    return delay / 2 + rng() * delay / 2
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header, capped at MAX_RETRY_AFTER; None if unusable.
+
+    Both forms of RFC 9110 section 10.2.3: delay-seconds (``120``; a decimal
+    such as ``1.5``, which some servers send, is read too) and an HTTP-date
+    (``Wed, 21 Oct 2015 07:28:00 GMT``, measured from `now`, a ``time.time()``
+    value). A date in the past means "now".
+    """
+    if not value:
+        return None
+    value = value.strip()
+    if _SECONDS.fullmatch(value):
+        return cap_retry_after(float(value))
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None or when.tzinfo is None:
+        return None
+    return cap_retry_after(when.timestamp() - (time.time() if now is None else now))
+
+
+def retry_after_of(status: int, headers: Mapping[str, str]) -> float | None:
+    """The Retry-After hint of an answer where RFC 9110 gives it meaning (429, 503), else None."""
+    if status not in (429, 503):
+        return None
+    return parse_retry_after(headers.get("Retry-After"))
+
+
+def cap_retry_after(seconds: float) -> float:
+    """A server's hint (header or message) clamped to [0, MAX_RETRY_AFTER]."""
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+def retry_delay(
+    attempt: int, base: float, hint: float | None, rng: Callable[[], float] = random.random
+) -> float:
+    """The server's hint when it gave one, otherwise `backoff_delay`."""
+    return cap_retry_after(hint) if hint is not None else backoff_delay(attempt, base, rng)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently to repeat a `Retryable` attempt; `sleep` is injectable."""
+
+    retries: int  # attempts after the first
+    backoff: float  # seconds before the first retry, doubling after
+    sleep: Callable[[float], None] = time.sleep
+    rng: Callable[[], float] = random.random
+
+
+def call_with_retries(
+    attempt: Callable[[], T],
+    policy: RetryPolicy,
+    what: str,
+    log: logging.Logger,
+    level: int = logging.WARNING,
+) -> T:
+    """Return `attempt()`, repeating it after each `Retryable` while retries are left.
+
+    Re-raises the last `Retryable` once they are spent: the caller turns it
+    into the error its operator reads. Each retry is logged with its reason.
+    """
+    for number in range(policy.retries + 1):
+        try:
+            return attempt()
+        except Retryable as exc:
+            if number >= policy.retries:
+                raise
+            delay = retry_delay(number, policy.backoff, exc.retry_after, policy.rng)
+            log.log(
+                level, "%s: %s; retry %d/%d in %.1fs", what, exc, number + 1, policy.retries, delay
+            )
+            policy.sleep(delay)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+# --- how much to read
+
+
+def iter_capped(
+    response: requests.Response, limit: int, chunk_bytes: int = CHUNK_BYTES
+) -> Iterator[bytes]:
+    """Yield the body of a ``stream=True`` response; raise BodyTooLarge past `limit` bytes.
+
+    A Content-Length over the limit is refused before any byte is read. A
+    connection cut mid-body raises requests' own exception, for the caller to
+    judge (both clients retry it).
+    """
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(limit, int(declared))
+    received = 0
+    for chunk in response.iter_content(chunk_bytes):
+        received += len(chunk)
+        if received > limit:
+            raise BodyTooLarge(limit)
+        yield chunk
+
+
+def read_capped(response: requests.Response, limit: int) -> bytes:
+    """The whole body of a ``stream=True`` response, at most `limit` bytes (see `iter_capped`)."""
+    buffer = bytearray()
+    for chunk in iter_capped(response, limit):
+        buffer += chunk
+    return bytes(buffer)

@@ -1,0 +1,278 @@
+"""The writer: the only code that changes the served tree.
+
+Pages are written through a temp file in ``.staging/`` and renamed into place,
+each hard-linked to its hash-prefixed copy (the name a TUF client with
+consistent snapshots downloads); superseded copies are retired and swept once
+no client can still be sent to them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import re
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from mirror_store import (
+    HASH_FACTORIES,
+    PAGE_NAME,
+    TUF_HASH_ALGORITHM,
+    MirrorLayout,
+    crash_point,
+    digest_bytes,
+    digest_file,
+    prefixed_name,
+    target_of_copy,
+)
+from pypi_client import FetchedPage, NotASimplePage, inspect_simple_page
+from state import State
+
+_SERIAL_TRAILER = re.compile(rb"<!--SERIAL (\d+)-->\s*$")
+
+
+def page_serial(page_tail: bytes) -> int | None:
+    """The serial warehouse writes at the end of each page (``<!--SERIAL n-->``)."""
+    match = _SERIAL_TRAILER.search(page_tail)
+    return int(match.group(1)) if match else None
+
+
+# --- the writer: the only code that changes the mirror
+
+
+@dataclass
+class Change:
+    """What one fetched page does to the mirror."""
+
+    name: str
+    display_name: str
+    page: FetchedPage
+    old: bytes | None  # the page on disk before, if any
+
+    @property
+    def removes(self) -> bool:
+        return self.page.body is None
+
+    @property
+    def modifies(self) -> bool:
+        return self.page.body != self.old
+
+    def listed_before(self) -> bool:
+        """Whether the page on disk put the project in the root index (same rule as after)."""
+        if self.old is None:
+            return False
+        try:
+            return inspect_simple_page(self.name, self.old).listed
+        except NotASimplePage:
+            return True  # damaged on disk: the root index still lists it
+
+    def listed_after(self) -> bool:
+        return self.page.facts is not None and self.page.facts.listed
+
+
+class MirrorWriter:
+    """Writes pages atomically, keeps their hash-prefixed copies, retires old copies.
+
+    A page lives at ``<dir>/index.html`` and, hard-linked to the same inode,
+    at ``<dir>/<blake2b-256>.index.html``: the name a TUF client with
+    consistent snapshots downloads. A superseded copy is kept while RSTUF has
+    not confirmed the new state, then `grace` seconds more (a client may be
+    between its metadata refresh and its download).
+    """
+
+    def __init__(self, layout: MirrorLayout, state: State, clock: Callable[[], float] = time.time):
+        self.layout = layout
+        self.state = state
+        self.clock = clock
+        self._staging_ready = False
+
+    def read_page(self, name: str) -> bytes | None:
+        try:
+            return self.layout.project_page(name).read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def local_serial(self, name: str) -> int | None:
+        """The serial of the page on disk, from its trailer (None: absent or unknown)."""
+        try:
+            with open(self.layout.project_page(name), "rb") as handle:
+                handle.seek(0, os.SEEK_END)
+                handle.seek(max(0, handle.tell() - 64))
+                return page_serial(handle.read())
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def local_projects(self) -> set[str]:
+        """Names of the project pages on disk (a full scan: only for full syncs)."""
+        try:
+            entries = os.scandir(self.layout.simple_dir)
+        except FileNotFoundError:
+            return set()
+        with entries:
+            return {
+                entry.name
+                for entry in entries
+                if entry.is_dir() and os.path.exists(os.path.join(entry.path, PAGE_NAME))
+            }
+
+    def apply(self, change: Change) -> None:
+        if change.removes:
+            self.remove_project(change.name)
+        else:
+            assert change.page.body is not None
+            self.store(self.layout.project_dir(change.name), change.page.body, change.old)
+
+    def store(self, directory: Path, body: bytes, old: bytes | None) -> bool:
+        """Write `body` as directory/index.html plus its prefixed copy; retire the old copy.
+
+        Returns whether the page's bytes changed.
+        """
+        directory.mkdir(parents=True, exist_ok=True)
+        digest = digest_bytes(body).hexdigest
+        if old == body:
+            self.ensure_copy(directory, digest)
+            return False
+        temp = self._write_temp(body)
+        crash_point("page-temp")
+        self.install(directory, temp, digest)
+        self.retire_replaced(directory, old, body)
+        return True
+
+    def install(self, directory: Path, temp: Path, digest: str) -> None:
+        """Move a staged page into place: hash-prefixed copy first, then ``index.html``."""
+        copy = directory / prefixed_name(digest)
+        try:
+            self._link_copy(temp, copy)
+            os.replace(temp, directory / PAGE_NAME)
+            crash_point("page-renamed")
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+        self.state.retired.pop(self._relative(copy), None)
+
+    def stage(self, chunks: Iterable[bytes], keep: bool = True) -> tuple[Path | None, str]:
+        """Write `chunks` to a temp file (unless not `keep`), hashing them on the way."""
+        hasher = HASH_FACTORIES[TUF_HASH_ALGORITHM]()
+        temp = self._temp_name() if keep else None
+        with open(temp, "wb") if temp else contextlib.nullcontext() as handle:
+            for chunk in chunks:
+                hasher.update(chunk)
+                if handle is not None:
+                    handle.write(chunk)
+        return temp, hasher.hexdigest()
+
+    def discard(self, temp: Path | None) -> None:
+        if temp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+
+    def root_digest(self) -> str | None:
+        try:
+            return digest_file(self.layout.root_page).hexdigest
+        except FileNotFoundError:
+            return None
+
+    def ensure_copy(self, directory: Path, digest: str) -> None:
+        """Relink an unchanged page's prefixed copy if a killed run or damage broke it."""
+        page, copy = directory / PAGE_NAME, directory / prefixed_name(digest)
+        if not (copy.exists() and os.path.samefile(copy, page)):
+            self._link_copy(page, copy)
+
+    def _temp_name(self) -> Path:
+        staging = self.layout.staging_dir
+        if not self._staging_ready:
+            staging.mkdir(parents=True, exist_ok=True)
+            self._staging_ready = True
+        return staging / f".tmp-{os.getpid()}-{random.getrandbits(64):016x}"
+
+    def _write_temp(self, body: bytes) -> Path:
+        path = self._temp_name()
+        with open(path, "wb") as handle:
+            handle.write(body)
+        return path
+
+    def _link_copy(self, source: Path, copy: Path) -> None:
+        """Make `copy` a hard link to `source`, replacing whatever had that name atomically."""
+        link = self._temp_name()
+        os.link(source, link)
+        try:
+            os.replace(link, copy)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(link)
+            raise
+
+    def remove_project(self, name: str) -> None:
+        """Unlink the page at once; its prefixed copies stay until their grace ends."""
+        directory = self.layout.project_dir(name)
+        page = directory / PAGE_NAME
+        with contextlib.suppress(FileNotFoundError):
+            old_digest = digest_file(page).hexdigest
+            page.unlink()
+            self.retire(directory / prefixed_name(old_digest))
+        self._remove_if_empty(directory)
+
+    def prepare(self, change: Change) -> bool:
+        """Before `apply`: record what it will retire; True if the state must be saved first."""
+        directory = self.layout.project_dir(change.name)
+        return self.retire_replaced(directory, change.old, change.page.body)
+
+    def retire_replaced(self, directory: Path, old: bytes | None, new: bytes | None) -> bool:
+        """Retire the prefixed copy of page `old` if `new` (None: no page) replaces it.
+
+        Called before the write, so the caller saves the retirement with the state
+        first: a run killed right after the write leaves a page its rerun finds
+        unchanged, and the old copy would otherwise be served for ever. Called
+        again after the write, which starts the grace at the real replacement.
+        """
+        if old is None or old == new:
+            return False
+        self.retire(directory / prefixed_name(digest_bytes(old).hexdigest))
+        return True
+
+    def retire(self, copy: Path) -> None:
+        """Start (or restart) `copy`'s grace period now."""
+        self.state.retired[self._relative(copy)] = self.clock()
+
+    def collect_retired(self, grace: float) -> int:
+        """Delete prefixed copies retired more than `grace` seconds ago.
+
+        Never the current copy, and never one of a page whose new state RSTUF
+        has not confirmed yet: until it publishes, its metadata still names the
+        old copy (the grace restarts when it confirms, see `restart_grace`).
+        """
+        deadline = self.clock() - grace
+        owed = self.state.outbox.dirty | self.state.outbox.in_flight_paths()
+        removed = 0
+        for relative, retired_at in list(self.state.retired.items()):
+            if retired_at > deadline or target_of_copy(relative) in owed:
+                continue
+            copy = self.layout.served_dir / relative
+            current = copy.parent / PAGE_NAME
+            with contextlib.suppress(FileNotFoundError):
+                if current.exists() and os.path.samefile(copy, current):
+                    del self.state.retired[relative]
+                    continue
+                copy.unlink()
+                removed += 1
+            del self.state.retired[relative]
+            if copy.parent != self.layout.served_dir:
+                self._remove_if_empty(copy.parent)
+        return removed
+
+    def restart_grace(self, targets: set[str]) -> None:
+        """RSTUF now signs the new state of `targets`: their old copies get a full grace."""
+        now = self.clock()
+        for relative in self.state.retired:
+            if target_of_copy(relative) in targets:
+                self.state.retired[relative] = now
+
+    def _remove_if_empty(self, directory: Path) -> None:
+        with contextlib.suppress(FileNotFoundError, OSError):
+            directory.rmdir()
+
+    def _relative(self, path: Path) -> str:
+        return path.relative_to(self.layout.served_dir).as_posix()

@@ -1,0 +1,337 @@
+"""Every setting of a run, declared once: command line, environment, config file, default.
+
+Each `Option` becomes a ``--flag``, a ``PYPI_MIRROR_*`` environment variable
+(or the conventional name it names) and a key of the TOML config file given
+with ``--config`` (env ``PYPI_MIRROR_CONFIG``). The command line wins over the
+environment, the environment over the file, the file over the default. Paths
+in the file are resolved relative to the file, so a cron line without ``cd``
+still finds the mirror. Unknown keys are refused with the key named.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from cli_support import VERSION, UsageError, format_bound, number
+from mirror_store import DEFAULT_MIRROR_DIR, MirrorLayout
+
+CONFIG_ENV = "PYPI_MIRROR_CONFIG"
+TOKEN_ENV = "RSTUF_API_TOKEN"  # a secret: read from the environment only, never a flag
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a run is told; units in the comments."""
+
+    mirror_dir: Path = DEFAULT_MIRROR_DIR
+    state_path: Path | None = None  # None: MirrorLayout.state_file, inside mirror_dir
+    pypi_url: str = "https://pypi.org"
+    workers: int = 8
+    full_check: bool = False
+    dry_run: bool = False
+    rstuf_url: str | None = None
+    rstuf_token: str | None = None  # from RSTUF_API_TOKEN only
+    rstuf_wait: float = 600.0  # seconds to wait for RSTUF tasks per delivery
+    rstuf_batch: int = 5000  # artifacts per RSTUF request
+    rstuf_poll: float = 2.0  # seconds between two task polls
+    grace: float = 3600.0  # seconds an old hash-prefixed copy stays served
+    timeout: float = 60.0  # read timeout of one HTTP request, seconds
+    connect_timeout: float = 10.0  # seconds
+    retries: int = 5  # attempts after the first, per request or stale page
+    backoff: float = 1.0  # first retry delay, seconds; doubles, with jitter
+    max_page_bytes: int = 64 << 20
+    max_xmlrpc_bytes: int = 512 << 20
+    xmlrpc_interval: float = 1.0  # seconds between XML-RPC calls (PyPI's etiquette)
+    verbose: bool = False
+    quiet: bool = False
+    progress: bool = False  # a bar on stderr: set when stderr is a terminal and not quiet
+
+    @property
+    def state_file(self) -> Path:
+        return self.state_path or MirrorLayout(self.mirror_dir).state_file
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting. `parse` turns text (flag, env, or a file's scalar) into its value."""
+
+    key: str  # --key on the command line, key in the config file
+    help: str
+    parse: Callable[[str], Any] | None = None  # None: an on/off switch
+    env: str | None = ""  # "": PYPI_MIRROR_<KEY>; None: no environment variable
+    field: str = ""  # the Config field; "": the key with '_' for '-'
+    path: bool = False  # relative to the config file's directory when set there
+    in_file: bool = True  # False: an action of one run (--dry-run), not a setting
+    short: str | None = None
+    metavar: str | None = None
+
+    @property
+    def dest(self) -> str:
+        return self.field or self.key.replace("-", "_")
+
+    @property
+    def env_name(self) -> str | None:
+        if self.env is None:
+            return None
+        return self.env or "PYPI_MIRROR_" + self.key.upper().replace("-", "_")
+
+
+def url(text: str) -> str:
+    """An http(s) base URL; a missing scheme is refused instead of retried for a minute."""
+    if not text.startswith(("http://", "https://")):
+        raise ValueError(f"not an http:// or https:// URL: {text!r}")
+    return text.rstrip("/")
+
+
+def pypi_url(text: str) -> str:
+    """PyPI's base URL; ``…/simple`` is the commonest mistake and is named as such."""
+    base = url(text)
+    if base.endswith("/simple") or base.endswith("/pypi"):
+        raise ValueError(
+            f"{text!r} ends with {base.rsplit('/', 1)[1]!r}: give the index's base URL "
+            "(for example https://pypi.org), the tool adds /simple/ and /pypi itself"
+        )
+    return base
+
+
+def switch(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not true or false: {text!r}")
+
+
+DEFAULTS = Config()
+
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        "mirror-dir",
+        "mirror directory; pages go to DIR/pypi_mirror/",
+        Path,
+        path=True,
+        metavar="DIR",
+    ),
+    Option(
+        "state",
+        "state file: serial, pending projects, RSTUF outbox (default: DIR/state.json, beside "
+        "the served tree, so a backup of the mirror keeps it)",
+        Path,
+        field="state_path",
+        path=True,
+        metavar="FILE",
+    ),
+    Option(
+        "pypi-url",
+        "index to mirror; XML-RPC at URL/pypi, pages at URL/simple/",
+        pypi_url,
+        env="PYPI_URL",
+        metavar="URL",
+    ),
+    Option("workers", "concurrent page fetches", number(int, 1, 64)),
+    Option(
+        "full-check",
+        "compare PyPI's whole listing with the mirror: fetch what is missing or behind, "
+        "remove what PyPI no longer has (404)",
+        in_file=False,
+        env=None,
+    ),
+    Option(
+        "dry-run",
+        "print what would be fetched, written, removed and sent to RSTUF on stdout; change nothing",
+        in_file=False,
+        env=None,
+    ),
+    Option(
+        "rstuf-url",
+        "RSTUF API base URL; without it changes wait in the outbox",
+        url,
+        env="RSTUF_API_URL",
+        metavar="URL",
+    ),
+    Option("rstuf-wait", "seconds to wait for RSTUF tasks to finish", number(float, 0, 86400)),
+    Option(
+        "rstuf-batch",
+        "artifacts per RSTUF request; a bigger update is sent in several requests",
+        number(int, 1, 100_000),
+    ),
+    Option("rstuf-poll", "seconds between two polls of an RSTUF task", number(float, 0.01, 60)),
+    Option(
+        "grace",
+        "seconds an old hash-prefixed page copy stays served for TUF clients",
+        number(float, 0, 30 * 86400),
+    ),
+    Option("timeout", "read timeout of one HTTP request, seconds", number(float, 0.05, 3600)),
+    Option("retries", "retries per request and per stale page", number(int, 0, 20)),
+    Option(
+        "backoff",
+        "first retry delay in seconds, doubled each retry, with jitter",
+        number(float, 0, 300),
+    ),
+    Option(
+        "xmlrpc-interval",
+        "seconds between XML-RPC calls, PyPI's etiquette",
+        number(float, 0, 60),
+    ),
+    Option(
+        "max-page-bytes",
+        "a project page larger than this is refused and kept pending, never mirrored",
+        number(int, 1024, 1 << 30),
+    ),
+    Option("verbose", "log debug detail (each retry and stale answer)", short="-v"),
+    Option("quiet", "log warnings, errors and the summary line only", short="-q"),
+)
+
+
+def describe(option: Option) -> str:
+    """The help text with the option's range, environment variable and default."""
+    notes = []
+    bounds = getattr(option.parse, "bounds", None)
+    if bounds:
+        notes.append(f"{format_bound(bounds[0])}-{format_bound(bounds[1])}")
+    if option.env_name:
+        notes.append(f"env {option.env_name}")
+    default = getattr(DEFAULTS, option.dest, None)
+    if option.parse is not None and default is not None:
+        notes.append(f"default {default}")
+    return f"{option.help} ({'; '.join(notes)})" if notes else option.help
+
+
+def build_parser(
+    prog: str, description: str, epilog: str, options: Sequence[Option] = OPTIONS
+) -> argparse.ArgumentParser:
+    """An argparse parser whose options default to 'not given', so precedence can be applied."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        epilog=epilog,
+        argument_default=argparse.SUPPRESS,
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help=f"TOML config file; keys are the long option names (env {CONFIG_ENV})",
+    )
+    for option in options:
+        names = [f"--{option.key}"] + ([option.short] if option.short else [])
+        if option.parse is None:
+            parser.add_argument(
+                *names, dest=option.dest, action="store_true", help=describe(option)
+            )
+        else:
+            parser.add_argument(
+                *names,
+                dest=option.dest,
+                type=argparse_type(option),
+                metavar=option.metavar or ("N" if getattr(option.parse, "bounds", None) else None),
+                help=describe(option),
+            )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
+    return parser
+
+
+def argparse_type(option: Option) -> Callable[[str], Any]:
+    """Wrap `option.parse` so that argparse shows its ValueError message, not a generic one."""
+    assert option.parse is not None
+    parse = option.parse
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = option.key  # argparse names the type in some messages
+    return convert
+
+
+def load_config_file(path: Path, options: Sequence[Option] = OPTIONS) -> dict[str, Any]:
+    """Read a TOML config file into {dest: value}; raise UsageError naming what is wrong."""
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read config file {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
+    known = {option.key: option for option in options if option.in_file}
+    values: dict[str, Any] = {}
+    for key, raw in document.items():
+        option = known.get(key)
+        if option is None:
+            hint = (
+                " (an action of one run: give it on the command line)"
+                if any(o.key == key for o in options)
+                else ""
+            )
+            raise UsageError(f"config file {path}: unknown key {key!r}{hint}")
+        try:
+            value = file_value(option, raw)
+        except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
+            raise UsageError(f"config file {path}: {key}: {exc}") from None
+        if option.path:
+            value = (path.parent / value) if not Path(value).is_absolute() else Path(value)
+        values[option.dest] = value
+    return values
+
+
+def file_value(option: Option, raw: object) -> Any:
+    """A TOML value checked by the same parser as the flag (so the same ranges apply)."""
+    if option.parse is None:
+        if not isinstance(raw, bool):
+            raise TypeError(f"must be true or false, not {raw!r}")
+        return raw
+    if isinstance(raw, bool) or not isinstance(raw, str | int | float):
+        raise TypeError(f"must be a string or a number, not {raw!r}")
+    return option.parse(str(raw))
+
+
+def resolve(
+    args: argparse.Namespace,
+    environ: Mapping[str, str],
+    options: Sequence[Option] = OPTIONS,
+) -> dict[str, Any]:
+    """{dest: value} for every option given anywhere: command line > environment > file."""
+    given = vars(args)
+    config_path = given.get("config") or (
+        Path(environ[CONFIG_ENV]) if environ.get(CONFIG_ENV) else None
+    )
+    values = load_config_file(config_path, options) if config_path else {}
+    for option in options:
+        name = option.env_name
+        if name and environ.get(name, "") != "" and option.dest not in given:
+            text = environ[name]
+            try:
+                values[option.dest] = (option.parse or switch)(text)
+            except (ValueError, argparse.ArgumentTypeError) as exc:
+                raise UsageError(f"environment variable {name}: {exc}") from None
+        if option.dest in given:
+            values[option.dest] = given[option.dest]
+    return values
+
+
+def config_from(
+    argv: Sequence[str] | None,
+    parser: argparse.ArgumentParser,
+    environ: Mapping[str, str] = os.environ,
+) -> Config:
+    """Parse `argv` with `parser` and apply precedence; raises SystemExit or UsageError."""
+    args = parser.parse_args(argv)
+    values = resolve(args, environ)
+    config_fields = {f.name for f in fields(Config)}
+    values = {key: value for key, value in values.items() if key in config_fields}
+    if values.get("verbose") and values.get("quiet"):
+        raise UsageError("--verbose and --quiet exclude each other")
+    token = environ.get(TOKEN_ENV) or None
+    quiet = values.get("quiet", False)
+    return Config(**values, rstuf_token=token, progress=sys.stderr.isatty() and not quiet)

@@ -1,0 +1,115 @@
+"""The deployment examples: the systemd units and the README's cron line.
+
+The units are checked by systemd's own verifier (with the paths of this checkout put in,
+since the example's /opt and /srv do not exist here) and against the code and the nginx
+config they must agree with; the cron line is run as cron runs it: `sh -c` with cron's
+bare environment (no venv, PATH=/usr/bin:/bin).
+"""
+
+from __future__ import annotations
+
+import configparser
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from cli_support import EXIT_PARTIAL, EXIT_TERMINATED
+from tests.fake_pypi import FakePyPI
+from tests.mirror_helpers import REPO
+
+SERVICE = REPO / "deploy" / "pypi-mirror.service"
+TIMER = REPO / "deploy" / "pypi-mirror.timer"
+NGINX = REPO / "serving" / "nginx.conf"
+# Where the examples put things: the checkout with its venv, and the mirror's directory.
+CHECKOUT, VENV_PYTHON, DATA = (
+    "/opt/pypi-index-mirror",
+    "/opt/pypi-index-mirror/.venv/bin/python",
+    "/srv/pypi-mirror",
+)
+CRON_ENV = {"PATH": "/usr/bin:/bin", "SHELL": "/bin/sh", "LOGNAME": "root", "HOME": "/root"}
+
+
+def unit(path: Path) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str  # systemd keys are case-sensitive
+    parser.read_string(path.read_text())
+    return parser
+
+
+def test_service_is_a_hardened_oneshot_that_agrees_with_the_code() -> None:
+    service = unit(SERVICE)["Service"]
+    assert service["Type"] == "oneshot"
+    assert service["User"] == "pypi-mirror"
+    assert service["WorkingDirectory"] == DATA
+    assert service["ReadWritePaths"] == DATA  # the one writable place under ProtectSystem
+    assert service["ProtectSystem"] == "strict"
+    interpreter, script = service["ExecStart"].split()[:2]
+    assert (interpreter, script) == (VENV_PYTHON, f"{CHECKOUT}/pypi_mirror.py")
+    assert service["SuccessExitStatus"].split() == [str(EXIT_PARTIAL), str(EXIT_TERMINATED)]
+    assert "TimeoutStopSec" in service
+
+
+def test_timer_runs_the_service_every_five_minutes_without_overlap() -> None:
+    timer = unit(TIMER)["Timer"]
+    assert timer["OnUnitInactiveSec"] == "5min"
+    assert "Unit" not in timer  # the service of the same name
+
+
+def test_nginx_serves_what_the_service_writes() -> None:
+    (root,) = re.findall(r"(?m)^\s*root\s+([^;]+);", NGINX.read_text())
+    assert root == f"{DATA}/pypi-index-mirror/pypi_mirror"
+
+
+def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
+    """systemd-analyze verify (it insists the ExecStart binary exists: this checkout's)."""
+    verify = shutil.which("systemd-analyze")
+    text = SERVICE.read_text().replace(VENV_PYTHON, sys.executable).replace(CHECKOUT, str(REPO))
+    (tmp_path / SERVICE.name).write_text(text)
+    shutil.copy2(TIMER, tmp_path / TIMER.name)
+    if verify is None:  # not a systemd machine: the parse checks above are all there is
+        return
+    result = subprocess.run(
+        [verify, "verify", str(tmp_path / SERVICE.name), str(tmp_path / TIMER.name)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "", result.stderr
+
+
+def readme_cron_line() -> str:
+    readme = (REPO / "README.md").read_text()
+    (line,) = re.findall(r"(?m)^\*/5 \* \* \* \* .+$", readme)
+    return line
+
+
+def test_readme_cron_line_works_under_crons_environment(tmp_path: Path) -> None:
+    """The line as cron runs it (sh -c, bare PATH): a first sync into the directory it
+    changes to, its output in mirror.log, exit 0."""
+    command = readme_cron_line().split(" ", 5)[5]
+    assert f"cd {DATA} &&" in command and VENV_PYTHON in command
+    data = tmp_path / "srv"
+    data.mkdir()
+    command = (
+        command.replace(VENV_PYTHON, sys.executable)
+        .replace(CHECKOUT, str(REPO))
+        .replace(DATA, str(data))
+    )
+    command = re.sub(r"RSTUF_API_URL=\S+ ", "", command)  # no RSTUF for a first sync
+    with FakePyPI() as pypi:
+        pypi.add_release("numpy", "1.0", files=2)
+        result = subprocess.run(
+            ["/bin/sh", "-c", command],
+            env={**CRON_ENV, "PYPI_URL": pypi.url},
+            cwd="/",
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert result.returncode == 0, (command, (data / "mirror.log").read_text())
+    assert (data / "pypi-index-mirror" / "pypi_mirror" / "simple" / "numpy" / "index.html").exists()
+    assert (data / "pypi-index-mirror" / "state.json").exists()
+    assert "summary added=1" in (data / "mirror.log").read_text()
