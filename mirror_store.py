@@ -176,6 +176,11 @@ def target_of_copy(relative: str) -> str:
     return f"{directory}/{PAGE_NAME}" if directory else PAGE_NAME
 
 
+def digest_of_copy(relative: str) -> str:
+    """The hex digest in a hash-prefixed copy's name (``simple/x/<hex>.index.html`` -> hex)."""
+    return relative.rpartition("/")[2].partition(".")[0]
+
+
 def is_prefixed_copy(filename: str) -> bool:
     return bool(_PREFIXED_PAGE.match(filename))
 

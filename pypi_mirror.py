@@ -43,6 +43,7 @@ from mirror_store import (
     MirrorLayout,
     clear_staging,
     crash_point,
+    digest_bytes,
     mirror_lock,
     prefixed_name,
     project_target,
@@ -59,7 +60,7 @@ from pypi_client import (
     UpstreamError,
 )
 from root_index import iter_root_index, merge_root, render_root_lines
-from rstuf_outbox import RstufDelivery
+from rstuf_outbox import RstufDelivery, WaitBudget
 from settings import Config, config_from
 from state import PendingProject, State, clear_state_temps, load_state, save_state
 
@@ -80,6 +81,7 @@ class Summary:
     failed: int = 0
     requests: int = 0
     rstuf_sent: int = 0
+    rstuf_waited: float = 0.0  # seconds spent on RSTUF, out of --rstuf-wait
     serial_before: int | None = None
     serial_after: int | None = None
     elapsed: float = 0.0
@@ -89,7 +91,8 @@ class Summary:
         return (
             f"summary added={self.added} updated={self.updated} removed={self.removed} "
             f"unchanged={self.unchanged} failed={self.failed} requests={self.requests} "
-            f"rstuf_sent={self.rstuf_sent} elapsed={self.elapsed:.1f}s "
+            f"rstuf_sent={self.rstuf_sent} rstuf_waited={self.rstuf_waited:.1f}s "
+            f"elapsed={self.elapsed:.1f}s "
             f"serial={self.serial_before}->{self.serial_after}"
         )
 
@@ -131,6 +134,8 @@ class Sync:
         self.state = State()
         self.writer = MirrorWriter(self.layout, self.state)
         self.membership_changed = False
+        self.budget = WaitBudget(config.rstuf_wait)  # one for the whole run
+        self.delivery: RstufDelivery | None = None
 
     # the run
 
@@ -142,24 +147,28 @@ class Sync:
             self.state = load_state(self.config.state_file)
             self.writer = MirrorWriter(self.layout, self.state)
             self.summary.serial_before = self.state.serial
+            self.forget_rstuf_if_disabled()
             if self.state.outbox.dirty and not self.config.dry_run:
                 # a killed run may have left pages unflushed: never register bytes
                 # that a power cut could still take back
                 sync_filesystem(self.layout.root)
-            self.deliver_outbox()
+            self.deliver_outbox(wait=False)  # old tasks get their publish while we update
             if self.needs_full_sync():
                 self.full_sync()
             else:
                 self.update()
             if not self.config.dry_run:
-                self.writer.collect_retired(self.config.grace)
                 sync_filesystem(self.layout.root)  # every page durable before the serial moves
                 self.save()
-                self.deliver_outbox()
+                self.deliver_outbox(wait=True)
+                # after the delivery: what RSTUF just confirmed frees the copies it replaced
+                self.writer.collect_retired(self.config.grace)
+                self.save()
         self.summary.serial_after = self.state.serial
         self.summary.requests = self.pypi.requests_made
+        self.summary.rstuf_waited = self.budget.spent
         self.summary.elapsed = time.monotonic() - started
-        for problem in self.summary.problems:
+        for problem in dict.fromkeys(self.summary.problems):  # each once, in order
             log.warning("%s", problem)
         summary_log.info("%s", self.summary.line())
         return EXIT_PARTIAL if self.summary.problems or self.state.pending else EXIT_OK
@@ -284,8 +293,8 @@ class Sync:
         old_copy = served / prefixed_name(old_digest) if old_digest else None
         if old_copy is not None:
             self.writer.retire(old_copy)
-        if record_change:
-            self.state.outbox.dirty.add(ROOT_TARGET)
+        if record_change and self.owes_rstuf:
+            self.state.outbox.owe({ROOT_TARGET: old_digest})
         self.save()
         served.mkdir(parents=True, exist_ok=True)
         self.writer.install(served, temp, digest)
@@ -390,8 +399,14 @@ class Sync:
         membership = any(change.listed_before() != change.listed_after() for change in batch)
         self.membership_changed |= membership
         retiring = [self.writer.prepare(change) for change in batch]
+        if record_changes and self.owes_rstuf:
+            self.state.outbox.owe(
+                {
+                    project_target(change.name): change.old and digest_bytes(change.old).hexdigest
+                    for change in batch
+                }
+            )
         if record_changes:
-            self.state.outbox.dirty.update(project_target(change.name) for change in batch)
             self.state.root_stale |= membership
         if record_changes or any(retiring):
             self.save()  # the batch's intent is durable before it touches the disk
@@ -409,31 +424,54 @@ class Sync:
 
     # RSTUF
 
-    def deliver_outbox(self) -> None:
+    @property
+    def owes_rstuf(self) -> bool:
+        """Whether changes are kept for RSTUF (everything but --no-rstuf)."""
+        return not self.config.no_rstuf
+
+    def forget_rstuf_if_disabled(self) -> None:
+        """--no-rstuf: whatever an earlier run kept for RSTUF is dropped, once."""
+        if self.owes_rstuf or self.config.dry_run:
+            return
+        box = self.state.outbox
+        if box.dirty or box.tasks or box.publishes or box.uncertain or box.signed:
+            owed = box.clear()
+            self.save()
+            log.info(
+                "--no-rstuf: dropped %d change(s) kept for RSTUF; when RSTUF is enabled, "
+                "catch it up with --audit --repair",
+                owed,
+            )
+
+    def deliver_outbox(self, wait: bool) -> None:
+        """Deliver the outbox; `wait` (the end of the run) follows tasks within the budget."""
         box = self.state.outbox
         if self.config.dry_run:
             for path in sorted(box.dirty):
                 exists = self.layout.path_of_target(path).exists()
                 self.out(f"rstuf-{'add' if exists else 'remove'} {path}")
             return
-        if not box.dirty and not box.tasks:
+        if not self.owes_rstuf or not (box.dirty or box.tasks or box.publishes or box.uncertain):
             return
         if self.rstuf is None:
-            log.warning(
-                "%d change(s) wait in the outbox for RSTUF: set RSTUF_API_URL or --rstuf-url",
-                len(box),
-            )
+            if wait:  # once, at the end of the run
+                self.summary.problems.append(
+                    f"{len(box)} change(s) wait in the outbox for RSTUF: set --rstuf-url "
+                    "(or RSTUF_API_URL), or --no-rstuf to run without RSTUF"
+                )
             return
-        report = RstufDelivery(
-            self.state,
-            self.layout,
-            self.rstuf,
-            self.save,
-            wait=self.config.rstuf_wait,
-            batch=self.config.rstuf_batch,
-        ).deliver()
+        if self.delivery is None:
+            self.delivery = RstufDelivery(
+                self.state,
+                self.layout,
+                self.rstuf,
+                self.save,
+                batch=self.config.rstuf_batch,
+                budget=self.budget,
+            )
+        report = self.delivery.deliver(wait)
         self.summary.rstuf_sent += report.sent
-        self.writer.restart_grace(report.confirmed)
+        self.writer.restart_grace(report.superseded)
         self.save()
         self.summary.problems.extend(f"RSTUF: {error}" for error in report.errors)
 

@@ -23,12 +23,26 @@ FAST = ["--xmlrpc-interval", "0", "--backoff", "0.01", "--retries", "2", "--work
 
 @dataclass
 class Mirror:
-    """One mirror directory and its state file, driven through main() or the CLI."""
+    """One mirror directory and its state file, driven through main() or the CLI.
+
+    A mirror that never had an RSTUF URL runs with ``--no-rstuf`` (a mirror
+    without RSTUF on purpose); once it had one, clearing `rstuf_url` again is an
+    RSTUF left unconfigured, whose changes wait in the outbox.
+    """
 
     root: Path
     state: Path
     pypi_url: str
     rstuf_url: str | None = None
+    had_rstuf: bool = False
+
+    def __post_init__(self) -> None:
+        self.had_rstuf = self.had_rstuf or bool(self.rstuf_url)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name == "rstuf_url" and value:
+            object.__setattr__(self, "had_rstuf", True)
+        object.__setattr__(self, name, value)
 
     @property
     def layout(self) -> MirrorLayout:
@@ -39,6 +53,8 @@ class Mirror:
         args += ["--pypi-url", self.pypi_url, *FAST]
         if self.rstuf_url:
             args += ["--rstuf-url", self.rstuf_url, "--rstuf-wait", "20"]
+        elif not self.had_rstuf:
+            args += ["--no-rstuf"]
         return [*args, *extra]
 
     def run(self, *extra: str) -> int:

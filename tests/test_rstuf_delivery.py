@@ -11,14 +11,19 @@ subprocess; where time matters the delivery runs in this process on the stand-in
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-import pypi_mirror
+import cli_support
+import mirror_store
 import rstuf_client
-from mirror_store import MirrorLayout, State, digest_bytes, load_state
+import settings
+from mirror_store import MirrorLayout, digest_bytes
+from rstuf_outbox import RstufDelivery, WaitBudget
+from state import State, load_state
 from tests.fake_pypi import FakePyPI
 from tests.fake_rstuf import ADD, PUBLISH, REMOVE, FakeRstuf, ManualClock
 from tests.mirror_helpers import REPO, Mirror, bootstrap, mirror_view
@@ -57,9 +62,10 @@ def polled_states(rstuf: FakeRstuf, task_id: str) -> list[int | None]:
     ]
 
 
-def assert_all_delivered(mirror: Mirror, rstuf: FakeRstuf) -> None:
+def assert_all_delivered(mirror: Mirror, rstuf: FakeRstuf, but: set[str] = frozenset()) -> None:
     assert rstuf.view == mirror_view(mirror.layout)
-    assert set(rstuf.task_states().values()) == {"SUCCESS"}
+    states = {task: state for task, state in rstuf.task_states().items() if task not in but}
+    assert set(states.values()) == {"SUCCESS"}
     assert rstuf.busy_processes() == 0
     box = load_state(mirror.state).outbox
     assert not box.dirty and not box.tasks
@@ -119,21 +125,29 @@ def test_delivery_takes_a_few_poll_intervals_per_round_of_worker_processes(
     layout = MirrorLayout(tmp_path / "m")
     state = State(serial=1)
     state.outbox.dirty = write_pages(layout, 12)
-    config = pypi_mirror.Config(rstuf_wait=20.0, rstuf_batch=2, rstuf_poll=1.0)
+    poll = 1.0
     with (
         FakeRstuf(processes=processes, clock=clock) as rstuf,
-        rstuf_client.RstufClient(rstuf.url, poll_interval=1.0) as client,
+        rstuf_client.RstufClient(rstuf.url, poll_interval=poll) as client,
     ):
         started = clock.now()
-        delivery = pypi_mirror.RstufDelivery(
-            state, layout, client, lambda: None, config, sleep=clock.advance
+        delivery = RstufDelivery(
+            state,
+            layout,
+            client,
+            lambda: None,
+            batch=2,
+            budget=WaitBudget(600.0),
+            monotonic=clock.now,
+            sleep=clock.advance,
         )
-        report = delivery.deliver()
+        report = delivery.deliver(wait=True)
         elapsed = clock.now() - started
         assert report.errors == [] and not state.outbox.dirty and not state.outbox.tasks
+        assert not state.outbox.publishes and not state.outbox.uncertain
         assert len(rstuf.view) == 12
     rounds = -(-6 // processes)
-    assert elapsed <= (rounds + 2) * config.rstuf_poll, f"{elapsed:.1f} s of RSTUF time"
+    assert elapsed <= (rounds + 2) * poll, f"{elapsed:.1f} s of RSTUF time"
 
 
 # --- 2. the publish task is polled, and retried -----------------------------------------
@@ -169,14 +183,16 @@ def test_every_publish_is_polled_until_it_succeeded(
 def test_a_publish_still_running_at_the_end_is_kept_and_polled_next_run(
     mirror: Mirror, pypi: FakePyPI, rstuf: FakeRstuf
 ) -> None:
-    rstuf.hang_tasks(times=1, actions=(PUBLISH,))
+    rstuf.hang_tasks(times=1, actions=(PUBLISH,))  # RSTUF never runs it (a lost message)
     change_many(pypi, 3)
-    assert mirror.run(*POLL, "--rstuf-wait", "0.5") == pypi_mirror.EXIT_PARTIAL
+    assert mirror.run(*POLL, "--rstuf-wait", "0.5") == cli_support.EXIT_PARTIAL
     (hung,) = of_action(rstuf, PUBLISH)[:1]
-    assert hung.task_id in {task.task_id for task in load_state(mirror.state).outbox.tasks}
-    assert mirror.run(*POLL) == 0
+    assert hung.task_id in {p.task_id for p in load_state(mirror.state).outbox.publishes}
+    assert mirror.run(*POLL) == 0  # polled again, then superseded by a publish that succeeded
     assert polled_states(rstuf, hung.task_id)[-1] == 200
-    assert rstuf.view == mirror_view(mirror.layout)
+    assert rstuf.task_states()[hung.task_id] == "PENDING"
+    assert_all_delivered(mirror, rstuf, but={hung.task_id})
+    assert not load_state(mirror.state).outbox.publishes
 
 
 def test_tasks_left_running_after_a_successful_publish_get_another_publish(
@@ -198,10 +214,10 @@ def test_the_wait_budget_is_spent_once_per_run(
 ) -> None:
     rstuf.hang_tasks(times=1)  # the first run's task never reaches a worker
     pypi.add_release("numpy", "2.0")
-    assert mirror.run(*POLL, "--rstuf-wait", "0.2") == pypi_mirror.EXIT_PARTIAL
+    assert mirror.run(*POLL, "--rstuf-wait", "0.2") == cli_support.EXIT_PARTIAL
     pypi.add_release("Django", "2.0")  # the second run has old and new work
     result = mirror.cli(*POLL, "--rstuf-wait", "1")
-    assert result.returncode == pypi_mirror.EXIT_PARTIAL, result.stderr
+    assert result.returncode == cli_support.EXIT_PARTIAL, result.stderr
     assert len(re.findall(r"not finished", result.stderr)) == 1, result.stderr
     waited = re.search(r"rstuf_waited=([0-9.]+)s", result.stderr)
     assert waited and float(waited.group(1)) <= 1.5, result.stderr
@@ -210,7 +226,7 @@ def test_the_wait_budget_is_spent_once_per_run(
 def test_the_default_wait_fits_the_readme_cron_line() -> None:
     readme = (REPO / "README.md").read_text()
     (interval,) = re.findall(r"^\*/(\d+) \* \* \* \* .*pypi_mirror\.py", readme, re.M)
-    default = pypi_mirror.build_parser().get_default("rstuf_wait")
+    default = settings.Config().rstuf_wait
     assert default <= int(interval) * 60 / 2, "a run must leave the cron interval room"
     (row,) = re.findall(r"^\| `--rstuf-wait S` \| (\d+) \|", readme, re.M)
     assert float(row) == default
@@ -222,7 +238,7 @@ def test_changes_owed_without_an_rstuf_url_warn_once_and_exit_partial(
     mirror.rstuf_url = None
     pypi.add_release("numpy", "2.0")
     result = mirror.cli("-q")
-    assert result.returncode == pypi_mirror.EXIT_PARTIAL, result.stderr
+    assert result.returncode == cli_support.EXIT_PARTIAL, result.stderr
     warnings = [line for line in result.stderr.splitlines() if "WARNING" in line]
     assert len(warnings) == 1 and "RSTUF" in warnings[0], result.stderr
     assert "simple/numpy/index.html" in load_state(mirror.state).outbox.dirty
@@ -266,7 +282,7 @@ def test_disk_use_stays_bounded_through_a_24_run_outage(
     for run in range(24):
         pypi.add_release("numpy", f"2.{run}")  # numpy's page changes every run
         pypi.create_project(f"new-{run}")  # and so does the root index
-        assert mirror.run("--grace", "0", "--retries", "0") == pypi_mirror.EXIT_PARTIAL
+        assert mirror.run("--grace", "0", "--retries", "0") == cli_support.EXIT_PARTIAL
         figures.append((served_bytes(root_dir), mirror.state.stat().st_size))
     root_copies = [p for p in root_dir.glob("*.index.html")]
     numpy_copies = [p for p in numpy_dir.glob("*.index.html")]
@@ -287,25 +303,39 @@ def test_disk_use_stays_bounded_through_a_24_run_outage(
     assert len(list(numpy_dir.glob("*.index.html"))) == 1
 
 
-def test_a_post_retried_after_a_read_timeout_leaves_no_task_holding_a_worker(
+def wait_until(condition: Callable[[], bool], what: str, seconds: float = 20.0) -> None:
+    """Wait (in real time) for something the stand-in does on its own."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def test_a_post_retried_after_a_read_timeout_is_tracked_and_cannot_hold_a_worker(
     mirror: Mirror, pypi: FakePyPI, rstuf: FakeRstuf
 ) -> None:
-    """The first attempt is answered after the client gave up: RSTUF started a task twice."""
+    """The first attempt is handled after the client gave up: RSTUF starts that task too."""
     rstuf.slow_requests(1.5, times=1, path="/api/v1/artifacts/")
-    change_many(pypi, 3)
+    change_many(pypi, 3)  # 3 pages and the root index: two requests of two
     result = mirror.cli(*POLL, "--rstuf-batch", "2", "--timeout", "0.5", "--rstuf-wait", "15")
     assert result.returncode == 0, result.stderr
-    assert "retry" in result.stderr
-    state = load_state(mirror.state)
-    assert state.outbox.unanswered, "the outbox must know a task may have started unseen"
+    assert "Read timed out" in result.stderr and "retry 1/" in result.stderr
+    (uncertain,) = load_state(mirror.state).outbox.uncertain
+    retried = of_action(rstuf, ADD)[0]
+    assert uncertain.paths == [item["path"] for item in retried.body["artifacts"]]
+    # the duplicate reaches a worker and holds it, unpublished
+    wait_until(lambda: len(of_action(rstuf, ADD)) == 3, "the slow request is handled")
+    duplicate = of_action(rstuf, ADD)[2]
+    assert duplicate.body == retried.body, "the same final states: the same rows"
+    wait_until(lambda: rstuf.task_states()[duplicate.task_id] == "RUNNING", "it holds a worker")
     pypi.add_release("numpy", "2.0")
     pypi.add_release("Django", "2.0")
-    assert mirror.run(*POLL, "--rstuf-batch", "1", "--timeout", "5") == 0
-    adds = of_action(rstuf, ADD)
-    assert len(adds) == 2 + 1 + 2  # two answered and one unanswered, then two
-    assert set(rstuf.task_states().values()) == {"SUCCESS"}, "a duplicate holds a worker"
+    assert mirror.run(*POLL, "--rstuf-batch", "1") == 0  # two requests, one free worker
+    assert set(rstuf.task_states().values()) == {"SUCCESS"}, "a duplicate still holds a worker"
     assert rstuf.busy_processes() == 0
     assert rstuf.view == mirror_view(mirror.layout)
+    held = load_state(mirror.state).outbox.held_digests()
+    assert set(uncertain.digests.items()) <= {(t, d) for t, ds in held.items() for d in ds}
 
 
 def test_tasks_nobody_tracks_holding_every_worker_are_published_free(
@@ -333,11 +363,11 @@ def test_a_run_killed_between_post_and_record_leaves_its_task_tracked(
 ) -> None:
     change_many(pypi, 3)
     killed = mirror.cli(
-        *POLL, "--rstuf-batch", "2", env={pypi_mirror.CRASH_AT_ENV: "rstuf-answered:1"}
+        *POLL, "--rstuf-batch", "2", env={mirror_store.CRASH_AT_ENV: "rstuf-answered:1"}
     )
     assert killed.returncode < 0
     state = load_state(mirror.state)
-    assert state.outbox.unanswered, "the request RSTUF accepted is known to the outbox"
+    assert state.outbox.uncertain, "the request RSTUF accepted is known to the outbox"
     assert mirror.run(*POLL, "--rstuf-batch", "2") == 0
     assert set(rstuf.task_states().values()) == {"SUCCESS"}
     assert rstuf.view == mirror_view(mirror.layout)
