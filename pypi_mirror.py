@@ -446,12 +446,14 @@ class Sync:
     def deliver_outbox(self, wait: bool) -> None:
         """Deliver the outbox; `wait` (the end of the run) follows tasks within the budget."""
         box = self.state.outbox
+        if not self.owes_rstuf:
+            return
         if self.config.dry_run:
             for path in sorted(box.dirty):
                 exists = self.layout.path_of_target(path).exists()
                 self.out(f"rstuf-{'add' if exists else 'remove'} {path}")
             return
-        if not self.owes_rstuf or not (box.dirty or box.tasks or box.publishes or box.uncertain):
+        if not (box.dirty or box.tasks or box.publishes or box.uncertain):
             return
         if self.rstuf is None:
             if wait:  # once, at the end of the run
@@ -486,7 +488,8 @@ EPILOG = (
     "The RSTUF token is read only from the environment (RSTUF_API_TOKEN). "
     "Exit codes: 0 done; 1 failed (state not advanced past what is on disk); 2 usage "
     "error; 3 another run holds the mirror lock; 75 partly done (pages or RSTUF changes "
-    "kept pending for the next run); 130 stopped by SIGINT; 143 stopped by SIGTERM."
+    "kept for the next run, also when changes are owed to RSTUF and no RSTUF URL is set: "
+    "--no-rstuf runs without RSTUF); 130 stopped by SIGINT; 143 stopped by SIGTERM."
 )
 
 

@@ -94,6 +94,7 @@ class RstufDelivery:
     PUBLISH_POLLS = 30  # polls a publish may stay unfinished before another is posted
     STALL_POLLS = 5  # polls our tasks may sit PENDING, none moving, before a publish frees them
     MAX_PUBLISH_FAILURES = 3  # failed publishes in one run before giving up until the next
+    MAX_OPEN_PUBLISHES = 3  # unfinished publishes followed at once (RSTUF's jobs worker down)
 
     def __init__(
         self,
@@ -302,6 +303,15 @@ class RstufDelivery:
     def _post_publish(self, running: Sequence[str], now: float) -> None:
         publish_id = self.client.publish()
         self.box.publishes.append(PublishTask(publish_id, self.clock()))
+        # Publishes are cumulative: a newer one covers all an older one would.
+        # While RSTUF runs none of them, following the newest few is enough.
+        for dropped in self.box.publishes[: -self.MAX_OPEN_PUBLISHES]:
+            log.info(
+                "RSTUF publish %s still %s: no longer followed",
+                dropped.task_id,
+                self.states.get(dropped.task_id, "unpolled"),
+            )
+        del self.box.publishes[: -self.MAX_OPEN_PUBLISHES]
         self.save()
         for task_id in running:
             self.covered_by[task_id] = publish_id
@@ -352,7 +362,8 @@ class RstufDelivery:
 
         def on_uncertain() -> None:
             """An attempt may have started a task unseen: keep it tracked before the retry."""
-            self.box.uncertain.append(OutboxTask("", action, list(paths), self.clock(), digests))
+            entry = OutboxTask("", action, list(paths), self.clock(), dict(digests))
+            self.box.uncertain.append(entry)
             self.save()
 
         try:
@@ -365,6 +376,7 @@ class RstufDelivery:
             self.save()
             raise
         crash_point("rstuf-answered")
+        self.last_progress = self.monotonic()  # a new task: give it time to start
         self._forget(intent)
         intent.task_id = task_id
         self.box.tasks.append(intent)

@@ -105,7 +105,7 @@ class Outbox:
         None when that was not recorded (a state file from before it was).
         """
         before = self.signed.pop(target, None)
-        if target in self.owed():
+        if target in self.dirty:  # changed again since (a path is in one task at a time)
             self.signed[target] = digest or ""
         return before
 

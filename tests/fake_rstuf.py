@@ -67,7 +67,7 @@ Records: `request_log` (method, path, headers, body, status, time of every
 request), `accepted` (every accepted add/delete/publish with its parsed body
 and task id, in order), `view` (what is published: ``{path: {"length",
 "hashes"}}``), `published_views` (the view after each publish that changed
-it), `rows`, `task_states()`, `busy_processes()` and `stats`.
+it), `rows`, `published_at()`, `task_states()`, `busy_processes()` and `stats`.
 
 Measured ceiling (``python -m tests.fake_rstuf --bench 10 5000``, this 2-CPU
 machine, Python 3.11, one keep-alive client sending pre-encoded bodies):
@@ -647,6 +647,7 @@ class FakeRstuf:
         self._tasks: dict[str, _Task] = {}
         self._rows: dict[str, Row] = {}
         self._view: dict[str, dict[str, Any]] = {}
+        self._published_at: dict[str, float] = {}  # path -> when its state was published
         self.published_views: list[dict[str, dict[str, Any]]] = []
         self.request_log: list[RecordedRequest] = []
         self.accepted: list[AcceptedRequest] = []
@@ -846,6 +847,11 @@ class FakeRstuf:
     def rows(self) -> dict[str, Row]:
         with self._lock:
             return dict(self._rows)
+
+    def published_at(self) -> dict[str, float]:
+        """For each path, the stand-in's clock when the publish of its current state ended."""
+        with self._lock:
+            return dict(self._published_at)
 
     def task_states(self) -> dict[str, str]:
         with self._lock:
@@ -1266,6 +1272,7 @@ class FakeRstuf:
             if self._rows.get(path) is not row or row.published:
                 continue
             row.published = True
+            self._published_at[path] = self.clock.now()
             if row.action == "ADD":
                 self._view[path] = {"length": row.info["length"], "hashes": row.info["hashes"]}
             else:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -23,7 +25,7 @@ import rstuf_client
 import settings
 from mirror_store import MirrorLayout, digest_bytes
 from rstuf_outbox import RstufDelivery, WaitBudget
-from state import State, load_state
+from state import Outbox, State, load_state
 from tests.fake_pypi import FakePyPI
 from tests.fake_rstuf import ADD, PUBLISH, REMOVE, FakeRstuf, ManualClock
 from tests.mirror_helpers import REPO, Mirror, bootstrap, mirror_view
@@ -116,38 +118,93 @@ def write_pages(layout: MirrorLayout, count: int) -> set[str]:
     return targets
 
 
-@pytest.mark.parametrize("processes", [1, 2])
-def test_delivery_takes_a_few_poll_intervals_per_round_of_worker_processes(
-    tmp_path: Path, processes: int
-) -> None:
-    """In RSTUF time: each round of `processes` tasks costs about one poll interval."""
+@dataclass
+class Virtual:
+    """A delivery in this process on the stand-in's ManualClock: RSTUF time, not wall time."""
+
+    clock: ManualClock
+    rstuf: FakeRstuf
+    state: State
+    delivery: RstufDelivery
+
+    @property
+    def box(self) -> Outbox:
+        return self.state.outbox
+
+
+@contextmanager
+def virtual(
+    tmp_path: Path, pages: int = 12, processes: int = 2, batch: int = 2, budget: float = 600.0
+) -> Iterator[Virtual]:
     clock = ManualClock()
     layout = MirrorLayout(tmp_path / "m")
     state = State(serial=1)
-    state.outbox.dirty = write_pages(layout, 12)
-    poll = 1.0
+    state.outbox.dirty = write_pages(layout, pages)
     with (
         FakeRstuf(processes=processes, clock=clock) as rstuf,
-        rstuf_client.RstufClient(rstuf.url, poll_interval=poll) as client,
+        rstuf_client.RstufClient(rstuf.url, poll_interval=1.0, retries=0) as client,
     ):
-        started = clock.now()
         delivery = RstufDelivery(
             state,
             layout,
             client,
             lambda: None,
-            batch=2,
-            budget=WaitBudget(600.0),
+            batch=batch,
+            budget=WaitBudget(budget),
             monotonic=clock.now,
             sleep=clock.advance,
         )
-        report = delivery.deliver(wait=True)
-        elapsed = clock.now() - started
-        assert report.errors == [] and not state.outbox.dirty and not state.outbox.tasks
-        assert not state.outbox.publishes and not state.outbox.uncertain
-        assert len(rstuf.view) == 12
-    rounds = -(-6 // processes)
-    assert elapsed <= (rounds + 2) * poll, f"{elapsed:.1f} s of RSTUF time"
+        yield Virtual(clock, rstuf, state, delivery)
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_delivery_takes_a_few_poll_intervals_per_round_of_worker_processes(
+    tmp_path: Path, processes: int
+) -> None:
+    """In RSTUF time: each round of `processes` tasks costs about one poll interval (1 s)."""
+    with virtual(tmp_path, processes=processes) as run:
+        started = run.clock.now()
+        report = run.delivery.deliver(wait=True)
+        elapsed = run.clock.now() - started
+        assert report.errors == [] and not run.box.dirty and not run.box.tasks
+        assert not run.box.publishes and not run.box.uncertain
+        assert len(run.rstuf.view) == 12
+    rounds = -(-6 // processes)  # 12 pages, 2 a request: 6 requests
+    assert elapsed <= rounds + 2, f"{elapsed:.1f} s of RSTUF time"
+
+
+def test_the_deliveries_of_a_run_share_one_budget(tmp_path: Path) -> None:
+    with virtual(tmp_path, pages=2, budget=10.0) as run:
+        run.rstuf.hang_tasks(times=1)  # never reaches a worker
+        started = run.clock.now()
+        first = run.delivery.deliver(wait=False)  # the run's start: one pass
+        run.clock.advance(30)  # the mirror updates meanwhile: not RSTUF's time
+        last = run.delivery.deliver(wait=True)
+        waited = run.clock.now() - started - 30
+        assert first.errors == [] and len(last.errors) == 1
+        assert "not finished" in last.errors[0] and "--rstuf-wait 10s" in last.errors[0]
+        assert run.delivery.budget.spent == pytest.approx(10.0, abs=1.0)
+        assert waited == pytest.approx(10.0, abs=1.0)
+
+
+def test_publishing_stops_for_the_run_after_repeated_failures(tmp_path: Path) -> None:
+    with virtual(tmp_path, pages=2, budget=600.0) as run:
+        run.rstuf.fail_tasks("FAILURE", times=100, error="disk full", actions=(PUBLISH,))
+        started = run.clock.now()
+        report = run.delivery.deliver(wait=True)
+        publishes = of_action(run.rstuf, PUBLISH)
+        assert len(publishes) == RstufDelivery.MAX_PUBLISH_FAILURES
+        assert any("publishes failed" in e and "disk full" in e for e in report.errors)
+        assert run.clock.now() - started < 60, "gave up instead of spending the budget"
+        assert run.box.tasks, "its tasks are published next run"
+
+
+def test_unfinished_publishes_followed_at_once_are_bounded(tmp_path: Path) -> None:
+    with virtual(tmp_path, pages=2, budget=600.0) as run:
+        run.rstuf.hang_tasks(times=1000, actions=(PUBLISH,))  # the publish worker is gone
+        run.delivery.deliver(wait=True)
+        assert len(of_action(run.rstuf, PUBLISH)) > RstufDelivery.MAX_OPEN_PUBLISHES
+        assert len(run.box.publishes) == RstufDelivery.MAX_OPEN_PUBLISHES
 
 
 # --- 2. the publish task is polled, and retried -----------------------------------------
@@ -258,6 +315,25 @@ def test_no_rstuf_records_nothing_warns_nothing_and_exits_0(mirror: Mirror, pypi
     assert len(list(numpy.iterdir())) == 2, "the page and its one prefixed copy"
 
 
+def test_no_rstuf_drops_what_an_earlier_run_kept_for_rstuf(mirror: Mirror, pypi: FakePyPI) -> None:
+    mirror.rstuf_url = None
+    pypi.add_release("numpy", "2.0")
+    assert mirror.run() == cli_support.EXIT_PARTIAL  # RSTUF meant, not configured
+    assert load_state(mirror.state).outbox.dirty
+    result = mirror.cli("--no-rstuf", "--grace", "0")
+    assert result.returncode == 0, result.stderr
+    assert "dropped 1 change(s)" in result.stderr and "--audit --repair" in result.stderr
+    assert not load_state(mirror.state).outbox.dirty
+    assert len(list(mirror.layout.project_dir("numpy").iterdir())) == 2
+
+
+def test_no_rstuf_with_an_rstuf_url_is_a_usage_error(mirror: Mirror) -> None:
+    result = mirror.cli("--no-rstuf")  # the fixture's mirror has --rstuf-url
+    assert result.returncode == cli_support.EXIT_USAGE
+    assert "--no-rstuf and an RSTUF URL" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 # --- 4. disk and duplicates while RSTUF is behind ---------------------------------------
 
 
@@ -296,11 +372,12 @@ def test_disk_use_stays_bounded_through_a_24_run_outage(
             f"{figures[0][1]} -> {figures[-1][1]} bytes"
         )
     assert len(load_state(mirror.state).retired) <= 4
-    mirror.rstuf_url = url  # RSTUF is back: one run delivers, then old copies go
+    mirror.rstuf_url = url  # RSTUF is back: one run delivers, and the old copies go
     assert mirror.run(*POLL, "--grace", "0") == 0
     assert rstuf.view == mirror_view(mirror.layout)
-    assert mirror.run(*POLL, "--grace", "0") == 0
     assert len(list(numpy_dir.glob("*.index.html"))) == 1
+    assert len(list(root_dir.glob("*.index.html"))) == 1
+    assert load_state(mirror.state).retired == {}
 
 
 def wait_until(condition: Callable[[], bool], what: str, seconds: float = 20.0) -> None:
