@@ -1,7 +1,7 @@
 """What PyPI's changelog and listing mean for the mirror: pure functions, no I/O.
 
 The changelog names projects; the page fetched afterwards decides whether a
-project exists (REFERENCE of warehouse's journal actions: a removal is the
+project exists (of the journal actions warehouse writes, a removal is the
 only action after which a 404 is right). The whole listing of a full sync is
 held in a compact `Listing`.
 """

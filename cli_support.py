@@ -91,19 +91,28 @@ def run_cli(log: logging.Logger, body: Callable[[], int]) -> int:
             return body()
     except SystemExit as exc:  # argparse: 0 for --help/--version, 2 for bad usage
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    except ToolError as exc:
-        log.error("%s", exc)
-        return exc.exit_code
-    except Stopped as exc:
-        log.error("stopped by %s", exc)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        log.error("stopped by SIGINT")
-        return EXIT_INTERRUPTED
-    except OSError as exc:
+    except (ToolError, Stopped, KeyboardInterrupt, OSError) as exc:
+        code, message = failure(exc)
+        log.error("%s", message)
+        return code
+
+
+def failure(exc: BaseException) -> tuple[int, str]:
+    """The exit code and the one line a run that raised `exc` ends with.
+
+    `run_cli` logs it; the status file records it (run_status.py), so the two agree.
+    Anything unforeseen is a bug: exit 1, named by its type.
+    """
+    if isinstance(exc, ToolError):
+        return exc.exit_code, str(exc)
+    if isinstance(exc, Stopped):
+        return exc.exit_code, f"stopped by {exc}"
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED, "stopped by SIGINT"
+    if isinstance(exc, OSError):
         where = f"{exc.filename}: " if exc.filename else ""
-        log.error("local I/O error: %s%s", where, exc.strerror or exc)
-        return EXIT_FAILED
+        return EXIT_FAILED, f"local I/O error: {where}{exc.strerror or exc}"
+    return EXIT_FAILED, f"{type(exc).__name__}: {exc}"
 
 
 def number(kind: type, minimum: float, maximum: float) -> Callable[[str], float]:
@@ -127,6 +136,7 @@ def number(kind: type, minimum: float, maximum: float) -> Callable[[str], float]
         return value
 
     parse.bounds = (minimum, maximum)  # type: ignore[attr-defined]  # shown in --help
+    parse.kind = kind  # type: ignore[attr-defined]  # a config file's value must be one
     return parse
 
 

@@ -28,7 +28,10 @@ tree), exactly the targets ``mirror_store.iter_targets`` lists: the root
 consistent-snapshot copies, temp files and everything else are not targets.
 Sizes and hashes come from the bytes on disk through
 ``mirror_store.digest_file``, the same function ``pypi_mirror.py`` uses for
-the artifacts it sends RSTUF later, so the two can never disagree.
+the artifacts it sends RSTUF later, so the two can never disagree. The hash
+is always blake2b-256: a TUF client with consistent snapshots downloads the
+copy named by a target's hash, and the mirror names its copies by blake2b-256,
+so a CSV of another hash would register pages no client could download.
 
 The run holds the mirror lock throughout, so a sync cannot change pages
 while they are read, and it reports the changelog serial the CSV matches:
@@ -53,13 +56,14 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+import settings
 from cli_support import (
     EXIT_FAILED,
     EXIT_OK,
@@ -71,8 +75,6 @@ from cli_support import (
     run_cli,
 )
 from mirror_store import (
-    DEFAULT_MIRROR_DIR,
-    HASH_FACTORIES,
     TUF_HASH_ALGORITHM,
     FileDigest,
     MirrorLayout,
@@ -80,6 +82,7 @@ from mirror_store import (
     fsync_dir,
     iter_targets,
     mirror_lock,
+    readable_mode,
 )
 from state import State, load_state
 
@@ -189,18 +192,6 @@ def is_inside(path: Path, directory: Path) -> bool:
     return path == directory or path.is_relative_to(directory)
 
 
-def algorithm_warning(algorithm: str) -> str | None:
-    """Why a hash other than blake2b-256 breaks TUF clients of this mirror, or None."""
-    if algorithm == TUF_HASH_ALGORITHM:
-        return None
-    return (
-        f"--algorithm {algorithm}: the mirror's consistent-snapshot copies are named "
-        f"<{TUF_HASH_ALGORITHM} hex>.index.html, and a TUF client downloads the copy named "
-        f"by the first hash listed for a target, so {TUF_HASH_ALGORITHM} must be listed "
-        f"first; targets imported with only {algorithm} cannot be downloaded"
-    )
-
-
 @dataclass(frozen=True)
 class Options:
     """What one run does, as parsed from the command line."""
@@ -208,7 +199,6 @@ class Options:
     mirror_dir: Path
     state_path: Path
     output: Path | None  # None: standard output
-    algorithm: str
     workers: int
     executor: str  # one of EXECUTORS
 
@@ -383,9 +373,7 @@ def atomic_text_output(path: Path) -> Iterator[TextIO]:
     directory = path.parent
     fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp's 0600 would surprise whoever imports it
+        os.fchmod(fd, readable_mode())  # mkstemp's 0600 would surprise whoever imports it
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
             yield handle
             handle.flush()
@@ -441,7 +429,7 @@ def generate(options: Options, stdout: TextIO) -> Summary:
         executor = make_executor(options.executor, options.workers)
         try:
             chunks = iter_rows(
-                layout.served_dir, iter_targets(layout), options.algorithm, executor, window
+                layout.served_dir, iter_targets(layout), TUF_HASH_ALGORITHM, executor, window
             )
             if options.output is None:
                 count = write_rows(stdout, chunks)
@@ -477,34 +465,22 @@ def build_parser() -> argparse.ArgumentParser:
             "0-3) import the same values."
         ),
         epilog=(
+            "--mirror-dir and --state are read like pypi_mirror.py reads them (environment "
+            "PYPI_MIRROR_MIRROR_DIR, PYPI_MIRROR_STATE, the --config file; its other keys "
+            "are pypi_mirror.py's and ignored here). "
             "Exit codes: 0 written, 1 failed (I/O error, mirror not ready), 2 usage error, "
             "3 mirror locked by a running sync, 130 interrupted."
         ),
     )
-    parser.add_argument(
-        "--mirror-dir",
-        type=Path,
-        default=DEFAULT_MIRROR_DIR,
-        help="mirror directory; its pypi_mirror/ is the served tree (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--state",
-        type=Path,
-        default=None,
-        help="pypi_mirror.py's state file, which says the changelog serial the mirror "
-        "is at (default: DIR/state.json)",
-    )
+    # The mirror and its state come from pypi_mirror.py's own settings (flags,
+    # PYPI_MIRROR_* variables, the same --config file), so the two always agree.
+    settings.add_config_argument(parser)
+    settings.add_options(parser, [o for o in settings.OPTIONS if o.key in ("mirror-dir", "state")])
     parser.add_argument(
         "--output",
         default=DEFAULT_OUTPUT,
         help="CSV to write atomically, '-' for standard output; must not be inside "
         "the served tree (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--algorithm",
-        default=TUF_HASH_ALGORITHM,
-        choices=sorted(HASH_FACTORIES),
-        help="hash type; TUF clients of this mirror need blake2b-256 (default: %(default)s)",
     )
     parser.add_argument(
         "--workers",
@@ -523,12 +499,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_options(args: argparse.Namespace) -> Options:
+def parse_options(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> Options:
+    mirror_dir, state_path = settings.mirror_paths(args, environ)
     return Options(
-        mirror_dir=args.mirror_dir,
-        state_path=args.state or MirrorLayout(args.mirror_dir).state_file,
+        mirror_dir=mirror_dir,
+        state_path=state_path,
         output=None if args.output == STDOUT else Path(args.output),
-        algorithm=args.algorithm,
         workers=args.workers,
         executor=args.executor,
     )
@@ -543,8 +519,6 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     configure_logging(args.verbose, args.quiet)
     options = parse_options(args)
-    if warning := algorithm_warning(options.algorithm):
-        log.warning("%s", warning)
     log.debug(
         "mirror %s, state %s, %d %s",
         options.mirror_dir,
@@ -578,7 +552,7 @@ def run(args: argparse.Namespace) -> int:
         "wrote %d rows (%s) to %s in %.1f s, %.0f rows/s; import them, then start "
         "RSTUF updates from serial %d",
         summary.rows,
-        options.algorithm,
+        TUF_HASH_ALGORITHM,
         destination,
         summary.seconds,
         summary.rows_per_second,

@@ -1,9 +1,9 @@
-"""How both HTTP clients retry and read answers: one backoff, one Retry-After, one size cap.
+"""What both HTTP clients share: the User-Agent, when to retry, how much of an answer to read.
 
 `pypi_client.py` (PyPI) and `rstuf_client.py` (RSTUF) each decide which
 failures are worth another attempt and raise `Retryable` for them; everything
-about *when* to try again and *how much* of an answer to read lives here, so a
-fix to either lands in both clients.
+about *when* to try again (one backoff, one Retry-After parser and cap) and
+*how much* of an answer to read lives here, so a fix lands in both clients.
 """
 
 from __future__ import annotations
@@ -19,7 +19,12 @@ from typing import TypeVar
 
 import requests
 
+from cli_support import VERSION
+
 T = TypeVar("T")
+
+# Who is asking, on every request to PyPI and to RSTUF (PyPI asks mirrors to say).
+USER_AGENT = f"pypi-index-mirror/{VERSION} (+python-requests/{requests.__version__})"
 
 MAX_BACKOFF = 30.0  # seconds: cap of one exponential backoff delay
 # seconds: never sleep longer than this on one server hint. PyPI's XML-RPC rate

@@ -17,7 +17,7 @@ import os
 import re
 import signal
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,7 +105,6 @@ def digest_file(path: Path | str, algorithm: str = TUF_HASH_ALGORITHM) -> FileDi
 # Both scripts' defaults: generate_csv.py must find what pypi_mirror.py wrote.
 DEFAULT_MIRROR_DIR = Path("pypi-index-mirror")
 PAGE_NAME = "index.html"
-_PREFIXED_PAGE = re.compile(r"^[0-9a-f]{64}\.index\.html$")
 
 
 @dataclass(frozen=True)
@@ -142,6 +141,11 @@ class MirrorLayout:
         outbox in it) along.
         """
         return self.root / "state.json"
+
+    @property
+    def status_file(self) -> Path:
+        """How the last run ended (run_status.py): beside state.json, never served."""
+        return self.root / "status.json"
 
     @property
     def lock_path(self) -> Path:
@@ -181,10 +185,6 @@ def digest_of_copy(relative: str) -> str:
     return relative.rpartition("/")[2].partition(".")[0]
 
 
-def is_prefixed_copy(filename: str) -> bool:
-    return bool(_PREFIXED_PAGE.match(filename))
-
-
 def iter_targets(layout: MirrorLayout) -> Iterator[str]:
     """Yield every TUF target the mirror serves, sorted: ``index.html`` first.
 
@@ -205,16 +205,21 @@ def iter_targets(layout: MirrorLayout) -> Iterator[str]:
 # --- writing -----------------------------------------------------------------
 
 
-def atomic_write(path: Path, data: bytes, staging_dir: Path, prefix: str = ".tmp-") -> None:
+def atomic_write(
+    path: Path, data: bytes, staging_dir: Path, prefix: str = ".tmp-", mode: int | None = None
+) -> None:
     """Replace `path` with `data` durably, so that readers see the old or the new bytes.
 
     The temp file (named `prefix`...) is created in `staging_dir` (same filesystem
     as `path`), fsynced, and renamed over `path`; then the directory is fsynced.
+    Its permissions are mkstemp's 0600 unless `mode` is given.
     Bulk page writes do not come here: they share one `sync_filesystem` per batch.
     """
     staging_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=staging_dir, prefix=prefix)
     try:
+        if mode is not None:
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -225,6 +230,16 @@ def atomic_write(path: Path, data: bytes, staging_dir: Path, prefix: str = ".tmp
             os.unlink(tmp_name)
         raise
     fsync_dir(path.parent)
+
+
+def readable_mode() -> int:
+    """The mode open(2) would give a new file (0666 less the umask), for files others read.
+
+    mkstemp's 0600 would keep out whoever imports the CSV or scrapes the metrics.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def fsync_dir(directory: Path) -> None:
@@ -315,21 +330,29 @@ def mirror_lock(lock_path: Path) -> Iterator[None]:
 # --- test hook -----------------------------------------------------------------
 
 CRASH_AT_ENV = "PYPI_MIRROR_CRASH_AT"
-_crash_passes: dict[str, int] = {}
 
 
-def crash_point(name: str) -> None:
-    """Test hook: SIGKILL this process the n-th time it passes point `name`.
+def crash_point(moment: str, subjects: Collection[str] = ()) -> None:
+    """Test hook: SIGKILL this process at the moment ``PYPI_MIRROR_CRASH_AT`` names.
 
-    The crash tests (tests/test_crash.py) set ``PYPI_MIRROR_CRASH_AT=<name>:<n>``
-    to prove that a run killed right there loses nothing. Points: ``page-temp``
-    (page bytes in a temp file), ``page-renamed`` (page renamed into place),
-    ``state-save`` (before state.json is written), ``rstuf-answered`` (RSTUF
-    accepted a request, its task id not yet saved). Inert when the variable is unset.
+    The crash tests (tests/test_crash.py) set it to ``<moment>`` (the first time
+    the run reaches that moment) or ``<moment>@<subject>`` (the first time it
+    reaches it for that subject) to prove that a run killed right there loses
+    nothing. Moments and their subjects:
+
+    - ``page-temp@<target>``: a page's new bytes are in a temp file, nothing of
+      them in place yet (``simple/numpy/index.html``; ``index.html``: the root);
+    - ``page-renamed@<target>``: the page is in place, the old copy not yet retired;
+    - ``state-save@<why>``: state.json is about to record `why` (``full-sync-started``,
+      ``batch-intent``, ``root-intent``, ``run-end``, ``delivered``);
+    - ``rstuf-answered@<target>``: RSTUF accepted a request carrying that target,
+      its task id not yet saved.
+
+    Inert when the variable is unset.
     """
     spec = os.environ.get(CRASH_AT_ENV)
-    if not spec or spec.partition(":")[0] != name:
+    if not spec:
         return
-    _crash_passes[name] = _crash_passes.get(name, 0) + 1
-    if _crash_passes[name] == int(spec.partition(":")[2] or 1):
+    point, _, subject = spec.partition("@")
+    if point == moment and (not subject or subject in subjects):
         os.kill(os.getpid(), signal.SIGKILL)

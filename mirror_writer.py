@@ -138,7 +138,6 @@ class MirrorWriter:
             self.ensure_copy(directory, digest)
             return False
         temp = self._write_temp(body)
-        crash_point("page-temp")
         self.install(directory, temp, digest)
         self.retire_replaced(directory, old, body)
         return True
@@ -146,14 +145,17 @@ class MirrorWriter:
     def install(self, directory: Path, temp: Path, digest: str) -> None:
         """Move a staged page into place: hash-prefixed copy first, then ``index.html``."""
         copy = directory / prefixed_name(digest)
+        relative = self._relative(copy)
+        target = (target_of_copy(relative),)
         try:
+            crash_point("page-temp", target)
             self._link_copy(temp, copy)
             os.replace(temp, directory / PAGE_NAME)
-            crash_point("page-renamed")
+            crash_point("page-renamed", target)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp)
-        self.state.retired.pop(self._relative(copy), None)
+        self.state.retired.pop(relative, None)
 
     def stage(self, chunks: Iterable[bytes], keep: bool = True) -> tuple[Path | None, str]:
         """Write `chunks` to a temp file (unless not `keep`), hashing them on the way."""

@@ -13,7 +13,6 @@ import os
 import re
 import threading
 import time
-import xml.parsers.expat
 import xmlrpc.client
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,8 +21,9 @@ from typing import Protocol, TypeVar
 import lxml.etree
 import requests
 
-from cli_support import VERSION, ToolError
+from cli_support import ToolError
 from http_retry import (
+    USER_AGENT,
     BodyTooLarge,
     Retryable,
     RetryPolicy,
@@ -33,11 +33,11 @@ from http_retry import (
     read_capped,
     retry_after_of,
 )
+from xmlrpc_stream import AnswerParser, MalformedAnswer
 
 log = logging.getLogger("pypi_mirror")
 T = TypeVar("T")
 
-USER_AGENT = f"pypi-index-mirror/{VERSION} (+python-requests/{requests.__version__})"
 HTML_ACCEPT = "application/vnd.pypi.simple.v1+html, text/html;q=0.9"
 SIMPLE_HTML_TYPES = ("application/vnd.pypi.simple.v1+html", "text/html")
 
@@ -157,31 +157,6 @@ def parse_changelog_rows(rows: object, since: int) -> list[ChangelogEntry]:
 def is_serial(value: object) -> bool:
     """A journal serial: an int, not a bool, not negative (state.json refuses anything else)."""
     return type(value) is int and value >= 0
-
-
-class StreamingStructUnmarshaller(xmlrpc.client.Unmarshaller):
-    """Hands each member of the answer's top-level struct to `sink` as soon as it is parsed.
-
-    ``list_packages_with_serial`` answers a struct of 700,000 members: building
-    it as a dict and then validating it into another would hold two copies.
-    """
-
-    def __init__(self, sink: Callable[[object, object], None]) -> None:
-        super().__init__(use_datetime=False)
-        self._sink = sink
-        self._in_fault = False
-
-    def start(self, tag: str, attrs: dict) -> None:
-        self._in_fault |= tag == "fault"
-        super().start(tag, attrs)
-
-    def end(self, tag: str) -> None:
-        super().end(tag)
-        stack, marks = self._stack, self._marks
-        top_member = tag == "member" and len(marks) == 1 and not self._in_fault
-        if top_member and len(stack) >= marks[0] + 2:
-            value, name = stack.pop(), stack.pop()
-            self._sink(name, value)
 
 
 @dataclass(frozen=True)
@@ -347,20 +322,18 @@ class PypiClient:
         response: requests.Response,
         sink: Callable[[object, object], None] | None = None,
     ) -> object:
-        """Feed the answer to the unmarshaller as it streams (no second copy of 50 MB).
+        """Parse the answer as it streams (no second copy of 60 MB).
 
         With `sink`, the members of a struct answer go to it instead of into a dict.
         """
-        if sink is None:
-            parser, unmarshaller = xmlrpc.client.getparser(use_datetime=False)
-        else:
-            unmarshaller = StreamingStructUnmarshaller(sink)
-            parser = xmlrpc.client.ExpatParser(unmarshaller)
+        parser = AnswerParser(sink)
+        received = 0  # for -v
         try:
             for chunk in iter_capped(response, self.config.max_xmlrpc_bytes, 1 << 20):
+                received += len(chunk)
                 parser.feed(chunk)
-            parser.close()
-            (result,) = unmarshaller.close()
+            result = parser.close()
+            log.debug("XML-RPC %s: HTTP %d, %d bytes", method, response.status_code, received)
         except BodyTooLarge as exc:
             raise UpstreamError(f"XML-RPC {method}: answer {exc}; refused") from None
         except requests.RequestException as exc:
@@ -374,7 +347,7 @@ class PypiClient:
                     retry_after=cap_retry_after(float(match.group(1))) if match else None,
                 ) from None
             raise XmlRpcFault(method, fault.faultCode, text) from None
-        except (xml.parsers.expat.ExpatError, xmlrpc.client.ResponseError, ValueError) as exc:
+        except MalformedAnswer as exc:
             raise Transient(f"XML-RPC {method}: malformed answer ({exc})") from None
         return result
 
@@ -430,6 +403,7 @@ class PypiClient:
             raise Transient(f"{name}: connection failed: {exc}") from exc
         with response:
             if response.status_code == 404:
+                log.debug("page %s: HTTP 404", name)
                 return FetchedPage(name, None, None, None)
             check_status(response, name)
             content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
@@ -444,6 +418,7 @@ class PypiClient:
                 raise NotASimplePage(name, str(exc)) from None
             except requests.RequestException as exc:
                 raise Transient(f"{name}: body cut off: {exc}") from exc
+        log.debug("page %s: HTTP 200, serial %s, %d bytes", name, serial_header, len(body))
         return FetchedPage(name, body, int(serial_header), inspect_simple_page(name, body))
 
 

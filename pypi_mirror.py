@@ -11,8 +11,10 @@ This module is the orchestration (`Sync`) and the command line (`main`); each
 concern it orchestrates has a module of its own beside it:
 
 - ``settings.py``: every option (flag, environment, config file) and `Config`;
-- ``pypi_client.py``: the only code that speaks to PyPI;
+- ``pypi_client.py``: the only code that speaks to PyPI (its XML-RPC answers are
+  parsed by ``xmlrpc_stream.py``);
 - ``changelog.py``: what the changelog and the listing mean (pure);
+- ``sync_plan.py``: what a run fetches and rewrites, from what it read (pure);
 - ``root_index.py``: the root page, rendered and merged as a stream (pure);
 - ``mirror_writer.py``: the only code that changes the served tree;
 - ``state.py``: state.json, with the RSTUF outbox;
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import functools
 import logging
 import sys
@@ -36,7 +39,15 @@ from dataclasses import dataclass, field
 import rstuf_client
 import settings
 from changelog import Listing, add_listed, identity_changes, merge_pending, projects_to_refresh
-from cli_support import EXIT_OK, EXIT_PARTIAL, UsageError, configure_logging, run_cli
+from cli_support import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    UsageError,
+    configure_logging,
+    failure,
+    run_cli,
+)
 from http_retry import call_with_retries
 from mirror_store import (
     ROOT_TARGET,
@@ -52,20 +63,19 @@ from mirror_store import (
 from mirror_writer import Change, MirrorWriter
 from progress import Progress
 from pypi_client import (
-    USER_AGENT,
     FetchedPage,
-    MissingPage,
     PypiClient,
-    StalePage,
     UpstreamError,
 )
 from root_index import iter_root_index, merge_root, render_root_lines
 from rstuf_outbox import RstufDelivery, WaitBudget
+from run_status import StatusRecorder, show_status
 from settings import Config, config_from
 from state import PendingProject, State, clear_state_temps, load_state, save_state
+from sync_plan import current_projects, full_sync_fetches, root_changes, stale_answer
 
 log = logging.getLogger("pypi_mirror")
-# The one line every run ends with; logged at INFO even under -q (see `main`).
+# The one line every run ends with; logged at INFO even under -q (see `run`).
 summary_log = logging.getLogger("pypi_mirror.summary")
 
 
@@ -84,6 +94,8 @@ class Summary:
     rstuf_waited: float = 0.0  # seconds spent on RSTUF, out of --rstuf-wait
     serial_before: int | None = None
     serial_after: int | None = None
+    upstream_serial: int | None = None  # PyPI's last serial, as this run saw it
+    upstream_seen: float | None = None  # when (epoch seconds)
     elapsed: float = 0.0
     problems: list[str] = field(default_factory=list)
 
@@ -136,12 +148,16 @@ class Sync:
         self.membership_changed = False
         self.budget = WaitBudget(config.rstuf_wait)  # one for the whole run
         self.delivery: RstufDelivery | None = None
+        self.status = StatusRecorder(
+            self.layout.status_file, self.layout.staging_dir, config.metrics_file
+        )
+        self.started = time.monotonic()
 
     # the run
 
     def run(self) -> int:
-        started = time.monotonic()
-        with mirror_lock(self.layout.lock_path):
+        self.started = time.monotonic()
+        with mirror_lock(self.layout.lock_path), self.recording():
             clear_staging(self.layout.staging_dir)
             clear_state_temps(self.config.state_file)
             self.state = load_state(self.config.state_file)
@@ -159,27 +175,61 @@ class Sync:
                 self.update()
             if not self.config.dry_run:
                 sync_filesystem(self.layout.root)  # every page durable before the serial moves
-                self.save()
+                self.save("run-end")
                 self.deliver_outbox(wait=True)
                 # after the delivery: what RSTUF just confirmed frees the copies it replaced
                 self.writer.collect_retired(self.config.grace)
                 self.save()
-        self.summary.serial_after = self.state.serial
-        self.summary.requests = self.pypi.requests_made
-        self.summary.rstuf_waited = self.budget.spent
-        self.summary.elapsed = time.monotonic() - started
         for problem in dict.fromkeys(self.summary.problems):  # each once, in order
             log.warning("%s", problem)
         summary_log.info("%s", self.summary.line())
+        return self.exit_code()
+
+    def exit_code(self) -> int:
         return EXIT_PARTIAL if self.summary.problems or self.state.pending else EXIT_OK
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[None]:
+        """Record the run in status.json (and --metrics-file) when it starts and however it ends.
+
+        The one place a run's end is recorded, inside the lock: an exception
+        (a failure, SIGTERM) is recorded with its exit code and line, then goes on
+        to `run_cli`. A dry run changes nothing, so it records nothing.
+        """
+        if self.config.dry_run:
+            yield
+            return
+        unread = self.state  # replaced when state.json is loaded; kept if that failed
+        self.status.begin()
+        exit_code, error = EXIT_FAILED, None
+        try:
+            yield
+            exit_code = self.exit_code()
+        except BaseException as exc:
+            exit_code, error = failure(exc)
+            raise
+        finally:
+            self.summary.serial_after = self.state.serial
+            self.summary.requests = self.pypi.requests_made
+            self.summary.rstuf_waited = self.budget.spent
+            self.summary.elapsed = time.monotonic() - self.started
+            loaded = self.state if self.state is not unread else None
+            self.status.end(exit_code, error, self.summary, loaded)
+
+    def upstream_last_serial(self) -> int:
+        """PyPI's last changelog serial, noted for the status file (the lag behind it)."""
+        serial = self.pypi.changelog_last_serial()
+        self.summary.upstream_serial, self.summary.upstream_seen = serial, time.time()
+        return serial
 
     def needs_full_sync(self) -> bool:
         state = self.state
         return state.serial is None or state.full_sync_in_progress or self.config.full_check
 
-    def save(self) -> None:
+    def save(self, why: str = "") -> None:
+        """Write state.json (not in a dry run); `why` names the moment for the crash tests."""
         if not self.config.dry_run:
-            crash_point("state-save")
+            crash_point("state-save", (why,))
             save_state(self.config.state_file, self.state)
 
     # first sync and --full-check
@@ -193,7 +243,7 @@ class Sync:
         sync records nothing for RSTUF: RSTUF is bootstrapped from the CSV.
         """
         first = self.state.serial is None and not self.layout.root_page.exists()
-        last_serial = self.pypi.changelog_last_serial()
+        last_serial = self.upstream_last_serial()
         wanted = Listing()  # only checked serials set the target
         self.pypi.list_packages_with_serial(functools.partial(add_listed, wanted))
         target = min(last_serial, max(wanted.serials.values(), default=last_serial))
@@ -205,21 +255,13 @@ class Sync:
         )
         if not self.state.full_sync_in_progress:
             self.state.full_sync_in_progress = True
-            self.save()
+            self.save("full-sync-started")
         local = self.writer.local_projects()
-        if self.config.full_check or not local:  # archiving leaves the serial as it was
+        if self.config.full_check:  # archiving leaves the serial as it was: fetch them all
             current: set[str] = set()
         else:
-            current = {n for n, item in wanted.items() if self.is_current(n, item, local)}
-        gone = local - wanted.serials.keys()
-        if not current and not gone and not self.state.pending:
-            to_fetch = wanted  # a first sync: no second 700,000-entry dict or list
-        else:
-            to_fetch = {name: item for name, item in wanted.items() if name not in current}
-        for name in gone:  # PyPI no longer lists it: let its page decide
-            to_fetch[name] = PendingProject(name, 0)
-        for name, item in self.state.pending.items():
-            merge_pending(to_fetch, name, item)
+            current = current_projects(wanted, local, self.writer.local_serial, self.state.pending)
+        to_fetch = full_sync_fetches(wanted, local, current, self.state.pending)
         self.summary.unchanged += len(current)
         outcome = self.refresh(to_fetch, record_changes=not first)
         members = (
@@ -231,22 +273,16 @@ class Sync:
         self.state.serial = target if self.state.serial is None else max(self.state.serial, target)
         self.state.full_sync_in_progress = False
 
-    def is_current(self, name: str, item: PendingProject, local: set[str]) -> bool:
-        if name not in local or name in self.state.pending:
-            return False
-        on_disk = self.writer.local_serial(name)
-        return on_disk is not None and on_disk >= item.serial
-
     # updates from the changelog
 
     def update(self) -> None:
         """Apply the changelog since ``state.serial``: fetch each mentioned project once."""
         since = self.state.serial
         assert since is not None
-        last_serial = self.pypi.changelog_last_serial()
+        last_serial = self.upstream_last_serial()
         to_fetch: dict[str, PendingProject] = {}
         newest = since
-        renamed: set[str] = set()
+        renamed: set[str] = set()  # renamed, created or removed: see identity_changes
         for entries in self.pypi.changelog_since(since, last_serial):
             for name, item in projects_to_refresh(entries).items():
                 merge_pending(to_fetch, name, item)
@@ -257,13 +293,10 @@ class Sync:
         log.info("changelog %d->%d: %d projects to refresh", since, newest, len(to_fetch))
         outcome = self.refresh(to_fetch, record_changes=True)
         fetched = to_fetch.keys() - outcome.failed
-        if self.membership_changed or self.state.root_stale or renamed & fetched:
-            self.rewrite_root(
-                {
-                    name: to_fetch[name].display_name if outcome.lists(name) else None
-                    for name in fetched
-                }
-            )
+        membership = self.membership_changed or self.state.root_stale
+        changes = root_changes(to_fetch, fetched, outcome.lists, renamed, membership)
+        if changes is not None:
+            self.rewrite_root(changes)
         self.state.serial = newest
 
     def rewrite_root(self, changes: dict[str, str | None]) -> None:
@@ -295,7 +328,7 @@ class Sync:
             self.writer.retire(old_copy)
         if record_change and self.owes_rstuf:
             self.state.outbox.owe({ROOT_TARGET: old_digest})
-        self.save()
+        self.save("root-intent")
         served.mkdir(parents=True, exist_ok=True)
         self.writer.install(served, temp, digest)
         if old_copy is not None:
@@ -318,7 +351,7 @@ class Sync:
         self.progress.start(len(wanted), "fetching")
         batch: list[Change] = []
         for name, fetched in self.fetch_all(wanted):
-            self.progress.advance()
+            self.progress.advance(failed=isinstance(fetched, Exception))
             if isinstance(fetched, Exception):
                 self.keep_pending(name, wanted[name], fetched)
                 outcome.failed.add(name)
@@ -375,11 +408,8 @@ class Sync:
 
         def attempt() -> FetchedPage:
             page = self.pypi.with_retries(name, lambda: self.pypi.fetch_page(name))
-            if page.body is None:
-                if item.expect_page:
-                    raise MissingPage(name, item.serial)
-            elif page.serial is None or page.serial < item.serial:
-                raise StalePage(name, item.serial, page.serial or 0)
+            if problem := stale_answer(page, item):
+                raise problem
             return page
 
         return call_with_retries(attempt, self.pypi.retry_policy, name, log, logging.DEBUG)
@@ -409,7 +439,7 @@ class Sync:
         if record_changes:
             self.state.root_stale |= membership
         if record_changes or any(retiring):
-            self.save()  # the batch's intent is durable before it touches the disk
+            self.save("batch-intent")  # durable before the batch touches the disk
         for change in batch:
             self.writer.apply(change)
             self.count(change)
@@ -467,15 +497,28 @@ class Sync:
                 self.state,
                 self.layout,
                 self.rstuf,
-                self.save,
+                self.save_delivery_step,
                 batch=self.config.rstuf_batch,
                 budget=self.budget,
             )
+        self.progress.start(self.unconfirmed(), "delivering", unit="paths")
         report = self.delivery.deliver(wait)
+        self.progress.finish()
         self.summary.rstuf_sent += report.sent
         self.writer.restart_grace(report.superseded)
-        self.save()
+        self.save("delivered")
         self.summary.problems.extend(f"RSTUF: {error}" for error in report.errors)
+
+    def unconfirmed(self) -> int:
+        """Outbox paths RSTUF has not confirmed: len(outbox) without its set union (cheap)."""
+        box = self.state.outbox
+        return len(box.dirty) + sum(len(task.paths) for task in box.tasks)
+
+    def save_delivery_step(self) -> None:
+        """Save a durable step of the RSTUF delivery, and show how far the delivery got."""
+        self.save()
+        if self.progress.phase is not None:
+            self.progress.update_to(self.progress.phase.total - self.unconfirmed())
 
 
 # --- main
@@ -505,7 +548,6 @@ def make_rstuf_client(config: Config) -> rstuf_client.RstufClient:
         retries=config.retries,
         backoff=config.backoff,
         poll_interval=config.rstuf_poll,
-        user_agent=USER_AGENT,
     )
 
 
@@ -517,15 +559,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run(config: Config) -> int:
     configure_logging(config.verbose, config.quiet)
+    if config.status:
+        return show_status(MirrorLayout(config.mirror_dir).status_file, config.status_json)
+    if config.metrics_file is not None and not config.metrics_file.parent.is_dir():
+        raise UsageError(f"--metrics-file {config.metrics_file}: no such directory")
     summary_log.setLevel(logging.INFO)  # cron keeps one line per run, even under -q
     pypi = PypiClient(config.pypi_url, config)
     try:
         rstuf = make_rstuf_client(config) if config.rstuf_url else None
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    progress = Progress(config.progress, config.progress_interval)
     try:
-        return Sync(config, pypi, rstuf, Progress(config.progress)).run()
+        return Sync(config, pypi, rstuf, progress).run()
     finally:
+        progress.close()
         pypi.close()
         if rstuf is not None:
             rstuf.close()

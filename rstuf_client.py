@@ -15,8 +15,9 @@ lives here, in three parts:
    one line telling the operator what to do.
 
 The endpoints and bodies follow repository-service-tuf-api
-(``repository_service_tuf_api/artifacts.py``, ``tasks.py``, ``bootstrap.py``) and
-what a real RSTUF (API 1.0.1, worker 1.0.2) was seen to answer.
+(``repository_service_tuf_api/artifacts.py``, ``tasks.py``, ``bootstrap.py``), the
+task results repository-service-tuf-worker writes (``repository_service_tuf_worker/
+repository.py``), and what a real RSTUF (API 1.0.1, worker 1.0.2) was seen to answer.
 
 The publish race: an add/delete task sent with ``publish_artifacts: false``
 first writes its rows, then stays RUNNING, holding a worker process, until a
@@ -46,8 +47,8 @@ from urllib.parse import urlsplit, urlunsplit
 import requests
 import urllib3
 
-from cli_support import VERSION
 from http_retry import (
+    USER_AGENT,
     BodyTooLarge,
     Retryable,
     RetryPolicy,
@@ -74,22 +75,17 @@ HASH_HEX_LENGTHS: Mapping[str, int] = {"blake2b-256": 64, "sha256": 64, "sha512"
 
 SUCCESS_STATE = "SUCCESS"
 # Only SUCCESS means done. These end a task without its changes; IGNORED is in
-# RSTUF's TaskState enum too, although the API documents it as unused.
+# RSTUF's TaskState enum too, although the API documents it as unused. Every
+# other state (PENDING, RECEIVED, STARTED, PRE_RUN, RUNNING, RETRY) may still
+# lead to SUCCESS; an unknown task id answers PENDING, for ever.
 TERMINAL_FAILURE_STATES: frozenset[str] = frozenset(
     {"FAILURE", "ERRORED", "REVOKED", "REJECTED", "IGNORED"}
-)
-# States a task passes through on its way to SUCCESS; an unknown task id also
-# answers PENDING, for ever.
-NON_TERMINAL_STATES: frozenset[str] = frozenset(
-    {"PENDING", "RECEIVED", "STARTED", "PRE_RUN", "RUNNING", "RETRY"}
 )
 # An add/delete in one of these has written its rows, so a publish posted now covers it.
 ROWS_WRITTEN_STATES: frozenset[str] = frozenset({"RUNNING", SUCCESS_STATE})
 
 MAX_RESPONSE_BYTES = 1 << 20  # 1 MiB, plus the request's own size (the answer echoes its paths)
 _DETAIL_CHARS = 400  # RSTUF's text is shown on one line, at most this long
-
-DEFAULT_USER_AGENT = f"pypi-index-mirror/{VERSION}"
 
 
 # --- records -------------------------------------------------------------------
@@ -495,7 +491,7 @@ class RstufClient:
         retries: int = 4,  # extra attempts after the first
         backoff: float = 1.0,  # seconds before the first retry, doubling after
         poll_interval: float = 2.0,  # seconds between two task polls
-        user_agent: str = DEFAULT_USER_AGENT,
+        user_agent: str = USER_AGENT,
     ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:

@@ -375,7 +375,7 @@ class RstufDelivery:
             self._forget(intent)
             self.save()
             raise
-        crash_point("rstuf-answered")
+        crash_point("rstuf-answered", paths)
         self.last_progress = self.monotonic()  # a new task: give it time to start
         self._forget(intent)
         intent.task_id = task_id

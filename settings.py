@@ -5,12 +5,15 @@ Each `Option` becomes a ``--flag``, a ``PYPI_MIRROR_*`` environment variable
 with ``--config`` (env ``PYPI_MIRROR_CONFIG``). The command line wins over the
 environment, the environment over the file, the file over the default. Paths
 in the file are resolved relative to the file, so a cron line without ``cd``
-still finds the mirror. Unknown keys are refused with the key named.
+still finds the mirror. Unknown keys, actions of one run (``dry-run``) and
+values of the wrong TOML type or out of range are refused with the key named;
+``pypi-mirror.example.toml`` documents every key.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import sys
 import tomllib
@@ -55,6 +58,10 @@ class Config:
     verbose: bool = False
     quiet: bool = False
     progress: bool = False  # a bar on stderr: set when stderr is a terminal and not quiet
+    progress_interval: float = 60.0  # seconds between progress log lines without a terminal
+    metrics_file: Path | None = None  # Prometheus text file written at the end of each run
+    status: bool = False  # --status: print the last run's status and exit
+    status_json: bool = False  # --status --json
 
     @property
     def state_file(self) -> Path:
@@ -125,8 +132,8 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "state",
-        "state file: serial, pending projects, RSTUF outbox (default: DIR/state.json, beside "
-        "the served tree, so a backup of the mirror keeps it)",
+        "state file: serial, pending projects, RSTUF outbox; by default DIR/state.json, beside "
+        "the served tree, so a backup of the mirror keeps it",
         Path,
         field="state_path",
         path=True,
@@ -200,9 +207,46 @@ OPTIONS: tuple[Option, ...] = (
         "a project page larger than this is refused and kept pending, never mirrored",
         number(int, 1024, 1 << 30),
     ),
-    Option("verbose", "log debug detail (each retry and stale answer)", short="-v"),
+    Option(
+        "progress-interval",
+        "seconds between two progress log lines of a long phase when stderr is not a "
+        "terminal (0: none); on a terminal a bar is shown instead",
+        number(float, 0, 86400),
+        metavar="S",
+    ),
+    Option(
+        "metrics-file",
+        "write the run's figures to FILE in Prometheus text format at the end of each run "
+        "(atomically; for node_exporter's textfile collector, so name it *.prom)",
+        Path,
+        path=True,
+        metavar="FILE",
+    ),
+    Option(
+        "status",
+        "print the last run's status (from the mirror directory's status.json; no network) "
+        "and exit",
+        in_file=False,
+        env=None,
+    ),
+    Option(
+        "json",
+        "with --status: print the status as one JSON object",
+        field="status_json",
+        in_file=False,
+        env=None,
+    ),
+    Option(
+        "verbose",
+        "log debug detail (each page fetched, each retry and stale answer)",
+        short="-v",
+    ),
     Option("quiet", "log warnings, errors and the summary line only", short="-q"),
 )
+
+# Switches of which one source (command line, environment, file) may set only one; a
+# higher source's choice replaces a lower one's (``-q`` over a file's ``verbose = true``).
+EXCLUSIVE = ("verbose", "quiet")
 
 
 def describe(option: Option) -> str:
@@ -229,28 +273,37 @@ def build_parser(
         epilog=epilog,
         argument_default=argparse.SUPPRESS,
     )
+    add_config_argument(parser)
+    add_options(parser, options)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
+    return parser
+
+
+def add_config_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config",
         type=Path,
         metavar="FILE",
-        help=f"TOML config file; keys are the long option names (env {CONFIG_ENV})",
+        default=argparse.SUPPRESS,
+        help="TOML config file; its keys are the long option names, relative paths are "
+        f"relative to it (see pypi-mirror.example.toml; env {CONFIG_ENV})",
     )
+
+
+def add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> None:
+    """Add `options` to `parser` as flags that default to 'not given' (see `resolve`)."""
     for option in options:
         names = [f"--{option.key}"] + ([option.short] if option.short else [])
+        common = {"dest": option.dest, "help": describe(option), "default": argparse.SUPPRESS}
         if option.parse is None:
-            parser.add_argument(
-                *names, dest=option.dest, action="store_true", help=describe(option)
-            )
+            parser.add_argument(*names, action="store_true", **common)
         else:
             parser.add_argument(
                 *names,
-                dest=option.dest,
                 type=argparse_type(option),
                 metavar=option.metavar or ("N" if getattr(option.parse, "bounds", None) else None),
-                help=describe(option),
+                **common,
             )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
-    return parser
 
 
 def argparse_type(option: Option) -> Callable[[str], Any]:
@@ -269,7 +322,12 @@ def argparse_type(option: Option) -> Callable[[str], Any]:
 
 
 def load_config_file(path: Path, options: Sequence[Option] = OPTIONS) -> dict[str, Any]:
-    """Read a TOML config file into {dest: value}; raise UsageError naming what is wrong."""
+    """Read a TOML config file into {dest: value}; raise UsageError naming what is wrong.
+
+    Every key is checked against `options` (the whole table, even when the caller
+    uses a few keys: a typo is refused by both scripts alike). Relative paths are
+    resolved against the file's directory.
+    """
     try:
         document = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -283,31 +341,54 @@ def load_config_file(path: Path, options: Sequence[Option] = OPTIONS) -> dict[st
     for key, raw in document.items():
         option = known.get(key)
         if option is None:
-            hint = (
-                " (an action of one run: give it on the command line)"
-                if any(o.key == key for o in options)
-                else ""
-            )
-            raise UsageError(f"config file {path}: unknown key {key!r}{hint}")
+            raise UsageError(f"config file {path}: unknown key {key!r}{unknown_key_hint(key)}")
         try:
             value = file_value(option, raw)
         except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
             raise UsageError(f"config file {path}: {key}: {exc}") from None
         if option.path:
-            value = (path.parent / value) if not Path(value).is_absolute() else Path(value)
+            # an absolute value stays; '..' is resolved as written, as a shell would
+            value = Path(os.path.normpath(path.absolute().parent / value.expanduser()))
         values[option.dest] = value
+    check_exclusive(values, f"config file {path}: {' and '.join(EXCLUSIVE)}")
     return values
 
 
+def unknown_key_hint(key: str, options: Sequence[Option] = OPTIONS) -> str:
+    """What the operator probably meant by a key the file may not have."""
+    if any(option.key == key and not option.in_file for option in options):
+        return " (an action of one run, not a setting: give it on the command line)"
+    if "token" in key:
+        return f" (the RSTUF token is read from the environment only: {TOKEN_ENV})"
+    if key == "config":
+        return " (a config file cannot name another)"
+    settable = [option.key for option in options if option.in_file]
+    close = difflib.get_close_matches(key.replace("_", "-"), settable, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def file_value(option: Option, raw: object) -> Any:
-    """A TOML value checked by the same parser as the flag (so the same ranges apply)."""
+    """A TOML value of the option's type, checked by the flag's parser (same ranges apply).
+
+    The TOML type must fit: ``workers = 8`` and ``timeout = 2.5``, not ``"8"``;
+    paths and URLs are strings.
+    """
     if option.parse is None:
         if not isinstance(raw, bool):
             raise TypeError(f"must be true or false, not {raw!r}")
         return raw
-    if isinstance(raw, bool) or not isinstance(raw, str | int | float):
-        raise TypeError(f"must be a string or a number, not {raw!r}")
-    return option.parse(str(raw))
+    kind = getattr(option.parse, "kind", None)
+    if kind is not None:
+        allowed = (int, float) if kind is float else (int,)
+        if isinstance(raw, bool) or not isinstance(raw, allowed):
+            what = "a number" if kind is float else "a whole number"
+            raise TypeError(f"must be {what}, not {raw!r}")
+        return option.parse(str(raw))
+    if not isinstance(raw, str):
+        raise TypeError(f"must be a string, not {raw!r}")
+    if option.path and not raw:
+        raise ValueError("must not be empty")
+    return option.parse(raw)
 
 
 def resolve(
@@ -315,23 +396,49 @@ def resolve(
     environ: Mapping[str, str],
     options: Sequence[Option] = OPTIONS,
 ) -> dict[str, Any]:
-    """{dest: value} for every option given anywhere: command line > environment > file."""
+    """{dest: value} for every option given anywhere: command line > environment > file.
+
+    Only `options` are resolved (generate_csv.py uses two of them), but the
+    file is checked against the whole table.
+    """
     given = vars(args)
     config_path = given.get("config") or (
         Path(environ[CONFIG_ENV]) if environ.get(CONFIG_ENV) else None
     )
-    values = load_config_file(config_path, options) if config_path else {}
+    wanted = {option.dest for option in options}
+    from_file = load_config_file(config_path) if config_path else {}
+    layers = [
+        {dest: value for dest, value in from_file.items() if dest in wanted},
+        environment_values(environ, options),
+        {dest: value for dest, value in given.items() if dest in wanted},
+    ]
+    check_exclusive(layers[1], " and ".join(f"PYPI_MIRROR_{key.upper()}" for key in EXCLUSIVE))
+    check_exclusive(layers[2], " and ".join(f"--{key}" for key in EXCLUSIVE))
+    values: dict[str, Any] = {}
+    for layer in layers:  # lowest precedence first
+        if any(layer.get(key) for key in EXCLUSIVE):
+            for key in EXCLUSIVE:
+                values.pop(key, None)
+        values.update(layer)
+    return values
+
+
+def environment_values(environ: Mapping[str, str], options: Sequence[Option]) -> dict[str, Any]:
+    """{dest: value} of the options set in the environment (an empty variable is unset)."""
+    values = {}
     for option in options:
         name = option.env_name
-        if name and environ.get(name, "") != "" and option.dest not in given:
-            text = environ[name]
+        if name and environ.get(name, "") != "":
             try:
-                values[option.dest] = (option.parse or switch)(text)
+                values[option.dest] = (option.parse or switch)(environ[name])
             except (ValueError, argparse.ArgumentTypeError) as exc:
                 raise UsageError(f"environment variable {name}: {exc}") from None
-        if option.dest in given:
-            values[option.dest] = given[option.dest]
     return values
+
+
+def check_exclusive(values: Mapping[str, Any], what: str) -> None:
+    if all(values.get(key) for key in EXCLUSIVE):
+        raise UsageError(f"{what} exclude each other")
 
 
 def config_from(
@@ -344,8 +451,10 @@ def config_from(
     values = resolve(args, environ)
     config_fields = {f.name for f in fields(Config)}
     values = {key: value for key, value in values.items() if key in config_fields}
-    if values.get("verbose") and values.get("quiet"):
-        raise UsageError("--verbose and --quiet exclude each other")
+    if values.get("status_json") and not values.get("status"):
+        raise UsageError("--json goes with --status")
+    if values.get("status") and (values.get("dry_run") or values.get("full_check")):
+        raise UsageError("--status only reads; give it without --dry-run and --full-check")
     if values.get("no_rstuf") and values.get("rstuf_url"):
         raise UsageError(
             "--no-rstuf and an RSTUF URL (--rstuf-url, RSTUF_API_URL or rstuf-url in the "
@@ -354,3 +463,16 @@ def config_from(
     token = environ.get(TOKEN_ENV) or None
     quiet = values.get("quiet", False)
     return Config(**values, rstuf_token=token, progress=sys.stderr.isatty() and not quiet)
+
+
+def mirror_paths(
+    args: argparse.Namespace, environ: Mapping[str, str] = os.environ
+) -> tuple[Path, Path]:
+    """The mirror directory and the state file, resolved as pypi_mirror.py resolves them.
+
+    generate_csv.py reads them from the same flags, environment and config file,
+    so both scripts always agree on where the mirror is.
+    """
+    shared = [option for option in OPTIONS if option.key in ("mirror-dir", "state")]
+    config = Config(**resolve(args, environ, shared))
+    return config.mirror_dir, config.state_file

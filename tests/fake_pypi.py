@@ -4,7 +4,7 @@ Why a stand-in: the mirror must never be tested against pypi.org, and a stand-in
 demand, a set number of times, what the real index does only on bad days (rate limits, stale
 CDN pages, truncated bodies, garbage answers).
 
-What it models (warehouse's sources; see ``/work/shared/REFERENCE.md`` sections 1, 2 and 6):
+What it models (warehouse's ``warehouse/legacy/api/xmlrpc/views.py``, ``warehouse/api/simple.py``):
 
 * A journal of rows ``(name, version, timestamp, action, serial)``. Every row takes the next
   global serial and becomes its project's ``last_serial``; each mutator writes exactly the rows

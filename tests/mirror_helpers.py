@@ -13,12 +13,14 @@ import requests
 
 import pypi_mirror
 import root_index
-from mirror_store import MirrorLayout, digest_file, is_prefixed_copy, iter_targets
+from mirror_store import MirrorLayout, digest_file, iter_targets
 from state import load_state
 
 View = dict[str, dict]
 REPO = Path(__file__).resolve().parent.parent
 FAST = ["--xmlrpc-interval", "0", "--backoff", "0.01", "--retries", "2", "--workers", "4"]
+# A consistent-snapshot copy: a page's blake2b-256 and its name, hard-linked beside it.
+PREFIXED_COPY = re.compile(r"[0-9a-f]{64}\.index\.html")
 
 
 @dataclass
@@ -98,7 +100,7 @@ class Mirror:
         served = self.layout.served_dir
         found = {}
         for path in served.rglob("*"):
-            if path.is_file() and not is_prefixed_copy(path.name):
+            if path.is_file() and not PREFIXED_COPY.fullmatch(path.name):
                 found[path.relative_to(served).as_posix()] = path.read_bytes()
         return found
 

@@ -1,8 +1,9 @@
 """SIGKILL campaign: a run killed at any point loses nothing and leaves nothing half done.
 
-Each case kills ``pypi_mirror.py`` (a real subprocess) once, either at a named point
+Each case kills ``pypi_mirror.py`` (a real subprocess) once, either at a named moment
 (``PYPI_MIRROR_CRASH_AT``, see ``mirror_store.crash_point``) or after a seeded random
-delay, then reruns it to completion against the same upstream and checks:
+delay (tried again, sooner, from the same start until the kill lands before the run
+ends), then reruns it to completion against the same upstream and checks:
 
 - the served tree is byte-identical to a clean first sync of that upstream (``--grace 0``),
   but for superseded hash-prefixed copies ``state.json`` still tracks for deletion (kept
@@ -18,8 +19,10 @@ starts with changes still owed to RSTUF from a run made while RSTUF was down.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -33,7 +36,7 @@ import pytest
 import cli_support
 import mirror_store
 import pypi_mirror
-from mirror_store import MirrorLayout
+from mirror_store import MirrorLayout, normalize_name, project_target
 from state import load_state
 from tests.fake_pypi import FakePyPI
 from tests.fake_rstuf import ADD, FakeRstuf
@@ -48,6 +51,7 @@ from tests.mirror_helpers import (
 
 SEED = int(os.environ.get("CRASH_SEED", "6"))
 RANDOM_KILLS = 7  # per journey
+KILL_TRIES = 6  # random delays tried per case before the kill must have landed mid-run
 RUN_ARGS = ("--grace", "0", "--rstuf-poll", "0.02")
 FIXED_CLOCK = 1_760_000_000  # the same upstream bytes on every run of the suite
 
@@ -94,6 +98,7 @@ class World:
     """One upstream, the mirror states along the journey, and the reference."""
 
     pypi: FakePyPI
+    names: list[str]  # the populated projects, in listing order
     after_a: Path  # mirror + state after the A update (outbox owed to RSTUF)
     view0: View  # what RSTUF was bootstrapped with
     allowed: set[tuple[str, int, str]]  # every page version the mirror ever served
@@ -132,7 +137,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         assert reference.run(*RUN_ARGS) == 0
         assert_mirror_matches_upstream(reference)
         allowed = versions(view0) | versions(view_a) | versions(mirror_view(reference.layout))
-        world = World(pypi, base / "a", view0, allowed, served_files(reference.layout))
+        reference_tree = served_files(reference.layout)
+        world = World(pypi, names, base / "a", view0, allowed, reference_tree)
         yield world
         tally = world.tally
         print(
@@ -143,11 +149,16 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 @dataclass
 class Case:
-    """One mirror being killed and resumed, with its own stand-in RSTUF (or none)."""
+    """One mirror being killed and resumed, with its own stand-in RSTUF (or none).
+
+    `restart` puts the mirror (and RSTUF) back where the case started, for a
+    random kill that came after the run had already finished.
+    """
 
     world: World
     mirror: Mirror
     rstuf: FakeRstuf | None
+    restart: Callable[[Case], None]
 
     def popen(self, env: dict[str, str], *extra: str) -> subprocess.Popen:
         return subprocess.Popen(
@@ -173,27 +184,47 @@ class Case:
         assert process.returncode == -signal.SIGKILL, f"{point} not reached:\n{stderr}"
 
     def kill_randomly(
-        self, rng: random.Random, window: float, started: Callable[[], bool] | None = None
-    ) -> bool:
-        """Kill at a random delay up to `window` after `started()` turns true (default: the
-        run's first request reached a stand-in); return whether the run was still going."""
-        for name in rng.sample(self.world.pypi.project_names(), 8):
+        self, rng: random.Random, window: float, started: Callable[[Case], bool] | None = None
+    ) -> None:
+        """Kill at a random delay up to `window` after `started` turns true (default: the
+        run's first request reached a stand-in), and make sure the kill landed mid-run.
+
+        A run that ends before its kill tested nothing: the case is restarted and
+        tried again with a delay drawn below the time that run took.
+        """
+        for _ in range(KILL_TRIES):
+            ran_for = self.kill_once(rng, rng.uniform(0, window), started)
+            self.world.tally["random"] += 1
+            if ran_for is None:
+                self.world.tally["mid-run"] += 1
+                return
+            window = min(window, ran_for)
+            self.restart(self)
+        pytest.fail(f"no kill in {KILL_TRIES} tries landed before the run ended")
+
+    def kill_once(
+        self, rng: random.Random, delay: float, started: Callable[[Case], bool] | None
+    ) -> float | None:
+        """SIGKILL the run `delay` seconds after it started; None if it died by the kill,
+        else how long it ran (it finished first: its exit status must say it succeeded)."""
+        for name in rng.sample(self.world.names, 8):
             self.world.pypi.inject(name, "slow", times=1, seconds=0.03)
         seen = self.requests_seen()
-        started = started or (lambda: self.requests_seen() > seen)
         process = self.popen({})
         deadline = time.monotonic() + 20
-        while not started() and process.poll() is None:
+        while not (started(self) if started else self.requests_seen() > seen):
+            assert process.poll() is None, "the run ended before it started"
             assert time.monotonic() < deadline, "the run never started"
             time.sleep(0.001)
-        time.sleep(rng.uniform(0, window))
-        alive = process.poll() is None
+        began = time.monotonic()
+        time.sleep(delay)
         process.send_signal(signal.SIGKILL)
-        process.communicate(timeout=60)
+        _, stderr = process.communicate(timeout=60)
         self.world.pypi.clear_faults()
-        self.world.tally["random"] += 1
-        self.world.tally["mid-run"] += alive
-        return alive
+        if process.returncode == -signal.SIGKILL:
+            return None
+        assert process.returncode in (0, cli_support.EXIT_PARTIAL), stderr
+        return time.monotonic() - began
 
     def resume_and_check(self) -> None:
         """Rerun to completion, then check every promise of the campaign."""
@@ -221,63 +252,103 @@ class Case:
         self.world.tally["survived"] += 1
 
 
+def start_afresh(case: Case) -> None:
+    """Back to no mirror at all (a first sync starts from nothing)."""
+    shutil.rmtree(case.mirror.root, ignore_errors=True)
+    case.mirror.state.unlink(missing_ok=True)
+
+
 @pytest.fixture
 def first_sync(world: World, tmp_path: Path) -> Case:
     mirror = Mirror(tmp_path / "m", tmp_path / "state.json", world.pypi.url)
-    return Case(world, mirror, None)
+    return Case(world, mirror, None, start_afresh)
 
 
 @pytest.fixture
 def update(world: World, tmp_path: Path) -> Iterator[Case]:
     """A copy of the mirror as the RSTUF-less A run left it, and a freshly bootstrapped RSTUF."""
     target = tmp_path / "case"
-    snapshot(world.after_a, target)
-    with FakeRstuf(step=0.01) as rstuf:
-        bootstrap(rstuf, world.view0)
-        mirror = Mirror(target / "m", target / "state.json", world.pypi.url, rstuf.url)
-        yield Case(world, mirror, rstuf)
+    with contextlib.ExitStack() as stack:
+
+        def back_to_after_a(case: Case) -> None:
+            shutil.rmtree(target, ignore_errors=True)
+            snapshot(world.after_a, target)
+            rstuf = stack.enter_context(FakeRstuf(step=0.01))
+            bootstrap(rstuf, world.view0)
+            case.rstuf, case.mirror.rstuf_url = rstuf, rstuf.url
+
+        mirror = Mirror(target / "m", target / "state.json", world.pypi.url)
+        case = Case(world, mirror, None, back_to_after_a)
+        back_to_after_a(case)
+        yield case
 
 
-# A first sync writes 36 project pages, then the root index (37); it saves the state when
-# it starts (1), before the root index (2) and at the end (3).
-FIRST_SYNC_POINTS = [
-    "page-temp:1",
-    "page-temp:17",
-    "page-renamed:1",
-    "page-renamed:29",
-    "page-renamed:37",
-    "state-save:1",
-    "state-save:2",
-    "state-save:3",
+Page = int | str | None  # the index-th populated project, a project's name, "root", or none
+
+
+def crash_spec(world: World, moment: str, page: Page) -> str:
+    """``PYPI_MIRROR_CRASH_AT`` for `moment`, at `page` when it names one."""
+    if page is None:
+        return moment
+    if page == "root":
+        return f"{moment}@index.html"
+    name = world.names[page] if isinstance(page, int) else page
+    return f"{moment}@{project_target(normalize_name(name))}"
+
+
+# The moments of a first sync, in order: the state saved as it starts, pages written (the
+# first listed, others further on), the root index, the state saved at the end.
+FIRST_SYNC_POINTS: list[tuple[str, Page]] = [
+    ("state-save@full-sync-started", None),
+    ("page-temp", 0),
+    ("page-temp", 16),
+    ("page-renamed", 0),
+    ("page-renamed", 28),
+    ("state-save@root-intent", None),
+    ("page-temp", "root"),
+    ("page-renamed", "root"),
+    ("state-save@run-end", None),
 ]
-# The update writes 13 project pages, then the root index (14); with --workers 1 in name
-# order (with the default seed: 1 is an update, 2-8 adds, 9-13 updates).
-UPDATE_POINTS = [
-    "rstuf-answered:1",  # the changes owed from the A run, sent first
-    "state-save:3",
-    "page-temp:1",
-    "page-renamed:1",
-    "page-temp:5",
-    "page-renamed:9",
-    "page-renamed:13",
-    "page-renamed:14",
-    "state-save:5",
-    "rstuf-answered:2",
-    "rstuf-answered:3",
+# The moments of the update: the changes owed from the A run are delivered first (an add
+# of the project A created, a removal of the one A removed), then B's pages are written
+# (one changed again, new ones, the removed one back), the root index, and B's changes
+# are delivered (an add, a removal).
+UPDATE_POINTS: list[tuple[str, Page]] = [
+    ("rstuf-answered", "Crash.Created-A"),
+    ("rstuf-answered", 2),
+    ("state-save@delivered", None),
+    ("state-save@batch-intent", None),
+    ("page-temp", 0),
+    ("page-renamed", 0),
+    ("page-temp", "crash-new-0"),
+    ("page-renamed", "crash-new-5"),
+    ("page-renamed", 2),
+    ("state-save@root-intent", None),
+    ("page-renamed", "root"),
+    ("state-save@run-end", None),
+    ("rstuf-answered", "crash-new-0"),
+    ("rstuf-answered", 10),
 ]
 
 
-@pytest.mark.parametrize("point", FIRST_SYNC_POINTS)
-def test_first_sync_killed_at_a_named_point(first_sync: Case, point: str) -> None:
+def point_id(point: tuple[str, Page]) -> str:
+    moment, page = point
+    return moment if page is None else f"{moment}@{page}"
+
+
+@pytest.mark.parametrize(
+    ("moment", "page"), FIRST_SYNC_POINTS, ids=map(point_id, FIRST_SYNC_POINTS)
+)
+def test_first_sync_killed_at_a_named_moment(first_sync: Case, moment: str, page: Page) -> None:
     first_sync.world.tally["tried"] += 1
-    first_sync.kill_at_point(point)
+    first_sync.kill_at_point(crash_spec(first_sync.world, moment, page))
     first_sync.resume_and_check()
 
 
-@pytest.mark.parametrize("point", UPDATE_POINTS)
-def test_update_killed_at_a_named_point(update: Case, point: str) -> None:
+@pytest.mark.parametrize(("moment", "page"), UPDATE_POINTS, ids=map(point_id, UPDATE_POINTS))
+def test_update_killed_at_a_named_moment(update: Case, moment: str, page: Page) -> None:
     update.world.tally["tried"] += 1
-    update.kill_at_point(point)
+    update.kill_at_point(crash_spec(update.world, moment, page))
     update.resume_and_check()
 
 
@@ -288,8 +359,8 @@ def test_first_sync_killed_at_a_random_moment(first_sync: Case, attempt: int) ->
     if attempt % 2:  # from the first request: XML-RPC, fetching, writing, the end
         first_sync.kill_randomly(rng, window=0.2)
     else:  # from the first page written: pages are written in batches after their fetch
-        simple = first_sync.mirror.layout.simple_dir
-        first_sync.kill_randomly(rng, window=0.03, started=simple.exists)
+        writing = lambda case: case.mirror.layout.simple_dir.exists()  # noqa: E731
+        first_sync.kill_randomly(rng, window=0.03, started=writing)
     first_sync.resume_and_check()
 
 
@@ -316,9 +387,37 @@ def test_temp_files_of_a_killed_state_save_are_cleared(first_sync: Case) -> None
     assert all(path.read_text() == "keep me" for path in unrelated)
 
 
-def test_crash_hook_is_inert_without_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(mirror_store.CRASH_AT_ENV, raising=False)
-    for _ in range(3):
-        mirror_store.crash_point("state-save")  # still alive
-    monkeypatch.setenv(mirror_store.CRASH_AT_ENV, "page-temp:1")
-    mirror_store.crash_point("state-save")  # another point: still alive
+HOOK = """
+import sys
+from mirror_store import crash_point
+for moment, subjects in [("state-save", ("run-end",)), ("page-temp", ("simple/a/index.html",))]:
+    crash_point(moment, subjects)
+    print(moment, *subjects, flush=True)
+"""
+
+
+@pytest.mark.parametrize(
+    ("spec", "survived"),
+    [
+        (None, ["state-save run-end", "page-temp simple/a/index.html"]),  # unset: inert
+        ("page-renamed", ["state-save run-end", "page-temp simple/a/index.html"]),
+        ("state-save@batch-intent", ["state-save run-end", "page-temp simple/a/index.html"]),
+        ("state-save", []),  # no subject: the first time the moment comes
+        ("page-temp@simple/a/index.html", ["state-save run-end"]),
+        ("state-save@run-end", []),
+    ],
+)
+def test_crash_hook_fires_only_at_the_moment_it_names(spec: str | None, survived: list[str]):
+    env = {k: v for k, v in os.environ.items() if k != mirror_store.CRASH_AT_ENV}
+    if spec is not None:
+        env[mirror_store.CRASH_AT_ENV] = spec
+    done = subprocess.run(
+        [sys.executable, "-c", HOOK],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=Path(mirror_store.__file__).parent,
+        timeout=60,
+    )
+    assert done.stdout.splitlines() == survived
+    assert done.returncode == (0 if len(survived) == 2 else -signal.SIGKILL), done.stderr

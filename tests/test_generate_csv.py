@@ -30,8 +30,6 @@ Row = tuple[str, int, str, str]  # path, length, hash type, hex digest
 
 INDEPENDENT_HASHES = {
     "blake2b-256": lambda data: hashlib.blake2b(data, digest_size=32).hexdigest(),
-    "sha256": lambda data: hashlib.sha256(data).hexdigest(),
-    "sha512": lambda data: hashlib.sha512(data).hexdigest(),
 }
 
 
@@ -209,20 +207,7 @@ def test_both_importers_read_every_row_and_it_matches_the_bytes(
         assert all(len(row) == 5 and row[4] == "" for row in csv.reader(f, delimiter=";"))
 
 
-@pytest.mark.parametrize("algorithm", ["sha256", "sha512"])
-def test_other_algorithms_hash_with_them_and_warn(
-    mirror: Mirror, tmp_path: Path, algorithm: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    output = tmp_path / "artifacts.csv"
-    assert generate_csv.main(mirror.args(output, "--algorithm", algorithm)) == 0
-
-    assert parse_like_released_cli(output) == expected_rows(mirror, algorithm)
-    assert parse_like_csv_reader_cli(output) == expected_rows(mirror, algorithm)
-    err = capsys.readouterr().err
-    assert "WARNING" in err and "blake2b-256 must be listed first" in err
-
-
-def test_blake2b_does_not_warn(
+def test_a_healthy_mirror_does_not_warn(
     mirror: Mirror, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert generate_csv.main(mirror.args(tmp_path / "a.csv")) == 0
@@ -231,7 +216,8 @@ def test_blake2b_does_not_warn(
 
 @pytest.mark.parametrize(
     "bad",
-    [["--algorithm", "md5"], ["--algorithm", "BLAKE2B-256"], ["--workers", "0"], ["--bogus"]],
+    # --algorithm is gone: a CSV of another hash names copies the mirror does not have
+    [["--algorithm", "sha256"], ["--workers", "0"], ["--bogus"]],
 )
 def test_usage_errors_exit_2_and_write_nothing(
     mirror: Mirror, tmp_path: Path, bad: list[str]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import signal
 import time
 from pathlib import Path
@@ -9,7 +10,6 @@ from pathlib import Path
 import pytest
 
 import cli_support
-import progress
 import pypi_mirror
 import root_index
 import settings
@@ -107,11 +107,33 @@ ACTIONS = {
 }
 
 
+# The pages each action must make an update fetch: each exactly once, and no other page
+# (the others default to numpy). A role change alters nothing but a page's serial
+# trailer: the one fetch is what shows the update read it from the changelog.
+FETCHED = {
+    "create": {"brand-new"},
+    "rename": {"requests", "requests3"},
+    "removed and created again": {"numpy"},
+    "role": {"requests"},
+    "quarantine": {"foo-bar"},
+    "quarantine cleared": {"foo-bar"},
+    "remove project": {"django"},
+    "yank": {"django"},
+    "unyank": {"django"},
+}
+
+
 @pytest.mark.parametrize("action", ACTIONS)
 def test_each_journal_action_is_mirrored(mirror: Mirror, pypi: FakePyPI, action: str) -> None:
     synced(mirror)
     ACTIONS[action](pypi)
-    update(mirror, pypi)
+    pypi.reset_log()
+    assert mirror.run() == 0
+    fetched = FETCHED.get(action, {"numpy"})
+    assert {name: pypi.count_pages(name) for name in fetched} == dict.fromkeys(fetched, 1)
+    assert pypi.count_pages() == len(fetched), "pages the changelog did not name were fetched"
+    assert mirror.serial() == pypi.last_serial
+    assert_mirror_matches_upstream(mirror)
     assert_consistent(mirror)
 
 
@@ -259,26 +281,35 @@ def test_unreachable_pypi_fails_without_touching_state(mirror: Mirror, pypi: Fak
 
 
 def test_interrupted_first_sync_resumes_without_refetching(tmp_path: Path) -> None:
+    """Killed with its first batch of pages written and three pages still hanging."""
+    batch = pypi_mirror.Sync.BATCH
     with FakePyPI() as pypi:
-        pypi.populate(300, seed=1)
-        mirror = Mirror(tmp_path / "m", tmp_path / "s.json", pypi.url)
-        for name in [f"slow{index}" for index in range(3)]:
+        pypi.populate(batch + 20, seed=1, max_files=2)
+        slow = [f"slow{index}" for index in range(3)]
+        for name in slow:  # each holds a worker; the fourth fetches the first batch
             pypi.add_release(name, "1.0")
-        process = mirror.popen("--workers", "2")
-        deadline = time.monotonic() + 30
-        simple = mirror.layout.simple_dir
-        while time.monotonic() < deadline:
-            if simple.exists() and sum(1 for _ in simple.iterdir()) >= 100:
-                break
-            time.sleep(0.01)
-        process.send_signal(signal.SIGKILL)
-        process.communicate()
+            pypi.inject(name, "slow", times=1, seconds=120)  # the run cannot end meanwhile
+        mirror = Mirror(tmp_path / "m", tmp_path / "s.json", pypi.url)
+        process = mirror.popen("--workers", "4")
+        pages = mirror.layout.simple_dir / "*" / "index.html"
+        try:
+            deadline = time.monotonic() + 60
+            while len(glob.glob(str(pages))) < batch:
+                assert process.poll() is None, process.communicate()
+                assert time.monotonic() < deadline, "the first batch was never written"
+                time.sleep(0.05)
+        finally:
+            process.send_signal(signal.SIGKILL)
+            process.communicate()
+        assert process.returncode == -signal.SIGKILL, "the run ended before the kill"
         assert not mirror.layout.root_page.exists()
-        written = sum(1 for _ in simple.iterdir())
-        assert 0 < written < 303
+        assert len(glob.glob(str(pages))) == batch
+        pypi.clear_faults()
         pypi.reset_log()
         assert mirror.run() == 0
-        assert pypi.count_pages() <= 303 - written + 1
+        assert {name: pypi.count_pages(name) for name in slow} == dict.fromkeys(slow, 1)
+        fetched_again = pypi.count_pages() - (len(glob.glob(str(pages))) - batch)
+        assert fetched_again == 0, "pages written before the kill were fetched again"
         assert_mirror_matches_upstream(mirror)
 
 
@@ -313,9 +344,20 @@ def test_second_run_exits_at_once_while_the_lock_is_held(mirror: Mirror) -> None
     assert "another run holds the mirror lock" in result.stderr
 
 
-def test_usage_error_exits_2(mirror: Mirror) -> None:
-    assert mirror.cli("--workers", "0").returncode == 2
-    assert mirror.cli("--no-such-option").returncode == 2
+@pytest.mark.parametrize(
+    ("bad", "words"),
+    [
+        (["--workers", "0"], "argument --workers: must be from 1 to"),
+        (["--no-such-option"], "unrecognized arguments: --no-such-option"),
+    ],
+)
+def test_usage_error_exits_2_with_its_reason(mirror: Mirror, bad: list[str], words: str) -> None:
+    result = mirror.cli(*bad)
+    assert result.returncode == cli_support.EXIT_USAGE
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith("usage: pypi_mirror.py") and words in lines[-1], result.stderr
+    assert result.stdout == ""
+    assert not mirror.root.exists(), "a usage error touches nothing"
 
 
 def test_corrupt_state_is_refused_and_kept(mirror: Mirror) -> None:
@@ -382,20 +424,6 @@ def test_help_explains_every_option_exit_codes_and_environment() -> None:
         assert needle in text
 
 
-def test_progress_bar_only_on_a_terminal() -> None:
-    import io
-
-    shown, hidden = io.StringIO(), io.StringIO()
-    for stream, enabled in ((shown, True), (hidden, False)):
-        bar = progress.Progress(enabled, stream)
-        bar.start(3, "fetching")
-        for _ in range(3):
-            bar.advance()
-        bar.finish()
-    assert "fetching [" in shown.getvalue() and "3/3" in shown.getvalue()
-    assert hidden.getvalue() == ""
-
-
 def test_quiet_run_under_cron_logs_only_problems(mirror: Mirror, pypi: FakePyPI) -> None:
     synced(mirror)
     pypi.add_release("numpy", "2.0")
@@ -459,6 +487,6 @@ def test_both_scripts_default_to_the_same_mirror_and_state() -> None:
     import generate_csv
 
     ours = settings.config_from([], pypi_mirror.build_parser(), environ={})
-    csv = generate_csv.parse_options(generate_csv.build_parser().parse_args([]))
+    csv = generate_csv.parse_options(generate_csv.build_parser().parse_args([]), environ={})
     assert (ours.mirror_dir, ours.state_file) == (csv.mirror_dir, csv.state_path)
     assert ours.state_file.parent == ours.mirror_dir  # a backup of the mirror keeps its state

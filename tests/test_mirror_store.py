@@ -194,5 +194,13 @@ def test_iter_targets_lists_only_served_pages_sorted(tmp_path: Path) -> None:
     ]
 
 
-def test_sync_filesystem_runs(tmp_path: Path) -> None:
-    mirror_store.sync_filesystem(tmp_path)
+def test_sync_filesystem_flushes_or_says_why_not(tmp_path: Path) -> None:
+    """It returns only once the kernel accepted the flush, and names a path it cannot open."""
+    page = tmp_path / "index.html"
+    page.write_bytes(b"<html></html>")  # written, not fsynced
+    assert mirror_store.sync_filesystem(tmp_path) is None
+    assert mirror_store.sync_filesystem(page) is None  # any path on the filesystem will do
+    assert page.read_bytes() == b"<html></html>"
+    with pytest.raises(FileNotFoundError) as caught:
+        mirror_store.sync_filesystem(tmp_path / "gone")
+    assert caught.value.filename == str(tmp_path / "gone")

@@ -19,7 +19,6 @@ import functools
 import http.server
 import shutil
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -395,11 +394,10 @@ def test_full_check_repairs_a_tampered_page(world: World) -> None:
 def test_rename_that_keeps_the_normalized_name(world: World) -> None:
     """A rename that changes only case or punctuation changes the root index's display name.
 
-    BUG (pypi_mirror.py, projects_to_refresh): for the changelog row
-    ``("NumPy", None, t, "rename from numpy", serial)`` both names normalize to
-    ``numpy``; the old name is merged last with the same serial and
-    merge_pending's ``>=`` keeps it, so the root index keeps ``numpy`` while
-    PyPI lists ``NumPy`` (until a --full-check).
+    For the changelog row ``("NumPy", None, t, "rename from numpy", serial)``
+    both names normalize to ``numpy``, with one serial: `projects_to_refresh`
+    merges the new name last, so the root index (and what RSTUF signs of it)
+    says ``NumPy`` as PyPI does, not the old spelling until a --full-check.
     """
     world.pypi.rename_project("numpy", "NumPy")
     world.pypi.rename_project("Foo_Bar", "foo.bar")
@@ -415,22 +413,20 @@ def test_rename_that_keeps_the_normalized_name(world: World) -> None:
 def test_signed_page_stays_downloadable_while_rstuf_is_behind(world: World) -> None:
     """While RSTUF has not published a change, the copy it still signs must stay served.
 
-    BUG (pypi_mirror.py, MirrorWriter.collect_retired): the grace period of an
-    old hash-prefixed copy counts from when the mirror wrote the new page, not
-    from when RSTUF published it. If RSTUF is unreachable (or its task fails)
-    for longer than --grace, a later run deletes the copy that RSTUF's metadata
-    still names, and every TUF client gets 404 for that page until RSTUF is
-    back, although the mirror still had the signed bytes.
+    An old hash-prefixed copy is deleted only once RSTUF has confirmed the new
+    page and the grace has passed since (`MirrorWriter.collect_retired`), not
+    when the grace has passed since the mirror wrote the new page: with RSTUF
+    unreachable for longer than --grace, TUF clients still download the bytes
+    RSTUF's metadata names. ``--grace 0``: the grace is over at once.
     """
     target = "simple/numpy/index.html"
     signed = world.served(target)
     world.pypi.add_release("numpy", "1.0", files=1)
     world.mirror.rstuf_url = "http://127.0.0.1:9"  # RSTUF is down
-    assert world.mirror.run(*RSTUF_FAST, "--grace", "1") == cli_support.EXIT_PARTIAL
+    assert world.mirror.run(*RSTUF_FAST, "--grace", "0") == cli_support.EXIT_PARTIAL
     assert world.served(target) != signed
     assert fetch(world.client(), target, world.tmp / "during") == signed
-    time.sleep(1.1)  # the grace period passes; RSTUF is still down
-    assert world.mirror.run(*RSTUF_FAST, "--grace", "1") == cli_support.EXIT_PARTIAL
+    assert world.mirror.run(*RSTUF_FAST, "--grace", "0") == cli_support.EXIT_PARTIAL
     world.repo.publish(world.rstuf.view)  # RSTUF's metadata has not moved
     assert fetch(world.client(), target, world.tmp / "later") == signed
     world.sync()  # RSTUF is back: the outbox is delivered

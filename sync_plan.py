@@ -1,0 +1,103 @@
+"""What a run must fetch and rewrite, decided from what it has read: pure functions, no I/O.
+
+`Sync` (pypi_mirror.py) reads PyPI and the disk; the rules that turn what it
+read into work live here, so each is tested without a server or a mirror
+(tests/test_sync_plan.py), as python-tuf's ngclient keeps its trusted set free
+of I/O:
+
+- which listed projects a full sync may skip (`current_projects`, `is_current`)
+  and which it must fetch (`full_sync_fetches`);
+- whether a fetched page is as new as the changelog says (`stale_answer`);
+- what an update changes in the root index (`root_changes`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Set
+
+from changelog import merge_pending
+from pypi_client import FetchedPage, MissingPage, StalePage
+from state import PendingProject
+
+
+def is_current(listed: PendingProject, on_disk_serial: int | None) -> bool:
+    """Whether the page on disk holds what the listing says, so a full sync need not fetch it.
+
+    `on_disk_serial` is the serial trailer warehouse writes at the end of each
+    page (``<!--SERIAL n-->``); None when there is no page or no trailer.
+    """
+    return on_disk_serial is not None and on_disk_serial >= listed.serial
+
+
+def current_projects(
+    wanted: Mapping[str, PendingProject],
+    local: Set[str],
+    on_disk_serial: Callable[[str], int | None],
+    pending: Mapping[str, PendingProject],
+) -> set[str]:
+    """The listed projects a full sync may skip: on disk, not pending, and `is_current`.
+
+    `on_disk_serial` (a page's trailer) is asked only for projects on disk
+    and listed, the one read from disk per project this costs.
+    """
+    return {
+        name
+        for name in local
+        if name in wanted and name not in pending and is_current(wanted[name], on_disk_serial(name))
+    }
+
+
+def full_sync_fetches(
+    wanted: Mapping[str, PendingProject],
+    local: Set[str],
+    current: Set[str],
+    pending: Mapping[str, PendingProject],
+) -> Mapping[str, PendingProject]:
+    """What a full sync fetches: every listed project not current, every local project
+    PyPI no longer lists (its page decides: 404 removes it), and every pending one.
+
+    A first sync gets `wanted` itself back: no second 700,000-entry dict.
+    """
+    gone = [name for name in local if name not in wanted]
+    if not current and not gone and not pending:
+        return wanted
+    to_fetch = {name: item for name, item in wanted.items() if name not in current}
+    for name in gone:
+        to_fetch[name] = PendingProject(name, 0)
+    for name, item in pending.items():
+        merge_pending(to_fetch, name, item)
+    return to_fetch
+
+
+def stale_answer(page: FetchedPage, wanted: PendingProject) -> StalePage | MissingPage | None:
+    """Why `page` is older than the changelog says it must be, or None when it will do.
+
+    A CDN may serve a page from before the change the changelog reports: a
+    lower ``X-PyPI-Last-Serial``, or a 404 for a project the newest entry says
+    exists (`PendingProject.expect_page`). A 404 after a removal is the answer.
+    """
+    if page.body is None:
+        return MissingPage(page.name, wanted.serial) if wanted.expect_page else None
+    if page.serial is None or page.serial < wanted.serial:
+        return StalePage(page.name, wanted.serial, page.serial or 0)
+    return None
+
+
+def root_changes(
+    to_fetch: Mapping[str, PendingProject],
+    fetched: Set[str],
+    listed: Callable[[str], bool],
+    identity_changed: Set[str],
+    membership_changed: bool,
+) -> dict[str, str | None] | None:
+    """The root-index lines an update merges, or None when the root stays as it is.
+
+    The root is rewritten when a page joined or left the listing (created,
+    removed, quarantined, or owed by an earlier run: `membership_changed`) or a
+    fetched project's identity changed (created, removed or renamed, so its
+    display name may differ). Every fetched project then gets its display name,
+    or None when `listed` says it leaves the root (gone or quarantined).
+    """
+    if not membership_changed and not identity_changed & fetched:
+        return None
+    return {name: to_fetch[name].display_name if listed(name) else None for name in fetched}

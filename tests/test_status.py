@@ -1,0 +1,351 @@
+"""status.json, --status (text and JSON) and --metrics-file, against the stand-in PyPI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+import cli_support
+import pypi_mirror
+import run_status
+from mirror_store import CRASH_AT_ENV, mirror_lock
+from state import State
+from tests.fake_pypi import FakePyPI
+from tests.mirror_helpers import Mirror
+
+
+@pytest.fixture
+def mirror(tmp_path: Path, pypi: FakePyPI) -> Mirror:
+    mirror = Mirror(tmp_path / "m", tmp_path / "m" / "state.json", pypi.url)
+    assert mirror.run() == 0
+    return mirror
+
+
+def status_of(mirror: Mirror, capsys: pytest.CaptureFixture[str]) -> dict:
+    """``--status --json`` as a script reads it."""
+    capsys.readouterr()
+    assert pypi_mirror.main(mirror.args("--status", "--json")) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def epoch(text: str) -> float:
+    return time.mktime(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
+
+
+def metrics(path: Path) -> dict[tuple[str, tuple], float]:
+    """{(sample name, sorted labels): value}, parsed by Prometheus's own client library."""
+    found = {}
+    for family in text_string_to_metric_families(path.read_text()):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+# --- --status
+
+
+def test_status_reports_the_last_run_and_the_mirror_without_the_network(
+    mirror: Mirror, pypi: FakePyPI, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pypi.add_release("numpy", "2.0")  # an update: one page changes, its old copy retires
+    mirror.had_rstuf = True  # RSTUF meant but not configured: the change waits in the outbox
+    before = time.time()
+    assert mirror.run() == cli_support.EXIT_PARTIAL
+    after = time.time()
+    pypi.reset_log()
+    status = status_of(mirror, capsys)
+    assert pypi.requests == [], "--status reads local files only"
+    run = status["last_run"]
+    assert (run["exit_code"], run["result"], run["error"]) == (75, "partial", None)
+    assert int(before) <= epoch(run["started"]) <= epoch(run["ended"]) <= after
+    assert run["summary"].startswith("summary added=0 updated=1 removed=0 ")
+    assert run["counts"]["updated"] == 1 and run["counts"]["requests"] >= 2
+    assert status["running"] is None and status["last_killed"] is None
+    assert status["last_success"] == run["ended"]
+    assert status["serial"] == status["upstream_serial"] == pypi.last_serial
+    assert status["lag"] == 0
+    assert (status["pending"], status["pending_sample"]) == (0, [])
+    outbox = status["outbox"]
+    assert (outbox["paths"], outbox["tasks"]) == (1, 0)
+    assert int(before) <= epoch(outbox["oldest_unsent"]) <= after
+    assert status["retired_copies"] == 1
+    assert status["runs"] == {"ok": 1, "partial": 1}
+
+    capsys.readouterr()
+    assert pypi_mirror.main(mirror.args("--status")) == 0
+    text = capsys.readouterr().out
+    for needle in (
+        "exit 75 (partial)",
+        run["summary"],
+        f"serial        {pypi.last_serial}; upstream {pypi.last_serial} as seen",
+        "lag 0",
+        "pending       0 projects",
+        "outbox        1 path not confirmed by RSTUF (0 tasks in flight); oldest unsent change",
+        "retired       1 old hash-prefixed copy in their grace",
+    ):
+        assert needle in text, (needle, text)
+
+
+def test_the_oldest_unsent_change_keeps_its_time_across_runs(
+    mirror: Mirror, pypi: FakePyPI, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mirror.had_rstuf = True  # RSTUF meant but not configured: changes wait in the outbox
+    pypi.add_release("numpy", "2.0")
+    assert mirror.run() == cli_support.EXIT_PARTIAL
+    first = run_status.load_status(mirror.layout.status_file)
+    assert first is not None and first.last_run is not None
+    pypi.add_release("Django", "2.0")
+    assert mirror.run() == cli_support.EXIT_PARTIAL
+    second = run_status.load_status(mirror.layout.status_file)
+    assert second is not None and second.last_run is not None
+    since = second.mirror.outbox_since
+    assert since["simple/numpy/index.html"] == first.mirror.outbox_since["simple/numpy/index.html"]
+    assert since["simple/django/index.html"] == second.last_run.started
+    assert second.mirror.oldest_unsent == first.last_run.started
+    assert status_of(mirror, capsys)["outbox"]["oldest_unsent"] == run_status.iso(
+        first.last_run.started
+    )
+
+
+def test_a_failed_run_is_recorded_with_its_exit_code_and_line(
+    mirror: Mirror, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = status_of(mirror, capsys)
+    dead = Mirror(mirror.root, mirror.state, "http://127.0.0.1:9")
+    assert dead.run() == cli_support.EXIT_FAILED
+    logged = [line for line in capsys.readouterr().err.splitlines() if " ERROR " in line]
+    status = status_of(mirror, capsys)
+    run = status["last_run"]
+    assert (run["exit_code"], run["result"]) == (1, "failed")
+    assert "connection failed" in run["error"] and logged[-1].endswith(run["error"])
+    assert status["last_success"] == good["last_success"], "a failure is no success"
+    assert status["serial"] == good["serial"] and status["upstream_serial"] == good["serial"]
+    assert status["runs"] == {"ok": 1, "failed": 1}
+
+
+def test_a_partly_done_run_names_its_pending_projects(
+    mirror: Mirror, pypi: FakePyPI, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pypi.add_release("numpy", "2.0")
+    pypi.inject("numpy", "status", times=100, code=503)
+    assert mirror.run() == cli_support.EXIT_PARTIAL
+    status = status_of(mirror, capsys)
+    assert (status["last_run"]["exit_code"], status["last_run"]["result"]) == (75, "partial")
+    assert (status["pending"], status["pending_sample"]) == (1, ["numpy"])
+    assert status["last_success"] == status["last_run"]["ended"]  # 75 completed the run
+    assert status["last_run"]["counts"]["failed"] == 1
+
+
+def test_a_stopped_run_is_recorded(mirror: Mirror, pypi: FakePyPI) -> None:
+    pypi.add_release("numpy", "2.0")
+    pypi.inject("numpy", "slow", seconds=60)
+    pypi.reset_log()
+    process = mirror.popen("--timeout", "1")  # a stop waits for the requests in flight
+    deadline = time.monotonic() + 60
+    while pypi.count_pages("numpy") == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)  # the run is now waiting for the slow page
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == cli_support.EXIT_TERMINATED, stderr
+    status = run_status.load_status(mirror.layout.status_file)
+    assert status is not None and status.running is None and status.last_run is not None
+    assert status.last_run.result == "terminated"
+    assert status.last_run.error == "stopped by SIGTERM"
+
+
+def test_a_killed_run_is_shown_and_counted_by_the_next(
+    mirror: Mirror, pypi: FakePyPI, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pypi.add_release("numpy", "2.0")
+    mirror.had_rstuf = True  # RSTUF meant but not configured: changes wait in the outbox
+    # SIGKILL at the end, the batch's intent recorded: the change waits in the outbox
+    result = mirror.cli(env={CRASH_AT_ENV: "state-save@run-end"})
+    assert result.returncode == -signal.SIGKILL
+    killed = run_status.load_status(mirror.layout.status_file)
+    assert killed is not None and killed.running is not None
+    capsys.readouterr()
+    assert pypi_mirror.main(mirror.args("--status")) == 0
+    assert f"(pid {killed.running.pid}) ended without recording how" in capsys.readouterr().out
+    assert mirror.run() == cli_support.EXIT_PARTIAL
+    status = status_of(mirror, capsys)
+    assert status["runs"] == {"ok": 1, "partial": 1, "killed": 1}
+    assert status["last_killed"]["pid"] == killed.running.pid
+    assert status["last_killed"]["result"] == "killed"
+    # the killed run's change waits since that run started, not since the one that found it
+    assert epoch(status["outbox"]["oldest_unsent"]) <= killed.running.started + 1
+
+
+def test_status_without_a_status_file_says_where_it_looked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert pypi_mirror.main(["--mirror-dir", str(tmp_path / "none"), "--status"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "no status file" in err and "check --mirror-dir or --config" in err
+    assert not (tmp_path / "none").exists(), "--status creates nothing"
+
+
+def test_a_damaged_status_file_is_reported_then_replaced_by_the_next_run(
+    mirror: Mirror, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mirror.layout.status_file.write_text('{"schema": 1, "written": "yesterday"}')
+    capsys.readouterr()
+    assert pypi_mirror.main(mirror.args("--status")) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "is damaged (written:" in lines[0], lines
+    assert mirror.run() == 0
+    assert "is damaged" in capsys.readouterr().err  # a warning; the run goes on
+    assert status_of(mirror, capsys)["runs"] == {"ok": 1}
+
+
+def test_a_status_that_cannot_be_written_does_not_fail_the_run(
+    mirror: Mirror, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mirror.layout.status_file.unlink()
+    mirror.layout.status_file.mkdir()  # renaming a file over it fails
+    capsys.readouterr()
+    assert mirror.run() == 0
+    assert "cannot write" in capsys.readouterr().err
+
+
+def test_runs_that_change_nothing_record_nothing(mirror: Mirror) -> None:
+    before = mirror.layout.status_file.read_bytes()
+    with mirror_lock(mirror.layout.lock_path):
+        assert mirror.cli().returncode == cli_support.EXIT_LOCKED
+    assert mirror.run("--dry-run") == 0
+    assert mirror.layout.status_file.read_bytes() == before
+
+
+# --- --metrics-file
+
+
+def test_metrics_file_holds_the_status_in_prometheus_format(
+    mirror: Mirror, pypi: FakePyPI, tmp_path: Path
+) -> None:
+    directory = tmp_path / "textfile"
+    directory.mkdir()
+    prom = directory / "pypi_mirror.prom"
+    pypi.add_release("numpy", "2.0")
+    mirror.had_rstuf = True  # RSTUF meant but not configured: the change waits in the outbox
+    umask = os.umask(0o022)
+    try:
+        assert mirror.run("--metrics-file", str(prom)) == cli_support.EXIT_PARTIAL
+    finally:
+        os.umask(umask)
+    assert sorted(p.name for p in directory.iterdir()) == ["pypi_mirror.prom"], "no temp left"
+    assert prom.stat().st_mode & 0o777 == 0o644, "node_exporter runs as another user"
+    text = prom.read_text()
+    names = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")}
+    assert names == {line.split()[2] for line in text.splitlines() if line.startswith("# HELP")}
+    for line in text.splitlines():
+        if line.startswith("# TYPE"):
+            _, _, name, kind = line.split()
+            assert name.startswith("pypi_mirror_")
+            assert name.endswith("_total") == (kind == "counter"), line
+    found = metrics(prom)
+    status = run_status.load_status(mirror.layout.status_file)
+    assert status is not None and status.last_run is not None
+    assert found[("pypi_mirror_serial", ())] == pypi.last_serial
+    assert found[("pypi_mirror_upstream_serial", ())] == pypi.last_serial
+    assert found[("pypi_mirror_serial_lag", ())] == 0
+    assert found[("pypi_mirror_last_run_exit_code", ())] == 75
+    assert found[("pypi_mirror_last_run_end_timestamp_seconds", ())] == status.last_run.ended
+    assert found[("pypi_mirror_last_success_timestamp_seconds", ())] == status.last_run.ended
+    assert found[("pypi_mirror_last_run_duration_seconds", ())] == pytest.approx(
+        status.last_run.duration
+    )
+    assert found[("pypi_mirror_last_run_pages", (("change", "updated"),))] == 1
+    assert found[("pypi_mirror_pages_total", (("change", "added"),))] == 5  # the first sync
+    assert found[("pypi_mirror_pages_total", (("change", "updated"),))] == 1
+    assert found[("pypi_mirror_runs_total", (("result", "ok"),))] == 1
+    assert found[("pypi_mirror_runs_total", (("result", "partial"),))] == 1
+    assert found[("pypi_mirror_pending_projects", ())] == 0
+    assert found[("pypi_mirror_outbox_paths", ())] == 1
+    assert found[("pypi_mirror_retired_copies", ())] == 1
+    assert found[("pypi_mirror_info", (("version", cli_support.VERSION),))] == 1
+    assert ("pypi_mirror_outbox_oldest_unsent_timestamp_seconds", ()) in found
+
+    dead = Mirror(mirror.root, mirror.state, "http://127.0.0.1:9")
+    assert dead.run("--metrics-file", str(prom)) == cli_support.EXIT_FAILED
+    found = metrics(prom)
+    assert found[("pypi_mirror_last_run_exit_code", ())] == 1
+    assert found[("pypi_mirror_runs_total", (("result", "failed"),))] == 1
+    assert found[("pypi_mirror_last_success_timestamp_seconds", ())] == status.last_run.ended
+
+
+def test_a_metrics_file_in_a_missing_directory_is_a_usage_error(
+    mirror: Mirror, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "no" / "m.prom"
+    assert mirror.run("--metrics-file", str(target)) == cli_support.EXIT_USAGE
+    assert "no such directory" in capsys.readouterr().err
+
+
+def test_metrics_escape_what_the_format_requires() -> None:
+    status = run_status.Status(runs={'we"ird\\result\n': 1})
+    found = {
+        sample.labels.get("result"): sample.value
+        for family in text_string_to_metric_families(run_status.render_metrics(status))
+        for sample in family.samples
+        if family.name == "pypi_mirror_runs"
+    }
+    assert found == {'we"ird\\result\n': 1}
+    assert "pypi_mirror_serial " not in run_status.render_metrics(status), "unknown: no sample"
+
+
+# --- the record itself
+
+
+def test_render_text_names_a_run_in_progress_and_a_killed_one() -> None:
+    running = run_status.Status(written=1000.0, running=run_status.RunRecord(990.0, pid=4242))
+    text = run_status.render_text(running, now=1060.0, alive=lambda pid: True)
+    assert "running       pid 4242, since 1970-01-01T00:16:30Z (1m 10s ago)" in text
+    assert "last run      none recorded its end yet" in text
+    assert "last success  never" in text
+    text = run_status.render_text(running, now=1060.0, alive=lambda pid: False)
+    assert "killed        the run of 1970-01-01T00:16:30Z (pid 4242) ended without" in text
+
+
+AGES = [(0, "0s"), (59.9, "59s"), (61, "1m 1s"), (5 * 3600 + 120, "5h 2m"), (3 * 86400, "3d 0h")]
+
+
+@pytest.mark.parametrize(("seconds", "text"), AGES)
+def test_age(seconds: float, text: str) -> None:
+    assert run_status.age(seconds) == text
+
+
+@pytest.mark.parametrize(
+    ("doc", "words"),
+    [
+        ([], "not a JSON object"),
+        ({"schema": 2}, "unknown schema 2"),
+        ({"schema": 1, "written": "x"}, "written"),
+        ({"schema": 1, "mirror": {"serial": "12"}}, "mirror.serial"),
+        ({"schema": 1, "runs": {"ok": 1.5}}, "runs.ok"),
+        ({"schema": 1, "last_run": {"pid": 1}}, "last_run"),
+        ({"schema": 1, "surprise": 1}, "unknown field surprise"),
+    ],
+)
+def test_a_status_document_is_checked_field_by_field(doc: object, words: str) -> None:
+    with pytest.raises(ValueError, match=words.replace(".", r"\.")):
+        run_status.status_from_json(doc)
+
+
+def test_the_status_round_trips_through_json() -> None:
+    recorder_state = State(serial=7)
+    recorder_state.outbox.dirty.add("index.html")
+    figures = run_status.figures_of(recorder_state, run_status.MirrorFigures(), new_since=5.0)
+    status = run_status.Status(
+        written=9.0,
+        last_run=run_status.RunRecord(1.0, 2, ended=3.0, exit_code=0, counts={"added": 1}),
+        runs={"ok": 1},
+        mirror=figures,
+    )
+    again = run_status.status_from_json(json.loads(json.dumps(status.to_json())))
+    assert again == status
+    assert again.mirror.oldest_unsent == 5.0 and again.mirror.serial == 7
