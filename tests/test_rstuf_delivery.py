@@ -200,7 +200,8 @@ def test_publishing_stops_for_the_run_after_repeated_failures(tmp_path: Path) ->
 
 
 def test_unfinished_publishes_followed_at_once_are_bounded(tmp_path: Path) -> None:
-    with virtual(tmp_path, pages=2, budget=600.0) as run:
+    # a new publish every PUBLISH_POLLS (30) polls of 1 s while none finishes
+    with virtual(tmp_path, pages=2, budget=130.0) as run:
         run.rstuf.hang_tasks(times=1000, actions=(PUBLISH,))  # the publish worker is gone
         run.delivery.deliver(wait=True)
         assert len(of_action(run.rstuf, PUBLISH)) > RstufDelivery.MAX_OPEN_PUBLISHES
