@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from mirror_store import InvalidProjectName, project_dir_name
 from pypi_client import ChangelogEntry, is_serial
@@ -114,12 +114,22 @@ class Listing(Mapping[str, PendingProject]):
         return name in self.serials
 
 
-def add_listed(wanted: Listing, display: object, serial: object) -> None:
-    """Add one listed project to `wanted` if its name and serial are valid; warn otherwise."""
+def add_listed(
+    wanted: Listing,
+    display: object,
+    serial: object,
+    allows: Callable[[str], bool] | None = None,
+) -> None:
+    """Add one listed project to `wanted` if its name and serial are valid; warn otherwise.
+
+    `allows` (the ``--include``/``--exclude`` filter) drops a project silently.
+    """
     try:
         normalized = project_dir_name(display)  # type: ignore[arg-type]
     except InvalidProjectName as exc:
         log.warning("skipping listed project: %s", exc)
+        return
+    if allows is not None and not allows(normalized):
         return
     if not is_serial(serial):
         log.warning("skipping listed project %r: serial %r is not a serial", display, serial)

@@ -7,12 +7,15 @@ before its RSTUF updates are switched on::
     python3 generate_csv.py --mirror-dir pypi-index-mirror --output artifacts.csv
     rstuf admin import-artifacts --db-uri postgresql://... --csv artifacts.csv
 
-One row per TUF target, no header, the root ``index.html`` first and then
-the projects sorted by directory name, as ``mirror_store.iter_targets``
-yields them (two runs over the same mirror produce identical files)::
+One row per TUF target, no header, the root indexes first and then the
+projects sorted by directory name, as ``mirror_store.iter_targets`` yields
+them (two runs over the same mirror produce identical files); with PEP 691
+JSON pages (``--simple-format json|all``) each form is its own target::
 
     index.html;5210;blake2b-256;<64 hex digits>;
+    simple/index.v1_json;6120;blake2b-256;<64 hex digits>;
     simple/numpy/index.html;183211;blake2b-256;<64 hex digits>;
+    simple/numpy/index.v1_json;250113;blake2b-256;<64 hex digits>;
 
 Why every row ends with ``;``: the released RSTUF CLI (repository-service-tuf
 1.0.0b1) parses each line with ``line.split(";")`` and keeps the newline in
@@ -23,8 +26,10 @@ trailing ``;`` is an ignored, empty fifth column. With it, both import the
 same four values.
 
 Paths are POSIX and relative to ``<mirror-dir>/pypi_mirror/`` (the served
-tree), exactly the targets ``mirror_store.iter_targets`` lists: the root
-``index.html`` and ``simple/<normalized>/index.html``. Hash-prefixed
+tree), exactly the targets ``mirror_store.iter_targets`` lists: the roots
+``index.html`` and ``simple/index.v1_json``, and each
+``simple/<normalized>/index.html`` and ``index.v1_json`` (those the mirror
+holds). Hash-prefixed
 consistent-snapshot copies, temp files and everything else are not targets.
 Sizes and hashes come from the bytes on disk through
 ``mirror_store.digest_file``, the same function ``pypi_mirror.py`` uses for
@@ -270,7 +275,8 @@ def read_finished_state(layout: MirrorLayout, state_path: Path) -> State:
             "the root index.html lags the project pages (a run was interrupted); "
             "run pypi_mirror.py once to rebuild it",
         )
-    if not layout.root_page.is_file():
+    roots = [layout.root_page, layout.json_root_page]  # HTML, PEP 691 JSON (--simple-format)
+    if not any(root.is_file() for root in roots):
         raise MirrorNotReady(
             layout.root_page,
             "missing although the state says the first sync finished; "
@@ -459,7 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Write the CSV that `rstuf admin import-artifacts` reads to bootstrap RSTUF "
             "with every page the mirror serves. Rows are 'path;size;hash-type;hash;' with "
-            "NO header, root index.html first, then projects sorted by name. The trailing "
+            "NO header, the roots first, then projects sorted by name. The trailing "
             "';' lets both the released CLI (1.0.0b1, line.split(';'), which would keep "
             "the newline in the hash without it) and the newer csv.reader one (columns "
             "0-3) import the same values."

@@ -105,6 +105,9 @@ def digest_file(path: Path | str, algorithm: str = TUF_HASH_ALGORITHM) -> FileDi
 # Both scripts' defaults: generate_csv.py must find what pypi_mirror.py wrote.
 DEFAULT_MIRROR_DIR = Path("pypi-index-mirror")
 PAGE_NAME = "index.html"
+# PEP 691's JSON form of a page, under bandersnatch's name, which existing server configs expect
+JSON_PAGE_NAME = "index.v1_json"
+PAGE_NAMES = (PAGE_NAME, JSON_PAGE_NAME)  # every form a project page is served in
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,10 @@ class MirrorLayout:
     @property
     def root_page(self) -> Path:
         return self.served_dir / PAGE_NAME
+
+    @property
+    def json_root_page(self) -> Path:
+        return self.served_dir / JSON_ROOT_TARGET
 
     @property
     def staging_dir(self) -> Path:
@@ -154,19 +161,21 @@ class MirrorLayout:
     def project_dir(self, normalized: str) -> Path:
         return self.simple_dir / normalized
 
-    def project_page(self, normalized: str) -> Path:
-        return self.simple_dir / normalized / PAGE_NAME
+    def project_page(self, normalized: str, basename: str = PAGE_NAME) -> Path:
+        return self.simple_dir / normalized / basename
 
     def path_of_target(self, target: str) -> Path:
         return self.served_dir / target
 
 
-def project_target(normalized: str) -> str:
+def project_target(normalized: str, basename: str = PAGE_NAME) -> str:
     """The TUF target path of a project page (relative to ``pypi_mirror/``)."""
-    return f"simple/{normalized}/{PAGE_NAME}"
+    return f"simple/{normalized}/{basename}"
 
 
 ROOT_TARGET = PAGE_NAME
+# The JSON root sits where a PEP 691 client asks for it (``/simple/``), as bandersnatch's does.
+JSON_ROOT_TARGET = f"simple/{JSON_PAGE_NAME}"
 
 
 def prefixed_name(hexdigest: str, basename: str = PAGE_NAME) -> str:
@@ -176,8 +185,9 @@ def prefixed_name(hexdigest: str, basename: str = PAGE_NAME) -> str:
 
 def target_of_copy(relative: str) -> str:
     """The target a hash-prefixed copy stands for (``simple/x/<hex>.index.html`` -> its page)."""
-    directory, _, _ = relative.rpartition("/")
-    return f"{directory}/{PAGE_NAME}" if directory else PAGE_NAME
+    directory, _, filename = relative.rpartition("/")
+    basename = filename.partition(".")[2]
+    return f"{directory}/{basename}" if directory else basename
 
 
 def digest_of_copy(relative: str) -> str:
@@ -186,20 +196,24 @@ def digest_of_copy(relative: str) -> str:
 
 
 def iter_targets(layout: MirrorLayout) -> Iterator[str]:
-    """Yield every TUF target the mirror serves, sorted: ``index.html`` first.
+    """Yield every TUF target the mirror serves: the roots, then each project's pages.
 
-    Streams directory entries instead of building a list of 700,000 paths.
+    Order: ``index.html``, ``simple/index.v1_json``, then the projects sorted
+    by name, each with ``index.html`` before ``index.v1_json`` (whichever
+    exist). Streams directory entries instead of building a list of 700,000 paths.
     """
-    if layout.root_page.is_file():
-        yield ROOT_TARGET
+    for root_target in (ROOT_TARGET, JSON_ROOT_TARGET):
+        if layout.path_of_target(root_target).is_file():
+            yield root_target
     try:
         names = sorted(entry.name for entry in os.scandir(layout.simple_dir) if entry.is_dir())
     except FileNotFoundError:
         return
     simple = os.fspath(layout.simple_dir)  # str joins: Path objects cost 3x here
     for name in names:
-        if os.path.isfile(f"{simple}/{name}/{PAGE_NAME}"):
-            yield project_target(name)
+        for basename in PAGE_NAMES:
+            if os.path.isfile(f"{simple}/{name}/{basename}"):
+                yield project_target(name, basename)
 
 
 # --- writing -----------------------------------------------------------------

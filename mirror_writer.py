@@ -19,7 +19,9 @@ from pathlib import Path
 
 from mirror_store import (
     HASH_FACTORIES,
+    JSON_PAGE_NAME,
     PAGE_NAME,
+    PAGE_NAMES,
     TUF_HASH_ALGORITHM,
     MirrorLayout,
     crash_point,
@@ -29,10 +31,15 @@ from mirror_store import (
     prefixed_name,
     target_of_copy,
 )
-from pypi_client import FetchedPage, NotASimplePage, inspect_simple_page
+from page_formats import BY_BASENAME
+from pypi_client import FetchedPage, NotASimplePage
 from state import State
 
 _SERIAL_TRAILER = re.compile(rb"<!--SERIAL (\d+)-->\s*$")
+# warehouse writes "meta" first: {"meta": {"api-version": "1.4", "_last-serial": 123}, ...}
+_JSON_META_SERIAL = re.compile(
+    rb'^\s*\{\s*"meta"\s*:\s*\{\s*"api-version"\s*:\s*"[^"]*"\s*,\s*"_last-serial"\s*:\s*(\d+)\s*\}'
+)
 
 
 def page_serial(page_tail: bytes) -> int | None:
@@ -41,17 +48,28 @@ def page_serial(page_tail: bytes) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def json_page_serial(page_head: bytes) -> int | None:
+    """The ``meta._last-serial`` at the start of a PEP 691 page as warehouse writes it.
+
+    None when the page starts otherwise: the caller then treats the serial as
+    unknown (the page is fetched again), never as a guess.
+    """
+    match = _JSON_META_SERIAL.match(page_head)
+    return int(match.group(1)) if match else None
+
+
 # --- the writer: the only code that changes the mirror
 
 
 @dataclass
 class Change:
-    """What one fetched page does to the mirror."""
+    """What one fetched page (one form of a project's page) does to the mirror."""
 
     name: str
     display_name: str
     page: FetchedPage
     old: bytes | None  # the page on disk before, if any
+    basename: str = PAGE_NAME  # which form: index.html or index.v1_json
 
     @property
     def removes(self) -> bool:
@@ -66,7 +84,7 @@ class Change:
         if self.old is None:
             return False
         try:
-            return inspect_simple_page(self.name, self.old).listed
+            return BY_BASENAME[self.basename].inspect(self.name, self.old).listed
         except NotASimplePage:
             return True  # damaged on disk: the root index still lists it
 
@@ -91,16 +109,21 @@ class MirrorWriter:
         self.clock = clock
         self._staging_ready = False
 
-    def read_page(self, name: str) -> bytes | None:
+    def read_page(self, name: str, basename: str = PAGE_NAME) -> bytes | None:
         try:
-            return self.layout.project_page(name).read_bytes()
+            return self.layout.project_page(name, basename).read_bytes()
         except (FileNotFoundError, NotADirectoryError):
             return None
 
-    def local_serial(self, name: str) -> int | None:
-        """The serial of the page on disk, from its trailer (None: absent or unknown)."""
+    def local_serial(self, name: str, basename: str = PAGE_NAME) -> int | None:
+        """The serial of a page on disk, read from its trailer (HTML) or its ``meta`` (JSON).
+
+        None: absent or unknown. Reads 64 or 256 bytes, never the whole page.
+        """
         try:
-            with open(self.layout.project_page(name), "rb") as handle:
+            with open(self.layout.project_page(name, basename), "rb") as handle:
+                if basename == JSON_PAGE_NAME:
+                    return json_page_serial(handle.read(256))
                 handle.seek(0, os.SEEK_END)
                 handle.seek(max(0, handle.tell() - 64))
                 return page_serial(handle.read())
@@ -108,7 +131,8 @@ class MirrorWriter:
             return None
 
     def local_projects(self) -> set[str]:
-        """Names of the project pages on disk (a full scan: only for full syncs)."""
+        """Names of the projects with a page on disk in any form (a full scan: only for full
+        syncs and filter changes)."""
         try:
             entries = os.scandir(self.layout.simple_dir)
         except FileNotFoundError:
@@ -117,40 +141,44 @@ class MirrorWriter:
             return {
                 entry.name
                 for entry in entries
-                if entry.is_dir() and os.path.exists(os.path.join(entry.path, PAGE_NAME))
+                if entry.is_dir()
+                and any(os.path.exists(os.path.join(entry.path, page)) for page in PAGE_NAMES)
             }
 
     def apply(self, change: Change) -> None:
         if change.removes:
-            self.remove_project(change.name)
+            self.remove_page(change.name, change.basename)
         else:
             assert change.page.body is not None
-            self.store(self.layout.project_dir(change.name), change.page.body, change.old)
+            directory = self.layout.project_dir(change.name)
+            self.store(directory, change.page.body, change.old, change.basename)
 
-    def store(self, directory: Path, body: bytes, old: bytes | None) -> bool:
-        """Write `body` as directory/index.html plus its prefixed copy; retire the old copy.
+    def store(
+        self, directory: Path, body: bytes, old: bytes | None, basename: str = PAGE_NAME
+    ) -> bool:
+        """Write `body` as directory/`basename` plus its prefixed copy; retire the old copy.
 
         Returns whether the page's bytes changed.
         """
         directory.mkdir(parents=True, exist_ok=True)
         digest = digest_bytes(body).hexdigest
         if old == body:
-            self.ensure_copy(directory, digest)
+            self.ensure_copy(directory, digest, basename)
             return False
         temp = self._write_temp(body)
-        self.install(directory, temp, digest)
-        self.retire_replaced(directory, old, body)
+        self.install(directory, temp, digest, basename)
+        self.retire_replaced(directory, old, body, basename)
         return True
 
-    def install(self, directory: Path, temp: Path, digest: str) -> None:
-        """Move a staged page into place: hash-prefixed copy first, then ``index.html``."""
-        copy = directory / prefixed_name(digest)
+    def install(self, directory: Path, temp: Path, digest: str, basename: str = PAGE_NAME) -> None:
+        """Move a staged page into place: hash-prefixed copy first, then the page itself."""
+        copy = directory / prefixed_name(digest, basename)
         relative = self._relative(copy)
         target = (target_of_copy(relative),)
         try:
             crash_point("page-temp", target)
             self._link_copy(temp, copy)
-            os.replace(temp, directory / PAGE_NAME)
+            os.replace(temp, directory / basename)
             crash_point("page-renamed", target)
         finally:
             with contextlib.suppress(FileNotFoundError):
@@ -173,15 +201,15 @@ class MirrorWriter:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp)
 
-    def root_digest(self) -> str | None:
+    def root_digest(self, path: Path | None = None) -> str | None:
         try:
-            return digest_file(self.layout.root_page).hexdigest
+            return digest_file(path or self.layout.root_page).hexdigest
         except FileNotFoundError:
             return None
 
-    def ensure_copy(self, directory: Path, digest: str) -> None:
+    def ensure_copy(self, directory: Path, digest: str, basename: str = PAGE_NAME) -> None:
         """Relink an unchanged page's prefixed copy if a killed run or damage broke it."""
-        page, copy = directory / PAGE_NAME, directory / prefixed_name(digest)
+        page, copy = directory / basename, directory / prefixed_name(digest, basename)
         if not (copy.exists() and os.path.samefile(copy, page)):
             self._link_copy(page, copy)
 
@@ -210,21 +238,35 @@ class MirrorWriter:
             raise
 
     def remove_project(self, name: str) -> None:
-        """Unlink the page at once; its prefixed copies stay until their grace ends."""
+        """Unlink the project's pages at once; their prefixed copies stay until their grace ends."""
+        for basename in PAGE_NAMES:
+            self.remove_page(name, basename)
+
+    def remove_page(self, name: str, basename: str = PAGE_NAME) -> None:
+        """Unlink one form of a page at once; its prefixed copy stays until its grace ends."""
         directory = self.layout.project_dir(name)
-        page = directory / PAGE_NAME
-        with contextlib.suppress(FileNotFoundError):
+        self.remove_file(directory, basename)
+        self._remove_if_empty(directory)
+
+    def remove_file(self, directory: Path, basename: str) -> bool:
+        """Unlink directory/`basename` (a page or a root), retiring its prefixed copy."""
+        page = directory / basename
+        try:
             old_digest = digest_file(page).hexdigest
             page.unlink()
-            self.retire(directory / prefixed_name(old_digest))
-        self._remove_if_empty(directory)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        self.retire(directory / prefixed_name(old_digest, basename))
+        return True
 
     def prepare(self, change: Change) -> bool:
         """Before `apply`: record what it will retire; True if the state must be saved first."""
         directory = self.layout.project_dir(change.name)
-        return self.retire_replaced(directory, change.old, change.page.body)
+        return self.retire_replaced(directory, change.old, change.page.body, change.basename)
 
-    def retire_replaced(self, directory: Path, old: bytes | None, new: bytes | None) -> bool:
+    def retire_replaced(
+        self, directory: Path, old: bytes | None, new: bytes | None, basename: str = PAGE_NAME
+    ) -> bool:
         """Retire the prefixed copy of page `old` if `new` (None: no page) replaces it.
 
         Called before the write, so the caller saves the retirement with the state
@@ -234,7 +276,7 @@ class MirrorWriter:
         """
         if old is None or old == new:
             return False
-        self.retire(directory / prefixed_name(digest_bytes(old).hexdigest))
+        self.retire(directory / prefixed_name(digest_bytes(old).hexdigest, basename))
         return True
 
     def retire(self, copy: Path) -> None:
@@ -263,7 +305,7 @@ class MirrorWriter:
             if digest_of_copy(relative) in held.get(target, ()):
                 continue
             copy = self.layout.served_dir / relative
-            current = copy.parent / PAGE_NAME
+            current = self.layout.served_dir / target_of_copy(relative)
             with contextlib.suppress(FileNotFoundError):
                 if current.exists() and os.path.samefile(copy, current):
                     del self.state.retired[relative]

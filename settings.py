@@ -15,15 +15,17 @@ from __future__ import annotations
 import argparse
 import difflib
 import os
+import re
 import sys
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from cli_support import VERSION, UsageError, format_bound, number
 from mirror_store import DEFAULT_MIRROR_DIR, MirrorLayout
+from project_filter import ProjectFilter, glob_pattern
 
 CONFIG_ENV = "PYPI_MIRROR_CONFIG"
 TOKEN_ENV = "RSTUF_API_TOKEN"  # a secret: read from the environment only, never a flag
@@ -55,6 +57,10 @@ class Config:
     max_page_bytes: int = 64 << 20
     max_xmlrpc_bytes: int = 512 << 20
     xmlrpc_interval: float = 1.0  # seconds between XML-RPC calls (PyPI's etiquette)
+    no_xmlrpc: bool = False  # list and follow PyPI through the JSON root /simple/ only
+    simple_format: str = "html"  # which forms of the pages to mirror: html, json or all
+    include: tuple[str, ...] = ()  # globs over normalized names; empty: every project
+    exclude: tuple[str, ...] = ()
     verbose: bool = False
     quiet: bool = False
     progress: bool = False  # a bar on stderr: set when stderr is a terminal and not quiet
@@ -66,6 +72,10 @@ class Config:
     @property
     def state_file(self) -> Path:
         return self.state_path or MirrorLayout(self.mirror_dir).state_file
+
+    @property
+    def project_filter(self) -> ProjectFilter:
+        return ProjectFilter.of(self.include, self.exclude)
 
 
 @dataclass(frozen=True)
@@ -79,6 +89,7 @@ class Option:
     field: str = ""  # the Config field; "": the key with '_' for '-'
     path: bool = False  # relative to the config file's directory when set there
     in_file: bool = True  # False: an action of one run (--dry-run), not a setting
+    many: bool = False  # a list: a repeatable flag, a comma/space-separated env var, a TOML array
     short: str | None = None
     metavar: str | None = None
 
@@ -109,6 +120,23 @@ def pypi_url(text: str) -> str:
             "(for example https://pypi.org), the tool adds /simple/ and /pypi itself"
         )
     return base
+
+
+def one_of(*words: str) -> Callable[[str], str]:
+    """A parser for one of `words` (case-insensitive), refused with the choices named."""
+
+    def parse(text: str) -> str:
+        word = text.strip().lower()
+        if word not in words:
+            raise ValueError(f"must be one of {', '.join(words)}, not {text!r}")
+        return word
+
+    return parse
+
+
+def split_list(text: str) -> list[str]:
+    """An environment variable's list: items separated by commas and/or whitespace."""
+    return [item for item in re.split(r"[,\s]+", text) if item]
 
 
 def switch(text: str) -> bool:
@@ -203,6 +231,35 @@ OPTIONS: tuple[Option, ...] = (
         number(float, 0, 60),
     ),
     Option(
+        "no-xmlrpc",
+        "never call PyPI's XML-RPC: list projects and notice changes from the JSON root "
+        "/simple/ (PEP 691, projects[]._last-serial); used anyway when XML-RPC answers "
+        "404/405/410 or says the method is disabled",
+    ),
+    Option(
+        "simple-format",
+        "forms of each page to mirror: html (index.html), json (PEP 691 index.v1_json) "
+        "or all (both, from the same serial); json and all add the JSON root "
+        "simple/index.v1_json",
+        one_of("html", "json", "all"),
+        metavar="{html,json,all}",
+    ),
+    Option(
+        "include",
+        "mirror only projects whose normalized name matches this glob",
+        glob_pattern,
+        many=True,
+        metavar="GLOB",
+    ),
+    Option(
+        "exclude",
+        "never mirror projects whose normalized name matches this glob; removes them "
+        "if already mirrored",
+        glob_pattern,
+        many=True,
+        metavar="GLOB",
+    ),
+    Option(
         "max-page-bytes",
         "a project page larger than this is refused and kept pending, never mirrored",
         number(int, 1024, 1 << 30),
@@ -255,10 +312,12 @@ def describe(option: Option) -> str:
     bounds = getattr(option.parse, "bounds", None)
     if bounds:
         notes.append(f"{format_bound(bounds[0])}-{format_bound(bounds[1])}")
+    if option.many:
+        notes.append("repeatable")
     if option.env_name:
-        notes.append(f"env {option.env_name}")
+        notes.append(f"env {option.env_name}" + (", comma-separated" if option.many else ""))
     default = getattr(DEFAULTS, option.dest, None)
-    if option.parse is not None and default is not None:
+    if option.parse is not None and default not in (None, ()):
         notes.append(f"default {default}")
     return f"{option.help} ({'; '.join(notes)})" if notes else option.help
 
@@ -300,6 +359,7 @@ def add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> N
         else:
             parser.add_argument(
                 *names,
+                action="append" if option.many else "store",
                 type=argparse_type(option),
                 metavar=option.metavar or ("N" if getattr(option.parse, "bounds", None) else None),
                 **common,
@@ -371,8 +431,12 @@ def file_value(option: Option, raw: object) -> Any:
     """A TOML value of the option's type, checked by the flag's parser (same ranges apply).
 
     The TOML type must fit: ``workers = 8`` and ``timeout = 2.5``, not ``"8"``;
-    paths and URLs are strings.
+    paths and URLs are strings; a list option (``include``) is an array of its items.
     """
+    if option.many:
+        if not isinstance(raw, list):
+            raise TypeError(f'must be an array, e.g. ["django*"], not {raw!r}')
+        return tuple(file_value(replace(option, many=False), item) for item in raw)
     if option.parse is None:
         if not isinstance(raw, bool):
             raise TypeError(f"must be true or false, not {raw!r}")
@@ -406,11 +470,16 @@ def resolve(
         Path(environ[CONFIG_ENV]) if environ.get(CONFIG_ENV) else None
     )
     wanted = {option.dest for option in options}
+    lists = {option.dest for option in options if option.many}  # argparse's append: a list
     from_file = load_config_file(config_path) if config_path else {}
     layers = [
         {dest: value for dest, value in from_file.items() if dest in wanted},
         environment_values(environ, options),
-        {dest: value for dest, value in given.items() if dest in wanted},
+        {
+            dest: tuple(value) if dest in lists else value
+            for dest, value in given.items()
+            if dest in wanted
+        },
     ]
     check_exclusive(layers[1], " and ".join(f"PYPI_MIRROR_{key.upper()}" for key in EXCLUSIVE))
     check_exclusive(layers[2], " and ".join(f"--{key}" for key in EXCLUSIVE))
@@ -429,8 +498,12 @@ def environment_values(environ: Mapping[str, str], options: Sequence[Option]) ->
     for option in options:
         name = option.env_name
         if name and environ.get(name, "") != "":
+            parse = option.parse or switch
             try:
-                values[option.dest] = (option.parse or switch)(environ[name])
+                if option.many:
+                    values[option.dest] = tuple(parse(item) for item in split_list(environ[name]))
+                else:
+                    values[option.dest] = parse(environ[name])
             except (ValueError, argparse.ArgumentTypeError) as exc:
                 raise UsageError(f"environment variable {name}: {exc}") from None
     return values

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from cli_support import ToolError
 from mirror_store import InvalidProjectName, atomic_write, project_dir_name
+from project_filter import ProjectFilter
 
 STATE_SCHEMA = 1
 
@@ -147,6 +148,10 @@ class State:
     full_sync_in_progress: bool = False
     # the root index may lag the pages (a run died between them); rebuild it
     root_stale: bool = False
+    # the --include/--exclude set the mirror was last brought in line with
+    filters: ProjectFilter = field(default_factory=ProjectFilter)
+    # the page forms the mirror holds ("html", "json"); a state from before JSON pages: html
+    formats: tuple[str, ...] = ("html",)
 
     def to_json(self) -> dict:
         return {
@@ -174,6 +179,8 @@ class State:
             "retired": dict(sorted(self.retired.items())),
             "full_sync_in_progress": self.full_sync_in_progress,
             "root_stale": self.root_stale,
+            "filters": self.filters.to_json(),
+            "formats": list(self.formats),
         }
 
 
@@ -261,13 +268,30 @@ def _state_from_json(doc: object) -> State:
         retired[path] = float(when)
     flags = {key: doc.get(key, False) for key in ("full_sync_in_progress", "root_stale")}
     _require(all(isinstance(value, bool) for value in flags.values()), "bad flags")
-    return State(serial, pending, outbox, retired, **flags)
+    filters = ProjectFilter.from_json(doc.get("filters", {}))
+    formats = doc.get("formats", ["html"])
+    _require(
+        isinstance(formats, list) and bool(formats) and set(formats) <= {"html", "json"},
+        "bad 'formats'",
+    )
+    return State(
+        serial,
+        pending,
+        outbox,
+        retired,
+        **flags,
+        filters=filters,
+        formats=tuple(formats),
+    )
 
 
-_TARGET = re.compile(r"^(index\.html|simple/[a-z0-9]+(-[a-z0-9]+)*/index\.html)$")
+# Targets: the two roots (index.html; simple/index.v1_json) and each project's two pages.
+_NAME = r"[a-z0-9]+(-[a-z0-9]+)*"
+_TARGET = re.compile(rf"^(index\.html|simple/index\.v1_json|simple/{_NAME}/index\.(html|v1_json))$")
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 _RETIRED = re.compile(
-    r"^([0-9a-f]{64}\.index\.html|simple/[a-z0-9]+(-[a-z0-9]+)*/[0-9a-f]{64}\.index\.html)$"
+    rf"^([0-9a-f]{{64}}\.index\.html|simple/[0-9a-f]{{64}}\.index\.v1_json"
+    rf"|simple/{_NAME}/[0-9a-f]{{64}}\.index\.(html|v1_json))$"
 )
 
 

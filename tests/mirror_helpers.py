@@ -13,14 +13,14 @@ import requests
 
 import pypi_mirror
 import root_index
-from mirror_store import MirrorLayout, digest_file, iter_targets
+from mirror_store import PAGE_NAMES, MirrorLayout, digest_file, iter_targets, prefixed_name
 from state import load_state
 
 View = dict[str, dict]
 REPO = Path(__file__).resolve().parent.parent
 FAST = ["--xmlrpc-interval", "0", "--backoff", "0.01", "--retries", "2", "--workers", "4"]
 # A consistent-snapshot copy: a page's blake2b-256 and its name, hard-linked beside it.
-PREFIXED_COPY = re.compile(r"[0-9a-f]{64}\.index\.html")
+PREFIXED_COPY = re.compile(r"[0-9a-f]{64}\.index\.(html|v1_json)")
 
 
 @dataclass
@@ -115,6 +115,21 @@ def upstream_page(pypi_url: str, name: str) -> bytes | None:
         return response.content
 
 
+def upstream_json_page(pypi_url: str, name: str) -> bytes | None:
+    """The PEP 691 JSON page the stand-in PyPI serves for a project right now (None: 404)."""
+    response = requests.get(
+        f"{pypi_url}/simple/{name}/",
+        timeout=10,
+        allow_redirects=False,
+        headers={"Accept": "application/vnd.pypi.simple.v1+json"},
+    )
+    with response:
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+        return response.content
+
+
 def upstream_listing(pypi_url: str) -> dict[str, str]:
     """normalized -> display name of every project PyPI lists (root HTML)."""
     response = requests.get(f"{pypi_url}/simple/", timeout=10, headers={"Accept": "text/html"})
@@ -139,8 +154,8 @@ def assert_consistent(mirror: Mirror) -> None:
     served = mirror.layout.served_dir
     for path in served.rglob("*"):
         assert ".tmp" not in path.name, path
-        if path.name == "index.html":
-            copy = path.parent / f"{digest_file(path).hexdigest}.index.html"
+        if path.name in PAGE_NAMES:
+            copy = path.parent / prefixed_name(digest_file(path).hexdigest, path.name)
             assert copy.exists() and os.path.samefile(copy, path), copy
 
 
