@@ -89,7 +89,7 @@ from mirror_store import (
     mirror_lock,
     readable_mode,
 )
-from state import State, load_state
+from state import State, load_state, refuse_legacy_default_state
 
 log = logging.getLogger("generate_csv")
 
@@ -206,6 +206,7 @@ class Options:
     output: Path | None  # None: standard output
     workers: int
     executor: str  # one of EXECUTORS
+    state_given: bool = True  # False: the default state file (release 1.0's may be around)
 
 
 @dataclass(frozen=True)
@@ -506,13 +507,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_options(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> Options:
-    mirror_dir, state_path = settings.mirror_paths(args, environ)
+    paths = settings.mirror_config(args, environ)
     return Options(
-        mirror_dir=mirror_dir,
-        state_path=state_path,
+        mirror_dir=paths.mirror_dir,
+        state_path=paths.state_file,
         output=None if args.output == STDOUT else Path(args.output),
         workers=args.workers,
         executor=args.executor,
+        state_given=paths.state_path is not None,
     )
 
 
@@ -525,6 +527,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     configure_logging(args.verbose, args.quiet)
     options = parse_options(args)
+    refuse_legacy_default_state(options.state_path, given=options.state_given)
     log.debug(
         "mirror %s, state %s, %d %s",
         options.mirror_dir,

@@ -158,6 +158,11 @@ class MirrorLayout:
     def lock_path(self) -> Path:
         return self.root / ".lock"
 
+    @property
+    def marker_file(self) -> Path:
+        """The mirror's id, also recorded in its state (see safety.py); never served."""
+        return self.root / ".mirror-id"
+
     def project_dir(self, normalized: str) -> Path:
         return self.simple_dir / normalized
 
@@ -318,24 +323,34 @@ class MirrorLocked(ToolError):
 
 
 @contextlib.contextmanager
-def mirror_lock(lock_path: Path) -> Iterator[None]:
+def mirror_lock(lock_path: Path, read_only: bool = False) -> Iterator[None]:
     """Hold an exclusive flock on `lock_path` or raise MirrorLocked at once.
 
     flock is released by the kernel when the process dies (even by SIGKILL),
-    so a crashed run never leaves a stale lock behind.
+    so a crashed run never leaves a stale lock behind. `read_only` (a dry run)
+    creates and writes nothing: it takes a shared lock on the lock file if
+    there is one (so it never reads a mirror a sync is changing), else none.
     """
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    if read_only:
+        try:
+            fd = os.open(lock_path, os.O_RDONLY)
+        except (FileNotFoundError, NotADirectoryError):
+            yield
+            return
+    else:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if read_only else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except OSError as exc:
             if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise
             holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown pid"
             raise MirrorLocked(lock_path, f"pid {holder}") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        if not read_only:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield
     finally:
         os.close(fd)

@@ -21,6 +21,8 @@ concern it orchestrates has a module of its own beside it:
 - ``rstuf_outbox.py`` and ``rstuf_client.py``: delivering changes to RSTUF;
 - ``http_retry.py``: when both HTTP clients retry, and how much of an answer they read;
 - ``mirror_store.py``: the disk's rules (names, paths, hashing, the lock);
+- ``safety.py``: state and mirror that know each other, the circuit breaker;
+- ``dry_run.py``: the plan ``--dry-run`` prints;
 - ``cli_support.py``: version, exit codes, logging, the one error funnel.
 """
 
@@ -31,12 +33,15 @@ import concurrent.futures
 import contextlib
 import functools
 import logging
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TypeVar
 
+import dry_run
 import rstuf_client
 import settings
 from changelog import Listing, add_listed, identity_changes, merge_pending, projects_to_refresh
@@ -44,10 +49,13 @@ from cli_support import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_PARTIAL,
+    Stopped,
     UsageError,
     configure_logging,
+    deferred_stops,
     failure,
     run_cli,
+    stop_requested,
 )
 from http_retry import call_with_retries
 from mirror_store import (
@@ -80,8 +88,29 @@ from root_index import (
 )
 from rstuf_outbox import RstufDelivery, WaitBudget
 from run_status import StatusRecorder, show_status
+from safety import (
+    CircuitBreaker,
+    FetchHalted,
+    Halt,
+    MirrorFacts,
+    Verdict,
+    canonical_url,
+    check_identity,
+    check_serial,
+    has_project_pages,
+    read_mirror_facts,
+    write_marker,
+)
 from settings import Config, config_from
-from state import PendingProject, State, clear_state_temps, load_state, save_state
+from state import (
+    PendingProject,
+    State,
+    clear_state_temps,
+    load_state,
+    new_mirror_id,
+    refuse_legacy_default_state,
+    save_state,
+)
 from sync_plan import (
     current_projects,
     forms_answer,
@@ -91,7 +120,7 @@ from sync_plan import (
 )
 
 log = logging.getLogger("pypi_mirror")
-# The one line every run ends with; logged at INFO even under -q (see `run`).
+# The one line every run ends with, whatever its exit; INFO even under -q (see `main`).
 summary_log = logging.getLogger("pypi_mirror.summary")
 
 T = TypeVar("T")
@@ -104,6 +133,8 @@ JSON_ROOT_SOURCE = "JSON root /simple/"
 
 @dataclass
 class Summary:
+    """The one line every run ends with, whatever its exit (see `main`)."""
+
     added: int = 0
     updated: int = 0
     removed: int = 0
@@ -117,16 +148,36 @@ class Summary:
     upstream_serial: int | None = None  # PyPI's last serial, as this run saw it
     upstream_seen: float | None = None  # when (epoch seconds)
     elapsed: float = 0.0
+    pending: int | None = None  # projects still to fetch; None: the state was not read
+    outbox: int | None = None  # paths owed to RSTUF
+    exit: int | None = None
+    dry_run: bool = False
+    would_fetch: int | None = None  # a dry run: pages a real run would fetch
+    started: bool = False  # a sync began (not --help, --version)
     problems: list[str] = field(default_factory=list)
 
     def line(self) -> str:
+        unknown = "?"
+        mode = "dry-run " if self.dry_run else ""
+        if self.would_fetch is not None:
+            mode += f"would_fetch={self.would_fetch} "
         return (
-            f"summary added={self.added} updated={self.updated} removed={self.removed} "
+            f"summary {mode}added={self.added} updated={self.updated} removed={self.removed} "
             f"unchanged={self.unchanged} failed={self.failed} requests={self.requests} "
             f"rstuf_sent={self.rstuf_sent} rstuf_waited={self.rstuf_waited:.1f}s "
             f"elapsed={self.elapsed:.1f}s "
-            f"serial={self.serial_before}->{self.serial_after}"
+            f"serial={self.serial_before}->{self.serial_after} "
+            f"pending={unknown if self.pending is None else self.pending} "
+            f"outbox={unknown if self.outbox is None else self.outbox} exit={self.exit}"
         )
+
+
+class NotFetched:
+    """The result of a page that fetching stopped before (circuit breaker, signal)."""
+
+
+NOT_FETCHED = NotFetched()
+STOP_POLL = 0.1  # seconds: how soon the fetch loop sees a signal
 
 
 @dataclass
@@ -141,9 +192,12 @@ class Refreshed:
         """The serial of the page fetched for `name` (wanted as `item`)."""
         return self.serials.get(name, item.serial)
 
+    unfetched: int = 0  # fetching stopped before these (circuit breaker, signal)
+    unfetched_names: set[str] = field(default_factory=set)  # ... when they are kept pending
+
     def lists(self, name: str, if_failed: bool = True) -> bool:
         """Whether `name` belongs in the root index; `if_failed` when its fetch failed."""
-        if name in self.failed:
+        if name in self.failed or name in self.unfetched_names:
             return if_failed
         return name not in self.unlisted
 
@@ -168,15 +222,21 @@ class Sync:
         rstuf: rstuf_client.RstufClient | None,
         progress: Progress,
         out: Callable[[str], None] = print,
+        summary: Summary | None = None,
+        halt: Halt | None = None,
     ) -> None:
         self.config = config
         self.layout = MirrorLayout(config.mirror_dir)
+        self.upstream = canonical_url(config.pypi_url)
         self.pypi = pypi
         self.rstuf = rstuf
         self.progress = progress
         self.out = out
-        self.summary = Summary()
+        self.summary = summary or Summary()
+        self.summary.dry_run = config.dry_run
         self.state = State()
+        self.loaded = False  # self.state is the state file's
+        self.identified = False  # ... and was found to belong to this mirror and upstream
         self.writer = MirrorWriter(self.layout, self.state)
         self.forms = SIMPLE_FORMATS[config.simple_format]
         self.filter = config.project_filter
@@ -186,6 +246,12 @@ class Sync:
         self.budget = WaitBudget(config.rstuf_wait)  # one for the whole run
         self.delivery: RstufDelivery | None = None
         self.pages_changed = False
+        self.marker_owed = False  # write the marker before the next state save
+        self.upstream_changed = False
+        self.applying = False  # inside a section a signal must not cut: do not save then
+        self.breaker = CircuitBreaker(config.failure_limit)
+        self.halt = halt or Halt()  # the PypiClient's retry pauses should wait on it too
+        self.untracked = 0  # pages a full sync still owes that state.pending does not list
         self.status = StatusRecorder(
             self.layout.status_file, self.layout.staging_dir, config.metrics_file
         )
@@ -194,40 +260,120 @@ class Sync:
     # the run
 
     def run(self) -> int:
+        """Run once; raises ToolError (a refusal or failure) or Stopped (a signal)."""
         self.started = time.monotonic()
-        with mirror_lock(self.layout.lock_path), self.recording():
-            clear_staging(self.layout.staging_dir)
-            clear_state_temps(self.config.state_file)
-            self.state = load_state(self.config.state_file)
-            self.writer = MirrorWriter(self.layout, self.state)
-            self.summary.serial_before = self.state.serial
-            self.forget_rstuf_if_disabled()
-            if self.state.outbox.dirty and not self.config.dry_run:
-                # a killed run may have left pages unflushed: never register bytes
-                # that a power cut could still take back
-                sync_filesystem(self.layout.root)
-            self.deliver_outbox(wait=False)  # old tasks get their publish while we update
-            for name in [n for n in self.state.pending if not self.filter.allows(n)]:
-                del self.state.pending[name]  # excluded now: never fetched again
-            if self.needs_full_sync():
-                self.full_sync()
-            else:
-                self.update()
-            self.state.filters = self.filter
-            if not self.config.dry_run:
-                sync_filesystem(self.layout.root)  # every page durable before the serial moves
-                self.save("run-end")
-                self.deliver_outbox(wait=True)
-                # after the delivery: what RSTUF just confirmed frees the copies it replaced
-                self.writer.collect_retired(self.config.grace)
-                self.save()
+        self.summary.started = True
+        try:
+            return self.sync()
+        except Stopped as stop:
+            if stop.note:  # stopped under the lock: what was saved is said already
+                raise
+            raise Stopped(stop.signum, self.save_after_stop()) from None
+        finally:
+            self.settle_summary()
+
+    def sync(self) -> int:
+        config = self.config
+        refuse_legacy_default_state(config.state_file, given=config.state_path is not None)
+        if not config.dry_run and not self.layout.root.exists():
+            self.check_identity()  # before the lock, which would create the directory
+        with mirror_lock(self.layout.lock_path, read_only=config.dry_run), self.recording():
+            try:
+                self.sync_locked()
+            except Stopped as stop:  # saved inside the lock, and recorded with what was saved
+                raise Stopped(stop.signum, self.save_after_stop()) from None
         for problem in dict.fromkeys(self.summary.problems):  # each once, in order
             log.warning("%s", problem)
-        summary_log.info("%s", self.summary.line())
         return self.exit_code()
 
+    def sync_locked(self) -> None:
+        config = self.config
+        last_serial = self.start()  # None: following the JSON root
+        self.forget_rstuf_if_disabled()
+        if self.state.outbox.dirty and not config.dry_run:
+            # a killed run may have left pages unflushed: never register bytes
+            # that a power cut could still take back
+            sync_filesystem(self.layout.root)
+        self.deliver_outbox(wait=False)  # old tasks get their publish while we update
+        for name in [n for n in self.state.pending if not self.filter.allows(n)]:
+            del self.state.pending[name]  # excluded now: never fetched again
+        if self.needs_full_sync():
+            self.full_sync(last_serial)
+        else:
+            self.update(last_serial)
+        self.state.filters = self.filter
+        if config.dry_run:
+            return
+        sync_filesystem(self.layout.root)  # every page durable before the serial moves
+        self.save("run-end")
+        self.deliver_outbox(wait=True)
+        # after the delivery: what RSTUF just confirmed frees the copies it replaced
+        self.writer.collect_retired(self.config.grace)
+        self.save()
+
     def exit_code(self) -> int:
-        return EXIT_PARTIAL if self.summary.problems or self.state.pending else EXIT_OK
+        if self.config.dry_run:
+            return EXIT_OK
+        return EXIT_PARTIAL if self.summary.problems or self.pending_count() else EXIT_OK
+
+    def start(self) -> int | None:
+        """Under the lock: clear leftovers, check state and mirror; return PyPI's last serial.
+
+        Every refusal comes before anything is written (but status.json, which records it).
+        """
+        config = self.config
+        if not config.dry_run:
+            clear_staging(self.layout.staging_dir)
+            clear_state_temps(config.state_file)
+        verdict, facts = self.check_identity()
+        last_serial = self.xmlrpc_last_serial()
+        if last_serial is not None and not verdict.upstream_changed:
+            check_serial(self.state.serial, last_serial, self.upstream, config.state_file)
+        self.record_identity(verdict, facts)
+        return last_serial
+
+    def xmlrpc_last_serial(self) -> int | None:
+        """PyPI's ``changelog_last_serial``; None when the mirror follows the JSON root."""
+        if self.source != XMLRPC_SOURCE:
+            return None
+        try:
+            return self.upstream_last_serial()
+        except XmlRpcUnavailable as exc:
+            self.fall_back(exc)
+            return None
+
+    def check_identity(self) -> tuple[Verdict, MirrorFacts]:
+        """Read the state and the mirror; refuse (MirrorMismatch) if they do not belong together."""
+        self.state = load_state(self.config.state_file)
+        self.writer = MirrorWriter(self.layout, self.state)
+        self.loaded = True
+        self.summary.serial_before = self.state.serial
+        facts = read_mirror_facts(self.layout)
+        verdict = check_identity(
+            self.state,
+            facts,
+            self.upstream,
+            self.config.full_check,
+            self.config.state_file,
+            new_mirror_id(),
+        )
+        return verdict, facts
+
+    def record_identity(self, verdict: Verdict, facts: MirrorFacts) -> None:
+        """Take the verdict's identity into the state; the next save makes it durable."""
+        for note in verdict.notes:
+            log.info("%s", note)
+        for warning in verdict.warnings:
+            log.warning("%s", warning)
+        state = self.state
+        if state.read_schema == 1 and state.serial is None and state.full_sync_in_progress:
+            # release 1.0 wrote the root index only at the end of a first sync
+            state.first_sync = not facts.root_index
+        state.mirror_id, state.mirror_dir = verdict.mirror_id, str(facts.directory)
+        state.upstream = self.upstream
+        self.marker_owed = verdict.write_marker
+        self.upstream_changed = verdict.upstream_changed
+        self.identified = True
 
     @contextlib.contextmanager
     def recording(self) -> Iterator[None]:
@@ -250,10 +396,8 @@ class Sync:
             exit_code, error = failure(exc)
             raise
         finally:
-            self.summary.serial_after = self.state.serial
-            self.summary.requests = self.pypi.requests_made
-            self.summary.rstuf_waited = self.budget.spent
-            self.summary.elapsed = time.monotonic() - self.started
+            self.settle_summary()
+            self.summary.exit = exit_code
             loaded = self.state if self.state is not unread else None
             self.status.end(exit_code, error, self.summary, loaded)
 
@@ -278,11 +422,50 @@ class Sync:
     def form_words(self) -> tuple[str, ...]:
         return tuple(form.word for form in self.forms)
 
+    def pending_count(self) -> int:
+        return len(self.state.pending) + self.untracked
+
     def save(self, why: str = "") -> None:
-        """Write state.json (not in a dry run); `why` names the moment for the crash tests."""
-        if not self.config.dry_run:
-            crash_point("state-save", (why,))
-            save_state(self.config.state_file, self.state)
+        """Write state.json (not in a dry run); `why` names the moment for the crash tests.
+
+        The marker goes first, so a state never names an id its mirror lacks.
+        """
+        if self.config.dry_run:
+            return
+        if self.marker_owed:
+            write_marker(self.layout, self.state.mirror_id or "")
+            self.marker_owed = False
+        crash_point("state-save", (why,))
+        save_state(self.config.state_file, self.state)
+
+    def save_after_stop(self) -> str:
+        """Save what is durable after a signal; return what the stop line adds."""
+        if not self.identified:
+            return "nothing was changed"
+        if self.config.dry_run:
+            return "nothing was changed (dry run)"
+        if self.applying:  # a second signal cut a batch: the last saved state is consistent
+            return "the state saved last stays; the next run resumes from it"
+        try:
+            if self.layout.root.exists():
+                sync_filesystem(self.layout.root)
+            self.save("stopped")
+        except OSError as exc:
+            return f"the state could not be saved ({exc}); the next run resumes from the last one"
+        return (
+            f"state saved at serial {self.state.serial} with {self.pending_count()} "
+            "project(s) pending; the next run resumes"
+        )
+
+    def settle_summary(self) -> None:
+        summary = self.summary
+        summary.requests = self.pypi.requests_made
+        summary.rstuf_waited = self.budget.spent
+        summary.elapsed = time.monotonic() - self.started
+        if self.loaded:
+            summary.serial_after = self.state.serial
+            summary.pending = self.pending_count()
+            summary.outbox = len(self.state.outbox)
 
     # where changes come from: PyPI's XML-RPC changelog, or its JSON root
 
@@ -303,17 +486,19 @@ class Sync:
         self.source = JSON_ROOT_SOURCE
         self.source_noted = True
 
-    def fetch_listing(self) -> tuple[Listing, int]:
+    def fetch_listing(self, last_serial: int | None = None) -> tuple[Listing, int]:
         """Every project PyPI lists (filtered) with its serial, and PyPI's serial then.
 
-        Through XML-RPC the serial is taken before the listing; the JSON root
-        carries its own (``X-PyPI-Last-Serial``, as cached by the CDN with it).
+        Through XML-RPC the serial is taken before the listing (`last_serial`,
+        when this run asked for it already); the JSON root carries its own
+        (``X-PyPI-Last-Serial``, as cached by the CDN with it).
         """
         allows = None if self.filter.everything else self.filter.allows
         if self.source == XMLRPC_SOURCE:
             wanted = Listing()
             try:
-                last_serial = self.upstream_last_serial()
+                if last_serial is None:
+                    last_serial = self.upstream_last_serial()
                 self.pypi.list_packages_with_serial(
                     functools.partial(add_listed, wanted, allows=allows)
                 )
@@ -331,7 +516,7 @@ class Sync:
 
     # first sync and --full-check
 
-    def full_sync(self) -> None:
+    def full_sync(self, last_serial: int | None) -> None:
         """Compare PyPI's whole listing with the mirror and fix every difference.
 
         The target serial is taken before the listing and lowered to the
@@ -339,22 +524,21 @@ class Sync:
         the next update replays anything the listing did not show yet. A first
         sync records nothing for RSTUF: RSTUF is bootstrapped from the CSV.
         Projects the filter excludes are removed without a fetch, and pages in
-        forms no longer mirrored are removed.
+        forms no longer mirrored are removed. It is finished only when every
+        listed page is on disk or known gone: until then the state has no
+        serial and the next run goes on with it.
         """
-        first = self.state.serial is None and not any(
-            self.layout.path_of_target(form.root_target).exists() for form in ALL_FORMATS
-        )
-        wanted, last_serial = self.fetch_listing()
+        wanted, last_serial = self.fetch_listing(last_serial)
         target = min(last_serial, max(wanted.serials.values(), default=last_serial))
-        log.info(
-            "%s: %d projects listed at serial %d",
-            "first sync" if first else "full check",
-            len(wanted),
-            target,
-        )
         if not self.state.full_sync_in_progress:
+            self.state.first_sync = self.state.serial is None and not (
+                self.layout.root_page.exists() or has_project_pages(self.layout)
+            )
             self.state.full_sync_in_progress = True
             self.save("full-sync-started")
+        first = self.state.first_sync
+        kind = "first sync" if first else "full check"
+        log.info("%s: %d projects listed at serial %d", kind, len(wanted), target)
         local = self.writer.local_projects()
         excluded = {name for name in local if not self.filter.allows(name)}
         local -= excluded
@@ -365,26 +549,75 @@ class Sync:
             on_disk = functools.partial(self.on_disk_serial, wanted, serials)
             current = current_projects(wanted, local, on_disk, self.state.pending)
         to_fetch = full_sync_fetches(wanted, local, current, self.state.pending)
+        if self.config.dry_run:
+            self.summary.would_fetch = len(to_fetch)
+            outbox = dry_run.outbox_actions(self.owed_for_plan(), self.target_exists)
+            plan = dry_run.full_sync_plan(
+                kind.replace(" ", "-"), len(to_fetch), len(wanted), target, outbox
+            )
+            for line in plan:
+                self.out(line)
+            return
         self.summary.unchanged += len(current)
-        outcome = self.refresh(to_fetch, record_changes=not first)
-        self.remove_projects(excluded, record_changes=not first)
-        self.drop_other_forms(local, record_changes=not first)
+        with self.applying_changes():
+            outcome = self.refresh(to_fetch, record_changes=not first, keep_unfetched=False)
+            self.remove_projects(excluded, record_changes=not first)
+            self.drop_other_forms(local, record_changes=not first)
+            self.finish_full_sync(wanted, local, outcome, target, first, serials)
+
+    def finish_full_sync(
+        self,
+        wanted: Listing,
+        local: set[str],
+        outcome: Refreshed,
+        target: int,
+        first: bool,
+        serials: dict[str, int],
+    ) -> None:
+        """Write the root indexes from what is on disk; move the serial if the sync is done."""
+        done = not outcome.unfetched and not (first and outcome.failed)
         serials.update(outcome.serials)
         for name in outcome.failed & local:  # listed with the serial of the page still served
             serials[name] = self.writer.local_serial(name, self.forms[0].basename) or 0
+        if outcome.unfetched:  # stopped early: the pages on disk now say who is listed
+            on_disk = self.writer.local_projects()
+
+            def listed(name: str) -> bool:
+                return name in on_disk and name not in outcome.unlisted
+        else:
+
+            def listed(name: str) -> bool:
+                return outcome.lists(name, if_failed=name in local)
+
         names = sorted(wanted)
-        self.write_roots(
-            lambda: (
-                (name, item.display_name, serials.get(name, item.serial))
-                for name in names
-                if outcome.lists(name, if_failed=name in local)
-                for item in (wanted[name],)
-            ),
-            record_change=not first,
+        if done or has_project_pages(self.layout):  # never an empty root for a failed sync
+            self.write_roots(
+                lambda: (
+                    (name, item.display_name, serials.get(name, item.serial))
+                    for name in names
+                    if listed(name)
+                    for item in (wanted[name],)
+                ),
+                record_change=not first,
+            )
+        if not done:
+            still = self.pending_count()
+            what = "first sync" if first else "full check"
+            self.summary.problems.append(
+                f"the {what} is not finished: {still} project(s) still to fetch; "
+                "the next run goes on with it"
+            )
+            return
+        serial = self.state.serial
+        self.state.serial = (
+            target if serial is None or self.upstream_changed else max(serial, target)
         )
-        self.state.serial = target if self.state.serial is None else max(self.state.serial, target)
         self.state.formats = self.form_words
         self.state.full_sync_in_progress = False
+        self.state.first_sync = False
+
+    def target_exists(self, target: str) -> bool:
+        return self.layout.path_of_target(target).exists()
 
     def on_disk_serial(self, wanted: Listing, serials: dict[str, int], name: str) -> int | None:
         """The serial of a listed project's pages on disk; None unless every form is there.
@@ -486,31 +719,35 @@ class Sync:
 
     # updates
 
-    def update(self) -> None:
-        """Apply what changed since ``state.serial``: from the changelog, or the JSON root."""
+    def update(self, last_serial: int | None) -> None:
+        """Apply what changed since ``state.serial``: from the changelog, or the JSON root.
+
+        `last_serial` is PyPI's ``changelog_last_serial`` (None: XML-RPC is not used).
+        """
         widened_from = self.apply_filter_change()
-        if self.source == XMLRPC_SOURCE:
+        if self.source == XMLRPC_SOURCE and last_serial is not None:
             try:
-                self.update_from_changelog(widened_from)
+                self.update_from_changelog(widened_from, last_serial)
                 return
             except XmlRpcUnavailable as exc:  # raised before anything was fetched
                 self.fall_back(exc)
         self.update_from_listing(widened_from)
 
-    def update_from_changelog(self, widened_from: ProjectFilter | None) -> None:
+    def update_from_changelog(self, widened_from: ProjectFilter | None, last_serial: int) -> None:
         """Apply the changelog since ``state.serial``: fetch each mentioned project once."""
         since = self.state.serial
         assert since is not None
-        last_serial = self.upstream_last_serial()
         self.note_source()
         to_fetch: dict[str, PendingProject] = {}
         newest = since
-        renamed: set[str] = set()  # renamed, created or removed: see identity_changes
+        identity_changed: set[str] = set()  # renamed, created or removed: see identity_changes
+        membership_hint = False  # for a dry run: the root index may change
         for entries in self.pypi.changelog_since(since, last_serial):
             for name, item in projects_to_refresh(entries).items():
                 if self.filter.allows(name):
                     merge_pending(to_fetch, name, item)
-            renamed |= identity_changes(entries)
+            identity_changed |= identity_changes(entries)
+            membership_hint |= any("quarantine" in entry.action for entry in entries)
             newest = entries[-1].serial
         if widened_from is not None:  # the filter admits more now: fetch just those
             listing, _ = self.fetch_listing()
@@ -520,9 +757,38 @@ class Sync:
         for name, item in self.state.pending.items():
             merge_pending(to_fetch, name, item)
         log.info("changelog %d->%d: %d projects to refresh", since, newest, len(to_fetch))
-        outcome = self.refresh(to_fetch, record_changes=True)
-        self.finish_update(to_fetch, outcome, renamed)
-        self.state.serial = newest
+        if self.config.dry_run:
+            root = bool(identity_changed) or membership_hint
+            self.plan_update(since, newest, to_fetch, root)
+            return
+        with self.applying_changes():
+            outcome = self.refresh(to_fetch, record_changes=True, keep_unfetched=True)
+            self.finish_update(to_fetch, outcome, identity_changed)
+            self.state.serial = newest  # what was not fetched is pending with its serial
+
+    def plan_update(
+        self, since: int, newest: int, to_fetch: Mapping[str, PendingProject], root: bool
+    ) -> None:
+        """A dry run's update: print what would be fetched and sent, fetching no page."""
+        self.summary.would_fetch = len(to_fetch)
+        outbox = dry_run.outbox_actions(self.owed_for_plan(), self.target_exists)
+        root = root or self.state.root_stale
+        for line in dry_run.update_plan(since, newest, to_fetch, outbox, root):
+            self.out(line)
+
+    @contextlib.contextmanager
+    def applying_changes(self) -> Iterator[None]:
+        """Fetching and writing, up to the serial's move: a signal winds it down, never cuts it.
+
+        A first SIGINT/SIGTERM stops the fetching at once (like the circuit
+        breaker: the rest stays pending); the pages fetched are written, the
+        root index and the serial follow, and only then is `Stopped` raised,
+        at a point where the state in memory is consistent and is saved.
+        """
+        with deferred_stops():
+            self.applying = True
+            yield
+            self.applying = False
 
     def update_from_listing(self, widened_from: ProjectFilter | None) -> None:
         """Without XML-RPC: fetch every project whose listed serial passed ``state.serial``.
@@ -562,9 +828,13 @@ class Sync:
             len(unlisted),
         )
         del listing
-        outcome = self.refresh(to_fetch, record_changes=True)
-        self.finish_update(to_fetch, outcome, renamed)
-        self.state.serial = max(since, root_serial)
+        if self.config.dry_run:
+            self.plan_update(since, root_serial, to_fetch, bool(renamed or unlisted))
+            return
+        with self.applying_changes():
+            outcome = self.refresh(to_fetch, record_changes=True, keep_unfetched=True)
+            self.finish_update(to_fetch, outcome, renamed)
+            self.state.serial = max(since, root_serial)  # what was not fetched is pending
 
     def iter_root_members(self) -> Iterator[tuple[str, str]]:
         """(normalized, display) of every project the mirror lists, streamed from its root."""
@@ -587,7 +857,7 @@ class Sync:
         The HTML root lists names (`root_changes` says when it moves); the JSON
         root also each project's serial, so any page change moves it.
         """
-        fetched = to_fetch.keys() - outcome.failed
+        fetched = to_fetch.keys() - outcome.failed - outcome.unfetched_names
         membership = self.membership_changed or self.state.root_stale
         html = root_changes(to_fetch, fetched, outcome.lists, renamed, membership)
         json_lines = None
@@ -654,6 +924,7 @@ class Sync:
         if temp is None:  # dry run
             self.out(f"write {form.root_target}")
             return
+        assert temp is not None
         # Intent before action, as for pages: a run killed right after the write
         # finds the root unchanged, and would neither tell RSTUF nor retire the copy.
         old_copy = directory / prefixed_name(old_digest, basename) if old_digest else None
@@ -670,75 +941,129 @@ class Sync:
 
     # fetching and applying
 
-    def refresh(self, wanted: Mapping[str, PendingProject], record_changes: bool) -> Refreshed:
+    def refresh(
+        self,
+        wanted: Mapping[str, PendingProject],
+        record_changes: bool,
+        keep_unfetched: bool = True,
+    ) -> Refreshed:
         """Fetch every project in `wanted` once, in every form, and apply what its pages say.
 
         Returns which projects failed, which were fetched but do not belong
         in the root index (gone, or quarantined), and the page serials that
         differ from `wanted`'s: all small, where a flag per project would be
-        700,000 entries. Failures stay in ``state.pending``. With
-        `record_changes`, each batch of changed paths is saved to the outbox
-        before the batch touches the disk, so RSTUF hears of every write even
-        if the run dies right after it.
+        700,000 entries. Failures stay in ``state.pending``, and so, with
+        `keep_unfetched` (an update), do the projects that fetching stopped
+        before (circuit breaker, signal); a full sync finds those again from the
+        listing. With `record_changes`, each batch of changed paths is saved to
+        the outbox before the batch touches the disk, so RSTUF hears of every
+        write even if the run dies right after it.
         """
         outcome = Refreshed()
+        settled: set[str] = set()  # pending projects fetched now
         self.progress.start(len(wanted), "fetching")
         batch: list[list[Change]] = []
-        for name, fetched in self.fetch_all(wanted):
-            self.progress.advance(failed=isinstance(fetched, Exception))
-            item = wanted[name]
-            if isinstance(fetched, Exception):
-                self.keep_pending(name, item, fetched)
-                outcome.failed.add(name)
-                continue
-            changes = [
-                Change(name, item.display_name, page, old, form.basename)
-                for form, page, old in zip(self.forms, fetched.pages, fetched.olds, strict=True)
-            ]
-            primary = changes[0]
-            if not primary.listed_after():
-                outcome.unlisted.add(name)
-            elif primary.page.serial != item.serial:
-                outcome.serials[name] = primary.page.serial or 0
-            if not any(change.modifies for change in changes):
-                self.summary.unchanged += primary.page.body is not None
-                continue
-            batch.append(changes)
-            if len(batch) >= self.BATCH:
-                self.apply_batch(batch, record_changes)
-                batch = []
+        fetches = self.fetch_all(wanted)
+        try:
+            for name, fetched in fetches:
+                self.progress.advance(failed=isinstance(fetched, Exception))
+                item = wanted[name]
+                if isinstance(fetched, NotFetched):
+                    self.not_fetched(name, item, outcome, keep_unfetched)
+                    continue
+                if isinstance(fetched, Exception):
+                    self.keep_pending(name, item, fetched)
+                    outcome.failed.add(name)
+                    continue
+                if name in self.state.pending:
+                    settled.add(name)
+                changes = [
+                    Change(name, item.display_name, page, old, form.basename)
+                    for form, page, old in zip(self.forms, fetched.pages, fetched.olds, strict=True)
+                ]
+                primary = changes[0]
+                if not primary.listed_after():
+                    outcome.unlisted.add(name)
+                elif primary.page.serial != item.serial:
+                    outcome.serials[name] = primary.page.serial or 0
+                if not any(change.modifies for change in changes):
+                    self.summary.unchanged += primary.page.body is not None
+                    continue
+                batch.append(changes)
+                if len(batch) >= self.BATCH:
+                    self.apply_batch(batch, record_changes)
+                    batch = []
+        finally:
+            fetches.close()  # on an error too: stop the workers, drop what is queued
         self.apply_batch(batch, record_changes)
         self.progress.finish()
-        for name in list(self.state.pending):  # only now: an intent save must keep them
-            if name in wanted and name not in outcome.failed:
-                del self.state.pending[name]
+        for name in settled:  # only now: an intent save must keep them
+            self.state.pending.pop(name, None)
+        if self.halt.reason is not None:
+            self.summary.problems.append(
+                f"{self.halt.reason}: stopped fetching; {outcome.unfetched} project(s) not "
+                "fetched are kept for the next run"
+            )
         return outcome
+
+    def not_fetched(
+        self, name: str, item: PendingProject, outcome: Refreshed, keep_pending: bool
+    ) -> None:
+        outcome.unfetched += 1
+        if keep_pending:
+            outcome.unfetched_names.add(name)
+            merge_pending(self.state.pending, name, item)
+        elif name not in self.state.pending:  # a full sync finds it again in the listing
+            self.untracked += 1
 
     def fetch_all(
         self, wanted: Mapping[str, PendingProject]
-    ) -> Iterator[tuple[str, ProjectPages | UpstreamError]]:
-        """Fetch pages concurrently, yielding each as it finishes, with a bounded window."""
+    ) -> Iterator[tuple[str, ProjectPages | UpstreamError | NotFetched]]:
+        """Fetch pages concurrently, yielding each as it finishes, with a bounded window.
+
+        Once the halt is set (circuit breaker, or a signal seen at the next poll)
+        nothing more is submitted, queued fetches are cancelled, running ones end
+        after their current request, and every name left is yielded NOT_FETCHED.
+        Closing the generator early shuts the pool down the same way.
+        """
         names = iter(wanted)  # in listing order: a sorted copy would be 700,000 more references
         window = self.config.workers * 4
-        with concurrent.futures.ThreadPoolExecutor(self.config.workers) as pool:
-            running: dict[concurrent.futures.Future, str] = {}
+        pool = concurrent.futures.ThreadPoolExecutor(self.config.workers)
+        running: dict[concurrent.futures.Future, str] = {}
 
-            def submit_next() -> None:
-                name = next(names, None)
-                if name is not None:
-                    running[pool.submit(self.fetch_current, name, wanted[name])] = name
+        def submit_next() -> None:
+            name = None if self.halt.is_set else next(names, None)
+            if name is not None:
+                running[pool.submit(self.fetch_current, name, wanted[name])] = name
 
+        try:
             for _ in range(window):
                 submit_next()
             while running:
-                done, _ = concurrent.futures.wait(running, return_when="FIRST_COMPLETED")
+                done, _ = concurrent.futures.wait(
+                    running, timeout=STOP_POLL, return_when="FIRST_COMPLETED"
+                )
+                signum = stop_requested()
+                if signum is not None:
+                    self.halt.set(f"stopped by {signal.Signals(signum).name}")
+                if self.halt.is_set:
+                    for future in [f for f in running if f.cancel()]:
+                        yield running.pop(future), NOT_FETCHED
                 for future in done:
                     name = running.pop(future)
                     submit_next()
                     try:
                         yield name, future.result()
+                    except FetchHalted:
+                        yield name, NOT_FETCHED
                     except UpstreamError as exc:
                         yield name, exc
+            for name in names:  # left when the halt came
+                yield name, NOT_FETCHED
+        finally:
+            if running:  # closed early: an error or a second signal in the consumer
+                self.halt.set("the run is ending")
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def fetch_current(self, name: str, item: PendingProject) -> ProjectPages:
         """Fetch a project's page in every form, all from one moment and none older than needed.
@@ -750,7 +1075,8 @@ class Sync:
         Runs in a worker thread, which also reads the pages on disk: the main
         thread, which writes, then compares bytes without waiting on I/O, and a
         page identical to the mirror's is not parsed again. Raises StalePage
-        or MissingPage.
+        or MissingPage, or FetchHalted once the halt is set. Every attempt
+        feeds the circuit breaker.
         """
         olds = [self.writer.read_page(name, form.basename) for form in self.forms]
         pages: list[FetchedPage | None] = [None] * len(self.forms)
@@ -760,23 +1086,39 @@ class Sync:
         def attempt() -> ProjectPages:
             nonlocal behind, expected
             for index in behind:
-                fetch = functools.partial(self.fetch_form, self.forms[index], name, olds[index])
+                fetch = functools.partial(self.attempt, self.forms[index], name, olds[index])
                 pages[index] = self.pypi.with_retries(name, fetch)
             got = [page for page in pages if page is not None]
             answer = forms_answer(
                 got, PendingProject(item.display_name, expected, item.expect_page)
             )
             if answer.problem is None:
+                self.breaker.record(True)
                 return ProjectPages(got, olds)
             behind, expected = answer.behind, answer.expected
+            self.count_failure(str(answer.problem))
             raise answer.problem
 
+        # the retry pauses go through the halt's sleep: they end when the run stops fetching
         return call_with_retries(attempt, self.pypi.retry_policy, name, log, logging.DEBUG)
 
-    def fetch_form(self, form: PageFormat, name: str, known: bytes | None) -> FetchedPage:
-        if form is JSON:
-            return self.pypi.fetch_json_page(name, known)
-        return self.pypi.fetch_page(name, known)
+    def attempt(self, form: PageFormat, name: str, known: bytes | None) -> FetchedPage:
+        """One request for a page in one form unless the halt is set; failures feed the breaker."""
+        self.halt.check()
+        try:
+            if form is JSON:
+                return self.pypi.fetch_json_page(name, known)
+            return self.pypi.fetch_page(name, known)
+        except UpstreamError as exc:
+            self.count_failure(str(exc))
+            raise
+
+    def count_failure(self, what: str) -> None:
+        if self.breaker.record(False):
+            self.halt.set(
+                f"PyPI is failing as a whole: {self.breaker.limit} page requests failed in "
+                f"a row (the last: {what}; --failure-limit)"
+            )
 
     def keep_pending(self, name: str, item: PendingProject, error: Exception) -> None:
         log.warning("%s; kept pending for the next run", error)
@@ -832,6 +1174,10 @@ class Sync:
         """Whether changes are kept for RSTUF (everything but --no-rstuf)."""
         return not self.config.no_rstuf
 
+    def owed_for_plan(self) -> set[str]:
+        """What a dry run lists as sent to RSTUF: nothing under --no-rstuf."""
+        return self.state.outbox.dirty if self.owes_rstuf else set()
+
     def forget_rstuf_if_disabled(self) -> None:
         """--no-rstuf: whatever an earlier run kept for RSTUF is dropped, once."""
         if self.owes_rstuf or self.config.dry_run:
@@ -849,13 +1195,8 @@ class Sync:
     def deliver_outbox(self, wait: bool) -> None:
         """Deliver the outbox; `wait` (the end of the run) follows tasks within the budget."""
         box = self.state.outbox
-        if not self.owes_rstuf:
-            return
-        if self.config.dry_run:
-            for path in sorted(box.dirty):
-                exists = self.layout.path_of_target(path).exists()
-                self.out(f"rstuf-{'add' if exists else 'remove'} {path}")
-            return
+        if not self.owes_rstuf or self.config.dry_run:
+            return  # a dry run lists the outbox with its plan
         if not (box.dirty or box.tasks or box.publishes or box.uncertain):
             return
         if self.rstuf is None:
@@ -925,26 +1266,60 @@ def make_rstuf_client(config: Config) -> rstuf_client.RstufClient:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The command line: parse settings, run once, return the exit code."""
+    """The command line: parse settings, run once, return the exit code.
+
+    Every run ends with the summary line, whatever its exit; --help, --version
+    and --status, which are not runs, print none.
+    """
     configure_logging(False, False)
-    return run_cli(log, lambda: run(config_from(argv, build_parser())))
+    started = time.monotonic()
+    summary = Summary()
+    parsed: list[Config] = []  # the settings, once they are known
+
+    def body() -> int:
+        config = config_from(argv, build_parser())
+        parsed.append(config)
+        return run(config, summary)
+
+    code = run_cli(log, body)
+    if parsed and parsed[0].status:
+        return code
+    if summary.started or code != EXIT_OK:
+        summary.exit = code
+        if not summary.started:
+            summary.elapsed = time.monotonic() - started
+        if summary.pending is None and parsed:
+            count_owed_work(summary, parsed[0].state_file)
+        summary_log.info("%s", summary.line())
+    return code
 
 
-def run(config: Config) -> int:
+def count_owed_work(summary: Summary, state_file: Path) -> None:
+    """Pending and outbox counts for a run that never read its state (a locked mirror)."""
+    with contextlib.suppress(Exception):  # a summary must never fail the run it reports
+        if state_file.exists():
+            state = load_state(state_file)
+            summary.pending, summary.outbox = len(state.pending), len(state.outbox)
+            summary.serial_before = summary.serial_after = state.serial
+
+
+def run(config: Config, summary: Summary | None = None) -> int:
     configure_logging(config.verbose, config.quiet)
     if config.status:
         return show_status(MirrorLayout(config.mirror_dir).status_file, config.status_json)
     if config.metrics_file is not None and not config.metrics_file.parent.is_dir():
         raise UsageError(f"--metrics-file {config.metrics_file}: no such directory")
     summary_log.setLevel(logging.INFO)  # cron keeps one line per run, even under -q
-    pypi = PypiClient(config.pypi_url, config)
+    halt = Halt()  # ends the retry pauses of the fetch threads when the run stops fetching
+    pypi = PypiClient(config.pypi_url, config, sleep=halt.sleep)
     try:
         rstuf = make_rstuf_client(config) if config.rstuf_url else None
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     progress = Progress(config.progress, config.progress_interval)
     try:
-        return Sync(config, pypi, rstuf, progress).run()
+        sync = Sync(config, pypi, rstuf, progress, summary=summary, halt=halt)
+        return sync.run()
     finally:
         progress.close()
         pypi.close()

@@ -18,6 +18,7 @@ import os
 import re
 import sys
 import tomllib
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -53,6 +54,7 @@ class Config:
     timeout: float = 60.0  # read timeout of one HTTP request, seconds
     connect_timeout: float = 10.0  # seconds
     retries: int = 5  # attempts after the first, per request or stale page
+    failure_limit: int = 30  # page requests failing in a row that stop the fetching; 0: never
     backoff: float = 1.0  # first retry delay, seconds; doubles, with jitter
     max_page_bytes: int = 64 << 20
     max_xmlrpc_bytes: int = 512 << 20
@@ -108,6 +110,9 @@ def url(text: str) -> str:
     """An http(s) base URL; a missing scheme is refused instead of retried for a minute."""
     if not text.startswith(("http://", "https://")):
         raise ValueError(f"not an http:// or https:// URL: {text!r}")
+    parts = urllib.parse.urlsplit(text)
+    if not parts.hostname or parts.query or parts.fragment or any(c.isspace() for c in text):
+        raise ValueError(f"not a base URL (a host, no query or fragment): {text!r}")
     return text.rstrip("/")
 
 
@@ -174,7 +179,9 @@ OPTIONS: tuple[Option, ...] = (
         env="PYPI_URL",
         metavar="URL",
     ),
-    Option("workers", "concurrent page fetches", number(int, 1, 64)),
+    # More workers do not fetch faster (the client is CPU-bound on one core) and cost
+    # memory and PyPI's goodwill; bandersnatch caps its own at 10.
+    Option("workers", "concurrent page fetches", number(int, 1, 32)),
     Option(
         "full-check",
         "compare PyPI's whole listing with the mirror: fetch what is missing or behind, "
@@ -220,6 +227,13 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("timeout", "read timeout of one HTTP request, seconds", number(float, 0.05, 3600)),
     Option("retries", "retries per request and per stale page", number(int, 0, 20)),
+    Option(
+        "failure-limit",
+        "circuit breaker: after N page requests failing in a row (connection errors, 5xx, "
+        "429, stale or error pages) PyPI is taken to be failing as a whole: the run stops "
+        "fetching, keeps the rest pending and exits 75; 0 never stops",
+        number(int, 0, 100_000),
+    ),
     Option(
         "backoff",
         "first retry delay in seconds, doubled each retry, with jitter",
@@ -546,6 +560,11 @@ def mirror_paths(
     generate_csv.py reads them from the same flags, environment and config file,
     so both scripts always agree on where the mirror is.
     """
-    shared = [option for option in OPTIONS if option.key in ("mirror-dir", "state")]
-    config = Config(**resolve(args, environ, shared))
+    config = mirror_config(args, environ)
     return config.mirror_dir, config.state_file
+
+
+def mirror_config(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> Config:
+    """A Config of only the mirror directory and state file (`state_path` None: the default)."""
+    shared = [option for option in OPTIONS if option.key in ("mirror-dir", "state")]
+    return Config(**resolve(args, environ, shared))

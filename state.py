@@ -11,6 +11,7 @@ import contextlib
 import glob
 import json
 import re
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,10 @@ from cli_support import ToolError
 from mirror_store import InvalidProjectName, atomic_write, project_dir_name
 from project_filter import ProjectFilter
 
-STATE_SCHEMA = 1
+STATE_SCHEMA = 2
+# Schema 1 (release 1.0) had no identity: read once, then written as schema 2 (see `State`).
+READABLE_SCHEMAS = (1, STATE_SCHEMA)
+_MIRROR_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 class StateError(ToolError):
@@ -152,10 +156,24 @@ class State:
     filters: ProjectFilter = field(default_factory=ProjectFilter)
     # the page forms the mirror holds ("html", "json"); a state from before JSON pages: html
     formats: tuple[str, ...] = ("html",)
+    # The identity of the mirror this state belongs to (see safety.py): the id also
+    # written in the mirror's marker file, the directory and the upstream it was last
+    # run with. None only before a state's first run (or in a schema-1 file).
+    mirror_id: str | None = None
+    mirror_dir: str | None = None
+    upstream: str | None = None
+    # the full sync in progress is a first sync into an empty mirror: RSTUF learns its
+    # pages from generate_csv.py, so they do not go to the outbox
+    first_sync: bool = False
+    # not saved: the schema of the file this state was read from (None: there was no file)
+    read_schema: int | None = field(default=None, compare=False)
 
     def to_json(self) -> dict:
         return {
             "schema": STATE_SCHEMA,
+            "mirror_id": self.mirror_id,
+            "mirror_dir": self.mirror_dir,
+            "upstream": self.upstream,
             "serial": self.serial,
             "pending": {
                 name: {
@@ -167,9 +185,9 @@ class State:
             },
             "outbox": {
                 "dirty": sorted(self.outbox.dirty),
-                # "published" is written for releases that still read it: every
-                # task is now sent unpublished and covered by the mirror's publishes
-                "tasks": [{**_task_json(t), "published": False} for t in self.outbox.tasks],
+                # every task is sent unpublished and covered by the mirror's publishes
+                # (schema 1's "published" flag is read as nothing more)
+                "tasks": [_task_json(t) for t in self.outbox.tasks],
                 "publishes": [
                     {"task_id": p.task_id, "sent_at": p.sent_at} for p in self.outbox.publishes
                 ],
@@ -178,6 +196,7 @@ class State:
             },
             "retired": dict(sorted(self.retired.items())),
             "full_sync_in_progress": self.full_sync_in_progress,
+            "first_sync": self.first_sync,
             "root_stale": self.root_stale,
             "filters": self.filters.to_json(),
             "formats": list(self.formats),
@@ -241,10 +260,11 @@ def _state_from_json(doc: object) -> State:
     _require(isinstance(doc, dict), "not a JSON object")
     assert isinstance(doc, dict)
     schema = doc.get("schema")
-    if schema != STATE_SCHEMA:
+    if schema not in READABLE_SCHEMAS or type(schema) is not int:
         raise StateError(
-            f"unknown schema version {schema!r} (this tool reads {STATE_SCHEMA}); "
-            "use the pypi_mirror.py release that wrote it"
+            f"unknown schema version {schema!r} (this tool reads "
+            f"{' and '.join(map(str, READABLE_SCHEMAS))}); use the pypi_mirror.py release "
+            "that wrote it"
         )
     serial = doc.get("serial")
     _require(serial is None or (type(serial) is int and serial >= 0), "bad 'serial'")
@@ -266,7 +286,8 @@ def _state_from_json(doc: object) -> State:
     for path, when in retired_doc.items():
         _require(_is_retired_copy(path) and isinstance(when, int | float), "bad 'retired'")
         retired[path] = float(when)
-    flags = {key: doc.get(key, False) for key in ("full_sync_in_progress", "root_stale")}
+    flag_names = ("full_sync_in_progress", "root_stale", "first_sync")
+    flags = {key: doc.get(key, False) for key in flag_names}
     _require(all(isinstance(value, bool) for value in flags.values()), "bad flags")
     filters = ProjectFilter.from_json(doc.get("filters", {}))
     formats = doc.get("formats", ["html"])
@@ -274,15 +295,32 @@ def _state_from_json(doc: object) -> State:
         isinstance(formats, list) and bool(formats) and set(formats) <= {"html", "json"},
         "bad 'formats'",
     )
-    return State(
+    identity = {key: doc.get(key) for key in ("mirror_id", "mirror_dir", "upstream")}
+    if schema == 1:
+        _require(all(value is None for value in identity.values()), "identity in a schema 1 file")
+    _require(identity["mirror_id"] is None or _is_mirror_id(identity["mirror_id"]), "bad mirror_id")
+    _require(all(v is None or isinstance(v, str) for v in identity.values()), "bad identity")
+    state = State(
         serial,
         pending,
         outbox,
         retired,
         **flags,
+        **identity,
         filters=filters,
         formats=tuple(formats),
     )
+    state.read_schema = schema
+    return state
+
+
+def new_mirror_id() -> str:
+    """A random id for a new mirror, written in its state and in its marker file."""
+    return secrets.token_hex(16)
+
+
+def _is_mirror_id(value: object) -> bool:
+    return isinstance(value, str) and bool(_MIRROR_ID.match(value))
 
 
 # Targets: the two roots (index.html; simple/index.v1_json) and each project's two pages.
@@ -351,3 +389,35 @@ def clear_state_temps(path: Path) -> int:
             temp.unlink()
             removed += 1
     return removed
+
+
+# Release 1.0 kept state.json in the working directory; 1.1 keeps it in the mirror directory.
+LEGACY_DEFAULT_STATE = Path("state.json")
+
+
+def refuse_legacy_default_state(state_file: Path, given: bool) -> None:
+    """Refuse to start afresh beside the state a 1.0 release left in the working directory.
+
+    Without ``--state``, a run whose mirror has no state file of its own but
+    whose working directory holds release 1.0's ``./state.json`` would start a
+    first sync (or refuse the mirror as stateless) while the real state, and
+    the RSTUF outbox in it, sits unused. Raises StateError saying to move it.
+    """
+    legacy = LEGACY_DEFAULT_STATE
+    if given or state_file.exists() or not legacy.is_file():
+        return
+    if legacy.resolve() == state_file.resolve() or not _looks_like_state(legacy):
+        return
+    raise StateError(
+        f"found {legacy.absolute()}, where releases before 1.1 kept the state, but no "
+        f"{state_file}: move it there (mv {legacy} {state_file}), or pass --state {legacy}"
+    )
+
+
+def _looks_like_state(path: Path) -> bool:
+    """Whether `path` is a JSON object with this tool's keys (not someone else's state.json)."""
+    try:
+        doc = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and "schema" in doc and "serial" in doc

@@ -105,9 +105,12 @@ class Mirror:
         return found
 
 
-def upstream_page(pypi_url: str, name: str) -> bytes | None:
+def upstream_page(
+    pypi_url: str, name: str, session: requests.Session | None = None
+) -> bytes | None:
     """What the stand-in PyPI serves for a project right now (None: 404)."""
-    response = requests.get(f"{pypi_url}/simple/{name}/", timeout=10, allow_redirects=False)
+    get = session.get if session is not None else requests.get
+    response = get(f"{pypi_url}/simple/{name}/", timeout=10, allow_redirects=False)
     with response:
         if response.status_code == 404:
             return None
@@ -144,8 +147,9 @@ def assert_mirror_matches_upstream(mirror: Mirror) -> None:
     """The mirror holds exactly PyPI's listed projects, each page byte for byte."""
     listing = upstream_listing(mirror.pypi_url)
     assert mirror.root_projects() == listing
-    for name in listing:
-        assert mirror.page(name) == upstream_page(mirror.pypi_url, name), name
+    with requests.Session() as session:  # one kept-alive connection for every page
+        for name in listing:
+            assert mirror.page(name) == upstream_page(mirror.pypi_url, name, session), name
     assert_consistent(mirror)
 
 

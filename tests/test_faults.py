@@ -234,7 +234,7 @@ def test_xmlrpc_read_timeout_fails_the_run_cleanly(
     before = mirror.state.read_bytes()
     pypi.inject("changelog_since_serial", "slow", times=50, seconds=10.0)
     capsys.readouterr()
-    assert mirror.run(*READ_TIMEOUT) == cli_support.EXIT_FAILED
+    assert mirror.run(*READ_TIMEOUT, "--retries", "0") == cli_support.EXIT_FAILED
     assert_one_clear_error(capsys.readouterr().err, "changelog_since_serial", "timed out")
     assert mirror.state.read_bytes() == before
 
@@ -330,7 +330,7 @@ def test_hostile_names_in_listing_and_changelog_touch_nothing(
         assert files_outside(tmp_path, root) == [tmp_path / "state.json"]
         assert not any(path.exists() for path in absolute)
         inside = {p.relative_to(root).parts[0] for p in root.rglob("*") if p.is_file()}
-        assert inside <= {"pypi_mirror", ".lock", "status.json"}
+        assert inside <= {"pypi_mirror", ".lock", ".mirror-id", "status.json"}
         simple = sorted(p.name for p in mirror.layout.simple_dir.iterdir())
         assert simple == sorted(project_dir_name(name) for name in PROJECTS)
         assert mirror.root_projects() == {project_dir_name(name): name for name in PROJECTS}
@@ -575,7 +575,7 @@ DAMAGED_STATES = {
     "not-json": (lambda good: b"\x89PNG\r\n\x1a\n\xff garbage", "--full-check"),
     "json-list": (lambda good: b"[]", "--full-check"),
     "serial-a-string": (lambda good: _with_serial(good, "12"), "--full-check"),
-    "unknown-schema": (lambda good: _with_schema(good, 2), "release that wrote it"),
+    "unknown-schema": (lambda good: _with_schema(good, 3), "release that wrote it"),
     "no-schema": (lambda good: _with_schema(good, None), "release that wrote it"),
 }
 
