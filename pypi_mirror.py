@@ -1393,7 +1393,7 @@ class Sync:
                 self.settle(path, differing[path], in_flight)
         sync_filesystem(self.layout.root)  # never register bytes a power cut could take back
         self.save("repaired")
-        self.deliver_outbox()
+        self.deliver_outbox(wait=True)
         return outcome.failed
 
     def displayed(self, wanted: dict[str, PendingProject]) -> dict[str, PendingProject]:
