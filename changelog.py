@@ -15,7 +15,7 @@ import io
 import logging
 import tempfile
 from array import array
-from collections.abc import ItemsView, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, ItemsView, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -359,12 +359,22 @@ class Selection(Mapping[str, PendingProject]):
         yield from self.extra.items()
 
 
-def add_listed(wanted: Listing, display: object, serial: object) -> None:
-    """Add one listed project to `wanted` if its name and serial are valid; warn otherwise."""
+def add_listed(
+    wanted: Listing,
+    display: object,
+    serial: object,
+    allows: Callable[[str], bool] | None = None,
+) -> None:
+    """Add one listed project to `wanted` if its name and serial are valid; warn otherwise.
+
+    `allows` (the ``--include``/``--exclude`` filter) drops a project silently.
+    """
     try:
         normalized = project_dir_name(display)  # type: ignore[arg-type]
     except InvalidProjectName as exc:
         log.warning("skipping listed project: %s", exc)
+        return
+    if allows is not None and not allows(normalized):
         return
     if not is_serial(serial) or serial > MAX_SERIAL:  # type: ignore[operator]
         log.warning("skipping listed project %r: serial %r is not a serial", display, serial)

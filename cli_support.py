@@ -49,13 +49,46 @@ class Stopped(BaseException):
     code never swallows it.
     """
 
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
+    def __init__(self, signum: int, note: str = "") -> None:
+        super().__init__(signal.Signals(signum).name + (f"; {note}" if note else ""))
         self.signum = signum
+        self.note = note  # what the run saved before it stopped
 
     @property
     def exit_code(self) -> int:
         return EXIT_TERMINATED if self.signum == signal.SIGTERM else EXIT_INTERRUPTED
+
+
+class _StopRequest:
+    """A signal that arrived while `deferred_stops` held it back."""
+
+    depth = 0  # nesting of deferred_stops
+    signum: int | None = None
+
+
+def stop_requested() -> int | None:
+    """The signal waiting to stop the run (inside `deferred_stops`), or None."""
+    return _StopRequest.signum
+
+
+@contextmanager
+def deferred_stops() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM back in a section that must not be cut at any bytecode.
+
+    Inside, a first signal is only recorded (`stop_requested` says so, and the
+    section winds down at its next safe point); `Stopped` is raised when the
+    section ends. A second signal raises at once: an operator pressing Ctrl-C
+    again gets the kill they ask for, which loses nothing either.
+    """
+    _StopRequest.depth += 1
+    try:
+        yield
+    finally:
+        _StopRequest.depth -= 1
+    signum = _StopRequest.signum
+    if signum is not None and not _StopRequest.depth:
+        _StopRequest.signum = None
+        raise Stopped(signum)
 
 
 @contextmanager
@@ -70,7 +103,13 @@ def stop_on_signals() -> Iterator[None]:
         return
 
     def stop(signum: int, frame: object) -> None:
+        if _StopRequest.depth and _StopRequest.signum is None:
+            _StopRequest.signum = signum  # no lock, no I/O: safe in a handler
+            return
+        _StopRequest.signum = None
         raise Stopped(signum)
+
+    _StopRequest.signum = None
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -84,7 +123,8 @@ def run_cli(log: logging.Logger, body: Callable[[], int]) -> int:
     """Run `body` and turn every way it can end into an exit code and at most one line.
 
     The one exception funnel of both scripts: ToolError (and its subclasses),
-    local I/O errors, a signal, and argparse's own exit.
+    local I/O errors, a signal, argparse's own exit, and a bug (no traceback
+    reaches the operator, who gets it with -v).
     """
     try:
         with stop_on_signals():
@@ -94,6 +134,11 @@ def run_cli(log: logging.Logger, body: Callable[[], int]) -> int:
     except (ToolError, Stopped, KeyboardInterrupt, OSError) as exc:
         code, message = failure(exc)
         log.error("%s", message)
+        return code
+    except Exception as exc:  # a bug: one line for the operator, the traceback under -v
+        code, message = failure(exc)
+        log.error("%s", message)
+        log.debug("traceback of the internal error", exc_info=True)
         return code
 
 
@@ -112,7 +157,10 @@ def failure(exc: BaseException) -> tuple[int, str]:
     if isinstance(exc, OSError):
         where = f"{exc.filename}: " if exc.filename else ""
         return EXIT_FAILED, f"local I/O error: {where}{exc.strerror or exc}"
-    return EXIT_FAILED, f"{type(exc).__name__}: {exc}"
+    return EXIT_FAILED, (
+        f"internal error {type(exc).__name__}: {exc}; nothing past the last saved state "
+        "was recorded; please report it (run with -v for the traceback)"
+    )
 
 
 def number(kind: type, minimum: float, maximum: float) -> Callable[[str], float]:
@@ -156,4 +204,5 @@ def configure_logging(verbose: bool, quiet: bool) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
-    logging.getLogger("urllib3").setLevel(logging.WARNING)
+    for library in ("urllib3", "tuf", "securesystemslib"):  # their INFO is per request or key
+        logging.getLogger(library).setLevel(logging.WARNING)

@@ -60,7 +60,11 @@ class HelperSplit(Generic[T, R]):
     thread. Iterate it once for every result, both halves, in finishing order.
     `portable` turns a result into one that pickles (exceptions whose
     constructor takes other arguments than their message do not); `on_fork`
-    runs in the helper first (drop connections it must not share).
+    runs in the helper first (drop connections it must not share). `poll`
+    runs in the parent's consuming thread every few hundredths of a second;
+    once `halted` says this run stops fetching, the helper is told (SIGUSR1)
+    and runs `halt_helper`, so its results for what is left come back as
+    this process's do (not fetched), not cut off.
     """
 
     def __init__(
@@ -72,10 +76,14 @@ class HelperSplit(Generic[T, R]):
         portable: Callable[[R], R],
         on_fork: Callable[[], None],
         report_requests: Callable[[], int],
+        poll: Callable[[], None] = lambda: None,
+        halted: Callable[[], bool] = lambda: False,
+        halt_helper: Callable[[], None] = lambda: None,
     ) -> None:
         if threading.active_count() != 1:
             raise RuntimeError("HelperSplit must fork before any other thread starts")
         self.function, self.window = function, window
+        self._poll, self._halted, self._told = poll, halted, False
         self.helper_workers = workers // 2
         self.own_workers = workers - self.helper_workers
         self.helper_requests = 0
@@ -88,11 +96,16 @@ class HelperSplit(Generic[T, R]):
         if self.pid == 0:  # the helper: never returns
             os.close(read_end)
             mine = Claimed(items, cursor, lock)
-            self._helper(mine, write_end, portable, on_fork, report_requests)
+            self._helper(mine, write_end, portable, on_fork, report_requests, halt_helper)
         os.close(write_end)
         self._pipe = os.fdopen(read_end, "rb")
         self._pool = WorkerPool(
-            function, Claimed(items, cursor, lock), self.own_workers, window, feeders=1
+            function,
+            Claimed(items, cursor, lock),
+            self.own_workers,
+            window,
+            feeders=1,
+            poll=self._poll_parent,
         )
         self._reaped = False
         self._status = 0
@@ -107,6 +120,13 @@ class HelperSplit(Generic[T, R]):
             yield from self._pool
         finally:
             self.close()
+
+    def _poll_parent(self) -> None:
+        self._poll()
+        if not self._told and self._halted():
+            self._told = True
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGUSR1)
 
     def _read(self) -> None:
         """Feed the helper's results into the pool, as its own workers' are; then its end."""
@@ -155,20 +175,29 @@ class HelperSplit(Generic[T, R]):
         portable: Callable[[R], R],
         on_fork: Callable[[], None],
         report_requests: Callable[[], int],
+        halt_helper: Callable[[], None],
     ) -> None:
         parent = os.getppid()
         code = 1
+        told: list[int] = []  # SIGUSR1 seen: the parent stops fetching
+
+        def halt_when_told() -> None:
+            if told:
+                told.clear()
+                halt_helper()
+
         try:
             die_with_parent(parent)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signal.SIGUSR1, lambda signum, frame: told.append(signum))
             on_fork()
             with os.fdopen(write_end, "wb", buffering=1 << 16) as pipe:
                 pickler = pickle.Pickler(pipe, protocol=pickle.HIGHEST_PROTOCOL)
                 try:
                     last_flush = time.monotonic()
                     for result in map_unordered(
-                        self.function, items, self.helper_workers, self.window
+                        self.function, items, self.helper_workers, self.window, halt_when_told
                     ):
                         pickler.dump(portable(result))
                         pickler.clear_memo()
@@ -208,6 +237,43 @@ class Claimed(Iterator[T]):
             pass  # the other process's
         self._position = claim + 1
         return next(self._items)
+
+
+class SharedBreaker:
+    """A `safety.CircuitBreaker` whose count both processes feed (shared memory, one lock).
+
+    Made before the fork: failures in a row count across the two processes, so
+    PyPI failing as a whole trips it within `limit` requests in all, and both
+    see it tripped (`tripped`), whichever tripped it.
+    """
+
+    def __init__(self, limit: int) -> None:
+        import multiprocessing  # see HelperSplit
+
+        self.limit = limit
+        self._streak = multiprocessing.RawValue("q", 0)
+        self._tripped = multiprocessing.RawValue("b", 0)
+        self._lock = multiprocessing.Lock()
+
+    @property
+    def streak(self) -> int:
+        return self._streak.value
+
+    @property
+    def tripped(self) -> bool:
+        return bool(self._tripped.value)
+
+    def record(self, ok: bool) -> bool:
+        """Count one request's outcome; True exactly once, for the failure that trips it."""
+        with self._lock:
+            if ok:
+                self._streak.value = 0
+                return False
+            self._streak.value += 1
+            if self.limit and not self._tripped.value and self._streak.value >= self.limit:
+                self._tripped.value = 1
+                return True
+            return False
 
 
 def die_with_parent(parent: int) -> None:

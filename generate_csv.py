@@ -7,12 +7,15 @@ before its RSTUF updates are switched on::
     python3 generate_csv.py --mirror-dir pypi-index-mirror --output artifacts.csv
     rstuf admin import-artifacts --db-uri postgresql://... --csv artifacts.csv
 
-One row per TUF target, no header, the root ``index.html`` first and then
-the projects sorted by directory name, as ``mirror_store.iter_targets``
-yields them (two runs over the same mirror produce identical files)::
+One row per TUF target, no header, the root indexes first and then the
+projects sorted by directory name, as ``mirror_store.iter_targets`` yields
+them (two runs over the same mirror produce identical files); with PEP 691
+JSON pages (``--simple-format json|all``) each form is its own target::
 
     index.html;5210;blake2b-256;<64 hex digits>;
+    simple/index.v1_json;6120;blake2b-256;<64 hex digits>;
     simple/numpy/index.html;183211;blake2b-256;<64 hex digits>;
+    simple/numpy/index.v1_json;250113;blake2b-256;<64 hex digits>;
 
 Why every row ends with ``;``: the released RSTUF CLI (repository-service-tuf
 1.0.0b1) parses each line with ``line.split(";")`` and keeps the newline in
@@ -23,8 +26,10 @@ trailing ``;`` is an ignored, empty fifth column. With it, both import the
 same four values.
 
 Paths are POSIX and relative to ``<mirror-dir>/pypi_mirror/`` (the served
-tree), exactly the targets ``mirror_store.iter_targets`` lists: the root
-``index.html`` and ``simple/<normalized>/index.html``. Hash-prefixed
+tree), exactly the targets ``mirror_store.iter_targets`` lists: the roots
+``index.html`` and ``simple/index.v1_json``, and each
+``simple/<normalized>/index.html`` and ``index.v1_json`` (those the mirror
+holds). Hash-prefixed
 consistent-snapshot copies, temp files and everything else are not targets.
 Sizes and hashes come from the bytes on disk through
 ``mirror_store.digest_file``, the same function ``pypi_mirror.py`` uses for
@@ -47,17 +52,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import multiprocessing
 import os
 import re
-import signal
 import sys
 import tempfile
-import threading
 import time
-from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,7 +85,8 @@ from mirror_store import (
     mirror_lock,
     readable_mode,
 )
-from state import State, load_state
+from parallel import EXECUTORS, make_executor, ordered_map, usable_cpus
+from state import State, load_state, refuse_legacy_default_state
 
 log = logging.getLogger("generate_csv")
 
@@ -103,7 +105,6 @@ LARGEST_BATCH_SIZE = 2048
 # back the others) while keeping every worker busy.
 BATCHES_IN_FLIGHT_PER_WORKER = 4
 
-EXECUTORS = ("processes", "threads")
 # Measured on the 200,000-page benchmark (tests/bench/bench_csv.py): processes
 # beat threads because opening and reading small files holds the GIL.
 DEFAULT_EXECUTOR = "processes"
@@ -201,6 +202,7 @@ class Options:
     output: Path | None  # None: standard output
     workers: int
     executor: str  # one of EXECUTORS
+    state_given: bool = True  # False: the default state file (release 1.0's may be around)
 
 
 @dataclass(frozen=True)
@@ -270,47 +272,14 @@ def read_finished_state(layout: MirrorLayout, state_path: Path) -> State:
             "the root index.html lags the project pages (a run was interrupted); "
             "run pypi_mirror.py once to rebuild it",
         )
-    if not layout.root_page.is_file():
+    roots = [layout.root_page, layout.json_root_page]  # HTML, PEP 691 JSON (--simple-format)
+    if not any(root.is_file() for root in roots):
         raise MirrorNotReady(
             layout.root_page,
             "missing although the state says the first sync finished; "
             "run pypi_mirror.py to rewrite it",
         )
     return state
-
-
-def _init_worker() -> None:
-    """Worker-process initializer: leave Ctrl-C to the parent, and die with it.
-
-    Without the first, every worker prints its own KeyboardInterrupt
-    traceback; without the second, workers of a parent killed by SIGKILL (or
-    the OOM killer) would wait for work forever.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    parent = multiprocessing.parent_process()
-    if parent is not None:
-        threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
-
-
-def _exit_with(parent: multiprocessing.process.BaseProcess) -> None:
-    parent.join()  # returns once the parent process has gone
-    os._exit(EXIT_FAILED)
-
-
-def make_executor(kind: str, workers: int) -> Executor:
-    if kind == "threads":
-        return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="digest")
-    if kind == "processes":
-        # Workers come from a fork server, not fork(2) of this process, so they
-        # never inherit the open file that holds the mirror lock: were this
-        # process killed, a lingering worker would keep the mirror locked
-        # against every sync. Costs ~0.15 s once per run.
-        return ProcessPoolExecutor(
-            max_workers=workers,
-            mp_context=multiprocessing.get_context("forkserver"),
-            initializer=_init_worker,
-        )
-    raise ValueError(f"unknown executor {kind!r}")
 
 
 def rows_for_batch(served_dir: str, targets: Sequence[str], algorithm: str) -> str:
@@ -343,22 +312,11 @@ def iter_rows(
     At most `window` batches are submitted and not yet yielded, so memory
     stays flat however many pages the mirror has.
     """
-    in_flight: deque[tuple[int, Future[str]]] = deque()
     served = str(served_dir)
-    try:
-        for batch in growing_batches(targets, FIRST_BATCH_SIZE, LARGEST_BATCH_SIZE):
-            in_flight.append(
-                (len(batch), executor.submit(rows_for_batch, served, batch, algorithm))
-            )
-            if len(in_flight) >= window:
-                count, future = in_flight.popleft()
-                yield count, future.result()
-        while in_flight:
-            count, future = in_flight.popleft()
-            yield count, future.result()
-    finally:
-        for _, future in in_flight:
-            future.cancel()
+    batches = growing_batches(targets, FIRST_BATCH_SIZE, LARGEST_BATCH_SIZE)
+    calls = ((served, batch, algorithm) for batch in batches)
+    for (_, batch, _), rows in ordered_map(executor, rows_for_batch, calls, window):
+        yield len(batch), rows
 
 
 @contextlib.contextmanager
@@ -445,21 +403,13 @@ def generate(options: Options, stdout: TextIO) -> Summary:
 # --- command line ------------------------------------------------------------
 
 
-def usable_cpus() -> int:
-    """CPUs this process may run on (a container or taskset may allow fewer than exist)."""
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="generate_csv.py",
         description=(
             "Write the CSV that `rstuf admin import-artifacts` reads to bootstrap RSTUF "
             "with every page the mirror serves. Rows are 'path;size;hash-type;hash;' with "
-            "NO header, root index.html first, then projects sorted by name. The trailing "
+            "NO header, the roots first, then projects sorted by name. The trailing "
             "';' lets both the released CLI (1.0.0b1, line.split(';'), which would keep "
             "the newline in the hash without it) and the newer csv.reader one (columns "
             "0-3) import the same values."
@@ -500,13 +450,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_options(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> Options:
-    mirror_dir, state_path = settings.mirror_paths(args, environ)
+    paths = settings.mirror_config(args, environ)
     return Options(
-        mirror_dir=mirror_dir,
-        state_path=state_path,
+        mirror_dir=paths.mirror_dir,
+        state_path=paths.state_file,
         output=None if args.output == STDOUT else Path(args.output),
         workers=args.workers,
         executor=args.executor,
+        state_given=paths.state_path is not None,
     )
 
 
@@ -519,6 +470,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     configure_logging(args.verbose, args.quiet)
     options = parse_options(args)
+    refuse_legacy_default_state(options.state_path, given=options.state_given)
     log.debug(
         "mirror %s, state %s, %d %s",
         options.mirror_dir,

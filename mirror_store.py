@@ -17,7 +17,7 @@ import os
 import re
 import signal
 import tempfile
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,6 +105,9 @@ def digest_file(path: Path | str, algorithm: str = TUF_HASH_ALGORITHM) -> FileDi
 # Both scripts' defaults: generate_csv.py must find what pypi_mirror.py wrote.
 DEFAULT_MIRROR_DIR = Path("pypi-index-mirror")
 PAGE_NAME = "index.html"
+# PEP 691's JSON form of a page, under bandersnatch's name, which existing server configs expect
+JSON_PAGE_NAME = "index.v1_json"
+PAGE_NAMES = (PAGE_NAME, JSON_PAGE_NAME)  # every form a project page is served in
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,10 @@ class MirrorLayout:
         return self.served_dir / PAGE_NAME
 
     @property
+    def json_root_page(self) -> Path:
+        return self.served_dir / JSON_ROOT_TARGET
+
+    @property
     def staging_dir(self) -> Path:
         return self.root / ".staging"
 
@@ -151,22 +158,29 @@ class MirrorLayout:
     def lock_path(self) -> Path:
         return self.root / ".lock"
 
+    @property
+    def marker_file(self) -> Path:
+        """The mirror's id, also recorded in its state (see safety.py); never served."""
+        return self.root / ".mirror-id"
+
     def project_dir(self, normalized: str) -> Path:
         return self.simple_dir / normalized
 
-    def project_page(self, normalized: str) -> Path:
-        return self.simple_dir / normalized / PAGE_NAME
+    def project_page(self, normalized: str, basename: str = PAGE_NAME) -> Path:
+        return self.simple_dir / normalized / basename
 
     def path_of_target(self, target: str) -> Path:
         return self.served_dir / target
 
 
-def project_target(normalized: str) -> str:
+def project_target(normalized: str, basename: str = PAGE_NAME) -> str:
     """The TUF target path of a project page (relative to ``pypi_mirror/``)."""
-    return f"simple/{normalized}/{PAGE_NAME}"
+    return f"simple/{normalized}/{basename}"
 
 
 ROOT_TARGET = PAGE_NAME
+# The JSON root sits where a PEP 691 client asks for it (``/simple/``), as bandersnatch's does.
+JSON_ROOT_TARGET = f"simple/{JSON_PAGE_NAME}"
 
 
 def prefixed_name(hexdigest: str, basename: str = PAGE_NAME) -> str:
@@ -176,25 +190,41 @@ def prefixed_name(hexdigest: str, basename: str = PAGE_NAME) -> str:
 
 def target_of_copy(relative: str) -> str:
     """The target a hash-prefixed copy stands for (``simple/x/<hex>.index.html`` -> its page)."""
-    directory, _, _ = relative.rpartition("/")
-    return f"{directory}/{PAGE_NAME}" if directory else PAGE_NAME
+    directory, _, filename = relative.rpartition("/")
+    basename = filename.partition(".")[2]
+    return f"{directory}/{basename}" if directory else basename
 
 
-def iter_targets(layout: MirrorLayout) -> Iterator[str]:
-    """Yield every TUF target the mirror serves, sorted: ``index.html`` first.
+def digest_of_copy(relative: str) -> str:
+    """The hex digest in a hash-prefixed copy's name (``simple/x/<hex>.index.html`` -> hex)."""
+    return relative.rpartition("/")[2].partition(".")[0]
 
-    Streams directory entries instead of building a list of 700,000 paths.
+
+def iter_targets(layout: MirrorLayout, ordered: bool = True) -> Iterator[str]:
+    """Yield every TUF target the mirror serves: the roots, then each project's pages.
+
+    Order: ``index.html``, ``simple/index.v1_json``, then the projects sorted
+    by name, each with ``index.html`` before ``index.v1_json`` (whichever
+    exist). Streams directory entries instead of building a list of 700,000
+    paths; sorting needs the 700,000 names at once, so a caller that does not
+    need the order (the audit groups pages by hash bin) passes ``ordered=False``.
     """
-    if layout.root_page.is_file():
-        yield ROOT_TARGET
+    for root_target in (ROOT_TARGET, JSON_ROOT_TARGET):
+        if layout.path_of_target(root_target).is_file():
+            yield root_target
     try:
-        names = sorted(entry.name for entry in os.scandir(layout.simple_dir) if entry.is_dir())
+        entries = os.scandir(layout.simple_dir)
     except FileNotFoundError:
         return
-    simple = os.fspath(layout.simple_dir)  # str joins: Path objects cost 3x here
-    for name in names:
-        if os.path.isfile(f"{simple}/{name}/{PAGE_NAME}"):
-            yield project_target(name)
+    with entries:
+        names: Iterable[str] = (entry.name for entry in entries if entry.is_dir())
+        if ordered:
+            names = sorted(names)
+        simple = os.fspath(layout.simple_dir)  # str joins: Path objects cost 3x here
+        for name in names:
+            for basename in PAGE_NAMES:
+                if os.path.isfile(f"{simple}/{name}/{basename}"):
+                    yield project_target(name, basename)
 
 
 # --- writing -----------------------------------------------------------------
@@ -299,24 +329,34 @@ class MirrorLocked(ToolError):
 
 
 @contextlib.contextmanager
-def mirror_lock(lock_path: Path) -> Iterator[None]:
+def mirror_lock(lock_path: Path, read_only: bool = False) -> Iterator[None]:
     """Hold an exclusive flock on `lock_path` or raise MirrorLocked at once.
 
     flock is released by the kernel when the process dies (even by SIGKILL),
-    so a crashed run never leaves a stale lock behind.
+    so a crashed run never leaves a stale lock behind. `read_only` (a dry run)
+    creates and writes nothing: it takes a shared lock on the lock file if
+    there is one (so it never reads a mirror a sync is changing), else none.
     """
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    if read_only:
+        try:
+            fd = os.open(lock_path, os.O_RDONLY)
+        except (FileNotFoundError, NotADirectoryError):
+            yield
+            return
+    else:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if read_only else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except OSError as exc:
             if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise
             holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown pid"
             raise MirrorLocked(lock_path, f"pid {holder}") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        if not read_only:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield
     finally:
         os.close(fd)

@@ -19,19 +19,27 @@ from pathlib import Path
 
 from mirror_store import (
     HASH_FACTORIES,
+    JSON_PAGE_NAME,
     PAGE_NAME,
+    PAGE_NAMES,
     TUF_HASH_ALGORITHM,
     MirrorLayout,
     crash_point,
     digest_bytes,
     digest_file,
+    digest_of_copy,
     prefixed_name,
     target_of_copy,
 )
-from pypi_client import FetchedPage, NotASimplePage, inspect_simple_page
+from page_formats import BY_BASENAME
+from pypi_client import FetchedPage, NotASimplePage
 from state import State
 
 _SERIAL_TRAILER = re.compile(rb"<!--SERIAL (\d+)-->\s*$")
+# warehouse writes "meta" first: {"meta": {"api-version": "1.4", "_last-serial": 123}, ...}
+_JSON_META_SERIAL = re.compile(
+    rb'^\s*\{\s*"meta"\s*:\s*\{\s*"api-version"\s*:\s*"[^"]*"\s*,\s*"_last-serial"\s*:\s*(\d+)\s*\}'
+)
 
 
 def page_serial(page_tail: bytes) -> int | None:
@@ -40,17 +48,28 @@ def page_serial(page_tail: bytes) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def json_page_serial(page_head: bytes) -> int | None:
+    """The ``meta._last-serial`` at the start of a PEP 691 page as warehouse writes it.
+
+    None when the page starts otherwise: the caller then treats the serial as
+    unknown (the page is fetched again), never as a guess.
+    """
+    match = _JSON_META_SERIAL.match(page_head)
+    return int(match.group(1)) if match else None
+
+
 # --- the writer: the only code that changes the mirror
 
 
 @dataclass
 class Change:
-    """What one fetched page does to the mirror."""
+    """What one fetched page (one form of a project's page) does to the mirror."""
 
     name: str
     display_name: str
     page: FetchedPage
     old: bytes | None  # the page on disk before, if any
+    basename: str = PAGE_NAME  # which form: index.html or index.v1_json
 
     @property
     def removes(self) -> bool:
@@ -65,7 +84,7 @@ class Change:
         if self.old is None:
             return False
         try:
-            return inspect_simple_page(self.name, self.old).listed
+            return BY_BASENAME[self.basename].inspect(self.name, self.old).listed
         except NotASimplePage:
             return True  # damaged on disk: the root index still lists it
 
@@ -78,9 +97,10 @@ class MirrorWriter:
 
     A page lives at ``<dir>/index.html`` and, hard-linked to the same inode,
     at ``<dir>/<blake2b-256>.index.html``: the name a TUF client with
-    consistent snapshots downloads. A superseded copy is kept while RSTUF has
-    not confirmed the new state, then `grace` seconds more (a client may be
-    between its metadata refresh and its download).
+    consistent snapshots downloads. A superseded copy stays `grace` seconds (a
+    client may be between its metadata refresh and its download); the copy
+    RSTUF still signs, and those on their way to it, stay until RSTUF confirms
+    a newer state, then `grace` seconds more (see `collect_retired`).
     """
 
     def __init__(self, layout: MirrorLayout, state: State, clock: Callable[[], float] = time.time):
@@ -93,17 +113,22 @@ class MirrorWriter:
         self._served_prefix = os.fspath(layout.served_dir) + "/"
         self._temp_prefix = f"{os.fspath(layout.staging_dir)}/.tmp-{os.getpid()}-"
 
-    def read_page(self, name: str) -> bytes | None:
+    def read_page(self, name: str, basename: str = PAGE_NAME) -> bytes | None:
         try:
-            with open(f"{self._simple}/{name}/{PAGE_NAME}", "rb", buffering=0) as handle:
+            with open(f"{self._simple}/{name}/{basename}", "rb", buffering=0) as handle:
                 return handle.readall()
         except (FileNotFoundError, NotADirectoryError):
             return None
 
-    def local_serial(self, name: str) -> int | None:
-        """The serial of the page on disk, from its trailer (None: absent or unknown)."""
+    def local_serial(self, name: str, basename: str = PAGE_NAME) -> int | None:
+        """The serial of a page on disk, read from its trailer (HTML) or its ``meta`` (JSON).
+
+        None: absent or unknown. Reads 64 or 256 bytes, never the whole page.
+        """
         try:
-            with open(self.layout.project_page(name), "rb") as handle:
+            with open(self.layout.project_page(name, basename), "rb") as handle:
+                if basename == JSON_PAGE_NAME:
+                    return json_page_serial(handle.read(256))
                 handle.seek(0, os.SEEK_END)
                 handle.seek(max(0, handle.tell() - 64))
                 return page_serial(handle.read())
@@ -111,32 +136,40 @@ class MirrorWriter:
             return None
 
     def local_projects(self) -> Iterator[str]:
-        """Names of the project pages on disk, streamed (a full scan: only for full syncs)."""
+        """Names of the projects with a page on disk in any form, streamed (a full scan: only
+        for full syncs and filter changes; 700,000 names are never held at once)."""
         try:
             entries = os.scandir(self.layout.simple_dir)
         except FileNotFoundError:
             return
         with entries:
             for entry in entries:
-                if entry.is_dir() and os.path.exists(os.path.join(entry.path, PAGE_NAME)):
+                if entry.is_dir() and any(
+                    os.path.exists(os.path.join(entry.path, page)) for page in PAGE_NAMES
+                ):
                     yield entry.name
 
-    def has_page(self, name: str) -> bool:
-        return self.layout.project_page(name).exists()
+    def has_page(self, name: str, basename: str | None = None) -> bool:
+        """Whether project `name` has a page on disk (in form `basename`, else in any form)."""
+        names = PAGE_NAMES if basename is None else (basename,)
+        return any(os.path.exists(f"{self._simple}/{name}/{page}") for page in names)
 
     def apply(self, change: Change) -> None:
         if change.removes:
-            self.remove_project(change.name)
+            self.remove_page(change.name, change.basename)
         else:
             assert change.page.body is not None
-            self.store(f"{self._simple}/{change.name}", change.page.body, change.old)
+            directory = f"{self._simple}/{change.name}"
+            self.store(directory, change.page.body, change.old, change.basename)
 
-    def store_new(self, name: str, body: bytes) -> None:
-        """Write the page of project `name`, which has none on disk yet."""
-        self.store(f"{self._simple}/{name}", body, None)
+    def store_new(self, name: str, body: bytes, basename: str = PAGE_NAME) -> None:
+        """Write a page of project `name` in a form it has none of on disk yet."""
+        self.store(f"{self._simple}/{name}", body, None, basename)
 
-    def store(self, directory: str | Path, body: bytes, old: bytes | None) -> bool:
-        """Write `body` as directory/index.html plus its prefixed copy; retire the old copy.
+    def store(
+        self, directory: str | Path, body: bytes, old: bytes | None, basename: str = PAGE_NAME
+    ) -> bool:
+        """Write `body` as directory/`basename` plus its prefixed copy; retire the old copy.
 
         Returns whether the page's bytes changed. A new page costs six syscalls:
         mkdir, open, write, close, link (the prefixed copy), rename.
@@ -144,25 +177,27 @@ class MirrorWriter:
         directory = os.fspath(directory)
         digest = digest_bytes(body).hexdigest
         if old == body:
-            self.ensure_copy(directory, digest)
+            self.ensure_copy(directory, digest, basename)
             return False
         if old is None:
             make_directory(directory)
         temp = self._write_temp(body)
-        self.install(directory, temp, digest)
-        self.retire_replaced(directory, old, body)
+        self.install(directory, temp, digest, basename)
+        self.retire_replaced(directory, old, body, basename)
         return True
 
-    def install(self, directory: str | Path, temp: str, digest: str) -> None:
-        """Move a staged page into place: hash-prefixed copy first, then ``index.html``."""
+    def install(
+        self, directory: str | Path, temp: str, digest: str, basename: str = PAGE_NAME
+    ) -> None:
+        """Move a staged page into place: hash-prefixed copy first, then the page itself."""
         directory = os.fspath(directory)
-        copy = f"{directory}/{prefixed_name(digest)}"
+        copy = f"{directory}/{prefixed_name(digest, basename)}"
         relative = self._relative(copy)
         target = (target_of_copy(relative),)
         try:
             crash_point("page-temp", target)
             self._link_copy(temp, copy)
-            os.rename(temp, f"{directory}/{PAGE_NAME}")
+            os.rename(temp, f"{directory}/{basename}")
             crash_point("page-renamed", target)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
@@ -187,16 +222,16 @@ class MirrorWriter:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp)
 
-    def root_digest(self) -> str | None:
+    def root_digest(self, path: Path | None = None) -> str | None:
         try:
-            return digest_file(self.layout.root_page).hexdigest
+            return digest_file(path or self.layout.root_page).hexdigest
         except FileNotFoundError:
             return None
 
-    def ensure_copy(self, directory: str | Path, digest: str) -> None:
+    def ensure_copy(self, directory: str | Path, digest: str, basename: str = PAGE_NAME) -> None:
         """Relink an unchanged page's prefixed copy if a killed run or damage broke it."""
-        page = os.path.join(directory, PAGE_NAME)
-        copy = os.path.join(directory, prefixed_name(digest))
+        page = os.path.join(directory, basename)
+        copy = os.path.join(directory, prefixed_name(digest, basename))
         if not (os.path.exists(copy) and os.path.samefile(copy, page)):
             self._link_copy(page, copy)
 
@@ -242,21 +277,39 @@ class MirrorWriter:
             raise
 
     def remove_project(self, name: str) -> None:
-        """Unlink the page at once; its prefixed copies stay until their grace ends."""
+        """Unlink the project's pages at once; their prefixed copies stay until their grace ends."""
+        for basename in PAGE_NAMES:
+            self.remove_page(name, basename)
+
+    def remove_page(self, name: str, basename: str = PAGE_NAME) -> None:
+        """Unlink one form of a page at once; its prefixed copy stays until its grace ends."""
         directory = self.layout.project_dir(name)
-        page = directory / PAGE_NAME
-        with contextlib.suppress(FileNotFoundError):
+        self.remove_file(directory, basename)
+        self._remove_if_empty(directory)
+
+    def remove_file(self, directory: Path, basename: str) -> bool:
+        """Unlink directory/`basename` (a page or a root), retiring its prefixed copy."""
+        page = directory / basename
+        try:
             old_digest = digest_file(page).hexdigest
             page.unlink()
-            self.retire(directory / prefixed_name(old_digest))
-        self._remove_if_empty(directory)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        self.retire(directory / prefixed_name(old_digest, basename))
+        return True
 
     def prepare(self, change: Change) -> bool:
         """Before `apply`: record what it will retire; True if the state must be saved first."""
         directory = self.layout.project_dir(change.name)
-        return self.retire_replaced(directory, change.old, change.page.body)
+        return self.retire_replaced(directory, change.old, change.page.body, change.basename)
 
-    def retire_replaced(self, directory: str | Path, old: bytes | None, new: bytes | None) -> bool:
+    def retire_replaced(
+        self,
+        directory: str | Path,
+        old: bytes | None,
+        new: bytes | None,
+        basename: str = PAGE_NAME,
+    ) -> bool:
         """Retire the prefixed copy of page `old` if `new` (None: no page) replaces it.
 
         Called before the write, so the caller saves the retirement with the state
@@ -266,7 +319,7 @@ class MirrorWriter:
         """
         if old is None or old == new:
             return False
-        self.retire(Path(directory, prefixed_name(digest_bytes(old).hexdigest)))
+        self.retire(Path(directory, prefixed_name(digest_bytes(old).hexdigest, basename)))
         return True
 
     def retire(self, copy: Path) -> None:
@@ -274,20 +327,28 @@ class MirrorWriter:
         self.state.retired[self._relative(copy)] = self.clock()
 
     def collect_retired(self, grace: float) -> int:
-        """Delete prefixed copies retired more than `grace` seconds ago.
+        """Delete the prefixed copies retired more than `grace` seconds ago that no client needs.
 
-        Never the current copy, and never one of a page whose new state RSTUF
-        has not confirmed yet: until it publishes, its metadata still names the
-        old copy (the grace restarts when it confirms, see `restart_grace`).
+        Kept past the grace: the current copy, and each copy RSTUF signs or may
+        soon sign (`Outbox.held_digests`: the state it last confirmed, those in
+        flight or uncertain): while RSTUF is behind, its metadata still sends
+        clients there. Intermediate versions RSTUF never saw go with their grace.
+        A target owed without a record of what RSTUF signs (a state file from
+        an older release) keeps every copy until RSTUF confirms it.
         """
         deadline = self.clock() - grace
-        owed = self.state.outbox.dirty | self.state.outbox.in_flight_paths()
+        box = self.state.outbox
+        held = box.held_digests()
+        unrecorded = box.owed() - box.signed.keys()
         removed = 0
         for relative, retired_at in list(self.state.retired.items()):
-            if retired_at > deadline or target_of_copy(relative) in owed:
+            target = target_of_copy(relative)
+            if retired_at > deadline or target in unrecorded:
+                continue
+            if digest_of_copy(relative) in held.get(target, ()):
                 continue
             copy = self.layout.served_dir / relative
-            current = copy.parent / PAGE_NAME
+            current = self.layout.served_dir / target_of_copy(relative)
             with contextlib.suppress(FileNotFoundError):
                 if current.exists() and os.path.samefile(copy, current):
                     del self.state.retired[relative]
@@ -299,11 +360,22 @@ class MirrorWriter:
                 self._remove_if_empty(copy.parent)
         return removed
 
-    def restart_grace(self, targets: set[str]) -> None:
-        """RSTUF now signs the new state of `targets`: their old copies get a full grace."""
+    def restart_grace(self, superseded: Iterable[tuple[str, str | None]]) -> None:
+        """RSTUF confirmed newer states: the copies it signed before get a full grace from now.
+
+        `superseded` pairs each confirmed target with the digest RSTUF signed
+        until then (None: not recorded, so every retired copy of it). A client
+        that fetched RSTUF's previous metadata may still download them.
+        """
+        released: dict[str, set[str | None]] = {}
+        for target, digest in superseded:
+            released.setdefault(target, set()).add(digest)
+        if not released:
+            return
         now = self.clock()
         for relative in self.state.retired:
-            if target_of_copy(relative) in targets:
+            digests = released.get(target_of_copy(relative))
+            if digests is not None and (None in digests or digest_of_copy(relative) in digests):
                 self.state.retired[relative] = now
 
     def _remove_if_empty(self, directory: Path) -> None:

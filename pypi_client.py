@@ -8,7 +8,9 @@ the mirror; `pypi_mirror.py` does that.
 
 from __future__ import annotations
 
+import codecs
 import functools
+import json
 import logging
 import os
 import re
@@ -43,6 +45,9 @@ T = TypeVar("T")
 
 HTML_ACCEPT = "application/vnd.pypi.simple.v1+html, text/html;q=0.9"
 SIMPLE_HTML_TYPES = ("application/vnd.pypi.simple.v1+html", "text/html")
+JSON_TYPE = "application/vnd.pypi.simple.v1+json"  # PEP 691
+# How an index says XML-RPC is gone: no endpoint (404), POST refused (405), retired (410).
+XMLRPC_GONE_STATUSES = (404, 405, 410)
 
 
 class ClientSettings(Protocol):
@@ -76,6 +81,14 @@ class XmlRpcFault(UpstreamError):
     def __init__(self, method: str, code: int, text: str) -> None:
         super().__init__(f"PyPI XML-RPC {method} failed: fault {code}: {text[:200]}")
         self.method, self.code, self.text = method, code, text
+
+
+class XmlRpcUnavailable(UpstreamError):
+    """The index no longer offers XML-RPC (or this method): follow it through /simple/ instead."""
+
+    def __init__(self, method: str, reason: str) -> None:
+        super().__init__(f"PyPI XML-RPC {method} is unavailable ({reason})")
+        self.method, self.reason = method, reason
 
 
 class NotASimplePage(UpstreamError):
@@ -173,6 +186,27 @@ class PageFacts:
         return self.project_status != "quarantined"
 
 
+# The status as warehouse writes it (PEP 792), in either form of a page.
+_STATUS_OF_CHECKED = re.compile(
+    rb'<meta name="pypi:project-status" content="([^"]*)">'
+    rb'|"project-status"\s*:\s*\{\s*"status"\s*:\s*"([^"]*)"'
+)
+
+
+def facts_of_checked_page(body: bytes) -> PageFacts | None:
+    """The facts of a page whose bytes were checked before (the mirror's copy), cheaply.
+
+    A full check fetches every page and most are byte for byte what the mirror
+    holds: parsing them again would find what it found when they were written.
+    None when the status is not where warehouse puts it (the caller then
+    inspects the page in full).
+    """
+    match = _STATUS_OF_CHECKED.search(body)
+    if match is None:
+        return None
+    return PageFacts((match.group(1) or match.group(2)).decode("ascii", "replace"))
+
+
 class _PageTools(threading.local):
     """A parser and compiled XPaths per thread: lxml parsers must not be shared by threads,
     and a thread of its own lets the parse (which releases the GIL) run beside the others."""
@@ -218,6 +252,237 @@ def inspect_simple_page(name: str, body: bytes) -> PageFacts:
     return PageFacts(str(status[0]) if status else "active")
 
 
+def inspect_json_page(name: str, body: bytes, serial: int | None = None) -> PageFacts:
+    """Refuse anything that is not a plausible PEP 691 project page for `name`.
+
+    A JSON object with ``meta.api-version`` 1.x, ``name`` equal to the
+    normalized name asked for, a ``files`` list, and (when present) a
+    ``meta._last-serial`` equal to the `serial` header. Raises NotASimplePage.
+    """
+    try:
+        document = json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise NotASimplePage(name, f"not UTF-8 at byte {exc.start}") from None
+    except ValueError as exc:
+        raise NotASimplePage(name, f"not JSON ({exc})") from None
+    if not isinstance(document, dict):
+        raise NotASimplePage(name, "not a JSON object")
+    check_api_version(name, document.get("meta"))
+    if document.get("name") != name:
+        raise NotASimplePage(name, f"the page is for {str(document.get('name'))[:60]!r}")
+    if not isinstance(document.get("files"), list):
+        raise NotASimplePage(name, "no 'files' list")
+    page_serial = document["meta"].get("_last-serial")
+    if serial is not None and page_serial is not None and page_serial != serial:
+        raise NotASimplePage(
+            name, f"meta._last-serial {page_serial!r} disagrees with X-PyPI-Last-Serial {serial}"
+        )
+    status = document.get("project-status")  # PEP 792: {"status": ..., "reason": ...}
+    if isinstance(status, dict) and isinstance(status.get("status"), str):
+        return PageFacts(status["status"])
+    return PageFacts("active")
+
+
+def check_api_version(what: str, meta: object) -> None:
+    """PEP 629/691: a client must accept any 1.x and refuse another major version."""
+    version = meta.get("api-version") if isinstance(meta, dict) else None
+    if not (isinstance(version, str) and version.startswith("1.")):
+        raise NotASimplePage(what, f"meta.api-version is {version!r}, not 1.x")
+
+
+class JsonRootParser:
+    """Stream-parses a PEP 691 root, handing each project's name and serial to `sink`.
+
+    PyPI's root lists about 700,000 projects (tens of MB): ``json.loads`` would
+    build a dict per project, several times the listing itself. This reads
+    the top-level object key by key and decodes each ``projects`` entry alone,
+    so memory stays flat whatever the size. ``meta`` may come before or after
+    ``projects``; other keys are skipped. Raises ValueError on malformed input.
+    """
+
+    MAX_VALUE = 1 << 20  # one JSON value other than the projects list, characters
+
+    def __init__(self, sink: Callable[[object, object], None]) -> None:
+        self._sink = sink
+        self._text = codecs.getincrementaldecoder("utf-8")()
+        self._json = json.JSONDecoder()
+        self._buffer = ""
+        self._pos = 0
+        self._step = self._open_object
+        self._key: str | None = None
+        self.meta: dict | None = None
+        self.projects = 0
+        self._after_project = False  # in 'projects': an entry was read, ',' or ']' is next
+
+    def feed(self, chunk: bytes) -> None:
+        self._buffer = self._buffer[self._pos :] + self._text.decode(chunk)
+        self._pos = 0
+        self._run(final=False)
+
+    def close(self) -> None:
+        self._buffer = self._buffer[self._pos :] + self._text.decode(b"", final=True)
+        self._pos = 0
+        self._run(final=True)
+        if self._step != self._done:  # bound methods: equal, never identical
+            raise ValueError("the document ends early")
+        if self._skip_space() < len(self._buffer):
+            raise ValueError("data after the document")
+
+    def _run(self, final: bool) -> None:
+        while self._step(final):
+            pass
+
+    # Each step consumes one token and returns True, or False when it needs more input.
+
+    def _skip_space(self) -> int:
+        buffer, pos = self._buffer, self._pos
+        while pos < len(buffer) and buffer[pos] in " \t\r\n":
+            pos += 1
+        self._pos = pos
+        return pos
+
+    def _punctuation(self, final: bool, expected: str) -> str | None:
+        pos = self._skip_space()
+        if pos >= len(self._buffer):
+            if final:
+                raise ValueError(f"expected one of {expected!r}, got the end")
+            return None
+        char = self._buffer[pos]
+        if char not in expected:
+            raise ValueError(f"expected one of {expected!r} at character {pos}, got {char!r}")
+        self._pos = pos + 1
+        return char
+
+    def _value(self, final: bool) -> tuple[bool, object]:
+        pos = self._skip_space()
+        try:
+            value, end = self._json.raw_decode(self._buffer, pos)
+        except json.JSONDecodeError:
+            if final or len(self._buffer) - pos > self.MAX_VALUE:
+                raise
+            return False, None
+        # a number at the end of the buffer may go on in the next chunk
+        if end == len(self._buffer) and not final and not isinstance(value, dict | list | str):
+            return False, None
+        self._pos = end
+        return True, value
+
+    def _open_object(self, final: bool) -> bool:
+        if self._punctuation(final, "{") is None:
+            return False
+        self._step = self._key_or_end
+        return True
+
+    def _key_or_end(self, final: bool) -> bool:
+        pos = self._skip_space()
+        if pos < len(self._buffer) and self._buffer[pos] == "}":
+            self._pos = pos + 1
+            self._step = self._done
+            return True
+        ready, key = self._value(final)
+        if not ready:
+            return False
+        if not isinstance(key, str):
+            raise ValueError("an object key that is not a string")
+        self._key = key
+        self._step = self._colon
+        return True
+
+    def _colon(self, final: bool) -> bool:
+        if self._punctuation(final, ":") is None:
+            return False
+        self._step = self._projects_open if self._key == "projects" else self._member_value
+        return True
+
+    def _member_value(self, final: bool) -> bool:
+        ready, value = self._value(final)
+        if not ready:
+            return False
+        if self._key == "meta":
+            if not isinstance(value, dict):
+                raise ValueError("'meta' is not an object")
+            self.meta = value
+        self._step = self._comma_or_end
+        return True
+
+    def _comma_or_end(self, final: bool) -> bool:
+        char = self._punctuation(final, ",}")
+        if char is None:
+            return False
+        self._step = self._key_or_end if char == "," else self._done
+        return True
+
+    def _projects_open(self, final: bool) -> bool:
+        if self._punctuation(final, "[") is None:
+            return False
+        self._step = self._project_or_end
+        self._after_project = False
+        return True
+
+    def _project_or_end(self, final: bool) -> bool:
+        """Decode a run of entries in one tight loop: 700,000 of them are the whole cost.
+
+        Entries shaped as warehouse writes them (``{"name": "...", "_last-serial": n}``,
+        a plain name) take one regular-expression match each; anything else goes
+        through the JSON decoder, which gives the same answer, three times slower.
+        """
+        buffer, pos, sink = self._buffer, self._pos, self._sink
+        fast, scan, size = _PLAIN_PROJECT.match, self._json.scan_once, len(buffer)
+        count = self.projects
+        while True:
+            if self._after_project:
+                pos = _SPACE.match(buffer, pos).end()  # type: ignore[union-attr]
+                if pos >= size:
+                    break
+                if buffer[pos] == "]":
+                    self._pos, self.projects = pos + 1, count
+                    self._step = self._comma_or_end
+                    return True
+                if buffer[pos] != ",":
+                    raise ValueError(f"expected ',' or ']' after 'projects' entry {count}")
+                pos += 1
+                self._after_project = False
+            match = fast(buffer, pos)
+            if match is not None:
+                sink(match.group(1), int(match.group(2)))
+                count += 1
+                pos = match.end()
+                self._after_project = not match.group(3)
+                continue
+            pos = _SPACE.match(buffer, pos).end()  # type: ignore[union-attr]
+            if pos >= size:
+                break
+            if buffer[pos] == "]" and not count:
+                self._pos = pos + 1
+                self._step = self._comma_or_end
+                return True
+            try:
+                project, end = scan(buffer, pos)
+            except (StopIteration, json.JSONDecodeError) as exc:
+                if final or size - pos > self.MAX_VALUE:
+                    raise ValueError(f"malformed 'projects' entry {count + 1}") from exc
+                break
+            if not isinstance(project, dict):
+                raise ValueError(f"'projects' entry {count + 1} is not an object")
+            sink(project.get("name"), project.get("_last-serial"))
+            count += 1
+            pos, self._after_project = end, True
+        self._pos, self.projects = pos, count
+        if final:
+            raise ValueError("the 'projects' list ends early")
+        return False
+
+    def _done(self, final: bool) -> bool:
+        return False
+
+
+_SPACE = re.compile(r"[ \t\r\n]*")
+# One root entry as warehouse writes it, with what follows it: ',' (group 3) or ']' (left).
+_PLAIN_PROJECT = re.compile(
+    r'[ \t\r\n]*\{[ \t\r\n]*"name"[ \t\r\n]*:[ \t\r\n]*"([A-Za-z0-9._-]*)"[ \t\r\n]*,'
+    r'[ \t\r\n]*"_last-serial"[ \t\r\n]*:[ \t\r\n]*(0|[1-9][0-9]*)[ \t\r\n]*\}'
+    r"[ \t\r\n]*(?:(,)|(?=\]))"
+)
 XMLRPC_BURST = 3  # a small run's XML-RPC calls (two or three) go out without a pause
 
 
@@ -257,6 +522,17 @@ class XmlRpcPacing:
 
 
 _RESET_IN = re.compile(r"reset in (\d+(?:\.\d+)?) seconds?")
+_DISABLED = re.compile(r"\b(disabled|deprecated|removed|no longer)\b", re.IGNORECASE)
+
+
+def is_disabled_fault(code: int, text: str) -> bool:
+    """A fault that means "this method is gone", not "try again".
+
+    pyramid_rpc answers -32601 for a method it does not know; warehouse
+    retires methods with a -32500 fault whose text says so ("... has been
+    deprecated", "... has been removed").
+    """
+    return code == -32601 or bool(_DISABLED.search(text))
 
 
 # --- the client
@@ -402,6 +678,8 @@ class PypiClient:
         except requests.RequestException as exc:
             raise Transient(f"connection failed: {exc}") from exc
         with response:
+            if response.status_code in XMLRPC_GONE_STATUSES:
+                raise XmlRpcUnavailable(method, f"HTTP {response.status_code}")
             check_status(response, f"XML-RPC {method}")
             return self._parse_xmlrpc(method, response, sink)
 
@@ -435,6 +713,8 @@ class PypiClient:
                     f"rate limited by PyPI ({text[:120]})",
                     retry_after=cap_retry_after(float(match.group(1))) if match else None,
                 ) from None
+            if is_disabled_fault(fault.faultCode, text):
+                raise XmlRpcUnavailable(method, f"fault {fault.faultCode}: {text[:120]}") from None
             raise XmlRpcFault(method, fault.faultCode, text) from None
         except MalformedAnswer as exc:
             raise Transient(f"XML-RPC {method}: malformed answer ({exc})") from None
@@ -476,20 +756,42 @@ class PypiClient:
 
     # Simple API
 
-    def fetch_page(self, name: str) -> FetchedPage:
-        """GET /simple/<name>/ once; raises Transient, NotASimplePage or UpstreamError."""
+    def fetch_page(self, name: str, known: bytes | None = None) -> FetchedPage:
+        """GET /simple/<name>/ once as HTML; raises Transient, NotASimplePage or UpstreamError.
+
+        A body equal to `known` (the page the mirror holds, checked when it was
+        written) is not parsed again.
+        """
+        body, serial = self._get_simple(name, HTML_ACCEPT, SIMPLE_HTML_TYPES)
+        if body is None:
+            return FetchedPage(name, None, None, None)
+        facts = facts_of_checked_page(body) if body == known else None
+        return FetchedPage(name, body, serial, facts or inspect_simple_page(name, body))
+
+    def fetch_json_page(self, name: str, known: bytes | None = None) -> FetchedPage:
+        """GET /simple/<name>/ once as PEP 691 JSON; raises and skips like `fetch_page`."""
+        body, serial = self._get_simple(name, JSON_TYPE, (JSON_TYPE,))
+        if body is None:
+            return FetchedPage(name, None, None, None)
+        facts = facts_of_checked_page(body) if body == known else None
+        return FetchedPage(name, body, serial, facts or inspect_json_page(name, body, serial))
+
+    def _get_simple(
+        self, name: str, accept: str, media_types: tuple[str, ...]
+    ) -> tuple[bytes | None, int]:
+        """One GET of a project page: (body, X-PyPI-Last-Serial), or (None, 0) for a 404."""
         self._count_request()
         path = f"/simple/{name}/"
-        response = self.pages.get(path, name)
+        response = self.pages.get(path, name, accept)
         consumed = False
         try:
             headers = response.headers
             if response.status == 404:
                 log.debug("page %s: HTTP 404", name)
-                return FetchedPage(name, None, None, None)
+                return None, 0
             check_status_of(response.status, headers, name, self.base_url + path)
             content_type = headers.get("Content-Type", "").split(";")[0].strip().lower()
-            if content_type not in SIMPLE_HTML_TYPES:
+            if content_type not in media_types:
                 raise NotASimplePage(name, f"Content-Type {content_type or 'missing'}")
             serial_header = headers.get("X-PyPI-Last-Serial", "")
             if not serial_header.isdigit():
@@ -499,7 +801,66 @@ class PypiClient:
         finally:
             self.pages.done(response, consumed)
         log.debug("page %s: HTTP 200, serial %s, %d bytes", name, serial_header, len(body))
-        return FetchedPage(name, body, int(serial_header), inspect_simple_page(name, body))
+        return body, int(serial_header)
+
+    def list_projects_json(self, sink: Callable[[object, object], None]) -> int:
+        """Stream the JSON root ``/simple/`` (PEP 691) to `sink`; return its serial.
+
+        Each project's (name, ``_last-serial``) goes to `sink` as it is parsed
+        (retries start over: `sink` must tolerate a pair seen twice). The
+        serial is the root's ``X-PyPI-Last-Serial``, PyPI's newest journal
+        serial when the CDN cached the page. An index whose root carries no
+        ``_last-serial`` (API 1.0 without warehouse's extension) is refused:
+        without it no change could be noticed.
+        """
+
+        def checked(name: object, serial: object) -> None:
+            if serial is None:
+                raise UpstreamError(
+                    f"JSON root {self.base_url}/simple/ lists {str(name)[:60]!r} without "
+                    "_last-serial; this index cannot be followed without XML-RPC"
+                )
+            sink(name, serial)
+
+        return self.with_retries("JSON root /simple/", lambda: self._list_once(checked))
+
+    def _list_once(self, sink: Callable[[object, object], None]) -> int:
+        self._count_request()
+        url = f"{self.base_url}/simple/"
+        try:
+            response = self.session.get(
+                url, headers={"Accept": JSON_TYPE}, timeout=self._timeout, stream=True
+            )
+        except requests.RequestException as exc:
+            raise Transient(f"JSON root /simple/: connection failed: {exc}") from exc
+        with response:
+            check_status(response, "JSON root /simple/")
+            content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+            if content_type != JSON_TYPE:
+                raise UpstreamError(
+                    f"JSON root {url}: Content-Type {content_type or 'missing'}, not "
+                    f"{JSON_TYPE}: the index does not serve PEP 691 JSON"
+                )
+            parser = JsonRootParser(sink)
+            try:
+                # the listing's cap, whichever endpoint serves it
+                for chunk in iter_capped(response, self.config.max_xmlrpc_bytes, 1 << 20):
+                    parser.feed(chunk)
+                parser.close()
+            except BodyTooLarge as exc:
+                raise UpstreamError(f"JSON root {url}: answer {exc}; refused") from None
+            except requests.RequestException as exc:
+                raise Transient(f"JSON root /simple/: answer cut off: {exc}") from exc
+            except ValueError as exc:  # UnicodeDecodeError included
+                raise Transient(f"JSON root /simple/: malformed answer ({exc})") from None
+            header = response.headers.get("X-PyPI-Last-Serial", "")
+        check_api_version("JSON root /simple/", parser.meta)
+        assert parser.meta is not None
+        serial = int(header) if header.isdigit() else parser.meta.get("_last-serial")
+        if not is_serial(serial):
+            raise UpstreamError(f"JSON root {url}: no X-PyPI-Last-Serial and no meta._last-serial")
+        assert isinstance(serial, int)
+        return serial
 
 
 # urllib3 would build this from retries=False on every request
@@ -520,13 +881,13 @@ class PagePool:
     def __init__(self, base_url: str, config: ClientSettings, environment: HttpEnvironment):
         self.base_url = base_url
         self.timeout = urllib3.Timeout(connect=config.connect_timeout, read=config.timeout)
-        self.headers = {
-            "User-Agent": USER_AGENT,
-            "Accept": HTML_ACCEPT,
-            "Accept-Encoding": "gzip, deflate",
-        }
+        headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "gzip, deflate"}
         if environment.auth:
-            self.headers.update(urllib3.make_headers(basic_auth=":".join(environment.auth)))
+            headers.update(urllib3.make_headers(basic_auth=":".join(environment.auth)))
+        # the headers of each form (Accept), made once
+        self.headers = {
+            accept: {**headers, "Accept": accept} for accept in (HTML_ACCEPT, JSON_TYPE)
+        }
         pool_options: dict[str, object] = {"maxsize": config.workers, "block": False}
         if base_url.startswith("https:"):
             bundle = environment.ca_bundle or requests.utils.DEFAULT_CA_BUNDLE_PATH
@@ -545,14 +906,15 @@ class PagePool:
         self._pool = None if forwarding else self.manager.connection_from_url(base_url)
         self._path_prefix = urllib3.util.parse_url(base_url).path or ""
 
-    def get(self, path: str, what: str) -> urllib3.BaseHTTPResponse:
+    def get(self, path: str, what: str, accept: str = HTML_ACCEPT) -> urllib3.BaseHTTPResponse:
         """GET `base_url` + `path`; the body is left to read (`read_page_body`), then `done`."""
+        headers = self.headers[accept]
         try:
             if self._pool is not None:
                 return self._pool.urlopen(
                     "GET",
                     self._path_prefix + path,
-                    headers=self.headers,
+                    headers=headers,
                     timeout=self.timeout,
                     retries=NO_RETRIES,
                     redirect=False,
@@ -561,7 +923,7 @@ class PagePool:
             return self.manager.urlopen(
                 "GET",
                 self.base_url + path,
-                headers=self.headers,
+                headers=headers,
                 timeout=self.timeout,
                 retries=NO_RETRIES,
                 redirect=False,

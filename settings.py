@@ -15,15 +15,18 @@ from __future__ import annotations
 import argparse
 import difflib
 import os
+import re
 import sys
 import tomllib
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from cli_support import VERSION, UsageError, format_bound, number
 from mirror_store import DEFAULT_MIRROR_DIR, MirrorLayout
+from project_filter import ProjectFilter, glob_pattern
 
 CONFIG_ENV = "PYPI_MIRROR_CONFIG"
 TOKEN_ENV = "RSTUF_API_TOKEN"  # a secret: read from the environment only, never a flag
@@ -42,17 +45,29 @@ class Config:
     dry_run: bool = False
     rstuf_url: str | None = None
     rstuf_token: str | None = None  # from RSTUF_API_TOKEN only
-    rstuf_wait: float = 600.0  # seconds to wait for RSTUF tasks per delivery
+    no_rstuf: bool = False  # run without RSTUF on purpose: nothing owed, nothing warned
+    # seconds a whole run may spend on RSTUF (both deliveries together): a 5,000-page
+    # request takes about 65 s on a real RSTUF, and a cron run every 300 s needs room
+    rstuf_wait: float = 120.0
     rstuf_batch: int = 5000  # artifacts per RSTUF request
     rstuf_poll: float = 2.0  # seconds between two task polls
     grace: float = 3600.0  # seconds an old hash-prefixed copy stays served
     timeout: float = 60.0  # read timeout of one HTTP request, seconds
     connect_timeout: float = 10.0  # seconds
     retries: int = 5  # attempts after the first, per request or stale page
+    failure_limit: int = 30  # page requests failing in a row that stop the fetching; 0: never
     backoff: float = 1.0  # first retry delay, seconds; doubles, with jitter
     max_page_bytes: int = 64 << 20
     max_xmlrpc_bytes: int = 512 << 20
     xmlrpc_interval: float = 1.0  # average seconds between XML-RPC calls (PyPI's etiquette)
+    audit: bool = False  # compare the served tree with what RSTUF's TUF metadata signs
+    repair: bool = False  # with audit: re-fetch and re-deliver every differing project
+    tuf_metadata_url: str | None = None  # where RSTUF's TUF metadata is served
+    tuf_root: Path | None = None  # the root metadata trusted to verify it
+    no_xmlrpc: bool = False  # list and follow PyPI through the JSON root /simple/ only
+    simple_format: str = "html"  # which forms of the pages to mirror: html, json or all
+    include: tuple[str, ...] = ()  # globs over normalized names; empty: every project
+    exclude: tuple[str, ...] = ()
     verbose: bool = False
     quiet: bool = False
     progress: bool = False  # a bar on stderr: set when stderr is a terminal and not quiet
@@ -64,6 +79,10 @@ class Config:
     @property
     def state_file(self) -> Path:
         return self.state_path or MirrorLayout(self.mirror_dir).state_file
+
+    @property
+    def project_filter(self) -> ProjectFilter:
+        return ProjectFilter.of(self.include, self.exclude)
 
 
 @dataclass(frozen=True)
@@ -77,6 +96,7 @@ class Option:
     field: str = ""  # the Config field; "": the key with '_' for '-'
     path: bool = False  # relative to the config file's directory when set there
     in_file: bool = True  # False: an action of one run (--dry-run), not a setting
+    many: bool = False  # a list: a repeatable flag, a comma/space-separated env var, a TOML array
     short: str | None = None
     metavar: str | None = None
 
@@ -95,6 +115,9 @@ def url(text: str) -> str:
     """An http(s) base URL; a missing scheme is refused instead of retried for a minute."""
     if not text.startswith(("http://", "https://")):
         raise ValueError(f"not an http:// or https:// URL: {text!r}")
+    parts = urllib.parse.urlsplit(text)
+    if not parts.hostname or parts.query or parts.fragment or any(c.isspace() for c in text):
+        raise ValueError(f"not a base URL (a host, no query or fragment): {text!r}")
     return text.rstrip("/")
 
 
@@ -107,6 +130,23 @@ def pypi_url(text: str) -> str:
             "(for example https://pypi.org), the tool adds /simple/ and /pypi itself"
         )
     return base
+
+
+def one_of(*words: str) -> Callable[[str], str]:
+    """A parser for one of `words` (case-insensitive), refused with the choices named."""
+
+    def parse(text: str) -> str:
+        word = text.strip().lower()
+        if word not in words:
+            raise ValueError(f"must be one of {', '.join(words)}, not {text!r}")
+        return word
+
+    return parse
+
+
+def split_list(text: str) -> list[str]:
+    """An environment variable's list: items separated by commas and/or whitespace."""
+    return [item for item in re.split(r"[,\s]+", text) if item]
 
 
 def switch(text: str) -> bool:
@@ -144,7 +184,9 @@ OPTIONS: tuple[Option, ...] = (
         env="PYPI_URL",
         metavar="URL",
     ),
-    Option("workers", "concurrent page fetches", number(int, 1, 64)),
+    # More workers do not fetch faster (the client is CPU-bound on one core) and cost
+    # memory and PyPI's goodwill; bandersnatch caps its own at 10.
+    Option("workers", "concurrent page fetches", number(int, 1, 32)),
     Option(
         "processes",
         "processes that fetch and write a first sync into an empty mirror: with 2 (and a "
@@ -166,12 +208,23 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "rstuf-url",
-        "RSTUF API base URL; without it changes wait in the outbox",
+        "RSTUF API base URL; without it (and without --no-rstuf) changes wait in the outbox "
+        "and the run exits 75",
         url,
         env="RSTUF_API_URL",
         metavar="URL",
     ),
-    Option("rstuf-wait", "seconds to wait for RSTUF tasks to finish", number(float, 0, 86400)),
+    Option(
+        "no-rstuf",
+        "run without RSTUF on purpose: nothing is kept for RSTUF and nothing warned; when "
+        "RSTUF is enabled later, catch it up with --audit --repair",
+    ),
+    Option(
+        "rstuf-wait",
+        "seconds a run may spend delivering to RSTUF and waiting for its tasks, in all; "
+        "unfinished tasks are followed up next run",
+        number(float, 0, 86400),
+    ),
     Option(
         "rstuf-batch",
         "artifacts per RSTUF request; a bigger update is sent in several requests",
@@ -186,6 +239,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("timeout", "read timeout of one HTTP request, seconds", number(float, 0.05, 3600)),
     Option("retries", "retries per request and per stale page", number(int, 0, 20)),
     Option(
+        "failure-limit",
+        "circuit breaker: after N page requests failing in a row (connection errors, 5xx, "
+        "429, stale or error pages) PyPI is taken to be failing as a whole: the run stops "
+        "fetching, keeps the rest pending and exits 75; 0 never stops",
+        number(int, 0, 100_000),
+    ),
+    Option(
         "backoff",
         "first retry delay in seconds, doubled each retry, with jitter",
         number(float, 0, 300),
@@ -197,9 +257,70 @@ OPTIONS: tuple[Option, ...] = (
         number(float, 0, 60),
     ),
     Option(
+        "no-xmlrpc",
+        "never call PyPI's XML-RPC: list projects and notice changes from the JSON root "
+        "/simple/ (PEP 691, projects[]._last-serial); used anyway when XML-RPC answers "
+        "404/405/410 or says the method is disabled",
+    ),
+    Option(
+        "simple-format",
+        "forms of each page to mirror: html (index.html), json (PEP 691 index.v1_json) "
+        "or all (both, from the same serial); json and all add the JSON root "
+        "simple/index.v1_json",
+        one_of("html", "json", "all"),
+        metavar="{html,json,all}",
+    ),
+    Option(
+        "include",
+        "mirror only projects whose normalized name matches this glob",
+        glob_pattern,
+        many=True,
+        metavar="GLOB",
+    ),
+    Option(
+        "exclude",
+        "never mirror projects whose normalized name matches this glob; removes them "
+        "if already mirrored",
+        glob_pattern,
+        many=True,
+        metavar="GLOB",
+    ),
+    Option(
         "max-page-bytes",
         "a project page larger than this is refused and kept pending, never mirrored",
         number(int, 1024, 1 << 30),
+    ),
+    Option(
+        "audit",
+        "compare the served tree with the targets RSTUF's TUF metadata signs, verified "
+        "from --tuf-root; print one 'KIND PATH' line per difference (unsigned, mismatch, "
+        "missing, copy-missing) and a summary line; exit 0 in step, 4 apart, 1 cannot audit",
+        in_file=False,
+        env=None,
+    ),
+    Option(
+        "repair",
+        "with --audit: re-fetch every differing project from PyPI (never trusting the "
+        "tree), write it and deliver its final state to RSTUF in the same run",
+        in_file=False,
+        env=None,
+    ),
+    Option(
+        "tuf-metadata-url",
+        "base URL RSTUF's TUF metadata is served from (1.root.json, timestamp.json, ...); "
+        "--audit reads it, and the first delivery to RSTUF checks it holds the bootstrap import",
+        url,
+        env="TUF_METADATA_URL",
+        metavar="URL",
+    ),
+    Option(
+        "tuf-root",
+        "TUF root metadata to trust (RSTUF's 1.root.json, obtained out of band); "
+        "needed with --tuf-metadata-url",
+        Path,
+        env="TUF_ROOT",
+        path=True,
+        metavar="FILE",
     ),
     Option(
         "progress-interval",
@@ -249,10 +370,12 @@ def describe(option: Option) -> str:
     bounds = getattr(option.parse, "bounds", None)
     if bounds:
         notes.append(f"{format_bound(bounds[0])}-{format_bound(bounds[1])}")
+    if option.many:
+        notes.append("repeatable")
     if option.env_name:
-        notes.append(f"env {option.env_name}")
+        notes.append(f"env {option.env_name}" + (", comma-separated" if option.many else ""))
     default = getattr(DEFAULTS, option.dest, None)
-    if option.parse is not None and default is not None:
+    if option.parse is not None and default not in (None, ()):
         notes.append(f"default {default}")
     return f"{option.help} ({'; '.join(notes)})" if notes else option.help
 
@@ -294,6 +417,7 @@ def add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> N
         else:
             parser.add_argument(
                 *names,
+                action="append" if option.many else "store",
                 type=argparse_type(option),
                 metavar=option.metavar or ("N" if getattr(option.parse, "bounds", None) else None),
                 **common,
@@ -365,8 +489,12 @@ def file_value(option: Option, raw: object) -> Any:
     """A TOML value of the option's type, checked by the flag's parser (same ranges apply).
 
     The TOML type must fit: ``workers = 8`` and ``timeout = 2.5``, not ``"8"``;
-    paths and URLs are strings.
+    paths and URLs are strings; a list option (``include``) is an array of its items.
     """
+    if option.many:
+        if not isinstance(raw, list):
+            raise TypeError(f'must be an array, e.g. ["django*"], not {raw!r}')
+        return tuple(file_value(replace(option, many=False), item) for item in raw)
     if option.parse is None:
         if not isinstance(raw, bool):
             raise TypeError(f"must be true or false, not {raw!r}")
@@ -400,11 +528,16 @@ def resolve(
         Path(environ[CONFIG_ENV]) if environ.get(CONFIG_ENV) else None
     )
     wanted = {option.dest for option in options}
+    lists = {option.dest for option in options if option.many}  # argparse's append: a list
     from_file = load_config_file(config_path) if config_path else {}
     layers = [
         {dest: value for dest, value in from_file.items() if dest in wanted},
         environment_values(environ, options),
-        {dest: value for dest, value in given.items() if dest in wanted},
+        {
+            dest: tuple(value) if dest in lists else value
+            for dest, value in given.items()
+            if dest in wanted
+        },
     ]
     check_exclusive(layers[1], " and ".join(f"PYPI_MIRROR_{key.upper()}" for key in EXCLUSIVE))
     check_exclusive(layers[2], " and ".join(f"--{key}" for key in EXCLUSIVE))
@@ -423,11 +556,36 @@ def environment_values(environ: Mapping[str, str], options: Sequence[Option]) ->
     for option in options:
         name = option.env_name
         if name and environ.get(name, "") != "":
+            parse = option.parse or switch
             try:
-                values[option.dest] = (option.parse or switch)(environ[name])
+                if option.many:
+                    values[option.dest] = tuple(parse(item) for item in split_list(environ[name]))
+                else:
+                    values[option.dest] = parse(environ[name])
             except (ValueError, argparse.ArgumentTypeError) as exc:
                 raise UsageError(f"environment variable {name}: {exc}") from None
     return values
+
+
+def check_audit_options(values: Mapping[str, Any]) -> None:
+    """Refuse audit settings that cannot work together; raises UsageError."""
+    if values.get("repair") and not values.get("audit"):
+        raise UsageError("--repair repairs what --audit finds: give both")
+    if values.get("audit") and any(values.get(k) for k in ("full_check", "dry_run", "status")):
+        raise UsageError(
+            "--audit runs alone: run --full-check first, then --audit "
+            "(--audit without --repair changes nothing)"
+        )
+    if bool(values.get("tuf_metadata_url")) != bool(values.get("tuf_root")):
+        raise UsageError(
+            "--tuf-metadata-url (env TUF_METADATA_URL) and --tuf-root (env TUF_ROOT) go "
+            "together: the metadata is verified from the root you trust"
+        )
+    if values.get("audit") and not values.get("tuf_metadata_url"):
+        raise UsageError(
+            "--audit needs --tuf-metadata-url URL (env TUF_METADATA_URL) and --tuf-root FILE "
+            "(env TUF_ROOT)"
+        )
 
 
 def check_exclusive(values: Mapping[str, Any], what: str) -> None:
@@ -449,6 +607,12 @@ def config_from(
         raise UsageError("--json goes with --status")
     if values.get("status") and (values.get("dry_run") or values.get("full_check")):
         raise UsageError("--status only reads; give it without --dry-run and --full-check")
+    check_audit_options(values)
+    if values.get("no_rstuf") and values.get("rstuf_url"):
+        raise UsageError(
+            "--no-rstuf and an RSTUF URL (--rstuf-url, RSTUF_API_URL or rstuf-url in the "
+            "config file) exclude each other: drop one"
+        )
     token = environ.get(TOKEN_ENV) or None
     quiet = values.get("quiet", False)
     return Config(**values, rstuf_token=token, progress=sys.stderr.isatty() and not quiet)
@@ -462,6 +626,11 @@ def mirror_paths(
     generate_csv.py reads them from the same flags, environment and config file,
     so both scripts always agree on where the mirror is.
     """
-    shared = [option for option in OPTIONS if option.key in ("mirror-dir", "state")]
-    config = Config(**resolve(args, environ, shared))
+    config = mirror_config(args, environ)
     return config.mirror_dir, config.state_file
+
+
+def mirror_config(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> Config:
+    """A Config of only the mirror directory and state file (`state_path` None: the default)."""
+    shared = [option for option in OPTIONS if option.key in ("mirror-dir", "state")]
+    return Config(**resolve(args, environ, shared))

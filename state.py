@@ -11,13 +11,19 @@ import contextlib
 import glob
 import json
 import re
+import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cli_support import ToolError
 from mirror_store import InvalidProjectName, atomic_write, project_dir_name
+from project_filter import ProjectFilter
 
-STATE_SCHEMA = 1
+STATE_SCHEMA = 2
+# Schema 1 (release 1.0) had no identity: read once, then written as schema 2 (see `State`).
+READABLE_SCHEMAS = (1, STATE_SCHEMA)
+_MIRROR_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 class StateError(ToolError):
@@ -36,32 +42,101 @@ class PendingProject:
 
 @dataclass
 class OutboxTask:
-    """An RSTUF task that was accepted but has not been seen to reach SUCCESS."""
+    """An add or remove RSTUF accepted, or may have accepted, and not yet seen to succeed.
+
+    In `Outbox.tasks` it has RSTUF's task id; in `Outbox.uncertain` the id is
+    "" (never learnt: the answer was lost, or the run was killed before it was
+    saved) or the id of a task that failed.
+    """
 
     task_id: str
     action: str  # "add" or "remove"
     paths: list[str]
-    published: bool  # False: sent with publish_artifacts=false, needs a publish
+    sent_at: float  # epoch seconds
+    digests: dict[str, str] = field(default_factory=dict)  # path -> blake2b-256 sent (adds)
+
+
+@dataclass
+class PublishTask:
+    """A publish the mirror posted, polled until it reaches a final state."""
+
+    task_id: str
     sent_at: float  # epoch seconds
 
 
 @dataclass
 class Outbox:
-    """Changes the mirror owes RSTUF.
+    """Changes the mirror owes RSTUF, and every RSTUF task it started for them.
 
     `dirty` holds target paths whose current state (the bytes on disk, or
     absence) RSTUF has not been told yet; the artifact is computed from disk
-    when it is sent, so only a path's final state is ever delivered.
+    when it is sent, so only a path's final state is ever delivered. `signed`
+    keeps, for each target owed, the digest RSTUF signs until it confirms a
+    newer state ("": no such target at RSTUF): that copy, those in flight and
+    the current one are all a TUF client can be sent to.
     """
 
     dirty: set[str] = field(default_factory=set)
     tasks: list[OutboxTask] = field(default_factory=list)
+    publishes: list[PublishTask] = field(default_factory=list)
+    uncertain: list[OutboxTask] = field(default_factory=list)
+    signed: dict[str, str] = field(default_factory=dict)
 
     def in_flight_paths(self) -> set[str]:
         return {path for task in self.tasks for path in task.paths}
 
+    def owed(self) -> set[str]:
+        """Targets whose current state RSTUF has not confirmed."""
+        return self.dirty | self.in_flight_paths()
+
+    def owe(self, changed: Mapping[str, str | None]) -> None:
+        """Targets changed; `changed` maps each to the digest RSTUF signed before (None: none).
+
+        Only the first change while a target is owed records what RSTUF signs:
+        later ones replace versions RSTUF never saw.
+        """
+        in_flight: set[str] | None = None
+        for target, signed_digest in changed.items():
+            if target not in self.signed and target not in self.dirty:
+                if in_flight is None:
+                    in_flight = self.in_flight_paths()  # once per batch, not per target
+                if target not in in_flight:
+                    self.signed[target] = signed_digest or ""
+            self.dirty.add(target)
+
+    def confirm(self, target: str, digest: str | None) -> str | None:
+        """RSTUF now signs `digest` (None: removed) for `target`; return what it signed before.
+
+        None when that was not recorded (a state file from before it was).
+        """
+        before = self.signed.pop(target, None)
+        if target in self.dirty:  # changed again since (a path is in one task at a time)
+            self.signed[target] = digest or ""
+        return before
+
+    def held_digests(self) -> dict[str, set[str]]:
+        """For each target, the digests RSTUF signs or may soon sign: their copies stay."""
+        held: dict[str, set[str]] = {}
+        for target, digest in self.signed.items():
+            if digest:
+                held.setdefault(target, set()).add(digest)
+        for task in (*self.tasks, *self.uncertain):
+            for target, digest in task.digests.items():
+                held.setdefault(target, set()).add(digest)
+        return held
+
+    def clear(self) -> int:
+        """Forget everything owed (running without RSTUF); return how many targets were."""
+        owed = len(self)
+        self.dirty.clear()
+        self.tasks.clear()
+        self.publishes.clear()
+        self.uncertain.clear()
+        self.signed.clear()
+        return owed
+
     def __len__(self) -> int:
-        return len(self.dirty | self.in_flight_paths())
+        return len(self.owed())
 
 
 @dataclass
@@ -77,10 +152,31 @@ class State:
     full_sync_in_progress: bool = False
     # the root index may lag the pages (a run died between them); rebuild it
     root_stale: bool = False
+    # RSTUF's TUF metadata was seen to sign the root index: the bootstrap import is done,
+    # so deliveries can no longer collide with it (checked once, with a metadata URL)
+    bootstrap_seen: bool = False
+    # the --include/--exclude set the mirror was last brought in line with
+    filters: ProjectFilter = field(default_factory=ProjectFilter)
+    # the page forms the mirror holds ("html", "json"); a state from before JSON pages: html
+    formats: tuple[str, ...] = ("html",)
+    # The identity of the mirror this state belongs to (see safety.py): the id also
+    # written in the mirror's marker file, the directory and the upstream it was last
+    # run with. None only before a state's first run (or in a schema-1 file).
+    mirror_id: str | None = None
+    mirror_dir: str | None = None
+    upstream: str | None = None
+    # the full sync in progress is a first sync into an empty mirror: RSTUF learns its
+    # pages from generate_csv.py, so they do not go to the outbox
+    first_sync: bool = False
+    # not saved: the schema of the file this state was read from (None: there was no file)
+    read_schema: int | None = field(default=None, compare=False)
 
     def to_json(self) -> dict:
         return {
             "schema": STATE_SCHEMA,
+            "mirror_id": self.mirror_id,
+            "mirror_dir": self.mirror_dir,
+            "upstream": self.upstream,
             "serial": self.serial,
             "pending": {
                 name: {
@@ -92,21 +188,71 @@ class State:
             },
             "outbox": {
                 "dirty": sorted(self.outbox.dirty),
-                "tasks": [
-                    {
-                        "task_id": t.task_id,
-                        "action": t.action,
-                        "paths": t.paths,
-                        "published": t.published,
-                        "sent_at": t.sent_at,
-                    }
-                    for t in self.outbox.tasks
+                # every task is sent unpublished and covered by the mirror's publishes
+                # (schema 1's "published" flag is read as nothing more)
+                "tasks": [_task_json(t) for t in self.outbox.tasks],
+                "publishes": [
+                    {"task_id": p.task_id, "sent_at": p.sent_at} for p in self.outbox.publishes
                 ],
+                "uncertain": [_task_json(t) for t in self.outbox.uncertain],
+                "signed": dict(sorted(self.outbox.signed.items())),
             },
             "retired": dict(sorted(self.retired.items())),
             "full_sync_in_progress": self.full_sync_in_progress,
+            "first_sync": self.first_sync,
             "root_stale": self.root_stale,
+            "bootstrap_seen": self.bootstrap_seen,
+            "filters": self.filters.to_json(),
+            "formats": list(self.formats),
         }
+
+
+def _task_json(task: OutboxTask) -> dict:
+    return {
+        "task_id": task.task_id,
+        "action": task.action,
+        "paths": task.paths,
+        "sent_at": task.sent_at,
+        "digests": dict(sorted(task.digests.items())),
+    }
+
+
+def _task_from_json(doc: object, needs_id: bool) -> OutboxTask:
+    _require(isinstance(doc, dict), "bad outbox task")
+    assert isinstance(doc, dict)
+    task_id, action, paths = doc.get("task_id", ""), doc.get("action"), doc.get("paths")
+    _require(isinstance(task_id, str) and (bool(task_id) or not needs_id), "bad outbox task id")
+    _require(action in ("add", "remove"), "bad outbox task action")
+    _require(isinstance(paths, list) and all(map(_is_target, paths)), "bad outbox task paths")
+    digests = doc.get("digests", {})
+    _require(
+        isinstance(digests, dict)
+        and all(_is_target(p) and _is_digest(d) for p, d in digests.items()),
+        "bad outbox task digests",
+    )
+    return OutboxTask(task_id, action, list(paths), float(doc["sent_at"]), dict(digests))
+
+
+def _outbox_from_json(doc: object) -> Outbox:
+    _require(isinstance(doc, dict), "bad 'outbox'")
+    assert isinstance(doc, dict)
+    dirty = doc.get("dirty", [])
+    _require(isinstance(dirty, list) and all(map(_is_target, dirty)), "bad 'outbox.dirty'")
+    tasks = [_task_from_json(task, needs_id=True) for task in doc.get("tasks", [])]
+    uncertain = [_task_from_json(task, needs_id=False) for task in doc.get("uncertain", [])]
+    publishes = []
+    for publish in doc.get("publishes", []):
+        _require(isinstance(publish, dict), "bad outbox publish")
+        task_id = publish.get("task_id")
+        _require(isinstance(task_id, str) and bool(task_id), "bad outbox publish id")
+        publishes.append(PublishTask(task_id, float(publish["sent_at"])))
+    signed = doc.get("signed", {})
+    _require(
+        isinstance(signed, dict)
+        and all(_is_target(p) and (d == "" or _is_digest(d)) for p, d in signed.items()),
+        "bad 'outbox.signed'",
+    )
+    return Outbox(set(dirty), tasks, publishes, uncertain, dict(signed))
 
 
 def _require(condition: bool, what: str) -> None:
@@ -118,10 +264,11 @@ def _state_from_json(doc: object) -> State:
     _require(isinstance(doc, dict), "not a JSON object")
     assert isinstance(doc, dict)
     schema = doc.get("schema")
-    if schema != STATE_SCHEMA:
+    if schema not in READABLE_SCHEMAS or type(schema) is not int:
         raise StateError(
-            f"unknown schema version {schema!r} (this tool reads {STATE_SCHEMA}); "
-            "use the pypi_mirror.py release that wrote it"
+            f"unknown schema version {schema!r} (this tool reads "
+            f"{' and '.join(map(str, READABLE_SCHEMAS))}); use the pypi_mirror.py release "
+            "that wrote it"
         )
     serial = doc.get("serial")
     _require(serial is None or (type(serial) is int and serial >= 0), "bad 'serial'")
@@ -136,43 +283,66 @@ def _state_from_json(doc: object) -> State:
         expect_page = entry.get("expect_page", False)
         _require(isinstance(expect_page, bool), f"bad pending {name!r}")
         pending[name] = PendingProject(display, p_serial, expect_page)
-    outbox_doc = doc.get("outbox", {})
-    _require(isinstance(outbox_doc, dict), "bad 'outbox'")
-    dirty = outbox_doc.get("dirty", [])
-    _require(isinstance(dirty, list) and all(map(_is_target, dirty)), "bad 'outbox.dirty'")
-    tasks = []
-    for task in outbox_doc.get("tasks", []):
-        _require(isinstance(task, dict), "bad outbox task")
-        tasks.append(
-            OutboxTask(
-                task_id=str(task["task_id"]),
-                action=task["action"],
-                paths=list(task["paths"]),
-                published=bool(task["published"]),
-                sent_at=float(task["sent_at"]),
-            )
-        )
-        _require(task["action"] in ("add", "remove"), "bad outbox task action")
-        _require(all(map(_is_target, task["paths"])), "bad outbox task paths")
+    outbox = _outbox_from_json(doc.get("outbox", {}))
     retired_doc = doc.get("retired", {})
     _require(isinstance(retired_doc, dict), "bad 'retired'")
     retired = {}
     for path, when in retired_doc.items():
         _require(_is_retired_copy(path) and isinstance(when, int | float), "bad 'retired'")
         retired[path] = float(when)
-    flags = {key: doc.get(key, False) for key in ("full_sync_in_progress", "root_stale")}
+    flag_names = ("full_sync_in_progress", "root_stale", "first_sync", "bootstrap_seen")
+    flags = {key: doc.get(key, False) for key in flag_names}
     _require(all(isinstance(value, bool) for value in flags.values()), "bad flags")
-    return State(serial, pending, Outbox(set(dirty), tasks), retired, **flags)
+    filters = ProjectFilter.from_json(doc.get("filters", {}))
+    formats = doc.get("formats", ["html"])
+    _require(
+        isinstance(formats, list) and bool(formats) and set(formats) <= {"html", "json"},
+        "bad 'formats'",
+    )
+    identity = {key: doc.get(key) for key in ("mirror_id", "mirror_dir", "upstream")}
+    if schema == 1:
+        _require(all(value is None for value in identity.values()), "identity in a schema 1 file")
+    _require(identity["mirror_id"] is None or _is_mirror_id(identity["mirror_id"]), "bad mirror_id")
+    _require(all(v is None or isinstance(v, str) for v in identity.values()), "bad identity")
+    state = State(
+        serial,
+        pending,
+        outbox,
+        retired,
+        **flags,
+        **identity,
+        filters=filters,
+        formats=tuple(formats),
+    )
+    state.read_schema = schema
+    return state
 
 
-_TARGET = re.compile(r"^(index\.html|simple/[a-z0-9]+(-[a-z0-9]+)*/index\.html)$")
+def new_mirror_id() -> str:
+    """A random id for a new mirror, written in its state and in its marker file."""
+    return secrets.token_hex(16)
+
+
+def _is_mirror_id(value: object) -> bool:
+    return isinstance(value, str) and bool(_MIRROR_ID.match(value))
+
+
+# Targets: the two roots (index.html; simple/index.v1_json) and each project's two pages.
+_NAME = r"[a-z0-9]+(-[a-z0-9]+)*"
+_TARGET = re.compile(rf"^(index\.html|simple/index\.v1_json|simple/{_NAME}/index\.(html|v1_json))$")
+_DIGEST = re.compile(r"^[0-9a-f]{64}$")
 _RETIRED = re.compile(
-    r"^([0-9a-f]{64}\.index\.html|simple/[a-z0-9]+(-[a-z0-9]+)*/[0-9a-f]{64}\.index\.html)$"
+    rf"^([0-9a-f]{{64}}\.index\.html|simple/[0-9a-f]{{64}}\.index\.v1_json"
+    rf"|simple/{_NAME}/[0-9a-f]{{64}}\.index\.(html|v1_json))$"
 )
 
 
 def _is_target(path: object) -> bool:
     return isinstance(path, str) and bool(_TARGET.match(path))
+
+
+def _is_digest(value: object) -> bool:
+    return isinstance(value, str) and bool(_DIGEST.match(value))
 
 
 def _is_retired_copy(path: object) -> bool:
@@ -223,3 +393,35 @@ def clear_state_temps(path: Path) -> int:
             temp.unlink()
             removed += 1
     return removed
+
+
+# Release 1.0 kept state.json in the working directory; 1.1 keeps it in the mirror directory.
+LEGACY_DEFAULT_STATE = Path("state.json")
+
+
+def refuse_legacy_default_state(state_file: Path, given: bool) -> None:
+    """Refuse to start afresh beside the state a 1.0 release left in the working directory.
+
+    Without ``--state``, a run whose mirror has no state file of its own but
+    whose working directory holds release 1.0's ``./state.json`` would start a
+    first sync (or refuse the mirror as stateless) while the real state, and
+    the RSTUF outbox in it, sits unused. Raises StateError saying to move it.
+    """
+    legacy = LEGACY_DEFAULT_STATE
+    if given or state_file.exists() or not legacy.is_file():
+        return
+    if legacy.resolve() == state_file.resolve() or not _looks_like_state(legacy):
+        return
+    raise StateError(
+        f"found {legacy.absolute()}, where releases before 1.1 kept the state, but no "
+        f"{state_file}: move it there (mv {legacy} {state_file}), or pass --state {legacy}"
+    )
+
+
+def _looks_like_state(path: Path) -> bool:
+    """Whether `path` is a JSON object with this tool's keys (not someone else's state.json)."""
+    try:
+        doc = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and "schema" in doc and "serial" in doc

@@ -7,13 +7,15 @@ of I/O:
 
 - which listed projects a full sync may skip (`is_current`) and which it must
   fetch (`full_sync_fetches`);
-- whether a fetched page is as new as the changelog says (`stale_answer`);
-- what an update changes in the root index (`root_changes`).
+- whether a fetched page is as new as the changelog says (`stale_answer`), and
+  whether a project's forms (HTML, PEP 691 JSON) show it at one moment (`forms_answer`);
+- what an update changes in the root indexes (`root_changes`, `json_root_changes`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Set
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set
+from dataclasses import dataclass
 
 from changelog import Listing, Selection
 from pypi_client import FetchedPage, MissingPage, StalePage
@@ -32,19 +34,19 @@ def is_current(listed: PendingProject, on_disk_serial: int | None) -> bool:
 def full_sync_fetches(
     wanted: Listing,
     local: Iterable[str],
-    on_disk_serial: Callable[[str], int | None] | None,
+    on_disk_serial: Callable[[str, PendingProject], int | None] | None,
     pending: Mapping[str, PendingProject],
 ) -> Selection:
     """What a full sync fetches: every listed project not current, every local project
     PyPI no longer lists (its page decides: 404 removes it), and every pending one.
 
     `local` (the mirror's project directories) is streamed once, and no set of
-    it is kept. A listed project on disk and not pending is current when its
-    page's trailer (`on_disk_serial`, asked only for those) `is_current`;
-    without `on_disk_serial` (``--full-check``) none is. The current ones are
-    left out of `wanted` with a byte each (`Selection.excluded` counts them): no
-    second 700,000-entry mapping, whatever the mirror holds. `Selection.local_seen`
-    counts the local projects.
+    it is kept. A listed project on disk and not pending is current when the
+    serial of its pages (`on_disk_serial(name, listed)`, asked only for those)
+    `is_current`; without `on_disk_serial` (``--full-check``) none is. The
+    current ones are left out of `wanted` with a byte each (`Selection.excluded`
+    counts them): no second 700,000-entry mapping, whatever the mirror holds.
+    `Selection.local_seen` counts the local projects.
     """
     to_fetch = Selection(wanted)
     for name in local:
@@ -52,11 +54,11 @@ def full_sync_fetches(
         index = wanted.index(name)
         if index < 0:
             to_fetch.merge(name, PendingProject(name, 0))
-        elif (
-            on_disk_serial is not None
-            and name not in pending
-            and is_current(wanted.item(index), on_disk_serial(name))
-        ):
+            continue
+        if on_disk_serial is None or name in pending:
+            continue
+        listed = wanted.item(index)
+        if is_current(listed, on_disk_serial(name, listed)):
             to_fetch.exclude(index)
     for name, item in pending.items():
         to_fetch.merge(name, item)
@@ -75,6 +77,54 @@ def stale_answer(page: FetchedPage, wanted: PendingProject) -> StalePage | Missi
     if page.serial is None or page.serial < wanted.serial:
         return StalePage(page.name, wanted.serial, page.serial or 0)
     return None
+
+
+@dataclass(frozen=True)
+class FormsAnswer:
+    """What one project's answers (one per form) say: done, or which forms to fetch again."""
+
+    behind: tuple[int, ...]  # indexes of the forms to fetch again; empty: use them
+    problem: StalePage | MissingPage | None  # why (what the run reports if it stays so)
+    expected: int  # the serial the forms fetched again must reach
+
+
+def forms_answer(pages: Sequence[FetchedPage], wanted: PendingProject) -> FormsAnswer:
+    """Whether a project's pages in each form show it at one moment, as new as `wanted`.
+
+    Each form must pass `stale_answer` against the newest serial any of them
+    (or the changelog) shows: a form behind it is a CDN copy not caught up. A
+    404 beside a 200 is a removal or a creation not yet seen by every cache:
+    when the changelog says the project exists only the 404s are behind,
+    otherwise every form is asked again. With one form this is `stale_answer`.
+    """
+    newest = max([wanted.serial, *(page.serial or 0 for page in pages if page.body is not None)])
+    target = PendingProject(wanted.display_name, newest, wanted.expect_page)
+    missing = [index for index, page in enumerate(pages) if page.body is None]
+    if missing and len(missing) < len(pages) and not wanted.expect_page:
+        everything = tuple(range(len(pages)))
+        return FormsAnswer(everything, MissingPage(pages[missing[0]].name, newest), newest)
+    problems = [(index, stale_answer(page, target)) for index, page in enumerate(pages)]
+    behind = [(index, problem) for index, problem in problems if problem is not None]
+    return FormsAnswer(tuple(i for i, _ in behind), behind[0][1] if behind else None, newest)
+
+
+def json_root_changes(
+    to_fetch: Mapping[str, PendingProject],
+    fetched: Set[str],
+    listed: Callable[[str], bool],
+    serial_of: Callable[[str, PendingProject], int],
+) -> dict[str, tuple[str, int] | None]:
+    """The JSON root's lines an update merges: each fetched project's name and page serial.
+
+    Unlike the HTML root's (`root_changes`), a line changes whenever the
+    project's serial does, so the caller merges these whenever a page changed.
+    """
+    return {
+        name: (to_fetch[name].display_name, serial_of(name, to_fetch[name]))
+        if listed(name)
+        else None
+        for name in fetched
+    }
 
 
 def root_changes(

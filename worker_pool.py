@@ -20,7 +20,11 @@ _END = object()
 
 
 def map_unordered(
-    function: Callable[[T], R], items: Iterator[T], workers: int, window: int
+    function: Callable[[T], R],
+    items: Iterator[T],
+    workers: int,
+    window: int,
+    poll: Callable[[], None] | None = None,
 ) -> Iterator[R]:
     """Yield `function(item)` for every item, computed on `workers` threads, as each finishes.
 
@@ -36,9 +40,11 @@ def map_unordered(
     Results are handed over in a deque the consumer drains when woken, and it
     is woken once per `window // 2` results (or a worker's end), not per
     result: a wake-up is a syscall made while holding the GIL, and on a
-    virtual machine one per page cost a fifth of a first sync's CPU.
+    virtual machine one per page cost a fifth of a first sync's CPU. `poll`
+    runs in the consumer's thread at least every `_Handoff.POLL` seconds
+    (to notice a signal while every worker waits on a slow answer).
     """
-    return iter(WorkerPool(function, items, workers, window))
+    return iter(WorkerPool(function, items, workers, window, poll=poll))
 
 
 class WorkerPool(Generic[T, R]):
@@ -52,9 +58,10 @@ class WorkerPool(Generic[T, R]):
         workers: int,
         window: int,
         feeders: int = 0,
+        poll: Callable[[], None] | None = None,
     ) -> None:
         self.function, self.items, self.workers = function, items, workers
-        self.feeders = feeders
+        self.feeders, self.poll = feeders, poll
         self._handoff = _Handoff(window)
         self._lock = threading.Lock()
 
@@ -101,6 +108,8 @@ class WorkerPool(Generic[T, R]):
         running = len(threads) + self.feeders
         try:
             while running:
+                if self.poll is not None:
+                    self.poll()
                 for ok, value in handoff.drain():
                     if ok:
                         yield value  # type: ignore[misc]

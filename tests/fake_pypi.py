@@ -18,10 +18,16 @@ What it models (warehouse's ``warehouse/legacy/api/xmlrpc/views.py``, ``warehous
   answers warehouse's fault -32500 ``ValueError: The changelog method has been deprecated, use
   changelog_since_serial instead.``; any other method pyramid_rpc's -32601 ``server error;
   requested method not found``; wrong arguments -32602; an unparsable body -32700.
+  `switch_off_xmlrpc` models the day PyPI retires it (bandersnatch 8 already lives without it):
+  the endpoint answers 404, 405 or 410, or every mirroring method a -32500 fault saying it
+  has been disabled.
 * The Simple API (PEP 503/691/700/792): ``/simple/`` and ``/simple/<normalized>/`` with content
   negotiation (WebOb's rule as warehouse uses it: highest q wins, ties go to ``text/html``, then
   ``application/vnd.pypi.simple.v1+html``, then ``+json``; nothing acceptable gives HTML),
-  ``Vary: Accept`` and ``X-PyPI-Last-Serial``; 301 to the normalized URL and 404 carry no serial.
+  ``Vary: Accept``, ``X-PyPI-Last-Serial`` and warehouse's CORS headers; 301 to the normalized
+  URL and 404 carry no serial. The JSON root (``Accept: application/vnd.pypi.simple.v1+json``)
+  is warehouse's ``{"meta": {"api-version", "_last-serial"}, "projects": [{"name",
+  "_last-serial"}]}`` and, like the HTML root, leaves quarantined projects out.
 * Enough of the JSON API (``/pypi/<name>/json``) for bandersnatch 8.2 with
   ``release-files = false``.
 
@@ -133,6 +139,23 @@ RATE_LIMIT_MESSAGE = (
 )
 CHANGELOG_REMOVED = (
     "ValueError: The changelog method has been deprecated, use changelog_since_serial instead."
+)
+XMLRPC_DISABLED = (
+    "RuntimeError: This API has been disabled. Use the JSON Simple API (PEP 691) at /simple/ "
+    "instead."
+)
+# How XML-RPC can be switched off: an HTTP status for the endpoint, or a fault for each call.
+XMLRPC_OFF_MODES = ("404", "405", "410", "disabled")
+# warehouse.utils.cors._CORS_HEADERS, sent with every Simple API answer
+CORS_HEADERS = (
+    ("Access-Control-Allow-Origin", "*"),
+    (
+        "Access-Control-Allow-Headers",
+        "Content-Type, If-Match, If-Modified-Since, If-None-Match, If-Unmodified-Since",
+    ),
+    ("Access-Control-Allow-Methods", "GET"),
+    ("Access-Control-Max-Age", "86400"),
+    ("Access-Control-Expose-Headers", "X-PyPI-Last-Serial"),
 )
 
 # --- names, escaping, versions -------------------------------------------------------------
@@ -829,6 +852,7 @@ class FakePyPI:
         self._journal: list[JournalRow] = []
         self._raw_listing: dict[str, int] = {}
         self._files: dict[str, bytes] = {}  # URL path -> body, for add_wheel's files
+        self._xmlrpc_off: str | None = None  # one of XMLRPC_OFF_MODES while switched off
         self._generation = 0
         self._root: RootRendering | None = None
         self._root_previous: RootRendering | None = None
@@ -1014,6 +1038,18 @@ class FakePyPI:
             else:
                 key = target if target == "root" else normalize(target)
                 self._page_faults.setdefault(key, deque()).append(fault)
+
+    def switch_off_xmlrpc(self, mode: str = "410") -> None:
+        """Retire XML-RPC: ``"404"``, ``"405"``, ``"410"`` (the endpoint's HTTP answer) or
+        ``"disabled"`` (every mirroring method answers a -32500 fault saying so)."""
+        if mode not in XMLRPC_OFF_MODES:
+            raise ValueError(f"unknown mode {mode!r}; known: {XMLRPC_OFF_MODES}")
+        with self._lock:
+            self._xmlrpc_off = mode
+
+    def switch_on_xmlrpc(self) -> None:
+        with self._lock:
+            self._xmlrpc_off = None
 
     def clear_faults(self) -> None:
         with self._lock:
@@ -1564,6 +1600,10 @@ class FakePyPI:
     def _route(self, request: Request) -> tuple[str, str | None, Reply, ArmedFault | None]:
         path = request.path
         if path in XMLRPC_PATHS:
+            off = self._xmlrpc_off
+            if off is not None and off != "disabled":
+                allow = [("Allow", "GET, HEAD")] if off == "405" else []
+                return "xmlrpc", None, _error_reply(int(off), allow), None
             if request.method != "POST":
                 return "xmlrpc", None, _error_reply(405, [("Allow", "POST")]), None
             return self._route_xmlrpc(request)
@@ -1726,6 +1766,8 @@ class FakePyPI:
                 _fault_reply(-32601, "server error; requested method not found"),
                 None,
             )
+        if self._xmlrpc_off == "disabled":
+            return "xmlrpc", method, _fault_reply(-32500, XMLRPC_DISABLED), None
         fault = self._take_fault(self._xmlrpc_faults, method)
         if fault is None:
             return "xmlrpc", method, self._call(method, params), None
@@ -1838,6 +1880,7 @@ def _simple_reply(media: str, body: bytes, serial: int) -> Reply:
         ("Vary", "Accept"),
         ("X-PyPI-Last-Serial", str(serial)),
         ("Cache-Control", "max-age=600, public"),
+        *CORS_HEADERS,
     ]
     return Reply(200, headers, body)
 
@@ -2083,6 +2126,11 @@ def _serve_main(argv: Sequence[str]) -> int:
     parser.add_argument("--page-cap", type=int, default=DEFAULT_PAGE_CAP)
     parser.add_argument("--certfile", help="serve https with this certificate")
     parser.add_argument("--keyfile", help="key for --certfile")
+    parser.add_argument(
+        "--xmlrpc-off",
+        choices=XMLRPC_OFF_MODES,
+        help="serve no XML-RPC: the endpoint answers this HTTP status, or 'disabled' faults",
+    )
     args = parser.parse_args(argv)
 
     fake = FakePyPI(
@@ -2096,6 +2144,8 @@ def _serve_main(argv: Sequence[str]) -> int:
     started = time.perf_counter()
     fake.populate(args.projects, seed=args.seed)
     elapsed = time.perf_counter() - started
+    if args.xmlrpc_off:
+        fake.switch_off_xmlrpc(args.xmlrpc_off)
 
     serve_until_stopped(
         fake,

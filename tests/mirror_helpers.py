@@ -6,7 +6,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,25 +13,38 @@ import requests
 
 import pypi_mirror
 import root_index
-import rstuf_client
-from mirror_store import MirrorLayout, digest_file, iter_targets
+from mirror_store import PAGE_NAMES, MirrorLayout, digest_file, iter_targets, prefixed_name
 from state import load_state
 
 View = dict[str, dict]
 REPO = Path(__file__).resolve().parent.parent
 FAST = ["--xmlrpc-interval", "0", "--backoff", "0.01", "--retries", "2", "--workers", "4"]
 # A consistent-snapshot copy: a page's blake2b-256 and its name, hard-linked beside it.
-PREFIXED_COPY = re.compile(r"[0-9a-f]{64}\.index\.html")
+PREFIXED_COPY = re.compile(r"[0-9a-f]{64}\.index\.(html|v1_json)")
 
 
 @dataclass
 class Mirror:
-    """One mirror directory and its state file, driven through main() or the CLI."""
+    """One mirror directory and its state file, driven through main() or the CLI.
+
+    A mirror that never had an RSTUF URL runs with ``--no-rstuf`` (a mirror
+    without RSTUF on purpose); once it had one, clearing `rstuf_url` again is an
+    RSTUF left unconfigured, whose changes wait in the outbox.
+    """
 
     root: Path
     state: Path
     pypi_url: str
     rstuf_url: str | None = None
+    had_rstuf: bool = False
+
+    def __post_init__(self) -> None:
+        self.had_rstuf = self.had_rstuf or bool(self.rstuf_url)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name == "rstuf_url" and value:
+            object.__setattr__(self, "had_rstuf", True)
+        object.__setattr__(self, name, value)
 
     @property
     def layout(self) -> MirrorLayout:
@@ -43,6 +55,8 @@ class Mirror:
         args += ["--pypi-url", self.pypi_url, *FAST]
         if self.rstuf_url:
             args += ["--rstuf-url", self.rstuf_url, "--rstuf-wait", "20"]
+        elif not self.had_rstuf:
+            args += ["--no-rstuf"]
         return [*args, *extra]
 
     def run(self, *extra: str) -> int:
@@ -91,9 +105,27 @@ class Mirror:
         return found
 
 
-def upstream_page(pypi_url: str, name: str) -> bytes | None:
+def upstream_page(
+    pypi_url: str, name: str, session: requests.Session | None = None
+) -> bytes | None:
     """What the stand-in PyPI serves for a project right now (None: 404)."""
-    response = requests.get(f"{pypi_url}/simple/{name}/", timeout=10, allow_redirects=False)
+    get = session.get if session is not None else requests.get
+    response = get(f"{pypi_url}/simple/{name}/", timeout=10, allow_redirects=False)
+    with response:
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+        return response.content
+
+
+def upstream_json_page(pypi_url: str, name: str) -> bytes | None:
+    """The PEP 691 JSON page the stand-in PyPI serves for a project right now (None: 404)."""
+    response = requests.get(
+        f"{pypi_url}/simple/{name}/",
+        timeout=10,
+        allow_redirects=False,
+        headers={"Accept": "application/vnd.pypi.simple.v1+json"},
+    )
     with response:
         if response.status_code == 404:
             return None
@@ -115,8 +147,9 @@ def assert_mirror_matches_upstream(mirror: Mirror) -> None:
     """The mirror holds exactly PyPI's listed projects, each page byte for byte."""
     listing = upstream_listing(mirror.pypi_url)
     assert mirror.root_projects() == listing
-    for name in listing:
-        assert mirror.page(name) == upstream_page(mirror.pypi_url, name), name
+    with requests.Session() as session:  # one kept-alive connection for every page
+        for name in listing:
+            assert mirror.page(name) == upstream_page(mirror.pypi_url, name, session), name
     assert_consistent(mirror)
 
 
@@ -125,8 +158,8 @@ def assert_consistent(mirror: Mirror) -> None:
     served = mirror.layout.served_dir
     for path in served.rglob("*"):
         assert ".tmp" not in path.name, path
-        if path.name == "index.html":
-            copy = path.parent / f"{digest_file(path).hexdigest}.index.html"
+        if path.name in PAGE_NAMES:
+            copy = path.parent / prefixed_name(digest_file(path).hexdigest, path.name)
             assert copy.exists() and os.path.samefile(copy, path), copy
 
 
@@ -148,8 +181,5 @@ def mirror_view(layout: MirrorLayout) -> View:
 
 
 def bootstrap(rstuf, view: View) -> None:
-    """Stand in for RSTUF's CSV import: register `view` (the first sync's pages)."""
-    artifacts = [rstuf_client.Artifact(p, i["length"], i["hashes"]) for p, i in view.items()]
-    with rstuf_client.RstufClient(rstuf.url, poll_interval=0.02) as client:
-        client.wait(client.add(artifacts), deadline=time.monotonic() + 10)
-    rstuf.accepted.clear()
+    """RSTUF's CSV import (``rstuf admin import-artifacts``) of `view`, the first sync's pages."""
+    rstuf.import_artifacts(view)

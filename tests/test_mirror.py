@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import random
 import signal
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from tests.mirror_helpers import (
     assert_mirror_matches_upstream,
     files_outside,
     page_filenames,
+    upstream_listing,
     upstream_page,
 )
 
@@ -153,7 +155,23 @@ def test_remove_project_removes_its_page_and_root_entry(mirror: Mirror, pypi: Fa
     assert mirror.run("--grace", "0") == 0
     assert mirror.page("django") is None
     assert "django" not in mirror.root_projects()
-    # RSTUF has not been told yet, so it still signs the old page: its copy stays
+    # a mirror without RSTUF (--no-rstuf): no TUF metadata names the old copy, it goes
+    assert not mirror.layout.project_dir("django").exists()
+
+
+def test_changes_wait_in_the_outbox_while_rstuf_is_not_configured(
+    mirror: Mirror, pypi: FakePyPI
+) -> None:
+    synced(mirror)
+    mirror.had_rstuf = True  # RSTUF is meant to be there: the run owes it the changes
+    pypi.remove_project("Django")
+    pypi.rename_project("requests", "requests3")
+    assert mirror.run("--grace", "0") == cli_support.EXIT_PARTIAL
+    assert mirror.page("django") is None and mirror.page("requests3") is not None
+    state = load_state(mirror.state)
+    owed = {"simple/django/index.html", "simple/requests/index.html"}
+    assert owed | {"simple/requests3/index.html", "index.html"} <= state.outbox.dirty
+    # RSTUF still signs the old pages: their copies stay
     copies = list(mirror.layout.project_dir("django").iterdir())
     assert len(copies) == 1 and copies[0].name.endswith(".index.html")
 
@@ -173,8 +191,6 @@ def test_rename_removes_old_and_adds_new(mirror: Mirror, pypi: FakePyPI) -> None
     update(mirror, pypi)
     assert mirror.page("requests") is None
     assert mirror.page("requests3") is not None
-    state = load_state(mirror.state)
-    assert {"simple/requests/index.html", "simple/requests3/index.html"} <= state.outbox.dirty
 
 
 def test_update_fetches_exactly_the_projects_the_changelog_mentions(
@@ -256,10 +272,12 @@ def test_failing_project_does_not_abort_the_run(mirror: Mirror, pypi: FakePyPI) 
 def test_unreachable_pypi_fails_without_touching_state(mirror: Mirror, pypi: FakePyPI) -> None:
     synced(mirror)
     before = mirror.state.read_bytes()
-    dead = Mirror(mirror.root, mirror.state, "http://127.0.0.1:9")
-    result = dead.cli()
+    pypi.stop()  # the same upstream, gone (another URL would be another upstream: refused)
+    result = mirror.cli("--retries", "0")
     assert result.returncode == cli_support.EXIT_FAILED
-    assert result.stderr.strip().splitlines()[-1].count("ERROR") == 1
+    *_, error, summary = result.stderr.strip().splitlines()
+    assert " ERROR " in error and "connection failed" in error, result.stderr
+    assert " summary " in summary and summary.endswith(" exit=1"), summary
     assert mirror.state.read_bytes() == before
 
 
@@ -280,10 +298,10 @@ def test_interrupted_first_sync_resumes_without_refetching(tmp_path: Path) -> No
         pages = mirror.layout.simple_dir / "*" / "index.html"
         try:
             deadline = time.monotonic() + 60
-            while len(glob.glob(str(pages))) < batch:
+            while len(glob.glob(str(pages))) < batch:  # the slow pages hold the run meanwhile
                 assert process.poll() is None, process.communicate()
                 assert time.monotonic() < deadline, "the first batch was never written"
-                time.sleep(0.05)
+                time.sleep(0.2)
         finally:
             process.send_signal(signal.SIGKILL)
             process.communicate()
@@ -297,7 +315,13 @@ def test_interrupted_first_sync_resumes_without_refetching(tmp_path: Path) -> No
         assert {name: pypi.count_pages(name) for name in slow} == dict.fromkeys(slow, 1)
         fetched_again = pypi.count_pages() - (len(glob.glob(str(pages))) - written)
         assert fetched_again == 0, "pages written before the kill were fetched again"
-        assert_mirror_matches_upstream(mirror)
+        # complete and byte for byte (a sample: 1,000 more page requests would cost seconds)
+        listing = upstream_listing(pypi.url)
+        assert mirror.root_projects() == listing
+        assert len(glob.glob(str(pages))) == len(listing)
+        for name in [*slow, *random.Random(1).sample(sorted(listing), 20)]:
+            assert mirror.page(name) == upstream_page(pypi.url, name), name
+        assert_consistent(mirror)
 
 
 # --- hostile input, lock, usage ----------------------------------------------------------------
@@ -341,8 +365,9 @@ def test_second_run_exits_at_once_while_the_lock_is_held(mirror: Mirror) -> None
 def test_usage_error_exits_2_with_its_reason(mirror: Mirror, bad: list[str], words: str) -> None:
     result = mirror.cli(*bad)
     assert result.returncode == cli_support.EXIT_USAGE
-    lines = result.stderr.splitlines()
+    *lines, summary = result.stderr.splitlines()  # every run ends with its summary line
     assert lines[0].startswith("usage: pypi_mirror.py") and words in lines[-1], result.stderr
+    assert " summary " in summary and summary.endswith(" exit=2"), summary
     assert result.stdout == ""
     assert not mirror.root.exists(), "a usage error touches nothing"
 
@@ -362,10 +387,13 @@ def test_dry_run_changes_nothing(mirror: Mirror, pypi: FakePyPI) -> None:
     pypi.remove_project("Django")
     before_state = mirror.state.read_bytes()
     before = mirror.targets()
+    pypi.reset_log()
     result = mirror.cli("--dry-run")
     assert result.returncode == 0, result.stderr
-    assert "write simple/numpy/index.html" in result.stdout
-    assert "remove simple/django/index.html" in result.stdout
+    lines = result.stdout.splitlines()
+    assert {"fetch numpy", "fetch django", "rstuf-add simple/numpy/index.html"} <= set(lines)
+    assert "rstuf-remove simple/django/index.html" in lines
+    assert pypi.count_pages() == 0, "a dry run plans from the changelog, it fetches no page"
     assert mirror.targets() == before
     assert mirror.state.read_bytes() == before_state
 
@@ -381,7 +409,8 @@ def test_full_check_repairs_what_the_changelog_never_reports(
     mirror.layout.project_page("django").write_bytes(b"damaged")
     assert mirror.run() == 0
     assert b"archived" not in (mirror.page("numpy") or b"")
-    assert mirror.run("--full-check") == 0
+    mirror.had_rstuf = True  # so that the repairs are owed to RSTUF
+    assert mirror.run("--full-check") == cli_support.EXIT_PARTIAL
     assert_mirror_matches_upstream(mirror)
     dirty = load_state(mirror.state).outbox.dirty
     assert {"simple/numpy/index.html", "simple/django/index.html"} <= dirty

@@ -38,7 +38,8 @@ def test_current_projects_are_on_disk_listed_not_pending_and_not_behind() -> Non
     pending = {"flask": PendingProject("flask", 300)}
     asked: list[str] = []
 
-    def trailer(name: str) -> int | None:
+    def trailer(name: str, listed: PendingProject) -> int | None:
+        assert listed == wanted[name]
         asked.append(name)
         return on_disk.get(name)
 
@@ -70,7 +71,9 @@ def test_a_full_sync_skips_current_pages_and_lets_unlisted_ones_decide() -> None
     wanted = listing(numpy=100, django=200)
     pending = {"flask": PendingProject("Flask", 300, expect_page=True)}
     trailers = {"numpy": 100, "django": 150}
-    fetches = full_sync_fetches(wanted, iter(["numpy", "django", "old"]), trailers.get, pending)
+    fetches = full_sync_fetches(
+        wanted, iter(["numpy", "django", "old"]), lambda name, _: trailers.get(name), pending
+    )
     assert dict(fetches.items()) == {
         "django": PendingProject("django", 200, expect_page=True),
         "old": PendingProject("old", 0),  # no longer listed: a 404 removes it

@@ -1,6 +1,6 @@
 """Peak memory and time of parsing a ``list_packages_with_serial`` answer of PyPI's size.
 
-    python -m tests.bench.bench_listing_parse [--members 700000] [--code DIR ...]
+    python -m tests.bench.bench_listing_parse [--members 700000] [--code DIR ...] [--json-root]
 
 A server process streams one XML-RPC answer of N members, as warehouse marshals
 it (``xmlrpc.client.dumps`` of a ``{name: serial}`` dict, sent chunked). For each
@@ -11,7 +11,9 @@ is measured is the parser's own memory (the peak RSS during the call, VmHWM
 reset just before it, minus the RSS at its start), wall time and the client
 process's CPU time (steadier than wall time on a shared machine). With
 ``--dict`` it also measures what a plain ``xmlrpc.client.loads`` of the whole
-answer costs, for scale.
+answer costs, for scale. With ``--json-root`` the same listing is PyPI's PEP 691
+JSON root (``GET /simple/``, as warehouse renders it), read by
+``PypiClient.list_projects_json`` (with ``--dict``: a plain ``json.loads``).
 
 Not named test_*, so pytest does not collect it.
 """
@@ -32,15 +34,28 @@ from types import SimpleNamespace
 REPO = Path(__file__).resolve().parents[2]
 
 
+def listing_of(members: int) -> dict[str, int]:
+    """`members` projects with names of PyPI's shapes, and their serials."""
+    return {f"Project_{i:07d}.{'x' * (i % 17)}": 10_000 + i for i in range(members)}
+
+
 def answer(members: int) -> bytes:
-    """The answer warehouse would send for `members` projects (names of PyPI's shapes)."""
-    listing = {f"Project_{i:07d}.{'x' * (i % 17)}": 10_000 + i for i in range(members)}
-    return xmlrpc.client.dumps((listing,), methodresponse=True).encode()
+    """The answer warehouse would send for `members` projects."""
+    return xmlrpc.client.dumps((listing_of(members),), methodresponse=True).encode()
+
+
+def json_root(members: int) -> bytes:
+    """The PEP 691 JSON root warehouse would send for the same projects."""
+    projects = [
+        {"name": name, "_last-serial": serial} for name, serial in listing_of(members).items()
+    ]
+    meta = {"api-version": "1.4", "_last-serial": 10_000 + members}
+    return json.dumps({"meta": meta, "projects": projects}).encode()
 
 
 def serve(members: int) -> None:
     """Serve the answer to every POST /pypi, chunked; print the port, then serve for ever."""
-    body = answer(members)
+    body, root = answer(members), json_root(members)
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -50,8 +65,15 @@ def serve(members: int) -> None:
 
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_chunked("text/xml", body)
+
+        def do_GET(self) -> None:
+            self.send_chunked("application/vnd.pypi.simple.v1+json", root)
+
+        def send_chunked(self, content_type: str, body: bytes) -> None:
             self.send_response(200)
-            self.send_header("Content-Type", "text/xml")
+            self.send_header("Content-Type", content_type)
+            self.send_header("X-PyPI-Last-Serial", str(10_000 + members))
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
             step = 1 << 16
@@ -82,7 +104,7 @@ def reset_peak() -> None:
         clear_refs.write("5")
 
 
-def measure(code: Path, url: str, as_dict: bool) -> dict[str, object]:
+def measure(code: Path, url: str, as_dict: bool, json_form: bool = False) -> dict[str, object]:
     """In this (fresh) process: parse the answer once with `code`'s client; return figures."""
     sys.path.insert(0, str(code))
     import pypi_client  # the one under `code`
@@ -107,10 +129,16 @@ def measure(code: Path, url: str, as_dict: bool) -> dict[str, object]:
     reset_peak()
     before = status_kib("VmRSS")
     started, cpu_started = time.perf_counter(), time.process_time()
-    if as_dict:
+    if as_dict and json_form:
+        body = client.session.get(f"{url}/simple/", timeout=600).content
+        count = len(json.loads(body)["projects"])
+        del body
+    elif as_dict:
         body = client.session.post(f"{url}/pypi", data=b"", timeout=600).content
         count = len(xmlrpc.client.loads(body)[0][0])
         del body
+    elif json_form:
+        client.list_projects_json(sink)
     else:
         client.list_packages_with_serial(sink)
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
@@ -118,7 +146,12 @@ def measure(code: Path, url: str, as_dict: bool) -> dict[str, object]:
     client.close()
     return {
         "code": str(code),
-        "how": "xmlrpc.client.loads (a dict)" if as_dict else "list_packages_with_serial",
+        "how": {
+            (True, True): "json.loads (a list of dicts)",
+            (True, False): "xmlrpc.client.loads (a dict)",
+            (False, True): "list_projects_json",
+            (False, False): "list_packages_with_serial",
+        }[(as_dict, json_form)],
         "members": count,
         "seconds": round(seconds, 2),
         "cpu_seconds": round(cpu, 2),
@@ -127,9 +160,10 @@ def measure(code: Path, url: str, as_dict: bool) -> dict[str, object]:
     }
 
 
-def run_child(code: Path, url: str, as_dict: bool) -> dict[str, object]:
+def run_child(code: Path, url: str, as_dict: bool, json_form: bool) -> dict[str, object]:
     command = [sys.executable, "-m", "tests.bench.bench_listing_parse", "--child", url]
     command += ["--code", str(code)] + (["--dict"] if as_dict else [])
+    command += ["--json-root"] if json_form else []
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run(command, capture_output=True, text=True, check=True, cwd=REPO, env=env)
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -141,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--code", type=Path, action="append", help="checkout(s) to measure")
     parser.add_argument("--dict", action="store_true", help="also a plain loads() for scale")
     parser.add_argument("--repeat", type=int, default=1, help="runs per checkout")
+    parser.add_argument("--json-root", action="store_true", help="the PEP 691 root instead")
     parser.add_argument("--child", metavar="URL", help=argparse.SUPPRESS)
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -149,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     codes = [path.resolve() for path in (args.code or [REPO])]
     if args.child:
-        print(json.dumps(measure(codes[0], args.child, args.dict)))
+        print(json.dumps(measure(codes[0], args.child, args.dict, args.json_root)))
         return 0
     module = "tests.bench.bench_listing_parse"
     server = subprocess.Popen(
@@ -169,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.dict:
             rows.append((codes[0], True))
         for code, as_dict in rows:
-            figures = run_child(code, url, as_dict)
+            figures = run_child(code, url, as_dict, args.json_root)
             code, how, members = figures["code"][-40:], figures["how"], figures["members"]
             print(
                 f"{code:40} {how:30} {members:>8} {figures['seconds']:>7} "

@@ -11,9 +11,10 @@ additions a benchmark needs and the tests do not:
   front, so the first request for them (bandersnatch's) costs the server no
   rendering: both mirrors then read pre-rendered bytes, and the stand-in is
   not what limits either of them.
-* ``GET /_bench/counts`` answers ``{"page": n, "xmlrpc:changelog_since_serial":
-  n, ...}``: every request since start (or ``POST /_bench/reset``), counted by
-  kind and XML-RPC method, without keeping a per-request log.
+* ``GET /_bench/counts`` answers ``{"page": n, "page:json": n, "root:json": n,
+  "xmlrpc:changelog_since_serial": n, ...}``: every request since start (or
+  ``POST /_bench/reset``), counted by kind (``:json`` where the answer was
+  PEP 691 JSON) and XML-RPC method, without keeping a per-request log.
 * ``--latency MS`` (or ``POST /_bench/latency?ms=MS`` while it runs) holds
   every answer MS milliseconds before sending it, as a network round trip
   would: the connection's thread waits on an event, using no CPU, so as many
@@ -33,7 +34,15 @@ import threading
 import time
 from collections.abc import Sequence
 
-from tests.fake_pypi import FakePyPI, Reply, Request, serve_until_stopped
+from tests.fake_pypi import (
+    MIME_V1_JSON,
+    XMLRPC_OFF_MODES,
+    FakePyPI,
+    Reply,
+    Request,
+    negotiate,
+    serve_until_stopped,
+)
 
 COUNTS_PATH = "/_bench/counts"
 RESET_PATH = "/_bench/reset"
@@ -62,8 +71,11 @@ class BenchPyPI(FakePyPI):
             self.latency = float(request.query.get("ms", "0")) / 1000
             return Reply(200, [("Content-Type", "application/json")], b"{}")
         kind, method, reply, _fault = self._route(request)
+        key = f"xmlrpc:{method}" if method else kind
+        if kind in ("page", "root") and negotiate(request.accept) == MIME_V1_JSON:
+            key += ":json"
         with self._counts_lock:
-            self._counts[f"xmlrpc:{method}" if method else kind] += 1
+            self._counts[key] += 1
         if self.latency:
             # A copy: the prerendered Reply objects of the stand-in may be shared.
             reply = dataclasses.replace(reply, delay=reply.delay + self.latency)
@@ -87,6 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-files", type=int, default=8000)
     parser.add_argument("--prerender", action="store_true")
+    parser.add_argument("--xmlrpc-off", choices=XMLRPC_OFF_MODES)
     parser.add_argument("--latency", type=float, default=0.0, metavar="MS",
                         help="hold every answer MS ms (a network round trip)")  # fmt: skip
     args = parser.parse_args(argv)
@@ -95,6 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     fake.populate(args.projects, seed=args.seed, max_files=args.max_files)
     if args.prerender:
         fake.prerender()
+    if args.xmlrpc_off:
+        fake.switch_off_xmlrpc(args.xmlrpc_off)
     built = time.perf_counter() - started
 
     serve_until_stopped(fake, lambda: f"bench server: {args.projects} projects in {built:.1f} s")
