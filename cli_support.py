@@ -204,4 +204,5 @@ def configure_logging(verbose: bool, quiet: bool) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
-    logging.getLogger("urllib3").setLevel(logging.WARNING)
+    for library in ("urllib3", "tuf", "securesystemslib"):  # their INFO is per request or key
+        logging.getLogger(library).setLevel(logging.WARNING)

@@ -52,17 +52,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import multiprocessing
 import os
 import re
-import signal
 import sys
 import tempfile
-import threading
 import time
-from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +85,7 @@ from mirror_store import (
     mirror_lock,
     readable_mode,
 )
+from parallel import EXECUTORS, make_executor, ordered_map, usable_cpus
 from state import State, load_state, refuse_legacy_default_state
 
 log = logging.getLogger("generate_csv")
@@ -108,7 +105,6 @@ LARGEST_BATCH_SIZE = 2048
 # back the others) while keeping every worker busy.
 BATCHES_IN_FLIGHT_PER_WORKER = 4
 
-EXECUTORS = ("processes", "threads")
 # Measured on the 200,000-page benchmark (tests/bench/bench_csv.py): processes
 # beat threads because opening and reading small files holds the GIL.
 DEFAULT_EXECUTOR = "processes"
@@ -286,40 +282,6 @@ def read_finished_state(layout: MirrorLayout, state_path: Path) -> State:
     return state
 
 
-def _init_worker() -> None:
-    """Worker-process initializer: leave Ctrl-C to the parent, and die with it.
-
-    Without the first, every worker prints its own KeyboardInterrupt
-    traceback; without the second, workers of a parent killed by SIGKILL (or
-    the OOM killer) would wait for work forever.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    parent = multiprocessing.parent_process()
-    if parent is not None:
-        threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
-
-
-def _exit_with(parent: multiprocessing.process.BaseProcess) -> None:
-    parent.join()  # returns once the parent process has gone
-    os._exit(EXIT_FAILED)
-
-
-def make_executor(kind: str, workers: int) -> Executor:
-    if kind == "threads":
-        return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="digest")
-    if kind == "processes":
-        # Workers come from a fork server, not fork(2) of this process, so they
-        # never inherit the open file that holds the mirror lock: were this
-        # process killed, a lingering worker would keep the mirror locked
-        # against every sync. Costs ~0.15 s once per run.
-        return ProcessPoolExecutor(
-            max_workers=workers,
-            mp_context=multiprocessing.get_context("forkserver"),
-            initializer=_init_worker,
-        )
-    raise ValueError(f"unknown executor {kind!r}")
-
-
 def rows_for_batch(served_dir: str, targets: Sequence[str], algorithm: str) -> str:
     """Digest a batch of targets and return their CSV rows, in order.
 
@@ -350,22 +312,11 @@ def iter_rows(
     At most `window` batches are submitted and not yet yielded, so memory
     stays flat however many pages the mirror has.
     """
-    in_flight: deque[tuple[int, Future[str]]] = deque()
     served = str(served_dir)
-    try:
-        for batch in growing_batches(targets, FIRST_BATCH_SIZE, LARGEST_BATCH_SIZE):
-            in_flight.append(
-                (len(batch), executor.submit(rows_for_batch, served, batch, algorithm))
-            )
-            if len(in_flight) >= window:
-                count, future = in_flight.popleft()
-                yield count, future.result()
-        while in_flight:
-            count, future = in_flight.popleft()
-            yield count, future.result()
-    finally:
-        for _, future in in_flight:
-            future.cancel()
+    batches = growing_batches(targets, FIRST_BATCH_SIZE, LARGEST_BATCH_SIZE)
+    calls = ((served, batch, algorithm) for batch in batches)
+    for (_, batch, _), rows in ordered_map(executor, rows_for_batch, calls, window):
+        yield len(batch), rows
 
 
 @contextlib.contextmanager
@@ -450,14 +401,6 @@ def generate(options: Options, stdout: TextIO) -> Summary:
 
 
 # --- command line ------------------------------------------------------------
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on (a container or taskset may allow fewer than exist)."""
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,6 +21,8 @@ concern it orchestrates has a module of its own beside it:
 - ``rstuf_outbox.py`` and ``rstuf_client.py``: delivering changes to RSTUF;
 - ``http_retry.py``: when both HTTP clients retry, and how much of an answer they read;
 - ``mirror_store.py``: the disk's rules (names, paths, hashing, the lock);
+- ``tuf_audit.py``: the served tree held against what RSTUF's TUF metadata signs
+  (``--audit``; ``--repair`` fixes what it finds through `Sync.refresh`);
 - ``safety.py``: state and mirror that know each other, the circuit breaker;
 - ``dry_run.py``: the plan ``--dry-run`` prints;
 - ``cli_support.py``: version, exit codes, logging, the one error funnel.
@@ -33,6 +35,7 @@ import concurrent.futures
 import contextlib
 import functools
 import logging
+import os
 import signal
 import sys
 import time
@@ -44,12 +47,15 @@ from typing import TypeVar
 import dry_run
 import rstuf_client
 import settings
+import tuf_audit
 from changelog import Listing, add_listed, identity_changes, merge_pending, projects_to_refresh
 from cli_support import (
+    EXIT_AUDIT_DIFFERS,
     EXIT_FAILED,
     EXIT_OK,
     EXIT_PARTIAL,
     Stopped,
+    ToolError,
     UsageError,
     configure_logging,
     deferred_stops,
@@ -59,6 +65,7 @@ from cli_support import (
 )
 from http_retry import call_with_retries
 from mirror_store import (
+    InvalidProjectName,
     MirrorLayout,
     clear_staging,
     crash_point,
@@ -66,6 +73,7 @@ from mirror_store import (
     digest_file,
     mirror_lock,
     prefixed_name,
+    project_dir_name,
     project_target,
     sync_filesystem,
 )
@@ -105,6 +113,7 @@ from settings import Config, config_from
 from state import (
     PendingProject,
     State,
+    StateError,
     clear_state_temps,
     load_state,
     new_mirror_id,
@@ -243,6 +252,7 @@ class Sync:
         self.source = JSON_ROOT_SOURCE if config.no_xmlrpc else XMLRPC_SOURCE
         self.source_noted = False
         self.membership_changed = False
+        self.bootstrap_refusal: str | None = None  # why this run keeps changes from RSTUF
         self.budget = WaitBudget(config.rstuf_wait)  # one for the whole run
         self.delivery: RstufDelivery | None = None
         self.pages_changed = False
@@ -1206,6 +1216,8 @@ class Sync:
                     "(or RSTUF_API_URL), or --no-rstuf to run without RSTUF"
                 )
             return
+        if not self.bootstrap_imported():
+            return
         if self.delivery is None:
             self.delivery = RstufDelivery(
                 self.state,
@@ -1234,6 +1246,235 @@ class Sync:
         if self.progress.phase is not None:
             self.progress.update_to(self.progress.phase.total - self.unconfirmed())
 
+    def bootstrap_imported(self) -> bool:
+        """Whether RSTUF holds the bootstrap import, checked once before the first delivery.
+
+        An update delivered before the operator imported the bootstrap CSV makes
+        that import abort on a duplicate path (or, with another importer, lets
+        older rows overwrite newer ones). With a TUF metadata URL configured,
+        the first delivery after a first sync therefore checks that RSTUF's
+        verified metadata signs the root index (of the first mirrored form), the
+        CSV's first row; until it does, changes stay in the outbox. Without a
+        metadata URL nothing is checked (as before).
+        """
+        if self.state.bootstrap_seen or self.config.tuf_metadata_url is None:
+            return True
+        if self.bootstrap_refusal is None:
+            waiting = f"{len(self.state.outbox)} change(s) stay in the outbox"
+            root = self.forms[0].root_target  # the CSV's first row of this mirror's forms
+            try:
+                signed = tuf_audit.signed_target(audit_settings(self.config), root)
+            except tuf_audit.AuditError as exc:
+                self.bootstrap_refusal = (
+                    f"cannot check that RSTUF holds the bootstrap import ({exc}); {waiting}"
+                )
+            else:
+                if signed is not None:
+                    self.state.bootstrap_seen = True
+                    self.save("bootstrap-seen")
+                    return True
+                self.bootstrap_refusal = (
+                    f"RSTUF's TUF metadata does not sign {root}: the bootstrap import "
+                    "has not been done. Write the CSV with `python3 generate_csv.py`, import it "
+                    "with `rstuf admin import-artifacts --db-uri ... --csv artifacts.csv`, and "
+                    f"let RSTUF publish; until then {waiting}"
+                )
+            self.summary.problems.append(self.bootstrap_refusal)
+        return False
+
+    # the audit and its repair
+
+    def run_audit(self) -> int:
+        """``--audit [--repair]``: every difference between the served tree and TUF's targets.
+
+        Prints one ``KIND PATH`` line per difference and the audit's summary
+        line on stdout. Holds the mirror lock, so no sync changes pages while
+        they are compared; without `repair` nothing is written, not even
+        state.json, and the state is only read for the outbox note (a damaged
+        one is no reason not to audit). A repair is a run like a sync: state
+        and mirror must belong together, it is recorded in status.json and
+        ends with the summary line. Raises tuf_audit.AuditError when the audit
+        cannot run.
+        """
+        self.started = time.monotonic()
+        served = self.layout.served_dir
+        if not served.is_dir():
+            raise ToolError(
+                f"{served}: no served tree to audit (check --mirror-dir, or run pypi_mirror.py "
+                "until its first sync finishes)"
+            )
+        if not self.config.repair:
+            with mirror_lock(self.layout.lock_path):
+                report = self.audit_tree()
+            return EXIT_AUDIT_DIFFERS if report.differences else EXIT_OK
+        config = self.config
+        self.summary.started = True
+        refuse_legacy_default_state(config.state_file, given=config.state_path is not None)
+        try:
+            with mirror_lock(self.layout.lock_path), self.recording():
+                self.record_identity(*self.check_identity())
+                differing: dict[str, tuf_audit.SignedTarget | None] = {}
+                self.audit_tree(lambda d: differing.__setitem__(d.path, d.signed))
+                if differing:
+                    self.repair(differing)
+        finally:
+            self.settle_summary()
+        for problem in self.summary.problems:
+            log.warning("%s", problem)
+        return self.exit_code()
+
+    def audit_tree(
+        self, also: Callable[[tuf_audit.Difference], None] | None = None
+    ) -> tuf_audit.AuditReport:
+        """Run the audit under the lock: print each difference (and pass it to `also`)."""
+        if not self.loaded:
+            try:
+                self.state = load_state(self.config.state_file)
+            except StateError as exc:
+                log.warning("%s; auditing without it", exc)  # the audit is part of recovery
+        owed = self.state.outbox.dirty | self.state.outbox.in_flight_paths()
+        owed_found: set[str] = set()
+
+        def emit(difference: tuf_audit.Difference) -> None:
+            self.out(difference.line())
+            if difference.path in owed:
+                owed_found.add(difference.path)
+            if also is not None:
+                also(difference)
+
+        report = tuf_audit.audit(audit_settings(self.config), self.layout, emit)
+        self.out(report.line())
+        if owed_found:
+            log.info(
+                "%d of the differing paths are changes the outbox still owes RSTUF; "
+                "a run with RSTUF delivers them",
+                len(owed_found),
+            )
+        return report
+
+    def repair(self, differing: Mapping[str, tuf_audit.SignedTarget | None]) -> set[str]:
+        """Fix each difference at its source, through the sync's own refresh path.
+
+        Every differing project is re-fetched from PyPI in every mirrored form
+        and written (the tree is never trusted over upstream, so a damaged page
+        is replaced, not signed); its hash-prefixed copies are relinked; the
+        roots take the changes as after an update, and a root that itself
+        differs is rebuilt from PyPI's listing. Then each differing path whose
+        final state RSTUF does not sign yet is queued in the outbox (an add, or
+        a remove when the project or that form is gone) and delivered. A
+        project the filter excludes is removed, not fetched. Returns the
+        projects whose fetch failed: they stay pending, nothing of theirs is sent.
+        """
+        clear_staging(self.layout.staging_dir)
+        clear_state_temps(self.config.state_file)
+        roots = {form.root_target for form in ALL_FORMATS}
+        projects: dict[str, list[str]] = {}
+        for path in differing:
+            name = project_of_target(path)
+            if name is not None:
+                projects.setdefault(name, []).append(path)
+            elif path not in roots:
+                log.warning("%s is not a page this mirror writes: remove it at RSTUF", path)
+        excluded = {name for name in projects if not self.filter.allows(name)}
+        log.info("repair: re-fetching %d project(s) from PyPI", len(projects) - len(excluded))
+        # serial 0: any page PyPI serves now is current; a 404 means the project is gone
+        wanted = {name: PendingProject(name, 0) for name in projects if name not in excluded}
+        outcome = self.refresh(wanted, record_changes=True)
+        self.remove_projects(excluded, record_changes=True)
+        for name in sorted(outcome.failed):
+            log.warning("repair: %s could not be fetched; nothing of it is sent to RSTUF", name)
+        if roots & differing.keys():
+            self.rebuild_roots(outcome)
+        else:
+            self.finish_update(self.displayed(wanted), outcome, renamed=set())
+        in_flight = self.state.outbox.in_flight_paths()
+        for path in differing:
+            if project_of_target(path) not in outcome.failed:
+                self.settle(path, differing[path], in_flight)
+        sync_filesystem(self.layout.root)  # never register bytes a power cut could take back
+        self.save("repaired")
+        self.deliver_outbox()
+        return outcome.failed
+
+    def displayed(self, wanted: dict[str, PendingProject]) -> dict[str, PendingProject]:
+        """`wanted` with the display names the roots show (a repair does not rename)."""
+        names = {}
+        for name, display in self.iter_root_members():
+            if name in wanted:
+                names[name] = display
+        return {
+            name: PendingProject(names.get(name, name), item.serial, item.expect_page)
+            for name, item in wanted.items()
+        }
+
+    def rebuild_roots(self, outcome: Refreshed) -> None:
+        """Rewrite every mirrored root from PyPI's listing, by a full sync's rule.
+
+        Listed projects with pages on disk, at their pages' serials; the roots
+        on disk are not trusted for it.
+        """
+        listing, _ = self.fetch_listing()
+        local = self.writer.local_projects()
+        serials: dict[str, int] = dict(outcome.serials)
+        for name in local & listing.serials.keys():
+            if name not in serials:
+                self.on_disk_serial(listing, serials, name)
+        names = sorted(listing)
+        self.write_roots(
+            lambda: (
+                (name, item.display_name, serials.get(name, item.serial))
+                for name in names
+                if name in local and outcome.lists(name)
+                for item in (listing[name],)
+            ),
+            record_change=True,
+        )
+
+    def settle(self, path: str, signed: tuf_audit.SignedTarget | None, in_flight: set[str]) -> None:
+        """Relink `path`'s copy, then queue it for RSTUF unless RSTUF signs it as it is now.
+
+        A path RSTUF already signs byte for byte (a tampered page restored from
+        PyPI, a copy relinked) needs nothing sent; a path in an unfinished task
+        is queued anyway, since that task will change what RSTUF signs.
+        """
+        served = os.fspath(self.layout.served_dir)
+        file = self.layout.path_of_target(path)
+        if file.is_file():
+            self.writer.ensure_copy(file.parent, digest_file(file).hexdigest, file.name)
+        in_step = not tuf_audit.differences(
+            path, signed, tuf_audit.read_disk_facts(served, path, signed)
+        )
+        if in_step and path not in in_flight:
+            self.state.outbox.dirty.discard(path)
+        else:
+            self.state.outbox.dirty.add(path)
+
+
+def project_of_target(path: str) -> str | None:
+    """The project whose page `path` is (``simple/<name>/index.html`` or ``index.v1_json``)."""
+    name = path.removeprefix("simple/").partition("/")[0]
+    if path not in {project_target(name, form.basename) for form in ALL_FORMATS}:
+        return None
+    try:
+        return name if project_dir_name(name) == name else None
+    except InvalidProjectName:
+        return None
+
+
+def audit_settings(config: Config) -> tuf_audit.AuditConfig:
+    """The audit's settings from the run's (its timeouts, retries and fetch threads)."""
+    if config.tuf_metadata_url is None or config.tuf_root is None:
+        raise UsageError("--tuf-metadata-url and --tuf-root are needed")
+    return tuf_audit.AuditConfig(
+        metadata_url=config.tuf_metadata_url,
+        trusted_root=config.tuf_root,
+        fetch_workers=config.workers,
+        connect_timeout=config.connect_timeout,
+        timeout=config.timeout,
+        retries=config.retries,
+        backoff=config.backoff,
+    )
+
 
 # --- main
 
@@ -1243,10 +1484,12 @@ DESCRIPTION = (
 )
 EPILOG = (
     "The RSTUF token is read only from the environment (RSTUF_API_TOKEN). "
-    "Exit codes: 0 done; 1 failed (state not advanced past what is on disk); 2 usage "
-    "error; 3 another run holds the mirror lock; 75 partly done (pages or RSTUF changes "
-    "kept for the next run, also when changes are owed to RSTUF and no RSTUF URL is set: "
-    "--no-rstuf runs without RSTUF); 130 stopped by SIGINT; 143 stopped by SIGTERM."
+    "Exit codes: 0 done (--audit: the tree and TUF's targets agree); 1 failed (state not "
+    "advanced past what is on disk; --audit: metadata unreachable, badly signed or expired); "
+    "2 usage error; 3 another run holds the mirror lock; 4 --audit found differences; 75 "
+    "partly done (pages or RSTUF changes kept for the next run, also when changes are owed "
+    "to RSTUF and no RSTUF URL is set: --no-rstuf runs without RSTUF); 130 stopped by "
+    "SIGINT; 143 stopped by SIGTERM."
 )
 
 
@@ -1282,8 +1525,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run(config, summary)
 
     code = run_cli(log, body)
-    if parsed and parsed[0].status:
-        return code
+    if parsed and (parsed[0].status or (parsed[0].audit and not parsed[0].repair)):
+        return code  # not a sync (an audit prints its own summary line, on stdout)
     if summary.started or code != EXIT_OK:
         summary.exit = code
         if not summary.started:
@@ -1319,7 +1562,7 @@ def run(config: Config, summary: Summary | None = None) -> int:
     progress = Progress(config.progress, config.progress_interval)
     try:
         sync = Sync(config, pypi, rstuf, progress, summary=summary, halt=halt)
-        return sync.run()
+        return sync.run_audit() if config.audit else sync.run()
     finally:
         progress.close()
         pypi.close()

@@ -59,6 +59,10 @@ class Config:
     max_page_bytes: int = 64 << 20
     max_xmlrpc_bytes: int = 512 << 20
     xmlrpc_interval: float = 1.0  # seconds between XML-RPC calls (PyPI's etiquette)
+    audit: bool = False  # compare the served tree with what RSTUF's TUF metadata signs
+    repair: bool = False  # with audit: re-fetch and re-deliver every differing project
+    tuf_metadata_url: str | None = None  # where RSTUF's TUF metadata is served
+    tuf_root: Path | None = None  # the root metadata trusted to verify it
     no_xmlrpc: bool = False  # list and follow PyPI through the JSON root /simple/ only
     simple_format: str = "html"  # which forms of the pages to mirror: html, json or all
     include: tuple[str, ...] = ()  # globs over normalized names; empty: every project
@@ -277,6 +281,38 @@ OPTIONS: tuple[Option, ...] = (
         "max-page-bytes",
         "a project page larger than this is refused and kept pending, never mirrored",
         number(int, 1024, 1 << 30),
+    ),
+    Option(
+        "audit",
+        "compare the served tree with the targets RSTUF's TUF metadata signs, verified "
+        "from --tuf-root; print one 'KIND PATH' line per difference (unsigned, mismatch, "
+        "missing, copy-missing) and a summary line; exit 0 in step, 4 apart, 1 cannot audit",
+        in_file=False,
+        env=None,
+    ),
+    Option(
+        "repair",
+        "with --audit: re-fetch every differing project from PyPI (never trusting the "
+        "tree), write it and deliver its final state to RSTUF in the same run",
+        in_file=False,
+        env=None,
+    ),
+    Option(
+        "tuf-metadata-url",
+        "base URL RSTUF's TUF metadata is served from (1.root.json, timestamp.json, ...); "
+        "--audit reads it, and the first delivery to RSTUF checks it holds the bootstrap import",
+        url,
+        env="TUF_METADATA_URL",
+        metavar="URL",
+    ),
+    Option(
+        "tuf-root",
+        "TUF root metadata to trust (RSTUF's 1.root.json, obtained out of band); "
+        "needed with --tuf-metadata-url",
+        Path,
+        env="TUF_ROOT",
+        path=True,
+        metavar="FILE",
     ),
     Option(
         "progress-interval",
@@ -523,6 +559,27 @@ def environment_values(environ: Mapping[str, str], options: Sequence[Option]) ->
     return values
 
 
+def check_audit_options(values: Mapping[str, Any]) -> None:
+    """Refuse audit settings that cannot work together; raises UsageError."""
+    if values.get("repair") and not values.get("audit"):
+        raise UsageError("--repair repairs what --audit finds: give both")
+    if values.get("audit") and any(values.get(k) for k in ("full_check", "dry_run", "status")):
+        raise UsageError(
+            "--audit runs alone: run --full-check first, then --audit "
+            "(--audit without --repair changes nothing)"
+        )
+    if bool(values.get("tuf_metadata_url")) != bool(values.get("tuf_root")):
+        raise UsageError(
+            "--tuf-metadata-url (env TUF_METADATA_URL) and --tuf-root (env TUF_ROOT) go "
+            "together: the metadata is verified from the root you trust"
+        )
+    if values.get("audit") and not values.get("tuf_metadata_url"):
+        raise UsageError(
+            "--audit needs --tuf-metadata-url URL (env TUF_METADATA_URL) and --tuf-root FILE "
+            "(env TUF_ROOT)"
+        )
+
+
 def check_exclusive(values: Mapping[str, Any], what: str) -> None:
     if all(values.get(key) for key in EXCLUSIVE):
         raise UsageError(f"{what} exclude each other")
@@ -542,6 +599,7 @@ def config_from(
         raise UsageError("--json goes with --status")
     if values.get("status") and (values.get("dry_run") or values.get("full_check")):
         raise UsageError("--status only reads; give it without --dry-run and --full-check")
+    check_audit_options(values)
     if values.get("no_rstuf") and values.get("rstuf_url"):
         raise UsageError(
             "--no-rstuf and an RSTUF URL (--rstuf-url, RSTUF_API_URL or rstuf-url in the "

@@ -152,6 +152,9 @@ class State:
     full_sync_in_progress: bool = False
     # the root index may lag the pages (a run died between them); rebuild it
     root_stale: bool = False
+    # RSTUF's TUF metadata was seen to sign the root index: the bootstrap import is done,
+    # so deliveries can no longer collide with it (checked once, with a metadata URL)
+    bootstrap_seen: bool = False
     # the --include/--exclude set the mirror was last brought in line with
     filters: ProjectFilter = field(default_factory=ProjectFilter)
     # the page forms the mirror holds ("html", "json"); a state from before JSON pages: html
@@ -198,6 +201,7 @@ class State:
             "full_sync_in_progress": self.full_sync_in_progress,
             "first_sync": self.first_sync,
             "root_stale": self.root_stale,
+            "bootstrap_seen": self.bootstrap_seen,
             "filters": self.filters.to_json(),
             "formats": list(self.formats),
         }
@@ -286,7 +290,7 @@ def _state_from_json(doc: object) -> State:
     for path, when in retired_doc.items():
         _require(_is_retired_copy(path) and isinstance(when, int | float), "bad 'retired'")
         retired[path] = float(when)
-    flag_names = ("full_sync_in_progress", "root_stale", "first_sync")
+    flag_names = ("full_sync_in_progress", "root_stale", "first_sync", "bootstrap_seen")
     flags = {key: doc.get(key, False) for key in flag_names}
     _require(all(isinstance(value, bool) for value in flags.values()), "bad flags")
     filters = ProjectFilter.from_json(doc.get("filters", {}))

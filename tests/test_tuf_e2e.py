@@ -13,12 +13,8 @@ Then again after PyPI changes that the mirror delivers to RSTUF itself.
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import functools
-import http.server
 import shutil
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,36 +38,12 @@ from mirror_store import ROOT_TARGET, digest_file, iter_targets, project_target
 from tests.fake_pypi import FakePyPI
 from tests.fake_rstuf import FakeRstuf, hash_bin_role
 from tests.mirror_helpers import Mirror, upstream_listing, upstream_page
-from tests.tuf_repo import TufRepository
+from tests.tuf_repo import TufRepository, serve_directory
 
 RSTUF_FAST = ["--rstuf-poll", "0.05"]
 NUMBER_OF_BINS = 16
 # Names with '.', '_', '-' and capitals: the target path is the normalized name.
 PROJECTS = ("Django", "numpy", "zope.interface", "Foo_Bar", "requests", "PyYAML", "my-Pkg.Two")
-
-
-# --- serving ------------------------------------------------------------------
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-@contextlib.contextmanager
-def serve(directory: Path) -> Iterator[str]:
-    """Serve `directory` (files only, as a static web server would) on 127.0.0.1."""
-    handler = functools.partial(_QuietHandler, directory=str(directory))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01})
-    thread.start()
-    try:
-        host, port = server.server_address[:2]
-        yield f"http://{host}:{port}/"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 # --- the world ------------------------------------------------------------------
@@ -160,7 +132,10 @@ def world(tmp_path: Path) -> Iterator[World]:
         mirror.had_rstuf = True  # from now on its changes are owed to RSTUF
         repo = TufRepository(tmp_path / "metadata", NUMBER_OF_BINS)
         repo.publish(rstuf.view)
-        with serve(repo.directory) as metadata_url, serve(mirror.layout.served_dir) as mirror_url:
+        with (
+            serve_directory(repo.directory) as metadata_url,
+            serve_directory(mirror.layout.served_dir) as mirror_url,
+        ):
             yield World(tmp_path, pypi, rstuf, mirror, repo, metadata_url, mirror_url, 0, rows)
 
 

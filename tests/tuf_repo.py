@@ -19,10 +19,21 @@ so a client that refreshed before a publish can still load the delegated
 metadata its snapshot names.
 
 Keys are ed25519, made in memory per repository; nothing here touches the network.
+
+For the audit's tests and benchmark: `expires_by_role` overrides one role's
+expiry (an expired timestamp), `rotate_root` publishes ``N+1.root.json``
+signed by the old and the new root keys, and `publish_bins` signs bins from
+a stream without holding them (700,000 targets in 16,384 bins).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import http.server
+import socket
+import threading
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -62,12 +73,13 @@ class TufRepository:
         bins_key = self.signers[BINS_PREFIX].public_key
         self.succinct_roles = SuccinctRoles([bins_key.keyid], 1, bit_length, BINS_PREFIX)
         self.versions: dict[str, int] = {}
+        self.expires_by_role: dict[str, datetime] = {}  # overrides `expires` per role
         self._bins_content: dict[str, dict[str, TargetFile]] = {}
 
-        root = Root(expires=self.expires, consistent_snapshot=True)
+        self.root = Root(expires=self.expires, consistent_snapshot=True)
         for role in TOP_LEVEL_ROLES:
-            root.add_key(self.signers[role].public_key, role)
-        self.root_bytes = self._write(Root.type, Metadata(root), versioned=True)
+            self.root.add_key(self.signers[role].public_key, role)
+        self.root_bytes = self._write(Root.type, Metadata(self.root), versioned=True)
         (directory / "root.json").write_bytes(self.root_bytes)
 
         targets = Targets(expires=self.expires)
@@ -88,27 +100,67 @@ class TufRepository:
         for path, info in view.items():
             target = TargetFile(info["length"], dict(info["hashes"]), path)
             wanted[self.role_for(path)][path] = target
+        changed = []
         for role, content in wanted.items():
             if role in self.versions and self._bins_content[role] == content:
                 continue
             self._bins_content[role] = content
-            bins = Targets(version=self.versions.get(role, 0) + 1, expires=self.expires)
+            changed.append((role, content))
+        self.publish_bins(changed)
+
+    def publish_bins(self, contents: Iterable[tuple[str, dict[str, TargetFile]]]) -> None:
+        """Sign each (bin, its targets) as the bin's next version, then snapshot and timestamp.
+
+        Streams `contents`: nothing is kept but the versions, so a benchmark can
+        sign 700,000 targets without holding them (`targets()` does not see them).
+        """
+        for role, content in contents:
+            bins = Targets(version=self.versions.get(role, 0) + 1, expires=self._expires(role))
             bins.targets = dict(content)
             self._write(role, Metadata(bins), versioned=True)
 
-        snapshot = Snapshot(version=self.versions.get(Snapshot.type, 0) + 1, expires=self.expires)
+        snapshot = Snapshot(
+            version=self.versions.get(Snapshot.type, 0) + 1, expires=self._expires(Snapshot.type)
+        )
         snapshot.meta = {
-            f"{role}.json": MetaFile(version=self.versions[role])
-            for role in (Targets.type, *wanted)
+            f"{role}.json": MetaFile(version=self.versions.get(role, 0))
+            for role in (Targets.type, *self.succinct_roles.get_roles())
+            if role in self.versions
         }
         self._write(Snapshot.type, Metadata(snapshot), versioned=True)
 
         timestamp = Timestamp(
             version=self.versions.get(Timestamp.type, 0) + 1,
-            expires=self.expires,
+            expires=self._expires(Timestamp.type),
             snapshot_meta=MetaFile(version=self.versions[Snapshot.type]),
         )
         self._write(Timestamp.type, Metadata(timestamp), versioned=False)
+
+    def rotate_root(self, role: str = Timestamp.type) -> None:
+        """Publish the next root with a new key for `role`, signed by the old and new root keys.
+
+        Clients that trust only an older root must walk ``N+1.root.json`` to
+        accept metadata signed with the new key. Call `publish` afterwards.
+        """
+        old_root_signer = self.signers[Root.type]
+        self.root.revoke_key(self.signers[role].public_key.keyid, role)
+        self.signers[role] = CryptoSigner.generate_ed25519()
+        self.root.add_key(self.signers[role].public_key, role)
+        self.root.version += 1
+        metadata = Metadata(self.root)
+        metadata.sign(old_root_signer)  # the previous root's threshold
+        if role == Root.type:
+            metadata.sign(self.signers[Root.type], append=True)  # and the new one's
+        data = metadata.to_bytes(_SERIALIZER)
+        (self.directory / f"{self.root.version}.root.json").write_bytes(data)
+        self.versions[Root.type] = self.root.version
+
+    def _expires(self, role: str) -> datetime:
+        if self.succinct_roles.is_delegated_role(role):
+            return self.expires_by_role.get(
+                role, self.expires_by_role.get(BINS_PREFIX, self.expires)
+            )
+        return self.expires_by_role.get(role, self.expires)
 
     def targets(self) -> dict[str, TargetFile]:
         """Every target the current metadata signs, by path."""
@@ -123,3 +175,50 @@ class TufRepository:
         (self.directory / name).write_bytes(data)
         self.versions[role] = version
         return data
+
+
+# --- serving ------------------------------------------------------------------------
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    """Files only, as a static web server serves RSTUF's storage; 404 for anything absent."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive, as a real web server answers
+    failures: dict[str, list[int]]  # URL path -> statuses to answer first, in order
+
+    def setup(self) -> None:
+        super().setup()
+        # Without it keep-alive clients wait ~40 ms per answer (Nagle meets delayed ACKs).
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def do_GET(self) -> None:
+        planned = self.failures.get(self.path)
+        if planned:
+            self.send_error(planned.pop(0))
+            return
+        super().do_GET()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def serve_directory(directory: Path, failures: dict[str, list[int]] | None = None) -> Iterator[str]:
+    """Serve `directory` on 127.0.0.1 from a thread; yields its base URL (with a slash).
+
+    `failures` maps a URL path (``/timestamp.json``) to the statuses answered
+    to its first requests (the dict is consumed, so a test can inspect it).
+    """
+    handler = type("Handler", (_QuietHandler,), {"failures": failures or {}})
+    handler = functools.partial(handler, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01})
+    thread.start()
+    try:
+        host, port = server.server_address[:2]
+        yield f"http://{host}:{port}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
