@@ -195,6 +195,11 @@ def target_of_copy(relative: str) -> str:
     return f"{directory}/{basename}" if directory else basename
 
 
+def digest_of_copy(relative: str) -> str:
+    """The hex digest in a hash-prefixed copy's name (``simple/x/<hex>.index.html`` -> hex)."""
+    return relative.rpartition("/")[2].partition(".")[0]
+
+
 def iter_targets(layout: MirrorLayout, ordered: bool = True) -> Iterator[str]:
     """Yield every TUF target the mirror serves: the roots, then each project's pages.
 

@@ -27,6 +27,7 @@ from mirror_store import (
     crash_point,
     digest_bytes,
     digest_file,
+    digest_of_copy,
     prefixed_name,
     target_of_copy,
 )
@@ -96,9 +97,10 @@ class MirrorWriter:
 
     A page lives at ``<dir>/index.html`` and, hard-linked to the same inode,
     at ``<dir>/<blake2b-256>.index.html``: the name a TUF client with
-    consistent snapshots downloads. A superseded copy is kept while RSTUF has
-    not confirmed the new state, then `grace` seconds more (a client may be
-    between its metadata refresh and its download).
+    consistent snapshots downloads. A superseded copy stays `grace` seconds (a
+    client may be between its metadata refresh and its download); the copy
+    RSTUF still signs, and those on their way to it, stay until RSTUF confirms
+    a newer state, then `grace` seconds more (see `collect_retired`).
     """
 
     def __init__(self, layout: MirrorLayout, state: State, clock: Callable[[], float] = time.time):
@@ -282,17 +284,25 @@ class MirrorWriter:
         self.state.retired[self._relative(copy)] = self.clock()
 
     def collect_retired(self, grace: float) -> int:
-        """Delete prefixed copies retired more than `grace` seconds ago.
+        """Delete the prefixed copies retired more than `grace` seconds ago that no client needs.
 
-        Never the current copy, and never one of a page whose new state RSTUF
-        has not confirmed yet: until it publishes, its metadata still names the
-        old copy (the grace restarts when it confirms, see `restart_grace`).
+        Kept past the grace: the current copy, and each copy RSTUF signs or may
+        soon sign (`Outbox.held_digests`: the state it last confirmed, those in
+        flight or uncertain): while RSTUF is behind, its metadata still sends
+        clients there. Intermediate versions RSTUF never saw go with their grace.
+        A target owed without a record of what RSTUF signs (a state file from
+        an older release) keeps every copy until RSTUF confirms it.
         """
         deadline = self.clock() - grace
-        owed = self.state.outbox.dirty | self.state.outbox.in_flight_paths()
+        box = self.state.outbox
+        held = box.held_digests()
+        unrecorded = box.owed() - box.signed.keys()
         removed = 0
         for relative, retired_at in list(self.state.retired.items()):
-            if retired_at > deadline or target_of_copy(relative) in owed:
+            target = target_of_copy(relative)
+            if retired_at > deadline or target in unrecorded:
+                continue
+            if digest_of_copy(relative) in held.get(target, ()):
                 continue
             copy = self.layout.served_dir / relative
             current = self.layout.served_dir / target_of_copy(relative)
@@ -307,11 +317,22 @@ class MirrorWriter:
                 self._remove_if_empty(copy.parent)
         return removed
 
-    def restart_grace(self, targets: set[str]) -> None:
-        """RSTUF now signs the new state of `targets`: their old copies get a full grace."""
+    def restart_grace(self, superseded: Iterable[tuple[str, str | None]]) -> None:
+        """RSTUF confirmed newer states: the copies it signed before get a full grace from now.
+
+        `superseded` pairs each confirmed target with the digest RSTUF signed
+        until then (None: not recorded, so every retired copy of it). A client
+        that fetched RSTUF's previous metadata may still download them.
+        """
+        released: dict[str, set[str | None]] = {}
+        for target, digest in superseded:
+            released.setdefault(target, set()).add(digest)
+        if not released:
+            return
         now = self.clock()
         for relative in self.state.retired:
-            if target_of_copy(relative) in targets:
+            digests = released.get(target_of_copy(relative))
+            if digests is not None and (None in digests or digest_of_copy(relative) in digests):
                 self.state.retired[relative] = now
 
     def _remove_if_empty(self, directory: Path) -> None:

@@ -69,6 +69,7 @@ from mirror_store import (
     MirrorLayout,
     clear_staging,
     crash_point,
+    digest_bytes,
     digest_file,
     mirror_lock,
     prefixed_name,
@@ -93,7 +94,7 @@ from root_index import (
     render_json_root_lines,
     render_root_lines,
 )
-from rstuf_outbox import RstufDelivery
+from rstuf_outbox import RstufDelivery, WaitBudget
 from run_status import StatusRecorder, show_status
 from safety import (
     CircuitBreaker,
@@ -150,6 +151,7 @@ class Summary:
     failed: int = 0
     requests: int = 0
     rstuf_sent: int = 0
+    rstuf_waited: float = 0.0  # seconds spent on RSTUF, out of --rstuf-wait
     serial_before: int | None = None
     serial_after: int | None = None
     upstream_serial: int | None = None  # PyPI's last serial, as this run saw it
@@ -171,7 +173,8 @@ class Summary:
         return (
             f"summary {mode}added={self.added} updated={self.updated} removed={self.removed} "
             f"unchanged={self.unchanged} failed={self.failed} requests={self.requests} "
-            f"rstuf_sent={self.rstuf_sent} elapsed={self.elapsed:.1f}s "
+            f"rstuf_sent={self.rstuf_sent} rstuf_waited={self.rstuf_waited:.1f}s "
+            f"elapsed={self.elapsed:.1f}s "
             f"serial={self.serial_before}->{self.serial_after} "
             f"pending={unknown if self.pending is None else self.pending} "
             f"outbox={unknown if self.outbox is None else self.outbox} exit={self.exit}"
@@ -250,6 +253,8 @@ class Sync:
         self.source_noted = False
         self.membership_changed = False
         self.bootstrap_refusal: str | None = None  # why this run keeps changes from RSTUF
+        self.budget = WaitBudget(config.rstuf_wait)  # one for the whole run
+        self.delivery: RstufDelivery | None = None
         self.pages_changed = False
         self.marker_owed = False  # write the marker before the next state save
         self.upstream_changed = False
@@ -287,18 +292,19 @@ class Sync:
                 self.sync_locked()
             except Stopped as stop:  # saved inside the lock, and recorded with what was saved
                 raise Stopped(stop.signum, self.save_after_stop()) from None
-        for problem in self.summary.problems:
+        for problem in dict.fromkeys(self.summary.problems):  # each once, in order
             log.warning("%s", problem)
         return self.exit_code()
 
     def sync_locked(self) -> None:
         config = self.config
         last_serial = self.start()  # None: following the JSON root
+        self.forget_rstuf_if_disabled()
         if self.state.outbox.dirty and not config.dry_run:
             # a killed run may have left pages unflushed: never register bytes
             # that a power cut could still take back
             sync_filesystem(self.layout.root)
-        self.deliver_outbox()
+        self.deliver_outbox(wait=False)  # old tasks get their publish while we update
         for name in [n for n in self.state.pending if not self.filter.allows(n)]:
             del self.state.pending[name]  # excluded now: never fetched again
         if self.needs_full_sync():
@@ -308,10 +314,12 @@ class Sync:
         self.state.filters = self.filter
         if config.dry_run:
             return
-        self.writer.collect_retired(self.config.grace)
         sync_filesystem(self.layout.root)  # every page durable before the serial moves
         self.save("run-end")
-        self.deliver_outbox()
+        self.deliver_outbox(wait=True)
+        # after the delivery: what RSTUF just confirmed frees the copies it replaced
+        self.writer.collect_retired(self.config.grace)
+        self.save()
 
     def exit_code(self) -> int:
         if self.config.dry_run:
@@ -462,6 +470,7 @@ class Sync:
     def settle_summary(self) -> None:
         summary = self.summary
         summary.requests = self.pypi.requests_made
+        summary.rstuf_waited = self.budget.spent
         summary.elapsed = time.monotonic() - self.started
         if self.loaded:
             summary.serial_after = self.state.serial
@@ -552,7 +561,7 @@ class Sync:
         to_fetch = full_sync_fetches(wanted, local, current, self.state.pending)
         if self.config.dry_run:
             self.summary.would_fetch = len(to_fetch)
-            outbox = dry_run.outbox_actions(self.state.outbox.dirty, self.target_exists)
+            outbox = dry_run.outbox_actions(self.owed_for_plan(), self.target_exists)
             plan = dry_run.full_sync_plan(
                 kind.replace(" ", "-"), len(to_fetch), len(wanted), target, outbox
             )
@@ -670,8 +679,8 @@ class Sync:
             return
         old_digest = digest_file(path).hexdigest
         self.writer.retire(path.parent / prefixed_name(old_digest, path.name))
-        if record_change:
-            self.state.outbox.dirty.add(form.root_target)
+        if record_change and self.owes_rstuf:
+            self.state.outbox.owe({form.root_target: old_digest})
         self.save("root-intent")  # intent first, as for pages
         path.unlink()
 
@@ -772,7 +781,7 @@ class Sync:
     ) -> None:
         """A dry run's update: print what would be fetched and sent, fetching no page."""
         self.summary.would_fetch = len(to_fetch)
-        outbox = dry_run.outbox_actions(self.state.outbox.dirty, self.target_exists)
+        outbox = dry_run.outbox_actions(self.owed_for_plan(), self.target_exists)
         root = root or self.state.root_stale
         for line in dry_run.update_plan(since, newest, to_fetch, outbox, root):
             self.out(line)
@@ -931,8 +940,8 @@ class Sync:
         old_copy = directory / prefixed_name(old_digest, basename) if old_digest else None
         if old_copy is not None:
             self.writer.retire(old_copy)
-        if record_change:
-            self.state.outbox.dirty.add(form.root_target)
+        if record_change and self.owes_rstuf:
+            self.state.outbox.owe({form.root_target: old_digest})
         self.save("root-intent")
         directory.mkdir(parents=True, exist_ok=True)
         self.writer.install(directory, temp, digest, basename)
@@ -1142,8 +1151,14 @@ class Sync:
         self.membership_changed |= membership
         self.pages_changed = True
         retiring = [self.writer.prepare(change) for change in changes]
+        if record_changes and self.owes_rstuf:
+            self.state.outbox.owe(
+                {
+                    project_target(c.name, c.basename): c.old and digest_bytes(c.old).hexdigest
+                    for c in changes
+                }
+            )
         if record_changes:
-            self.state.outbox.dirty.update(project_target(c.name, c.basename) for c in changes)
             # the JSON root shows every project's serial: any page change moves it
             self.state.root_stale |= membership or JSON in self.forms
         if record_changes or any(retiring):
@@ -1164,30 +1179,59 @@ class Sync:
 
     # RSTUF
 
-    def deliver_outbox(self) -> None:
+    @property
+    def owes_rstuf(self) -> bool:
+        """Whether changes are kept for RSTUF (everything but --no-rstuf)."""
+        return not self.config.no_rstuf
+
+    def owed_for_plan(self) -> set[str]:
+        """What a dry run lists as sent to RSTUF: nothing under --no-rstuf."""
+        return self.state.outbox.dirty if self.owes_rstuf else set()
+
+    def forget_rstuf_if_disabled(self) -> None:
+        """--no-rstuf: whatever an earlier run kept for RSTUF is dropped, once."""
+        if self.owes_rstuf or self.config.dry_run:
+            return
         box = self.state.outbox
-        if self.config.dry_run or (not box.dirty and not box.tasks):
-            return  # a dry run lists the outbox with its plan
-        if self.rstuf is None:
-            log.warning(
-                "%d change(s) wait in the outbox for RSTUF: set RSTUF_API_URL or --rstuf-url",
-                len(box),
+        if box.dirty or box.tasks or box.publishes or box.uncertain or box.signed:
+            owed = box.clear()
+            self.save()
+            log.info(
+                "--no-rstuf: dropped %d change(s) kept for RSTUF; when RSTUF is enabled, "
+                "catch it up with --audit --repair",
+                owed,
             )
+
+    def deliver_outbox(self, wait: bool) -> None:
+        """Deliver the outbox; `wait` (the end of the run) follows tasks within the budget."""
+        box = self.state.outbox
+        if not self.owes_rstuf or self.config.dry_run:
+            return  # a dry run lists the outbox with its plan
+        if not (box.dirty or box.tasks or box.publishes or box.uncertain):
+            return
+        if self.rstuf is None:
+            if wait:  # once, at the end of the run
+                self.summary.problems.append(
+                    f"{len(box)} change(s) wait in the outbox for RSTUF: set --rstuf-url "
+                    "(or RSTUF_API_URL), or --no-rstuf to run without RSTUF"
+                )
             return
         if not self.bootstrap_imported():
             return
+        if self.delivery is None:
+            self.delivery = RstufDelivery(
+                self.state,
+                self.layout,
+                self.rstuf,
+                self.save_delivery_step,
+                batch=self.config.rstuf_batch,
+                budget=self.budget,
+            )
         self.progress.start(self.unconfirmed(), "delivering", unit="paths")
-        report = RstufDelivery(
-            self.state,
-            self.layout,
-            self.rstuf,
-            self.save_delivery_step,
-            wait=self.config.rstuf_wait,
-            batch=self.config.rstuf_batch,
-        ).deliver()
+        report = self.delivery.deliver(wait)
         self.progress.finish()
         self.summary.rstuf_sent += report.sent
-        self.writer.restart_grace(report.confirmed)
+        self.writer.restart_grace(report.superseded)
         self.save("delivered")
         self.summary.problems.extend(f"RSTUF: {error}" for error in report.errors)
 
@@ -1349,7 +1393,7 @@ class Sync:
                 self.settle(path, differing[path], in_flight)
         sync_filesystem(self.layout.root)  # never register bytes a power cut could take back
         self.save("repaired")
-        self.deliver_outbox()
+        self.deliver_outbox(wait=True)
         return outcome.failed
 
     def displayed(self, wanted: dict[str, PendingProject]) -> dict[str, PendingProject]:
@@ -1443,7 +1487,8 @@ EPILOG = (
     "Exit codes: 0 done (--audit: the tree and TUF's targets agree); 1 failed (state not "
     "advanced past what is on disk; --audit: metadata unreachable, badly signed or expired); "
     "2 usage error; 3 another run holds the mirror lock; 4 --audit found differences; 75 "
-    "partly done (pages or RSTUF changes kept pending for the next run); 130 stopped by "
+    "partly done (pages or RSTUF changes kept for the next run, also when changes are owed "
+    "to RSTUF and no RSTUF URL is set: --no-rstuf runs without RSTUF); 130 stopped by "
     "SIGINT; 143 stopped by SIGTERM."
 )
 

@@ -20,11 +20,17 @@ task results repository-service-tuf-worker writes (``repository_service_tuf_work
 repository.py``), and what a real RSTUF (API 1.0.1, worker 1.0.2) was seen to answer.
 
 The publish race: an add/delete task sent with ``publish_artifacts: false``
-first writes its rows, then stays RUNNING until a publish that *started after*
-those rows were written covers them. A publish posted too early covers nothing
-and the task stays RUNNING for ever. So either send with ``publish=True``, or
-wait until every task `is_waiting_for_publish` (see `RstufClient.wait_written`),
-then `RstufClient.publish`, then `RstufClient.wait` for each task.
+first writes its rows, then stays RUNNING, holding a worker process, until a
+publish that *started after* those rows were written covers them. A publish
+posted too early covers nothing. When to publish is the caller's business
+(``rstuf_outbox.py``); this module only tells whether a task's rows are
+written (`is_waiting_for_publish`) and whether it failed (`task_failure`).
+
+Retries: a POST whose request may have reached RSTUF without its answer
+reaching us (a read timeout, a connection cut after sending, a 5xx from a
+proxy) may have started a task nobody learns the id of; its retry starts
+another. `add` and `remove` report each such attempt to their ``on_uncertain``
+callback before retrying, so the caller can keep track of that possible task.
 """
 
 from __future__ import annotations
@@ -32,7 +38,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import time
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,6 +45,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
+import urllib3
 
 from http_retry import (
     USER_AGENT,
@@ -217,25 +223,6 @@ class TaskFailed(RstufError):
         return (
             f"RSTUF task {self.task_id} ended {self.state}: {self.message}; "
             "check the RSTUF worker logs (the changes are sent again next run)"
-        )
-
-
-class TaskTimeout(RstufError):
-    """The deadline passed with the task still not finished."""
-
-    def __init__(self, task_id: str, last_state: str) -> None:
-        super().__init__(task_id, last_state)
-        self.task_id = task_id
-        self.last_state = last_state
-
-    def __str__(self) -> str:
-        hint = {
-            "PENDING": "no RSTUF worker took it (or RSTUF does not know this task id)",
-            "RUNNING": "its rows are written and wait for a publish",
-        }.get(self.last_state, "RSTUF is still working on it")
-        return (
-            f"RSTUF task {self.task_id} still {self.last_state} at the deadline ({hint}); "
-            "check the RSTUF workers, or wait longer"
         )
 
 
@@ -450,19 +437,49 @@ _RETRYABLE = (
 
 
 class _Transient(Retryable):
-    """An attempt worth repeating; carries what to raise once the retries are spent."""
+    """An attempt worth repeating; carries what to raise once the retries are spent.
 
-    def __init__(self, final: RstufError, why: str, wait: float | None = None) -> None:
+    `uncertain`: the request may have reached RSTUF and been acted on.
+    """
+
+    def __init__(
+        self, final: RstufError, why: str, wait: float | None = None, uncertain: bool = True
+    ) -> None:
         super().__init__(why, retry_after=wait)
         self.final = final
+        self.uncertain = uncertain
+
+
+def may_have_arrived(exc: BaseException) -> bool:
+    """Whether a request that failed with `exc` may still have reached the server.
+
+    Only a connection that was never made (refused, unresolvable, connect
+    timeout) proves the server saw nothing; a read timeout or a connection
+    dropped after sending leaves it open.
+    """
+    if isinstance(exc, requests.ConnectTimeout):
+        return False
+    reason: BaseException | None = exc
+    for _ in range(6):
+        if reason is None:
+            break
+        if isinstance(reason, urllib3.exceptions.NewConnectionError):
+            return False  # refused or unresolvable (NameResolutionError is a subclass)
+        inner = getattr(reason, "reason", None)
+        if not isinstance(inner, BaseException):
+            inner = next((a for a in reason.args if isinstance(a, BaseException)), None)
+        reason = inner
+    return True
 
 
 class RstufClient:
     """A client for RSTUF's REST API v1: one session, timeouts, retries, exact bodies.
 
     `session` is injected by tests (and closed by its owner); without one the
-    client makes its own and `close()` closes it. Adds, deletes and publishes
-    are idempotent in RSTUF, so every request may be retried.
+    client makes its own and `close()` closes it. Every request may be retried:
+    an add or delete carries final states, so a duplicate task writes the same
+    rows (and `on_uncertain` tells the caller one may exist); a duplicate
+    publish publishes what is there.
     """
 
     def __init__(
@@ -517,28 +534,41 @@ class RstufClient:
             raise RstufBadResponse(f"GET {BOOTSTRAP_PATH} answered without data.bootstrap")
         return data["bootstrap"]
 
-    def add(self, artifacts: Sequence[Artifact], publish: bool = True) -> str:
+    def add(
+        self,
+        artifacts: Sequence[Artifact],
+        publish: bool = True,
+        on_uncertain: Callable[[], None] | None = None,
+    ) -> str:
         """Ask RSTUF to add (or update) `artifacts`; return the task id.
 
         Raises ValueError/InvalidArtifact before sending anything when the
-        list is empty or an artifact is unfit.
+        list is empty or an artifact is unfit. `on_uncertain` is called for
+        each attempt that may have started a task whose id never arrived.
         """
         validate_artifacts(artifacts)
-        return self._submit(ADD_PATH, add_body(artifacts, publish))
+        return self._submit(ADD_PATH, add_body(artifacts, publish), on_uncertain)
 
-    def remove(self, paths: Sequence[str], publish: bool = True) -> str:
+    def remove(
+        self,
+        paths: Sequence[str],
+        publish: bool = True,
+        on_uncertain: Callable[[], None] | None = None,
+    ) -> str:
         """Ask RSTUF to remove the targets at `paths`; return the task id.
 
-        A path RSTUF does not know ends in ``not_found_artifacts``, not in an error.
+        A path RSTUF does not know ends in ``not_found_artifacts``, not in an
+        error. `on_uncertain` as for `add`.
         """
         validate_paths(paths)
-        return self._submit(DELETE_PATH, delete_body(paths, publish))
+        return self._submit(DELETE_PATH, delete_body(paths, publish), on_uncertain)
 
     def publish(self) -> str:
         """Ask RSTUF to publish every change written so far; return the task id.
 
-        Post it only once the add/delete tasks it should cover are
-        `is_waiting_for_publish` (see the module docstring).
+        It covers the add/delete tasks that are `is_waiting_for_publish` when
+        it starts (see the module docstring). A duplicate started by a retry
+        is harmless: it publishes what is there, or nothing.
         """
         return self._task_id(PUBLISH_PATH, self._request("POST", PUBLISH_PATH))
 
@@ -557,40 +587,13 @@ class RstufClient:
             result=result if isinstance(result, dict) else None,
         )
 
-    def wait(self, task_id: str, deadline: float) -> TaskResult:
-        """Poll until the task succeeds; return its SUCCESS result.
-
-        `deadline` is a `time.monotonic()` value. Raises TaskFailed (including
-        a SUCCESS with status false or invalid paths) or TaskTimeout.
-        """
-        return self._poll(task_id, deadline, lambda state: state == SUCCESS_STATE)
-
-    def wait_written(self, task_id: str, deadline: float) -> TaskResult:
-        """Poll until an add/delete task has written its rows (RUNNING or SUCCESS).
-
-        What to wait for, for every task sent with ``publish=False``, before
-        posting the publish that should cover them. Raises like `wait`.
-        """
-        return self._poll(task_id, deadline, is_waiting_for_publish)
-
     # --- plumbing ---
 
-    def _poll(self, task_id: str, deadline: float, done: Callable[[str], bool]) -> TaskResult:
-        while True:
-            task = self.task(task_id)
-            failure = task_failure(task)
-            if failure is not None:
-                raise TaskFailed(task_id, task.state, failure)
-            if done(task.state):
-                return task
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TaskTimeout(task_id, task.state)
-            time.sleep(min(self.poll_interval, remaining))
-
-    def _submit(self, path: str, body: dict[str, Any]) -> str:
+    def _submit(
+        self, path: str, body: dict[str, Any], on_uncertain: Callable[[], None] | None
+    ) -> str:
         data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-        return self._task_id(path, self._request("POST", path, body=data))
+        return self._task_id(path, self._request("POST", path, data, None, on_uncertain))
 
     def _task_id(self, path: str, document: dict[str, Any]) -> str:
         data = document.get("data")
@@ -609,12 +612,26 @@ class RstufClient:
         path: str,
         body: bytes | None = None,
         params: dict[str, str] | None = None,
+        on_uncertain: Callable[[], None] | None = None,
     ) -> dict[str, Any]:
-        """Send one request with retries; return the JSON object of a 200/202 answer."""
+        """Send one request with retries; return the JSON object of a 200/202 answer.
+
+        `on_uncertain` is called after each attempt that failed in a way that
+        leaves open whether RSTUF acted on the request (`may_have_arrived`).
+        """
         policy = RetryPolicy(self.retries, self.backoff)
+
+        def attempt() -> dict[str, Any]:
+            try:
+                return self._attempt(method, path, body, params)
+            except _Transient as transient:
+                if on_uncertain is not None and transient.uncertain:
+                    on_uncertain()
+                raise
+
         try:
             return call_with_retries(
-                lambda: self._attempt(method, path, body, params),
+                attempt,
                 policy,
                 f"RSTUF {method} {path}",
                 log,
@@ -657,7 +674,7 @@ class RstufClient:
             reason = self._scrub(_exception_reason(exc))
             final = RstufUnreachable(_redact_url(url), reason)
             final.__cause__ = exc
-            raise _Transient(final, reason) from exc
+            raise _Transient(final, reason, uncertain=may_have_arrived(exc)) from exc
         except requests.RequestException as exc:  # e.g. an invalid URL: retrying cannot help
             raise RstufUnreachable(_redact_url(url), self._scrub(_exception_reason(exc))) from exc
         return self._judge(method, path, status, retry_after, content)
@@ -684,7 +701,10 @@ class RstufClient:
                 if status == 429
                 else RstufServerError(status, detail, where)
             )
-            raise _Transient(final, f"HTTP {status}: {detail}", retry_after)
+            # 429 and 503 say the request was not taken on; any other 5xx (a proxy's
+            # 502/504, an API that failed after queueing the task) leaves it open.
+            uncertain = status not in (429, 503)
+            raise _Transient(final, f"HTTP {status}: {detail}", retry_after, uncertain)
         if status == 404 and path in (ADD_PATH, DELETE_PATH) and detail != "Not Found":
             # FastAPI's own 404 for a missing route says just "Not Found":
             # that is a wrong URL, not an RSTUF waiting for its bootstrap.

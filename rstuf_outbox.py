@@ -1,43 +1,100 @@
-"""The RSTUF outbox: delivering what the mirror owes RSTUF, at most once per path at a time.
+"""The RSTUF outbox: delivering what the mirror owes RSTUF, and following every task it starts.
 
 The outbox itself lives in state.json (`state.Outbox`); this module sends its
-changes with `rstuf_client` and follows every task RSTUF accepted.
+changes with `rstuf_client`, publishes them, and polls every task it started,
+publishes included, until it succeeded or failed in a way acted on.
+
+Why it cannot stall, whatever order RSTUF starts tasks in (repository-service-
+tuf-worker 1.0, ``repository.py`` and ``supervisor.conf``):
+
+- Every add/delete goes with ``publish_artifacts: false``, in requests of up to
+  `batch` paths. The worker runs one process per core; a task writes its rows,
+  shows RUNNING, and then holds its process until a publish that *started after*
+  those rows were written covers them. Tasks beyond the processes wait PENDING.
+- A publish covers every row written before it started, so one posted after a
+  task was seen RUNNING always covers it. Each poll round therefore publishes
+  when some task is RUNNING that no publish posted since covers; again when that
+  publish failed (retried in the same run, up to `MAX_PUBLISH_FAILURES`); and
+  again when a task it covered is still RUNNING `CONFIRM_POLLS` polls after it
+  succeeded, or when it has not finished after `PUBLISH_POLLS` polls. Every task
+  holding a process is published within about one poll interval of showing
+  RUNNING, frees its process, and the next ones start.
+- Processes can also be held by tasks the mirror cannot poll (a request whose
+  answer was lost, another client's): when our tasks have sat PENDING, none of
+  them moving, for `STALL_POLLS` polls, a publish frees those too.
+- Publish tasks are kept in the outbox and polled to their end, in this run or
+  the next. Waiting is bounded by one `WaitBudget` for the whole run.
+
+A request whose answer may be lost (read timeout, connection cut after
+sending, a proxy's 5xx) may have started a task whose id never arrived, and
+its retry starts another. Both carry the same final states, so the duplicate
+writes the same rows, and it cannot hold a process for long (above). To keep
+it tracked all the same, each request is recorded in ``outbox.uncertain``
+before it is sent and moved to ``outbox.tasks`` once RSTUF answered with its
+task id; every attempt that may have reached RSTUF unanswered leaves its own
+entry, as does a run killed before it saved the answer. An uncertain entry
+keeps the page copies it names on disk and, after `UNCERTAIN_SETTLE`, its paths
+are sent once more so that RSTUF ends on the mirror's final state even if the
+duplicate ran late.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import rstuf_client
 from mirror_store import TUF_HASH_ALGORITHM, MirrorLayout, crash_point, digest_file
-from state import OutboxTask, State
+from state import OutboxTask, PublishTask, State
 
 log = logging.getLogger("pypi_mirror")
 
-# --- the RSTUF outbox
+# States in which an add/delete is taking up a worker process.
+_MOVING_STATES = frozenset({"RECEIVED", "STARTED", "PRE_RUN", "RUNNING", "RETRY"})
+
+
+@dataclass
+class WaitBudget:
+    """The seconds one run may spend on RSTUF, shared by all its deliveries."""
+
+    seconds: float
+    spent: float = 0.0
+
+    @property
+    def left(self) -> float:
+        return max(0.0, self.seconds - self.spent)
 
 
 @dataclass
 class DeliveryReport:
-    sent: int = 0
-    confirmed: set[str] = field(default_factory=set)  # paths RSTUF now publishes
+    sent: int = 0  # artifacts sent (added or removed)
+    # (target, digest RSTUF signed until it confirmed a newer state; None: not recorded)
+    superseded: list[tuple[str, str | None]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
 
 class RstufDelivery:
-    """Delivers the changes in ``state.outbox`` to RSTUF, at most once per path at a time.
+    """Delivers ``state.outbox`` to RSTUF, at most once per path at a time; one per run.
 
     A path is sent as its final state on disk (present: add with its length and
     hash; absent: remove). A path already in an unfinished task waits until that
-    task ends, so RSTUF never sees an older state after a newer one. Each accepted
-    task id is saved in state.json before anything else happens, so a crash costs
-    at most a resend of an idempotent request.
+    task ends, so RSTUF never sees an older state after a newer one. Each request
+    is saved in state.json before it is sent and again with its task id.
+
+    What it learns of RSTUF's tasks lives for the run, across `deliver` calls;
+    `clock` (epoch, for state.json), `monotonic` and `sleep` are injectable.
     """
 
     TASK_EXPIRY = 6 * 3600.0  # an unknown task id stays PENDING for ever: resend after this
+    UNCERTAIN_SETTLE = 3600.0  # seconds after which an unanswered request has surely run
+    CONFIRM_POLLS = 5  # polls a covered task may stay RUNNING after its publish succeeded
+    PUBLISH_POLLS = 30  # polls a publish may stay unfinished before another is posted
+    STALL_POLLS = 5  # polls our tasks may sit PENDING, none moving, before a publish frees them
+    MAX_PUBLISH_FAILURES = 3  # failed publishes in one run before giving up until the next
+    MAX_OPEN_PUBLISHES = 3  # unfinished publishes followed at once (RSTUF's jobs worker down)
 
     def __init__(
         self,
@@ -45,91 +102,236 @@ class RstufDelivery:
         layout: MirrorLayout,
         client: rstuf_client.RstufClient,
         save: Callable[[], None],
-        wait: float,
         batch: int,
+        budget: WaitBudget,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.box = state.outbox
         self.layout, self.client, self.save = layout, client, save
-        self.wait, self.batch = wait, batch  # seconds for the whole delivery; artifacts a request
-        self.clock, self.sleep = clock, sleep
-        self.task_states: dict[str, str] = {}
+        self.batch, self.budget = batch, budget
+        self.clock, self.monotonic, self.sleep = clock, monotonic, sleep
+        self.states: dict[str, str] = {}  # last state seen, by task id
+        self.covered_by: dict[str, str] = {}  # change task -> publish posted after it ran
+        self.publish_posted: dict[str, float] = {}  # publish -> when posted (monotonic)
+        self.publish_done: dict[str, float] = {}  # publish -> when seen SUCCESS (monotonic)
+        self.last_publish = -math.inf  # monotonic
+        self.last_progress = monotonic()  # when one of our tasks was last seen moving
+        self.publish_failures = 0
         self.failed_paths: set[str] = set()  # not resent in the run their task failed in
-        self.sent_now: set[str] = set()  # ids of the tasks this delivery sent
 
-    def deliver(self) -> DeliveryReport:
-        """Poll, send, publish and wait until every task ended or `rstuf_wait` passed."""
+    @property
+    def poll_interval(self) -> float:
+        return self.client.poll_interval
+
+    # --- one delivery
+
+    def deliver(self, wait: bool) -> DeliveryReport:
+        """Poll, send and publish; with `wait`, repeat every poll interval until all ended.
+
+        Without `wait` it makes one pass (the start of a run: old tasks get their
+        publish while the mirror updates). Either way the time spent comes out
+        of the run's budget; what is left unfinished is followed up next run.
+        """
         report = DeliveryReport()
-        deadline = time.monotonic() + self.wait
+        started = self.monotonic()
         try:
-            self._poll(report)
-            self._send(report)
-            while self.box.tasks and time.monotonic() < deadline:
-                self._publish_if_ready()
-                self.sleep(min(self.client.poll_interval, max(0.0, deadline - time.monotonic())))
+            self._settle_uncertain()
+            while True:
                 self._poll(report)
                 self._send(report)
+                self._publish_if_needed(report)
+                left = self.budget.left - (self.monotonic() - started)
+                if not wait or not self._following() or left <= 0:
+                    break
+                self.sleep(min(self.poll_interval, left))
         except rstuf_client.RstufError as exc:
             report.errors.append(str(exc))
-        if self.box.tasks and not report.errors:
-            report.errors.append(
-                f"{len(self.box.tasks)} RSTUF task(s) not finished after "
-                f"{self.wait:.0f}s; they are checked again next run"
-            )
-        if self.box.dirty and not report.errors:
-            report.errors.append(f"{len(self.box.dirty)} change(s) not sent to RSTUF")
+        finally:
+            self.budget.spent += self.monotonic() - started
+        if wait and not report.errors:
+            self._report_unfinished(report)
         return report
 
+    def _following(self) -> bool:
+        """Whether waiting longer can still get something done in this run."""
+        if self.publish_failures >= self.MAX_PUBLISH_FAILURES and not self.box.publishes:
+            return False
+        return bool(self.box.tasks or self.box.publishes or self._ready())
+
+    def _report_unfinished(self, report: DeliveryReport) -> None:
+        unfinished = [*self.box.tasks, *self.box.publishes]
+        if unfinished:
+            states: dict[str, int] = {}
+            for task in unfinished:
+                state = self.states.get(task.task_id, "unpolled")
+                states[state] = states.get(state, 0) + 1
+            seen = ", ".join(f"{count} {state}" for state, count in sorted(states.items()))
+            report.errors.append(
+                f"{len(unfinished)} RSTUF task(s) not finished when the run's RSTUF budget "
+                f"(--rstuf-wait {self.budget.seconds:g}s) ran out ({seen}); they are followed "
+                "up next run"
+            )
+        elif self.box.dirty:
+            report.errors.append(f"{len(self.box.dirty)} change(s) not sent to RSTUF")
+
+    # --- polling
+
     def _poll(self, report: DeliveryReport) -> None:
+        now = self.monotonic()
         changed = False
         for task in list(self.box.tasks):
-            result = self.client.task(task.task_id)
-            self.task_states[task.task_id] = result.state
-            failure = rstuf_client.task_failure(result)
-            if failure is not None:
-                report.errors.append(failure)
-                self.failed_paths.update(task.paths)
-                self._requeue(task)
-            elif result.state == "SUCCESS":
-                report.confirmed.update(task.paths)
-                self.box.tasks.remove(task)
-            elif self.clock() - task.sent_at > self.TASK_EXPIRY:
-                log.warning(
-                    "RSTUF task %s still %s after %.0fs; sending its changes again",
-                    task.task_id,
-                    result.state,
-                    self.TASK_EXPIRY,
-                )
-                self._requeue(task)
-            else:
-                continue
-            changed = True
+            changed |= self._poll_change(task, report, now)
+        for publish in list(self.box.publishes):
+            changed |= self._poll_publish(publish, report, now)
         if changed:
             self.save()
 
+    def _observe(self, task_id: str, state: str, now: float) -> None:
+        if state in _MOVING_STATES or self.states.get(task_id, state) != state:
+            self.last_progress = now
+        self.states[task_id] = state
+
+    def _poll_change(self, task: OutboxTask, report: DeliveryReport, now: float) -> bool:
+        result = self.client.task(task.task_id)
+        self._observe(task.task_id, result.state, now)
+        failure = rstuf_client.task_failure(result)
+        if failure is not None:
+            report.errors.append(str(rstuf_client.TaskFailed(task.task_id, result.state, failure)))
+            self.failed_paths.update(task.paths)
+            self._requeue(task)
+        elif result.state == rstuf_client.SUCCESS_STATE:
+            self.box.tasks.remove(task)
+            for path in task.paths:
+                report.superseded.append((path, self.box.confirm(path, task.digests.get(path))))
+        elif self.clock() - task.sent_at > self.TASK_EXPIRY:
+            log.warning(
+                "RSTUF task %s still %s after %.0fs; sending its changes again",
+                task.task_id,
+                result.state,
+                self.TASK_EXPIRY,
+            )
+            self._requeue(task)
+        else:
+            return False
+        return True
+
     def _requeue(self, task: OutboxTask) -> None:
+        """Send `task`'s paths again; until its record settles, what it sent stays on disk.
+
+        A task that failed may still have written rows that a later publish
+        publishes, so its page copies are kept like those of an unanswered request.
+        """
         self.box.tasks.remove(task)
+        self.box.uncertain.append(
+            OutboxTask(task.task_id, task.action, task.paths, self.clock(), task.digests)
+        )
         self.box.dirty.update(task.paths)
 
+    def _poll_publish(self, publish: PublishTask, report: DeliveryReport, now: float) -> bool:
+        result = self.client.task(publish.task_id)
+        self.states[publish.task_id] = result.state
+        failure = rstuf_client.task_failure(result)
+        if failure is not None:
+            self.publish_failures += 1
+            again = self.publish_failures < self.MAX_PUBLISH_FAILURES
+            log.warning(
+                "RSTUF publish %s ended %s: %s; %s",
+                publish.task_id,
+                result.state,
+                failure,
+                "publishing again" if again else "no more publishes this run",
+            )
+            if not again:
+                report.errors.append(
+                    f"{self.publish_failures} RSTUF publishes failed in this run, the last "
+                    f"{result.state}: {failure}; check the RSTUF worker logs (its tasks are "
+                    "published next run)"
+                )
+        elif result.state == rstuf_client.SUCCESS_STATE:
+            self.publish_done[publish.task_id] = now
+            self._supersede_before(publish)
+        elif self.clock() - publish.sent_at <= self.TASK_EXPIRY:
+            return False
+        self.box.publishes.remove(publish)
+        return True
+
+    def _supersede_before(self, publish: PublishTask) -> None:
+        """Publishes posted before one that succeeded are done with: it covered all they would.
+
+        (A publish covers every row written before it started, and it started
+        after they were posted.) So one that RSTUF lost does not hold the run.
+        """
+        index = self.box.publishes.index(publish)
+        for earlier in self.box.publishes[:index]:
+            log.info("RSTUF publish %s is superseded by %s", earlier.task_id, publish.task_id)
+        del self.box.publishes[:index]
+
+    # --- publishing
+
+    def _publish_if_needed(self, report: DeliveryReport) -> None:
+        if self.publish_failures >= self.MAX_PUBLISH_FAILURES:
+            return
+        now = self.monotonic()
+        running = [
+            task.task_id for task in self.box.tasks if self.states.get(task.task_id) == "RUNNING"
+        ]
+        if any(not self._covered(task_id, now) for task_id in running) or self._stalled(now):
+            self._post_publish(running, now)
+
+    def _covered(self, task_id: str, now: float) -> bool:
+        """Whether a publish posted after `task_id` was seen RUNNING is running or just ended."""
+        publish_id = self.covered_by.get(task_id)
+        if publish_id is None:
+            return False
+        if any(publish.task_id == publish_id for publish in self.box.publishes):
+            posted = self.publish_posted[publish_id]
+            return now - posted < self.PUBLISH_POLLS * self.poll_interval  # else: stuck
+        done = self.publish_done.get(publish_id)
+        return done is not None and now - done < self.CONFIRM_POLLS * self.poll_interval
+
+    def _stalled(self, now: float) -> bool:
+        """Our tasks wait PENDING and none has moved for a while: processes held by others."""
+        patience = self.STALL_POLLS * self.poll_interval
+        return (
+            any(self.states.get(task.task_id) == "PENDING" for task in self.box.tasks)
+            and now - self.last_progress >= patience
+            and now - self.last_publish >= patience
+        )
+
+    def _post_publish(self, running: Sequence[str], now: float) -> None:
+        publish_id = self.client.publish()
+        self.box.publishes.append(PublishTask(publish_id, self.clock()))
+        # Publishes are cumulative: a newer one covers all an older one would.
+        # While RSTUF runs none of them, following the newest few is enough.
+        for dropped in self.box.publishes[: -self.MAX_OPEN_PUBLISHES]:
+            log.info(
+                "RSTUF publish %s still %s: no longer followed",
+                dropped.task_id,
+                self.states.get(dropped.task_id, "unpolled"),
+            )
+        del self.box.publishes[: -self.MAX_OPEN_PUBLISHES]
+        self.save()
+        for task_id in running:
+            self.covered_by[task_id] = publish_id
+        self.publish_posted[publish_id] = self.last_publish = now
+
+    # --- sending
+
+    def _ready(self) -> list[str]:
+        """Owed paths that can go now: not in flight, not failed in this run."""
+        return sorted(self.box.dirty - self.box.in_flight_paths() - self.failed_paths)
+
     def _send(self, report: DeliveryReport) -> None:
-        ready = sorted(self.box.dirty - self.box.in_flight_paths() - self.failed_paths)
+        ready = self._ready()
         if not ready:
             return
         adds, removes = self._final_states(ready)
-        batch = self.batch
-        requests_needed = -(-len(adds) // batch) + -(-len(removes) // batch)
-        publish_each = requests_needed == 1  # several: publish once, after all rows are written
-        for start in range(0, len(adds), batch):
-            chunk = adds[start : start + batch]
-            task_id = self.client.add(chunk, publish=publish_each)
-            self._record(task_id, "add", [artifact.path for artifact in chunk], publish_each)
-            report.sent += len(chunk)
-        for start in range(0, len(removes), batch):
-            chunk = removes[start : start + batch]
-            task_id = self.client.remove(chunk, publish=publish_each)
-            self._record(task_id, "remove", chunk, publish_each)
-            report.sent += len(chunk)
+        for start in range(0, len(adds), self.batch):
+            self._submit("add", adds[start : start + self.batch], [], report)
+        for start in range(0, len(removes), self.batch):
+            self._submit("remove", [], removes[start : start + self.batch], report)
 
     def _final_states(self, paths: list[str]) -> tuple[list[rstuf_client.Artifact], list[str]]:
         """Split paths into artifacts to add (hashed from disk now) and paths to remove."""
@@ -144,32 +346,61 @@ class RstufDelivery:
             adds.append(rstuf_client.Artifact(path, digest.length, hashes))
         return adds, removes
 
-    def _record(self, task_id: str, action: str, paths: list[str], published: bool) -> None:
+    def _submit(
+        self,
+        action: str,
+        artifacts: list[rstuf_client.Artifact],
+        removes: list[str],
+        report: DeliveryReport,
+    ) -> None:
+        """One request, recorded before it is sent (uncertain) and once answered (a task)."""
+        paths = [artifact.path for artifact in artifacts] if action == "add" else removes
+        digests = {a.path: a.hashes[TUF_HASH_ALGORITHM] for a in artifacts}
+        intent = OutboxTask("", action, paths, self.clock(), digests)
+        self.box.uncertain.append(intent)
+        self.save()  # durable before RSTUF can act on it
+
+        def on_uncertain() -> None:
+            """An attempt may have started a task unseen: keep it tracked before the retry."""
+            entry = OutboxTask("", action, list(paths), self.clock(), dict(digests))
+            self.box.uncertain.append(entry)
+            self.save()
+
+        try:
+            if action == "add":
+                task_id = self.client.add(artifacts, publish=False, on_uncertain=on_uncertain)
+            else:
+                task_id = self.client.remove(removes, publish=False, on_uncertain=on_uncertain)
+        except rstuf_client.RstufError:
+            self._forget(intent)
+            self.save()
+            raise
         crash_point("rstuf-answered", paths)
-        self.sent_now.add(task_id)
-        self.box.tasks.append(OutboxTask(task_id, action, paths, published, self.clock()))
+        self.last_progress = self.monotonic()  # a new task: give it time to start
+        self._forget(intent)
+        intent.task_id = task_id
+        self.box.tasks.append(intent)
         self.box.dirty.difference_update(paths)
         self.save()
+        report.sent += len(paths)
 
-    def _publish_if_ready(self) -> None:
-        """Publish the tasks that wrote their rows (RUNNING or SUCCESS) once all sent now have.
+    def _forget(self, entry: OutboxTask) -> None:
+        self.box.uncertain = [other for other in self.box.uncertain if other is not entry]
 
-        A publish posted earlier could run first and cover nothing, leaving the
-        tasks RUNNING for ever (the publish race, see rstuf_client.py). A task left by an
-        earlier run that has still not written its rows is stuck or lost by RSTUF
-        (it is resent once it expires): it must not hold back every later change.
-        """
-        unpublished = [task for task in self.box.tasks if not task.published]
-        written = [
-            task
-            for task in unpublished
-            if rstuf_client.is_waiting_for_publish(self.task_states.get(task.task_id, ""))
-        ]
-        if not written or any(
-            task.task_id in self.sent_now for task in unpublished if task not in written
-        ):
+    def _settle_uncertain(self) -> None:
+        """Uncertain records old enough to have run: send their paths' final state once more."""
+        now = self.clock()
+        settled = [e for e in self.box.uncertain if now - e.sent_at >= self.UNCERTAIN_SETTLE]
+        if not settled:
             return
-        self.client.publish()
-        for task in written:
-            task.published = True
+        for entry in settled:
+            self._forget(entry)
+        targets = {path for entry in settled for path in entry.paths}
+        self.box.owe({target: self._digest_on_disk(target) for target in targets})
         self.save()
+
+    def _digest_on_disk(self, target: str) -> str | None:
+        try:
+            return digest_file(self.layout.path_of_target(target)).hexdigest
+        except (FileNotFoundError, NotADirectoryError):
+            return None

@@ -44,7 +44,10 @@ class Config:
     dry_run: bool = False
     rstuf_url: str | None = None
     rstuf_token: str | None = None  # from RSTUF_API_TOKEN only
-    rstuf_wait: float = 600.0  # seconds to wait for RSTUF tasks per delivery
+    no_rstuf: bool = False  # run without RSTUF on purpose: nothing owed, nothing warned
+    # seconds a whole run may spend on RSTUF (both deliveries together): a 5,000-page
+    # request takes about 65 s on a real RSTUF, and a cron run every 300 s needs room
+    rstuf_wait: float = 120.0
     rstuf_batch: int = 5000  # artifacts per RSTUF request
     rstuf_poll: float = 2.0  # seconds between two task polls
     grace: float = 3600.0  # seconds an old hash-prefixed copy stays served
@@ -198,12 +201,23 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "rstuf-url",
-        "RSTUF API base URL; without it changes wait in the outbox",
+        "RSTUF API base URL; without it (and without --no-rstuf) changes wait in the outbox "
+        "and the run exits 75",
         url,
         env="RSTUF_API_URL",
         metavar="URL",
     ),
-    Option("rstuf-wait", "seconds to wait for RSTUF tasks to finish", number(float, 0, 86400)),
+    Option(
+        "no-rstuf",
+        "run without RSTUF on purpose: nothing is kept for RSTUF and nothing warned; when "
+        "RSTUF is enabled later, catch it up with --audit --repair",
+    ),
+    Option(
+        "rstuf-wait",
+        "seconds a run may spend delivering to RSTUF and waiting for its tasks, in all; "
+        "unfinished tasks are followed up next run",
+        number(float, 0, 86400),
+    ),
     Option(
         "rstuf-batch",
         "artifacts per RSTUF request; a bigger update is sent in several requests",
@@ -586,6 +600,11 @@ def config_from(
     if values.get("status") and (values.get("dry_run") or values.get("full_check")):
         raise UsageError("--status only reads; give it without --dry-run and --full-check")
     check_audit_options(values)
+    if values.get("no_rstuf") and values.get("rstuf_url"):
+        raise UsageError(
+            "--no-rstuf and an RSTUF URL (--rstuf-url, RSTUF_API_URL or rstuf-url in the "
+            "config file) exclude each other: drop one"
+        )
     token = environ.get(TOKEN_ENV) or None
     quiet = values.get("quiet", False)
     return Config(**values, rstuf_token=token, progress=sys.stderr.isatty() and not quiet)

@@ -12,6 +12,7 @@ import glob
 import json
 import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,32 +42,101 @@ class PendingProject:
 
 @dataclass
 class OutboxTask:
-    """An RSTUF task that was accepted but has not been seen to reach SUCCESS."""
+    """An add or remove RSTUF accepted, or may have accepted, and not yet seen to succeed.
+
+    In `Outbox.tasks` it has RSTUF's task id; in `Outbox.uncertain` the id is
+    "" (never learnt: the answer was lost, or the run was killed before it was
+    saved) or the id of a task that failed.
+    """
 
     task_id: str
     action: str  # "add" or "remove"
     paths: list[str]
-    published: bool  # False: sent with publish_artifacts=false, needs a publish
+    sent_at: float  # epoch seconds
+    digests: dict[str, str] = field(default_factory=dict)  # path -> blake2b-256 sent (adds)
+
+
+@dataclass
+class PublishTask:
+    """A publish the mirror posted, polled until it reaches a final state."""
+
+    task_id: str
     sent_at: float  # epoch seconds
 
 
 @dataclass
 class Outbox:
-    """Changes the mirror owes RSTUF.
+    """Changes the mirror owes RSTUF, and every RSTUF task it started for them.
 
     `dirty` holds target paths whose current state (the bytes on disk, or
     absence) RSTUF has not been told yet; the artifact is computed from disk
-    when it is sent, so only a path's final state is ever delivered.
+    when it is sent, so only a path's final state is ever delivered. `signed`
+    keeps, for each target owed, the digest RSTUF signs until it confirms a
+    newer state ("": no such target at RSTUF): that copy, those in flight and
+    the current one are all a TUF client can be sent to.
     """
 
     dirty: set[str] = field(default_factory=set)
     tasks: list[OutboxTask] = field(default_factory=list)
+    publishes: list[PublishTask] = field(default_factory=list)
+    uncertain: list[OutboxTask] = field(default_factory=list)
+    signed: dict[str, str] = field(default_factory=dict)
 
     def in_flight_paths(self) -> set[str]:
         return {path for task in self.tasks for path in task.paths}
 
+    def owed(self) -> set[str]:
+        """Targets whose current state RSTUF has not confirmed."""
+        return self.dirty | self.in_flight_paths()
+
+    def owe(self, changed: Mapping[str, str | None]) -> None:
+        """Targets changed; `changed` maps each to the digest RSTUF signed before (None: none).
+
+        Only the first change while a target is owed records what RSTUF signs:
+        later ones replace versions RSTUF never saw.
+        """
+        in_flight: set[str] | None = None
+        for target, signed_digest in changed.items():
+            if target not in self.signed and target not in self.dirty:
+                if in_flight is None:
+                    in_flight = self.in_flight_paths()  # once per batch, not per target
+                if target not in in_flight:
+                    self.signed[target] = signed_digest or ""
+            self.dirty.add(target)
+
+    def confirm(self, target: str, digest: str | None) -> str | None:
+        """RSTUF now signs `digest` (None: removed) for `target`; return what it signed before.
+
+        None when that was not recorded (a state file from before it was).
+        """
+        before = self.signed.pop(target, None)
+        if target in self.dirty:  # changed again since (a path is in one task at a time)
+            self.signed[target] = digest or ""
+        return before
+
+    def held_digests(self) -> dict[str, set[str]]:
+        """For each target, the digests RSTUF signs or may soon sign: their copies stay."""
+        held: dict[str, set[str]] = {}
+        for target, digest in self.signed.items():
+            if digest:
+                held.setdefault(target, set()).add(digest)
+        for task in (*self.tasks, *self.uncertain):
+            for target, digest in task.digests.items():
+                held.setdefault(target, set()).add(digest)
+        return held
+
+    def clear(self) -> int:
+        """Forget everything owed (running without RSTUF); return how many targets were."""
+        owed = len(self)
+        self.dirty.clear()
+        self.tasks.clear()
+        self.publishes.clear()
+        self.uncertain.clear()
+        self.signed.clear()
+        return owed
+
     def __len__(self) -> int:
-        return len(self.dirty | self.in_flight_paths())
+        return len(self.owed())
 
 
 @dataclass
@@ -118,16 +188,14 @@ class State:
             },
             "outbox": {
                 "dirty": sorted(self.outbox.dirty),
-                "tasks": [
-                    {
-                        "task_id": t.task_id,
-                        "action": t.action,
-                        "paths": t.paths,
-                        "published": t.published,
-                        "sent_at": t.sent_at,
-                    }
-                    for t in self.outbox.tasks
+                # every task is sent unpublished and covered by the mirror's publishes
+                # (schema 1's "published" flag is read as nothing more)
+                "tasks": [_task_json(t) for t in self.outbox.tasks],
+                "publishes": [
+                    {"task_id": p.task_id, "sent_at": p.sent_at} for p in self.outbox.publishes
                 ],
+                "uncertain": [_task_json(t) for t in self.outbox.uncertain],
+                "signed": dict(sorted(self.outbox.signed.items())),
             },
             "retired": dict(sorted(self.retired.items())),
             "full_sync_in_progress": self.full_sync_in_progress,
@@ -137,6 +205,54 @@ class State:
             "filters": self.filters.to_json(),
             "formats": list(self.formats),
         }
+
+
+def _task_json(task: OutboxTask) -> dict:
+    return {
+        "task_id": task.task_id,
+        "action": task.action,
+        "paths": task.paths,
+        "sent_at": task.sent_at,
+        "digests": dict(sorted(task.digests.items())),
+    }
+
+
+def _task_from_json(doc: object, needs_id: bool) -> OutboxTask:
+    _require(isinstance(doc, dict), "bad outbox task")
+    assert isinstance(doc, dict)
+    task_id, action, paths = doc.get("task_id", ""), doc.get("action"), doc.get("paths")
+    _require(isinstance(task_id, str) and (bool(task_id) or not needs_id), "bad outbox task id")
+    _require(action in ("add", "remove"), "bad outbox task action")
+    _require(isinstance(paths, list) and all(map(_is_target, paths)), "bad outbox task paths")
+    digests = doc.get("digests", {})
+    _require(
+        isinstance(digests, dict)
+        and all(_is_target(p) and _is_digest(d) for p, d in digests.items()),
+        "bad outbox task digests",
+    )
+    return OutboxTask(task_id, action, list(paths), float(doc["sent_at"]), dict(digests))
+
+
+def _outbox_from_json(doc: object) -> Outbox:
+    _require(isinstance(doc, dict), "bad 'outbox'")
+    assert isinstance(doc, dict)
+    dirty = doc.get("dirty", [])
+    _require(isinstance(dirty, list) and all(map(_is_target, dirty)), "bad 'outbox.dirty'")
+    tasks = [_task_from_json(task, needs_id=True) for task in doc.get("tasks", [])]
+    uncertain = [_task_from_json(task, needs_id=False) for task in doc.get("uncertain", [])]
+    publishes = []
+    for publish in doc.get("publishes", []):
+        _require(isinstance(publish, dict), "bad outbox publish")
+        task_id = publish.get("task_id")
+        _require(isinstance(task_id, str) and bool(task_id), "bad outbox publish id")
+        publishes.append(PublishTask(task_id, float(publish["sent_at"])))
+    signed = doc.get("signed", {})
+    _require(
+        isinstance(signed, dict)
+        and all(_is_target(p) and (d == "" or _is_digest(d)) for p, d in signed.items()),
+        "bad 'outbox.signed'",
+    )
+    return Outbox(set(dirty), tasks, publishes, uncertain, dict(signed))
 
 
 def _require(condition: bool, what: str) -> None:
@@ -167,24 +283,7 @@ def _state_from_json(doc: object) -> State:
         expect_page = entry.get("expect_page", False)
         _require(isinstance(expect_page, bool), f"bad pending {name!r}")
         pending[name] = PendingProject(display, p_serial, expect_page)
-    outbox_doc = doc.get("outbox", {})
-    _require(isinstance(outbox_doc, dict), "bad 'outbox'")
-    dirty = outbox_doc.get("dirty", [])
-    _require(isinstance(dirty, list) and all(map(_is_target, dirty)), "bad 'outbox.dirty'")
-    tasks = []
-    for task in outbox_doc.get("tasks", []):
-        _require(isinstance(task, dict), "bad outbox task")
-        tasks.append(
-            OutboxTask(
-                task_id=str(task["task_id"]),
-                action=task["action"],
-                paths=list(task["paths"]),
-                published=bool(task["published"]),
-                sent_at=float(task["sent_at"]),
-            )
-        )
-        _require(task["action"] in ("add", "remove"), "bad outbox task action")
-        _require(all(map(_is_target, task["paths"])), "bad outbox task paths")
+    outbox = _outbox_from_json(doc.get("outbox", {}))
     retired_doc = doc.get("retired", {})
     _require(isinstance(retired_doc, dict), "bad 'retired'")
     retired = {}
@@ -208,7 +307,7 @@ def _state_from_json(doc: object) -> State:
     state = State(
         serial,
         pending,
-        Outbox(set(dirty), tasks),
+        outbox,
         retired,
         **flags,
         **identity,
@@ -231,6 +330,7 @@ def _is_mirror_id(value: object) -> bool:
 # Targets: the two roots (index.html; simple/index.v1_json) and each project's two pages.
 _NAME = r"[a-z0-9]+(-[a-z0-9]+)*"
 _TARGET = re.compile(rf"^(index\.html|simple/index\.v1_json|simple/{_NAME}/index\.(html|v1_json))$")
+_DIGEST = re.compile(r"^[0-9a-f]{64}$")
 _RETIRED = re.compile(
     rf"^([0-9a-f]{{64}}\.index\.html|simple/[0-9a-f]{{64}}\.index\.v1_json"
     rf"|simple/{_NAME}/[0-9a-f]{{64}}\.index\.(html|v1_json))$"
@@ -239,6 +339,10 @@ _RETIRED = re.compile(
 
 def _is_target(path: object) -> bool:
     return isinstance(path, str) and bool(_TARGET.match(path))
+
+
+def _is_digest(value: object) -> bool:
+    return isinstance(value, str) and bool(_DIGEST.match(value))
 
 
 def _is_retired_copy(path: object) -> bool:

@@ -8,38 +8,66 @@ and ``pypi_mirror`` are tested against behaviour rather than against mocks:
   ``POST /api/v1/artifacts/publish/`` answer 202 with ``data.task_id``;
   ``POST /api/v1/artifacts`` answers 307 to the slash form (FastAPI's
   redirect_slashes); bodies RSTUF's pydantic models would refuse answer 422
-  with FastAPI's ``{"detail": [{"type", "loc", "msg", "input"}]}``.
+  with FastAPI's ``{"detail": [{"type", "loc", "msg", "input"}]}``. An empty
+  artifacts list is accepted.
 - Before the bootstrap, add/delete answer 404 ``{"detail": {"message": "Task
   not accepted.", "error": "It requires bootstrap finished. State: None"}}``
   (200 with ``not_bootstrapped_status=200``, as releases before the 404 did);
-  a publish is accepted anyway and does nothing.
+  a publish is accepted anyway and does nothing. ``GET /api/v1/bootstrap/``
+  answers ``{"data": {"bootstrap": true, "state": "finished", "id": ...}}``
+  (``id``, not ``task_id``).
 - ``GET /api/v1/task/?task_id=`` answers ``{"data": {"task_id", "state",
-  "result"?}}``; an unknown id is PENDING for ever; ``result`` is left out
-  while it is null, as RSTUF's ``response_model_exclude_none`` does.
-- The task lifecycle, in units of ``step`` seconds after acceptance:
-  PENDING; at 1 step STARTED; at 2 steps the add/delete writes its rows to
-  the artifact table and turns RUNNING. With ``publish_artifacts: true`` it
-  then posts its own publish (``publish_artifacts-<task id>``); otherwise it
-  stays RUNNING until some publish covers its rows. A publish runs on its own
-  queue, one at a time: it starts as soon as that queue is free, covers the
-  rows written *before it started*, and finishes half a step later, when
-  every task whose rows are all published turns SUCCESS. A publish posted
-  right after an add therefore runs before the add's rows exist, covers
-  nothing, and the add stays RUNNING for ever (the publish race, see rstuf_client.py).
-- Results like the worker's: ``{"message", "status", "task", "last_update",
-  "details"}`` with ``added_artifacts``/``invalid_paths``/``artifact_roles`` or
-  ``deleted_artifacts``/``not_found_artifacts``. Re-adding a path updates it;
-  deleting an absent one lands in ``not_found_artifacts``.
+  "result"?}}``; an unknown id answers 200 PENDING for ever; ``result`` is
+  left out while it is null, as RSTUF's ``response_model_exclude_none`` does.
+
+The worker, as repository-service-tuf-worker 1.0 runs it (``app.py``,
+``repository.py``, ``supervisor.conf``):
+
+- Add/delete tasks go to the ``metadata_repository`` queue, served by
+  `processes` worker processes (one per core on a real RSTUF: 2 here), in the
+  order they were accepted. A task waits PENDING until a process is free, then
+  shows RECEIVED, STARTED and PRE_RUN, writes its rows to the artifact table,
+  and then *holds its process*: ``_update_task`` re-checks its rows every
+  `Pacing.recheck` seconds (3 s) and reports RUNNING, with a result whose
+  ``details.roles_to_publish`` is a string that looks like a Python list,
+  until every row it wrote is published. Only then is it SUCCESS and the
+  process free for the next task. So more unpublished tasks than processes
+  stall every later task until someone publishes.
+- One re-check drops at most every other published row of each role (the
+  worker removes rows from the list it is iterating over), so a task of many
+  rows per hash bin needs several re-checks after the publish that covered it:
+  with the real pacing 5,000 artifacts report SUCCESS 28 s after their publish.
+- With ``publish_artifacts: true`` a task, once its rows are written, queues
+  its own publish (``publish_artifacts-<task id>``); if that publish fails the
+  task fails too (FAILURE, "ChordError"). With ``false`` it waits for a publish
+  someone else posts.
+- Publishes go to their own queue (``rstuf_internals``, another worker) and
+  run one at a time (the worker takes a lock): a publish covers the rows
+  written *before it started*; one that started earlier covers nothing, and
+  its add stays RUNNING (the publish race).
+- Results like the worker's: ``{"message", "error", "status", "task",
+  "last_update", "details"}`` with ``added_artifacts``/``invalid_paths``/
+  ``artifact_roles`` or ``deleted_artifacts``/``not_found_artifacts``; a
+  publish has ``details.artifact_roles``. Re-adding a path updates it; deleting
+  an absent one lands in ``not_found_artifacts``.
+
+Time: `Pacing` sets every duration (fast by default; `Pacing.real()` is fitted
+to a real RSTUF on a 2-core machine: one add of 1 artifact reaches SUCCESS in
+3.1 s, of 100 in 12.5 s, of 1,000 in 25.5 s, of 5,000 in 63.7 s; the publish
+of 5,000 takes 1.3 s). The clock is injectable: with a `ManualClock` nothing
+happens until a test moves it (`ManualClock.advance`), so a test can count
+seconds of RSTUF time instead of bounding wall-clock time.
 
 Fault injection (each for the next `times` matching requests or tasks):
-`fail_requests`, `drop_connections`, `slow_requests`, `fail_tasks`,
-`hang_tasks`; and `set_step`, `set_bootstrapped`, `set_delegations`.
+`fail_requests`, `drop_connections`, `slow_requests`, `fail_tasks` (add,
+delete or publish), `hollow_publishes`, `hang_tasks`; and `set_step`,
+`set_pacing`, `set_bootstrapped`, `set_delegations`.
 
-Records: `request_log` (method, path, headers, body, status of every request),
-`accepted` (every accepted add/delete/publish with its parsed body and task
-id, in order), `view` (what is published: ``{path: {"length", "hashes"}}``),
-`published_views` (the view after each publish that changed it), `rows`,
-`task_states()` and `stats`.
+Records: `request_log` (method, path, headers, body, status, time of every
+request), `accepted` (every accepted add/delete/publish with its parsed body
+and task id, in order), `view` (what is published: ``{path: {"length",
+"hashes"}}``), `published_views` (the view after each publish that changed
+it), `rows`, `published_at()`, `task_states()`, `busy_processes()` and `stats`.
 
 Measured ceiling (``python -m tests.fake_rstuf --bench 10 5000``, this 2-CPU
 machine, Python 3.11, one keep-alive client sending pre-encoded bodies):
@@ -48,17 +76,19 @@ end to end and 375,000 artifacts/s of handling (read, parse, validate,
 record, answer); 100 requests of 500: 270,000 artifacts/s; 20 requests of
 50,000 (7.7 MB each): 150,000 artifacts/s. Through ``rstuf_client`` (which
 validates and encodes every artifact) 10 adds of 5,000 take 0.6 s (80,000
-artifacts/s), and the full add / wait_written / publish / wait cycle of those
-50,000 1.1 s at the default step. So the stand-in is not what limits a test.
+artifacts/s). So the stand-in is not what limits a test.
 
-Run alone: ``python -m tests.fake_rstuf --port 8081 [--step 0.5] [--not-bootstrapped]``
-(``POST /api/v1/bootstrap/`` with any JSON object then bootstraps it).
+Run alone: ``python -m tests.fake_rstuf --port 8081 [--processes 2] [--real-pacing]
+[--not-bootstrapped]`` (``POST /api/v1/bootstrap/`` with any JSON object then
+bootstraps it).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
+import dataclasses
 import hashlib
 import heapq
 import http.client
@@ -75,7 +105,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 ADD = "add_artifacts"
@@ -101,10 +131,75 @@ SUBMITTED = {
     REMOVE: "Remove Artifact(s) successfully submitted.",
     PUBLISH: "Publish artifacts successfully submitted.",
 }
+# States an add/delete shows between leaving the queue and writing its rows.
+STARTING_STATES = ("RECEIVED", "STARTED", "PRE_RUN")
 
 
 def _now_iso() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+# --- pacing -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pacing:
+    """How long the stand-in's worker takes for each phase of a task, in seconds.
+
+    Writing an add/delete's rows takes ``write_fixed + write_per_artifact * n +
+    write_growth * n * (n - 1) / 2`` (each row costs a little more than the one
+    before: the worker's database session grows with the task); a publish takes
+    ``publish_fixed + publish_per_artifact * rows covered``; a waiting task
+    re-checks its rows every `recheck` seconds plus `check_per_artifact` per row
+    it looks at. `step` separates RECEIVED, STARTED and PRE_RUN.
+    """
+
+    step: float = 0.005
+    write_fixed: float = 0.01
+    write_per_artifact: float = 0.0
+    write_growth: float = 0.0
+    publish_fixed: float = 0.01
+    publish_per_artifact: float = 0.0
+    recheck: float = 0.01
+    check_per_artifact: float = 0.0
+
+    @classmethod
+    def uniform(cls, step: float) -> Pacing:
+        """Every phase `step` seconds long, whatever the size of the task."""
+        return cls(step=step / 2, write_fixed=step, publish_fixed=step / 2, recheck=step / 2)
+
+    @classmethod
+    def real(cls) -> Pacing:
+        """Fitted to RSTUF API 1.0.1 / worker 1.0.2 on an idle 2-core machine, 16 hash bins.
+
+        Seen there: one add with publish on reaches SUCCESS after 3.1 s (1
+        artifact), 12.5 s (100), 25.5 s (1,000; RUNNING at 4.4 s) and 63.7 s
+        (5,000; RUNNING at 35 s); the publish of 5,000 took 1.3 s and an add of
+        5,000 sent with publish off reported SUCCESS 28 s after that publish.
+        This pacing gives 3.2 s, 12.7 s, 26.1 s and 65.1 s for the same adds, 1.35 s
+        for that publish and SUCCESS 28.7 s after it.
+        """
+        return cls(
+            step=0.03,
+            write_fixed=0.1,
+            write_per_artifact=0.00363,
+            write_growth=1.34e-6,
+            publish_fixed=0.3,
+            publish_per_artifact=0.0002,
+            recheck=3.0,
+            check_per_artifact=0.0003,
+        )
+
+    def scaled(self, factor: float) -> Pacing:
+        """Every duration times `factor` (a benchmark that runs 10x faster: 0.1)."""
+        return Pacing(**{f.name: getattr(self, f.name) * factor for f in dataclasses.fields(self)})
+
+    def write_time(self, artifacts: int) -> float:
+        n = artifacts
+        return self.write_fixed + self.write_per_artifact * n + self.write_growth * n * (n - 1) / 2
+
+    def publish_time(self, rows: int) -> float:
+        return self.publish_fixed + self.publish_per_artifact * rows
 
 
 # --- records -------------------------------------------------------------------
@@ -119,6 +214,7 @@ class RecordedRequest:
     headers: dict[str, str]  # names lower-cased
     body: bytes
     status: int | None  # None: the connection was dropped without an answer
+    at: float = 0.0  # the stand-in's clock when it was handled
 
 
 @dataclass(frozen=True)
@@ -128,7 +224,7 @@ class AcceptedRequest:
     action: str  # ADD, REMOVE or PUBLISH
     task_id: str
     body: Any  # the parsed JSON body (None for a publish)
-    at: float  # time.monotonic()
+    at: float  # the stand-in's clock
 
 
 @dataclass
@@ -148,8 +244,14 @@ class _Task:
     payload: dict[str, Any] | None
     state: str = "PENDING"
     result: dict[str, Any] | None = None
-    waiting: set[str] = field(default_factory=set)  # rows this task waits to see published
+    fault: _Fault | None = None  # how it will fail (fail_tasks)
+    hang: str | None = None  # the state it will stop in for ever (hang_tasks)
+    # the rows this task waits to see published, by role, in the order it wrote them
+    waiting: dict[str, list[str]] = field(default_factory=dict)
+    roles: list[str] = field(default_factory=list)  # every role it wrote to
     final: dict[str, Any] | None = None  # its SUCCESS result, once published
+    subtask: _Task | None = None  # its own publish (publish_artifacts: true)
+    holds_process: bool = False
 
 
 @dataclass
@@ -172,6 +274,7 @@ class Stats:
     max_artifacts_per_request: int
     busy_seconds: float  # time spent handling accepted add/delete requests
     artifacts_per_second: float
+    most_busy_processes: int  # the most worker processes ever held at once
 
 
 # --- FastAPI/pydantic-like validation of RSTUF's payloads ------------------------
@@ -328,22 +431,54 @@ def _tuf_path_match(pattern: str, path: str) -> bool:
     )
 
 
-# --- the scheduler ----------------------------------------------------------------
+# --- clocks: when the worker does what ----------------------------------------------
 
 
-class _Clock(threading.Thread):
-    """Runs callbacks at given times on one thread, like workers picking up tasks."""
+class Clock(Protocol):
+    """What the stand-in needs of time: a reading and callbacks at given readings."""
+
+    def now(self) -> float: ...
+
+    def at(self, when: float, callback: Callable[[], None]) -> None: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class _Timeline:
+    """Callbacks ordered by due time (ties: in the order they were scheduled)."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, Callable[[], None]]] = []
+        self._seq = itertools.count()
+
+    def push(self, when: float, callback: Callable[[], None]) -> None:
+        heapq.heappush(self._heap, (when, next(self._seq), callback))
+
+    def next_due(self) -> float | None:
+        return self._heap[0][0] if self._heap else None
+
+    def pop(self) -> tuple[float, Callable[[], None]]:
+        when, _, callback = heapq.heappop(self._heap)
+        return when, callback
+
+
+class ThreadClock(threading.Thread):
+    """Real time (``time.monotonic``): one thread runs callbacks when they are due."""
 
     def __init__(self) -> None:
         super().__init__(name="fake-rstuf-clock", daemon=True)
-        self._heap: list[tuple[float, int, Callable[[], None]]] = []
-        self._seq = itertools.count()
+        self._timeline = _Timeline()
         self._cond = threading.Condition()
         self._stopped = False
 
+    def now(self) -> float:
+        return time.monotonic()
+
     def at(self, when: float, callback: Callable[[], None]) -> None:
         with self._cond:
-            heapq.heappush(self._heap, (when, next(self._seq), callback))
+            self._timeline.push(when, callback)
             self._cond.notify()
 
     def stop(self) -> None:
@@ -354,13 +489,57 @@ class _Clock(threading.Thread):
     def run(self) -> None:
         while True:
             with self._cond:
-                while not self._stopped and (not self._heap or self._heap[0][0] > time.monotonic()):
-                    timeout = self._heap[0][0] - time.monotonic() if self._heap else None
-                    self._cond.wait(timeout)
+                while not self._stopped:
+                    due = self._timeline.next_due()
+                    if due is not None and due <= time.monotonic():
+                        break
+                    self._cond.wait(None if due is None else due - time.monotonic())
                 if self._stopped:
                     return
-                _, _, callback = heapq.heappop(self._heap)
+                _, callback = self._timeline.pop()
             callback()
+
+
+class ManualClock:
+    """Virtual time for tests: nothing happens until `advance` moves the clock.
+
+    Pass one to `FakeRstuf` and use `now` and `sleep` as the client's clock:
+    the stand-in's tasks then progress exactly as far as the client waited,
+    however loaded the machine is.
+    """
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self._now = start
+        self._timeline = _Timeline()
+        self._lock = threading.Lock()
+
+    def now(self) -> float:
+        return self._now
+
+    def at(self, when: float, callback: Callable[[], None]) -> None:
+        with self._lock:
+            self._timeline.push(when, callback)
+
+    def advance(self, seconds: float) -> None:
+        """Move time forward by `seconds`, running every callback that falls due, in order."""
+        target = self._now + max(0.0, seconds)
+        while True:
+            with self._lock:
+                due = self._timeline.next_due()
+                if due is None or due > target:
+                    break
+                when, callback = self._timeline.pop()
+                self._now = max(self._now, when)
+            callback()
+        self._now = target
+
+    sleep = advance
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
 
 
 # --- the HTTP server --------------------------------------------------------------
@@ -445,21 +624,30 @@ class FakeRstuf:
     def __init__(
         self,
         bootstrapped: bool = True,
-        step: float = 0.05,  # seconds between two task state changes
+        step: float | None = None,  # shorthand for pacing=Pacing.uniform(step)
         host: str = "127.0.0.1",
         port: int = 0,
         number_of_bins: int = 16,
         not_bootstrapped_status: int = 404,
+        *,
+        processes: int = 2,  # metadata worker processes (a real RSTUF: one per core)
+        pacing: Pacing | None = None,
+        clock: Clock | None = None,  # default: real time (ThreadClock)
     ) -> None:
-        self.step = step
+        if processes < 1:
+            raise ValueError("the worker needs at least one process")
+        self.pacing = pacing or (Pacing.uniform(step) if step is not None else Pacing())
+        self.processes = processes
         self.number_of_bins = number_of_bins
         self.not_bootstrapped_status = not_bootstrapped_status
+        self.clock: Clock = clock if clock is not None else ThreadClock()
         self._bootstrap_id: str | None = uuid.uuid4().hex if bootstrapped else None
         self._delegations: list[str] | None = None
         self._lock = threading.RLock()
         self._tasks: dict[str, _Task] = {}
         self._rows: dict[str, Row] = {}
         self._view: dict[str, dict[str, Any]] = {}
+        self._published_at: dict[str, float] = {}  # path -> when its state was published
         self.published_views: list[dict[str, dict[str, Any]]] = []
         self.request_log: list[RecordedRequest] = []
         self.accepted: list[AcceptedRequest] = []
@@ -468,12 +656,16 @@ class FakeRstuf:
         self._slow_faults: list[_Fault] = []
         self._task_faults: list[_Fault] = []
         self._hang_faults: list[_Fault] = []
-        self._publish_free_at = 0.0
+        self._hollow_publishes = 0
+        self._metadata_queue: collections.deque[_Task] = collections.deque()
+        self._publish_queue: collections.deque[_Task] = collections.deque()
+        self._publishing = False
+        self._busy_processes = 0
+        self._most_busy = 0
         self._busy = 0.0
         self._artifacts = 0
         self._max_artifacts = 0
         self._stopping = threading.Event()
-        self._clock = _Clock()
         self._server = _Server((host, port), self)
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
@@ -488,7 +680,7 @@ class FakeRstuf:
         return f"http://{host}:{port}"
 
     def start(self) -> FakeRstuf:
-        self._clock.start()
+        self.clock.start()
         self._thread.start()
         self._started = True
         return self
@@ -507,8 +699,9 @@ class FakeRstuf:
                     sock.shutdown(socket.SHUT_RDWR)
         self._server.server_close()
         self._thread.join()
-        self._clock.stop()
-        self._clock.join()
+        self.clock.stop()
+        if isinstance(self.clock, threading.Thread):
+            self.clock.join()
 
     def __enter__(self) -> FakeRstuf:
         return self.start()
@@ -519,9 +712,12 @@ class FakeRstuf:
     # --- configuration and faults ---
 
     def set_step(self, seconds: float) -> None:
-        """Change the task speed for tasks scheduled from now on."""
+        """Uniform pacing of `seconds` per phase, for what is scheduled from now on."""
+        self.set_pacing(Pacing.uniform(seconds))
+
+    def set_pacing(self, pacing: Pacing) -> None:
         with self._lock:
-            self.step = seconds
+            self.pacing = pacing
 
     def set_bootstrapped(self, bootstrapped: bool) -> None:
         with self._lock:
@@ -568,7 +764,11 @@ class FakeRstuf:
             self._drop_faults.append(_Fault(times, path))
 
     def slow_requests(self, seconds: float, times: int = 1, path: str | None = None) -> None:
-        """Wait `seconds` before handling the next `times` requests (to cause read timeouts)."""
+        """Wait `seconds` (real time) before handling the next `times` requests.
+
+        The request is handled after the wait: a POST that the client gave up
+        on (read timeout) is still accepted, and starts a task nobody was told of.
+        """
         with self._lock:
             self._slow_faults.append(_Fault(times, path, {"seconds": seconds}))
 
@@ -579,24 +779,72 @@ class FakeRstuf:
         error: str = "injected failure",
         actions: tuple[str, ...] = (ADD, REMOVE, PUBLISH),
     ) -> None:
-        """End the next `times` accepted tasks of `actions` in `state`, changing nothing.
+        """End the next `times` tasks of `actions` in `state`, changing nothing.
 
-        ``ERRORED``: a result with ``status: false`` and `error`; ``FAILURE``: an
-        uncaught exception (``result = {"message": error}``); ``SUCCESS``: a
-        SUCCESS with ``status: false``, as RSTUF API releases before the ERRORED
-        mapping answered; ``REVOKED``/``REJECTED`` likewise end the task.
+        An add/delete fails when it would write its rows, a publish when it
+        would finish (also the publish an add queued for itself, whose add then
+        fails with it). ``ERRORED``: a result with ``status: false`` and `error`;
+        ``FAILURE``: an uncaught exception (``result = {"message": error}``);
+        ``SUCCESS``: a SUCCESS with ``status: false``, as RSTUF API releases
+        before the ERRORED mapping answered; ``REVOKED``/``REJECTED`` likewise.
         """
         with self._lock:
             self._task_faults.append(
                 _Fault(times, None, {"state": state, "error": error, "actions": actions})
             )
 
-    def hang_tasks(self, times: int = 1, state: str = "PENDING") -> None:
-        """The next `times` accepted tasks stop in `state` (PENDING or STARTED) for ever."""
+    def hollow_publishes(self, times: int = 1) -> None:
+        """The next `times` publishes report SUCCESS but publish nothing.
+
+        As a publish that ran before the rows it was meant for were written:
+        the adds it should have covered stay RUNNING.
+        """
+        with self._lock:
+            self._hollow_publishes += times
+
+    def hang_tasks(
+        self,
+        times: int = 1,
+        state: str = "PENDING",
+        actions: tuple[str, ...] = (ADD, REMOVE, PUBLISH),
+    ) -> None:
+        """The next `times` accepted tasks of `actions` stop in `state` for ever.
+
+        PENDING: the task never reaches a worker (a lost message); STARTED: an
+        add/delete takes a worker process and never lets it go (a stuck worker).
+        """
         if state not in ("PENDING", "STARTED"):
             raise ValueError("a task can hang PENDING or STARTED")
         with self._lock:
-            self._hang_faults.append(_Fault(times, None, {"state": state}))
+            self._hang_faults.append(_Fault(times, None, {"state": state, "actions": actions}))
+
+    def import_artifacts(self, view: dict[str, dict[str, Any]]) -> None:
+        """Register and publish `view` ({path: {"length", "hashes"}}) at once.
+
+        What ``rstuf admin import-artifacts`` does with the bootstrap CSV: it
+        writes the rows straight to the database and publishes them, without
+        the API or a task.
+        """
+        with self._lock:
+            for path, info in view.items():
+                role = self._role_for(path)
+                if role is None:
+                    raise ValueError(f"no delegated role covers {path!r}")
+                info = {"length": info["length"], "hashes": dict(info["hashes"])}
+                self._rows[path] = Row(info, "ADD", True, role)
+                self._view[path] = json.loads(json.dumps(info))
+            self.published_views.append(json.loads(json.dumps(self._view)))
+
+    def restore_backup(self, view: dict[str, dict[str, Any]]) -> None:
+        """Replace every artifact row with `view` and publish it at once.
+
+        What an operator restoring RSTUF's database from an older backup gets:
+        rows the mirror registered since are gone, rows since deleted are back.
+        """
+        with self._lock:
+            self._rows.clear()
+            self._view.clear()
+        self.import_artifacts(view)
 
     # --- records ---
 
@@ -611,9 +859,19 @@ class FakeRstuf:
         with self._lock:
             return dict(self._rows)
 
+    def published_at(self) -> dict[str, float]:
+        """For each path, the stand-in's clock when the publish of its current state ended."""
+        with self._lock:
+            return dict(self._published_at)
+
     def task_states(self) -> dict[str, str]:
         with self._lock:
             return {task_id: task.state for task_id, task in self._tasks.items()}
+
+    def busy_processes(self) -> int:
+        """Worker processes held right now (by tasks writing or waiting for a publish)."""
+        with self._lock:
+            return self._busy_processes
 
     @property
     def stats(self) -> Stats:
@@ -627,6 +885,7 @@ class FakeRstuf:
                 max_artifacts_per_request=self._max_artifacts,
                 busy_seconds=self._busy,
                 artifacts_per_second=rate,
+                most_busy_processes=self._most_busy,
             )
 
     # --- request handling ---
@@ -640,7 +899,9 @@ class FakeRstuf:
         with self._lock:
             if self._take(self._drop_faults, split.path):
                 self.request_log.append(
-                    RecordedRequest(handler.command, handler.path, headers, body, None)
+                    RecordedRequest(
+                        handler.command, handler.path, headers, body, None, self.clock.now()
+                    )
                 )
                 handler.close_connection = True
                 return
@@ -650,7 +911,9 @@ class FakeRstuf:
         with self._lock:
             answer, artifacts = self._answer(handler, split, body)
             self.request_log.append(
-                RecordedRequest(handler.command, handler.path, headers, body, answer.status)
+                RecordedRequest(
+                    handler.command, handler.path, headers, body, answer.status, self.clock.now()
+                )
             )
             if artifacts is not None:  # counted before answering, so a client never sees less
                 self._busy += time.perf_counter() - started
@@ -783,7 +1046,7 @@ class FakeRstuf:
         task_id = uuid.uuid4().hex
         task = _Task(task_id, action, doc)
         self._tasks[task_id] = task
-        self.accepted.append(AcceptedRequest(action, task_id, doc, time.monotonic()))
+        self.accepted.append(AcceptedRequest(action, task_id, doc, self.clock.now()))
         message = SUBMITTED[action]
         if doc is not None and not _as_bool(doc.get("publish_artifacts", True)):
             message += " Publishing will be skipped."
@@ -791,37 +1054,66 @@ class FakeRstuf:
         data = {"artifacts": paths, "task_id": task_id, "last_update": _now_iso()}
         return _json_answer(202, {"data": {**data, "message": message}, "message": message})
 
-    # --- the task lifecycle ---
+    # --- the task lifecycle: queues and worker processes ---
 
     def _schedule(self, task: _Task) -> None:
-        hang = self._take(self._hang_faults, "")
-        fault = None
-        for candidate in self._task_faults:
-            if candidate.times > 0 and task.action in candidate.options["actions"]:
-                candidate.times -= 1
-                fault = candidate
-                break
-        now, step = time.monotonic(), self.step
-        if hang is not None:
-            if hang.options["state"] == "STARTED":
-                self._clock.at(now + step, lambda: self._set_state(task, "STARTED", {}))
-            return
+        """An accepted task joins its queue (unless a fault loses it)."""
+        hang = self._action_fault(self._hang_faults, task.action)
+        task.hang = hang.options["state"] if hang is not None else None
+        task.fault = self._action_fault(self._task_faults, task.action)
+        if task.hang == "PENDING":
+            return  # never reaches a worker
         if task.action == PUBLISH:
-            self._queue_publish(task, fault)
-            return
-        self._clock.at(now + step, lambda: self._set_state(task, "STARTED", {}))
-        self._clock.at(now + 2 * step, lambda: self._write_rows(task, fault))
+            self._publish_queue.append(task)
+            self._next_publish()
+        else:
+            self._metadata_queue.append(task)
+            self._dispatch()
 
-    def _set_state(self, task: _Task, state: str, result: dict[str, Any] | None) -> None:
+    @staticmethod
+    def _action_fault(faults: list[_Fault], action: str) -> _Fault | None:
+        for candidate in faults:
+            if candidate.times > 0 and action in candidate.options["actions"]:
+                candidate.times -= 1
+                return candidate
+        return None
+
+    def _dispatch(self) -> None:
+        """Free worker processes take the oldest waiting add/delete tasks."""
+        while self._busy_processes < self.processes and self._metadata_queue:
+            task = self._metadata_queue.popleft()
+            self._busy_processes += 1
+            self._most_busy = max(self._most_busy, self._busy_processes)
+            task.holds_process = True
+            self._begin(task)
+
+    def _release(self, task: _Task) -> None:
+        if task.holds_process:
+            task.holds_process = False
+            self._busy_processes -= 1
+            self._dispatch()
+
+    def _begin(self, task: _Task) -> None:
+        """A process took the task: RECEIVED, STARTED, PRE_RUN, then it writes its rows."""
+        now, pacing = self.clock.now(), self.pacing
+        states = STARTING_STATES[:2] if task.hang == "STARTED" else STARTING_STATES
+        for number, state in enumerate(states, start=1):
+            self.clock.at(now + number * pacing.step, lambda s=state: self._set_state(task, s))
+        if task.hang == "STARTED":
+            return  # a stuck worker: it holds its process for ever
+        assert task.payload is not None
+        written_at = now + len(states) * pacing.step
+        written_at += pacing.write_time(len(task.payload["artifacts"]))
+        self.clock.at(written_at, lambda: self._write_rows(task))
+
+    def _set_state(self, task: _Task, state: str) -> None:
         with self._lock:
-            if task.state in ("PENDING", "STARTED"):
-                task.state, task.result = state, result
+            if task.state in ("PENDING", *STARTING_STATES):
+                task.state, task.result = state, {}
 
     @staticmethod
     def _result(action: str, message: str, details: Any, error: str | None = None) -> dict:
-        result = {"message": message, "status": error is None, "task": action}
-        if error is not None:
-            result["error"] = error
+        result = {"message": message, "error": error, "status": error is None, "task": action}
         result["last_update"] = _now_iso()
         if details is not None:
             result["details"] = details
@@ -830,8 +1122,12 @@ class FakeRstuf:
     def _fail(self, task: _Task, fault: _Fault) -> None:
         state, error = fault.options["state"], fault.options["error"]
         if state in ("ERRORED", "SUCCESS"):
-            message = {ADD: "Adding artifact(s) Failed", REMOVE: "Removing artifact(s) Failed"}
-            result = self._result(task.action, message.get(task.action, "Failed"), None, error)
+            message = {
+                ADD: "Adding artifact(s) Failed",
+                REMOVE: "Removing artifact(s) Failed",
+                PUBLISH: "Publish Artifacts Failed",
+            }
+            result = self._result(task.action, message[task.action], None, error)
         else:
             result = {"message": error}
         task.state, task.result = state, result
@@ -844,29 +1140,31 @@ class FakeRstuf:
                 return f"delegated-{index}"
         return None
 
-    def _write_rows(self, task: _Task, fault: _Fault | None) -> None:
-        """The worker's add/remove: write the rows, then wait for a publish."""
+    def _write_rows(self, task: _Task) -> None:
+        """The worker's add/remove: write the rows, then hold the process until published."""
         with self._lock:
-            if fault is not None:
-                self._fail(task, fault)
+            if task.fault is not None:
+                self._fail(task, task.fault)
+                self._release(task)
                 return
             assert task.payload is not None
             details = self._add_rows(task) if task.action == ADD else self._remove_rows(task)
             if details is None:
+                self._release(task)
                 return
             message = "Artifact(s) Added" if task.action == ADD else "Artifact(s) removed"
             task.final = self._result(task.action, message, details)
-            if not task.waiting:
-                task.state, task.result = "SUCCESS", task.final
-                return
-            task.state, task.result = "RUNNING", self._running_result(task)
-            if _as_bool(task.payload.get("publish_artifacts", True)):
+            if task.waiting and _as_bool(task.payload.get("publish_artifacts", True)):
                 subtask = _Task(f"publish_artifacts-{task.task_id}", PUBLISH, None)
+                subtask.fault = self._action_fault(self._task_faults, PUBLISH)
                 self._tasks[subtask.task_id] = subtask
-                self._queue_publish(subtask, None)
+                task.subtask = subtask
+                self._publish_queue.append(subtask)
+                self._next_publish()
+            self._check(task)
 
     def _add_rows(self, task: _Task) -> dict[str, Any]:
-        added, invalid, roles = [], [], []
+        added, invalid = [], []
         for item in task.payload["artifacts"]:
             path, info = item["path"], item["info"]
             role = self._role_for(path)
@@ -875,11 +1173,9 @@ class FakeRstuf:
                 continue
             info = {**info, "length": int(info["length"])}
             self._rows[path] = Row(info, "ADD", False, role)
-            task.waiting.add(path)
+            self._wait_for(task, role, path)
             added.append(path)
-            if role not in roles:
-                roles.append(role)
-        return {"added_artifacts": added, "invalid_paths": invalid, "artifact_roles": roles}
+        return {"added_artifacts": added, "invalid_paths": invalid, "artifact_roles": task.roles}
 
     def _remove_rows(self, task: _Task) -> dict[str, Any] | None:
         paths = task.payload["artifacts"]
@@ -891,51 +1187,94 @@ class FakeRstuf:
         deleted, not_found = [], []
         for path in paths:
             row = self._rows.get(path)
-            if (
-                self._role_for(path) is None
-                or row is None
-                or (row.action == "REMOVE" and row.published)
-            ):
+            role = self._role_for(path)
+            if role is None or row is None or (row.action == "REMOVE" and row.published):
                 not_found.append(path)
                 continue
             self._rows[path] = Row(row.info, "REMOVE", False, row.role)
-            task.waiting.add(path)
+            self._wait_for(task, row.role, path)
             deleted.append(path)
         return {"deleted_artifacts": deleted, "not_found_artifacts": not_found}
 
-    def _running_result(self, task: _Task) -> dict[str, Any]:
-        roles = sorted({self._rows[path].role for path in task.waiting})
-        details = {"published_roles": [], "roles_to_publish": str(roles)}
-        return {"message": "Publishing", "last_update": _now_iso(), "details": details}
+    @staticmethod
+    def _wait_for(task: _Task, role: str, path: str) -> None:
+        if role not in task.waiting:
+            task.waiting[role] = []
+            task.roles.append(role)
+        task.waiting[role].append(path)
 
-    def _queue_publish(self, task: _Task, fault: _Fault | None) -> None:
-        """Publishes run one at a time on their own queue, as soon as it is free."""
-        start = max(time.monotonic(), self._publish_free_at)
-        finish = start + self.step / 2
-        self._publish_free_at = finish
-        self._clock.at(start, lambda: self._start_publish(task, fault, finish))
+    def _check(self, task: _Task) -> None:
+        """One pass of the worker's ``_update_task`` loop over the task's unpublished rows.
 
-    def _start_publish(self, task: _Task, fault: _Fault | None, finish: float) -> None:
+        The worker iterates over each role's list of rows and removes the
+        published ones from that same list, so the row after each removed one
+        is skipped: one pass drops at most every other published row.
+        """
         with self._lock:
-            task.state, task.result = "STARTED", {}
-            if fault is not None:
-                self._clock.at(finish, lambda: self._end_failed_publish(task, fault))
+            looked = 0
+            completed = []
+            for role, paths in task.waiting.items():
+                kept, skip = [], False
+                for path in paths:
+                    if skip:
+                        kept.append(path)
+                        skip = False
+                        continue
+                    looked += 1
+                    if self._rows[path].published:
+                        skip = True
+                    else:
+                        kept.append(path)
+                paths[:] = kept
+                if not kept:
+                    completed.append(role)
+            if task.subtask is not None and task.subtask.state in ("FAILURE", "ERRORED"):
+                error = f"Failed to execute {task.subtask.task_id}"
+                task.state, task.result = "FAILURE", {"message": f"ChordError('{error}')"}
+                self._release(task)
                 return
-            covered = [(path, row) for path, row in self._rows.items() if not row.published]
-        self._clock.at(finish, lambda: self._finish_publish(task, covered))
+            if len(completed) == len(task.waiting):
+                task.state, task.result = "SUCCESS", task.final
+                self._release(task)
+                return
+            task.state = "RUNNING"
+            details = {"published_roles": completed, "roles_to_publish": str(task.roles)}
+            task.result = {"message": "Publishing", "last_update": _now_iso(), "details": details}
+            delay = self.pacing.recheck + self.pacing.check_per_artifact * looked
+        self.clock.at(self.clock.now() + delay, lambda: self._check(task))
 
-    def _end_failed_publish(self, task: _Task, fault: _Fault) -> None:
-        with self._lock:
-            self._fail(task, fault)
+    # --- the task lifecycle: publishes ---
+
+    def _next_publish(self) -> None:
+        """Publishes run one at a time, in order, as soon as the previous one ended."""
+        if self._publishing or not self._publish_queue:
+            return
+        task = self._publish_queue.popleft()
+        self._publishing = True
+        task.state, task.result = "STARTED", {}
+        if task.hang == "STARTED":  # stuck for ever; the stand-in lets the next one run
+            self._publishing = False
+            self._next_publish()
+            return
+        hollow = self._hollow_publishes > 0
+        self._hollow_publishes -= hollow
+        covered = [] if hollow else [(p, r) for p, r in self._rows.items() if not r.published]
+        if self._bootstrap_id is None:
+            covered = []
+        finish = self.clock.now() + self.pacing.publish_time(len(covered))
+        self.clock.at(finish, lambda: self._finish_publish(task, covered))
 
     def _finish_publish(self, task: _Task, covered: list[tuple[str, Row]]) -> None:
         with self._lock:
-            roles: list[str] = []
-            if self._bootstrap_id is not None:
+            if task.fault is not None:
+                self._fail(task, task.fault)
+            else:
                 roles = self._publish_rows(covered)
-            details = {"target_roles": roles or None}
-            task.state = "SUCCESS"
-            task.result = self._result(PUBLISH, "Publish Artifacts Processed", details)
+                details = {"artifact_roles": roles or None}
+                task.state = "SUCCESS"
+                task.result = self._result(PUBLISH, "Publish Artifacts Processed", details)
+            self._publishing = False
+            self._next_publish()
 
     def _publish_rows(self, covered: list[tuple[str, Row]]) -> list[str]:
         """Publish the rows seen when the publish started (a row rewritten since is not)."""
@@ -944,19 +1283,15 @@ class FakeRstuf:
             if self._rows.get(path) is not row or row.published:
                 continue
             row.published = True
+            self._published_at[path] = self.clock.now()
             if row.action == "ADD":
                 self._view[path] = {"length": row.info["length"], "hashes": row.info["hashes"]}
             else:
                 self._view.pop(path, None)
             if row.role not in roles:
                 roles.append(row.role)
-        if covered:
+        if roles:
             self.published_views.append(json.loads(json.dumps(self._view)))
-        for other in self._tasks.values():
-            if other.state == "RUNNING" and other.final is not None:
-                other.waiting = {p for p in other.waiting if not self._rows[p].published}
-                if not other.waiting:
-                    other.state, other.result = "SUCCESS", other.final
         return roles
 
 
@@ -1012,7 +1347,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="A stand-in RSTUF API v1 for tests.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8081)
-    parser.add_argument("--step", type=float, default=0.5, help="seconds per task state change")
+    parser.add_argument(
+        "--step", type=float, default=0.5, help="seconds per phase of a task (uniform pacing)"
+    )
+    parser.add_argument(
+        "--real-pacing",
+        action="store_true",
+        help="pace tasks like a real RSTUF on a 2-core machine (overrides --step)",
+    )
+    parser.add_argument(
+        "--processes", type=int, default=2, help="metadata worker processes (default: 2)"
+    )
     parser.add_argument("--not-bootstrapped", action="store_true")
     parser.add_argument(
         "--bench",
@@ -1025,8 +1370,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.bench:
         _bench(*args.bench)
         return 0
+    pacing = Pacing.real() if args.real_pacing else Pacing.uniform(args.step)
     fake = FakeRstuf(
-        bootstrapped=not args.not_bootstrapped, step=args.step, host=args.host, port=args.port
+        bootstrapped=not args.not_bootstrapped,
+        host=args.host,
+        port=args.port,
+        processes=args.processes,
+        pacing=pacing,
     )
     with fake:
         print(f"fake RSTUF listening on {fake.url}", flush=True)

@@ -6,7 +6,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +13,6 @@ import requests
 
 import pypi_mirror
 import root_index
-import rstuf_client
 from mirror_store import PAGE_NAMES, MirrorLayout, digest_file, iter_targets, prefixed_name
 from state import load_state
 
@@ -27,12 +25,26 @@ PREFIXED_COPY = re.compile(r"[0-9a-f]{64}\.index\.(html|v1_json)")
 
 @dataclass
 class Mirror:
-    """One mirror directory and its state file, driven through main() or the CLI."""
+    """One mirror directory and its state file, driven through main() or the CLI.
+
+    A mirror that never had an RSTUF URL runs with ``--no-rstuf`` (a mirror
+    without RSTUF on purpose); once it had one, clearing `rstuf_url` again is an
+    RSTUF left unconfigured, whose changes wait in the outbox.
+    """
 
     root: Path
     state: Path
     pypi_url: str
     rstuf_url: str | None = None
+    had_rstuf: bool = False
+
+    def __post_init__(self) -> None:
+        self.had_rstuf = self.had_rstuf or bool(self.rstuf_url)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name == "rstuf_url" and value:
+            object.__setattr__(self, "had_rstuf", True)
+        object.__setattr__(self, name, value)
 
     @property
     def layout(self) -> MirrorLayout:
@@ -43,6 +55,8 @@ class Mirror:
         args += ["--pypi-url", self.pypi_url, *FAST]
         if self.rstuf_url:
             args += ["--rstuf-url", self.rstuf_url, "--rstuf-wait", "20"]
+        elif not self.had_rstuf:
+            args += ["--no-rstuf"]
         return [*args, *extra]
 
     def run(self, *extra: str) -> int:
@@ -167,8 +181,5 @@ def mirror_view(layout: MirrorLayout) -> View:
 
 
 def bootstrap(rstuf, view: View) -> None:
-    """Stand in for RSTUF's CSV import: register `view` (the first sync's pages)."""
-    artifacts = [rstuf_client.Artifact(p, i["length"], i["hashes"]) for p, i in view.items()]
-    with rstuf_client.RstufClient(rstuf.url, poll_interval=0.02) as client:
-        client.wait(client.add(artifacts), deadline=time.monotonic() + 10)
-    rstuf.accepted.clear()
+    """RSTUF's CSV import (``rstuf admin import-artifacts``) of `view`, the first sync's pages."""
+    rstuf.import_artifacts(view)

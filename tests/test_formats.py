@@ -100,9 +100,10 @@ def test_json_root_is_deterministic(mirror: Mirror, pypi: FakePyPI, tmp_path: Pa
 def test_update_fetches_both_forms_of_each_changed_project(mirror: Mirror, pypi: FakePyPI) -> None:
     assert mirror.run(*ALL) == 0
     html_root = mirror.layout.root_page.stat().st_mtime_ns
+    mirror.had_rstuf = True  # RSTUF not configured yet: the changes are owed to it
     pypi.add_release("numpy", "2.0")
     pypi.reset_log()
-    assert mirror.run(*ALL) == 0
+    assert mirror.run(*ALL) == cli_support.EXIT_PARTIAL
     assert pypi.count_pages() == 2  # one more request per changed project, no more
     assert pypi.count_pages("numpy") == 2
     assert_json_matches_upstream(mirror, pypi)
@@ -229,13 +230,16 @@ def mirror_projects(mirror: Mirror) -> list[str]:
 def test_adding_then_dropping_the_json_form(mirror: Mirror, pypi: FakePyPI) -> None:
     assert mirror.run() == 0  # html, as before this option existed
     html_before = {name: mirror.page(name) for name in mirror_projects(mirror)}
-    assert mirror.run(*ALL) == 0  # every project gains its JSON page, nothing else moves
+    mirror.had_rstuf = True  # RSTUF not configured yet: the changes are owed to it
+    # every project gains its JSON page, nothing else moves
+    assert mirror.run(*ALL) == cli_support.EXIT_PARTIAL
     assert_json_matches_upstream(mirror, pypi)
     assert {name: mirror.page(name) for name in mirror_projects(mirror)} == html_before
     dirty = load_state(mirror.state).outbox.dirty
     assert dirty == {f"simple/{n}/{JSON_PAGE_NAME}" for n in html_before} | {JSON_ROOT_TARGET}
     pypi.reset_log()
-    assert mirror.run() == 0  # back to html: JSON pages and root removed, no page fetched
+    # back to html: JSON pages and root removed, no page fetched
+    assert mirror.run() == cli_support.EXIT_PARTIAL
     assert pypi.count_pages() == 0
     assert not list(mirror.layout.served_dir.rglob(JSON_PAGE_NAME))
     assert load_state(mirror.state).formats == ("html",)
@@ -246,7 +250,8 @@ def test_full_check_with_all_repairs_a_damaged_json_page(mirror: Mirror, pypi: F
     assert mirror.run(*ALL) == 0
     mirror.layout.project_page("numpy", JSON_PAGE_NAME).write_bytes(b"{}")
     pypi.archive_project("requests")  # changes both forms, writes no journal entry
-    assert mirror.run(*ALL, "--full-check") == 0
+    mirror.had_rstuf = True  # RSTUF not configured yet: the repairs are owed to it
+    assert mirror.run(*ALL, "--full-check") == cli_support.EXIT_PARTIAL
     assert_json_matches_upstream(mirror, pypi)
     dirty = load_state(mirror.state).outbox.dirty
     assert {"simple/numpy/index.v1_json", "simple/requests/index.v1_json"} <= dirty
@@ -290,12 +295,14 @@ def test_each_form_is_its_own_rstuf_target(
 def test_full_check_leaves_unchanged_pages_alone(mirror: Mirror, pypi: FakePyPI, form: str) -> None:
     assert mirror.run("--simple-format", form) == 0
     pypi.quarantine_project("Foo_Bar")
-    assert mirror.run("--simple-format", form) == 0
+    mirror.had_rstuf = True  # RSTUF not configured yet: the changes are owed to it
+    assert mirror.run("--simple-format", form) == cli_support.EXIT_PARTIAL
     owed = load_state(mirror.state).outbox.dirty  # no RSTUF here: the update's changes wait
+    assert owed
     files = [p for p in mirror.layout.served_dir.rglob("*") if p.is_file()]
     before = {path: path.stat().st_mtime_ns for path in files}
     pypi.reset_log()
-    assert mirror.run("--simple-format", form, "--full-check") == 0
+    assert mirror.run("--simple-format", form, "--full-check") == cli_support.EXIT_PARTIAL
     assert pypi.count_pages() == 5 * (2 if form == "all" else 1)
     assert {path: path.stat().st_mtime_ns for path in files} == before  # nothing rewritten
     assert load_state(mirror.state).outbox.dirty == owed  # nothing more for RSTUF
@@ -386,9 +393,10 @@ def test_a_run_killed_mid_update_leaves_both_forms_and_roots_right(
     pypi.add_release("numpy", "2.0")
     pypi.add_release("Django", "2.0")
     pypi.create_project("Brand.New")
+    mirror.had_rstuf = True  # RSTUF not configured yet: the changes are owed to it
     killed = mirror.cli(*ALL, env={"PYPI_MIRROR_CRASH_AT": point})
     assert killed.returncode == -9, killed.stderr
-    assert mirror.run(*ALL) == 0
+    assert mirror.run(*ALL) == cli_support.EXIT_PARTIAL
     assert_json_matches_upstream(mirror, pypi)
     assert_consistent(mirror)
     dirty = load_state(mirror.state).outbox.dirty

@@ -155,7 +155,23 @@ def test_remove_project_removes_its_page_and_root_entry(mirror: Mirror, pypi: Fa
     assert mirror.run("--grace", "0") == 0
     assert mirror.page("django") is None
     assert "django" not in mirror.root_projects()
-    # RSTUF has not been told yet, so it still signs the old page: its copy stays
+    # a mirror without RSTUF (--no-rstuf): no TUF metadata names the old copy, it goes
+    assert not mirror.layout.project_dir("django").exists()
+
+
+def test_changes_wait_in_the_outbox_while_rstuf_is_not_configured(
+    mirror: Mirror, pypi: FakePyPI
+) -> None:
+    synced(mirror)
+    mirror.had_rstuf = True  # RSTUF is meant to be there: the run owes it the changes
+    pypi.remove_project("Django")
+    pypi.rename_project("requests", "requests3")
+    assert mirror.run("--grace", "0") == cli_support.EXIT_PARTIAL
+    assert mirror.page("django") is None and mirror.page("requests3") is not None
+    state = load_state(mirror.state)
+    owed = {"simple/django/index.html", "simple/requests/index.html"}
+    assert owed | {"simple/requests3/index.html", "index.html"} <= state.outbox.dirty
+    # RSTUF still signs the old pages: their copies stay
     copies = list(mirror.layout.project_dir("django").iterdir())
     assert len(copies) == 1 and copies[0].name.endswith(".index.html")
 
@@ -175,8 +191,6 @@ def test_rename_removes_old_and_adds_new(mirror: Mirror, pypi: FakePyPI) -> None
     update(mirror, pypi)
     assert mirror.page("requests") is None
     assert mirror.page("requests3") is not None
-    state = load_state(mirror.state)
-    assert {"simple/requests/index.html", "simple/requests3/index.html"} <= state.outbox.dirty
 
 
 def test_update_fetches_exactly_the_projects_the_changelog_mentions(
@@ -394,7 +408,8 @@ def test_full_check_repairs_what_the_changelog_never_reports(
     mirror.layout.project_page("django").write_bytes(b"damaged")
     assert mirror.run() == 0
     assert b"archived" not in (mirror.page("numpy") or b"")
-    assert mirror.run("--full-check") == 0
+    mirror.had_rstuf = True  # so that the repairs are owed to RSTUF
+    assert mirror.run("--full-check") == cli_support.EXIT_PARTIAL
     assert_mirror_matches_upstream(mirror)
     dirty = load_state(mirror.state).outbox.dirty
     assert {"simple/numpy/index.html", "simple/django/index.html"} <= dirty

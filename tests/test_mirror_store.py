@@ -23,7 +23,15 @@ from mirror_store import (
     normalize_name,
     project_dir_name,
 )
-from state import OutboxTask, PendingProject, State, StateError, load_state, save_state
+from state import (
+    OutboxTask,
+    PendingProject,
+    PublishTask,
+    State,
+    StateError,
+    load_state,
+    save_state,
+)
 
 
 @pytest.mark.parametrize(
@@ -120,7 +128,15 @@ def test_state_round_trips(tmp_path: Path) -> None:
     state = State(serial=42)
     state.pending["foo-bar"] = PendingProject("Foo_Bar", 41)
     state.outbox.dirty.update({"index.html", "simple/foo-bar/index.html"})
-    state.outbox.tasks.append(OutboxTask("t1", "remove", ["simple/gone/index.html"], False, 1.5))
+    state.outbox.tasks.append(OutboxTask("t1", "remove", ["simple/gone/index.html"], 1.5))
+    digest = "b" * 64
+    add = OutboxTask("t2", "add", ["index.html"], 2.5, {"index.html": digest})
+    state.outbox.tasks.append(add)
+    state.outbox.uncertain.append(
+        OutboxTask("", "add", ["index.html"], 2.0, {"index.html": digest})
+    )
+    state.outbox.publishes.append(PublishTask("p1", 2.7))
+    state.outbox.signed.update({"index.html": "c" * 64, "simple/foo-bar/index.html": ""})
     state.retired["simple/foo-bar/" + "a" * 64 + ".index.html"] = 3.0
     state.root_stale = True
     path = tmp_path / "state.json"

@@ -105,10 +105,13 @@ def test_artifacts_carry_length_and_blake2b_of_the_bytes_served(
         "length": len(page),
         "hashes": {"blake2b-256": hashlib.blake2b(page, digest_size=32).hexdigest()},
     }
-    assert request.body["publish_artifacts"] is True
+    # sent unpublished, then covered by a publish the mirror posts and follows
+    assert request.body["publish_artifacts"] is False
+    (publish,) = [r for r in rstuf.accepted if r.action == PUBLISH]
+    assert rstuf.task_states()[publish.task_id] == "SUCCESS"
 
 
-def test_large_update_is_batched_and_published_once(
+def test_large_update_is_batched_and_published(
     mirror: Mirror, pypi: FakePyPI, rstuf: FakeRstuf
 ) -> None:
     for index in range(12):
@@ -117,7 +120,8 @@ def test_large_update_is_batched_and_published_once(
     adds = [r for r in rstuf.accepted if r.action == ADD]
     publishes = [r for r in rstuf.accepted if r.action == PUBLISH]
     assert len(adds) == 3 and all(r.body["publish_artifacts"] is False for r in adds)
-    assert len(publishes) == 1
+    # 3 requests, 2 worker processes: at least one publish per round of processes
+    assert 2 <= len(publishes) <= 4
     assert rstuf.view == mirror_view(mirror.layout)
     assert set(rstuf.task_states().values()) == {"SUCCESS"}
 
@@ -128,8 +132,8 @@ def test_without_rstuf_url_changes_wait_then_go(
     url, mirror.rstuf_url = mirror.rstuf_url, None
     pypi.add_release("numpy", "2.0")
     result = mirror.cli()
-    assert result.returncode == 0
-    assert "wait in the outbox" in result.stderr
+    assert result.returncode == cli_support.EXIT_PARTIAL
+    assert result.stderr.count("wait in the outbox") == 1
     assert rstuf.accepted == []
     mirror.rstuf_url = url
     assert mirror.run(*RSTUF_FAST) == 0
@@ -204,9 +208,9 @@ def test_unfinished_task_is_remembered_not_resent(
     assert mirror.run(*RSTUF_FAST, "--rstuf-wait", "0.3") == cli_support.EXIT_PARTIAL
     state = load_state(mirror.state)
     assert len(state.outbox.tasks) == 1 and not state.outbox.dirty
-    accepted = len(rstuf.accepted)
+    sent = len(sent_paths(rstuf, ADD))
     assert mirror.run(*RSTUF_FAST, "--rstuf-wait", "0.3") == cli_support.EXIT_PARTIAL
-    assert len(rstuf.accepted) == accepted, "a task still running must not be sent again"
+    assert len(sent_paths(rstuf, ADD)) == sent, "a task still running must not be sent again"
 
 
 def test_path_in_flight_waits_for_its_task(
@@ -265,7 +269,7 @@ def test_removed_project_directory_goes_once_rstuf_confirmed(
 ) -> None:
     pypi.remove_project("Django")
     url, mirror.rstuf_url = mirror.rstuf_url, None
-    assert mirror.run("--grace", "0") == 0
+    assert mirror.run("--grace", "0") == cli_support.EXIT_PARTIAL  # owed to RSTUF
     assert mirror.layout.project_dir("django").exists(), "RSTUF still signs its old page"
     mirror.rstuf_url = url
     assert mirror.run(*RSTUF_FAST, "--grace", "0") == 0

@@ -54,14 +54,15 @@ def test_status_reports_the_last_run_and_the_mirror_without_the_network(
     mirror: Mirror, pypi: FakePyPI, capsys: pytest.CaptureFixture[str]
 ) -> None:
     pypi.add_release("numpy", "2.0")  # an update: one page changes, its old copy retires
+    mirror.had_rstuf = True  # RSTUF meant but not configured: the change waits in the outbox
     before = time.time()
-    assert mirror.run() == 0  # no RSTUF configured: the change waits in the outbox
+    assert mirror.run() == cli_support.EXIT_PARTIAL
     after = time.time()
     pypi.reset_log()
     status = status_of(mirror, capsys)
     assert pypi.requests == [], "--status reads local files only"
     run = status["last_run"]
-    assert (run["exit_code"], run["result"], run["error"]) == (0, "ok", None)
+    assert (run["exit_code"], run["result"], run["error"]) == (75, "partial", None)
     assert int(before) <= epoch(run["started"]) <= epoch(run["ended"]) <= after
     assert run["summary"].startswith("summary added=0 updated=1 removed=0 ")
     assert run["counts"]["updated"] == 1 and run["counts"]["requests"] >= 2
@@ -74,13 +75,13 @@ def test_status_reports_the_last_run_and_the_mirror_without_the_network(
     assert (outbox["paths"], outbox["tasks"]) == (1, 0)
     assert int(before) <= epoch(outbox["oldest_unsent"]) <= after
     assert status["retired_copies"] == 1
-    assert status["runs"] == {"ok": 2}
+    assert status["runs"] == {"ok": 1, "partial": 1}
 
     capsys.readouterr()
     assert pypi_mirror.main(mirror.args("--status")) == 0
     text = capsys.readouterr().out
     for needle in (
-        "exit 0 (ok)",
+        "exit 75 (partial)",
         run["summary"],
         f"serial        {pypi.last_serial}; upstream {pypi.last_serial} as seen",
         "lag 0",
@@ -94,12 +95,13 @@ def test_status_reports_the_last_run_and_the_mirror_without_the_network(
 def test_the_oldest_unsent_change_keeps_its_time_across_runs(
     mirror: Mirror, pypi: FakePyPI, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    mirror.had_rstuf = True  # RSTUF meant but not configured: changes wait in the outbox
     pypi.add_release("numpy", "2.0")
-    assert mirror.run() == 0
+    assert mirror.run() == cli_support.EXIT_PARTIAL
     first = run_status.load_status(mirror.layout.status_file)
     assert first is not None and first.last_run is not None
     pypi.add_release("Django", "2.0")
-    assert mirror.run() == 0
+    assert mirror.run() == cli_support.EXIT_PARTIAL
     second = run_status.load_status(mirror.layout.status_file)
     assert second is not None and second.last_run is not None
     since = second.mirror.outbox_since
@@ -161,6 +163,7 @@ def test_a_killed_run_is_shown_and_counted_by_the_next(
     mirror: Mirror, pypi: FakePyPI, capsys: pytest.CaptureFixture[str]
 ) -> None:
     pypi.add_release("numpy", "2.0")
+    mirror.had_rstuf = True  # RSTUF meant but not configured: changes wait in the outbox
     # SIGKILL at the end, the batch's intent recorded: the change waits in the outbox
     result = mirror.cli(env={CRASH_AT_ENV: "state-save@run-end"})
     assert result.returncode == -signal.SIGKILL
@@ -169,9 +172,9 @@ def test_a_killed_run_is_shown_and_counted_by_the_next(
     capsys.readouterr()
     assert pypi_mirror.main(mirror.args("--status")) == 0
     assert f"(pid {killed.running.pid}) ended without recording how" in capsys.readouterr().out
-    assert mirror.run() == 0
+    assert mirror.run() == cli_support.EXIT_PARTIAL
     status = status_of(mirror, capsys)
-    assert status["runs"] == {"ok": 2, "killed": 1}
+    assert status["runs"] == {"ok": 1, "partial": 1, "killed": 1}
     assert status["last_killed"]["pid"] == killed.running.pid
     assert status["last_killed"]["result"] == "killed"
     # the killed run's change waits since that run started, not since the one that found it
@@ -228,9 +231,10 @@ def test_metrics_file_holds_the_status_in_prometheus_format(
     directory.mkdir()
     prom = directory / "pypi_mirror.prom"
     pypi.add_release("numpy", "2.0")
+    mirror.had_rstuf = True  # RSTUF meant but not configured: the change waits in the outbox
     umask = os.umask(0o022)
     try:
-        assert mirror.run("--metrics-file", str(prom)) == 0
+        assert mirror.run("--metrics-file", str(prom)) == cli_support.EXIT_PARTIAL
     finally:
         os.umask(umask)
     assert sorted(p.name for p in directory.iterdir()) == ["pypi_mirror.prom"], "no temp left"
@@ -249,7 +253,7 @@ def test_metrics_file_holds_the_status_in_prometheus_format(
     assert found[("pypi_mirror_serial", ())] == pypi.last_serial
     assert found[("pypi_mirror_upstream_serial", ())] == pypi.last_serial
     assert found[("pypi_mirror_serial_lag", ())] == 0
-    assert found[("pypi_mirror_last_run_exit_code", ())] == 0
+    assert found[("pypi_mirror_last_run_exit_code", ())] == 75
     assert found[("pypi_mirror_last_run_end_timestamp_seconds", ())] == status.last_run.ended
     assert found[("pypi_mirror_last_success_timestamp_seconds", ())] == status.last_run.ended
     assert found[("pypi_mirror_last_run_duration_seconds", ())] == pytest.approx(
@@ -258,7 +262,8 @@ def test_metrics_file_holds_the_status_in_prometheus_format(
     assert found[("pypi_mirror_last_run_pages", (("change", "updated"),))] == 1
     assert found[("pypi_mirror_pages_total", (("change", "added"),))] == 5  # the first sync
     assert found[("pypi_mirror_pages_total", (("change", "updated"),))] == 1
-    assert found[("pypi_mirror_runs_total", (("result", "ok"),))] == 2
+    assert found[("pypi_mirror_runs_total", (("result", "ok"),))] == 1
+    assert found[("pypi_mirror_runs_total", (("result", "partial"),))] == 1
     assert found[("pypi_mirror_pending_projects", ())] == 0
     assert found[("pypi_mirror_outbox_paths", ())] == 1
     assert found[("pypi_mirror_retired_copies", ())] == 1

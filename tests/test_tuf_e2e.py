@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import shutil
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +34,6 @@ import cli_support
 import generate_csv
 import mirror_store
 import root_index
-import rstuf_client
 from mirror_store import ROOT_TARGET, digest_file, iter_targets, project_target
 from tests.fake_pypi import FakePyPI
 from tests.fake_rstuf import FakeRstuf, hash_bin_role
@@ -113,13 +111,12 @@ def csv_import(mirror: Mirror, rstuf: FakeRstuf, output: Path) -> list[list[str]
     lines = output.read_text(encoding="utf-8").splitlines(keepends=True)
     # the released CLI (line.split(";")) must read the same four values
     assert [line.split(";")[:4] for line in lines] == [row[:4] for row in rows]
-    artifacts = [
-        rstuf_client.Artifact(path, int(size), {hash_type: digest})
-        for path, size, hash_type, digest, *_ in rows
-    ]
-    with rstuf_client.RstufClient(rstuf.url, poll_interval=0.05) as client:
-        client.wait(client.add(artifacts), deadline=time.monotonic() + 20)
-    rstuf.accepted.clear()
+    rstuf.import_artifacts(
+        {
+            path: {"length": int(size), "hashes": {hash_type: digest}}
+            for path, size, hash_type, digest, *_ in rows
+        }
+    )
     return rows
 
 
@@ -132,6 +129,7 @@ def world(tmp_path: Path) -> Iterator[World]:
         assert mirror.run() == 0  # first sync: nothing goes to RSTUF yet
         assert rstuf.accepted == [] and rstuf.view == {}
         rows = csv_import(mirror, rstuf, tmp_path / "artifacts.csv")
+        mirror.had_rstuf = True  # from now on its changes are owed to RSTUF
         repo = TufRepository(tmp_path / "metadata", NUMBER_OF_BINS)
         repo.publish(rstuf.view)
         with (
@@ -300,7 +298,7 @@ def test_pages_rstuf_never_registered_cannot_be_downloaded(world: World) -> None
     world.pypi.create_project("Brand_New")
     world.pypi.add_release("numpy", "1.0", files=1)
     world.mirror.rstuf_url = None
-    assert world.mirror.run() == 0
+    assert world.mirror.run() == cli_support.EXIT_PARTIAL  # owed to RSTUF
     world.repo.publish(world.rstuf.view)
     # and someone drops a page of their own into the served tree
     evil_dir = world.mirror.layout.project_dir("evil")
@@ -341,9 +339,8 @@ def test_metadata_comes_from_rstuf_not_from_the_mirror_disk(world: World) -> Non
     forged = bytearray(page)
     forged[-30] ^= 1
     digest = mirror_store.digest_bytes(bytes(forged))
-    artifact = rstuf_client.Artifact(target, digest.length, {digest.algorithm: digest.hexdigest})
-    with rstuf_client.RstufClient(world.rstuf.url, poll_interval=0.05) as client:
-        client.wait(client.add([artifact]), deadline=time.monotonic() + 20)
+    forged_info = {"length": digest.length, "hashes": {digest.algorithm: digest.hexdigest}}
+    world.rstuf.import_artifacts({target: forged_info})
     world.repo.publish(world.rstuf.view)
     updater = world.client()
     info = updater.get_targetinfo(target)
