@@ -9,6 +9,7 @@ timer thread, so a phase that stalls still reports (0/s) rather than go quiet.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import threading
@@ -16,18 +17,27 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 log = logging.getLogger("pypi_mirror")
 
 
-class Bar(tqdm):
-    """tqdm without its monitor thread: our phases update often, nothing to watch for."""
+@functools.cache
+def bar_class() -> type[tqdm]:
+    """tqdm without its monitor thread (our phases update often, nothing to watch for).
 
-    monitor_interval = 0
+    Imported on the first bar only: under cron (no terminal) no run draws one, and
+    tqdm was a sixth of the start-up.
+    """
+    from tqdm import tqdm
+
+    class Bar(tqdm):
+        monitor_interval = 0
+
+    return Bar
 
 
 @dataclass
@@ -86,9 +96,12 @@ class Progress:
         self.finish()
         self.phase = Phase(label, total, unit, self.clock())
         if self.bar:
-            self._redirect = logging_redirect_tqdm(tqdm_class=Bar)
+            from tqdm.contrib.logging import logging_redirect_tqdm
+
+            bar = bar_class()
+            self._redirect = logging_redirect_tqdm(tqdm_class=bar)
             self._redirect.__enter__()
-            self._bar = Bar(
+            self._bar = bar(
                 total=total,
                 desc=label,
                 unit=f" {unit}",
