@@ -17,7 +17,7 @@ import threading
 import time
 import xmlrpc.client
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 import lxml.etree
@@ -56,7 +56,7 @@ class ClientSettings(Protocol):
     backoff: float  # first retry delay, doubled each retry, with jitter
     max_page_bytes: int
     max_xmlrpc_bytes: int
-    xmlrpc_interval: float  # between two XML-RPC calls
+    xmlrpc_interval: float  # average seconds between XML-RPC calls (see XmlRpcPacing)
 
 
 # --- errors
@@ -479,6 +479,44 @@ def is_disabled_fault(code: int, text: str) -> bool:
     return code == -32601 or bool(_DISABLED.search(text))
 
 
+XMLRPC_BURST = 3  # a small run's XML-RPC calls (two or three) go out without a pause
+
+
+@dataclass
+class XmlRpcPacing:
+    """A token bucket: `burst` calls at once, then one every `interval` seconds on average.
+
+    PyPI asks mirrors for about one XML-RPC call a second and enforces its
+    limit per IP per hour (warehouse's rate limiter), so what matters is the
+    average: a run's first calls need not wait, a long changelog catch-up
+    still keeps the pace. `interval` 0 disables the pacing.
+    """
+
+    interval: float
+    burst: int = XMLRPC_BURST
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+    _tokens: float = field(default=0.0, init=False)
+    _stamp: float | None = field(default=None, init=False)
+
+    def take(self) -> None:
+        """Spend one token, sleeping first if none is left."""
+        if self.interval <= 0:
+            return
+        now = self.clock()
+        if self._stamp is None:
+            self._tokens = float(self.burst)
+        else:
+            refill = (now - self._stamp) / self.interval
+            self._tokens = min(float(self.burst), self._tokens + refill)
+        self._stamp = now
+        if self._tokens < 1:
+            wait = (1 - self._tokens) * self.interval
+            self.sleep(wait)
+            self._tokens, self._stamp = 1.0, now + wait
+        self._tokens -= 1
+
+
 # --- the client
 
 
@@ -505,6 +543,7 @@ class PypiClient:
         config: ClientSettings,
         session_factory: Callable[[], requests.Session] | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.config = config
@@ -513,7 +552,7 @@ class PypiClient:
         self._sessions: list[requests.Session] = []
         self._lock = threading.Lock()
         self._sleep = sleep
-        self._last_xmlrpc = 0.0
+        self._pacing = XmlRpcPacing(config.xmlrpc_interval, clock=clock, sleep=sleep)
         self.requests_made = 0
 
     def _default_session(self) -> requests.Session:
@@ -570,10 +609,7 @@ class PypiClient:
     def _xmlrpc_once(
         self, method: str, params: tuple, sink: Callable[[object, object], None] | None = None
     ) -> object:
-        wait = self._last_xmlrpc + self.config.xmlrpc_interval - time.monotonic()
-        if wait > 0:
-            self._sleep(wait)
-        self._last_xmlrpc = time.monotonic()
+        self._pacing.take()
         body = xmlrpc.client.dumps(params, method, allow_none=True).encode()
         self._count_request()
         try:

@@ -58,7 +58,7 @@ class Config:
     backoff: float = 1.0  # first retry delay, seconds; doubles, with jitter
     max_page_bytes: int = 64 << 20
     max_xmlrpc_bytes: int = 512 << 20
-    xmlrpc_interval: float = 1.0  # seconds between XML-RPC calls (PyPI's etiquette)
+    xmlrpc_interval: float = 1.0  # average seconds between XML-RPC calls (PyPI's etiquette)
     audit: bool = False  # compare the served tree with what RSTUF's TUF metadata signs
     repair: bool = False  # with audit: re-fetch and re-deliver every differing project
     tuf_metadata_url: str | None = None  # where RSTUF's TUF metadata is served
@@ -245,7 +245,8 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "xmlrpc-interval",
-        "seconds between XML-RPC calls, PyPI's etiquette",
+        "average seconds between XML-RPC calls, PyPI's etiquette (the first few of a run "
+        "go out at once; 0: no pacing)",
         number(float, 0, 60),
     ),
     Option(
