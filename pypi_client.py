@@ -483,6 +483,20 @@ _PLAIN_PROJECT = re.compile(
     r'[ \t\r\n]*"_last-serial"[ \t\r\n]*:[ \t\r\n]*(0|[1-9][0-9]*)[ \t\r\n]*\}'
     r"[ \t\r\n]*(?:(,)|(?=\]))"
 )
+_RESET_IN = re.compile(r"reset in (\d+(?:\.\d+)?) seconds?")
+_DISABLED = re.compile(r"\b(disabled|deprecated|removed|no longer)\b", re.IGNORECASE)
+
+
+def is_disabled_fault(code: int, text: str) -> bool:
+    """A fault that means "this method is gone", not "try again".
+
+    pyramid_rpc answers -32601 for a method it does not know; warehouse
+    retires methods with a -32500 fault whose text says so ("... has been
+    deprecated", "... has been removed").
+    """
+    return code == -32601 or bool(_DISABLED.search(text))
+
+
 XMLRPC_BURST = 3  # a small run's XML-RPC calls (two or three) go out without a pause
 
 
@@ -519,20 +533,6 @@ class XmlRpcPacing:
             self.sleep(wait)
             self._tokens, self._stamp = 1.0, now + wait
         self._tokens -= 1
-
-
-_RESET_IN = re.compile(r"reset in (\d+(?:\.\d+)?) seconds?")
-_DISABLED = re.compile(r"\b(disabled|deprecated|removed|no longer)\b", re.IGNORECASE)
-
-
-def is_disabled_fault(code: int, text: str) -> bool:
-    """A fault that means "this method is gone", not "try again".
-
-    pyramid_rpc answers -32601 for a method it does not know; warehouse
-    retires methods with a -32500 fault whose text says so ("... has been
-    deprecated", "... has been removed").
-    """
-    return code == -32601 or bool(_DISABLED.search(text))
 
 
 # --- the client

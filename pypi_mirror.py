@@ -67,6 +67,7 @@ from cli_support import (
 )
 from http_retry import call_with_retries
 from mirror_store import (
+    TUF_HASH_ALGORITHM,
     InvalidProjectName,
     MirrorLayout,
     clear_staging,
@@ -1593,10 +1594,14 @@ class Sync:
         in_step = not tuf_audit.differences(
             path, signed, tuf_audit.read_disk_facts(served, path, signed)
         )
+        box = self.state.outbox
         if in_step and path not in in_flight:
-            self.state.outbox.dirty.discard(path)
-        else:
-            self.state.outbox.dirty.add(path)
+            box.dirty.discard(path)
+            box.signed.pop(path, None)
+            return
+        if path not in in_flight:  # the audit read what RSTUF signs: that copy is kept
+            box.signed[path] = dict(signed.hashes).get(TUF_HASH_ALGORITHM, "") if signed else ""
+        box.dirty.add(path)
 
 
 def project_of_target(path: str) -> str | None:

@@ -835,6 +835,17 @@ class FakeRstuf:
                 self._view[path] = json.loads(json.dumps(info))
             self.published_views.append(json.loads(json.dumps(self._view)))
 
+    def restore_backup(self, view: dict[str, dict[str, Any]]) -> None:
+        """Replace every artifact row with `view` and publish it at once.
+
+        What an operator restoring RSTUF's database from an older backup gets:
+        rows the mirror registered since are gone, rows since deleted are back.
+        """
+        with self._lock:
+            self._rows.clear()
+            self._view.clear()
+        self.import_artifacts(view)
+
     # --- records ---
 
     @property

@@ -100,6 +100,7 @@ def test_a_mirror_that_lost_its_pages_is_refused_then_rebuilt_by_full_check(
     mirror: Mirror, pypi: FakePyPI, loss: str
 ) -> None:
     """Seen: 'changelog 1134->1134: 0 projects to refresh', exit 0, an empty mirror."""
+    mirror.had_rstuf = True  # RSTUF not configured yet: what is fetched again is owed to it
     LOSSES[loss](mirror.layout)
     pypi.add_release("numpy", "2.0")
     before, state_before = tree(mirror.root), mirror.state.read_bytes()
@@ -109,13 +110,13 @@ def test_a_mirror_that_lost_its_pages_is_refused_then_rebuilt_by_full_check(
     assert tree(mirror.root) == before and mirror.state.read_bytes() == state_before
     assert mirror.root.exists() == (loss != "mirror-dir"), "the refusal created the directory"
     assert pypi.count_pages() == 0
-    assert mirror.run("--full-check") == 0
+    assert mirror.run("--full-check") == cli_support.EXIT_PARTIAL  # RSTUF still owed
     assert_mirror_matches_upstream(mirror)
     owed = load_state(mirror.state).outbox.dirty
     pages = every_target(mirror)
     lost = {"root-index": {"index.html"}, "project-pages": pages - {"index.html"}}.get(loss, pages)
     assert lost <= owed, "every page fetched again is registered with RSTUF"
-    assert mirror.run() == 0
+    assert mirror.run() == cli_support.EXIT_PARTIAL
 
 
 def test_a_first_sync_whose_directory_vanished_is_refused(tmp_path: Path, pypi: FakePyPI) -> None:
@@ -211,9 +212,12 @@ def test_a_state_from_release_1_0_is_migrated_once(mirror: Mirror, pypi: FakePyP
 
 
 def cli_in(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """The command line with the default mirror directory and state, run in `directory`."""
+    """The command line with the default mirror directory and state, run in `directory`.
+
+    Without RSTUF (``--no-rstuf``): these tests are about where the mirror and its state are.
+    """
     return subprocess.run(
-        [sys.executable, str(REPO / "pypi_mirror.py"), *FAST, *args],
+        [sys.executable, str(REPO / "pypi_mirror.py"), *FAST, "--no-rstuf", *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -258,6 +262,7 @@ def test_a_mirror_without_its_state_is_refused_until_full_check(
     mirror: Mirror, pypi: FakePyPI
 ) -> None:
     """A lost state loses the outbox: the run says how to recover instead of going on."""
+    mirror.had_rstuf = True  # RSTUF not configured yet: the repairs are owed to it
     marker = mirror.layout.marker_file.read_text()
     mirror.state.unlink()
     pypi.add_release("numpy", "2.0")
@@ -265,7 +270,7 @@ def test_a_mirror_without_its_state_is_refused_until_full_check(
     refused(mirror.cli(), "no state file", "--full-check", "--audit --repair")
     assert tree(mirror.root) == before and not mirror.state.exists()
     result = mirror.cli("--full-check")
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == cli_support.EXIT_PARTIAL, result.stderr  # RSTUF still owed
     assert "--audit --repair" in result.stderr  # the next step of the recovery
     assert_mirror_matches_upstream(mirror)
     assert mirror.layout.marker_file.read_text() == marker, "still the same mirror"
@@ -595,6 +600,7 @@ def test_dry_run_of_an_update_plans_from_the_changelog(mirror: Mirror, pypi: Fak
     state = load_state(mirror.state)
     state.outbox.dirty.add("simple/requests/index.html")  # owed from an earlier run
     save_state(mirror.state, state)
+    mirror.had_rstuf = True  # a mirror with RSTUF (not configured for this dry run)
     mirror.layout.lock_path.unlink()
     shutil.rmtree(mirror.layout.staging_dir)
     before, state_before = tree(mirror.root), mirror.state.read_bytes()
