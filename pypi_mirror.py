@@ -43,13 +43,12 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import dry_run
 import fetch_helper
 import rstuf_client
 import settings
-import tuf_audit
 from changelog import Listing, add_listed, identity_changes, merge_pending, projects_to_refresh
 from cli_support import (
     EXIT_AUDIT_DIFFERS,
@@ -130,6 +129,11 @@ from sync_plan import (
     root_changes,
 )
 from worker_pool import map_unordered
+
+if TYPE_CHECKING:
+    # imported where an audit or the bootstrap check runs: python-tuf and its signers
+    # (boto3 among them) were 20 MiB and a third of every run's start-up
+    import tuf_audit
 
 log = logging.getLogger("pypi_mirror")
 # The one line every run ends with, whatever its exit; INFO even under -q (see `main`).
@@ -1412,6 +1416,8 @@ class Sync:
         if self.bootstrap_refusal is None:
             waiting = f"{len(self.state.outbox)} change(s) stay in the outbox"
             root = self.forms[0].root_target  # the CSV's first row of this mirror's forms
+            import tuf_audit  # see TYPE_CHECKING above
+
             try:
                 signed = tuf_audit.signed_target(audit_settings(self.config), root)
             except tuf_audit.AuditError as exc:
@@ -1484,6 +1490,7 @@ class Sync:
                 log.warning("%s; auditing without it", exc)  # the audit is part of recovery
         owed = self.state.outbox.dirty | self.state.outbox.in_flight_paths()
         owed_found: set[str] = set()
+        import tuf_audit  # see TYPE_CHECKING above
 
         def emit(difference: tuf_audit.Difference) -> None:
             self.out(difference.line())
@@ -1587,6 +1594,8 @@ class Sync:
         PyPI, a copy relinked) needs nothing sent; a path in an unfinished task
         is queued anyway, since that task will change what RSTUF signs.
         """
+        import tuf_audit  # see TYPE_CHECKING above
+
         served = os.fspath(self.layout.served_dir)
         file = self.layout.path_of_target(path)
         if file.is_file():
@@ -1617,6 +1626,8 @@ def project_of_target(path: str) -> str | None:
 
 def audit_settings(config: Config) -> tuf_audit.AuditConfig:
     """The audit's settings from the run's (its timeouts, retries and fetch threads)."""
+    import tuf_audit  # see TYPE_CHECKING above
+
     if config.tuf_metadata_url is None or config.tuf_root is None:
         raise UsageError("--tuf-metadata-url and --tuf-root are needed")
     return tuf_audit.AuditConfig(
