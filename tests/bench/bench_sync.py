@@ -223,11 +223,12 @@ def with_requests(run: Run, before: dict[str, int], after: dict[str, int]) -> Ru
 
 
 def ours_command(url: str, mirror: Path, workers: int, extra: Sequence[str] = ()) -> list[str]:
-    """pypi_mirror.py with its defaults (XML-RPC pacing included) but `--workers`."""
+    """pypi_mirror.py with its defaults (XML-RPC pacing included) but `--workers`, and
+    ``--no-rstuf`` (no RSTUF here: changes kept for one would make every update exit 75)."""
     return [
         sys.executable, str(REPO / "pypi_mirror.py"), "--mirror-dir", str(mirror),
         "--state", str(mirror.parent / f"{mirror.name}-state.json"), "--pypi-url", url,
-        "--workers", str(workers), "-q", *extra,
+        "--workers", str(workers), "--no-rstuf", "-q", *extra,
     ]  # fmt: skip
 
 
