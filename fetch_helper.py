@@ -9,7 +9,9 @@ back the rest), runs it through the same function on its own threads (its
 own connections) and writes the pages itself, exactly as the parent's
 workers do. What it learned goes back over a pipe as the same
 results, which the parent merges with its own: the state, the batches, the
-root index and every decision stay in the parent.
+root index and every decision stay in the parent. Its log records go over
+the same pipe and are emitted by the parent's handlers, so they keep the
+run's format and never cut into the progress bar.
 
 The helper dies with the parent (``PR_SET_PDEATHSIG``), so a killed run
 leaves nothing running on; it ignores SIGINT and SIGTERM, which the parent
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import os
 import pickle
 import signal
@@ -41,7 +44,7 @@ R = TypeVar("R")
 PR_SET_PDEATHSIG = 1
 FLUSH_EVERY = 0.05  # seconds: the helper sends what it has at least this often
 LOCK_TIMEOUT = 60.0  # seconds: see Claimed
-_DONE, _ERROR = "done", "error"
+_DONE, _ERROR, _LOG = "done", "error", "log"
 
 
 class HelperFailed(ToolError):
@@ -130,10 +133,14 @@ class HelperSplit(Generic[T, R]):
 
     def _read(self) -> None:
         """Feed the helper's results into the pool, as its own workers' are; then its end."""
-        unpickler = pickle.Unpickler(self._pipe)
         try:
             while not self._pool.stopped:
-                message = unpickler.load()
+                # one unpickler a message: the helper's pickler forgets its memo after
+                # each, and a longer-lived unpickler would resolve references to old ones
+                message = pickle.load(self._pipe)
+                if isinstance(message, tuple) and len(message) == 2 and message[0] == _LOG:
+                    logging.getLogger(message[1].name).handle(message[1])
+                    continue
                 if isinstance(message, tuple) and len(message) == 2 and message[0] == _DONE:
                     self.helper_requests = message[1]
                     self._pool.done()
@@ -193,23 +200,55 @@ class HelperSplit(Generic[T, R]):
             signal.signal(signal.SIGUSR1, lambda signum, frame: told.append(signum))
             on_fork()
             with os.fdopen(write_end, "wb", buffering=1 << 16) as pipe:
-                pickler = pickle.Pickler(pipe, protocol=pickle.HIGHEST_PROTOCOL)
+                send = _Sender(pipe)
+                logging.getLogger().handlers[:] = [_ForwardingHandler(send)]
                 try:
                     last_flush = time.monotonic()
                     for result in map_unordered(
                         self.function, items, self.helper_workers, self.window, halt_when_told
                     ):
-                        pickler.dump(portable(result))
-                        pickler.clear_memo()
-                        if time.monotonic() - last_flush > FLUSH_EVERY:
-                            pipe.flush()
+                        due = time.monotonic() - last_flush > FLUSH_EVERY
+                        send(portable(result), flush=due)
+                        if due:
                             last_flush = time.monotonic()
-                    pickler.dump((_DONE, report_requests()))
+                    send((_DONE, report_requests()))
                     code = 0
                 except BaseException as exc:  # the parent re-raises it
-                    pickler.dump((_ERROR, portable_error(exc)))
+                    send((_ERROR, portable_error(exc)))
         finally:
             os._exit(code)
+
+
+class _Sender:
+    """Pickles messages onto the helper's end of the pipe, one at a time (workers log too)."""
+
+    def __init__(self, pipe: Any) -> None:
+        self._pipe = pipe
+        self._pickler = pickle.Pickler(pipe, protocol=pickle.HIGHEST_PROTOCOL)
+        self._lock = threading.Lock()
+
+    def __call__(self, message: object, flush: bool = False) -> None:
+        with self._lock:
+            self._pickler.dump(message)
+            self._pickler.clear_memo()  # each message stands alone (see HelperSplit._read)
+            if flush:
+                self._pipe.flush()
+
+
+class _ForwardingHandler(logging.Handler):
+    """The helper's log records, sent to the parent to be handled there (see module doc)."""
+
+    def __init__(self, send: _Sender) -> None:
+        super().__init__()
+        self._send = send
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            record.msg, record.args = record.getMessage(), None  # args may not pickle
+            record.exc_info = record.exc_text = None
+            self._send((_LOG, record), flush=record.levelno >= logging.WARNING)
+        except Exception:
+            self.handleError(record)
 
 
 class Claimed(Iterator[T]):

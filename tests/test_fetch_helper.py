@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import cli_support
+import fetch_helper
 from tests.fake_pypi import FakePyPI
 from tests.mirror_helpers import Mirror, assert_consistent, assert_mirror_matches_upstream
 
@@ -100,3 +101,26 @@ def test_a_helper_that_dies_fails_the_run_and_the_rerun_completes(
     assert mirror.run() == 0
     assert_mirror_matches_upstream(mirror)
     assert_consistent(mirror)
+
+
+def shared_references(item: tuple[int, str]) -> tuple[int, str, list[str]]:
+    """A result that refers to one string twice, as a Fetched does when a project's display
+    name is its normalized name (pickled once, then as a back-reference)."""
+    number, name = item
+    return number, name, [name, name.upper()]
+
+
+def test_every_result_crosses_the_pipe_intact() -> None:
+    """Seen: projects kept pending under another project's display name (a stale pickle memo)."""
+    items = [(number, f"project-{number}") for number in range(2_000)]
+    split = fetch_helper.HelperSplit(
+        shared_references,
+        iter(items),
+        workers=4,
+        window=16,
+        portable=lambda result: result,
+        on_fork=lambda: None,
+        report_requests=lambda: 0,
+    )
+    results = sorted(split)
+    assert results == [shared_references(item) for item in items]
