@@ -41,7 +41,7 @@ def refused(argv: list[str], environ: dict[str, str] | None = None) -> str:
 def test_each_source_overrides_the_one_below(tmp_path: Path) -> None:
     file = write(tmp_path / "m.toml", "workers = 3\ntimeout = 7.5\nretries = 2\n")
     env = {"PYPI_MIRROR_WORKERS": "4", "PYPI_MIRROR_TIMEOUT": "8"}
-    assert config([]).workers == settings.DEFAULTS.workers == 8
+    assert config([]).workers == settings.DEFAULTS.workers == 10
     from_file = config(["--config", str(file)])
     assert (from_file.workers, from_file.timeout, from_file.retries) == (3, 7.5, 2)
     from_env = config(["--config", str(file)], env)
@@ -55,7 +55,7 @@ def test_the_config_file_can_come_from_the_environment(tmp_path: Path) -> None:
     given = write(tmp_path / "cli.toml", "workers = 5\n")
     assert config([], {settings.CONFIG_ENV: str(named)}).workers == 3
     assert config(["--config", str(given)], {settings.CONFIG_ENV: str(named)}).workers == 5
-    assert config([], {settings.CONFIG_ENV: ""}).workers == 8  # empty: unset
+    assert config([], {settings.CONFIG_ENV: ""}).workers == 10  # empty: unset
 
 
 def test_conventional_environment_variables_and_switches(tmp_path: Path) -> None:

@@ -49,11 +49,12 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import settings
 from mirror_store import normalize_name
 
 REPO = Path(__file__).resolve().parents[2]
 BANDERSNATCH = REPO / ".bench-venv" / "bin" / "bandersnatch"
-RSS_GOAL_MIB = 256
+RSS_GOAL_MIB = 128
 THROUGHPUT_GOAL = 3.0
 CEILING_THREADS = 4
 CEILING_SECONDS = 3.0
@@ -524,7 +525,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--events", type=int, default=2000, help="changelog events (K)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-files", type=int, default=8000, help="files on the largest page")
-    parser.add_argument("--workers", type=int, default=8, help="pypi_mirror.py --workers")
+    parser.add_argument(
+        "--workers", type=int, default=settings.DEFAULTS.workers, help="pypi_mirror.py --workers"
+    )
     parser.add_argument("--workdir", type=Path, help="default: a temp dir, removed afterwards")
     parser.add_argument("--output", type=Path, default=REPO / "bench-results-sync.json")
     parser.add_argument("--skip-bandersnatch", action="store_true")
