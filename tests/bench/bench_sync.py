@@ -69,8 +69,9 @@ class Run:
     phase: str
     wall: float  # seconds
     cpu: float  # user + system seconds of the process (and any children it waited for)
-    peak_rss_mib: float
+    peak_rss_mib: float  # the largest process's (wait4)
     returncode: int
+    peak_pss_mib: float = 0.0  # the process and its children together (PssSampler)
     pages: int = 0  # project pages (or JSON API documents) requested
     requests: dict[str, int] = field(default_factory=dict)
 
@@ -203,13 +204,63 @@ def run_measured(
         timer = threading.Timer(limit, process.terminate) if limit else None
         if timer:
             timer.start()
+        sampler = PssSampler(process.pid)
         _, status, usage = os.wait4(process.pid, 0)
+        sampler.stop()
         if timer:
             timer.cancel()
         wall = time.perf_counter() - started
     process.returncode = os.waitstatus_to_exitcode(status)
     cpu = usage.ru_utime + usage.ru_stime
-    return Run(tool, phase, wall, cpu, usage.ru_maxrss / 1024, process.returncode)
+    run = Run(tool, phase, wall, cpu, usage.ru_maxrss / 1024, process.returncode)
+    run.peak_pss_mib = sampler.peak_kib / 1024
+    return run
+
+
+class PssSampler:
+    """The peak of a process's PSS plus its children's, sampled every `INTERVAL` seconds.
+
+    wait4's ru_maxrss is the largest single process's peak; a first sync with
+    ``--processes 2`` is two, sharing the listing copy-on-write. PSS (Linux's
+    ``smaps_rollup``) counts each shared page once between them, so the sum is
+    what both cost together.
+    """
+
+    INTERVAL = 0.5
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.peak_kib = pid, 0
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self.INTERVAL):
+            self.peak_kib = max(self.peak_kib, sum(map(pss_kib, family(self.pid))))
+
+
+def family(pid: int) -> list[int]:
+    """`pid` and its children (one level: our helper process, bandersnatch's workers)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as handle:
+            return [pid, *map(int, handle.read().split())]
+    except OSError:
+        return []
+
+
+def pss_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as handle:
+            for line in handle:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def with_requests(run: Run, before: dict[str, int], after: dict[str, int]) -> Run:
@@ -297,7 +348,7 @@ def measured_pair(
 
 def table(runs: list[Run]) -> str:
     header = (
-        f"{'phase':<13}{'tool':<14}{'wall s':>9}{'CPU s':>9}{'peak MiB':>10}"
+        f"{'phase':<13}{'tool':<14}{'wall s':>9}{'CPU s':>9}{'peak MiB':>10}{'PSS MiB':>9}"
         f"{'pages':>9}{'pages/s':>9}{'CPU ms/pg':>10}{'exit':>5}  requests"
     )
     lines = [header, "-" * len(header)]
@@ -305,7 +356,8 @@ def table(runs: list[Run]) -> str:
         requests = " ".join(f"{key}={value}" for key, value in run.requests.items())
         lines.append(
             f"{run.phase:<13}{run.tool:<14}{run.wall:>9.1f}{run.cpu:>9.1f}"
-            f"{run.peak_rss_mib:>10.0f}{run.pages:>9}{run.pages_per_second:>9.0f}"
+            f"{run.peak_rss_mib:>10.0f}{run.peak_pss_mib:>9.0f}{run.pages:>9}"
+            f"{run.pages_per_second:>9.0f}"
             f"{run.cpu_ms_per_page:>10.2f}{run.returncode:>5}  {requests}"
         )
     return "\n".join(lines)
