@@ -908,22 +908,15 @@ class PagePool:
 
     def get(self, path: str, what: str, accept: str = HTML_ACCEPT) -> urllib3.BaseHTTPResponse:
         """GET `base_url` + `path`; the body is left to read (`read_page_body`), then `done`."""
-        headers = self.headers[accept]
+        if self._pool is not None:  # the host's pool: a path is enough
+            opener, url = self._pool.urlopen, self._path_prefix + path
+        else:  # a plain-http proxy: the whole URL
+            opener, url = self.manager.urlopen, self.base_url + path
         try:
-            if self._pool is not None:
-                return self._pool.urlopen(
-                    "GET",
-                    self._path_prefix + path,
-                    headers=headers,
-                    timeout=self.timeout,
-                    retries=NO_RETRIES,
-                    redirect=False,
-                    preload_content=False,
-                )
-            return self.manager.urlopen(
+            return opener(
                 "GET",
-                self.base_url + path,
-                headers=headers,
+                url,
+                headers=self.headers[accept],
                 timeout=self.timeout,
                 retries=NO_RETRIES,
                 redirect=False,
