@@ -278,43 +278,6 @@ class Claimed(Iterator[T]):
         return next(self._items)
 
 
-class SharedBreaker:
-    """A `safety.CircuitBreaker` whose count both processes feed (shared memory, one lock).
-
-    Made before the fork: failures in a row count across the two processes, so
-    PyPI failing as a whole trips it within `limit` requests in all, and both
-    see it tripped (`tripped`), whichever tripped it.
-    """
-
-    def __init__(self, limit: int) -> None:
-        import multiprocessing  # see HelperSplit
-
-        self.limit = limit
-        self._streak = multiprocessing.RawValue("q", 0)
-        self._tripped = multiprocessing.RawValue("b", 0)
-        self._lock = multiprocessing.Lock()
-
-    @property
-    def streak(self) -> int:
-        return self._streak.value
-
-    @property
-    def tripped(self) -> bool:
-        return bool(self._tripped.value)
-
-    def record(self, ok: bool) -> bool:
-        """Count one request's outcome; True exactly once, for the failure that trips it."""
-        with self._lock:
-            if ok:
-                self._streak.value = 0
-                return False
-            self._streak.value += 1
-            if self.limit and not self._tripped.value and self._streak.value >= self.limit:
-                self._tripped.value = 1
-                return True
-            return False
-
-
 def die_with_parent(parent: int) -> None:
     """Ask the kernel to SIGKILL this process when its parent dies (Linux prctl)."""
     libc = ctypes.CDLL(None, use_errno=True)

@@ -1139,7 +1139,7 @@ class Sync:
         results: Iterator[Fetched]
         split = None
         if helped and self.can_fork(len(wanted)):
-            self.breaker = fetch_helper.SharedBreaker(self.breaker.limit)  # one for both
+            self.breaker = self.breaker.shared()  # one for both processes
             split = fetch_helper.HelperSplit(
                 work,
                 items,

@@ -20,6 +20,8 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 from cli_support import ToolError, stop_requested
 from mirror_store import MirrorLayout, atomic_write
@@ -270,23 +272,49 @@ class CircuitBreaker:
     Fed by every attempt of every worker, so a single project failing its
     retries never trips it while others succeed, but an upstream answering
     nothing useful does within `limit` requests. A limit of 0 never trips.
+    `shared` makes one that a forked helper process feeds too (fetch_helper).
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, cells: tuple[Any, Any, Any] | None = None) -> None:
         self.limit = limit
-        self.streak = 0
-        self.tripped = False
-        self._lock = threading.Lock()
+        # (streak, tripped, lock): plain values here, shared memory in `shared`
+        self._streak, self._tripped, self._lock = cells or (
+            SimpleNamespace(value=0),
+            SimpleNamespace(value=0),
+            threading.Lock(),
+        )
+
+    @property
+    def streak(self) -> int:
+        return self._streak.value
+
+    @property
+    def tripped(self) -> bool:
+        return bool(self._tripped.value)
+
+    def shared(self) -> CircuitBreaker:
+        """The same breaker in memory that survives a fork: failures in a row count across
+        both processes, and both see it tripped, whichever tripped it."""
+        import multiprocessing  # only for the run that forks (see fetch_helper)
+
+        return CircuitBreaker(
+            self.limit,
+            (
+                multiprocessing.RawValue("q", self.streak),
+                multiprocessing.RawValue("b", int(self.tripped)),
+                multiprocessing.Lock(),
+            ),
+        )
 
     def record(self, ok: bool) -> bool:
         """Count one request's outcome; True exactly once, for the failure that trips it."""
         with self._lock:
             if ok:
-                self.streak = 0
+                self._streak.value = 0
                 return False
-            self.streak += 1
-            if self.limit and not self.tripped and self.streak >= self.limit:
-                self.tripped = True
+            self._streak.value += 1
+            if self.limit and not self._tripped.value and self._streak.value >= self.limit:
+                self._tripped.value = 1
                 return True
             return False
 
