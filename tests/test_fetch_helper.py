@@ -3,6 +3,7 @@ left running or half-recorded when either process dies."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import time
@@ -124,3 +125,28 @@ def test_every_result_crosses_the_pipe_intact() -> None:
     )
     results = sorted(split)
     assert results == [shared_references(item) for item in items]
+
+
+def logs_each(item: tuple[int, str]) -> int:
+    logging.getLogger("pypi_mirror").warning("fetched %s", item[1])
+    return item[0]
+
+
+def test_the_helpers_log_lines_reach_the_parents_handlers(caplog: pytest.LogCaptureFixture) -> None:
+    """Its records go through the parent's handlers (the progress bar's among them), not
+    through copies of them the fork left in the helper."""
+    items = [(number, f"project-{number}") for number in range(400)]
+    split = fetch_helper.HelperSplit(
+        logs_each,
+        iter(items),
+        workers=4,
+        window=16,
+        portable=lambda result: result,
+        on_fork=lambda: None,
+        report_requests=lambda: 0,
+    )
+    with caplog.at_level(logging.WARNING):
+        assert sorted(split) == list(range(400))
+    assert sorted(record.getMessage() for record in caplog.records) == sorted(
+        f"fetched {name}" for _, name in items
+    )
