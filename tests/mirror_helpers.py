@@ -13,7 +13,14 @@ import requests
 
 import pypi_mirror
 import root_index
-from mirror_store import PAGE_NAMES, MirrorLayout, digest_file, iter_targets, prefixed_name
+from mirror_store import (
+    PAGE_NAMES,
+    MirrorLayout,
+    digest_bytes,
+    digest_file,
+    iter_targets,
+    prefixed_name,
+)
 from state import load_state
 
 View = dict[str, dict]
@@ -183,3 +190,15 @@ def mirror_view(layout: MirrorLayout) -> View:
 def bootstrap(rstuf, view: View) -> None:
     """RSTUF's CSV import (``rstuf admin import-artifacts``) of `view`, the first sync's pages."""
     rstuf.import_artifacts(view)
+
+
+def write_owed_pages(layout: MirrorLayout, targets: list[str]) -> set[str]:
+    """A small page at each of `targets` (``simple/<name>/index.html``) with its prefixed
+    copy, as a sync leaves them: what an outbox owes RSTUF, for delivery tests and benches."""
+    for target in targets:
+        page = layout.path_of_target(target)
+        page.parent.mkdir(parents=True, exist_ok=True)
+        body = f"<html>{target}</html>".encode()
+        page.write_bytes(body)
+        (page.parent / prefixed_name(digest_bytes(body).hexdigest, page.name)).hardlink_to(page)
+    return set(targets)

@@ -28,7 +28,7 @@ from rstuf_outbox import RstufDelivery, WaitBudget
 from state import Outbox, State, load_state
 from tests.fake_pypi import FakePyPI
 from tests.fake_rstuf import ADD, PUBLISH, REMOVE, FakeRstuf, ManualClock
-from tests.mirror_helpers import REPO, Mirror, bootstrap, mirror_view
+from tests.mirror_helpers import REPO, Mirror, bootstrap, mirror_view, write_owed_pages
 
 POLL = ("--rstuf-poll", "0.02")
 
@@ -107,15 +107,7 @@ def test_many_requests_of_adds_and_removes_with_one_worker_process(
 
 def write_pages(layout: MirrorLayout, count: int) -> set[str]:
     """`count` project pages on disk, as targets the outbox owes RSTUF."""
-    targets = set()
-    for index in range(count):
-        page = layout.project_page(f"p{index}")
-        page.parent.mkdir(parents=True, exist_ok=True)
-        page.write_bytes(f"<html>p{index}</html>".encode())
-        copy = page.parent / f"{digest_bytes(page.read_bytes()).hexdigest}.index.html"
-        copy.hardlink_to(page)
-        targets.add(f"simple/p{index}/index.html")
-    return targets
+    return write_owed_pages(layout, [f"simple/p{index}/index.html" for index in range(count)])
 
 
 @dataclass

@@ -39,13 +39,13 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mirror_store import MirrorLayout, digest_bytes
+from mirror_store import MirrorLayout
 from rstuf_client import RstufClient
 from rstuf_outbox import RstufDelivery, WaitBudget
 from state import State
 from tests.fake_pypi import FakePyPI
 from tests.fake_rstuf import ADD, PUBLISH, FakeRstuf, ManualClock, Pacing
-from tests.mirror_helpers import mirror_view
+from tests.mirror_helpers import mirror_view, write_owed_pages
 
 REPO = Path(__file__).resolve().parents[2]
 POLL = 2.0  # seconds: the tool's default --rstuf-poll
@@ -101,29 +101,32 @@ def measure_cli(
         published = rstuf.published_at()
         done = max(published[target] for target in changed_targets(pages))
         first_request = min(r.at for r in rstuf.request_log)
-        return Result(
-            batch,
-            len([a for a in rstuf.accepted if a.action == ADD]),
-            len([a for a in rstuf.accepted if a.action == PUBLISH]),
-            sum(1 for r in rstuf.request_log if r.method == "GET"),
-            round(done - started, 1),
-            round(done - first_request, 1),
-            round(run_s, 1),
-            result.returncode,
+        return result_of(
+            rstuf, batch, done - started, done - first_request, run_s, result.returncode
         )
+
+
+def result_of(
+    rstuf: FakeRstuf, batch: int, published_s: float, rstuf_s: float, run_s: float, code: int
+) -> Result:
+    """A Result from the times measured and the requests the stand-in RSTUF answered."""
+    return Result(
+        batch,
+        len([a for a in rstuf.accepted if a.action == ADD]),
+        len([a for a in rstuf.accepted if a.action == PUBLISH]),
+        sum(1 for r in rstuf.request_log if r.method == "GET"),
+        round(published_s, 1),
+        round(rstuf_s, 1),
+        round(run_s, 1),
+        code,
+    )
 
 
 def measure_virtual(pages: int, batch: int, pacing: Pacing, poll: float, work: Path) -> Result:
     """The delivery alone, in RSTUF time: `pages` owed pages on disk, one waiting delivery."""
     layout = MirrorLayout(work / f"virtual-{batch}")
     state = State(serial=1)
-    for target in changed_targets(pages):
-        page = layout.path_of_target(target)
-        page.parent.mkdir(parents=True, exist_ok=True)
-        page.write_bytes(f"<html>{target}</html>".encode())
-        copy = page.parent / f"{digest_bytes(page.read_bytes()).hexdigest}.index.html"
-        copy.hardlink_to(page)
-    state.outbox.dirty = set(changed_targets(pages))
+    state.outbox.dirty = write_owed_pages(layout, changed_targets(pages))
     clock = ManualClock()
     with (
         FakeRstuf(processes=2, pacing=pacing, clock=clock) as rstuf,
@@ -144,16 +147,7 @@ def measure_virtual(pages: int, batch: int, pacing: Pacing, poll: float, work: P
         assert not report.errors, report.errors
         assert len(rstuf.view) == pages
         done = max(rstuf.published_at().values())
-        return Result(
-            batch,
-            len([a for a in rstuf.accepted if a.action == ADD]),
-            len([a for a in rstuf.accepted if a.action == PUBLISH]),
-            sum(1 for r in rstuf.request_log if r.method == "GET"),
-            round(done - started, 1),
-            round(done - started, 1),
-            round(clock.now() - started, 1),
-            0,
-        )
+        return result_of(rstuf, batch, done - started, done - started, clock.now() - started, 0)
 
 
 def prepare(pypi: FakePyPI, pages: int, base: Path) -> None:
