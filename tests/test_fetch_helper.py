@@ -104,6 +104,19 @@ def test_a_helper_that_dies_fails_the_run_and_the_rerun_completes(
     assert_consistent(mirror)
 
 
+def split_over(function, items: list) -> fetch_helper.HelperSplit:
+    """`function` over `items` in this process and a forked helper, 2 workers each."""
+    return fetch_helper.HelperSplit(
+        function,
+        iter(items),
+        workers=4,
+        window=16,
+        portable=lambda result: result,
+        on_fork=lambda: None,
+        report_requests=lambda: 0,
+    )
+
+
 def shared_references(item: tuple[int, str]) -> tuple[int, str, list[str]]:
     """A result that refers to one string twice, as a Fetched does when a project's display
     name is its normalized name (pickled once, then as a back-reference)."""
@@ -114,16 +127,7 @@ def shared_references(item: tuple[int, str]) -> tuple[int, str, list[str]]:
 def test_every_result_crosses_the_pipe_intact() -> None:
     """Seen: projects kept pending under another project's display name (a stale pickle memo)."""
     items = [(number, f"project-{number}") for number in range(2_000)]
-    split = fetch_helper.HelperSplit(
-        shared_references,
-        iter(items),
-        workers=4,
-        window=16,
-        portable=lambda result: result,
-        on_fork=lambda: None,
-        report_requests=lambda: 0,
-    )
-    results = sorted(split)
+    results = sorted(split_over(shared_references, items))
     assert results == [shared_references(item) for item in items]
 
 
@@ -136,17 +140,8 @@ def test_the_helpers_log_lines_reach_the_parents_handlers(caplog: pytest.LogCapt
     """Its records go through the parent's handlers (the progress bar's among them), not
     through copies of them the fork left in the helper."""
     items = [(number, f"project-{number}") for number in range(400)]
-    split = fetch_helper.HelperSplit(
-        logs_each,
-        iter(items),
-        workers=4,
-        window=16,
-        portable=lambda result: result,
-        on_fork=lambda: None,
-        report_requests=lambda: 0,
-    )
     with caplog.at_level(logging.WARNING):
-        assert sorted(split) == list(range(400))
+        assert sorted(split_over(logs_each, items)) == list(range(400))
     assert sorted(record.getMessage() for record in caplog.records) == sorted(
         f"fetched {name}" for _, name in items
     )
