@@ -23,21 +23,19 @@ from typing import Protocol, TypeVar
 
 import lxml.etree
 import requests
-import urllib3
 
 from cli_support import ToolError
 from http_retry import (
-    CHUNK_BYTES,
     USER_AGENT,
     BodyTooLarge,
     Retryable,
     RetryPolicy,
     call_with_retries,
     cap_retry_after,
-    capped,
     iter_capped,
     retry_after_of,
 )
+from page_transport import PagePool, PageTransportError, TransportSettings
 from xmlrpc_stream import AnswerParser, MalformedAnswer
 
 log = logging.getLogger("pypi_mirror")
@@ -548,11 +546,15 @@ class FetchedPage:
     facts: PageFacts | None
 
 
+# A forked helper's inheritance from its parent, kept referenced so that it is never closed
+_PARENTS_CONNECTIONS: list[object] = []
+
+
 class PypiClient:
     """PyPI's XML-RPC mirroring methods and Simple API pages over keep-alive connections.
 
-    Pages, the hot path (700,000 of them in a first sync), go straight through
-    one urllib3 pool shared by the worker threads (`PagePool`): requests'
+    Pages, the hot path (700,000 of them in a first sync), go through libcurl
+    handles shared by the worker threads (`page_transport.PagePool`): requests'
     per-request machinery was two thirds of a first sync's CPU. The few
     XML-RPC calls go through a `requests.Session` per thread (a Session is not
     thread-safe), made by `session_factory` so tests can inspect them.
@@ -613,13 +615,17 @@ class PypiClient:
             environment = self.environment
             with self._lock:
                 if self._pages is None:
-                    self._pages = PagePool(self.base_url, self.config, environment)
+                    self._pages = PagePool(
+                        transport_settings(self.base_url, self.config, environment)
+                    )
                 pages = self._pages
         return pages
 
     def forget_connections(self) -> None:
-        """In a forked child: drop the parent's connections unclosed (they are the parent's)
-        and count requests afresh; new ones are opened on first use."""
+        """In a forked child: set the parent's connections aside unclosed (they are the
+        parent's: closing a handle could end its TLS session) and count requests afresh;
+        new ones are opened on first use."""
+        _PARENTS_CONNECTIONS.append((self._sessions, self._pages))
         self._lock = threading.Lock()
         self._local = threading.local()
         self._sessions = []
@@ -782,24 +788,23 @@ class PypiClient:
         """One GET of a project page: (body, X-PyPI-Last-Serial), or (None, 0) for a 404."""
         self._count_request()
         path = f"/simple/{name}/"
-        response = self.pages.get(path, name, accept)
-        consumed = False
         try:
-            headers = response.headers
-            if response.status == 404:
-                log.debug("page %s: HTTP 404", name)
-                return None, 0
-            check_status_of(response.status, headers, name, self.base_url + path)
-            content_type = headers.get("Content-Type", "").split(";")[0].strip().lower()
-            if content_type not in media_types:
-                raise NotASimplePage(name, f"Content-Type {content_type or 'missing'}")
-            serial_header = headers.get("X-PyPI-Last-Serial", "")
-            if not serial_header.isdigit():
-                raise NotASimplePage(name, "no X-PyPI-Last-Serial header")
-            body = read_page_body(response, self.config.max_page_bytes, name)
-            consumed = True
-        finally:
-            self.pages.done(response, consumed)
+            answer = self.pages.get(path, accept)
+        except PageTransportError as exc:
+            if exc.too_large:
+                raise NotASimplePage(name, str(exc)) from None
+            raise Transient(f"{name}: {exc}") from None
+        headers, body = answer.headers, answer.body
+        if answer.status == 404:
+            log.debug("page %s: HTTP 404", name)
+            return None, 0
+        check_status_of(answer.status, headers, name, self.base_url + path)
+        content_type = (headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if content_type not in media_types:
+            raise NotASimplePage(name, f"Content-Type {content_type or 'missing'}")
+        serial_header = headers.get("X-PyPI-Last-Serial") or ""
+        if not serial_header.isdigit():
+            raise NotASimplePage(name, "no X-PyPI-Last-Serial header")
         log.debug("page %s: HTTP 200, serial %s, %d bytes", name, serial_header, len(body))
         return body, int(serial_header)
 
@@ -863,113 +868,6 @@ class PypiClient:
         return serial
 
 
-# urllib3 would build this from retries=False on every request
-NO_RETRIES = urllib3.Retry(total=False, redirect=False)
-
-
-class PagePool:
-    """Keep-alive connections for page GETs: urllib3 directly, with the `HttpEnvironment`.
-
-    What a requests Session would do with it: the proxy for `base_url`
-    (``user:password@`` in its URL becomes Proxy-Authorization), the CA
-    bundle (else requests' own, certifi's), ``.netrc`` credentials as Basic
-    auth; gzip and deflate accepted and decoded. No redirects are followed
-    and urllib3 never retries: `PypiClient`'s retry loop does. Thread-safe:
-    each request takes a connection of the pool and gives it back.
-    """
-
-    def __init__(self, base_url: str, config: ClientSettings, environment: HttpEnvironment):
-        self.base_url = base_url
-        self.timeout = urllib3.Timeout(connect=config.connect_timeout, read=config.timeout)
-        headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "gzip, deflate"}
-        if environment.auth:
-            headers.update(urllib3.make_headers(basic_auth=":".join(environment.auth)))
-        # the headers of each form (Accept), made once
-        self.headers = {
-            accept: {**headers, "Accept": accept} for accept in (HTML_ACCEPT, JSON_TYPE)
-        }
-        pool_options: dict[str, object] = {"maxsize": config.workers, "block": False}
-        if base_url.startswith("https:"):
-            bundle = environment.ca_bundle or requests.utils.DEFAULT_CA_BUNDLE_PATH
-            pool_options["cert_reqs"] = "CERT_REQUIRED"
-            pool_options["ca_cert_dir" if os.path.isdir(bundle) else "ca_certs"] = bundle
-        proxy = environment.proxy_for(base_url)
-        self.manager: urllib3.PoolManager
-        if proxy:
-            self.manager = proxy_manager(proxy, pool_options)
-        else:
-            self.manager = urllib3.PoolManager(num_pools=1, **pool_options)
-        # One host: its pool directly, no URL parsing and pool lookup per page; but a
-        # plain-http proxy wants the whole URL in each request, which the manager adds.
-        forwarding = proxy is not None and not proxy.lower().startswith("socks")
-        forwarding &= base_url.startswith("http:")
-        self._pool = None if forwarding else self.manager.connection_from_url(base_url)
-        self._path_prefix = urllib3.util.parse_url(base_url).path or ""
-
-    def get(self, path: str, what: str, accept: str = HTML_ACCEPT) -> urllib3.BaseHTTPResponse:
-        """GET `base_url` + `path`; the body is left to read (`read_page_body`), then `done`."""
-        if self._pool is not None:  # the host's pool: a path is enough
-            opener, url = self._pool.urlopen, self._path_prefix + path
-        else:  # a plain-http proxy: the whole URL
-            opener, url = self.manager.urlopen, self.base_url + path
-        try:
-            return opener(
-                "GET",
-                url,
-                headers=self.headers[accept],
-                timeout=self.timeout,
-                retries=NO_RETRIES,
-                redirect=False,
-                preload_content=False,
-            )
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise Transient(f"{what}: connection failed: {exc}") from exc
-
-    def done(self, response: urllib3.BaseHTTPResponse, consumed: bool) -> None:
-        """Give the connection back: reused when its answer was read to the end, else closed
-        (what is left of an unread body would be read as the next answer)."""
-        if not consumed:
-            response.close()
-        response.release_conn()
-
-    def close(self) -> None:
-        self.manager.clear()
-
-
-def proxy_manager(proxy: str, pool_options: dict[str, object]) -> urllib3.PoolManager:
-    """A urllib3 manager for `proxy`, with its ``user:password@`` as Proxy-Authorization."""
-    if proxy.lower().startswith("socks"):
-        try:
-            from urllib3.contrib.socks import SOCKSProxyManager
-        except ImportError:
-            raise UpstreamError(
-                f"proxy {proxy} is a SOCKS proxy: install PySocks (pip install PySocks)"
-            ) from None
-        return SOCKSProxyManager(proxy, num_pools=1, **pool_options)
-    username, password = requests.utils.get_auth_from_url(proxy)
-    headers = urllib3.make_headers(proxy_basic_auth=f"{username}:{password}") if username else {}
-    return urllib3.ProxyManager(proxy, num_pools=1, proxy_headers=headers, **pool_options)
-
-
-def read_page_body(response: urllib3.BaseHTTPResponse, limit: int, name: str) -> bytes:
-    """The page's bytes, decoded, at most `limit` of them (else NotASimplePage); a body cut
-    short of its Content-Length is Transient.
-
-    A plain body of a declared length is read in one call; others stream in chunks
-    through the one cap (`http_retry.capped`).
-    """
-    headers = response.headers
-    declared = headers.get("Content-Length", "")
-    try:
-        if declared.isdigit() and int(declared) <= limit and not headers.get("Content-Encoding"):
-            return response.read()
-        return b"".join(capped(response.stream(CHUNK_BYTES), headers, limit))
-    except BodyTooLarge as exc:
-        raise NotASimplePage(name, str(exc)) from None
-    except (urllib3.exceptions.HTTPError, OSError) as exc:
-        raise Transient(f"{name}: body cut off: {exc}") from exc
-
-
 @dataclass(frozen=True)
 class HttpEnvironment:
     """What requests otherwise reads from the environment on every request, read once.
@@ -979,7 +877,7 @@ class HttpEnvironment:
     ``CURL_CA_BUNDLE``) and ``.netrc`` credentials are the same each time;
     re-deriving them per request was a tenth of a first sync's CPU (profile).
     Read as requests reads them, so both transports (requests for XML-RPC,
-    urllib3 for pages) see the same settings.
+    libcurl for pages) see the same settings.
     """
 
     proxies: dict[str, str]
@@ -997,6 +895,24 @@ class HttpEnvironment:
 
     def proxy_for(self, url: str) -> str | None:
         return requests.utils.select_proxy(url, self.proxies)
+
+
+def transport_settings(
+    base_url: str, config: ClientSettings, environment: HttpEnvironment
+) -> TransportSettings:
+    """The page transport's settings: the environment's proxy, bundle and credentials."""
+    bundle = environment.ca_bundle
+    if base_url.startswith("https:") and not bundle:
+        bundle = requests.utils.DEFAULT_CA_BUNDLE_PATH  # requests' own (certifi's)
+    return TransportSettings(
+        base_url=base_url,
+        proxy=environment.proxy_for(base_url),
+        ca_bundle=bundle,
+        auth=environment.auth,
+        connect_timeout=config.connect_timeout,
+        read_timeout=config.timeout,
+        max_body_bytes=config.max_page_bytes,
+    )
 
 
 def settle_environment(session: requests.Session, environment: HttpEnvironment) -> None:

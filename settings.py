@@ -237,7 +237,12 @@ OPTIONS: tuple[Option, ...] = (
         "seconds an old hash-prefixed page copy stays served for TUF clients",
         number(float, 0, 30 * 86400),
     ),
-    Option("timeout", "read timeout of one HTTP request, seconds", number(float, 0.05, 3600)),
+    Option(
+        "timeout",
+        "read timeout of one HTTP request, seconds (a project page's: whole seconds, at least 1,"
+        " as libcurl counts them)",
+        number(float, 0.05, 3600),
+    ),
     Option("retries", "retries per request and per stale page", number(int, 0, 20)),
     Option(
         "failure-limit",

@@ -125,7 +125,11 @@ def test_page_that_keeps_failing_stays_pending_and_unchanged(
     stderr = capsys.readouterr().err
     assert mirror.page("numpy") == old, "a wrong page was mirrored"
     assert mirror.page("django") == upstream_page(pypi.url, "django"), "the run did not go on"
-    assert pypi.count_pages("numpy") == (RETRIES + 1 if retried else 1), "retries unbounded"
+    attempts = RETRIES + 1 if retried else 1
+    # libcurl sends a request again, once, when the kept-alive connection it reused died
+    # before answering: a reset can cost two requests an attempt, never more.
+    most = 2 * attempts if kind == "reset" else attempts
+    assert attempts <= pypi.count_pages("numpy") <= most, "retries unbounded"
     warnings = [line for line in stderr.splitlines() if "WARNING" in line and "numpy" in line]
     assert any(words in line and "pending" in line for line in warnings), stderr
     state = load_state(mirror.state)

@@ -1,4 +1,4 @@
-"""The page fetch's own transport (urllib3 directly): what requests did for it, it still does.
+"""The page fetch's own transport (libcurl): what requests did for it, it still does.
 
 Proxies from ``*_PROXY`` (with their credentials) unless ``NO_PROXY`` says otherwise, the
 CA bundle from ``REQUESTS_CA_BUNDLE``, ``.netrc`` credentials, gzip, keep-alive, no
@@ -8,9 +8,12 @@ redirects followed; each against a stand-in on loopback.
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
+import select
+import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -160,7 +163,7 @@ def test_the_ca_bundle_from_the_environment_is_trusted_and_only_it(
         monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
         mirror = client(fake.url)  # requests' default bundle does not know the stand-in
         try:
-            with pytest.raises(pypi_client.Transient, match=r"connection failed.*CERTIFICATE"):
+            with pytest.raises(pypi_client.Transient, match=r"(?i)connection failed.*certificate"):
                 mirror.fetch_page("tls")
         finally:
             mirror.close()
@@ -173,3 +176,161 @@ def test_a_redirect_is_not_followed(pypi: FakePyPI) -> None:
             mirror.fetch_page("Django")  # warehouse redirects a non-normalized name
     finally:
         mirror.close()
+
+
+@contextlib.contextmanager
+def answering(do_get: Callable[[BaseHTTPRequestHandler], None]) -> Iterator[str]:
+    """A loopback HTTP/1.1 server whose every GET `do_get` answers; yields its URL."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            do_get(self)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def page_headers(handler: BaseHTTPRequestHandler, **extra: str) -> None:
+    handler.send_response(200)
+    handler.send_header("Content-Type", "text/html")
+    handler.send_header("X-PyPI-Last-Serial", "7")
+    for name, value in extra.items():
+        handler.send_header(name.replace("_", "-"), value)
+    handler.end_headers()
+
+
+def test_the_size_cap_counts_decoded_bytes() -> None:
+    """A small gzip body that inflates past --max-page-bytes is refused, not inflated whole."""
+    bomb = gzip.compress(b"<!DOCTYPE html>" + b" " * 5_000_000)
+    assert len(bomb) < 10_000
+
+    def do_get(handler: BaseHTTPRequestHandler) -> None:
+        page_headers(handler, Content_Encoding="gzip", Content_Length=str(len(bomb)))
+        handler.wfile.write(bomb)
+
+    with answering(do_get) as url:
+        pypi = pypi_client.PypiClient(
+            url, settings.Config(pypi_url=url, retries=0, max_page_bytes=100_000)
+        )
+        try:
+            with pytest.raises(pypi_client.NotASimplePage, match="100000-byte limit"):
+                pypi.fetch_page("a")
+        finally:
+            pypi.close()
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
+def test_an_oversized_page_is_refused_however_it_is_sent(declared: bool) -> None:
+    body = PAGE + b" " * 200_000
+
+    def do_get(handler: BaseHTTPRequestHandler) -> None:
+        if declared:
+            page_headers(handler, Content_Length=str(len(body)))
+            handler.wfile.write(body)
+            return
+        page_headers(handler, Transfer_Encoding="chunked")
+        for start in range(0, len(body), 16_384):
+            piece = body[start : start + 16_384]
+            handler.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+        handler.wfile.write(b"0\r\n\r\n")
+
+    with answering(do_get) as url:
+        pypi = pypi_client.PypiClient(
+            url, settings.Config(pypi_url=url, retries=0, max_page_bytes=100_000)
+        )
+        try:
+            with pytest.raises(pypi_client.NotASimplePage, match="limit"):
+                pypi.fetch_page("a")
+        finally:
+            pypi.close()
+
+
+def test_https_through_a_connect_proxy_reads_the_page_not_the_tunnel(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """The proxy's own answer to CONNECT (its headers first) is not taken for the page's."""
+    cert, key = make_self_signed_cert(tmp_path)
+    tunnels: list[str] = []
+
+    class Proxy(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+        def do_CONNECT(self) -> None:
+            tunnels.append(self.path)
+            host, port = self.path.rsplit(":", 1)
+            upstream = socket.create_connection((host, int(port)))
+            self.send_response(200, "Connection established")
+            self.send_header("X-PyPI-Last-Serial", "999")  # headers the page must not take
+            self.send_header("Retry-After", "5")
+            self.end_headers()
+            relay(self.connection, upstream)
+
+    with FakePyPI(certfile=cert, keyfile=key) as fake:
+        fake.create_project("tls")
+        proxy = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+        threading.Thread(target=proxy.serve_forever, daemon=True).start()
+        try:
+            monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy.server_address[1]}")
+            monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
+            mirror = client(fake.url)
+            try:
+                page = mirror.fetch_page("tls")
+                answer = mirror.pages.get("/simple/tls/", pypi_client.HTML_ACCEPT)
+            finally:
+                mirror.close()
+        finally:
+            proxy.shutdown()
+            proxy.server_close()
+        assert page.body == fake.page("tls")
+        assert page.serial == fake.project_serial("tls") != 999
+        assert answer.headers.get("Retry-After") is None, "the tunnel's headers were read"
+        assert tunnels == [fake.url.removeprefix("https://")]
+
+
+def relay(one: socket.socket, other: socket.socket) -> None:
+    """Copy bytes both ways between two sockets until either side closes."""
+    sockets = [one, other]
+    with other:
+        while True:
+            readable, _, _ = select.select(sockets, [], [], 10)
+            if not readable:
+                return
+            for source in readable:
+                data = source.recv(65536)
+                if not data:
+                    return
+                (other if source is one else one).sendall(data)
+
+
+def test_an_interim_answer_s_headers_are_not_the_page_s() -> None:
+    """A 103 Early Hints before the page (a CDN may send one) has headers of its own."""
+
+    def do_get(handler: BaseHTTPRequestHandler) -> None:
+        handler.wfile.write(b"HTTP/1.1 103 Early Hints\r\nRetry-After: 5\r\nLink: </x>\r\n\r\n")
+        page_headers(handler, Content_Length=str(len(PAGE)))
+        handler.wfile.write(PAGE)
+
+    with answering(do_get) as url:
+        pypi = client(url)
+        try:
+            answer = pypi.pages.get("/simple/a/", pypi_client.HTML_ACCEPT)
+            assert pypi.fetch_page("a").body == PAGE
+        finally:
+            pypi.close()
+    assert answer.status == 200 and answer.body == PAGE
+    assert answer.headers.get("retry-after") is None
+    assert answer.headers.get("x-pypi-last-serial") == "7"

@@ -1,0 +1,217 @@
+"""The hot path's HTTP: project pages GET over libcurl (pycurl), one handle per request in flight.
+
+A first sync is 700,000 GETs of small pages. Over urllib3 a page cost the
+client 0.47-0.58 ms of CPU (http.client's header parsing alone a fifth of
+it); libcurl parses in C and ``perform()`` releases the GIL for the whole
+transfer: 0.14-0.15 ms, at twice the pages a second, measured side by side
+on one stand-in by ``tests/bench/bench_transport.py``.
+
+What requests would do with the same settings, this does with libcurl's
+options: the proxy the caller chose (``user:password@`` in its URL becomes
+Proxy-Authorization; SOCKS too), the CA bundle, Basic credentials, gzip and
+deflate accepted and decoded, keep-alive. Nothing of libcurl's own is read
+from the environment: the caller has already decided (``HttpEnvironment``),
+and an empty proxy tells libcurl not to look. No redirect is followed, no
+request is retried here: ``PypiClient``'s retry loop does that.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import threading
+from dataclasses import dataclass
+
+import pycurl
+
+from http_retry import USER_AGENT, BodyTooLarge
+
+# libcurl's error codes (curl/curl.h) that, once an answer has begun, mean its body was
+# cut short or spoilt on the wire
+_CUT_OFF = {pycurl.E_PARTIAL_FILE, pycurl.E_RECV_ERROR, pycurl.E_BAD_CONTENT_ENCODING}
+
+
+class PageTransportError(Exception):
+    """A GET that brought no answer: connection, timeout or body cut off (`too_large`: refused)."""
+
+    def __init__(self, message: str, too_large: bool = False) -> None:
+        super().__init__(message)
+        self.too_large = too_large
+
+
+class ResponseHeaders:
+    """An answer's header block as it came, looked up by name on demand.
+
+    A page is read for two or three headers of its fifteen or so: finding those
+    in the block is cheaper than splitting every line into a dict.
+    """
+
+    __slots__ = ("_block",)
+
+    def __init__(self, block: bytes) -> None:
+        self._block = block
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        """The value of header `name` (any case), the last one if repeated, else `default`."""
+        pattern = _HEADER_PATTERNS.get(name)
+        if pattern is None:
+            pattern = _HEADER_PATTERNS[name] = re.compile(
+                rb"(?im)^" + re.escape(name.encode("ascii")) + rb"[ \t]*:[ \t]*(.*?)[ \t]*\r?$"
+            )
+        found = pattern.findall(self._block)
+        return found[-1].decode("latin-1") if found else default
+
+
+_HEADER_PATTERNS: dict[str, re.Pattern[bytes]] = {}
+
+
+@dataclass(frozen=True)
+class PageAnswer:
+    """What one GET brought: status, headers, and the decoded body (read to its end)."""
+
+    status: int
+    headers: ResponseHeaders
+    body: bytes
+
+
+@dataclass(frozen=True)
+class TransportSettings:
+    """Everything a handle is set up with, decided once by the caller."""
+
+    base_url: str
+    proxy: str | None  # None: straight to the host
+    ca_bundle: str | None  # a file or a directory of certificates (https)
+    auth: tuple[str, str] | None  # Basic credentials (.netrc's)
+    connect_timeout: float
+    read_timeout: float  # seconds without a byte
+    max_body_bytes: int
+
+
+class _Body:
+    """The write callback: keeps the decoded chunks, refusing any past the cap."""
+
+    __slots__ = ("chunks", "limit", "over", "received")
+
+    def __init__(self, limit: int) -> None:
+        self.chunks: list[bytes] = []
+        self.received = 0
+        self.limit = limit
+        self.over = False
+
+    def write(self, chunk: bytes) -> int | None:
+        self.received += len(chunk)
+        if self.received > self.limit:
+            self.over = True
+            return 0  # libcurl stops the transfer (CURLE_WRITE_ERROR)
+        self.chunks.append(chunk)
+        return None
+
+
+class PagePool:
+    """libcurl handles for page GETs, each keeping its connection alive between requests.
+
+    A handle serves one request at a time; a thread takes a free one (or a new
+    one) and gives it back, so at most as many exist as requests were ever in
+    flight at once (``--workers``). Thread-safe.
+    """
+
+    def __init__(self, settings: TransportSettings) -> None:
+        self.settings = settings
+        self._free: list[pycurl.Curl] = []
+        self._all: list[pycurl.Curl] = []
+        self._lock = threading.Lock()
+        self._accept_headers: dict[str, list[str]] = {}
+
+    def get(self, path: str, accept: str) -> PageAnswer:
+        """GET `base_url` + `path` with this Accept; raises PageTransportError."""
+        handle = self._take()
+        settings = self.settings
+        body = _Body(settings.max_body_bytes)
+        lines: list[bytes] = []
+        handle.setopt(pycurl.URL, settings.base_url + path)
+        handle.setopt(pycurl.HTTPHEADER, self._headers_for(accept))
+        handle.setopt(pycurl.WRITEFUNCTION, body.write)
+        handle.setopt(pycurl.HEADERFUNCTION, lines.append)
+        try:
+            handle.perform()
+            status = handle.getinfo(pycurl.RESPONSE_CODE)
+        except pycurl.error as exc:
+            code, message = exc.args
+            self._close(handle)  # its connection may be half-read
+            raise self._failure(code, message, body, answered=bool(lines)) from None
+        self._free.append(handle)
+        return PageAnswer(status, ResponseHeaders(last_header_block(lines)), b"".join(body.chunks))
+
+    def _failure(self, code: int, message: str, body: _Body, answered: bool) -> PageTransportError:
+        if body.over or code == pycurl.E_FILESIZE_EXCEEDED:
+            return PageTransportError(str(BodyTooLarge(self.settings.max_body_bytes)), True)
+        if code == pycurl.E_OPERATION_TIMEDOUT:
+            return PageTransportError(f"timed out ({message})")
+        if answered and code in _CUT_OFF:
+            return PageTransportError(f"body cut off: {message}")
+        return PageTransportError(f"connection failed: {message}")
+
+    def _headers_for(self, accept: str) -> list[str]:
+        headers = self._accept_headers.get(accept)
+        if headers is None:
+            headers = self._accept_headers[accept] = [f"Accept: {accept}"]
+        return headers
+
+    def _take(self) -> pycurl.Curl:
+        try:
+            return self._free.pop()  # atomic: no lock needed
+        except IndexError:
+            pass
+        handle = new_handle(self.settings)
+        with self._lock:
+            self._all.append(handle)
+        return handle
+
+    def _close(self, handle: pycurl.Curl) -> None:
+        with self._lock:
+            self._all.remove(handle)
+        handle.close()
+
+    def close(self) -> None:
+        """Close every handle and its connection (none may be in use)."""
+        with self._lock:
+            handles, self._all, self._free = self._all, [], []
+        for handle in handles:
+            handle.close()
+
+
+def new_handle(settings: TransportSettings) -> pycurl.Curl:
+    """A handle with the options every page GET shares."""
+    handle = pycurl.Curl()
+    handle.setopt(pycurl.NOSIGNAL, 1)  # threads: no SIGALRM for timeouts
+    handle.setopt(pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_1_1)
+    handle.setopt(pycurl.USERAGENT, USER_AGENT)
+    handle.setopt(pycurl.ACCEPT_ENCODING, "gzip, deflate")
+    handle.setopt(pycurl.FOLLOWLOCATION, 0)
+    handle.setopt(pycurl.PROXY, settings.proxy or "")  # "": not even libcurl's *_proxy
+    handle.setopt(pycurl.NETRC, pycurl.NETRC_IGNORED)  # the caller read .netrc already
+    handle.setopt(pycurl.CONNECTTIMEOUT_MS, max(1, round(settings.connect_timeout * 1000)))
+    # A read timeout as libcurl counts one: under a byte a second for that many whole seconds.
+    handle.setopt(pycurl.LOW_SPEED_LIMIT, 1)
+    handle.setopt(pycurl.LOW_SPEED_TIME, max(1, math.ceil(settings.read_timeout)))
+    handle.setopt(pycurl.MAXFILESIZE_LARGE, settings.max_body_bytes)  # a declared length over it
+    if settings.auth:
+        handle.setopt(pycurl.HTTPAUTH, pycurl.HTTPAUTH_BASIC)  # sent with the first request
+        handle.setopt(pycurl.USERNAME, settings.auth[0])
+        handle.setopt(pycurl.PASSWORD, settings.auth[1])
+    if settings.ca_bundle:
+        where = pycurl.CAPATH if os.path.isdir(settings.ca_bundle) else pycurl.CAINFO
+        handle.setopt(where, settings.ca_bundle)
+    return handle
+
+
+def last_header_block(lines: list[bytes]) -> bytes:
+    """The last answer's header lines from libcurl's: a proxy's answer to CONNECT and an
+    interim 1xx come first, each beginning with its status line."""
+    start = 0
+    for number in range(len(lines) - 1, -1, -1):
+        if lines[number].startswith(b"HTTP/"):
+            start = number + 1
+            break
+    return b"".join(lines[start:])

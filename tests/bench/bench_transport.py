@@ -1,0 +1,188 @@
+"""CPU per page and pages/s of the page transport alone: libcurl (ours) against urllib3.
+
+    python -m tests.bench.bench_transport [--projects 20000] [--pages 10000] [--workers 1,10]
+
+One stand-in PyPI (`tests.bench.bench_server`, own process, pages pre-rendered)
+serves the pages. In this process, `--workers` threads GET `--pages` project
+pages over keep-alive connections, three ways, each measured by the CPU this
+process used (user and system, from getrusage: the server's is not counted):
+
+* ``urllib3``: one shared ``HTTPConnectionPool``, the body read whole: the
+  transport pypi_mirror.py had before (requests is built on it);
+* ``PagePool``: ours, ``page_transport.PagePool`` (libcurl through pycurl);
+* ``fetch_page``: ``PypiClient.fetch_page``, ours with the page's checks
+  (status, Content-Type, serial, the HTML parsed), what a sync pays per page
+  before writing it.
+
+Prints a table and writes ``bench-results-transport.json``. Not named test_*,
+so pytest does not collect it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import urllib3
+
+import pypi_client
+import settings
+from tests.bench.bench_sync import running_server
+
+Fetch = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Row:
+    transport: str
+    workers: int
+    pages: int
+    wall: float
+    cpu_user: float
+    cpu_system: float
+
+    @property
+    def pages_per_s(self) -> float:
+        return self.pages / self.wall
+
+    @property
+    def cpu_ms_per_page(self) -> float:
+        return 1000 * (self.cpu_user + self.cpu_system) / self.pages
+
+
+def urllib3_fetcher(url: str, workers: int) -> tuple[Fetch, Callable[[], None]]:
+    manager = urllib3.PoolManager(maxsize=workers, block=False)
+    connections = manager.connection_from_url(url)
+    headers = {
+        "User-Agent": pypi_client.USER_AGENT,
+        "Accept": pypi_client.HTML_ACCEPT,
+        "Accept-Encoding": "gzip, deflate",
+    }
+    no_retries = urllib3.Retry(total=False, redirect=False)
+
+    def fetch(name: str) -> None:
+        response = connections.urlopen(
+            "GET",
+            f"/simple/{name}/",
+            headers=headers,
+            retries=no_retries,
+            redirect=False,
+            preload_content=False,
+        )
+        response.headers.get("X-PyPI-Last-Serial")
+        if response.status != 200 or not response.read():
+            raise RuntimeError(f"{name}: HTTP {response.status}")
+        response.release_conn()
+
+    return fetch, manager.clear
+
+
+def client_of(url: str, workers: int) -> pypi_client.PypiClient:
+    return pypi_client.PypiClient(url, settings.Config(pypi_url=url, workers=workers, retries=0))
+
+
+def page_pool_fetcher(url: str, workers: int) -> tuple[Fetch, Callable[[], None]]:
+    client = client_of(url, workers)
+    pages = client.pages
+
+    def fetch(name: str) -> None:
+        answer = pages.get(f"/simple/{name}/", pypi_client.HTML_ACCEPT)
+        if answer.status != 200 or not answer.body:
+            raise RuntimeError(f"{name}: HTTP {answer.status}")
+
+    return fetch, client.close
+
+
+def fetch_page_fetcher(url: str, workers: int) -> tuple[Fetch, Callable[[], None]]:
+    client = client_of(url, workers)
+
+    def fetch(name: str) -> None:
+        client.fetch_page(name)
+
+    return fetch, client.close
+
+
+TRANSPORTS = {
+    "urllib3": urllib3_fetcher,
+    "PagePool": page_pool_fetcher,
+    "fetch_page": fetch_page_fetcher,
+}
+
+
+def measure(transport: str, url: str, names: list[str], workers: int) -> Row:
+    fetch, close = TRANSPORTS[transport](url, workers)
+    for name in names[:workers]:  # connections open before the clock starts
+        fetch(name)
+    todo = iter(names)
+    lock = threading.Lock()
+    failures: list[BaseException] = []
+
+    def work() -> None:
+        while not failures:
+            with lock:
+                name = next(todo, None)
+            if name is None:
+                return
+            try:
+                fetch(name)
+            except BaseException as exc:
+                failures.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(workers)]
+    before, started = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall, after = time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF)
+    close()
+    if failures:
+        raise SystemExit(f"{transport}: {failures[0]}")
+    return Row(
+        transport,
+        workers,
+        len(names),
+        wall,
+        after.ru_utime - before.ru_utime,
+        after.ru_stime - before.ru_stime,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--projects", type=int, default=20_000)
+    parser.add_argument("--pages", type=int, default=10_000, help="pages fetched per row")
+    parser.add_argument("--workers", default="1,10", help="comma-separated thread counts")
+    parser.add_argument("--output", type=Path, default=Path("bench-results-transport.json"))
+    args = parser.parse_args(argv)
+    rows: list[Row] = []
+    with running_server(args.projects, seed=1, max_files=8000, prerender=True) as server:
+        names = server.project_names()[: args.pages]
+        for workers in (int(part) for part in args.workers.split(",")):
+            for transport in TRANSPORTS:
+                row = measure(transport, server.url, names, workers)
+                rows.append(row)
+                print(
+                    f"{row.transport:<11}{row.workers:>3} workers {row.pages_per_s:>7.0f} pages/s"
+                    f"  CPU {row.cpu_ms_per_page:.3f} ms/page"
+                    f" (user {1000 * row.cpu_user / row.pages:.3f},"
+                    f" system {1000 * row.cpu_system / row.pages:.3f})",
+                    file=sys.stderr,
+                )
+    result = [
+        {**asdict(row), "pages_per_s": row.pages_per_s, "cpu_ms_per_page": row.cpu_ms_per_page}
+        for row in rows
+    ]
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
