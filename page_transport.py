@@ -190,6 +190,7 @@ def new_handle(settings: TransportSettings) -> pycurl.Curl:
     handle.setopt(pycurl.ACCEPT_ENCODING, "gzip, deflate")
     handle.setopt(pycurl.FOLLOWLOCATION, 0)
     handle.setopt(pycurl.PROXY, settings.proxy or "")  # "": not even libcurl's *_proxy
+    handle.setopt(pycurl.NOPROXY, "")  # the caller applied NO_PROXY (as requests reads it)
     handle.setopt(pycurl.NETRC, pycurl.NETRC_IGNORED)  # the caller read .netrc already
     handle.setopt(pycurl.CONNECTTIMEOUT_MS, max(1, round(settings.connect_timeout * 1000)))
     # A read timeout as libcurl counts one: under a byte a second for that many whole seconds.

@@ -219,15 +219,7 @@ def test_the_size_cap_counts_decoded_bytes() -> None:
         page_headers(handler, Content_Encoding="gzip", Content_Length=str(len(bomb)))
         handler.wfile.write(bomb)
 
-    with answering(do_get) as url:
-        pypi = pypi_client.PypiClient(
-            url, settings.Config(pypi_url=url, retries=0, max_page_bytes=100_000)
-        )
-        try:
-            with pytest.raises(pypi_client.NotASimplePage, match="100000-byte limit"):
-                pypi.fetch_page("a")
-        finally:
-            pypi.close()
+    assert_refused_over_the_cap(do_get)
 
 
 @pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
@@ -245,12 +237,17 @@ def test_an_oversized_page_is_refused_however_it_is_sent(declared: bool) -> None
             handler.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
         handler.wfile.write(b"0\r\n\r\n")
 
+    assert_refused_over_the_cap(do_get)
+
+
+def assert_refused_over_the_cap(do_get: Callable[[BaseHTTPRequestHandler], None]) -> None:
+    """A page `do_get` sends is refused as over a --max-page-bytes of 100,000."""
     with answering(do_get) as url:
         pypi = pypi_client.PypiClient(
             url, settings.Config(pypi_url=url, retries=0, max_page_bytes=100_000)
         )
         try:
-            with pytest.raises(pypi_client.NotASimplePage, match="limit"):
+            with pytest.raises(pypi_client.NotASimplePage, match="over the 100000-byte limit"):
                 pypi.fetch_page("a")
         finally:
             pypi.close()
@@ -334,3 +331,22 @@ def test_an_interim_answer_s_headers_are_not_the_page_s() -> None:
     assert answer.status == 200 and answer.body == PAGE
     assert answer.headers.get("retry-after") is None
     assert answer.headers.get("x-pypi-last-serial") == "7"
+
+
+def test_libcurl_applies_no_no_proxy_rules_of_its_own(capture, monkeypatch) -> None:
+    """The proxy requests' rules chose is used even where libcurl's own NO_PROXY would skip it.
+
+    One set of rules for both transports: ``NO_PROXY=*`` would make libcurl go direct, but
+    the proxy was picked by `HttpEnvironment` before the variable was set, as a caller may.
+    """
+    proxy, seen = capture
+    monkeypatch.setenv("HTTP_PROXY", proxy)
+    pypi = client("http://pypi.invalid")
+    try:
+        environment = pypi.environment  # read now: the proxy is chosen
+        monkeypatch.setenv("NO_PROXY", "*")
+        assert environment.proxy_for("http://pypi.invalid") == proxy
+        assert pypi.fetch_page("a").body == PAGE
+    finally:
+        pypi.close()
+    assert seen.targets == ["http://pypi.invalid/simple/a/"]
