@@ -72,6 +72,7 @@ class Run:
     peak_rss_mib: float  # the largest process's (wait4)
     returncode: int
     peak_pss_mib: float = 0.0  # the process and its children together (PssSampler)
+    cpu_system: float = 0.0  # the system part of `cpu`: mostly the filesystem's, for a mirror
     pages: int = 0  # project pages (or JSON API documents) requested
     requests: dict[str, int] = field(default_factory=dict)
 
@@ -214,6 +215,7 @@ def run_measured(
     cpu = usage.ru_utime + usage.ru_stime
     run = Run(tool, phase, wall, cpu, usage.ru_maxrss / 1024, process.returncode)
     run.peak_pss_mib = sampler.peak_kib / 1024
+    run.cpu_system = usage.ru_stime
     return run
 
 
@@ -349,7 +351,7 @@ def measured_pair(
 def table(runs: list[Run]) -> str:
     header = (
         f"{'phase':<13}{'tool':<14}{'wall s':>9}{'CPU s':>9}{'peak MiB':>10}{'PSS MiB':>9}"
-        f"{'pages':>9}{'pages/s':>9}{'CPU ms/pg':>10}{'exit':>5}  requests"
+        f"{'pages':>9}{'pages/s':>9}{'CPU ms/pg':>10}{'sys ms/pg':>10}{'exit':>5}  requests"
     )
     lines = [header, "-" * len(header)]
     for run in runs:
@@ -358,7 +360,9 @@ def table(runs: list[Run]) -> str:
             f"{run.phase:<13}{run.tool:<14}{run.wall:>9.1f}{run.cpu:>9.1f}"
             f"{run.peak_rss_mib:>10.0f}{run.peak_pss_mib:>9.0f}{run.pages:>9}"
             f"{run.pages_per_second:>9.0f}"
-            f"{run.cpu_ms_per_page:>10.2f}{run.returncode:>5}  {requests}"
+            f"{run.cpu_ms_per_page:>10.2f}"
+            f"{1000 * run.cpu_system / run.pages if run.pages else 0.0:>10.2f}"
+            f"{run.returncode:>5}  {requests}"
         )
     return "\n".join(lines)
 

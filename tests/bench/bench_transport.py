@@ -7,6 +7,8 @@ serves the pages. In this process, `--workers` threads GET `--pages` project
 pages over keep-alive connections, three ways, each measured by the CPU this
 process used (user and system, from getrusage: the server's is not counted):
 
+* ``requests``: a ``requests.Session`` per thread, what pypi_mirror.py used
+  first, and the reference the performance issue's figures were taken with;
 * ``urllib3``: one shared ``HTTPConnectionPool``, the body read whole: the
   transport pypi_mirror.py had before (requests is built on it);
 * ``PagePool``: ours, ``page_transport.PagePool`` (libcurl through pycurl);
@@ -30,6 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import requests
 import urllib3
 
 import pypi_client
@@ -55,6 +58,28 @@ class Row:
     @property
     def cpu_ms_per_page(self) -> float:
         return 1000 * (self.cpu_user + self.cpu_system) / self.pages
+
+
+def requests_fetcher(url: str, workers: int) -> tuple[Fetch, Callable[[], None]]:
+    local = threading.local()
+    sessions: list[requests.Session] = []
+    headers = {"Accept": pypi_client.HTML_ACCEPT, "User-Agent": pypi_client.USER_AGENT}
+
+    def fetch(name: str) -> None:
+        session = getattr(local, "session", None)
+        if session is None:
+            session = local.session = requests.Session()
+            sessions.append(session)
+        response = session.get(f"{url}/simple/{name}/", headers=headers, allow_redirects=False)
+        response.headers.get("X-PyPI-Last-Serial")
+        if response.status_code != 200 or not response.content:
+            raise RuntimeError(f"{name}: HTTP {response.status_code}")
+
+    def close() -> None:
+        for session in sessions:
+            session.close()
+
+    return fetch, close
 
 
 def urllib3_fetcher(url: str, workers: int) -> tuple[Fetch, Callable[[], None]]:
@@ -110,6 +135,7 @@ def fetch_page_fetcher(url: str, workers: int) -> tuple[Fetch, Callable[[], None
 
 
 TRANSPORTS = {
+    "requests": requests_fetcher,
     "urllib3": urllib3_fetcher,
     "PagePool": page_pool_fetcher,
     "fetch_page": fetch_page_fetcher,
