@@ -8,7 +8,7 @@ on one stand-in by ``tests/bench/bench_transport.py``.
 
 What requests would do with the same settings, this does with libcurl's
 options: the proxy the caller chose (``user:password@`` in its URL becomes
-Proxy-Authorization; SOCKS too), the CA bundle, Basic credentials, gzip and
+Proxy-Authorization), the CA bundle, Basic credentials, gzip and
 deflate accepted and decoded, keep-alive. Nothing of libcurl's own is read
 from the environment: the caller has already decided (``HttpEnvironment``),
 and an empty proxy tells libcurl not to look. No redirect is followed, no
