@@ -23,6 +23,7 @@ import pytest
 import pypi_client
 import settings
 from tests.fake_pypi import FakePyPI, make_self_signed_cert
+from tests.mirror_helpers import Mirror, assert_mirror_matches_upstream, upstream_listing
 
 PAGE = (
     b'<!DOCTYPE html><html><head><meta name="pypi:repository-version" content="1.1">'
@@ -350,3 +351,24 @@ def test_libcurl_applies_no_no_proxy_rules_of_its_own(capture, monkeypatch) -> N
     finally:
         pypi.close()
     assert seen.targets == ["http://pypi.invalid/simple/a/"]
+
+
+def test_a_first_sync_over_https_with_the_helper_process(tmp_path: Path, monkeypatch) -> None:
+    """As against pypi.org: TLS all the way, the pages fetched by two forked processes.
+
+    The helper inherits the parent's TLS connection (the XML-RPC listing's) and opens its
+    own libcurl connections; neither process's pages may suffer for the other's.
+    """
+    cert, key = make_self_signed_cert(tmp_path)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))  # for this test's own checks too
+    with FakePyPI(certfile=cert, keyfile=key) as fake:
+        fake.populate(60, seed=3)
+        mirror = Mirror(tmp_path / "mirror", tmp_path / "mirror" / "state.json", fake.url)
+        first = mirror.cli("-v", "--processes", "2")
+        assert first.returncode == 0, first.stderr
+        assert "helper process" in first.stderr, "the first sync did not fork its helper"
+        assert_mirror_matches_upstream(mirror)
+        fake.add_release(next(iter(upstream_listing(fake.url))), "99.0")
+        update = mirror.cli()
+        assert update.returncode == 0, update.stderr
+        assert_mirror_matches_upstream(mirror)
