@@ -140,8 +140,10 @@ class PagePool:
             code, message = exc.args
             self._close(handle)  # its connection may be half-read
             raise self._failure(code, message, body, answered=bool(lines)) from None
+        content = b"".join(body.chunks)
+        body.chunks.clear()  # the idle handle's callback keeps `body`, not the page's bytes
         self._free.append(handle)
-        return PageAnswer(status, ResponseHeaders(last_header_block(lines)), b"".join(body.chunks))
+        return PageAnswer(status, ResponseHeaders(last_header_block(lines)), content)
 
     def _failure(self, code: int, message: str, body: _Body, answered: bool) -> PageTransportError:
         if body.over or code == pycurl.E_FILESIZE_EXCEEDED:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import gc
 import gzip
 import select
 import socket
 import threading
+import tracemalloc
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -372,3 +374,28 @@ def test_a_first_sync_over_https_with_the_helper_process(tmp_path: Path, monkeyp
         update = mirror.cli()
         assert update.returncode == 0, update.stderr
         assert_mirror_matches_upstream(mirror)
+
+
+def test_an_idle_connection_keeps_no_page_in_memory() -> None:
+    """A handle waiting for its next request must not hold the last page's bytes: ten idle
+    connections after the largest pages would otherwise keep tens of MB alive."""
+    big = PAGE + b" " * 4_000_000
+
+    def do_get(handler: BaseHTTPRequestHandler) -> None:
+        page_headers(handler, Content_Length=str(len(big)))
+        handler.wfile.write(big)
+
+    with answering(do_get) as url:
+        pypi = client(url)
+        try:
+            pypi.fetch_page("warm-up")  # the handle, the connection and lxml's parser made
+            tracemalloc.start()
+            try:
+                assert pypi.fetch_page("a").body == big
+                gc.collect()
+                held, _ = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+        finally:
+            pypi.close()
+    assert held < 1_000_000, f"{held} bytes still held after the page was dropped"
