@@ -121,7 +121,6 @@ class PagePool:
         self._free: list[pycurl.Curl] = []
         self._all: list[pycurl.Curl] = []
         self._lock = threading.Lock()
-        self._accept_headers: dict[str, list[str]] = {}
 
     def get(self, path: str, accept: str) -> PageAnswer:
         """GET `base_url` + `path` with this Accept; raises PageTransportError."""
@@ -130,7 +129,7 @@ class PagePool:
         body = _Body(settings.max_body_bytes)
         lines: list[bytes] = []
         handle.setopt(pycurl.URL, settings.base_url + path)
-        handle.setopt(pycurl.HTTPHEADER, self._headers_for(accept))
+        handle.setopt(pycurl.HTTPHEADER, [f"Accept: {accept}"])
         handle.setopt(pycurl.WRITEFUNCTION, body.write)
         handle.setopt(pycurl.HEADERFUNCTION, lines.append)
         try:
@@ -139,26 +138,27 @@ class PagePool:
         except pycurl.error as exc:
             code, message = exc.args
             self._close(handle)  # its connection may be half-read
-            raise self._failure(code, message, body, answered=bool(lines)) from None
+            raise self._failure(code, message, body, lines) from None
         content = b"".join(body.chunks)
         body.chunks.clear()  # the idle handle's callback keeps `body`, not the page's bytes
         self._free.append(handle)
         return PageAnswer(status, ResponseHeaders(last_header_block(lines)), content)
 
-    def _failure(self, code: int, message: str, body: _Body, answered: bool) -> PageTransportError:
+    def _failure(
+        self, code: int, message: str, body: _Body, lines: list[bytes]
+    ) -> PageTransportError:
         if body.over or code == pycurl.E_FILESIZE_EXCEEDED:
-            return PageTransportError(str(BodyTooLarge(self.settings.max_body_bytes)), True)
+            limit = self.settings.max_body_bytes
+            # refused on its Content-Length, unread (a gzipped one may declare fewer bytes
+            # than it inflates to), else on the bytes as they came
+            length = ResponseHeaders(last_header_block(lines)).get("Content-Length") or ""
+            size = int(length) if length.isdigit() and int(length) > limit else None
+            return PageTransportError(str(BodyTooLarge(limit, size)), True)
         if code == pycurl.E_OPERATION_TIMEDOUT:
             return PageTransportError(f"timed out ({message})")
-        if answered and code in _CUT_OFF:
+        if lines and code in _CUT_OFF:  # the answer had begun
             return PageTransportError(f"body cut off: {message}")
         return PageTransportError(f"connection failed: {message}")
-
-    def _headers_for(self, accept: str) -> list[str]:
-        headers = self._accept_headers.get(accept)
-        if headers is None:
-            headers = self._accept_headers[accept] = [f"Accept: {accept}"]
-        return headers
 
     def _take(self) -> pycurl.Curl:
         try:
@@ -210,8 +210,8 @@ def new_handle(settings: TransportSettings) -> pycurl.Curl:
 
 
 def last_header_block(lines: list[bytes]) -> bytes:
-    """The last answer's header lines from libcurl's: a proxy's answer to CONNECT and an
-    interim 1xx come first, each beginning with its status line."""
+    """The final answer's header lines from libcurl's: an interim 1xx answer (103 Early
+    Hints, say) comes first, with its own status line and headers."""
     start = 0
     for number in range(len(lines) - 1, -1, -1):
         if lines[number].startswith(b"HTTP/"):
