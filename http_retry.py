@@ -15,7 +15,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import requests
 
@@ -94,7 +94,14 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return cap_retry_after(when.timestamp() - (time.time() if now is None else now))
 
 
-def retry_after_of(status: int, headers: Mapping[str, str]) -> float | None:
+class Headers(Protocol):
+    """An answer's headers as every client here reads them: by name, in any case
+    (requests', urllib3's and `page_transport.ResponseHeaders` alike)."""
+
+    def get(self, name: str, default: None = None, /) -> str | None: ...
+
+
+def retry_after_of(status: int, headers: Headers) -> float | None:
     """The Retry-After hint of an answer where RFC 9110 gives it meaning (429, 503), else None."""
     if status not in (429, 503):
         return None
@@ -167,8 +174,8 @@ def iter_capped(
 def capped(chunks: Iterable[bytes], headers: Mapping[str, str], limit: int) -> Iterator[bytes]:
     """`chunks` of a body with these `headers`, refused (BodyTooLarge) past `limit` bytes.
 
-    The one cap of every client, whatever yields the chunks (requests'
-    ``iter_content``, urllib3's ``stream``).
+    The one cap of the requests clients (XML-RPC, RSTUF, the JSON root), whatever
+    yields the chunks; project pages are capped inside `page_transport`.
     """
     declared = headers.get("Content-Length", "")
     if declared.isdigit() and int(declared) > limit:

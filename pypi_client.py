@@ -17,7 +17,7 @@ import re
 import threading
 import time
 import xmlrpc.client
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
@@ -28,6 +28,7 @@ from cli_support import ToolError
 from http_retry import (
     USER_AGENT,
     BodyTooLarge,
+    Headers,
     Retryable,
     RetryPolicy,
     call_with_retries,
@@ -53,7 +54,6 @@ class ClientSettings(Protocol):
 
     connect_timeout: float
     timeout: float  # read timeout of one request
-    workers: int  # concurrent page fetches: the keep-alive connections to keep
     retries: int  # attempts after the first
     backoff: float  # first retry delay, doubled each retry, with jitter
     max_page_bytes: int
@@ -930,7 +930,7 @@ def check_status(response: requests.Response, what: str) -> None:
     check_status_of(response.status_code, response.headers, what, response.url)
 
 
-def check_status_of(status: int, headers: Mapping[str, str], what: str, url: str | None) -> None:
+def check_status_of(status: int, headers: Headers, what: str, url: str | None) -> None:
     """Turn a non-200 answer into Transient (429, 5xx) or UpstreamError (anything else)."""
     if status == 200:
         return

@@ -184,9 +184,9 @@ OPTIONS: tuple[Option, ...] = (
         env="PYPI_URL",
         metavar="URL",
     ),
-    # Against real latency pages/s grows with the workers (README, Performance: 271 pages/s
-    # at 10 workers and 20 ms, 404 at 24); 10 is the most bandersnatch lets a mirror run
-    # against PyPI, so the default stays there and more is the operator's choice.
+    # Against real latency pages/s grows with the workers (README, Performance: the sweep
+    # at 20 and 50 ms); 10 is the most bandersnatch lets a mirror run against PyPI, so the
+    # default stays there and more is the operator's choice.
     Option("workers", "concurrent page fetches", number(int, 1, 32)),
     Option(
         "processes",
