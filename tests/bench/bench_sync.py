@@ -84,6 +84,10 @@ class Run:
     def cpu_ms_per_page(self) -> float:
         return 1000 * self.cpu / self.pages if self.pages else 0.0
 
+    @property
+    def system_ms_per_page(self) -> float:
+        return 1000 * self.cpu_system / self.pages if self.pages else 0.0
+
 
 # --- the stand-in ----------------------------------------------------------------------------
 
@@ -360,8 +364,7 @@ def table(runs: list[Run]) -> str:
             f"{run.phase:<13}{run.tool:<14}{run.wall:>9.1f}{run.cpu:>9.1f}"
             f"{run.peak_rss_mib:>10.0f}{run.peak_pss_mib:>9.0f}{run.pages:>9}"
             f"{run.pages_per_second:>9.0f}"
-            f"{run.cpu_ms_per_page:>10.2f}"
-            f"{1000 * run.cpu_system / run.pages if run.pages else 0.0:>10.2f}"
+            f"{run.cpu_ms_per_page:>10.2f}{run.system_ms_per_page:>10.2f}"
             f"{run.returncode:>5}  {requests}"
         )
     return "\n".join(lines)
