@@ -546,10 +546,6 @@ class FetchedPage:
     facts: PageFacts | None
 
 
-# A forked helper's inheritance from its parent, kept referenced so that it is never closed
-_PARENTS_CONNECTIONS: list[object] = []
-
-
 class PypiClient:
     """PyPI's XML-RPC mirroring methods and Simple API pages over keep-alive connections.
 
@@ -622,10 +618,13 @@ class PypiClient:
         return pages
 
     def forget_connections(self) -> None:
-        """In a forked child: set the parent's connections aside unclosed (they are the
-        parent's: closing a handle could end its TLS session) and count requests afresh;
-        new ones are opened on first use."""
-        _PARENTS_CONNECTIONS.append((self._sessions, self._pages))
+        """In a forked child: drop the parent's connections unclosed (they are the parent's)
+        and count requests afresh; new ones are opened on first use.
+
+        The helper forks before the first page is fetched, so no libcurl handle is among
+        them: cleaning one up here could end the parent's TLS session on it.
+        """
+        assert self._pages is None, "forked after pages were fetched"
         self._lock = threading.Lock()
         self._local = threading.local()
         self._sessions = []
