@@ -109,12 +109,13 @@ def urllib3_fetcher(url: str, workers: int) -> tuple[Fetch, Callable[[], None]]:
     return fetch, manager.clear
 
 
-def client_of(url: str, workers: int) -> pypi_client.PypiClient:
-    return pypi_client.PypiClient(url, settings.Config(pypi_url=url, workers=workers, retries=0))
+def client_of(url: str) -> pypi_client.PypiClient:
+    """Ours as a sync makes it: the page transport takes a handle per request in flight."""
+    return pypi_client.PypiClient(url, settings.Config(pypi_url=url, retries=0))
 
 
 def page_pool_fetcher(url: str, workers: int) -> tuple[Fetch, Callable[[], None]]:
-    client = client_of(url, workers)
+    client = client_of(url)
     pages = client.pages
 
     def fetch(name: str) -> None:
@@ -126,7 +127,7 @@ def page_pool_fetcher(url: str, workers: int) -> tuple[Fetch, Callable[[], None]
 
 
 def fetch_page_fetcher(url: str, workers: int) -> tuple[Fetch, Callable[[], None]]:
-    client = client_of(url, workers)
+    client = client_of(url)
 
     def fetch(name: str) -> None:
         client.fetch_page(name)
