@@ -36,7 +36,7 @@ from itertools import islice
 from typing import Any, Generic, TypeVar
 
 from cli_support import ToolError
-from worker_pool import WorkerPool, map_unordered
+from worker_pool import Engine, WorkerPool, map_unordered
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -67,7 +67,8 @@ class HelperSplit(Generic[T, R]):
     runs in the parent's consuming thread every few hundredths of a second;
     once `halted` says this run stops fetching, the helper is told (SIGUSR1)
     and runs `halt_helper`, so its results for what is left come back as
-    this process's do (not fetched), not cut off.
+    this process's do (not fetched), not cut off. `engine`: each process runs
+    its share through it (see `worker_pool.map_unordered`).
     """
 
     def __init__(
@@ -82,10 +83,11 @@ class HelperSplit(Generic[T, R]):
         poll: Callable[[], None] = lambda: None,
         halted: Callable[[], bool] = lambda: False,
         halt_helper: Callable[[], None] = lambda: None,
+        engine: Engine[T, R] | None = None,
     ) -> None:
         if threading.active_count() != 1:
             raise RuntimeError("HelperSplit must fork before any other thread starts")
-        self.function, self.window = function, window
+        self.function, self.window, self.engine = function, window, engine
         self._poll, self._halted, self._told = poll, halted, False
         self.helper_workers = workers // 2
         self.own_workers = workers - self.helper_workers
@@ -109,6 +111,7 @@ class HelperSplit(Generic[T, R]):
             window,
             feeders=1,
             poll=self._poll_parent,
+            engine=engine,
         )
         self._reaped = False
         self._status = 0
@@ -205,7 +208,12 @@ class HelperSplit(Generic[T, R]):
                 try:
                     last_flush = time.monotonic()
                     for result in map_unordered(
-                        self.function, items, self.helper_workers, self.window, halt_when_told
+                        self.function,
+                        items,
+                        self.helper_workers,
+                        self.window,
+                        halt_when_told,
+                        self.engine,
                     ):
                         due = time.monotonic() - last_flush > FLUSH_EVERY
                         send(portable(result), flush=due)

@@ -136,24 +136,37 @@ def call_with_retries(
     what: str,
     log: logging.Logger,
     level: int = logging.WARNING,
+    failed: Retryable | None = None,
 ) -> T:
     """Return `attempt()`, repeating it after each `Retryable` while retries are left.
 
     Re-raises the last `Retryable` once they are spent: the caller turns it
     into the error its operator reads. Each retry is logged with its reason.
+    `failed`: the first attempt was made elsewhere and failed so; this goes on
+    from its retry, as if it had been made here.
     """
-    for number in range(policy.retries + 1):
+    first = 0
+    if failed is not None:
+        _pause_or_raise(failed, 0, policy, what, log, level)
+        first = 1
+    for number in range(first, policy.retries + 1):
         try:
             return attempt()
         except Retryable as exc:
-            if number >= policy.retries:
-                raise
-            delay = retry_delay(number, policy.backoff, exc.retry_after, policy.rng)
-            log.log(
-                level, "%s: %s; retry %d/%d in %.1fs", what, exc, number + 1, policy.retries, delay
-            )
-            policy.sleep(delay)
+            _pause_or_raise(exc, number, policy, what, log, level)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _pause_or_raise(
+    exc: Retryable, number: int, policy: RetryPolicy, what: str, log: logging.Logger, level: int
+) -> None:
+    """After attempt `number` (0: the first) failed with `exc`: re-raise it if no retry is
+    left, else log why and sleep until the next."""
+    if number >= policy.retries:
+        raise exc
+    delay = retry_delay(number, policy.backoff, exc.retry_after, policy.rng)
+    log.log(level, "%s: %s; retry %d/%d in %.1fs", what, exc, number + 1, policy.retries, delay)
+    policy.sleep(delay)
 
 
 # --- how much to read

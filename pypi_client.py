@@ -36,7 +36,13 @@ from http_retry import (
     iter_capped,
     retry_after_of,
 )
-from page_transport import PagePool, PageTransportError, TransportSettings
+from page_transport import (
+    PageAnswer,
+    PageLoop,
+    PagePool,
+    PageTransportError,
+    TransportSettings,
+)
 from xmlrpc_stream import AnswerParser, MalformedAnswer
 
 log = logging.getLogger("pypi_mirror")
@@ -546,6 +552,11 @@ class FetchedPage:
     facts: PageFacts | None
 
 
+def page_request(name: str, json_form: bool) -> tuple[str, str]:
+    """The path and Accept header of a GET of project `name`'s page in one form."""
+    return f"/simple/{name}/", JSON_TYPE if json_form else HTML_ACCEPT
+
+
 class PypiClient:
     """PyPI's XML-RPC mirroring methods and Simple API pages over keep-alive connections.
 
@@ -617,6 +628,10 @@ class PypiClient:
                 pages = self._pages
         return pages
 
+    def page_loop(self) -> PageLoop:
+        """A new `page_transport.PageLoop` with the settings of this client's page GETs."""
+        return PageLoop(transport_settings(self.base_url, self.config, self.environment))
+
     def forget_connections(self) -> None:
         """In a forked child: drop the parent's connections unclosed (they are the parent's)
         and count requests afresh; new ones are opened on first use.
@@ -640,7 +655,8 @@ class PypiClient:
                 self._pages.close()
                 self._pages = None
 
-    def _count_request(self) -> None:
+    def count_request(self) -> None:
+        """One more request to PyPI (the summary's ``requests``)."""
         with self._lock:
             self.requests_made += 1
 
@@ -653,10 +669,12 @@ class PypiClient:
         """``--retries`` and ``--backoff``, sleeping through the injected `sleep`."""
         return RetryPolicy(self.config.retries, self.config.backoff, self._sleep)
 
-    def with_retries(self, what: str, call: Callable[[], T]) -> T:
-        """Return `call()`, retrying Transient failures; UpstreamError once retries are spent."""
+    def with_retries(self, what: str, call: Callable[[], T], failed: Transient | None = None) -> T:
+        """Return `call()`, retrying Transient failures; UpstreamError once retries are spent.
+
+        `failed`: the first attempt was made elsewhere (`call_with_retries`)."""
         try:
-            return call_with_retries(call, self.retry_policy, what, log, logging.INFO)
+            return call_with_retries(call, self.retry_policy, what, log, logging.INFO, failed)
         except Transient as exc:
             attempts = self.config.retries + 1
             raise UpstreamError(f"{what}: giving up after {attempts} attempts: {exc}") from exc
@@ -671,7 +689,7 @@ class PypiClient:
     ) -> object:
         self._pacing.take()
         body = xmlrpc.client.dumps(params, method, allow_none=True).encode()
-        self._count_request()
+        self.count_request()
         try:
             response = self.session.post(
                 f"{self.base_url}/pypi",
@@ -767,37 +785,59 @@ class PypiClient:
         A body equal to `known` (the page the mirror holds, checked when it was
         written) is not parsed again.
         """
-        body, serial = self._get_simple(name, HTML_ACCEPT, SIMPLE_HTML_TYPES)
-        if body is None:
-            return FetchedPage(name, None, None, None)
-        facts = facts_of_checked_page(body) if body == known else None
-        return FetchedPage(name, body, serial, facts or inspect_simple_page(name, body))
+        return self.read_page(name, self.get_page(name, json_form=False), known, json_form=False)
 
     def fetch_json_page(self, name: str, known: bytes | None = None) -> FetchedPage:
         """GET /simple/<name>/ once as PEP 691 JSON; raises and skips like `fetch_page`."""
-        body, serial = self._get_simple(name, JSON_TYPE, (JSON_TYPE,))
+        return self.read_page(name, self.get_page(name, json_form=True), known, json_form=True)
+
+    def get_page(self, name: str, json_form: bool) -> PageAnswer | PageTransportError:
+        """One GET of a project page (`page_request`) over the shared handles; for `read_page`."""
+        self.count_request()
+        try:
+            return self.pages.get(*page_request(name, json_form))
+        except PageTransportError as exc:
+            return exc
+
+    def read_page(
+        self,
+        name: str,
+        outcome: PageAnswer | PageTransportError,
+        known: bytes | None,
+        json_form: bool,
+    ) -> FetchedPage:
+        """What one GET of `page_request(name, json_form)` brought, checked: the page, or a
+        404's None body; raises Transient, NotASimplePage or UpstreamError.
+
+        Whoever made the request (`fetch_page` here, a `page_transport.PageLoop`
+        elsewhere) hands its outcome here, so every page is judged alike.
+        """
+        media_types = (JSON_TYPE,) if json_form else SIMPLE_HTML_TYPES
+        body, serial = self._simple_body(name, outcome, media_types)
         if body is None:
             return FetchedPage(name, None, None, None)
         facts = facts_of_checked_page(body) if body == known else None
-        return FetchedPage(name, body, serial, facts or inspect_json_page(name, body, serial))
+        if facts is None:
+            facts = (
+                inspect_json_page(name, body, serial)
+                if json_form
+                else inspect_simple_page(name, body)
+            )
+        return FetchedPage(name, body, serial, facts)
 
-    def _get_simple(
-        self, name: str, accept: str, media_types: tuple[str, ...]
+    def _simple_body(
+        self, name: str, outcome: PageAnswer | PageTransportError, media_types: tuple[str, ...]
     ) -> tuple[bytes | None, int]:
-        """One GET of a project page: (body, X-PyPI-Last-Serial), or (None, 0) for a 404."""
-        self._count_request()
-        path = f"/simple/{name}/"
-        try:
-            answer = self.pages.get(path, accept)
-        except PageTransportError as exc:
-            if exc.too_large:
-                raise NotASimplePage(name, str(exc)) from None
-            raise Transient(f"{name}: {exc}") from None
-        headers, body = answer.headers, answer.body
-        if answer.status == 404:
+        """A project page's (body, X-PyPI-Last-Serial), or (None, 0) for a 404."""
+        if isinstance(outcome, PageTransportError):
+            if outcome.too_large:
+                raise NotASimplePage(name, str(outcome))
+            raise Transient(f"{name}: {outcome}")
+        headers, body = outcome.headers, outcome.body
+        if outcome.status == 404:
             log.debug("page %s: HTTP 404", name)
             return None, 0
-        check_status_of(answer.status, headers, name, self.base_url + path)
+        check_status_of(outcome.status, headers, name, self.base_url + f"/simple/{name}/")
         content_type = (headers.get("Content-Type") or "").split(";")[0].strip().lower()
         if content_type not in media_types:
             raise NotASimplePage(name, f"Content-Type {content_type or 'missing'}")
@@ -829,7 +869,7 @@ class PypiClient:
         return self.with_retries("JSON root /simple/", lambda: self._list_once(checked))
 
     def _list_once(self, sink: Callable[[object, object], None]) -> int:
-        self._count_request()
+        self.count_request()
         url = f"{self.base_url}/simple/"
         try:
             response = self.session.get(

@@ -64,7 +64,8 @@ from cli_support import (
     run_cli,
     stop_requested,
 )
-from http_retry import call_with_retries
+from fetch_loop import FetchLoop
+from http_retry import Retryable, call_with_retries
 from mirror_store import (
     TUF_HASH_ALGORITHM,
     InvalidProjectName,
@@ -81,13 +82,18 @@ from mirror_store import (
 )
 from mirror_writer import Change, MirrorWriter
 from page_formats import ALL_FORMATS, HTML, JSON, SIMPLE_FORMATS, PageFormat
+from page_transport import PageAnswer, PageTransportError
 from progress import Progress
 from project_filter import ProjectFilter
 from pypi_client import (
     FetchedPage,
+    MissingPage,
     PypiClient,
+    StalePage,
+    Transient,
     UpstreamError,
     XmlRpcUnavailable,
+    page_request,
 )
 from root_index import (
     iter_json_root,
@@ -224,6 +230,27 @@ class ProjectPages:
 
     pages: list[FetchedPage]
     olds: list[bytes | None]
+
+
+@dataclass
+class ProjectFetch:
+    """One project's fetch in every form as it stands between requests (`Sync.fetch_current`).
+
+    The page loop (`fetch_loop`) makes a project's first round of requests
+    and hands a fetch that needs a retry to a worker thread, which goes on
+    from `failure` as if it had made that request itself: `todo` not empty,
+    a request failed (its form's retries go on); empty, the round's answers
+    did not agree (the next round, of the forms `behind`, follows).
+    """
+
+    name: str
+    item: PendingProject
+    olds: list[bytes | None]  # the pages on disk, per form
+    pages: list[FetchedPage | None]  # the newest answer per form
+    behind: tuple[int, ...]  # the forms the next round asks for
+    expected: int  # the serial they must reach
+    todo: list[int] = field(default_factory=list)  # forms this round still asks for
+    failure: Retryable | None = None  # the loop's last attempt failed so
 
 
 @dataclass
@@ -1128,16 +1155,19 @@ class Sync:
         NOT_FETCHED at once (`fetch_and_compare` sees the halt), running ones
         end after their current request. Closing the generator early halts
         and stops the workers the same way. `helped` (a first sync into an
-        empty mirror: every page is written by the worker that fetched it)
-        with ``--processes 2`` on two cores: a helper process takes every
-        other project (`fetch_helper`), forked now, before any thread of this
-        run starts: this is no generator, so that happens when it is called.
+        empty mirror: every page is written by the worker that fetched it):
+        one thread per process makes the requests (`fetch_loop`, this Sync's
+        `begin`, `step` and `go_on`), and with ``--processes 2`` on two cores
+        a helper process takes every other project (`fetch_helper`), forked
+        now, before any thread of this run starts: this is no generator, so
+        that happens when it is called.
         """
         window = self.config.workers * 4
         items = iter(wanted.items())  # in `wanted`'s order, no lookup per project
         workers = self.config.workers
         results: Iterator[Fetched]
         split = None
+        engine = FetchLoop(self, self.pypi.page_loop) if helped else None
         if helped and self.can_fork(len(wanted)):
             self.breaker = self.breaker.shared()  # one for both processes
             split = fetch_helper.HelperSplit(
@@ -1151,11 +1181,14 @@ class Sync:
                 poll=self.poll_stop,
                 halted=lambda: self.halt.is_set,
                 halt_helper=lambda: self.halt.set("the run stopped fetching"),
+                engine=engine,
             )
             log.debug("helper process %d fetches its share of the pages", split.pid)
             results = iter(split)
         else:
-            results = map_unordered(work, items, workers, window, poll=self.poll_stop)
+            results = map_unordered(
+                work, items, workers, window, poll=self.poll_stop, engine=engine
+            )
         return self.halting_at_close(results, split)
 
     def halting_at_close(
@@ -1200,21 +1233,48 @@ class Sync:
         """On a worker thread: fetch one project's pages, and write them if that is safe here.
 
         Safe here, without the main thread's batch, are new pages (nothing on
-        disk in any form) when no change is recorded (a first sync):
-        `apply_batch` would neither save an intent nor retire a copy for them.
-        Everything else goes through the batch. Only this run's one worker for
-        `name` touches its directory, and a page is written the same way
-        wherever that happens. Once the halt is set, nothing is fetched.
+        disk in any form) when no change is recorded (a first sync): see
+        `settle_pages`. Once the halt is set, nothing is fetched.
         """
         name, item = pair
         if self.halt.is_set:
             return Fetched(name, item, NOT_FETCHED)
+        return self.go_on(self.begin_fetch(name, item, read_old), record_changes)
+
+    def begin_fetch(self, name: str, item: PendingProject, read_old: bool) -> ProjectFetch:
+        """A fetch of `name`'s pages in every form, nothing asked yet.
+
+        Unless not `read_old` (there are none), the worker reads the pages on
+        disk now: the main thread, which writes, then compares bytes without
+        waiting on I/O, and a page identical to the mirror's is not parsed again.
+        """
+        olds = [
+            self.writer.read_page(name, form.basename) if read_old else None for form in self.forms
+        ]
+        everything = tuple(range(len(self.forms)))
+        return ProjectFetch(name, item, olds, [None] * len(self.forms), everything, item.serial)
+
+    def go_on(self, fetch: ProjectFetch, record_changes: bool = False) -> Fetched:
+        """Fetch what `fetch` still lacks (all of it, if nothing was asked), then `settle_pages`."""
         try:
-            pages = self.fetch_current(name, item, read_old)
+            pages = self.fetch_current(fetch)
         except FetchHalted:
-            return Fetched(name, item, NOT_FETCHED)
+            return Fetched(fetch.name, fetch.item, NOT_FETCHED)
         except UpstreamError as exc:
-            return Fetched(name, item, exc)
+            return Fetched(fetch.name, fetch.item, exc)
+        return self.settle_pages(fetch.name, fetch.item, pages, record_changes)
+
+    def settle_pages(
+        self, name: str, item: PendingProject, pages: ProjectPages, record_changes: bool
+    ) -> Fetched:
+        """A project's fetched pages as a result, written first if that is safe on this thread.
+
+        Safe are new pages (nothing on disk in any form) when no change is
+        recorded (a first sync): `apply_batch` would neither save an intent nor
+        retire a copy for them. Everything else goes through the batch. Only
+        this run's one worker for `name` touches its directory, and a page is
+        written the same way wherever that happens.
+        """
         direct = not record_changes and not self.config.dry_run
         direct = direct and all(page.body is not None for page in pages.pages)
         if not (direct and all(old is None for old in pages.olds)):
@@ -1226,55 +1286,103 @@ class Sync:
         assert primary.facts is not None
         return Fetched(name, item, None, primary.facts.listed, primary.serial or 0)  # bodies freed
 
-    def fetch_current(self, name: str, item: PendingProject, read_old: bool = True) -> ProjectPages:
-        """Fetch a project's page in every form, all from one moment and none older than needed.
+    def fetch_current(self, fetch: ProjectFetch) -> ProjectPages:
+        """A project's page in every form, all from one moment and none older than needed.
 
         Retries while PyPI's CDN serves a page older than the changelog (a
         lower ``X-PyPI-Last-Serial``, or a 404 for a project the changelog's
         newest entry says exists) or while the forms disagree (see
         `sync_plan.forms_answer`); each retry fetches only the forms behind.
-        Runs in a worker thread, which also reads the pages on disk (unless
-        not `read_old`: there are none): the main thread, which writes, then
-        compares bytes without waiting on I/O, and a page identical to the
-        mirror's is not parsed again. Raises StalePage or MissingPage, or
-        FetchHalted once the halt is set. Every attempt feeds the circuit breaker.
+        A `fetch` the page loop began goes on from its failure (`ProjectFetch`).
+        Raises StalePage or MissingPage, or FetchHalted once the halt is set.
+        Every attempt feeds the circuit breaker.
         """
-        olds = [
-            self.writer.read_page(name, form.basename) if read_old else None for form in self.forms
-        ]
-        pages: list[FetchedPage | None] = [None] * len(self.forms)
-        behind: tuple[int, ...] = tuple(range(len(self.forms)))
-        expected = item.serial
+        name = fetch.name
+        failed, fetch.failure = fetch.failure, None
+        # a request's failure: its form's retries go on; a round's: the round's do
+        inner = failed if fetch.todo else None
+        outer = None if fetch.todo else failed
 
         def attempt() -> ProjectPages:
-            nonlocal behind, expected
-            for index in behind:
-                fetch = functools.partial(self.attempt, self.forms[index], name, olds[index])
-                pages[index] = self.pypi.with_retries(name, fetch)
-            got = [page for page in pages if page is not None]
-            answer = forms_answer(
-                got, PendingProject(item.display_name, expected, item.expect_page)
-            )
-            if answer.problem is None:
-                self.breaker.record(True)
-                return ProjectPages(got, olds)
-            behind, expected = answer.behind, answer.expected
-            self.count_failure(str(answer.problem))
-            raise answer.problem
+            nonlocal inner
+            if not fetch.todo:
+                fetch.todo = list(fetch.behind)
+            while fetch.todo:
+                index = fetch.todo[0]
+                request = functools.partial(self.attempt, index, name, fetch.olds[index])
+                first_failure, inner = inner, None
+                fetch.pages[index] = self.pypi.with_retries(name, request, first_failure)
+                fetch.todo.pop(0)
+            return self.end_round(fetch)
 
         # the retry pauses go through the halt's sleep: they end when the run stops fetching
-        return call_with_retries(attempt, self.pypi.retry_policy, name, log, logging.DEBUG)
+        return call_with_retries(attempt, self.pypi.retry_policy, name, log, logging.DEBUG, outer)
 
-    def attempt(self, form: PageFormat, name: str, known: bytes | None) -> FetchedPage:
-        """One request for a page in one form unless the halt is set; failures feed the breaker."""
+    def end_round(self, fetch: ProjectFetch) -> ProjectPages:
+        """The pages, when a round's answers show the project at one moment and new enough;
+        otherwise `fetch` says which forms are behind, and the reason is raised."""
+        got = [page for page in fetch.pages if page is not None]
+        item = fetch.item
+        answer = forms_answer(
+            got, PendingProject(item.display_name, fetch.expected, item.expect_page)
+        )
+        if answer.problem is None:
+            self.breaker.record(True)
+            return ProjectPages(got, fetch.olds)
+        fetch.behind, fetch.expected = answer.behind, answer.expected
+        self.count_failure(str(answer.problem))
+        raise answer.problem
+
+    def attempt(self, index: int, name: str, known: bytes | None) -> FetchedPage:
+        """One request for a page in form `index` unless the halt is set."""
         self.halt.check()
+        json_form = self.forms[index] is JSON
+        return self.judge(index, name, self.pypi.get_page(name, json_form), known)
+
+    def judge(
+        self, index: int, name: str, outcome: PageAnswer | PageTransportError, known: bytes | None
+    ) -> FetchedPage:
+        """What one request for the page in form `index` brought; failures feed the breaker."""
         try:
-            if form is JSON:
-                return self.pypi.fetch_json_page(name, known)
-            return self.pypi.fetch_page(name, known)
+            return self.pypi.read_page(name, outcome, known, self.forms[index] is JSON)
         except UpstreamError as exc:
             self.count_failure(str(exc))
             raise
+
+    # the page loop's side of a fetch (fetch_loop.ProjectSteps)
+
+    def begin(self, pair: tuple[str, PendingProject]) -> ProjectFetch:
+        return self.begin_fetch(*pair, read_old=False)
+
+    def step(
+        self, fetch: ProjectFetch, outcome: PageAnswer | PageTransportError | None
+    ) -> tuple[str, str] | Fetched | None:
+        """The page loop's first round of `fetch` (a clean first sync: nothing on disk, no
+        change recorded), judged as `fetch_current`'s first attempt would judge it."""
+        if outcome is not None:
+            try:
+                fetch.pages[fetch.todo[0]] = self.judge(fetch.todo[0], fetch.name, outcome, None)
+            except Transient as exc:
+                fetch.failure = exc  # its retries go on in `go_on`
+                return None
+            except UpstreamError as exc:
+                return Fetched(fetch.name, fetch.item, exc)
+            fetch.todo.pop(0)
+        elif not fetch.todo:
+            fetch.todo = list(fetch.behind)
+        if fetch.todo:
+            try:
+                self.halt.check()
+            except FetchHalted:
+                return Fetched(fetch.name, fetch.item, NOT_FETCHED)
+            self.pypi.count_request()
+            return page_request(fetch.name, self.forms[fetch.todo[0]] is JSON)
+        try:
+            pages = self.end_round(fetch)
+        except (StalePage, MissingPage) as exc:
+            fetch.failure = exc  # the next round goes on in `go_on`
+            return None
+        return self.settle_pages(fetch.name, fetch.item, pages, record_changes=False)
 
     def count_failure(self, what: str) -> None:
         # tripped already: by the helper process, which shares the breaker (fetch_all)

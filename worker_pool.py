@@ -11,7 +11,7 @@ from __future__ import annotations
 import collections
 import threading
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -25,6 +25,7 @@ def map_unordered(
     workers: int,
     window: int,
     poll: Callable[[], None] | None = None,
+    engine: Engine[T, R] | None = None,
 ) -> Iterator[R]:
     """Yield `function(item)` for every item, computed on `workers` threads, as each finishes.
 
@@ -42,14 +43,70 @@ def map_unordered(
     result: a wake-up is a syscall made while holding the GIL, and on a
     virtual machine one per page cost a fifth of a first sync's CPU. `poll`
     runs in the consumer's thread at least every `_Handoff.POLL` seconds
-    (to notice a signal while every worker waits on a slow answer).
+    (to notice a signal while every worker waits on a slow answer). With an
+    `engine`, one thread runs it instead of `workers` threads running
+    `function`: it takes items and gives results through a `Source`, with
+    up to `workers` of them in progress at once.
     """
-    return iter(WorkerPool(function, items, workers, window, poll=poll))
+    return iter(WorkerPool(function, items, workers, window, poll=poll, engine=engine))
+
+
+class Source(Generic[T, R]):
+    """What an engine sees of its pool: items to take while there is room, results to give.
+
+    An engine is one thread with many items in progress at once (a
+    `page_transport.PageLoop` driving their requests, say) where the pool's
+    threads would each block on one.
+    """
+
+    def __init__(self, pool: WorkerPool[T, R]) -> None:
+        self._pool = pool
+        self.workers = pool.workers  # how many items the engine may have in progress
+
+    @property
+    def stopped(self) -> bool:
+        return self._pool.stopped
+
+    def has_room(self) -> bool:
+        """Whether the consumer can take another result now (see `map_unordered`'s window)."""
+        handoff = self._pool._handoff
+        return len(handoff.results) < handoff.window and not handoff.stopped
+
+    def wait_for_room(self) -> None:
+        """Wait until `has_room`, or the pool stops, or a poll interval passes."""
+        handoff = self._pool._handoff
+        if not self.has_room() and not handoff.stopped:
+            handoff.room.clear()
+            handoff.ready.set()
+            if not self.has_room():
+                handoff.room.wait(handoff.POLL)
+
+    def take(self) -> T | None:
+        """The next item (items are never None), or None: none left, or the pool stopped."""
+        pool = self._pool
+        with pool._lock:
+            item = _END if pool.stopped else next(pool.items, _END)
+        return None if item is _END else item  # type: ignore[return-value]
+
+    def give(self, result: R) -> None:
+        """One result (from any thread of the engine's)."""
+        self._pool._handoff.put((True, result))
+
+    def fail(self, error: BaseException) -> None:
+        """Stop everything; the consumer raises `error`."""
+        self._pool.fail(error)
+
+
+class Engine(Protocol[T, R]):
+    """Runs every item of a `Source` on the thread that calls it, and returns when done."""
+
+    def __call__(self, source: Source[T, R]) -> None: ...
 
 
 class WorkerPool(Generic[T, R]):
     """`map_unordered`, with room for results from elsewhere: `feeders` other threads
-    `feed` results (or `fail`) into the same stream and each says when it is `done`."""
+    `feed` results (or `fail`) into the same stream and each says when it is `done`.
+    `engine`: see `map_unordered`."""
 
     def __init__(
         self,
@@ -59,9 +116,10 @@ class WorkerPool(Generic[T, R]):
         window: int,
         feeders: int = 0,
         poll: Callable[[], None] | None = None,
+        engine: Engine[T, R] | None = None,
     ) -> None:
         self.function, self.items, self.workers = function, items, workers
-        self.feeders, self.poll = feeders, poll
+        self.feeders, self.poll, self.engine = feeders, poll, engine
         self._handoff = _Handoff(window)
         self._lock = threading.Lock()
 
@@ -98,11 +156,22 @@ class WorkerPool(Generic[T, R]):
         finally:
             self.done()
 
+    def _drive(self, engine: Engine[T, R]) -> None:
+        try:
+            engine(Source(self))
+        except BaseException as exc:  # handed to the consumer, who re-raises it
+            self.fail(exc)
+        finally:
+            self.done()
+
     def __iter__(self) -> Iterator[R]:
         handoff = self._handoff
-        threads = [
-            threading.Thread(target=self._work, name=f"worker-{n}") for n in range(self.workers)
-        ]
+        if self.engine is not None:
+            threads = [threading.Thread(target=self._drive, args=(self.engine,), name="engine")]
+        else:
+            threads = [
+                threading.Thread(target=self._work, name=f"worker-{n}") for n in range(self.workers)
+            ]
         for thread in threads:
             thread.start()
         running = len(threads) + self.feeders

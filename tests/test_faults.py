@@ -177,6 +177,47 @@ def test_first_sync_keeps_a_failing_project_pending(tmp_path: Path, pypi: FakePy
     assert_mirror_matches_upstream(mirror)
 
 
+@pytest.mark.parametrize("fault", PAGE_FAULTS)
+def test_first_sync_page_that_keeps_failing_gets_the_same_retries(
+    tmp_path: Path, pypi: FakePyPI, capsys: pytest.CaptureFixture[str], fault: str
+) -> None:
+    """A first sync's pages are requested by one thread's page loop (fetch_loop), which hands
+    a failure to a worker thread: the same attempts, bound and record as in an update."""
+    kind, params, retried, words = PAGE_FAULTS[fault]
+    pypi.inject("numpy", kind, times=50, **params)
+    mirror = Mirror(tmp_path / "m", tmp_path / "state.json", pypi.url)
+    capsys.readouterr()
+    assert mirror.run(*page_args(kind)) == cli_support.EXIT_PARTIAL
+    stderr = capsys.readouterr().err
+    assert mirror.page("numpy") is None, "a wrong page was mirrored"
+    assert mirror.page("django") == upstream_page(pypi.url, "django"), "the run did not go on"
+    attempts = RETRIES + 1 if retried else 1
+    most = 2 * attempts if kind == "reset" else attempts  # see the update's test above
+    assert attempts <= pypi.count_pages("numpy") <= most, "retries lost or unbounded"
+    warnings = [line for line in stderr.splitlines() if "WARNING" in line and "numpy" in line]
+    assert any(words in line and "pending" in line for line in warnings), stderr
+    assert list(load_state(mirror.state).pending) == ["numpy"]
+    pypi.clear_faults()
+    assert mirror.run() == 0
+    assert_mirror_matches_upstream(mirror)
+
+
+@pytest.mark.parametrize("form", ["html", "all"])
+@pytest.mark.parametrize("fault", [name for name, spec in PAGE_FAULTS.items() if spec[2]])
+def test_first_sync_page_fault_that_passes_is_retried_within_the_run(
+    tmp_path: Path, pypi: FakePyPI, fault: str, form: str
+) -> None:
+    """Only the request that failed is made again: with both forms, the other form's
+    answer is kept (the fault hits the first request, HTML's)."""
+    kind, params, _, _ = PAGE_FAULTS[fault]
+    pypi.inject("numpy", kind, times=1, **params)
+    mirror = Mirror(tmp_path / "m", tmp_path / "state.json", pypi.url)
+    assert mirror.run("--simple-format", form, *page_args(kind)) == 0
+    forms = 2 if form == "all" else 1
+    assert pypi.count_pages("numpy") == forms + 1
+    assert_mirror_matches_upstream(mirror)
+
+
 # --- upstream faults on XML-RPC ---------------------------------------------------------
 
 # kind, parameters, retried, words its log line carries

@@ -71,6 +71,24 @@ def test_two_processes_mirror_every_page_once(tmp_path: Path, upstream: FakePyPI
     assert_consistent(mirror)
 
 
+def test_two_processes_retry_their_failures_once_each(tmp_path: Path, upstream: FakePyPI) -> None:
+    """Each process's page loop hands a failed request to a worker thread of its own, which
+    retries it: every page is mirrored, each failing one requested exactly twice."""
+    failing = upstream.project_names()[::10]
+    for name in failing:
+        upstream.inject(name, "status", times=1, code=503)
+    mirror = Mirror(tmp_path / "m", tmp_path / "s.json", upstream.url)
+    result = mirror.cli("--processes", "2", "-v")
+    assert result.returncode == 0, result.stderr
+    assert "helper process" in result.stderr
+    counts = {name: upstream.count_pages(name) for name in upstream.project_names()}
+    assert {name for name, count in counts.items() if count != 1} == set(failing)
+    assert all(counts[name] == 2 for name in failing)
+    assert f"requests={PROJECTS + len(failing) + 2} " in result.stderr
+    assert_mirror_matches_upstream(mirror)
+    assert_consistent(mirror)
+
+
 def test_the_helper_dies_with_a_killed_run(tmp_path: Path, upstream: FakePyPI) -> None:
     mirror = Mirror(tmp_path / "m", tmp_path / "s.json", upstream.url)
     process, helper = started_with_helper(mirror, upstream)

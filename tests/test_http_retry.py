@@ -142,6 +142,32 @@ def test_no_retries_means_one_attempt() -> None:
     assert slept == []
 
 
+def test_a_first_attempt_made_elsewhere_counts_as_the_first(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`failed`: the page loop made the first request; the retries go on from its failure,
+    with the pauses and the attempt count a first attempt made here would have had."""
+    slept: list[float] = []
+    attempt = Flaky(Retryable("HTTP 503"))
+    with caplog.at_level(logging.INFO, log.name):
+        result = call_with_retries(attempt, policy(3, slept), "x", log, failed=Retryable("reset"))
+    assert result == "ok"
+    assert attempt.calls == 2 and slept == [1.0, 2.0]
+    assert [r.getMessage() for r in caplog.records] == [
+        "x: reset; retry 1/3 in 1.0s",
+        "x: HTTP 503; retry 2/3 in 2.0s",
+    ]
+
+
+def test_a_first_attempt_made_elsewhere_with_no_retries_left_is_raised() -> None:
+    slept: list[float] = []
+    failed = Retryable("down")
+    attempt = Flaky()
+    with pytest.raises(Retryable) as caught:
+        call_with_retries(attempt, policy(0, slept), "x", log, failed=failed)
+    assert caught.value is failed and attempt.calls == 0 and slept == []
+
+
 # --- how much to read --------------------------------------------------------------
 
 BODY = b"0123456789" * 1000  # 10,000 bytes

@@ -57,6 +57,22 @@ def test_first_sync_copies_every_page_byte_for_byte(mirror: Mirror, pypi: FakePy
     assert not state.outbox.dirty, "a first sync sends nothing to RSTUF (the CSV bootstraps it)"
 
 
+def test_a_first_sync_keeps_at_most_workers_requests_in_flight(
+    tmp_path: Path, pypi: FakePyPI
+) -> None:
+    """One thread's page loop makes a first sync's requests (fetch_loop): no more at once
+    than ``--workers``, as the threads it replaced, whatever it could start. Six pages each
+    held 0.3 s, two at a time, take three rounds."""
+    pypi.add_release("six", "1.0")
+    for name in pypi.project_names():
+        pypi.inject(name, "slow", times=1, seconds=0.3)
+    mirror = Mirror(tmp_path / "m", tmp_path / "state.json", pypi.url)
+    started = time.monotonic()
+    assert mirror.run("--workers", "2", "--processes", "1") == 0
+    assert time.monotonic() - started >= 0.9
+    assert_mirror_matches_upstream(mirror)
+
+
 def test_root_index_is_deterministic(mirror: Mirror, tmp_path: Path) -> None:
     synced(mirror)
     other = Mirror(tmp_path / "other", tmp_path / "other.json", mirror.pypi_url)

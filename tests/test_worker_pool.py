@@ -55,3 +55,35 @@ def test_a_consumer_that_stops_early_stops_the_workers() -> None:
     assert next(results) is not None
     results.close()
     assert threading.active_count() == before
+
+
+def test_an_engine_runs_every_item_on_one_thread_within_the_window() -> None:
+    """An engine takes items while the consumer has room, gives results from any thread."""
+    seen_threads: set[int] = set()
+
+    def engine(source) -> None:  # type: ignore[no-untyped-def]
+        while (item := source.take()) is not None:
+            seen_threads.add(threading.get_ident())
+            while not source.has_room():
+                source.wait_for_room()
+            # the window, and the batch the consumer drained and is still handing out
+            assert item <= len(consumed) + 2 * 8, "ran past the window"
+            source.give(item * 2)
+
+    consumed: list[int] = []
+    for result in map_unordered(lambda n: n, iter(range(500)), 4, window=8, engine=engine):
+        consumed.append(result)
+        time.sleep(0.0005)
+    assert sorted(consumed) == [n * 2 for n in range(500)]
+    assert len(seen_threads) == 1
+
+
+def test_an_engines_exception_reaches_the_consumer_and_leaves_no_thread() -> None:
+    def engine(source) -> None:  # type: ignore[no-untyped-def]
+        source.give(source.take())
+        raise OSError("disk full")
+
+    before = threading.active_count()
+    with pytest.raises(OSError, match="disk full"):
+        list(map_unordered(lambda n: n, iter(range(10)), 4, window=8, engine=engine))
+    assert threading.active_count() == before
