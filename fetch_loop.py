@@ -60,56 +60,56 @@ class FetchLoop(Generic[T, F, R]):
 
     def __init__(self, steps: ProjectSteps[T, F, R], new_loop: Callable[[], PageLoop]) -> None:
         self.steps = steps
-        self.new_loop = new_loop  # made in the thread (the process) that uses it
+        self.new_loop = new_loop  # called in the thread (the process) that runs the loop
 
     def __call__(self, source: Source[T, R]) -> None:
-        loop = self.new_loop()
-        aside = _Aside(self.steps.go_on, source, source.workers)
+        run = _Run(self.steps, source, self.new_loop())
         try:
-            self._run(source, loop, aside)
+            run.run()
         finally:
-            loop.close()  # stopped early: the requests in flight are dropped
-            aside.close()
+            run.loop.close()  # stopped early: the requests in flight are dropped
+            run.aside.close()
 
-    def _run(self, source: Source[T, R], loop: PageLoop, aside: _Aside[F, R]) -> None:
+
+class _Run(Generic[T, F, R]):
+    """One process's loop: its transfers, and the projects it handed to retry threads."""
+
+    def __init__(self, steps: ProjectSteps[T, F, R], source: Source[T, R], loop: PageLoop) -> None:
+        self.steps, self.source, self.loop = steps, source, loop
+        self.aside: _Aside[F, R] = _Aside(steps.go_on, source, source.workers)
+
+    def run(self) -> None:
+        source, loop = self.source, self.loop
         exhausted = False
         while not source.stopped:
             # as many projects in progress as the threads it replaces would have
-            while (
-                not exhausted
-                and loop.in_flight + aside.running < source.workers
-                and source.has_room()
-            ):
+            while not exhausted and self.has_slot() and source.has_room():
                 item = source.take()
                 if item is None:
                     exhausted = True
                     break
-                self._advance(self.steps.begin(item), None, source, loop, aside)
+                self.advance(self.steps.begin(item), None)
             if loop.in_flight:
                 for fetch, outcome in loop.wait(POLL):
-                    self._advance(fetch, outcome, source, loop, aside)  # type: ignore[arg-type]
+                    self.advance(fetch, outcome)  # type: ignore[arg-type]
             elif exhausted:
                 return
             elif source.has_room():  # every slot is a project being retried
-                aside.wait(POLL)
+                self.aside.wait(POLL)
             else:
                 source.wait_for_room()
 
-    def _advance(
-        self,
-        fetch: F,
-        outcome: PageAnswer | PageTransportError | None,
-        source: Source[T, R],
-        loop: PageLoop,
-        aside: _Aside[F, R],
-    ) -> None:
+    def has_slot(self) -> bool:
+        return self.loop.in_flight + self.aside.running < self.source.workers
+
+    def advance(self, fetch: F, outcome: PageAnswer | PageTransportError | None) -> None:
         step = self.steps.step(fetch, outcome)
         if step is None:
-            aside.submit(fetch)
+            self.aside.submit(fetch)
         elif isinstance(step, tuple):
-            loop.start(*step, tag=fetch)
+            self.loop.start(*step, tag=fetch)
         else:
-            source.give(step)
+            self.source.give(step)
 
 
 class _Aside(Generic[F, R]):

@@ -269,17 +269,19 @@ class PageLoop:
         self._multi.add_handle(handle)
 
     def wait(self, timeout: float) -> list[tuple[object, PageAnswer | PageTransportError]]:
-        """Drive the transfers until some end or `timeout` seconds pass: (tag, outcome) each."""
-        multi = self._multi
-        while multi.perform()[0] == pycurl.E_CALL_MULTI_PERFORM:
-            pass
-        ended = self._collect()
+        """The transfers that ended, (tag, outcome) each, waiting at most `timeout` seconds
+        on their sockets if none has yet."""
+        ended = self._perform()
         if not ended and self._running:
-            multi.select(min(timeout, _libcurl_timeout(multi)))
-            while multi.perform()[0] == pycurl.E_CALL_MULTI_PERFORM:
-                pass
-            ended = self._collect()
+            self._multi.select(min(timeout, _libcurl_timeout(self._multi)))
+            ended = self._perform()
         return ended
+
+    def _perform(self) -> list[tuple[object, PageAnswer | PageTransportError]]:
+        """Let libcurl read and write what its sockets allow, then collect what ended."""
+        while self._multi.perform()[0] == pycurl.E_CALL_MULTI_PERFORM:
+            pass
+        return self._collect()
 
     def _collect(self) -> list[tuple[object, PageAnswer | PageTransportError]]:
         ended: list[tuple[object, PageAnswer | PageTransportError]] = []

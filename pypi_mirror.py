@@ -247,9 +247,9 @@ class ProjectFetch:
     item: PendingProject
     olds: list[bytes | None]  # the pages on disk, per form
     pages: list[FetchedPage | None]  # the newest answer per form
-    behind: tuple[int, ...]  # the forms the next round asks for
+    todo: list[int]  # the forms this round still asks for (the first: every form)
     expected: int  # the serial they must reach
-    todo: list[int] = field(default_factory=list)  # forms this round still asks for
+    behind: tuple[int, ...] = ()  # the forms the next round asks for
     failure: Retryable | None = None  # the loop's last attempt failed so
 
 
@@ -1251,8 +1251,8 @@ class Sync:
         olds = [
             self.writer.read_page(name, form.basename) if read_old else None for form in self.forms
         ]
-        everything = tuple(range(len(self.forms)))
-        return ProjectFetch(name, item, olds, [None] * len(self.forms), everything, item.serial)
+        every_form = list(range(len(self.forms)))
+        return ProjectFetch(name, item, olds, [None] * len(self.forms), every_form, item.serial)
 
     def go_on(self, fetch: ProjectFetch, record_changes: bool = False) -> Fetched:
         """Fetch what `fetch` still lacks (all of it, if nothing was asked), then `settle_pages`."""
@@ -1305,7 +1305,7 @@ class Sync:
 
         def attempt() -> ProjectPages:
             nonlocal inner
-            if not fetch.todo:
+            if not fetch.todo:  # a round after one whose answers did not agree
                 fetch.todo = list(fetch.behind)
             while fetch.todo:
                 index = fetch.todo[0]
@@ -1368,8 +1368,6 @@ class Sync:
             except UpstreamError as exc:
                 return Fetched(fetch.name, fetch.item, exc)
             fetch.todo.pop(0)
-        elif not fetch.todo:
-            fetch.todo = list(fetch.behind)
         if fetch.todo:
             try:
                 self.halt.check()

@@ -70,22 +70,15 @@ class Source(Generic[T, R]):
     def has_room(self) -> bool:
         """Whether the consumer can take another result now (see `map_unordered`'s window)."""
         handoff = self._pool._handoff
-        return len(handoff.results) < handoff.window and not handoff.stopped
+        return not handoff.full and not handoff.stopped
 
     def wait_for_room(self) -> None:
         """Wait until `has_room`, or the pool stops, or a poll interval passes."""
-        handoff = self._pool._handoff
-        if not self.has_room() and not handoff.stopped:
-            handoff.room.clear()
-            handoff.ready.set()
-            if not self.has_room():
-                handoff.room.wait(handoff.POLL)
+        self._pool._handoff.wait_once_for_room()
 
     def take(self) -> T | None:
         """The next item (items are never None), or None: none left, or the pool stopped."""
-        pool = self._pool
-        with pool._lock:
-            item = _END if pool.stopped else next(pool.items, _END)
+        item = self._pool.next_item()
         return None if item is _END else item  # type: ignore[return-value]
 
     def give(self, result: R) -> None:
@@ -141,13 +134,17 @@ class WorkerPool(Generic[T, R]):
     def stopped(self) -> bool:
         return self._handoff.stopped
 
+    def next_item(self) -> T | object:
+        """The next item, or `_END`: none left, or the pool stopped (any thread)."""
+        with self._lock:
+            return _END if self._handoff.stopped else next(self.items, _END)
+
     def _work(self) -> None:
         handoff = self._handoff
         try:
             while not handoff.stopped:
                 handoff.wait_for_room()
-                with self._lock:
-                    item = _END if handoff.stopped else next(self.items, _END)
+                item = self.next_item()
                 if item is _END:
                     return
                 handoff.put((True, self.function(item)))  # type: ignore[arg-type]
@@ -211,11 +208,20 @@ class _Handoff:
         if wake or len(self.results) >= self.wake_at:
             self.ready.set()
 
+    @property
+    def full(self) -> bool:
+        return len(self.results) >= self.window
+
     def wait_for_room(self) -> None:
-        while len(self.results) >= self.window and not self.stopped:
+        while self.full and not self.stopped:
+            self.wait_once_for_room()
+
+    def wait_once_for_room(self) -> None:
+        """While full: wake the consumer, and wait (at most POLL) for it to drain."""
+        if self.full and not self.stopped:
             self.room.clear()
             self.ready.set()
-            if len(self.results) >= self.window:  # the consumer may have drained meanwhile
+            if self.full:  # the consumer may have drained meanwhile
                 self.room.wait(self.POLL)
 
     def drain(self) -> list[tuple[bool, object]]:
