@@ -1,0 +1,181 @@
+"""The project page check's fast path: warehouse's shape read without lxml, never a verdict
+lxml would not give.
+
+`pypi_client.facts_of_warehouse_page` accepts a page by its shape alone; the full check
+(`parse_simple_page`, lxml's tree) is the oracle it must agree with whenever it accepts.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from pypi_client import (
+    NotASimplePage,
+    PageFacts,
+    facts_of_warehouse_page,
+    inspect_simple_page,
+    parse_simple_page,
+)
+from tests.fake_pypi import FakePyPI
+
+
+def warehouse_pages(count: int = 60) -> list[tuple[str, bytes]]:
+    """The stand-in's pages (warehouse's template, byte for byte): every attribute mix."""
+    fake = FakePyPI(log_requests=False)
+    fake.populate(count, seed=7)
+    fake.archive_project(fake.project_names()[0])
+    fake.quarantine_project(fake.project_names()[1])
+    return [(name, fake.page(name)) for name in fake.project_names()]
+
+
+def full_check(name: str, body: bytes) -> PageFacts | str:
+    """What the check says without the fast path: the facts, or the refusal's text."""
+    try:
+        body.decode("utf-8")
+        return parse_simple_page(name, body)
+    except (NotASimplePage, UnicodeDecodeError) as exc:
+        return f"refused: {exc}"
+
+
+# Pieces that change what lxml builds (or may): markup where text was, comments, raw-text
+# elements, quotes and brackets inside values, case, bytes libxml2 treats apart.
+HOSTILE_PIECES = [
+    b"<",
+    b">",
+    b'"',
+    b"'",
+    b"&",
+    b"&#46;",
+    b"\x00",
+    b"\x0b",
+    b"\x0c",
+    b"\x1f",
+    b"<!--",
+    b"-->",
+    b"<a>",
+    b"<a name=x>",
+    b"<a >",
+    b"<A>",
+    b"<A HREF=x>",
+    b"</a>",
+    b"<script>",
+    b"</script>",
+    b"<style>",
+    b"<textarea>",
+    b"<![CDATA[",
+    b"</head>",
+    b"<body>",
+    b"</html>",
+    b"<br>",
+    b"<p>",
+    b"<title>",
+    b'<meta name="pypi:repository-version" content="2.0">',
+    b'<meta name="pypi:project-status" content="quarantined">',
+    b'<meta name="pypi:repository-version">',
+    b' href="x"',
+    b' name="y"',
+    b"\xc3\xa9",
+    b" ",
+    b"\n",
+]
+
+
+def mutate(body: bytes, rng: random.Random) -> bytes:
+    """One to three edits at random places: insert, replace or delete a stretch."""
+    for _ in range(rng.randint(1, 3)):
+        at = rng.randrange(len(body) + 1)
+        action = rng.random()
+        if action < 0.5:
+            body = body[:at] + rng.choice(HOSTILE_PIECES) + body[at:]
+        elif action < 0.8:
+            body = body[:at] + rng.choice(HOSTILE_PIECES) + body[at + rng.randint(1, 8) :]
+        else:
+            body = body[:at] + body[at + rng.randint(1, 40) :]
+    return body
+
+
+def test_every_page_of_warehouse_shape_takes_the_fast_path_with_lxml_facts() -> None:
+    """Without this the fast path could quietly never fire (and the cost come back)."""
+    pages = warehouse_pages()
+    statuses = set()
+    for name, body in pages:
+        facts = facts_of_warehouse_page(body)
+        assert facts is not None, body[:300]
+        assert facts == full_check(name, body)
+        statuses.add(facts.project_status)
+    assert {"active", "archived", "quarantined"} <= statuses
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        b"",  # an <a> with no optional attribute keeps a space before ">"
+        b' data-requires-python="&gt;=3.8" ',
+        b' data-yanked="" ',
+        b' data-yanked="broken &#34;sdist&#34;" ',
+        b' data-provenance="https://pypi.org/integrity/x/1.0/x-1.0.tar.gz/provenance"',
+        b'>x-1.0.tar.gz</a><br />\n<a href="https://files.example/x-1.0.zip" ',
+    ],
+)
+def test_the_template_s_attribute_variants_take_the_fast_path(extra: bytes) -> None:
+    """warehouse's detail template, each optional attribute and an alternate location; of two
+    status metas the first counts, as lxml's XPath finds it first."""
+    body = (
+        b'<!DOCTYPE html>\n<html lang="en">\n  <head>\n'
+        b'    <meta name="pypi:repository-version" content="1.4">\n'
+        b'<meta name="pypi:alternate-locations" content="https://example.org/simple/x/">'
+        b'<meta name="pypi:project-status" content="archived">'
+        b'<meta name="pypi:project-status" content="quarantined">    <title>Links for x</title>\n'
+        b"  </head>\n  <body>\n    <h1>Links for x</h1>\n"
+        b'<a href="https://files.example/x-1.0.tar.gz#sha256=' + b"0" * 64 + b'"' + extra + b">"
+        b"x-1.0.tar.gz</a><br />\n</body>\n</html>\n<!--SERIAL 12-->"
+    )
+    assert facts_of_warehouse_page(body) == PageFacts("archived") == full_check("x", body)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        (b"<a href=", b"<!-- --><a name=x>y</a><a href="),  # a link with no href
+        (b"<a href=", b'<a name="x" href='),  # href not first
+        (b"<a href=", b"<A href="),
+        (b"<a href=", b"<!-- <a> --><a href="),  # a comment
+        (b"<a href=", b"<script><a></script><a href="),
+        (b'content="1.4"', b'content="1&#46;4"'),  # lxml reads 1.4: its verdict, not ours
+        (b'content="1.4"', b'content="2.0"'),
+        (b'status" content="', b'status" content="&#97;'),
+        (b"<title>", b"<title>\x00"),
+        (b'" data', b'"\x0bdata'),
+        (b"</title>", b"</title><title>"),
+        (b"<h1>", b"<h1><b>"),
+    ],
+)
+def test_a_page_off_warehouse_s_shape_gets_lxml_s_verdict(edit: tuple[bytes, bytes]) -> None:
+    name, body = next((n, b) for n, b in warehouse_pages(20) if b"data-requires-python" in b)
+    changed = body.replace(*edit, 1)
+    assert changed != body
+    assert facts_of_warehouse_page(changed) is None
+    try:
+        assert inspect_simple_page(name, changed) == full_check(name, changed)
+    except NotASimplePage as exc:
+        assert full_check(name, changed) == f"refused: {exc}"
+
+
+def test_whatever_the_fast_path_accepts_lxml_accepts_with_the_same_facts() -> None:
+    """Thousands of hostile edits of real-shaped pages; the fast path agrees or abstains."""
+    rng = random.Random(20261202)
+    pages = warehouse_pages(40)
+    accepted = abstained = 0
+    for _ in range(6000):
+        name, body = rng.choice(pages)
+        changed = mutate(body, rng)
+        facts = facts_of_warehouse_page(changed)
+        if facts is None:
+            abstained += 1
+            continue
+        accepted += 1
+        assert facts == full_check(name, changed), changed
+    # both sides exercised: edits it still accepts (in text, values, blanks) and ones it leaves
+    assert accepted > 400 and abstained > 1000, (accepted, abstained)
