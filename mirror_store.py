@@ -84,9 +84,14 @@ class FileDigest:
 
 
 def digest_bytes(data: bytes, algorithm: str = TUF_HASH_ALGORITHM) -> FileDigest:
+    return FileDigest(len(data), algorithm, hexdigest_of(data, algorithm))
+
+
+def hexdigest_of(data: bytes, algorithm: str = TUF_HASH_ALGORITHM) -> str:
+    """`data`'s hex digest alone: what names a page's prefixed copy, at every page written."""
     hasher = HASH_FACTORIES[algorithm]()
     hasher.update(data)
-    return FileDigest(len(data), algorithm, hasher.hexdigest())
+    return hasher.hexdigest()
 
 
 def digest_file(path: Path | str, algorithm: str = TUF_HASH_ALGORITHM) -> FileDigest:
@@ -365,6 +370,11 @@ def mirror_lock(lock_path: Path, read_only: bool = False) -> Iterator[None]:
 # --- test hook -----------------------------------------------------------------
 
 CRASH_AT_ENV = "PYPI_MIRROR_CRASH_AT"
+
+
+def crash_hook_armed() -> bool:
+    """Whether `crash_point` can fire in this process: a hot path asks once, not per page."""
+    return bool(os.environ.get(CRASH_AT_ENV))
 
 
 def crash_point(moment: str, subjects: Collection[str] = ()) -> None:

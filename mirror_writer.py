@@ -24,10 +24,12 @@ from mirror_store import (
     PAGE_NAMES,
     TUF_HASH_ALGORITHM,
     MirrorLayout,
+    crash_hook_armed,
     crash_point,
     digest_bytes,
     digest_file,
     digest_of_copy,
+    hexdigest_of,
     prefixed_name,
     target_of_copy,
 )
@@ -108,6 +110,7 @@ class MirrorWriter:
         self.state = state
         self.clock = clock
         self._staging_ready = False
+        self._crash_armed = crash_hook_armed()
         # str paths: a first sync writes 700,000 pages, and Path joins cost more than syscalls
         self._simple = os.fspath(layout.simple_dir)
         self._served_prefix = os.fspath(layout.served_dir) + "/"
@@ -175,7 +178,7 @@ class MirrorWriter:
         mkdir, open, write, close, link (the prefixed copy), rename.
         """
         directory = os.fspath(directory)
-        digest = digest_bytes(body).hexdigest
+        digest = hexdigest_of(body)
         if old == body:
             self.ensure_copy(directory, digest, basename)
             return False
@@ -192,19 +195,22 @@ class MirrorWriter:
         """Move a staged page into place: hash-prefixed copy first, then the page itself."""
         directory = os.fspath(directory)
         copy = f"{directory}/{prefixed_name(digest, basename)}"
-        relative = self._relative(copy)
-        target = (target_of_copy(relative),)
         try:
-            crash_point("page-temp", target)
+            self._crash_point("page-temp", copy)
             self._link_copy(temp, copy)
             os.rename(temp, f"{directory}/{basename}")
-            crash_point("page-renamed", target)
+            self._crash_point("page-renamed", copy)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp)
             raise
         if self.state.retired:
-            self.state.retired.pop(relative, None)
+            self.state.retired.pop(self._relative(copy), None)
+
+    def _crash_point(self, moment: str, copy: str) -> None:
+        """`crash_point` at the page `copy` stands for, computed only where the hook is armed."""
+        if self._crash_armed:
+            crash_point(moment, (target_of_copy(self._relative(copy)),))
 
     def stage(self, chunks: Iterable[bytes], keep: bool = True) -> tuple[str | None, str]:
         """Write `chunks` to a temp file (unless not `keep`), hashing them on the way."""
@@ -246,9 +252,9 @@ class MirrorWriter:
         path = self._temp_name()
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
         try:
-            view = memoryview(body)
-            while view:
-                view = view[os.write(fd, view) :]
+            written = os.write(fd, body)
+            while written < len(body):  # a short write: the rest
+                written += os.write(fd, memoryview(body)[written:])
         except BaseException:
             os.close(fd)
             with contextlib.suppress(FileNotFoundError):
