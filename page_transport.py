@@ -46,10 +46,12 @@ class PageTransportError(Exception):
 
 
 class ResponseHeaders:
-    """An answer's header block as it came, looked up by name on demand.
+    """An answer's status line and header block as they came, looked up by name on demand.
 
     A page is read for two or three headers of its fifteen or so: finding those
-    in the block is cheaper than splitting every line into a dict.
+    in the block is cheaper than splitting every line into a dict. Every header
+    line follows a newline (the status line's first), so a lookup tries only
+    where a line starts.
     """
 
     __slots__ = ("_block",)
@@ -62,7 +64,7 @@ class ResponseHeaders:
         pattern = _HEADER_PATTERNS.get(name)
         if pattern is None:
             pattern = _HEADER_PATTERNS[name] = re.compile(
-                rb"(?im)^" + re.escape(name.encode("ascii")) + rb"[ \t]*:[ \t]*(.*?)[ \t]*\r?$"
+                rb"(?m)\n(?i:" + re.escape(name.encode("ascii")) + rb")[ \t]*:[ \t]*(.*?)[ \t]*\r?$"
             )
         found = pattern.findall(self._block)
         return found[-1].decode("latin-1") if found else default
@@ -71,7 +73,7 @@ class ResponseHeaders:
 _HEADER_PATTERNS: dict[str, re.Pattern[bytes]] = {}
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class PageAnswer:
     """What one GET brought: status, headers, and the decoded body (read to its end)."""
 
@@ -112,33 +114,53 @@ class _Body:
         self.chunks.append(chunk)
         return None
 
+    def take(self) -> bytes:
+        """The body as it came, emptying this for the handle's next GET."""
+        content = b"".join(self.chunks)
+        self.clear()
+        return content
+
+    def clear(self) -> None:
+        self.chunks.clear()
+        self.received = 0
+        self.over = False
+
 
 class _Transfer:
-    """One GET set up on a handle: the body and header lines it collects as they come."""
+    """A handle and the body and header lines its GETs collect as they come.
 
-    __slots__ = ("body", "handle", "limit", "lines")
+    Made once per handle and reused for every GET on it: the callbacks stay
+    set, and the Accept header is set again only when it changes.
+    """
 
-    def __init__(
-        self, handle: pycurl.Curl, settings: TransportSettings, path: str, accept: str
-    ) -> None:
-        self.handle = handle
+    __slots__ = ("accept", "base_url", "body", "handle", "limit", "lines")
+
+    def __init__(self, settings: TransportSettings) -> None:
+        self.handle = new_handle(settings)
+        self.base_url = settings.base_url
         self.limit = settings.max_body_bytes
         self.body = _Body(self.limit)
         self.lines: list[bytes] = []
-        handle.setopt(pycurl.URL, settings.base_url + path)
-        handle.setopt(pycurl.HTTPHEADER, [f"Accept: {accept}"])
-        handle.setopt(pycurl.WRITEFUNCTION, self.body.write)
-        handle.setopt(pycurl.HEADERFUNCTION, self.lines.append)
+        self.accept: str | None = None
+        self.handle.setopt(pycurl.WRITEFUNCTION, self.body.write)
+        self.handle.setopt(pycurl.HEADERFUNCTION, self.lines.append)
+
+    def begin(self, path: str, accept: str) -> None:
+        """Set the handle up for a GET of `base_url` + `path` with this Accept."""
+        self.handle.setopt(pycurl.URL, self.base_url + path)
+        if accept != self.accept:
+            self.handle.setopt(pycurl.HTTPHEADER, [f"Accept: {accept}"])
+            self.accept = accept
 
     def answer(self) -> PageAnswer:
-        """The answer of a transfer that completed."""
+        """The answer of a GET that completed."""
         status = self.handle.getinfo(pycurl.RESPONSE_CODE)
-        content = b"".join(self.body.chunks)
-        self.body.chunks.clear()  # the idle handle's callback keeps `body`, not the page's bytes
-        return PageAnswer(status, ResponseHeaders(last_header_block(self.lines)), content)
+        headers = ResponseHeaders(last_header_block(self.lines))
+        self.lines.clear()
+        return PageAnswer(status, headers, self.body.take())
 
     def failure(self, code: int, message: str) -> PageTransportError:
-        """What libcurl's error `code` means for this GET."""
+        """What libcurl's error `code` means for this GET (the handle is closed after it)."""
         self.body.chunks.clear()
         if self.body.over or code == pycurl.E_FILESIZE_EXCEEDED:
             # refused on its Content-Length, unread (a gzipped one may declare fewer bytes
@@ -152,6 +174,9 @@ class _Transfer:
             return PageTransportError(f"body cut off: {message}")
         return PageTransportError(f"connection failed: {message}")
 
+    def close(self) -> None:
+        self.handle.close()
+
 
 class PagePool:
     """libcurl handles for page GETs, each keeping its connection alive between requests.
@@ -163,44 +188,44 @@ class PagePool:
 
     def __init__(self, settings: TransportSettings) -> None:
         self.settings = settings
-        self._free: list[pycurl.Curl] = []
-        self._all: list[pycurl.Curl] = []
+        self._free: list[_Transfer] = []
+        self._all: list[_Transfer] = []
         self._lock = threading.Lock()
 
     def get(self, path: str, accept: str) -> PageAnswer:
         """GET `base_url` + `path` with this Accept; raises PageTransportError."""
-        handle = self._take()
-        transfer = _Transfer(handle, self.settings, path, accept)
+        transfer = self._take()
+        transfer.begin(path, accept)
         try:
-            handle.perform()
+            transfer.handle.perform()
         except pycurl.error as exc:
-            self._close(handle)  # its connection may be half-read
+            self._close(transfer)  # its connection may be half-read
             raise transfer.failure(*exc.args) from None
         answer = transfer.answer()
-        self._free.append(handle)
+        self._free.append(transfer)
         return answer
 
-    def _take(self) -> pycurl.Curl:
+    def _take(self) -> _Transfer:
         try:
             return self._free.pop()  # atomic: no lock needed
         except IndexError:
             pass
-        handle = new_handle(self.settings)
+        transfer = _Transfer(self.settings)
         with self._lock:
-            self._all.append(handle)
-        return handle
+            self._all.append(transfer)
+        return transfer
 
-    def _close(self, handle: pycurl.Curl) -> None:
+    def _close(self, transfer: _Transfer) -> None:
         with self._lock:
-            self._all.remove(handle)
-        handle.close()
+            self._all.remove(transfer)
+        transfer.close()
 
     def close(self) -> None:
         """Close every handle and its connection (none may be in use)."""
         with self._lock:
-            handles, self._all, self._free = self._all, [], []
-        for handle in handles:
-            handle.close()
+            transfers, self._all, self._free = self._all, [], []
+        for transfer in transfers:
+            transfer.close()
 
 
 def new_handle(settings: TransportSettings) -> pycurl.Curl:
@@ -230,14 +255,10 @@ def new_handle(settings: TransportSettings) -> pycurl.Curl:
 
 
 def last_header_block(lines: list[bytes]) -> bytes:
-    """The final answer's header lines from libcurl's: an interim 1xx answer (103 Early
-    Hints, say) comes first, with its own status line and headers."""
-    start = 0
-    for number in range(len(lines) - 1, -1, -1):
-        if lines[number].startswith(b"HTTP/"):
-            start = number + 1
-            break
-    return b"".join(lines[start:])
+    """The final answer's status and header lines from libcurl's: an interim 1xx answer
+    (103 Early Hints, say) comes first, with its own status line and headers."""
+    block = b"".join(lines)
+    return block[block.rfind(b"\nHTTP/") + 1 :]  # from the last status line (-1: the first)
 
 
 class PageLoop:
@@ -255,7 +276,7 @@ class PageLoop:
     def __init__(self, settings: TransportSettings) -> None:
         self.settings = settings
         self._multi = pycurl.CurlMulti()
-        self._idle: list[pycurl.Curl] = []
+        self._idle: list[_Transfer] = []
         self._running: dict[pycurl.Curl, tuple[_Transfer, object]] = {}
 
     @property
@@ -264,9 +285,10 @@ class PageLoop:
 
     def start(self, path: str, accept: str, tag: object) -> None:
         """Begin a GET of `base_url` + `path`; `wait` hands back its answer with `tag`."""
-        handle = self._idle.pop() if self._idle else new_handle(self.settings)
-        self._running[handle] = (_Transfer(handle, self.settings, path, accept), tag)
-        self._multi.add_handle(handle)
+        transfer = self._idle.pop() if self._idle else _Transfer(self.settings)
+        transfer.begin(path, accept)
+        self._running[transfer.handle] = (transfer, tag)
+        self._multi.add_handle(transfer.handle)
 
     def wait(self, timeout: float) -> list[tuple[object, PageAnswer | PageTransportError]]:
         """The transfers that ended, (tag, outcome) each, waiting at most `timeout` seconds
@@ -290,11 +312,11 @@ class PageLoop:
             for handle in succeeded:
                 transfer, tag = self._release(handle)
                 ended.append((tag, transfer.answer()))
-                self._idle.append(handle)
+                self._idle.append(transfer)
             for handle, code, message in failed:
                 transfer, tag = self._release(handle)
                 ended.append((tag, transfer.failure(code, message)))
-                handle.close()  # as PagePool does: nothing of a failed transfer is reused
+                transfer.close()  # as PagePool does: nothing of a failed transfer is reused
             if not queued:
                 return ended
 
@@ -305,10 +327,10 @@ class PageLoop:
     def close(self) -> None:
         """End every transfer and close every connection."""
         for handle in list(self._running):
-            self._release(handle)
-            handle.close()
-        for handle in self._idle:
-            handle.close()
+            transfer, _ = self._release(handle)
+            transfer.close()
+        for transfer in self._idle:
+            transfer.close()
         self._idle.clear()
         self._multi.close()
 

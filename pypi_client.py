@@ -180,7 +180,7 @@ def is_serial(value: object) -> bool:
     return type(value) is int and value >= 0
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class PageFacts:
     project_status: str  # "active", "archived", "quarantined", ...
 
@@ -595,7 +595,7 @@ class XmlRpcPacing:
 # --- the client
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class FetchedPage:
     """A project page as PyPI served it; `body is None` means 404 (project gone)."""
 

@@ -224,7 +224,7 @@ class Refreshed:
         return name not in self.unlisted
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ProjectPages:
     """A project's page in each mirrored form as fetched, and as the mirror held it before."""
 
@@ -232,7 +232,7 @@ class ProjectPages:
     olds: list[bytes | None]
 
 
-@dataclass
+@dataclass(slots=True)
 class ProjectFetch:
     """One project's fetch in every form as it stands between requests (`Sync.fetch_current`).
 
@@ -253,7 +253,7 @@ class ProjectFetch:
     failure: Retryable | None = None  # the loop's last attempt failed so
 
 
-@dataclass
+@dataclass(slots=True)
 class Fetched:
     """What a worker made of one project (see `Sync.fetch_and_compare`)."""
 

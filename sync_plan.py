@@ -79,7 +79,7 @@ def stale_answer(page: FetchedPage, wanted: PendingProject) -> StalePage | Missi
     return None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class FormsAnswer:
     """What one project's answers (one per form) say: done, or which forms to fetch again."""
 
