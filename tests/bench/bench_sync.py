@@ -292,7 +292,10 @@ def ours_command(url: str, mirror: Path, workers: int, extra: Sequence[str] = ()
 
 def ours_options(args: argparse.Namespace) -> list[str]:
     """The pypi_mirror.py options under test (page forms, change source)."""
-    return ["--simple-format", args.simple_format] + (["--no-xmlrpc"] if args.no_xmlrpc else [])
+    processes = ["--processes", str(args.processes)] if args.processes else []
+    return ["--simple-format", args.simple_format, *processes] + (
+        ["--no-xmlrpc"] if args.no_xmlrpc else []
+    )
 
 
 def generate_csv_command(workdir: Path) -> list[str]:
@@ -593,6 +596,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--simple-format", choices=("html", "json", "all"), default="html",
                         help="pypi_mirror.py --simple-format")  # fmt: skip
     parser.add_argument("--no-xmlrpc", action="store_true", help="pypi_mirror.py --no-xmlrpc")
+    parser.add_argument(
+        "--processes", type=int, help="pypi_mirror.py --processes (default: its own)"
+    )
     parser.add_argument("--peer-limit", type=float, metavar="S",
                         help="stop bandersnatch's first sync after S seconds "
                         "(compare pages/s, skip its update)")  # fmt: skip
