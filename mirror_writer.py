@@ -26,7 +26,6 @@ from mirror_store import (
     MirrorLayout,
     crash_hook_armed,
     crash_point,
-    digest_bytes,
     digest_file,
     digest_of_copy,
     hexdigest_of,
@@ -325,7 +324,7 @@ class MirrorWriter:
         """
         if old is None or old == new:
             return False
-        self.retire(Path(directory, prefixed_name(digest_bytes(old).hexdigest, basename)))
+        self.retire(Path(directory, prefixed_name(hexdigest_of(old), basename)))
         return True
 
     def retire(self, copy: Path) -> None:

@@ -133,13 +133,12 @@ class _Transfer:
     set, and the Accept header is set again only when it changes.
     """
 
-    __slots__ = ("accept", "base_url", "body", "handle", "limit", "lines")
+    __slots__ = ("accept", "base_url", "body", "handle", "lines")
 
     def __init__(self, settings: TransportSettings) -> None:
         self.handle = new_handle(settings)
         self.base_url = settings.base_url
-        self.limit = settings.max_body_bytes
-        self.body = _Body(self.limit)
+        self.body = _Body(settings.max_body_bytes)
         self.lines: list[bytes] = []
         self.accept: str | None = None
         self.handle.setopt(pycurl.WRITEFUNCTION, self.body.write)
@@ -166,8 +165,9 @@ class _Transfer:
             # refused on its Content-Length, unread (a gzipped one may declare fewer bytes
             # than it inflates to), else on the bytes as they came
             length = ResponseHeaders(last_header_block(self.lines)).get("Content-Length") or ""
-            size = int(length) if length.isdigit() and int(length) > self.limit else None
-            return PageTransportError(str(BodyTooLarge(self.limit, size)), True)
+            limit = self.body.limit
+            size = int(length) if length.isdigit() and int(length) > limit else None
+            return PageTransportError(str(BodyTooLarge(limit, size)), True)
         if code == pycurl.E_OPERATION_TIMEDOUT:
             return PageTransportError(f"timed out ({message})")
         if self.lines and code in _CUT_OFF:  # the answer had begun

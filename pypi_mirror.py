@@ -72,8 +72,8 @@ from mirror_store import (
     MirrorLayout,
     clear_staging,
     crash_point,
-    digest_bytes,
     digest_file,
+    hexdigest_of,
     mirror_lock,
     prefixed_name,
     project_dir_name,
@@ -1413,10 +1413,7 @@ class Sync:
         retiring = [self.writer.prepare(change) for change in changes]
         if record_changes and self.owes_rstuf:
             self.state.outbox.owe(
-                {
-                    project_target(c.name, c.basename): c.old and digest_bytes(c.old).hexdigest
-                    for c in changes
-                }
+                {project_target(c.name, c.basename): c.old and hexdigest_of(c.old) for c in changes}
             )
         if record_changes:
             # the JSON root shows every project's serial: any page change moves it
