@@ -1,0 +1,12 @@
+"""pypi-index-mirror: a mirror of PyPI's simple index kept in step with RSTUF.
+
+The map of the package (one sub-package per concern):
+
+- ``upstream``: everything that speaks to PyPI and what its answers mean;
+- ``mirror``: the served tree, its state and the rules it is kept by;
+- ``sync``: a run's phases and the one fetch engine;
+- ``rstuf``: RSTUF's REST client and the durable outbox;
+- ``audit``: the served tree held against what TUF signs, and repair;
+- ``ops``: the operator's surface (settings, command line, status, progress);
+- ``proxy``: the TUF-verifying index proxy for pip and uv.
+"""

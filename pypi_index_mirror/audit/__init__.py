@@ -1,0 +1,1 @@
+"""The audit concern (see the package docstring)."""

@@ -1,0 +1,1 @@
+"""The mirror concern (see the package docstring)."""

@@ -1,0 +1,1 @@
+"""The ops concern (see the package docstring)."""

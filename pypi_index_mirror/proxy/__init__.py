@@ -1,0 +1,1 @@
+"""The proxy concern (see the package docstring)."""

@@ -1,0 +1,1 @@
+"""The rstuf concern (see the package docstring)."""

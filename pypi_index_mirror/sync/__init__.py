@@ -1,0 +1,1 @@
+"""The sync concern (see the package docstring)."""

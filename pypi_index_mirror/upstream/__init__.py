@@ -1,0 +1,1 @@
+"""The upstream concern (see the package docstring)."""
