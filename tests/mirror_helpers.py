@@ -11,9 +11,9 @@ from pathlib import Path
 
 import requests
 
-import pypi_mirror
-import root_index
-from mirror_store import (
+from pypi_index_mirror.mirror import roots as root_index
+from pypi_index_mirror.mirror.state import load_state
+from pypi_index_mirror.mirror.store import (
     PAGE_NAMES,
     MirrorLayout,
     digest_bytes,
@@ -21,7 +21,7 @@ from mirror_store import (
     iter_targets,
     prefixed_name,
 )
-from state import load_state
+from pypi_index_mirror.sync import run as pypi_mirror
 
 View = dict[str, dict]
 REPO = Path(__file__).resolve().parent.parent

@@ -19,10 +19,19 @@ import pytest
 from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Delegations, Metadata, MetaFile, SuccinctRoles, TargetFile, Targets
 
-import tuf_audit
-from cli_support import EXIT_PARTIAL
-from mirror_store import ROOT_TARGET, digest_bytes, digest_file, project_target
-from state import load_state
+from pypi_index_mirror.audit import tuf as tuf_audit
+from pypi_index_mirror.audit.tuf import (
+    COPY_MISSING,
+    MISMATCH,
+    MISSING,
+    UNSIGNED,
+    DiskFacts,
+    FileFacts,
+    SignedTarget,
+)
+from pypi_index_mirror.mirror.state import load_state
+from pypi_index_mirror.mirror.store import ROOT_TARGET, digest_bytes, digest_file, project_target
+from pypi_index_mirror.ops.cli import EXIT_PARTIAL
 from tests.fake_pypi import FakePyPI
 from tests.fake_rstuf import ADD, REMOVE, FakeRstuf
 from tests.mirror_helpers import (
@@ -33,15 +42,6 @@ from tests.mirror_helpers import (
     upstream_page,
 )
 from tests.tuf_repo import TufRepository, serve_directory
-from tuf_audit import (
-    COPY_MISSING,
-    MISMATCH,
-    MISSING,
-    UNSIGNED,
-    DiskFacts,
-    FileFacts,
-    SignedTarget,
-)
 
 NUMBER_OF_BINS = 16
 PROJECTS = ("Django", "numpy", "zope.interface", "Foo_Bar", "requests", "PyYAML", "six")

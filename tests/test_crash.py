@@ -33,14 +33,14 @@ from pathlib import Path
 
 import pytest
 
-import cli_support
-import mirror_store
-import pypi_mirror
-from mirror_store import MirrorLayout, normalize_name, project_target
-from state import load_state
+from pypi_index_mirror.mirror import store as mirror_store
+from pypi_index_mirror.mirror.state import load_state
+from pypi_index_mirror.mirror.store import MirrorLayout, normalize_name, project_target
+from pypi_index_mirror.ops import cli as cli_support
 from tests.fake_pypi import FakePyPI
 from tests.fake_rstuf import ADD, FakeRstuf
 from tests.mirror_helpers import (
+    REPO,
     Mirror,
     View,
     assert_consistent,
@@ -170,7 +170,7 @@ class Case:
         )
 
     def mirror_command(self) -> list[str]:
-        script = str(Path(pypi_mirror.__file__))
+        script = str(REPO / "pypi_mirror.py")
         return [sys.executable, script, *self.mirror.args(*RUN_ARGS)]
 
     def requests_seen(self) -> int:
@@ -382,7 +382,7 @@ def test_temp_files_of_a_killed_state_save_are_cleared(first_sync: Case) -> None
 
 
 HOOK = """
-from mirror_store import crash_point
+from pypi_index_mirror.mirror.store import crash_point
 for moment, subjects in [("state-save", ("run-end",)), ("page-temp", ("simple/a/index.html",))]:
     crash_point(moment, subjects)
     print(moment, *subjects, flush=True)
@@ -403,7 +403,7 @@ def test_crash_hook_kills_at_the_moment_it_names(spec: str, survived: list[str])
         capture_output=True,
         text=True,
         env=env,
-        cwd=Path(mirror_store.__file__).parent,
+        cwd=REPO,
         timeout=60,
     )
     assert done.returncode == -signal.SIGKILL, done.stderr

@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cli_support import EXIT_PARTIAL, EXIT_TERMINATED
+from pypi_index_mirror.ops.cli import EXIT_PARTIAL, EXIT_TERMINATED
 from tests.fake_pypi import FakePyPI
 from tests.mirror_helpers import REPO
 

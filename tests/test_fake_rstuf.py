@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import requests
 
-from mirror_store import digest_bytes
+from pypi_index_mirror.mirror.store import digest_bytes
 from tests.fake_rstuf import ADD, PUBLISH, FakeRstuf, ManualClock, Pacing, hash_bin_role
 
 STATES_BEFORE_ROWS = ["PENDING", "RECEIVED", "STARTED", "PRE_RUN"]

@@ -22,12 +22,12 @@ from pathlib import Path
 
 import pytest
 
-import changelog
-import cli_support
-import pypi_client
-import settings
-from mirror_store import InvalidProjectName, project_dir_name
-from state import load_state, save_state
+from pypi_index_mirror.mirror.state import load_state, save_state
+from pypi_index_mirror.mirror.store import InvalidProjectName, project_dir_name
+from pypi_index_mirror.ops import cli as cli_support
+from pypi_index_mirror.ops import settings
+from pypi_index_mirror.upstream import changelog
+from pypi_index_mirror.upstream import client as pypi_client
 from tests.conftest import PROJECTS
 from tests.fake_pypi import FakePyPI
 from tests.fake_rstuf import PUBLISH, FakeRstuf

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-import cli_support
-import fetch_helper
+from pypi_index_mirror.ops import cli as cli_support
+from pypi_index_mirror.sync import fetch_helper
 from tests.fake_pypi import FakePyPI
 from tests.mirror_helpers import Mirror, assert_consistent, assert_mirror_matches_upstream
 

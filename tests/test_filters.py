@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-import cli_support
-import pypi_mirror
-import settings
-from cli_support import UsageError
-from project_filter import ProjectFilter, glob_pattern
-from state import load_state
+from pypi_index_mirror.mirror.filters import ProjectFilter, glob_pattern
+from pypi_index_mirror.mirror.state import load_state
+from pypi_index_mirror.ops import cli as cli_support
+from pypi_index_mirror.ops import settings
+from pypi_index_mirror.ops.cli import UsageError
+from pypi_index_mirror.sync import run as pypi_mirror
 from tests.fake_pypi import FakePyPI
 from tests.mirror_helpers import Mirror, assert_consistent, upstream_page
 

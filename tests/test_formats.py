@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import requests
 
-import cli_support
-import generate_csv
-import root_index
-from mirror_store import (
+from pypi_index_mirror.mirror import roots as root_index
+from pypi_index_mirror.mirror.filters import ProjectFilter
+from pypi_index_mirror.mirror.state import PendingProject, State, StateError, load_state, save_state
+from pypi_index_mirror.mirror.store import (
     JSON_PAGE_NAME,
     JSON_ROOT_TARGET,
     PAGE_NAME,
@@ -23,10 +23,10 @@ from mirror_store import (
     digest_file,
     prefixed_name,
 )
-from project_filter import ProjectFilter
-from pypi_client import FetchedPage
-from state import PendingProject, State, StateError, load_state, save_state
-from sync_plan import forms_answer, stale_answer
+from pypi_index_mirror.ops import cli as cli_support
+from pypi_index_mirror.rstuf import bootstrap_csv as generate_csv
+from pypi_index_mirror.sync.plan import forms_answer, stale_answer
+from pypi_index_mirror.upstream.client import FetchedPage
 from tests.fake_pypi import FakePyPI
 from tests.fake_rstuf import ADD, REMOVE, FakeRstuf
 from tests.mirror_helpers import (

@@ -20,11 +20,12 @@ from pathlib import Path
 
 import pytest
 
-import generate_csv
-from mirror_store import MirrorLocked, mirror_lock, project_dir_name
-from state import PendingProject, State, save_state
+from pypi_index_mirror.mirror.state import PendingProject, State, save_state
+from pypi_index_mirror.mirror.store import MirrorLocked, mirror_lock, project_dir_name
+from pypi_index_mirror.rstuf import bootstrap_csv as generate_csv
+from tests.mirror_helpers import REPO
 
-SCRIPT = Path(generate_csv.__file__).resolve()
+SCRIPT = REPO / "generate_csv.py"
 SERIAL = 21_734_562
 Row = tuple[str, int, str, str]  # path, length, hash type, hex digest
 

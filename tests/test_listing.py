@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-import changelog
-from mirror_store import normalize_name
-from state import PendingProject
+from pypi_index_mirror.mirror.state import PendingProject
+from pypi_index_mirror.mirror.store import normalize_name
+from pypi_index_mirror.upstream import changelog
 from tests.fake_pypi import synthetic_name
 
 

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-import cli_support
-import pypi_mirror
-import root_index
-import settings
-from mirror_store import mirror_lock
-from state import load_state
+from pypi_index_mirror.mirror import roots as root_index
+from pypi_index_mirror.mirror.state import load_state
+from pypi_index_mirror.mirror.store import mirror_lock
+from pypi_index_mirror.ops import cli as cli_support
+from pypi_index_mirror.ops import settings
+from pypi_index_mirror.sync import run as pypi_mirror
 from tests.fake_pypi import FakePyPI
 from tests.mirror_helpers import (
     Mirror,
@@ -515,7 +515,7 @@ def test_root_index_merge_keeps_sorted_order_and_applies_every_change() -> None:
 
 
 def test_both_scripts_default_to_the_same_mirror_and_state() -> None:
-    import generate_csv
+    from pypi_index_mirror.rstuf import bootstrap_csv as generate_csv
 
     ours = settings.config_from([], pypi_mirror.build_parser(), environ={})
     csv = generate_csv.parse_options(generate_csv.build_parser().parse_args([]), environ={})

@@ -10,8 +10,17 @@ from pathlib import Path
 
 import pytest
 
-import mirror_store
-from mirror_store import (
+from pypi_index_mirror.mirror import store as mirror_store
+from pypi_index_mirror.mirror.state import (
+    OutboxTask,
+    PendingProject,
+    PublishTask,
+    State,
+    StateError,
+    load_state,
+    save_state,
+)
+from pypi_index_mirror.mirror.store import (
     InvalidProjectName,
     MirrorLayout,
     MirrorLocked,
@@ -22,15 +31,6 @@ from mirror_store import (
     mirror_lock,
     normalize_name,
     project_dir_name,
-)
-from state import (
-    OutboxTask,
-    PendingProject,
-    PublishTask,
-    State,
-    StateError,
-    load_state,
-    save_state,
 )
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import requests
 
-import cli_support
-from pypi_client import JsonRootParser, is_disabled_fault
-from state import load_state
+from pypi_index_mirror.mirror.state import load_state
+from pypi_index_mirror.ops import cli as cli_support
+from pypi_index_mirror.upstream.client import JsonRootParser, is_disabled_fault
 from tests.fake_pypi import XMLRPC_OFF_MODES, FakePyPI
 from tests.mirror_helpers import Mirror, assert_mirror_matches_upstream
 

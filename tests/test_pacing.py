@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import pypi_client
-import settings
+from pypi_index_mirror.ops import settings
+from pypi_index_mirror.upstream import client as pypi_client
 from tests.fake_pypi import FakePyPI
 
 

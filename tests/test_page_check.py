@@ -11,7 +11,7 @@ import random
 
 import pytest
 
-from pypi_client import (
+from pypi_index_mirror.upstream.client import (
     NotASimplePage,
     PageFacts,
     facts_of_warehouse_page,

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-import pypi_client
-import settings
+from pypi_index_mirror.ops import settings
+from pypi_index_mirror.upstream import client as pypi_client
 from tests.fake_pypi import FakePyPI, make_self_signed_cert
 from tests.mirror_helpers import Mirror, assert_mirror_matches_upstream, upstream_listing
 

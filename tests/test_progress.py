@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-import cli_support
-from progress import Phase, Progress
+from pypi_index_mirror.ops import cli as cli_support
+from pypi_index_mirror.ops.progress import Phase, Progress
 from tests.fake_pypi import FakePyPI
 from tests.fake_rstuf import FakeRstuf
 from tests.mirror_helpers import REPO, Mirror, bootstrap, mirror_view

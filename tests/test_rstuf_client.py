@@ -20,11 +20,10 @@ from pathlib import Path
 import pytest
 import requests
 
-import rstuf_client
-from cli_support import VERSION
-from http_retry import USER_AGENT
-from mirror_store import digest_bytes
-from rstuf_client import (
+from pypi_index_mirror.mirror.store import digest_bytes
+from pypi_index_mirror.ops.cli import VERSION
+from pypi_index_mirror.rstuf import client as rstuf_client
+from pypi_index_mirror.rstuf.client import (
     Artifact,
     InvalidArtifact,
     RstufBadResponse,
@@ -36,6 +35,7 @@ from rstuf_client import (
     TaskFailed,
     TaskResult,
 )
+from pypi_index_mirror.upstream.retry import USER_AGENT
 from tests.fake_rstuf import ADD, PUBLISH, REMOVE, FakeRstuf, validate_add_payload
 
 STEP = 0.03  # seconds per task state change in the stand-in

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import pytest
 
-import cli_support
-import mirror_store
-import rstuf_client
-import settings
-from mirror_store import MirrorLayout, digest_bytes
-from rstuf_outbox import RstufDelivery, WaitBudget
-from state import Outbox, State, load_state
+from pypi_index_mirror.mirror import store as mirror_store
+from pypi_index_mirror.mirror.state import Outbox, State, load_state
+from pypi_index_mirror.mirror.store import MirrorLayout, digest_bytes
+from pypi_index_mirror.ops import cli as cli_support
+from pypi_index_mirror.ops import settings
+from pypi_index_mirror.rstuf import client as rstuf_client
+from pypi_index_mirror.rstuf.outbox import RstufDelivery, WaitBudget
 from tests.fake_pypi import FakePyPI
 from tests.fake_rstuf import ADD, PUBLISH, REMOVE, FakeRstuf, ManualClock
 from tests.mirror_helpers import REPO, Mirror, bootstrap, mirror_view, write_owed_pages

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-import cli_support
-from mirror_store import digest_file
-from state import load_state
+from pypi_index_mirror.mirror.state import load_state
+from pypi_index_mirror.mirror.store import digest_file
+from pypi_index_mirror.ops import cli as cli_support
 from tests.fake_pypi import FakePyPI
 from tests.fake_rstuf import ADD, PUBLISH, REMOVE, FakeRstuf
 from tests.mirror_helpers import (

@@ -22,15 +22,15 @@ from pathlib import Path
 
 import pytest
 
-import cli_support
-import dry_run
-import generate_csv
-import pypi_mirror
-import safety
-import settings
-from mirror_store import MirrorLayout, mirror_lock
-from safety import CircuitBreaker, MirrorFacts, MirrorMismatch, StateAhead
-from state import PendingProject, State, load_state, save_state
+from pypi_index_mirror.mirror import safety
+from pypi_index_mirror.mirror.safety import CircuitBreaker, MirrorFacts, MirrorMismatch, StateAhead
+from pypi_index_mirror.mirror.state import PendingProject, State, load_state, save_state
+from pypi_index_mirror.mirror.store import MirrorLayout, mirror_lock
+from pypi_index_mirror.ops import cli as cli_support
+from pypi_index_mirror.ops import settings
+from pypi_index_mirror.rstuf import bootstrap_csv as generate_csv
+from pypi_index_mirror.sync import dry_run
+from pypi_index_mirror.sync import run as pypi_mirror
 from tests.conftest import PROJECTS
 from tests.fake_pypi import FakePyPI
 from tests.mirror_helpers import FAST, REPO, Mirror, assert_mirror_matches_upstream

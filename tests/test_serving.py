@@ -32,7 +32,7 @@ import pytest
 import requests
 from pypi_simple import ACCEPT_ANY, ACCEPT_JSON_ONLY, PyPISimple
 
-from mirror_store import DEFAULT_MIRROR_DIR, MirrorLayout, digest_file
+from pypi_index_mirror.mirror.store import DEFAULT_MIRROR_DIR, MirrorLayout, digest_file
 from tests.fake_pypi import MIME_V1_JSON, FakePyPI, normalize
 from tests.mirror_helpers import REPO, Mirror
 

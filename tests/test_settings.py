@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-import generate_csv
-import pypi_mirror
-import settings
-from cli_support import VERSION, UsageError
+from pypi_index_mirror.ops import settings
+from pypi_index_mirror.ops.cli import VERSION, UsageError
+from pypi_index_mirror.rstuf import bootstrap_csv as generate_csv
+from pypi_index_mirror.sync import run as pypi_mirror
 from tests.mirror_helpers import REPO
 
 EXAMPLE = REPO / "pypi-mirror.example.toml"

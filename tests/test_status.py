@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-import cli_support
-import pypi_mirror
-import run_status
-from mirror_store import CRASH_AT_ENV, mirror_lock
-from state import State
+from pypi_index_mirror.mirror.state import State
+from pypi_index_mirror.mirror.store import CRASH_AT_ENV, mirror_lock
+from pypi_index_mirror.ops import cli as cli_support
+from pypi_index_mirror.ops import status as run_status
+from pypi_index_mirror.sync import run as pypi_mirror
 from tests.fake_pypi import FakePyPI
 from tests.mirror_helpers import Mirror
 

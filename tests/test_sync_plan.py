@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 
-from changelog import Listing
-from pypi_client import FetchedPage, MissingPage, PageFacts, StalePage
-from state import PendingProject
-from sync_plan import full_sync_fetches, is_current, root_changes, stale_answer
+from pypi_index_mirror.mirror.state import PendingProject
+from pypi_index_mirror.sync.plan import full_sync_fetches, is_current, root_changes, stale_answer
+from pypi_index_mirror.upstream.changelog import Listing
+from pypi_index_mirror.upstream.client import FetchedPage, MissingPage, PageFacts, StalePage
 
 
 def listing(**serials: int) -> Listing:

@@ -30,11 +30,11 @@ from tuf.api.exceptions import (
 from tuf.api.metadata import TargetFile
 from tuf.ngclient import Updater, UpdaterConfig
 
-import cli_support
-import generate_csv
-import mirror_store
-import root_index
-from mirror_store import ROOT_TARGET, digest_file, iter_targets, project_target
+from pypi_index_mirror.mirror import roots as root_index
+from pypi_index_mirror.mirror import store as mirror_store
+from pypi_index_mirror.mirror.store import ROOT_TARGET, digest_file, iter_targets, project_target
+from pypi_index_mirror.ops import cli as cli_support
+from pypi_index_mirror.rstuf import bootstrap_csv as generate_csv
 from tests.fake_pypi import FakePyPI
 from tests.fake_rstuf import FakeRstuf, hash_bin_role
 from tests.mirror_helpers import Mirror, upstream_listing, upstream_page

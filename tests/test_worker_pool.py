@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from worker_pool import map_unordered
+from pypi_index_mirror.sync.worker_pool import map_unordered
 
 
 def test_every_item_once() -> None:

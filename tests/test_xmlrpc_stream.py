@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from xmlrpc_stream import AnswerParser, MalformedAnswer
+from pypi_index_mirror.upstream.xmlrpc import AnswerParser, MalformedAnswer
 
 
 def answer(value: object) -> bytes:
@@ -85,7 +85,7 @@ def test_non_struct_answers_with_a_sink_come_back_whole() -> None:
 
 MEASURE_MEMORY = """
 import sys
-from xmlrpc_stream import AnswerParser
+from pypi_index_mirror.upstream.xmlrpc import AnswerParser
 
 def chunks(members):  # made as they are fed: the answer itself takes no memory
     yield b"<?xml version='1.0'?><methodResponse><params><param><value><struct>"

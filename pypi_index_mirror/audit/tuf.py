@@ -64,10 +64,21 @@ from tuf.api.serialization import DeserializationError
 from tuf.api.serialization.json import CanonicalJSONSerializer
 from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
 
-from cli_support import VERSION, ToolError
-from http_retry import Retryable, RetryPolicy, call_with_retries, retry_after_of
-from mirror_store import HASH_FACTORIES, TUF_HASH_ALGORITHM, MirrorLayout, digest_file, iter_targets
-from parallel import make_executor, ordered_map, usable_cpus
+from pypi_index_mirror.mirror.store import (
+    HASH_FACTORIES,
+    TUF_HASH_ALGORITHM,
+    MirrorLayout,
+    digest_file,
+    iter_targets,
+)
+from pypi_index_mirror.ops.cli import VERSION, ToolError
+from pypi_index_mirror.sync.parallel import make_executor, ordered_map, usable_cpus
+from pypi_index_mirror.upstream.retry import (
+    Retryable,
+    RetryPolicy,
+    call_with_retries,
+    retry_after_of,
+)
 
 log = logging.getLogger("tuf_audit")
 

@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from mirror_store import normalize_name
+from pypi_index_mirror.mirror.store import normalize_name
 
 # What a glob over normalized names may hold: the name alphabet and fnmatch's * ? [ ] !
 _PATTERN = re.compile(r"^[a-z0-9*?\[\]!-]+$")

@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from mirror_store import JSON_PAGE_NAME, JSON_ROOT_TARGET, PAGE_NAME, ROOT_TARGET
-from pypi_client import PageFacts, inspect_json_page, inspect_simple_page
+from pypi_index_mirror.mirror.store import JSON_PAGE_NAME, JSON_ROOT_TARGET, PAGE_NAME, ROOT_TARGET
+from pypi_index_mirror.upstream.client import PageFacts, inspect_json_page, inspect_simple_page
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
-from mirror_store import normalize_name
+from pypi_index_mirror.mirror.store import normalize_name
 
 T = TypeVar("T")
 

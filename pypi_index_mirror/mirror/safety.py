@@ -23,10 +23,10 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from cli_support import ToolError, stop_requested
-from mirror_store import MirrorLayout, atomic_write
-from root_index import ROOT_FOOTER, ROOT_HEADER, render_json_root_lines
-from state import State
+from pypi_index_mirror.mirror.roots import ROOT_FOOTER, ROOT_HEADER, render_json_root_lines
+from pypi_index_mirror.mirror.state import State
+from pypi_index_mirror.mirror.store import MirrorLayout, atomic_write
+from pypi_index_mirror.ops.cli import ToolError, stop_requested
 
 # What the tool's own root page weighs when it lists no project.
 EMPTY_ROOT_SIZE = len(ROOT_HEADER) + len(ROOT_FOOTER)

@@ -16,9 +16,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cli_support import ToolError
-from mirror_store import InvalidProjectName, atomic_write, project_dir_name
-from project_filter import ProjectFilter
+from pypi_index_mirror.mirror.filters import ProjectFilter
+from pypi_index_mirror.mirror.store import InvalidProjectName, atomic_write, project_dir_name
+from pypi_index_mirror.ops.cli import ToolError
 
 STATE_SCHEMA = 2
 # Schema 1 (release 1.0) had no identity: read once, then written as schema 2 (see `State`).

@@ -21,7 +21,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from cli_support import EXIT_LOCKED, ToolError
+from pypi_index_mirror.ops.cli import EXIT_LOCKED, ToolError
 
 # --- names -----------------------------------------------------------------
 

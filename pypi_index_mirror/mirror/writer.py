@@ -17,7 +17,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from mirror_store import (
+from pypi_index_mirror.mirror.formats import BY_BASENAME
+from pypi_index_mirror.mirror.state import State
+from pypi_index_mirror.mirror.store import (
     HASH_FACTORIES,
     JSON_PAGE_NAME,
     PAGE_NAME,
@@ -32,9 +34,7 @@ from mirror_store import (
     prefixed_name,
     target_of_copy,
 )
-from page_formats import BY_BASENAME
-from pypi_client import FetchedPage, NotASimplePage
-from state import State
+from pypi_index_mirror.upstream.client import FetchedPage, NotASimplePage
 
 _SERIAL_TRAILER = re.compile(rb"<!--SERIAL (\d+)-->\s*$")
 # warehouse writes "meta" first: {"meta": {"api-version": "1.4", "_last-serial": 123}, ...}

@@ -24,9 +24,9 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from cli_support import VERSION, UsageError, format_bound, number
-from mirror_store import DEFAULT_MIRROR_DIR, MirrorLayout
-from project_filter import ProjectFilter, glob_pattern
+from pypi_index_mirror.mirror.filters import ProjectFilter, glob_pattern
+from pypi_index_mirror.mirror.store import DEFAULT_MIRROR_DIR, MirrorLayout
+from pypi_index_mirror.ops.cli import VERSION, UsageError, format_bound, number
 
 CONFIG_ENV = "PYPI_MIRROR_CONFIG"
 TOKEN_ENV = "RSTUF_API_TOKEN"  # a secret: read from the environment only, never a flag

@@ -32,7 +32,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
-from cli_support import (
+from pypi_index_mirror.mirror.state import State
+from pypi_index_mirror.mirror.store import atomic_write, readable_mode
+from pypi_index_mirror.ops.cli import (
     EXIT_AUDIT_DIFFERS,
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -43,8 +45,6 @@ from cli_support import (
     VERSION,
     ToolError,
 )
-from mirror_store import atomic_write, readable_mode
-from state import State
 
 log = logging.getLogger("pypi_mirror")
 

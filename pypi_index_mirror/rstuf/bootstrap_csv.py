@@ -64,18 +64,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-import settings
-from cli_support import (
-    EXIT_FAILED,
-    EXIT_OK,
-    VERSION,
-    Stopped,
-    ToolError,
-    configure_logging,
-    number,
-    run_cli,
-)
-from mirror_store import (
+from pypi_index_mirror.mirror.state import State, load_state, refuse_legacy_default_state
+from pypi_index_mirror.mirror.store import (
     TUF_HASH_ALGORITHM,
     FileDigest,
     MirrorLayout,
@@ -85,8 +75,18 @@ from mirror_store import (
     mirror_lock,
     readable_mode,
 )
-from parallel import EXECUTORS, make_executor, ordered_map, usable_cpus
-from state import State, load_state, refuse_legacy_default_state
+from pypi_index_mirror.ops import settings
+from pypi_index_mirror.ops.cli import (
+    EXIT_FAILED,
+    EXIT_OK,
+    VERSION,
+    Stopped,
+    ToolError,
+    configure_logging,
+    number,
+    run_cli,
+)
+from pypi_index_mirror.sync.parallel import EXECUTORS, make_executor, ordered_map, usable_cpus
 
 log = logging.getLogger("generate_csv")
 

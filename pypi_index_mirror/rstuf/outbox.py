@@ -46,9 +46,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import rstuf_client
-from mirror_store import TUF_HASH_ALGORITHM, MirrorLayout, crash_point, digest_file
-from state import OutboxTask, PublishTask, State
+from pypi_index_mirror.mirror.state import OutboxTask, PublishTask, State
+from pypi_index_mirror.mirror.store import (
+    TUF_HASH_ALGORITHM,
+    MirrorLayout,
+    crash_point,
+    digest_file,
+)
+from pypi_index_mirror.rstuf import client as rstuf_client
 
 log = logging.getLogger("pypi_mirror")
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 
-from mirror_store import ROOT_TARGET, project_target
-from state import PendingProject
+from pypi_index_mirror.mirror.state import PendingProject
+from pypi_index_mirror.mirror.store import ROOT_TARGET, project_target
 
 
 def outbox_actions(dirty: Iterable[str], exists: Callable[[str], bool]) -> dict[str, str]:

@@ -35,8 +35,8 @@ from collections.abc import Callable, Iterator
 from itertools import islice
 from typing import Any, Generic, TypeVar
 
-from cli_support import ToolError
-from worker_pool import Engine, WorkerPool, map_unordered
+from pypi_index_mirror.ops.cli import ToolError
+from pypi_index_mirror.sync.worker_pool import Engine, WorkerPool, map_unordered
 
 T = TypeVar("T")
 R = TypeVar("R")

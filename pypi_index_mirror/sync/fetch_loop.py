@@ -26,8 +26,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Generic, Protocol, TypeVar
 
-from page_transport import PageAnswer, PageLoop, PageTransportError
-from worker_pool import Source
+from pypi_index_mirror.sync.worker_pool import Source
+from pypi_index_mirror.upstream.transport import PageAnswer, PageLoop, PageTransportError
 
 T = TypeVar("T")  # an item of the pool
 F = TypeVar("F")  # a project's fetch in progress

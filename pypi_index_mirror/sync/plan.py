@@ -17,9 +17,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass
 
-from changelog import Listing, Selection
-from pypi_client import FetchedPage, MissingPage, StalePage
-from state import PendingProject
+from pypi_index_mirror.mirror.state import PendingProject
+from pypi_index_mirror.upstream.changelog import Listing, Selection
+from pypi_index_mirror.upstream.client import FetchedPage, MissingPage, StalePage
 
 
 def is_current(listed: PendingProject, on_disk_serial: int | None) -> bool:

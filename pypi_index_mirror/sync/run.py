@@ -45,28 +45,39 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-import dry_run
-import fetch_helper
-import rstuf_client
-import settings
-from changelog import Listing, add_listed, identity_changes, merge_pending, projects_to_refresh
-from cli_support import (
-    EXIT_AUDIT_DIFFERS,
-    EXIT_FAILED,
-    EXIT_OK,
-    EXIT_PARTIAL,
-    Stopped,
-    ToolError,
-    UsageError,
-    configure_logging,
-    deferred_stops,
-    failure,
-    run_cli,
-    stop_requested,
+from pypi_index_mirror.mirror.filters import ProjectFilter
+from pypi_index_mirror.mirror.formats import ALL_FORMATS, HTML, JSON, SIMPLE_FORMATS, PageFormat
+from pypi_index_mirror.mirror.roots import (
+    iter_json_root,
+    iter_root_index,
+    merge_root,
+    render_json_root_lines,
+    render_root_lines,
 )
-from fetch_loop import FetchLoop
-from http_retry import Retryable, call_with_retries
-from mirror_store import (
+from pypi_index_mirror.mirror.safety import (
+    CircuitBreaker,
+    FetchHalted,
+    Halt,
+    MirrorFacts,
+    Verdict,
+    canonical_url,
+    check_identity,
+    check_serial,
+    has_project_pages,
+    read_mirror_facts,
+    write_marker,
+)
+from pypi_index_mirror.mirror.state import (
+    PendingProject,
+    State,
+    StateError,
+    clear_state_temps,
+    load_state,
+    new_mirror_id,
+    refuse_legacy_default_state,
+    save_state,
+)
+from pypi_index_mirror.mirror.store import (
     TUF_HASH_ALGORITHM,
     InvalidProjectName,
     MirrorLayout,
@@ -80,12 +91,44 @@ from mirror_store import (
     project_target,
     sync_filesystem,
 )
-from mirror_writer import Change, MirrorWriter
-from page_formats import ALL_FORMATS, HTML, JSON, SIMPLE_FORMATS, PageFormat
-from page_transport import PageAnswer, PageTransportError
-from progress import Progress
-from project_filter import ProjectFilter
-from pypi_client import (
+from pypi_index_mirror.mirror.writer import Change, MirrorWriter
+from pypi_index_mirror.ops import settings
+from pypi_index_mirror.ops.cli import (
+    EXIT_AUDIT_DIFFERS,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    Stopped,
+    ToolError,
+    UsageError,
+    configure_logging,
+    deferred_stops,
+    failure,
+    run_cli,
+    stop_requested,
+)
+from pypi_index_mirror.ops.progress import Progress
+from pypi_index_mirror.ops.settings import Config, config_from
+from pypi_index_mirror.ops.status import StatusRecorder, show_status
+from pypi_index_mirror.rstuf import client as rstuf_client
+from pypi_index_mirror.rstuf.outbox import RstufDelivery, WaitBudget
+from pypi_index_mirror.sync import dry_run, fetch_helper
+from pypi_index_mirror.sync.fetch_loop import FetchLoop
+from pypi_index_mirror.sync.plan import (
+    forms_answer,
+    full_sync_fetches,
+    json_root_changes,
+    root_changes,
+)
+from pypi_index_mirror.sync.worker_pool import map_unordered
+from pypi_index_mirror.upstream.changelog import (
+    Listing,
+    add_listed,
+    identity_changes,
+    merge_pending,
+    projects_to_refresh,
+)
+from pypi_index_mirror.upstream.client import (
     FetchedPage,
     MissingPage,
     PypiClient,
@@ -95,51 +138,13 @@ from pypi_client import (
     XmlRpcUnavailable,
     page_request,
 )
-from root_index import (
-    iter_json_root,
-    iter_root_index,
-    merge_root,
-    render_json_root_lines,
-    render_root_lines,
-)
-from rstuf_outbox import RstufDelivery, WaitBudget
-from run_status import StatusRecorder, show_status
-from safety import (
-    CircuitBreaker,
-    FetchHalted,
-    Halt,
-    MirrorFacts,
-    Verdict,
-    canonical_url,
-    check_identity,
-    check_serial,
-    has_project_pages,
-    read_mirror_facts,
-    write_marker,
-)
-from settings import Config, config_from
-from state import (
-    PendingProject,
-    State,
-    StateError,
-    clear_state_temps,
-    load_state,
-    new_mirror_id,
-    refuse_legacy_default_state,
-    save_state,
-)
-from sync_plan import (
-    forms_answer,
-    full_sync_fetches,
-    json_root_changes,
-    root_changes,
-)
-from worker_pool import map_unordered
+from pypi_index_mirror.upstream.retry import Retryable, call_with_retries
+from pypi_index_mirror.upstream.transport import PageAnswer, PageTransportError
 
 if TYPE_CHECKING:
     # imported where an audit or the bootstrap check runs: python-tuf and its signers
     # (boto3 among them) were 20 MiB and a third of every run's start-up
-    import tuf_audit
+    from pypi_index_mirror.audit import tuf as tuf_audit
 
 log = logging.getLogger("pypi_mirror")
 # The one line every run ends with, whatever its exit; INFO even under -q (see `main`).
@@ -1519,7 +1524,7 @@ class Sync:
         if self.bootstrap_refusal is None:
             waiting = f"{len(self.state.outbox)} change(s) stay in the outbox"
             root = self.forms[0].root_target  # the CSV's first row of this mirror's forms
-            import tuf_audit  # see TYPE_CHECKING above
+            from pypi_index_mirror.audit import tuf as tuf_audit  # see TYPE_CHECKING above
 
             try:
                 signed = tuf_audit.signed_target(audit_settings(self.config), root)
@@ -1593,7 +1598,7 @@ class Sync:
                 log.warning("%s; auditing without it", exc)  # the audit is part of recovery
         owed = self.state.outbox.dirty | self.state.outbox.in_flight_paths()
         owed_found: set[str] = set()
-        import tuf_audit  # see TYPE_CHECKING above
+        from pypi_index_mirror.audit import tuf as tuf_audit  # see TYPE_CHECKING above
 
         def emit(difference: tuf_audit.Difference) -> None:
             self.out(difference.line())
@@ -1697,7 +1702,7 @@ class Sync:
         PyPI, a copy relinked) needs nothing sent; a path in an unfinished task
         is queued anyway, since that task will change what RSTUF signs.
         """
-        import tuf_audit  # see TYPE_CHECKING above
+        from pypi_index_mirror.audit import tuf as tuf_audit  # see TYPE_CHECKING above
 
         served = os.fspath(self.layout.served_dir)
         file = self.layout.path_of_target(path)
@@ -1729,7 +1734,7 @@ def project_of_target(path: str) -> str | None:
 
 def audit_settings(config: Config) -> tuf_audit.AuditConfig:
     """The audit's settings from the run's (its timeouts, retries and fetch threads)."""
-    import tuf_audit  # see TYPE_CHECKING above
+    from pypi_index_mirror.audit import tuf as tuf_audit  # see TYPE_CHECKING above
 
     if config.tuf_metadata_url is None or config.tuf_root is None:
         raise UsageError("--tuf-metadata-url and --tuf-root are needed")

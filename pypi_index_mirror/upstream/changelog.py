@@ -19,9 +19,9 @@ from collections.abc import Callable, ItemsView, Iterable, Iterator, Mapping, Se
 from pathlib import Path
 from typing import BinaryIO
 
-from mirror_store import InvalidProjectName, project_dir_name
-from pypi_client import ChangelogEntry, is_serial
-from state import PendingProject
+from pypi_index_mirror.mirror.state import PendingProject
+from pypi_index_mirror.mirror.store import InvalidProjectName, project_dir_name
+from pypi_index_mirror.upstream.client import ChangelogEntry, is_serial
 
 log = logging.getLogger("pypi_mirror")
 

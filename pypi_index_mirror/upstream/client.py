@@ -24,8 +24,8 @@ from typing import Protocol, TypeVar
 import lxml.etree
 import requests
 
-from cli_support import ToolError
-from http_retry import (
+from pypi_index_mirror.ops.cli import ToolError
+from pypi_index_mirror.upstream.retry import (
     USER_AGENT,
     BodyTooLarge,
     Headers,
@@ -36,14 +36,14 @@ from http_retry import (
     iter_capped,
     retry_after_of,
 )
-from page_transport import (
+from pypi_index_mirror.upstream.transport import (
     PageAnswer,
     PageLoop,
     PagePool,
     PageTransportError,
     TransportSettings,
 )
-from xmlrpc_stream import AnswerParser, MalformedAnswer
+from pypi_index_mirror.upstream.xmlrpc import AnswerParser, MalformedAnswer
 
 log = logging.getLogger("pypi_mirror")
 T = TypeVar("T")

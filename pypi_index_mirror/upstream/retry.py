@@ -19,7 +19,7 @@ from typing import Protocol, TypeVar
 
 import requests
 
-from cli_support import VERSION
+from pypi_index_mirror.ops.cli import VERSION
 
 T = TypeVar("T")
 

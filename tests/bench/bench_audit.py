@@ -45,9 +45,15 @@ from pathlib import Path
 
 from tuf.api.metadata import TargetFile
 
-import tuf_audit
-from mirror_store import ROOT_TARGET, MirrorLayout, digest_bytes, prefixed_name, project_target
-from state import State, save_state
+from pypi_index_mirror.audit import tuf as tuf_audit
+from pypi_index_mirror.mirror.state import State, save_state
+from pypi_index_mirror.mirror.store import (
+    ROOT_TARGET,
+    MirrorLayout,
+    digest_bytes,
+    prefixed_name,
+    project_target,
+)
 from tests.tuf_repo import TufRepository, serve_directory
 
 REPO = Path(__file__).resolve().parents[2]

@@ -32,8 +32,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mirror_store import MirrorLayout, digest_bytes, prefixed_name, project_target
-from state import State, save_state
+from pypi_index_mirror.mirror.state import State, save_state
+from pypi_index_mirror.mirror.store import MirrorLayout, digest_bytes, prefixed_name, project_target
 
 REPO = Path(__file__).resolve().parents[2]
 GENERATE_CSV = REPO / "generate_csv.py"

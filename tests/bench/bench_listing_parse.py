@@ -107,7 +107,7 @@ def reset_peak() -> None:
 def measure(code: Path, url: str, as_dict: bool, json_form: bool = False) -> dict[str, object]:
     """In this (fresh) process: parse the answer once with `code`'s client; return figures."""
     sys.path.insert(0, str(code))
-    import pypi_client  # the one under `code`
+    from pypi_index_mirror.upstream import client as pypi_client  # the one under `code`
 
     settings = SimpleNamespace(
         connect_timeout=10.0,

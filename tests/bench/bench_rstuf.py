@@ -39,10 +39,10 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mirror_store import MirrorLayout
-from rstuf_client import RstufClient
-from rstuf_outbox import RstufDelivery, WaitBudget
-from state import State
+from pypi_index_mirror.mirror.state import State
+from pypi_index_mirror.mirror.store import MirrorLayout
+from pypi_index_mirror.rstuf.client import RstufClient
+from pypi_index_mirror.rstuf.outbox import RstufDelivery, WaitBudget
 from tests.fake_pypi import FakePyPI
 from tests.fake_rstuf import ADD, PUBLISH, FakeRstuf, ManualClock, Pacing
 from tests.mirror_helpers import mirror_view, write_owed_pages

@@ -49,8 +49,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import settings
-from mirror_store import normalize_name
+from pypi_index_mirror.mirror.store import normalize_name
+from pypi_index_mirror.ops import settings
 
 REPO = Path(__file__).resolve().parents[2]
 BANDERSNATCH = REPO / ".bench-venv" / "bin" / "bandersnatch"

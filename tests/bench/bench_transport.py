@@ -35,8 +35,8 @@ from pathlib import Path
 import requests
 import urllib3
 
-import pypi_client
-import settings
+from pypi_index_mirror.ops import settings
+from pypi_index_mirror.upstream import client as pypi_client
 from tests.bench.bench_sync import running_server
 
 Fetch = Callable[[str], None]
