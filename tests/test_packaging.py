@@ -22,11 +22,20 @@ from tests.mirror_helpers import REPO
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 # No pip.conf of this machine (extra indexes, constraints): --no-index means no index at all.
 PIP_OFFLINE = {**os.environ, "PIP_CONFIG_FILE": os.devnull}
-SCRIPTS = {"pypi-mirror": "pypi_mirror:main", "pypi-mirror-csv": "generate_csv:main"}
+SCRIPTS = {
+    "pypi-mirror": "pypi_index_mirror.sync.run:main",
+    "pypi-mirror-csv": "pypi_index_mirror.rstuf.bootstrap_csv:main",
+}
+PACKAGE = "pypi_index_mirror"
 
 
 def top_level_modules() -> set[str]:
     return {path.stem for path in REPO.glob("*.py")}
+
+
+def package_files() -> set[str]:
+    """Every module of the package, as a path relative to the checkout."""
+    return {path.relative_to(REPO).as_posix() for path in (REPO / PACKAGE).rglob("*.py")}
 
 
 def requirements() -> list[Requirement]:
@@ -37,7 +46,7 @@ def requirements() -> list[Requirement]:
 def project_version() -> str:
     """The version the build reads (pyproject's `attr`), read the same way: from the module."""
     module, _, name = PYPROJECT["tool"]["setuptools"]["dynamic"]["version"]["attr"].rpartition(".")
-    source = (REPO / f"{module}.py").read_text()
+    source = (REPO / f"{module.replace('.', '/')}.py").read_text()
     match = re.search(rf'(?m)^{name} = "([^"]+)"$', source)
     assert match, f"{module}.{name} is not a string literal"
     return match.group(1)
@@ -78,6 +87,9 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
         shutil.copy2(REPO / name, source / name)
     for module in top_level_modules():
         shutil.copy2(REPO / f"{module}.py", source / f"{module}.py")
+    for name in package_files():
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, source / name)
     built = subprocess.run(
         [
             sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
@@ -100,6 +112,7 @@ def test_wheel_holds_the_modules_scripts_and_dependencies(wheel: Path) -> None:
         entry_points = archive.read(f"{info}/entry_points.txt").decode()
         metadata = archive.read(f"{info}/METADATA").decode()
     assert {f"{module}.py" for module in top_level_modules()} <= names
+    assert package_files() <= names
     assert not any(name.startswith("tests/") for name in names)
     for script, target in SCRIPTS.items():
         assert f"{script} = {target}" in entry_points

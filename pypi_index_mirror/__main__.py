@@ -1,0 +1,8 @@
+"""``python -m pypi_index_mirror``: the same as ``python pypi_mirror.py``."""
+
+import sys
+
+from pypi_index_mirror.sync.run import main
+
+if __name__ == "__main__":
+    sys.exit(main())
