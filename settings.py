@@ -423,9 +423,7 @@ def options_markdown(options: Sequence[Option] = OPTIONS) -> str:
         limits = f"{format_bound(bounds[0])}-{format_bound(bounds[1])}" if bounds else ""
         help_text = option.help + (" (repeatable)" if option.many else "")
         rows.append(
-            markdown_row(
-                ", ".join(names), environment, key, default_of(option), limits, help_text
-            )
+            markdown_row(", ".join(names), environment, key, default_of(option), limits, help_text)
         )
     rows.append(markdown_row("`--version`", "", "command line only", "", "", "print the version"))
     return "\n".join(rows) + "\n"
