@@ -281,7 +281,7 @@ def test_readme_recovery_and_exit_codes_match_the_tool() -> None:
     readme = (REPO / "README.md").read_text()
     recovery = readme.split("## Recovery", 1)[1].split("\n## ", 1)[0]
     assert "--full-check" in recovery and "--audit --repair" in recovery
-    codes = readme.split("### Exit codes", 1)[1].split("\n#", 1)[0]
+    codes = readme.split("## Exit codes", 1)[1].split("\n#", 1)[0]
     for name in dir(cli_support):
         if name.startswith("EXIT_"):
             assert f"| {getattr(cli_support, name)} |" in codes, name

@@ -15,6 +15,7 @@ from pypi_index_mirror.ops.cli import VERSION, UsageError
 from pypi_index_mirror.rstuf import bootstrap_csv as generate_csv
 from pypi_index_mirror.sync import run as pypi_mirror
 from tests.mirror_helpers import REPO
+from tools import gen_options_doc
 
 EXAMPLE = REPO / "pypi-mirror.example.toml"
 
@@ -265,6 +266,43 @@ def test_generate_csv_refuses_a_bad_config_file_like_the_sync(tmp_path: Path) ->
     )
     assert result.returncode == 2
     assert "unknown key 'mirror_dir'" in result.stderr and "Traceback" not in result.stderr
+
+
+# --- the option reference, docs/options.md
+
+
+def test_the_option_reference_is_what_settings_generates() -> None:
+    text = gen_options_doc.DOC.read_text(encoding="utf-8")
+    assert text == gen_options_doc.with_table(text, settings.options_markdown()), (
+        f"docs/options.md's option table is out of date: run `{settings.OPTIONS_DOC_COMMAND}`"
+    )
+
+
+def test_the_option_reference_has_a_row_per_option_with_its_sources() -> None:
+    rows = {
+        row.split(" | ")[0].split("`--", 1)[1].split()[0].rstrip("`"): row
+        for row in settings.options_markdown().splitlines()[2:]
+    }
+    assert set(rows) == {o.key for o in settings.OPTIONS} | {"config", "version"}
+    assert rows["workers"] == (
+        "| `--workers N` | `PYPI_MIRROR_WORKERS` | `workers` | `10` | 1-32 | "
+        "concurrent page fetches |"
+    )
+    assert "`RSTUF_API_URL` | `rstuf-url` |" in rows["rstuf-url"]
+    assert "| command line only |" in rows["dry-run"] and "PYPI_MIRROR" not in rows["dry-run"]
+    assert "(comma- or space-separated) | `exclude` (an array) |" in rows["exclude"]
+    assert "`67108864` (64 MiB) | 1024-1073741824 |" in rows["max-page-bytes"]
+    assert rows["verbose"].startswith("| `-v`, `--verbose` |")
+    assert "token" not in "".join(rows.values()), (
+        "the RSTUF token is environment only, never an option"
+    )
+
+
+def test_the_option_table_is_replaced_only_between_its_markers() -> None:
+    text = f"# Options\n\nprose\n\n{gen_options_doc.BEGIN}\nold\n{gen_options_doc.END}\nmore\n"
+    assert gen_options_doc.with_table(text, "new\n") == text.replace("old\n", "new\n")
+    with pytest.raises(ValueError, match="lacks the markers"):
+        gen_options_doc.with_table("# Options\n", "new\n")
 
 
 # --- --version

@@ -362,7 +362,7 @@ def test_full_check_repairs_a_tampered_page(world: World) -> None:
     assert info is not None
     with pytest.raises(LengthOrHashMismatchError):
         updater.download_target(info, str(world.tmp / "damaged.html"))
-    world.sync("--full-check")  # "catches ... local damage" (README)
+    world.sync("--full-check")  # repairs a page "damaged on disk" (docs/operations.md)
     assert_client_sees_upstream(world, world.client(), world.tmp / "repaired")
 
 

@@ -30,7 +30,7 @@ window ahead, and each group of bins is verified and compared in a worker
 process (``parallel``, the pool ``generate_csv.py`` hashes with) together with
 the pages that hash into it; only the page paths (packed per bin) and the
 bins in flight are held at once. At 700,000 targets in 16,384 bins see the
-README for time and memory.
+docs/audit.md for time and memory.
 
 Layers, as in python-tuf's ngclient: `MetadataFetcher` only moves bytes;
 the pure functions verify bins and compare facts; `read_disk_facts` reads the

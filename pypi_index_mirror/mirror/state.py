@@ -141,7 +141,7 @@ class Outbox:
 
 @dataclass
 class State:
-    """Everything a run needs to resume; see README "state.json"."""
+    """Everything a run needs to resume; see docs/state.md."""
 
     serial: int | None = None  # last changelog serial fully applied; None: no first sync yet
     pending: dict[str, PendingProject] = field(default_factory=dict)

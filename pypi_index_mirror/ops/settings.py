@@ -41,7 +41,7 @@ class Config:
     pypi_url: str = "https://pypi.org"
     workers: int = 10
     # a clean first sync's processes: one keeps the stand-in's pages/s at 0.21 ms of CPU a
-    # page; a second (on a second core) only adds CPU (README, Performance)
+    # page; a second (on a second core) only adds CPU (docs/performance.md)
     processes: int = 1
     full_check: bool = False
     dry_run: bool = False
@@ -186,7 +186,7 @@ OPTIONS: tuple[Option, ...] = (
         env="PYPI_URL",
         metavar="URL",
     ),
-    # Against real latency pages/s grows with the workers (README, Performance: the sweep
+    # Against real latency pages/s grows with the workers (docs/performance.md: the sweep
     # at 20 and 50 ms); 10 is the most bandersnatch lets a mirror run against PyPI, so the
     # default stays there and more is the operator's choice.
     Option("workers", "concurrent page fetches", number(int, 1, 32)),
@@ -225,8 +225,9 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "rstuf-wait",
-        "seconds a run may spend delivering to RSTUF and waiting for its tasks, in all; "
-        "unfinished tasks are followed up next run",
+        "seconds a run may spend delivering to RSTUF and waiting for its tasks, in all (a "
+        "5,000-page request takes about 65 s on a real RSTUF); unfinished tasks are followed "
+        "up next run",
         number(float, 0, 86400),
     ),
     Option(
@@ -246,7 +247,12 @@ OPTIONS: tuple[Option, ...] = (
         " as libcurl counts them)",
         number(float, 0.05, 3600),
     ),
-    Option("retries", "retries per request and per stale page", number(int, 0, 20)),
+    Option(
+        "retries",
+        "retries per request and per stale page (connection errors, 5xx, 429 with "
+        "Retry-After, PyPI's rate-limit fault)",
+        number(int, 0, 20),
+    ),
     Option(
         "failure-limit",
         "circuit breaker: after N page requests failing in a row (connection errors, 5xx, "
@@ -362,7 +368,8 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "verbose",
-        "log debug detail (each page fetched, each retry and stale answer)",
+        "log debug detail (each page fetched: name, status, serial, bytes; each retry and "
+        "stale answer)",
         short="-v",
     ),
     Option("quiet", "log warnings, errors and the summary line only", short="-q"),
@@ -389,6 +396,63 @@ def describe(option: Option) -> str:
     return f"{option.help} ({'; '.join(notes)})" if notes else option.help
 
 
+OPTIONS_DOC_COMMAND = "python -m tools.gen_options_doc"  # rewrites docs/options.md's table
+
+
+def options_markdown(options: Sequence[Option] = OPTIONS) -> str:
+    """The option reference of docs/options.md: one Markdown table row per option.
+
+    Generated from the same declarations as ``--help`` and the config file's checks,
+    so the reference cannot drift from them (tests/test_settings.py compares it with
+    the file; `OPTIONS_DOC_COMMAND` rewrites it).
+    """
+    rows = [
+        "| option | environment | config file key | default | range | meaning |",
+        "| --- | --- | --- | --- | --- | --- |",
+        markdown_row("`--config FILE`", f"`{CONFIG_ENV}`", "not in a file", "", "", CONFIG_HELP),
+    ]
+    for option in options:
+        names = [f"`{option.short}`"] if option.short else []
+        names.append(f"`--{option.key}{metavar_of(option)}`")
+        environment = f"`{option.env_name}`" if option.env_name else ""
+        if environment and option.many:
+            environment += " (comma- or space-separated)"
+        key = f"`{option.key}`" if option.in_file else "command line only"
+        if option.many:
+            key += " (an array)"
+        bounds = getattr(option.parse, "bounds", None)
+        limits = f"{format_bound(bounds[0])}-{format_bound(bounds[1])}" if bounds else ""
+        help_text = option.help + (" (repeatable)" if option.many else "")
+        rows.append(
+            markdown_row(", ".join(names), environment, key, default_of(option), limits, help_text)
+        )
+    rows.append(markdown_row("`--version`", "", "command line only", "", "", "print the version"))
+    return "\n".join(rows) + "\n"
+
+
+def metavar_of(option: Option) -> str:
+    """The value's placeholder as ``--help`` shows it ("" for a switch)."""
+    if option.parse is None:
+        return ""
+    if option.metavar:
+        return f" {option.metavar}"
+    return " N" if getattr(option.parse, "bounds", None) else f" {option.dest.upper()}"
+
+
+def default_of(option: Option) -> str:
+    """The default as the reference shows it: "" when there is none (or it is off)."""
+    value = getattr(DEFAULTS, option.dest, None)
+    if option.parse is None or value in (None, ()):
+        return ""
+    if isinstance(value, int) and value >= 1 << 20 and value % (1 << 20) == 0:
+        return f"`{value}` ({value >> 20} MiB)"
+    return f"`{format_bound(value) if isinstance(value, float) else value}`"
+
+
+def markdown_row(*cells: str) -> str:
+    return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+
 def build_parser(
     prog: str, description: str, epilog: str, options: Sequence[Option] = OPTIONS
 ) -> argparse.ArgumentParser:
@@ -405,14 +469,19 @@ def build_parser(
     return parser
 
 
+CONFIG_HELP = (
+    "TOML config file; its keys are the long option names, relative paths are relative to it "
+    "(see pypi-mirror.example.toml)"
+)
+
+
 def add_config_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config",
         type=Path,
         metavar="FILE",
         default=argparse.SUPPRESS,
-        help="TOML config file; its keys are the long option names, relative paths are "
-        f"relative to it (see pypi-mirror.example.toml; env {CONFIG_ENV})",
+        help=f"{CONFIG_HELP[:-1]}; env {CONFIG_ENV})",
     )
 
 
