@@ -1646,7 +1646,11 @@ class Sync:
         if roots & differing.keys():
             self.rebuild_roots(outcome)
         else:
-            self.finish_update(self.displayed(wanted), outcome, renamed=set())
+            # Every project fetched gets its root line from what PyPI served now, as an
+            # update does for a project whose identity changed: a repair has no changelog
+            # to say which did, and a project removed upstream whose page was gone here
+            # already changed no page that would move the roots.
+            self.finish_update(self.displayed(wanted), outcome, renamed=set(wanted))
         in_flight = self.state.outbox.in_flight_paths()
         for path in differing:
             if project_of_target(path) not in outcome.failed:
