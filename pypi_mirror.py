@@ -163,7 +163,9 @@ class Summary:
     unchanged: int = 0
     failed: int = 0
     requests: int = 0
-    rstuf_sent: int = 0
+    rstuf_sent: int = 0  # artifacts this run sent to RSTUF
+    rstuf_confirmed: int = 0  # paths RSTUF confirmed in this run, whichever run sent them
+    rstuf_not_found: int = 0  # deletes RSTUF answered with not_found_artifacts (see deliver)
     rstuf_waited: float = 0.0  # seconds spent on RSTUF, out of --rstuf-wait
     serial_before: int | None = None
     serial_after: int | None = None
@@ -186,12 +188,21 @@ class Summary:
         return (
             f"summary {mode}added={self.added} updated={self.updated} removed={self.removed} "
             f"unchanged={self.unchanged} failed={self.failed} requests={self.requests} "
-            f"rstuf_sent={self.rstuf_sent} rstuf_waited={self.rstuf_waited:.1f}s "
+            f"rstuf_sent={self.rstuf_sent} rstuf_confirmed={self.rstuf_confirmed} "
+            f"rstuf_not_found={self.rstuf_not_found} rstuf_waited={self.rstuf_waited:.1f}s "
             f"elapsed={self.elapsed:.1f}s "
             f"serial={self.serial_before}->{self.serial_after} "
             f"pending={unknown if self.pending is None else self.pending} "
             f"outbox={unknown if self.outbox is None else self.outbox} exit={self.exit}"
         )
+
+
+class RstufMisconfiguredError(ToolError):
+    """RSTUF refused the run's requests in a way no retry fixes (401, 403, not an RSTUF).
+
+    Exit 1, not 75: a person must fix the token, the proxy or the URL, and a unit
+    that counts 75 as success would hide it. The state is saved first.
+    """
 
 
 class NotFetched:
@@ -308,6 +319,9 @@ class Sync:
         self.bootstrap_refusal: str | None = None  # why this run keeps changes from RSTUF
         self.budget = WaitBudget(config.rstuf_wait)  # one for the whole run
         self.delivery: RstufDelivery | None = None
+        # RSTUF refused as misconfigured (401, 403, no RSTUF at the URL): nothing more is
+        # sent this run, and the run ends with exit 1 once the mirror is saved
+        self.rstuf_misconfigured: rstuf_client.RstufMisconfigured | None = None
         self.pages_changed = False
         self.marker_owed = False  # write the marker before the next state save
         self.upstream_changed = False
@@ -316,7 +330,10 @@ class Sync:
         self.halt = halt or Halt()  # the PypiClient's retry pauses should wait on it too
         self.untracked = 0  # pages a full sync still owes that state.pending does not list
         self.status = StatusRecorder(
-            self.layout.status_file, self.layout.staging_dir, config.metrics_file
+            self.layout.status_file,
+            self.layout.staging_dir,
+            config.metrics_file,
+            rstuf_used=not config.no_rstuf,
         )
         self.started = time.monotonic()
 
@@ -373,6 +390,7 @@ class Sync:
         # after the delivery: what RSTUF just confirmed frees the copies it replaced
         self.writer.collect_retired(self.config.grace)
         self.save()
+        self.report_rstuf_surprises()
 
     def exit_code(self) -> int:
         if self.config.dry_run:
@@ -524,6 +542,10 @@ class Sync:
         summary = self.summary
         summary.requests = self.pypi.requests_made
         summary.rstuf_waited = self.budget.spent
+        if self.delivery is not None:  # counted as they happen: a stop mid-delivery loses none
+            totals = self.delivery.totals
+            summary.rstuf_sent, summary.rstuf_confirmed = totals.sent, totals.confirmed
+            summary.rstuf_not_found = len(totals.not_found)
         summary.elapsed = time.monotonic() - self.started
         if self.loaded:
             summary.serial_after = self.state.serial
@@ -1466,6 +1488,8 @@ class Sync:
             return  # a dry run lists the outbox with its plan
         if not (box.dirty or box.tasks or box.publishes or box.uncertain):
             return
+        if self.rstuf_misconfigured is not None:
+            return  # refused once already: the changes wait in the outbox
         if self.rstuf is None:
             if wait:  # once, at the end of the run
                 self.summary.problems.append(
@@ -1486,11 +1510,41 @@ class Sync:
             )
         self.progress.start(self.unconfirmed(), "delivering", unit="paths")
         report = self.delivery.deliver(wait)
-        self.progress.finish()
-        self.summary.rstuf_sent += report.sent
+        left = self.unconfirmed()
+        self.progress.finish("done" if not left else f"{left} not confirmed yet")
         self.writer.restart_grace(report.superseded)
         self.save("delivered")
         self.summary.problems.extend(f"RSTUF: {error}" for error in report.errors)
+        self.rstuf_misconfigured = report.misconfigured
+
+    def report_rstuf_surprises(self) -> None:
+        """At the end of a run: what RSTUF answered that waiting cannot fix.
+
+        Deletes RSTUF answered with ``not_found_artifacts`` for paths the mirror
+        recorded as signed mean RSTUF's database and the mirror were apart (a
+        restored backup, a manual change): one warning, and the run ends 75,
+        since whatever else differs is found only by --audit. A misconfigured
+        RSTUF (401, 403, no RSTUF at the URL) ends the run with exit 1 once
+        the state is saved: the changes wait in the outbox, none is lost.
+        """
+        not_found = self.delivery.totals.not_found if self.delivery is not None else []
+        if not_found:
+            shown = ", ".join(not_found[:5]) + (", ..." if len(not_found) > 5 else "")
+            self.summary.problems.append(
+                f"RSTUF answered {len(not_found)} delete(s) with not_found_artifacts ({shown}): "
+                "it did not hold paths the mirror recorded as signed, so its database and the "
+                "mirror were apart; run --audit to find what else differs (--audit --repair "
+                "fixes it)"
+            )
+        if self.rstuf_misconfigured is not None:
+            for problem in dict.fromkeys(self.summary.problems):
+                log.warning("%s", problem)
+            self.summary.problems.clear()
+            raise RstufMisconfiguredError(
+                f"{self.rstuf_misconfigured}; the mirror is updated and its "
+                f"{len(self.state.outbox)} change(s) for RSTUF wait in the outbox until "
+                "RSTUF accepts them"
+            )
 
     def unconfirmed(self) -> int:
         """Outbox paths RSTUF has not confirmed: len(outbox) without its set union (cheap)."""
@@ -1658,6 +1712,7 @@ class Sync:
         sync_filesystem(self.layout.root)  # never register bytes a power cut could take back
         self.save("repaired")
         self.deliver_outbox(wait=True)
+        self.report_rstuf_surprises()
         return outcome.failed
 
     def displayed(self, wanted: dict[str, PendingProject]) -> dict[str, PendingProject]:
@@ -1757,11 +1812,13 @@ DESCRIPTION = (
 EPILOG = (
     "The RSTUF token is read only from the environment (RSTUF_API_TOKEN). "
     "Exit codes: 0 done (--audit: the tree and TUF's targets agree); 1 failed (state not "
-    "advanced past what is on disk; --audit: metadata unreachable, badly signed or expired); "
+    "advanced past what is on disk; --audit: metadata unreachable, badly signed or expired; "
+    "RSTUF answered 401 or 403, or its URL is no RSTUF API: changes wait in the outbox); "
     "2 usage error; 3 another run holds the mirror lock; 4 --audit found differences; 75 "
     "partly done (pages or RSTUF changes kept for the next run, also when changes are owed "
-    "to RSTUF and no RSTUF URL is set: --no-rstuf runs without RSTUF); 130 stopped by "
-    "SIGINT; 143 stopped by SIGTERM."
+    "to RSTUF and no RSTUF URL is set: --no-rstuf runs without RSTUF; or RSTUF answered "
+    "deletes with not_found_artifacts: run --audit); 130 stopped by SIGINT; 143 stopped by "
+    "SIGTERM."
 )
 
 

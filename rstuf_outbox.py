@@ -71,9 +71,25 @@ class WaitBudget:
 @dataclass
 class DeliveryReport:
     sent: int = 0  # artifacts sent (added or removed)
+    confirmed: int = 0  # paths RSTUF confirmed (their task succeeded), whichever run sent them
+    # deleted paths RSTUF said it never held (`not_found_artifacts`) though the mirror
+    # recorded that it signed them
+    not_found: list[str] = field(default_factory=list)
     # (target, digest RSTUF signed until it confirmed a newer state; None: not recorded)
     superseded: list[tuple[str, str | None]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    # RSTUF refused as misconfigured (401, 403, not an RSTUF URL): no use trying again
+    # in this run; the changes stay in the outbox
+    misconfigured: rstuf_client.RstufMisconfigured | None = None
+
+
+@dataclass
+class DeliveryTotals:
+    """What the deliveries of one run did so far, kept as it happens (a signal loses none)."""
+
+    sent: int = 0
+    confirmed: int = 0
+    not_found: list[str] = field(default_factory=list)
 
 
 class RstufDelivery:
@@ -120,6 +136,7 @@ class RstufDelivery:
         self.last_progress = monotonic()  # when one of our tasks was last seen moving
         self.publish_failures = 0
         self.failed_paths: set[str] = set()  # not resent in the run their task failed in
+        self.totals = DeliveryTotals()  # over every `deliver` of the run
 
     @property
     def poll_interval(self) -> float:
@@ -146,11 +163,13 @@ class RstufDelivery:
                 if not wait or not self._following() or left <= 0:
                     break
                 self.sleep(min(self.poll_interval, left))
+        except rstuf_client.RstufMisconfigured as exc:
+            report.misconfigured = exc
         except rstuf_client.RstufError as exc:
             report.errors.append(str(exc))
         finally:
             self.budget.spent += self.monotonic() - started
-        if wait and not report.errors:
+        if wait and not report.errors and report.misconfigured is None:
             self._report_unfinished(report)
         return report
 
@@ -203,8 +222,19 @@ class RstufDelivery:
             self._requeue(task)
         elif result.state == rstuf_client.SUCCESS_STATE:
             self.box.tasks.remove(task)
+            not_found = set()
+            if task.action == "remove":
+                not_found = set(rstuf_client.not_found_artifacts(result))
             for path in task.paths:
-                report.superseded.append((path, self.box.confirm(path, task.digests.get(path))))
+                before = self.box.confirm(path, task.digests.get(path))
+                report.superseded.append((path, before))
+                # "": the mirror knew RSTUF held nothing there (a page added and removed
+                # before RSTUF heard of it, a delete sent again): nothing to report
+                if path in not_found and before != "":
+                    report.not_found.append(path)
+                    self.totals.not_found.append(path)
+            report.confirmed += len(task.paths)
+            self.totals.confirmed += len(task.paths)
         elif self.clock() - task.sent_at > self.TASK_EXPIRY:
             log.warning(
                 "RSTUF task %s still %s after %.0fs; sending its changes again",
@@ -383,6 +413,7 @@ class RstufDelivery:
         self.box.dirty.difference_update(paths)
         self.save()
         report.sent += len(paths)
+        self.totals.sent += len(paths)
 
     def _forget(self, entry: OutboxTask) -> None:
         self.box.uncertain = [other for other in self.box.uncertain if other is not entry]

@@ -50,7 +50,17 @@ log = logging.getLogger("pypi_mirror")
 
 STATUS_SCHEMA = 1
 # The counters of a run's summary line, in its order.
-COUNTS = ("added", "updated", "removed", "unchanged", "failed", "requests", "rstuf_sent")
+COUNTS = (
+    "added",
+    "updated",
+    "removed",
+    "unchanged",
+    "failed",
+    "requests",
+    "rstuf_sent",
+    "rstuf_confirmed",
+    "rstuf_not_found",
+)
 PAGE_COUNTS = COUNTS[:5]
 COMPLETED = (EXIT_OK, EXIT_PARTIAL)  # the run finished; 75 keeps some work for the next one
 KILLED = "killed"
@@ -119,6 +129,7 @@ class MirrorFigures:
     outbox_since: dict[str, float] = field(default_factory=dict)
     retired: int = 0  # old hash-prefixed copies still served during their grace
     full_sync_in_progress: bool = False
+    rstuf_used: bool = True  # False: the mirror runs without RSTUF (--no-rstuf)
 
     @property
     def lag(self) -> int | None:
@@ -260,6 +271,9 @@ class RunSummary(Protocol):
     failed: int
     requests: int
     rstuf_sent: int
+    rstuf_confirmed: int
+    rstuf_not_found: int
+    pending: int | None  # projects still to fetch, as the run's last line says
     serial_before: int | None
     serial_after: int | None
     upstream_serial: int | None
@@ -283,8 +297,10 @@ class StatusRecorder:
         metrics_file: Path | None = None,
         clock: Callable[[], float] = time.time,
         pid: int | None = None,
+        rstuf_used: bool = True,
     ) -> None:
         self.path, self.staging_dir, self.metrics_file = path, staging_dir, metrics_file
+        self.rstuf_used = rstuf_used  # False: --no-rstuf, whose outbox says nothing
         self.clock = clock
         self.pid = os.getpid() if pid is None else pid
         self.status = Status()
@@ -328,6 +344,9 @@ class StatusRecorder:
             status.last_success = now
         if state is not None:
             status.mirror = figures_of(state, status.mirror, self.new_since)
+            if summary.pending is not None:  # with the pages a full sync still owes unlisted
+                status.mirror.pending = summary.pending
+        status.mirror.rstuf_used = self.rstuf_used
         if summary.upstream_serial is not None:
             status.mirror.upstream_serial = summary.upstream_serial
             status.mirror.upstream_seen = summary.upstream_seen
@@ -413,6 +432,7 @@ def status_document(
         },
         "retired_copies": mirror.retired,
         "full_sync_in_progress": mirror.full_sync_in_progress,
+        "rstuf_used": mirror.rstuf_used,
         "runs": dict(sorted(status.runs.items())),
     }
 
@@ -482,7 +502,9 @@ def render_text(status: Status, now: float, alive: Callable[[int], bool] = pid_a
     sample = ", ".join(mirror.pending_sample)
     more = ", ..." if mirror.pending > len(mirror.pending_sample) else ""
     row("pending", plural(mirror.pending, "project") + (f" ({sample}{more})" if sample else ""))
-    if mirror.outbox_paths:
+    if not mirror.rstuf_used:
+        row("outbox", "not used: this mirror runs without RSTUF (--no-rstuf)")
+    elif mirror.outbox_paths:
         oldest = mirror.oldest_unsent
         assert oldest is not None
         row(
@@ -533,6 +555,15 @@ FAMILIES: dict[str, tuple[str, str]] = {
     ),
     "last_run_pypi_requests": (GAUGE, "Requests the last run made to PyPI."),
     "last_run_rstuf_artifacts_sent": (GAUGE, "Artifacts the last run sent to RSTUF."),
+    "last_run_rstuf_artifacts_confirmed": (
+        GAUGE,
+        "Paths RSTUF confirmed in the last run, whichever run sent them.",
+    ),
+    "last_run_rstuf_deletes_not_found": (
+        GAUGE,
+        "Deletes RSTUF answered not_found_artifacts in the last run, for paths the mirror "
+        "recorded as signed.",
+    ),
     "last_success_timestamp_seconds": (
         GAUGE,
         "When the last run that completed (exit 0 or 75) ended (Unix time).",
@@ -544,6 +575,15 @@ FAMILIES: dict[str, tuple[str, str]] = {
     ),
     "pypi_requests_total": (COUNTER, "Requests made to PyPI over recorded runs."),
     "rstuf_artifacts_sent_total": (COUNTER, "Artifacts sent to RSTUF over recorded runs."),
+    "rstuf_artifacts_confirmed_total": (
+        COUNTER,
+        "Paths RSTUF confirmed over recorded runs.",
+    ),
+    "rstuf_deletes_not_found_total": (
+        COUNTER,
+        "Deletes RSTUF answered not_found_artifacts, for paths the mirror recorded as signed, "
+        "over recorded runs.",
+    ),
     "serial": (GAUGE, "The PyPI changelog serial the mirror has fully applied."),
     "upstream_serial": (GAUGE, "PyPI's last changelog serial, as last seen."),
     "upstream_serial_timestamp_seconds": (GAUGE, "When PyPI's last serial was seen (Unix time)."),
@@ -577,6 +617,8 @@ def metric_samples(status: Status) -> Iterator[Sample]:
             yield "last_run_pages", {"change": name}, last.counts.get(name)
         yield "last_run_pypi_requests", {}, last.counts.get("requests")
         yield "last_run_rstuf_artifacts_sent", {}, last.counts.get("rstuf_sent")
+        yield "last_run_rstuf_artifacts_confirmed", {}, last.counts.get("rstuf_confirmed")
+        yield "last_run_rstuf_deletes_not_found", {}, last.counts.get("rstuf_not_found")
     yield "last_success_timestamp_seconds", {}, status.last_success
     for result, count in sorted(status.runs.items()):
         yield "runs_total", {"result": result}, count
@@ -584,6 +626,8 @@ def metric_samples(status: Status) -> Iterator[Sample]:
         yield "pages_total", {"change": name}, status.totals.get(name, 0)
     yield "pypi_requests_total", {}, status.totals.get("requests", 0)
     yield "rstuf_artifacts_sent_total", {}, status.totals.get("rstuf_sent", 0)
+    yield "rstuf_artifacts_confirmed_total", {}, status.totals.get("rstuf_confirmed", 0)
+    yield "rstuf_deletes_not_found_total", {}, status.totals.get("rstuf_not_found", 0)
     mirror = status.mirror
     yield "serial", {}, mirror.serial
     yield "upstream_serial", {}, mirror.upstream_serial
