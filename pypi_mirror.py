@@ -533,10 +533,14 @@ class Sync:
             self.save("stopped")
         except OSError as exc:
             return f"the state could not be saved ({exc}); the next run resumes from the last one"
-        return (
-            f"state saved at serial {self.state.serial} with {self.pending_count()} "
-            "project(s) pending; the next run resumes"
-        )
+        return f"state saved {self.state_stands()}; the next run resumes"
+
+    def state_stands(self) -> str:
+        """Where the saved state stands, for a line an operator reads."""
+        pending = self.pending_count()
+        if self.state.serial is None:  # no serial before the first sync ends
+            return f"with the first sync unfinished, {pending} project(s) still to fetch"
+        return f"at serial {self.state.serial} with {pending} project(s) pending"
 
     def settle_summary(self) -> None:
         summary = self.summary
@@ -1102,10 +1106,10 @@ class Sync:
         try:
             for fetched in fetches:
                 name, item, result = fetched.name, fetched.item, fetched.pages
-                self.progress.advance(failed=isinstance(result, Exception))
-                if isinstance(result, NotFetched):
+                if isinstance(result, NotFetched):  # not done: the progress line says so
                     self.not_fetched(name, item, outcome, keep_unfetched)
                     continue
+                self.progress.advance(failed=isinstance(result, Exception))
                 if isinstance(result, Exception):
                     self.keep_pending(name, item, result)
                     outcome.failed.add(name)
@@ -1134,7 +1138,9 @@ class Sync:
         finally:
             fetches.close()  # on an error too: stop the workers, drop what is queued
         self.apply_batch(batch, record_changes)
-        self.progress.finish()
+        self.progress.finish(
+            f"stopped, {outcome.unfetched} not fetched" if outcome.unfetched else "done"
+        )
         for name in settled:  # only now: an intent save must keep them
             self.state.pending.pop(name, None)
         if self.halt.reason is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -349,3 +350,41 @@ def test_the_status_round_trips_through_json() -> None:
     again = run_status.status_from_json(json.loads(json.dumps(status.to_json())))
     assert again == status
     assert again.mirror.oldest_unsent == 5.0 and again.mirror.serial == 7
+
+
+# --- honest reports after an interruption
+
+
+def test_a_first_sync_stopped_by_sigterm_reports_what_is_left_everywhere_alike(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The last progress line, the stop line, the summary and --status all say how many
+    projects are left; none says "100% ... done" or "serial None"."""
+    with FakePyPI() as pypi:
+        names = [f"a-fast-{n}" for n in range(8)] + [f"m-slow-{n}" for n in range(4)]
+        names += [f"z-left-{n}" for n in range(12)]
+        for name in names:
+            pypi.create_project(name)
+        for n in range(4):
+            pypi.inject(f"m-slow-{n}", "slow", seconds=60)
+        mirror = Mirror(tmp_path / "m", tmp_path / "m" / "state.json", pypi.url)
+        process = mirror.popen("--timeout", "1", "--progress-interval", "0.05")
+        deadline = time.monotonic() + 60
+        while pypi.count_pages("m-slow-3") == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)  # every fetch slot now waits on a slow page
+        time.sleep(0.3)  # a progress line or more
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    assert process.returncode == cli_support.EXIT_TERMINATED, stderr
+    lines = stderr.splitlines()
+    fetching = [line for line in lines if " INFO fetching: " in line]
+    assert fetching, stderr
+    assert "(100%)" not in fetching[-1] and not fetching[-1].endswith("done"), fetching[-1]
+    not_fetched = int(re.search(r", stopped, (\d+) not fetched$", fetching[-1]).group(1))
+    assert not_fetched >= 12
+    (stop,) = [line for line in lines if " ERROR stopped by SIGTERM" in line]
+    assert "serial None" not in stop
+    left = int(re.search(r"the first sync unfinished, (\d+) project\(s\) still to fetch", stop)[1])
+    assert left >= not_fetched
+    assert f" pending={left} " in lines[-1]
+    assert status_of(mirror, capsys)["pending"] == left
