@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -376,3 +378,41 @@ def test_a_delete_of_a_page_rstuf_never_heard_of_is_no_surprise(
     assert "simple/brand-new/index.html" in sent_paths(rstuf, REMOVE)
     assert "not_found" not in result.stderr.replace("rstuf_not_found=0", "")
     assert rstuf.view == mirror_view(mirror.layout)
+
+
+# --- honest counts: what this run sent, and what RSTUF confirmed of an earlier run's ------
+
+
+def test_paths_an_earlier_run_sent_are_counted_when_rstuf_confirms_them(
+    mirror: Mirror, pypi: FakePyPI, rstuf: FakeRstuf
+) -> None:
+    pypi.add_release("numpy", "2.0")
+    pypi.add_release("Django", "2.0")
+    first = mirror.cli(*RSTUF_FAST, "--rstuf-wait", "0")  # sent; not waited for
+    assert first.returncode == cli_support.EXIT_PARTIAL, first.stderr
+    assert " rstuf_sent=2 rstuf_confirmed=0 " in first.stderr.splitlines()[-1]
+    second = mirror.cli(*RSTUF_FAST)
+    assert second.returncode == 0, second.stderr
+    assert " rstuf_sent=0 rstuf_confirmed=2 " in second.stderr.splitlines()[-1]
+    status = status_json(mirror)
+    assert status["last_run"]["counts"]["rstuf_confirmed"] == 2
+    assert status["totals"]["rstuf_sent"] == status["totals"]["rstuf_confirmed"] == 2
+
+
+def test_a_run_stopped_while_waiting_on_rstuf_counts_what_it_sent(
+    mirror: Mirror, pypi: FakePyPI, rstuf: FakeRstuf
+) -> None:
+    rstuf.hang_tasks(times=1)  # the add never ends: the run waits on it
+    pypi.add_release("numpy", "2.0")
+    pypi.add_release("Django", "2.0")
+    process = mirror.popen(*RSTUF_FAST, "--rstuf-wait", "60")
+    deadline = time.monotonic() + 60
+    while not rstuf.accepted and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.2)  # the answer is recorded; the run polls
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == cli_support.EXIT_TERMINATED, stderr
+    assert " rstuf_sent=2 " in stderr.splitlines()[-1], stderr
+    assert status_json(mirror)["last_run"]["counts"]["rstuf_sent"] == 2
+    assert len(load_state(mirror.state).outbox.tasks) == 1  # followed up next run
