@@ -1887,6 +1887,11 @@ def run(config: Config, summary: Summary | None = None) -> int:
         return show_status(MirrorLayout(config.mirror_dir).status_file, config.status_json)
     if config.metrics_file is not None and not config.metrics_file.parent.is_dir():
         raise UsageError(f"--metrics-file {config.metrics_file}: no such directory")
+    if config.metrics_file is not None and config.metrics_file.is_dir():
+        raise UsageError(
+            f"--metrics-file {config.metrics_file}: is a directory; name a file in it, "
+            f"e.g. {config.metrics_file / 'pypi_mirror.prom'}"
+        )
     summary_log.setLevel(logging.INFO)  # cron keeps one line per run, even under -q
     halt = Halt()  # ends the retry pauses of the fetch threads when the run stops fetching
     pypi = PypiClient(config.pypi_url, config, sleep=halt.sleep)

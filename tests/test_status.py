@@ -287,6 +287,21 @@ def test_a_metrics_file_in_a_missing_directory_is_a_usage_error(
     assert "no such directory" in capsys.readouterr().err
 
 
+def test_a_metrics_file_that_is_a_directory_is_refused_before_the_run(
+    mirror: Mirror, pypi: FakePyPI, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "textfile"
+    target.mkdir()
+    pypi.add_release("numpy", "2.0")
+    before = mirror.page("numpy")
+    capsys.readouterr()
+    assert mirror.run("--metrics-file", str(target)) == cli_support.EXIT_USAGE
+    errors = [line for line in capsys.readouterr().err.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and f"--metrics-file {target}: is a directory" in errors[0]
+    assert mirror.page("numpy") == before  # refused before anything ran
+    assert list(target.iterdir()) == []
+
+
 def test_metrics_escape_what_the_format_requires() -> None:
     status = run_status.Status(runs={'we"ird\\result\n': 1})
     found = {
