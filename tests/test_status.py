@@ -287,6 +287,22 @@ def test_a_metrics_file_in_a_missing_directory_is_a_usage_error(
     assert "no such directory" in capsys.readouterr().err
 
 
+def test_status_of_a_mirror_without_rstuf_says_rstuf_is_not_used(
+    mirror: Mirror, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    assert pypi_mirror.main(mirror.args("--status")) == 0  # the fixture runs --no-rstuf
+    out = capsys.readouterr().out
+    assert "outbox        not used: this mirror runs without RSTUF (--no-rstuf)" in out
+    assert "RSTUF has every change" not in out
+    assert status_of(mirror, capsys)["rstuf_used"] is False
+    mirror.had_rstuf = True  # RSTUF meant, nothing owed: the outbox is empty, RSTUF in step
+    assert mirror.run() == 0
+    assert pypi_mirror.main(mirror.args("--status")) == 0
+    assert "outbox        empty: RSTUF has every change" in capsys.readouterr().out
+    assert status_of(mirror, capsys)["rstuf_used"] is True
+
+
 def test_a_metrics_file_that_is_a_directory_is_refused_before_the_run(
     mirror: Mirror, pypi: FakePyPI, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
