@@ -1823,8 +1823,8 @@ EPILOG = (
     "2 usage error; 3 another run holds the mirror lock; 4 --audit found differences; 75 "
     "partly done (pages or RSTUF changes kept for the next run, also when changes are owed "
     "to RSTUF and no RSTUF URL is set: --no-rstuf runs without RSTUF; or RSTUF answered "
-    "deletes with not_found_artifacts: run --audit); 130 stopped by SIGINT; 143 stopped by "
-    "SIGTERM."
+    "deletes with not_found_artifacts: run --audit); 130 stopped by SIGINT; 141 standard "
+    "output's reader went away (--status | head -1; quiet); 143 stopped by SIGTERM."
 )
 
 

@@ -38,6 +38,7 @@ from cli_support import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_PARTIAL,
+    EXIT_PIPE_CLOSED,
     EXIT_TERMINATED,
     EXIT_USAGE,
     VERSION,
@@ -72,6 +73,7 @@ RESULTS = {
     EXIT_AUDIT_DIFFERS: "differs",
     EXIT_INTERRUPTED: "interrupted",
     EXIT_TERMINATED: "terminated",
+    EXIT_PIPE_CLOSED: "output_closed",
 }
 PENDING_SAMPLE = 5  # pending project names shown by --status
 

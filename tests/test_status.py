@@ -6,6 +6,8 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -18,7 +20,7 @@ import run_status
 from mirror_store import CRASH_AT_ENV, mirror_lock
 from state import State
 from tests.fake_pypi import FakePyPI
-from tests.mirror_helpers import Mirror
+from tests.mirror_helpers import REPO, Mirror
 
 
 @pytest.fixture
@@ -301,6 +303,24 @@ def test_status_of_a_mirror_without_rstuf_says_rstuf_is_not_used(
     assert pypi_mirror.main(mirror.args("--status")) == 0
     assert "outbox        empty: RSTUF has every change" in capsys.readouterr().out
     assert status_of(mirror, capsys)["rstuf_used"] is True
+
+
+@pytest.mark.parametrize("json_form", [False, True])
+def test_status_into_a_pipe_closed_early_ends_quietly(mirror: Mirror, json_form: bool) -> None:
+    """`--status | head -1`: the reader left before the output was written. No message, and
+    141 (128 + SIGPIPE) as a tool that SIGPIPE ends reports, never a "Broken pipe" error."""
+    args = mirror.args("--status", *(["--json"] if json_form else []))
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "pypi_mirror.py"), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    process.stdout.close()  # before the interpreter has even started: no reader at all
+    stderr = process.stderr.read()
+    process.stderr.close()
+    assert process.wait(timeout=60) == cli_support.EXIT_PIPE_CLOSED
+    assert stderr == ""
 
 
 def test_a_metrics_file_that_is_a_directory_is_refused_before_the_run(
