@@ -53,6 +53,7 @@ from changelog import Listing, add_listed, identity_changes, merge_pending, proj
 from cli_support import (
     EXIT_AUDIT_DIFFERS,
     EXIT_FAILED,
+    EXIT_LOCKED,
     EXIT_OK,
     EXIT_PARTIAL,
     Stopped,
@@ -70,6 +71,7 @@ from mirror_store import (
     TUF_HASH_ALGORITHM,
     InvalidProjectName,
     MirrorLayout,
+    MirrorLocked,
     clear_staging,
     crash_point,
     digest_file,
@@ -1885,6 +1887,19 @@ def run(config: Config, summary: Summary | None = None) -> int:
     configure_logging(config.verbose, config.quiet)
     if config.status:
         return show_status(MirrorLayout(config.mirror_dir).status_file, config.status_json)
+    summary = summary if summary is not None else Summary()
+    started = time.time()
+    syncs: list[Sync] = []
+    try:
+        return run_sync(config, summary, syncs.append)
+    except BaseException as exc:
+        if not (syncs and syncs[0].status.begun):  # else recorded under the lock already
+            record_failure_before_lock(config, summary, exc, started)
+        raise
+
+
+def run_sync(config: Config, summary: Summary, made: Callable[[Sync], None]) -> int:
+    """A sync, or an audit, with its clients; `made` is told the Sync once it exists."""
     if config.metrics_file is not None and not config.metrics_file.parent.is_dir():
         raise UsageError(f"--metrics-file {config.metrics_file}: no such directory")
     if config.metrics_file is not None and config.metrics_file.is_dir():
@@ -1898,16 +1913,65 @@ def run(config: Config, summary: Summary | None = None) -> int:
     try:
         rstuf = make_rstuf_client(config) if config.rstuf_url else None
     except ValueError as exc:
+        pypi.close()
         raise UsageError(str(exc)) from None
     progress = Progress(config.progress, config.progress_interval)
     try:
         sync = Sync(config, pypi, rstuf, progress, summary=summary, halt=halt)
+        made(sync)
         return sync.run_audit() if config.audit else sync.run()
     finally:
         progress.close()
         pypi.close()
         if rstuf is not None:
             rstuf.close()
+
+
+def record_failure_before_lock(
+    config: Config, summary: Summary, exc: BaseException, started: float
+) -> None:
+    """Record in status.json and the metrics a run that failed before it held the lock.
+
+    A refusal before the lock (a missing mirror directory, a usage error found
+    once the mirror is known) is a failed run all the same, and monitoring
+    must see it. status.json is written only under the mirror's lock, taken
+    here for that: if another run holds it (the lock conflict itself, or a run
+    that started meanwhile), that run's record stands and nothing is written.
+    Without a mirror directory only the metrics are written: creating the
+    directory for a status file would turn a missing mirror into an empty one.
+    Dry runs and plain audits record nothing, as always; writing never changes
+    how the run ends.
+    """
+    if config.dry_run or (config.audit and not config.repair):
+        return
+    code, error = failure(exc)
+    if code == EXIT_LOCKED:
+        return
+    layout = MirrorLayout(config.mirror_dir)
+    metrics = config.metrics_file
+    if metrics is not None and (metrics.is_dir() or not metrics.parent.is_dir()):
+        metrics = None  # that file may be what failed
+    recorder = StatusRecorder(
+        layout.status_file, layout.staging_dir, metrics, rstuf_used=not config.no_rstuf
+    )
+    summary.exit = code
+    if not summary.started:
+        summary.elapsed = time.time() - started
+    if summary.pending is None:
+        count_owed_work(summary, config.state_file)
+    with contextlib.suppress(Exception):  # a record must never change how the run ends
+        if layout.root.is_dir():
+            try:
+                with mirror_lock(layout.lock_path):
+                    recorder.begin(started)
+                    recorder.end(code, error, summary, None)
+                return
+            except MirrorLocked:
+                return  # another run holds the mirror: its record stands
+            except OSError:
+                pass  # the lock cannot be taken here: the metrics alone, below
+        if metrics is not None:
+            recorder.metrics_only(code, error, summary, started)
 
 
 if __name__ == "__main__":

@@ -288,7 +288,7 @@ class StatusRecorder:
     """Records a run in status.json (and the metrics file) when it starts and when it ends.
 
     Called only while the run holds the mirror lock, so two runs never race on
-    the file. Failing to write is logged and never changes how the run ends:
+    the file (`metrics_only` excepted: there is no mirror directory, hence no lock). Failing to write is logged and never changes how the run ends:
     the mirror matters more than its report.
     """
 
@@ -307,8 +307,10 @@ class StatusRecorder:
         self.pid = os.getpid() if pid is None else pid
         self.status = Status()
         self.new_since = 0.0  # outbox paths first seen now date from here
+        self.begun = False  # `begin` recorded this run as running
 
-    def begin(self) -> None:
+    def begin(self, started: float | None = None) -> None:
+        """Record the run as running (`started`: when it began, if not now)."""
         try:
             status = load_status(self.path) or Status()
         except StatusError as exc:
@@ -320,7 +322,8 @@ class StatusRecorder:
             status.last_killed = status.running
             status.runs[KILLED] = status.runs.get(KILLED, 0) + 1
             self.new_since = min(now, status.running.started)  # its outbox changes
-        status.running = RunRecord(started=now, pid=self.pid)
+        status.running = RunRecord(started=now if started is None else started, pid=self.pid)
+        self.begun = True
         status.written = now
         self.status = status
         self._write(metrics=False)
@@ -331,6 +334,7 @@ class StatusRecorder:
         error: str | None,
         summary: RunSummary,
         state: State | None,  # None: state.json was never read (damaged), figures kept
+        status_file: bool = True,  # False: only the metrics (no directory to write it in)
     ) -> None:
         status, now = self.status, self.clock()
         run = status.running or RunRecord(started=now, pid=self.pid)
@@ -352,11 +356,22 @@ class StatusRecorder:
         if summary.upstream_serial is not None:
             status.mirror.upstream_serial = summary.upstream_serial
             status.mirror.upstream_seen = summary.upstream_seen
-        self._write(metrics=True)
+        self._write(metrics=True, status_file=status_file)
 
-    def _write(self, metrics: bool) -> None:
+    def metrics_only(
+        self, exit_code: int, error: str | None, summary: RunSummary, started: float
+    ) -> None:
+        """Record a run that failed where no status.json can be written: the metrics alone.
+
+        Its mirror directory is missing, and creating it for a status file would
+        turn a missing mirror into an empty one. The counters start from this run.
+        """
+        self.status = Status(running=RunRecord(started=started, pid=self.pid))
+        self.end(exit_code, error, summary, None, status_file=False)
+
+    def _write(self, metrics: bool, status_file: bool = True) -> None:
         text = json.dumps(self.status.to_json(), indent=1, sort_keys=True) + "\n"
-        targets = [(self.path, text, self.staging_dir)]
+        targets = [(self.path, text, self.staging_dir)] if status_file else []
         if metrics and self.metrics_file is not None:
             metrics_file = self.metrics_file.absolute()
             targets.append((metrics_file, render_metrics(self.status), metrics_file.parent))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -321,6 +322,55 @@ def test_status_into_a_pipe_closed_early_ends_quietly(mirror: Mirror, json_form:
     process.stderr.close()
     assert process.wait(timeout=60) == cli_support.EXIT_PIPE_CLOSED
     assert stderr == ""
+
+
+def test_a_run_refused_before_the_lock_is_recorded(
+    mirror: Mirror, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A usage error found once the mirror is known: status.json records it, taken under the
+    mirror's lock, with the figures the last run left; no success."""
+    before = status_of(mirror, capsys)
+    target = tmp_path / "textfile"
+    target.mkdir()
+    assert mirror.run("--metrics-file", str(target)) == cli_support.EXIT_USAGE
+    status = status_of(mirror, capsys)
+    assert status["last_run"]["exit_code"] == cli_support.EXIT_USAGE
+    assert status["last_run"]["result"] == "usage" and status["running"] is None
+    assert f"--metrics-file {target}: is a directory" in status["last_run"]["error"]
+    assert " exit=2" in status["last_run"]["summary"]
+    assert status["runs"] == {"ok": 1, "usage": 1}
+    assert status["last_success"] == before["last_success"]
+    assert status["serial"] == before["serial"] and status["pending"] == before["pending"]
+
+
+def test_a_refusal_before_the_lock_never_overwrites_a_running_runs_status(
+    mirror: Mirror, tmp_path: Path
+) -> None:
+    target = tmp_path / "textfile"
+    target.mkdir()
+    before = mirror.layout.status_file.read_bytes()
+    with mirror_lock(mirror.layout.lock_path):  # another run holds the mirror
+        result = mirror.cli("--metrics-file", str(target))
+    assert result.returncode == cli_support.EXIT_USAGE, result.stderr
+    assert mirror.layout.status_file.read_bytes() == before
+
+
+def test_a_missing_mirror_directory_is_recorded_in_the_metrics_without_creating_it(
+    tmp_path: Path, pypi: FakePyPI
+) -> None:
+    """The state says synced, the mirror directory is gone: the refusal comes before the lock,
+    and only the metrics can say so (a status file would need the directory)."""
+    mirror = Mirror(tmp_path / "m", tmp_path / "state.json", pypi.url)
+    assert mirror.run() == 0
+    shutil.rmtree(mirror.root)
+    prom = tmp_path / "mirror.prom"
+    result = mirror.cli("--metrics-file", str(prom))
+    assert result.returncode == cli_support.EXIT_FAILED, result.stderr
+    assert not mirror.root.exists()
+    found = metrics(prom)
+    assert found[("pypi_mirror_last_run_exit_code", ())] == cli_support.EXIT_FAILED
+    assert found[("pypi_mirror_runs_total", (("result", "failed"),))] == 1
+    assert ("pypi_mirror_last_success_timestamp_seconds", ()) not in found
 
 
 def test_a_metrics_file_that_is_a_directory_is_refused_before_the_run(
