@@ -137,6 +137,9 @@ class RstufDelivery:
         self.publish_failures = 0
         self.failed_paths: set[str] = set()  # not resent in the run their task failed in
         self.totals = DeliveryTotals()  # over every `deliver` of the run
+        # paths an unanswered or failed request may have changed at RSTUF unseen, also
+        # once their records settled in this run: a delete of one may find nothing there
+        self.maybe_changed: set[str] = set()
 
     @property
     def poll_interval(self) -> float:
@@ -154,6 +157,7 @@ class RstufDelivery:
         report = DeliveryReport()
         started = self.monotonic()
         try:
+            self.maybe_changed.update(path for entry in self.box.uncertain for path in entry.paths)
             self._settle_uncertain()
             while True:
                 self._poll(report)
@@ -225,11 +229,15 @@ class RstufDelivery:
             not_found = set()
             if task.action == "remove":
                 not_found = set(rstuf_client.not_found_artifacts(result))
+                # a request that may have run unseen (lost answer, a failed or expired
+                # task sent again) may have deleted it already: no surprise either
+                self.maybe_changed.update(p for entry in self.box.uncertain for p in entry.paths)
+                not_found -= self.maybe_changed
             for path in task.paths:
                 before = self.box.confirm(path, task.digests.get(path))
                 report.superseded.append((path, before))
                 # "": the mirror knew RSTUF held nothing there (a page added and removed
-                # before RSTUF heard of it, a delete sent again): nothing to report
+                # before RSTUF heard of it): nothing to report
                 if path in not_found and before != "":
                     report.not_found.append(path)
                     self.totals.not_found.append(path)

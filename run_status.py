@@ -288,8 +288,9 @@ class StatusRecorder:
     """Records a run in status.json (and the metrics file) when it starts and when it ends.
 
     Called only while the run holds the mirror lock, so two runs never race on
-    the file (`metrics_only` excepted: there is no mirror directory, hence no lock). Failing to write is logged and never changes how the run ends:
-    the mirror matters more than its report.
+    the file (`metrics_only` excepted: there is no mirror directory, hence no
+    lock). Failing to write is logged and never changes how the run ends: the
+    mirror matters more than its report.
     """
 
     def __init__(

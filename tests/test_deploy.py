@@ -119,10 +119,7 @@ def readme_exit_codes() -> dict[int, str]:
     """The README's exit-code table: code -> meaning."""
     readme = (REPO / "README.md").read_text()
     table = readme.split("### Exit codes", 1)[1].split("\n\n", 2)[1]
-    return {
-        int(code): meaning
-        for code, meaning in re.findall(r"(?m)^\| (\d+) \| (.+) \|$", table)
-    }
+    return {int(code): meaning for code, meaning in re.findall(r"(?m)^\| (\d+) \| (.+) \|$", table)}
 
 
 def test_readme_exit_codes_and_the_unit_agree_on_what_is_success() -> None:
