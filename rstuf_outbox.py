@@ -36,6 +36,11 @@ entry, as does a run killed before it saved the answer. An uncertain entry
 keeps the page copies it names on disk and, after `UNCERTAIN_SETTLE`, its paths
 are sent once more so that RSTUF ends on the mirror's final state even if the
 duplicate ran late.
+
+A delete RSTUF answers with ``not_found_artifacts`` succeeded all the same; when
+the mirror had recorded that RSTUF signed that path, and no request that may
+have run unseen could have deleted it first, RSTUF's database and the mirror
+were apart, and `DeliveryTotals.not_found` says so for the run's report.
 """
 
 from __future__ import annotations
@@ -71,10 +76,6 @@ class WaitBudget:
 @dataclass
 class DeliveryReport:
     sent: int = 0  # artifacts sent (added or removed)
-    confirmed: int = 0  # paths RSTUF confirmed (their task succeeded), whichever run sent them
-    # deleted paths RSTUF said it never held (`not_found_artifacts`) though the mirror
-    # recorded that it signed them
-    not_found: list[str] = field(default_factory=list)
     # (target, digest RSTUF signed until it confirmed a newer state; None: not recorded)
     superseded: list[tuple[str, str | None]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -87,8 +88,10 @@ class DeliveryReport:
 class DeliveryTotals:
     """What the deliveries of one run did so far, kept as it happens (a signal loses none)."""
 
-    sent: int = 0
-    confirmed: int = 0
+    sent: int = 0  # artifacts sent (added or removed)
+    confirmed: int = 0  # paths RSTUF confirmed (their task succeeded), whichever run sent them
+    # deleted paths RSTUF answered with `not_found_artifacts` although the mirror had
+    # recorded that RSTUF signed them: RSTUF's database and the mirror were apart
     not_found: list[str] = field(default_factory=list)
 
 
@@ -239,9 +242,7 @@ class RstufDelivery:
                 # "": the mirror knew RSTUF held nothing there (a page added and removed
                 # before RSTUF heard of it): nothing to report
                 if path in not_found and before != "":
-                    report.not_found.append(path)
                     self.totals.not_found.append(path)
-            report.confirmed += len(task.paths)
             self.totals.confirmed += len(task.paths)
         elif self.clock() - task.sent_at > self.TASK_EXPIRY:
             log.warning(
