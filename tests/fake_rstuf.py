@@ -758,6 +758,11 @@ class FakeRstuf:
         with self._lock:
             self._request_faults.append(_Fault(times, path, options))
 
+    def clear_request_faults(self) -> None:
+        """Forget every `fail_requests` fault not used up yet (the operator fixed the cause)."""
+        with self._lock:
+            self._request_faults.clear()
+
     def drop_connections(self, times: int = 1, path: str | None = None) -> None:
         """Read the next `times` requests, then close the socket without answering."""
         with self._lock:

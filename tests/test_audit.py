@@ -722,3 +722,50 @@ def test_both_page_forms_are_audited_and_repaired(
             assert mirror.run(*tuf, "--audit", "--repair", *RSTUF_FAST) == 0
             assert json_page.read_bytes() == signed and rstuf.accepted == []
             assert mirror.run(*tuf, "--audit") == 0
+
+
+@pytest.mark.parametrize("simple_format", ["html", "json", "all"])
+def test_repair_of_a_project_gone_upstream_and_on_disk_leaves_the_roots_as_an_update_would(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], simple_format: str
+) -> None:
+    """PyPI removed six and its page was already gone here: the repair drops it from every
+    root (and tells RSTUF), so the update that follows finds nothing left to change."""
+    with FakePyPI() as pypi, FakeRstuf(step=0.02, number_of_bins=NUMBER_OF_BINS) as rstuf:
+        for name in PROJECTS:
+            pypi.add_release(name, "1.0")
+        mirror = Mirror(tmp_path / "mirror", tmp_path / "state.json", pypi.url)
+        form = ["--simple-format", simple_format]
+        assert mirror.run(*form) == 0
+        bootstrap(rstuf, mirror_view(mirror.layout))
+        repo = TufRepository(tmp_path / "metadata", NUMBER_OF_BINS)
+        repo.publish(rstuf.view)
+        root_file = tmp_path / "root.json"
+        root_file.write_bytes(repo.root_bytes)
+        pypi.remove_project("six")
+        shutil.rmtree(mirror.layout.project_dir("six"))
+        roots = [
+            mirror.layout.path_of_target(target)
+            for target in ("index.html", "simple/index.v1_json")
+            if mirror.layout.path_of_target(target).exists()
+        ]
+        assert all(b"six" in root.read_bytes() for root in roots)
+        mirror.rstuf_url = rstuf.url
+        with serve_directory(repo.directory) as url:
+            tuf = [*form, "--tuf-metadata-url", url, "--tuf-root", str(root_file), *RSTUF_FAST]
+            capsys.readouterr()
+            assert mirror.run(*tuf, "--audit", "--repair") == 0
+            assert "missing simple/six/" in capsys.readouterr().out
+            repaired = {root: root.read_bytes() for root in roots}
+            assert all(b"six" not in data for data in repaired.values())
+            assert set(sent(rstuf, REMOVE)) == {
+                t for t in repo.targets() if t.startswith("simple/six/")
+            }
+            assert set(sent(rstuf, ADD)) == {
+                str(root.relative_to(mirror.layout.served_dir)) for root in roots
+            }
+            accepted = len(rstuf.accepted)
+            assert mirror.run(*tuf) == 0  # the update that reads PyPI's removal of six
+            assert {root: root.read_bytes() for root in roots} == repaired
+            assert [r.action for r in rstuf.accepted[accepted:]] == []
+            repo.publish(rstuf.view)
+            assert mirror.run(*tuf, "--audit") == 0

@@ -113,3 +113,26 @@ def test_readme_cron_line_works_under_crons_environment(tmp_path: Path) -> None:
     assert (data / "pypi-index-mirror" / "pypi_mirror" / "simple" / "numpy" / "index.html").exists()
     assert (data / "pypi-index-mirror" / "state.json").exists()
     assert "summary added=1" in (data / "mirror.log").read_text()
+
+
+def readme_exit_codes() -> dict[int, str]:
+    """The README's exit-code table: code -> meaning."""
+    readme = (REPO / "README.md").read_text()
+    table = readme.split("### Exit codes", 1)[1].split("\n\n", 2)[1]
+    return {int(code): meaning for code, meaning in re.findall(r"(?m)^\| (\d+) \| (.+) \|$", table)}
+
+
+def test_readme_exit_codes_and_the_unit_agree_on_what_is_success() -> None:
+    """The unit's SuccessExitStatus is the README's, every code it counts as success is one
+    that waits for the next run or a clean stop, and the configuration errors a person must
+    fix (RSTUF's 401, 403, a URL that is no RSTUF) are exit 1, which marks the unit failed."""
+    success = unit(SERVICE)["Service"]["SuccessExitStatus"]
+    readme = (REPO / "README.md").read_text()
+    assert f"`SuccessExitStatus={success}`" in readme
+    codes = readme_exit_codes()
+    assert {0, 1, 2, 3, 4, EXIT_PARTIAL, EXIT_TERMINATED} <= codes.keys()
+    for code in map(int, success.split()):
+        assert code in codes
+        assert not re.search(r"401|403|misconfigured", codes[code]), code
+    assert all(words in codes[1] for words in ("401", "403", "no RSTUF API", "outbox"))
+    assert "not bootstrapped" in codes[EXIT_PARTIAL]  # RSTUF's own 404: a wait, not an error

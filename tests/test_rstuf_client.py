@@ -36,7 +36,14 @@ from pypi_index_mirror.rstuf.client import (
     TaskResult,
 )
 from pypi_index_mirror.upstream.retry import USER_AGENT
-from tests.fake_rstuf import ADD, PUBLISH, REMOVE, FakeRstuf, validate_add_payload
+from tests.fake_rstuf import (
+    ADD,
+    NOT_BOOTSTRAPPED_DETAIL,
+    PUBLISH,
+    REMOVE,
+    FakeRstuf,
+    validate_add_payload,
+)
 
 STEP = 0.03  # seconds per task state change in the stand-in
 TOKEN = "s3cret-token-value"
@@ -321,6 +328,51 @@ def test_a_wrong_base_url_is_not_mistaken_for_a_missing_bootstrap(rstuf) -> None
     with wrong, pytest.raises(RstufRefused) as caught:
         wrong.add([page("index.html")])
     assert caught.value.status == 404 and "check the RSTUF URL" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("status", "answer"),
+    [
+        (401, {"detail": "Not authenticated"}),
+        (403, {"detail": "Not enough permissions"}),
+        (404, {"detail": "Not Found"}),  # FastAPI: no such route
+        (404, "<html><body>404 Not Found</body></html>"),  # a web server that is no RSTUF
+    ],
+)
+def test_401_403_and_a_404_that_is_not_rstufs_are_misconfiguration(
+    rstuf, client, status: int, answer: object
+) -> None:
+    """Refused at once, never retried, and told apart from RSTUF's not-bootstrapped 404."""
+    if isinstance(answer, dict):
+        rstuf.fail_requests(status, times=5, detail=answer["detail"])
+    else:
+        rstuf.fail_requests(status, times=5, body=str(answer), content_type="text/html")
+    for call in (lambda: client.add([page("index.html")]), client.publish):
+        with pytest.raises(rstuf_client.RstufMisconfigured) as caught:
+            call()
+        assert caught.value.status == status
+    assert len(rstuf.request_log) == 2
+    not_bootstrapped = json.dumps({"detail": NOT_BOOTSTRAPPED_DETAIL}).encode()
+    assert rstuf_client.is_not_bootstrapped(not_bootstrapped)
+    for body in (b'{"detail": "Not Found"}', b"<html>404</html>", b'{"detail": {"x": 1}}'):
+        assert not rstuf_client.is_not_bootstrapped(body)
+
+
+def test_not_found_artifacts_are_read_from_a_deletes_result(rstuf, client) -> None:
+    """The paths RSTUF's worker reports it held no row for, as the real worker reports them:
+    never held, never covered by a role, or removed and published already."""
+    first = page("simple/a/index.html")
+    final(client, client.add([first]))
+    final(client, client.remove([first.path]))
+    removed = final(client, client.remove([first.path, "simple/never/index.html"]))
+    assert removed.state == "SUCCESS" and rstuf_client.task_failure(removed) is None
+    assert removed.result["status"] is True and removed.result["error"] is None
+    assert removed.result["details"] == {
+        "deleted_artifacts": [],
+        "not_found_artifacts": [first.path, "simple/never/index.html"],
+    }
+    assert rstuf_client.not_found_artifacts(removed) == [first.path, "simple/never/index.html"]
+    assert rstuf_client.not_found_artifacts(TaskResult("t", "SUCCESS", None)) == []
 
 
 def test_422_is_refused_at_once_with_rstuf_detail(rstuf, client) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +22,7 @@ from tests.mirror_helpers import (
     assert_mirror_matches_upstream,
     bootstrap,
     mirror_view,
+    upstream_page,
 )
 
 RSTUF_FAST = ["--rstuf-poll", "0.05"]
@@ -275,3 +279,140 @@ def test_removed_project_directory_goes_once_rstuf_confirmed(
     assert mirror.run(*RSTUF_FAST, "--grace", "0") == 0
     assert "simple/django/index.html" not in rstuf.view
     assert not mirror.layout.project_dir("django").exists()
+
+
+# --- what waiting cannot fix: a misconfigured RSTUF, and deletes RSTUF never held ----------
+
+
+def status_json(mirror: Mirror) -> dict:
+    return json.loads((mirror.root / "status.json").read_text())
+
+
+@pytest.mark.parametrize("fault", ["401", "403", "api-v1-twice", "not-rstuf"])
+def test_a_misconfigured_rstuf_fails_the_run_and_keeps_every_change(
+    mirror: Mirror, pypi: FakePyPI, rstuf: FakeRstuf, fault: str
+) -> None:
+    """401, 403 and a URL that is no RSTUF API end in exit 1 with RSTUF's words, the mirror
+    updated, the changes kept in the outbox and no success recorded; RSTUF's own 404 before
+    its bootstrap stays a wait (exit 75, test_rstuf_fault_keeps_changes_for_next_run)."""
+    url = mirror.rstuf_url
+    if fault == "401":
+        rstuf.fail_requests(401, times=100, detail="Not authenticated")
+        words = "HTTP 401): Not authenticated; check the RSTUF token (RSTUF_API_TOKEN)"
+    elif fault == "403":
+        rstuf.fail_requests(403, times=100, detail="Not enough permissions")
+        words = "HTTP 403): Not enough permissions; check the RSTUF token's scopes"
+    elif fault == "api-v1-twice":  # FastAPI's {"detail": "Not Found"} for a route it lacks
+        mirror.rstuf_url = f"{url}/api/v1"
+        words = "the RSTUF URL is not an RSTUF API: POST /api/v1/artifacts/ answered HTTP 404"
+    else:  # a web server that is no RSTUF
+        page = "<html>404 Not Found</html>"
+        rstuf.fail_requests(404, times=100, body=page, content_type="text/html")
+        words = "answered HTTP 404 (<html>404 Not Found</html>); check the RSTUF URL"
+    success_before = status_json(mirror)["last_success"]
+    pypi.add_release("numpy", "2.0")
+    result = mirror.cli(*RSTUF_FAST)
+    assert result.returncode == cli_support.EXIT_FAILED, result.stderr
+    (error,) = [line for line in result.stderr.splitlines() if " ERROR " in line]
+    assert words in error and "wait in the outbox" in error
+    assert "Traceback" not in result.stderr
+    assert "exit=1" in result.stderr.splitlines()[-1]
+    assert mirror.page("numpy") == upstream_page(pypi.url, "numpy")  # the mirror is updated
+    state = load_state(mirror.state)
+    assert state.serial == pypi.last_serial
+    assert state.outbox.dirty == {"simple/numpy/index.html"}
+    assert not state.outbox.tasks and rstuf.accepted == []
+    status = status_json(mirror)
+    assert status["last_run"]["exit_code"] == 1 and words in status["last_run"]["error"]
+    assert status["last_success"] == success_before
+    # fixed: the next run delivers what waited
+    mirror.rstuf_url = url
+    rstuf.clear_request_faults()
+    assert mirror.run(*RSTUF_FAST) == 0
+    assert rstuf.view == mirror_view(mirror.layout)
+
+
+def test_a_delete_rstuf_never_held_is_warned_counted_and_not_quiet(
+    mirror: Mirror, pypi: FakePyPI, rstuf: FakeRstuf, tmp_path: Path
+) -> None:
+    """RSTUF's database lost rows the mirror had registered (a backup restored): the deletes
+    it answers with not_found_artifacts are named once, counted, and the run exits 75."""
+    view = rstuf.view
+    gone = [f"simple/{name}/index.html" for name in ("django", "numpy", "requests")]
+    rstuf.restore_backup({path: info for path, info in view.items() if path not in gone})
+    for name in ("Django", "numpy", "requests"):
+        pypi.remove_project(name)
+    metrics_file = tmp_path / "mirror.prom"
+    result = mirror.cli(*RSTUF_FAST, "--metrics-file", str(metrics_file))
+    assert result.returncode == cli_support.EXIT_PARTIAL, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "not_found_artifacts" in line]
+    assert len(warnings) == 1, result.stderr
+    assert "RSTUF answered 3 delete(s) with not_found_artifacts" in warnings[0]
+    assert all(path in warnings[0] for path in gone) and "run --audit" in warnings[0]
+    assert "rstuf_not_found=3 " in result.stderr.splitlines()[-1]
+    status = status_json(mirror)
+    assert status["last_run"]["counts"]["rstuf_not_found"] == 3
+    assert status["totals"]["rstuf_not_found"] == 3
+    prom = metrics_file.read_text()
+    assert "pypi_mirror_rstuf_deletes_not_found_total 3\n" in prom
+    assert "# TYPE pypi_mirror_rstuf_deletes_not_found_total counter\n" in prom
+    assert "pypi_mirror_last_run_rstuf_deletes_not_found 3\n" in prom
+    assert not load_state(mirror.state).outbox  # nothing is owed: RSTUF holds none of them
+    assert rstuf.view == mirror_view(mirror.layout)
+    assert mirror.run(*RSTUF_FAST) == 0  # said once: the next run has nothing to report
+
+
+def test_a_delete_of_a_page_rstuf_never_heard_of_is_no_surprise(
+    mirror: Mirror, pypi: FakePyPI, rstuf: FakeRstuf
+) -> None:
+    """Created and removed while RSTUF was not configured: RSTUF's not_found_artifacts is
+    what the mirror expected (it recorded that RSTUF held nothing there)."""
+    url, mirror.rstuf_url = mirror.rstuf_url, None
+    pypi.create_project("Brand_New")
+    assert mirror.run() == cli_support.EXIT_PARTIAL  # owed to RSTUF, no URL
+    pypi.remove_project("Brand_New")
+    assert mirror.run() == cli_support.EXIT_PARTIAL
+    mirror.rstuf_url = url
+    result = mirror.cli(*RSTUF_FAST)
+    assert result.returncode == 0, result.stderr
+    assert "simple/brand-new/index.html" in sent_paths(rstuf, REMOVE)
+    assert "not_found" not in result.stderr.replace("rstuf_not_found=0", "")
+    assert rstuf.view == mirror_view(mirror.layout)
+
+
+# --- honest counts: what this run sent, and what RSTUF confirmed of an earlier run's ------
+
+
+def test_paths_an_earlier_run_sent_are_counted_when_rstuf_confirms_them(
+    mirror: Mirror, pypi: FakePyPI, rstuf: FakeRstuf
+) -> None:
+    pypi.add_release("numpy", "2.0")
+    pypi.add_release("Django", "2.0")
+    first = mirror.cli(*RSTUF_FAST, "--rstuf-wait", "0")  # sent; not waited for
+    assert first.returncode == cli_support.EXIT_PARTIAL, first.stderr
+    assert " rstuf_sent=2 rstuf_confirmed=0 " in first.stderr.splitlines()[-1]
+    second = mirror.cli(*RSTUF_FAST)
+    assert second.returncode == 0, second.stderr
+    assert " rstuf_sent=0 rstuf_confirmed=2 " in second.stderr.splitlines()[-1]
+    status = status_json(mirror)
+    assert status["last_run"]["counts"]["rstuf_confirmed"] == 2
+    assert status["totals"]["rstuf_sent"] == status["totals"]["rstuf_confirmed"] == 2
+
+
+def test_a_run_stopped_while_waiting_on_rstuf_counts_what_it_sent(
+    mirror: Mirror, pypi: FakePyPI, rstuf: FakeRstuf
+) -> None:
+    rstuf.hang_tasks(times=1)  # the add never ends: the run waits on it
+    pypi.add_release("numpy", "2.0")
+    pypi.add_release("Django", "2.0")
+    process = mirror.popen(*RSTUF_FAST, "--rstuf-wait", "60")
+    deadline = time.monotonic() + 60
+    while not rstuf.accepted and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.2)  # the answer is recorded; the run polls
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == cli_support.EXIT_TERMINATED, stderr
+    assert " rstuf_sent=2 " in stderr.splitlines()[-1], stderr
+    assert status_json(mirror)["last_run"]["counts"]["rstuf_sent"] == 2
+    assert len(load_state(mirror.state).outbox.tasks) == 1  # followed up next run

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,7 +21,7 @@ from pypi_index_mirror.ops import cli as cli_support
 from pypi_index_mirror.ops import status as run_status
 from pypi_index_mirror.sync import run as pypi_mirror
 from tests.fake_pypi import FakePyPI
-from tests.mirror_helpers import Mirror
+from tests.mirror_helpers import REPO, Mirror
 
 
 @pytest.fixture
@@ -286,6 +290,104 @@ def test_a_metrics_file_in_a_missing_directory_is_a_usage_error(
     assert "no such directory" in capsys.readouterr().err
 
 
+def test_status_of_a_mirror_without_rstuf_says_rstuf_is_not_used(
+    mirror: Mirror, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    assert pypi_mirror.main(mirror.args("--status")) == 0  # the fixture runs --no-rstuf
+    out = capsys.readouterr().out
+    assert "outbox        not used: this mirror runs without RSTUF (--no-rstuf)" in out
+    assert "RSTUF has every change" not in out
+    assert status_of(mirror, capsys)["rstuf_used"] is False
+    mirror.had_rstuf = True  # RSTUF meant, nothing owed: the outbox is empty, RSTUF in step
+    assert mirror.run() == 0
+    assert pypi_mirror.main(mirror.args("--status")) == 0
+    assert "outbox        empty: RSTUF has every change" in capsys.readouterr().out
+    assert status_of(mirror, capsys)["rstuf_used"] is True
+
+
+@pytest.mark.parametrize("json_form", [False, True])
+def test_status_into_a_pipe_closed_early_ends_quietly(mirror: Mirror, json_form: bool) -> None:
+    """`--status | head -1`: the reader left before the output was written. No message, and
+    141 (128 + SIGPIPE) as a tool that SIGPIPE ends reports, never a "Broken pipe" error."""
+    args = mirror.args("--status", *(["--json"] if json_form else []))
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "pypi_mirror.py"), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    process.stdout.close()  # before the interpreter has even started: no reader at all
+    stderr = process.stderr.read()
+    process.stderr.close()
+    assert process.wait(timeout=60) == cli_support.EXIT_PIPE_CLOSED
+    assert stderr == ""
+
+
+def test_a_run_refused_before_the_lock_is_recorded(
+    mirror: Mirror, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A usage error found once the mirror is known: status.json records it, taken under the
+    mirror's lock, with the figures the last run left; no success."""
+    before = status_of(mirror, capsys)
+    target = tmp_path / "textfile"
+    target.mkdir()
+    assert mirror.run("--metrics-file", str(target)) == cli_support.EXIT_USAGE
+    status = status_of(mirror, capsys)
+    assert status["last_run"]["exit_code"] == cli_support.EXIT_USAGE
+    assert status["last_run"]["result"] == "usage" and status["running"] is None
+    assert f"--metrics-file {target}: is a directory" in status["last_run"]["error"]
+    assert " exit=2" in status["last_run"]["summary"]
+    assert status["runs"] == {"ok": 1, "usage": 1}
+    assert status["last_success"] == before["last_success"]
+    assert status["serial"] == before["serial"] and status["pending"] == before["pending"]
+
+
+def test_a_refusal_before_the_lock_never_overwrites_a_running_runs_status(
+    mirror: Mirror, tmp_path: Path
+) -> None:
+    target = tmp_path / "textfile"
+    target.mkdir()
+    before = mirror.layout.status_file.read_bytes()
+    with mirror_lock(mirror.layout.lock_path):  # another run holds the mirror
+        result = mirror.cli("--metrics-file", str(target))
+    assert result.returncode == cli_support.EXIT_USAGE, result.stderr
+    assert mirror.layout.status_file.read_bytes() == before
+
+
+def test_a_missing_mirror_directory_is_recorded_in_the_metrics_without_creating_it(
+    tmp_path: Path, pypi: FakePyPI
+) -> None:
+    """The state says synced, the mirror directory is gone: the refusal comes before the lock,
+    and only the metrics can say so (a status file would need the directory)."""
+    mirror = Mirror(tmp_path / "m", tmp_path / "state.json", pypi.url)
+    assert mirror.run() == 0
+    shutil.rmtree(mirror.root)
+    prom = tmp_path / "mirror.prom"
+    result = mirror.cli("--metrics-file", str(prom))
+    assert result.returncode == cli_support.EXIT_FAILED, result.stderr
+    assert not mirror.root.exists()
+    found = metrics(prom)
+    assert found[("pypi_mirror_last_run_exit_code", ())] == cli_support.EXIT_FAILED
+    assert found[("pypi_mirror_runs_total", (("result", "failed"),))] == 1
+    assert ("pypi_mirror_last_success_timestamp_seconds", ()) not in found
+
+
+def test_a_metrics_file_that_is_a_directory_is_refused_before_the_run(
+    mirror: Mirror, pypi: FakePyPI, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "textfile"
+    target.mkdir()
+    pypi.add_release("numpy", "2.0")
+    before = mirror.page("numpy")
+    capsys.readouterr()
+    assert mirror.run("--metrics-file", str(target)) == cli_support.EXIT_USAGE
+    errors = [line for line in capsys.readouterr().err.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and f"--metrics-file {target}: is a directory" in errors[0]
+    assert mirror.page("numpy") == before  # refused before anything ran
+    assert list(target.iterdir()) == []
+
+
 def test_metrics_escape_what_the_format_requires() -> None:
     status = run_status.Status(runs={'we"ird\\result\n': 1})
     found = {
@@ -349,3 +451,41 @@ def test_the_status_round_trips_through_json() -> None:
     again = run_status.status_from_json(json.loads(json.dumps(status.to_json())))
     assert again == status
     assert again.mirror.oldest_unsent == 5.0 and again.mirror.serial == 7
+
+
+# --- honest reports after an interruption
+
+
+def test_a_first_sync_stopped_by_sigterm_reports_what_is_left_everywhere_alike(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The last progress line, the stop line, the summary and --status all say how many
+    projects are left; none says "100% ... done" or "serial None"."""
+    with FakePyPI() as pypi:
+        names = [f"a-fast-{n}" for n in range(8)] + [f"m-slow-{n}" for n in range(4)]
+        names += [f"z-left-{n}" for n in range(12)]
+        for name in names:
+            pypi.create_project(name)
+        for n in range(4):
+            pypi.inject(f"m-slow-{n}", "slow", seconds=60)
+        mirror = Mirror(tmp_path / "m", tmp_path / "m" / "state.json", pypi.url)
+        process = mirror.popen("--timeout", "1", "--progress-interval", "0.05")
+        deadline = time.monotonic() + 60
+        while pypi.count_pages("m-slow-3") == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)  # every fetch slot now waits on a slow page
+        time.sleep(0.3)  # a progress line or more
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    assert process.returncode == cli_support.EXIT_TERMINATED, stderr
+    lines = stderr.splitlines()
+    fetching = [line for line in lines if " INFO fetching: " in line]
+    assert fetching, stderr
+    assert "(100%)" not in fetching[-1] and not fetching[-1].endswith("done"), fetching[-1]
+    not_fetched = int(re.search(r", stopped, (\d+) not fetched$", fetching[-1]).group(1))
+    assert not_fetched >= 12
+    (stop,) = [line for line in lines if " ERROR stopped by SIGTERM" in line]
+    assert "serial None" not in stop
+    left = int(re.search(r"the first sync unfinished, (\d+) project\(s\) still to fetch", stop)[1])
+    assert left >= not_fetched
+    assert f" pending={left} " in lines[-1]
+    assert status_of(mirror, capsys)["pending"] == left

@@ -8,8 +8,11 @@ cron's log keeps one parseable line per event.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
+import os
+import select
 import signal
 import sys
 import threading
@@ -26,6 +29,7 @@ EXIT_LOCKED = 3  # another run holds the mirror lock
 EXIT_AUDIT_DIFFERS = 4  # --audit found the served tree and TUF's targets apart
 EXIT_PARTIAL = 75  # EX_TEMPFAIL: some work kept for the next run
 EXIT_INTERRUPTED = 130  # SIGINT (128 + 2)
+EXIT_PIPE_CLOSED = 141  # stdout's reader went away (128 + SIGPIPE), as `cat | head` reports
 EXIT_TERMINATED = 143  # SIGTERM (128 + 15)
 
 
@@ -128,9 +132,19 @@ def run_cli(log: logging.Logger, body: Callable[[], int]) -> int:
     """
     try:
         with stop_on_signals():
-            return body()
+            code = body()
+            sys.stdout.flush()  # a reader gone shows here, not in Python's flush at exit
+            return code
     except SystemExit as exc:  # argparse: 0 for --help/--version, 2 for bad usage
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    except BrokenPipeError as exc:
+        if not stdout_closed(exc):
+            raise  # not stdout's: an I/O error like any other (below)
+        # `--status | head -1`: the reader had what it wanted. Quiet, as a tool that
+        # SIGPIPE ends; stdout goes to /dev/null so the flush at exit says nothing either.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_PIPE_CLOSED
     except (ToolError, Stopped, KeyboardInterrupt, OSError) as exc:
         code, message = failure(exc)
         log.error("%s", message)
@@ -154,6 +168,8 @@ def failure(exc: BaseException) -> tuple[int, str]:
         return exc.exit_code, f"stopped by {exc}"
     if isinstance(exc, KeyboardInterrupt):
         return EXIT_INTERRUPTED, "stopped by SIGINT"
+    if isinstance(exc, BrokenPipeError) and stdout_closed(exc):
+        return EXIT_PIPE_CLOSED, "standard output was closed by its reader"
     if isinstance(exc, OSError):
         where = f"{exc.filename}: " if exc.filename else ""
         return EXIT_FAILED, f"local I/O error: {where}{exc.strerror or exc}"
@@ -161,6 +177,23 @@ def failure(exc: BaseException) -> tuple[int, str]:
         f"internal error {type(exc).__name__}: {exc}; nothing past the last saved state "
         "was recorded; please report it (run with -v for the traceback)"
     )
+
+
+def stdout_closed(exc: BrokenPipeError) -> bool:
+    """Whether `exc` comes from standard output, a pipe whose reader went away.
+
+    Asked of the descriptor itself (poll reports POLLERR on a pipe without a
+    reader), so a broken pipe elsewhere is never taken for it.
+    """
+    if exc.filename is not None:
+        return False
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        events = poller.poll(0)
+    except (OSError, ValueError):  # no stdout at all (closed, or not a real file)
+        return False
+    return any(mask & select.POLLERR for _, mask in events)
 
 
 def number(kind: type, minimum: float, maximum: float) -> Callable[[str], float]:

@@ -347,7 +347,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "metrics-file",
         "write the run's figures to FILE in Prometheus text format at the end of each run "
-        "(atomically; for node_exporter's textfile collector, so name it *.prom)",
+        "(atomically; for node_exporter's textfile collector, so name it *.prom); a FILE "
+        "that is a directory, or in a missing one, is refused at start (exit 2)",
         Path,
         path=True,
         metavar="FILE",

@@ -40,6 +40,7 @@ from pypi_index_mirror.ops.cli import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_PARTIAL,
+    EXIT_PIPE_CLOSED,
     EXIT_TERMINATED,
     EXIT_USAGE,
     VERSION,
@@ -50,7 +51,17 @@ log = logging.getLogger("pypi_mirror")
 
 STATUS_SCHEMA = 1
 # The counters of a run's summary line, in its order.
-COUNTS = ("added", "updated", "removed", "unchanged", "failed", "requests", "rstuf_sent")
+COUNTS = (
+    "added",
+    "updated",
+    "removed",
+    "unchanged",
+    "failed",
+    "requests",
+    "rstuf_sent",
+    "rstuf_confirmed",
+    "rstuf_not_found",
+)
 PAGE_COUNTS = COUNTS[:5]
 COMPLETED = (EXIT_OK, EXIT_PARTIAL)  # the run finished; 75 keeps some work for the next one
 KILLED = "killed"
@@ -62,6 +73,7 @@ RESULTS = {
     EXIT_AUDIT_DIFFERS: "differs",
     EXIT_INTERRUPTED: "interrupted",
     EXIT_TERMINATED: "terminated",
+    EXIT_PIPE_CLOSED: "output_closed",
 }
 PENDING_SAMPLE = 5  # pending project names shown by --status
 
@@ -119,6 +131,7 @@ class MirrorFigures:
     outbox_since: dict[str, float] = field(default_factory=dict)
     retired: int = 0  # old hash-prefixed copies still served during their grace
     full_sync_in_progress: bool = False
+    rstuf_used: bool = True  # False: the mirror runs without RSTUF (--no-rstuf)
 
     @property
     def lag(self) -> int | None:
@@ -260,6 +273,9 @@ class RunSummary(Protocol):
     failed: int
     requests: int
     rstuf_sent: int
+    rstuf_confirmed: int
+    rstuf_not_found: int
+    pending: int | None  # projects still to fetch, as the run's last line says
     serial_before: int | None
     serial_after: int | None
     upstream_serial: int | None
@@ -272,8 +288,9 @@ class StatusRecorder:
     """Records a run in status.json (and the metrics file) when it starts and when it ends.
 
     Called only while the run holds the mirror lock, so two runs never race on
-    the file. Failing to write is logged and never changes how the run ends:
-    the mirror matters more than its report.
+    the file (`metrics_only` excepted: there is no mirror directory, hence no
+    lock). Failing to write is logged and never changes how the run ends: the
+    mirror matters more than its report.
     """
 
     def __init__(
@@ -283,14 +300,18 @@ class StatusRecorder:
         metrics_file: Path | None = None,
         clock: Callable[[], float] = time.time,
         pid: int | None = None,
+        rstuf_used: bool = True,
     ) -> None:
         self.path, self.staging_dir, self.metrics_file = path, staging_dir, metrics_file
+        self.rstuf_used = rstuf_used  # False: --no-rstuf, whose outbox says nothing
         self.clock = clock
         self.pid = os.getpid() if pid is None else pid
         self.status = Status()
         self.new_since = 0.0  # outbox paths first seen now date from here
+        self.begun = False  # `begin` recorded this run as running
 
-    def begin(self) -> None:
+    def begin(self, started: float | None = None) -> None:
+        """Record the run as running (`started`: when it began, if not now)."""
         try:
             status = load_status(self.path) or Status()
         except StatusError as exc:
@@ -302,7 +323,8 @@ class StatusRecorder:
             status.last_killed = status.running
             status.runs[KILLED] = status.runs.get(KILLED, 0) + 1
             self.new_since = min(now, status.running.started)  # its outbox changes
-        status.running = RunRecord(started=now, pid=self.pid)
+        status.running = RunRecord(started=now if started is None else started, pid=self.pid)
+        self.begun = True
         status.written = now
         self.status = status
         self._write(metrics=False)
@@ -313,6 +335,7 @@ class StatusRecorder:
         error: str | None,
         summary: RunSummary,
         state: State | None,  # None: state.json was never read (damaged), figures kept
+        status_file: bool = True,  # False: only the metrics (no directory to write it in)
     ) -> None:
         status, now = self.status, self.clock()
         run = status.running or RunRecord(started=now, pid=self.pid)
@@ -328,14 +351,28 @@ class StatusRecorder:
             status.last_success = now
         if state is not None:
             status.mirror = figures_of(state, status.mirror, self.new_since)
+            if summary.pending is not None:  # with the pages a full sync still owes unlisted
+                status.mirror.pending = summary.pending
+        status.mirror.rstuf_used = self.rstuf_used
         if summary.upstream_serial is not None:
             status.mirror.upstream_serial = summary.upstream_serial
             status.mirror.upstream_seen = summary.upstream_seen
-        self._write(metrics=True)
+        self._write(metrics=True, status_file=status_file)
 
-    def _write(self, metrics: bool) -> None:
+    def metrics_only(
+        self, exit_code: int, error: str | None, summary: RunSummary, started: float
+    ) -> None:
+        """Record a run that failed where no status.json can be written: the metrics alone.
+
+        Its mirror directory is missing, and creating it for a status file would
+        turn a missing mirror into an empty one. The counters start from this run.
+        """
+        self.status = Status(running=RunRecord(started=started, pid=self.pid))
+        self.end(exit_code, error, summary, None, status_file=False)
+
+    def _write(self, metrics: bool, status_file: bool = True) -> None:
         text = json.dumps(self.status.to_json(), indent=1, sort_keys=True) + "\n"
-        targets = [(self.path, text, self.staging_dir)]
+        targets = [(self.path, text, self.staging_dir)] if status_file else []
         if metrics and self.metrics_file is not None:
             metrics_file = self.metrics_file.absolute()
             targets.append((metrics_file, render_metrics(self.status), metrics_file.parent))
@@ -413,6 +450,7 @@ def status_document(
         },
         "retired_copies": mirror.retired,
         "full_sync_in_progress": mirror.full_sync_in_progress,
+        "rstuf_used": mirror.rstuf_used,
         "runs": dict(sorted(status.runs.items())),
     }
 
@@ -482,7 +520,9 @@ def render_text(status: Status, now: float, alive: Callable[[int], bool] = pid_a
     sample = ", ".join(mirror.pending_sample)
     more = ", ..." if mirror.pending > len(mirror.pending_sample) else ""
     row("pending", plural(mirror.pending, "project") + (f" ({sample}{more})" if sample else ""))
-    if mirror.outbox_paths:
+    if not mirror.rstuf_used:
+        row("outbox", "not used: this mirror runs without RSTUF (--no-rstuf)")
+    elif mirror.outbox_paths:
         oldest = mirror.oldest_unsent
         assert oldest is not None
         row(
@@ -533,6 +573,15 @@ FAMILIES: dict[str, tuple[str, str]] = {
     ),
     "last_run_pypi_requests": (GAUGE, "Requests the last run made to PyPI."),
     "last_run_rstuf_artifacts_sent": (GAUGE, "Artifacts the last run sent to RSTUF."),
+    "last_run_rstuf_artifacts_confirmed": (
+        GAUGE,
+        "Paths RSTUF confirmed in the last run, whichever run sent them.",
+    ),
+    "last_run_rstuf_deletes_not_found": (
+        GAUGE,
+        "Deletes RSTUF answered not_found_artifacts in the last run, for paths the mirror "
+        "recorded as signed.",
+    ),
     "last_success_timestamp_seconds": (
         GAUGE,
         "When the last run that completed (exit 0 or 75) ended (Unix time).",
@@ -544,6 +593,15 @@ FAMILIES: dict[str, tuple[str, str]] = {
     ),
     "pypi_requests_total": (COUNTER, "Requests made to PyPI over recorded runs."),
     "rstuf_artifacts_sent_total": (COUNTER, "Artifacts sent to RSTUF over recorded runs."),
+    "rstuf_artifacts_confirmed_total": (
+        COUNTER,
+        "Paths RSTUF confirmed over recorded runs.",
+    ),
+    "rstuf_deletes_not_found_total": (
+        COUNTER,
+        "Deletes RSTUF answered not_found_artifacts, for paths the mirror recorded as signed, "
+        "over recorded runs.",
+    ),
     "serial": (GAUGE, "The PyPI changelog serial the mirror has fully applied."),
     "upstream_serial": (GAUGE, "PyPI's last changelog serial, as last seen."),
     "upstream_serial_timestamp_seconds": (GAUGE, "When PyPI's last serial was seen (Unix time)."),
@@ -577,6 +635,8 @@ def metric_samples(status: Status) -> Iterator[Sample]:
             yield "last_run_pages", {"change": name}, last.counts.get(name)
         yield "last_run_pypi_requests", {}, last.counts.get("requests")
         yield "last_run_rstuf_artifacts_sent", {}, last.counts.get("rstuf_sent")
+        yield "last_run_rstuf_artifacts_confirmed", {}, last.counts.get("rstuf_confirmed")
+        yield "last_run_rstuf_deletes_not_found", {}, last.counts.get("rstuf_not_found")
     yield "last_success_timestamp_seconds", {}, status.last_success
     for result, count in sorted(status.runs.items()):
         yield "runs_total", {"result": result}, count
@@ -584,6 +644,8 @@ def metric_samples(status: Status) -> Iterator[Sample]:
         yield "pages_total", {"change": name}, status.totals.get(name, 0)
     yield "pypi_requests_total", {}, status.totals.get("requests", 0)
     yield "rstuf_artifacts_sent_total", {}, status.totals.get("rstuf_sent", 0)
+    yield "rstuf_artifacts_confirmed_total", {}, status.totals.get("rstuf_confirmed", 0)
+    yield "rstuf_deletes_not_found_total", {}, status.totals.get("rstuf_not_found", 0)
     mirror = status.mirror
     yield "serial", {}, mirror.serial
     yield "upstream_serial", {}, mirror.upstream_serial

@@ -186,6 +186,25 @@ class RstufRefused(RstufHttpError):
         return f"RSTUF refused{self.where} (HTTP {self.status}): {self.detail}; {advice}"
 
 
+class RstufMisconfigured(RstufRefused):
+    """A 401, a 403, or a 404 that is not RSTUF's "not bootstrapped" answer.
+
+    None of these goes away by waiting: the token, the proxy's rules or the URL
+    must change. A 404 without RSTUF's JSON detail is a route RSTUF does not
+    have (FastAPI's ``{"detail": "Not Found"}``, a web server's page): the URL
+    does not point at an RSTUF API, or carries ``/api/v1`` twice.
+    """
+
+    def __str__(self) -> str:
+        if self.status == 404:
+            return (
+                f"the RSTUF URL is not an RSTUF API:{self.where} answered HTTP 404 "
+                f"({self.detail}); check the RSTUF URL (--rstuf-url, RSTUF_API_URL): "
+                "the API's base, without /api/v1"
+            )
+        return super().__str__()
+
+
 class RstufServerError(RstufHttpError):
     """A 5xx answer that did not go away after the retries."""
 
@@ -374,6 +393,34 @@ def error_detail(body: bytes) -> str:
             if document.get(key):
                 return _one_line(_describe(document[key]))
     return _one_line(text)
+
+
+def is_not_bootstrapped(body: bytes) -> bool:
+    """Whether a 404's body is RSTUF's refusal before its bootstrap.
+
+    RSTUF answers ``{"detail": {"message": "Task not accepted.", "error": "It
+    requires bootstrap finished. State: None"}}``; FastAPI's 404 for a route it
+    does not have says ``{"detail": "Not Found"}``, and a web server that is no
+    RSTUF answers a page of its own: those are a wrong URL.
+    """
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return False
+    detail = document.get("detail") if isinstance(document, dict) else None
+    return isinstance(detail, dict) and "bootstrap" in _describe(detail).lower()
+
+
+def not_found_artifacts(task: TaskResult) -> list[str]:
+    """The paths a finished delete reported in ``details.not_found_artifacts``.
+
+    RSTUF's worker puts there every path it holds no row for (or whose removal
+    it published already), instead of failing the task.
+    """
+    result = task.result if isinstance(task.result, dict) else {}
+    details = result.get("details")
+    paths = details.get("not_found_artifacts") if isinstance(details, dict) else None
+    return [path for path in paths if isinstance(path, str)] if isinstance(paths, list) else []
 
 
 def is_waiting_for_publish(state: str) -> bool:
@@ -705,10 +752,10 @@ class RstufClient:
             # 502/504, an API that failed after queueing the task) leaves it open.
             uncertain = status not in (429, 503)
             raise _Transient(final, f"HTTP {status}: {detail}", retry_after, uncertain)
-        if status == 404 and path in (ADD_PATH, DELETE_PATH) and detail != "Not Found":
-            # FastAPI's own 404 for a missing route says just "Not Found":
-            # that is a wrong URL, not an RSTUF waiting for its bootstrap.
+        if status == 404 and path in (ADD_PATH, DELETE_PATH) and is_not_bootstrapped(content):
             raise RstufNotBootstrapped(detail)
+        if status in (401, 403, 404):
+            raise RstufMisconfigured(status, detail, where)
         if 400 <= status < 500:
             raise RstufRefused(status, detail, where)
         raise RstufBadResponse(f"{where} answered HTTP {status}: {detail}")

@@ -36,6 +36,11 @@ entry, as does a run killed before it saved the answer. An uncertain entry
 keeps the page copies it names on disk and, after `UNCERTAIN_SETTLE`, its paths
 are sent once more so that RSTUF ends on the mirror's final state even if the
 duplicate ran late.
+
+A delete RSTUF answers with ``not_found_artifacts`` succeeded all the same; when
+the mirror had recorded that RSTUF signed that path, and no request that may
+have run unseen could have deleted it first, RSTUF's database and the mirror
+were apart, and `DeliveryTotals.not_found` says so for the run's report.
 """
 
 from __future__ import annotations
@@ -79,6 +84,20 @@ class DeliveryReport:
     # (target, digest RSTUF signed until it confirmed a newer state; None: not recorded)
     superseded: list[tuple[str, str | None]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    # RSTUF refused as misconfigured (401, 403, not an RSTUF URL): no use trying again
+    # in this run; the changes stay in the outbox
+    misconfigured: rstuf_client.RstufMisconfigured | None = None
+
+
+@dataclass
+class DeliveryTotals:
+    """What the deliveries of one run did so far, kept as it happens (a signal loses none)."""
+
+    sent: int = 0  # artifacts sent (added or removed)
+    confirmed: int = 0  # paths RSTUF confirmed (their task succeeded), whichever run sent them
+    # deleted paths RSTUF answered with `not_found_artifacts` although the mirror had
+    # recorded that RSTUF signed them: RSTUF's database and the mirror were apart
+    not_found: list[str] = field(default_factory=list)
 
 
 class RstufDelivery:
@@ -125,6 +144,10 @@ class RstufDelivery:
         self.last_progress = monotonic()  # when one of our tasks was last seen moving
         self.publish_failures = 0
         self.failed_paths: set[str] = set()  # not resent in the run their task failed in
+        self.totals = DeliveryTotals()  # over every `deliver` of the run
+        # paths an unanswered or failed request may have changed at RSTUF unseen, also
+        # once their records settled in this run: a delete of one may find nothing there
+        self.maybe_changed: set[str] = set()
 
     @property
     def poll_interval(self) -> float:
@@ -142,6 +165,7 @@ class RstufDelivery:
         report = DeliveryReport()
         started = self.monotonic()
         try:
+            self.maybe_changed.update(path for entry in self.box.uncertain for path in entry.paths)
             self._settle_uncertain()
             while True:
                 self._poll(report)
@@ -151,11 +175,13 @@ class RstufDelivery:
                 if not wait or not self._following() or left <= 0:
                     break
                 self.sleep(min(self.poll_interval, left))
+        except rstuf_client.RstufMisconfigured as exc:
+            report.misconfigured = exc
         except rstuf_client.RstufError as exc:
             report.errors.append(str(exc))
         finally:
             self.budget.spent += self.monotonic() - started
-        if wait and not report.errors:
+        if wait and not report.errors and report.misconfigured is None:
             self._report_unfinished(report)
         return report
 
@@ -208,8 +234,21 @@ class RstufDelivery:
             self._requeue(task)
         elif result.state == rstuf_client.SUCCESS_STATE:
             self.box.tasks.remove(task)
+            not_found = set()
+            if task.action == "remove":
+                not_found = set(rstuf_client.not_found_artifacts(result))
+                # a request that may have run unseen (lost answer, a failed or expired
+                # task sent again) may have deleted it already: no surprise either
+                self.maybe_changed.update(p for entry in self.box.uncertain for p in entry.paths)
+                not_found -= self.maybe_changed
             for path in task.paths:
-                report.superseded.append((path, self.box.confirm(path, task.digests.get(path))))
+                before = self.box.confirm(path, task.digests.get(path))
+                report.superseded.append((path, before))
+                # "": the mirror knew RSTUF held nothing there (a page added and removed
+                # before RSTUF heard of it): nothing to report
+                if path in not_found and before != "":
+                    self.totals.not_found.append(path)
+            self.totals.confirmed += len(task.paths)
         elif self.clock() - task.sent_at > self.TASK_EXPIRY:
             log.warning(
                 "RSTUF task %s still %s after %.0fs; sending its changes again",
@@ -388,6 +427,7 @@ class RstufDelivery:
         self.box.dirty.difference_update(paths)
         self.save()
         report.sent += len(paths)
+        self.totals.sent += len(paths)
 
     def _forget(self, entry: OutboxTask) -> None:
         self.box.uncertain = [other for other in self.box.uncertain if other is not entry]

@@ -81,6 +81,7 @@ from pypi_index_mirror.mirror.store import (
     TUF_HASH_ALGORITHM,
     InvalidProjectName,
     MirrorLayout,
+    MirrorLocked,
     clear_staging,
     crash_point,
     digest_file,
@@ -96,6 +97,7 @@ from pypi_index_mirror.ops import settings
 from pypi_index_mirror.ops.cli import (
     EXIT_AUDIT_DIFFERS,
     EXIT_FAILED,
+    EXIT_LOCKED,
     EXIT_OK,
     EXIT_PARTIAL,
     Stopped,
@@ -168,7 +170,9 @@ class Summary:
     unchanged: int = 0
     failed: int = 0
     requests: int = 0
-    rstuf_sent: int = 0
+    rstuf_sent: int = 0  # artifacts this run sent to RSTUF
+    rstuf_confirmed: int = 0  # paths RSTUF confirmed in this run, whichever run sent them
+    rstuf_not_found: int = 0  # deletes RSTUF answered with not_found_artifacts (see deliver)
     rstuf_waited: float = 0.0  # seconds spent on RSTUF, out of --rstuf-wait
     serial_before: int | None = None
     serial_after: int | None = None
@@ -191,12 +195,21 @@ class Summary:
         return (
             f"summary {mode}added={self.added} updated={self.updated} removed={self.removed} "
             f"unchanged={self.unchanged} failed={self.failed} requests={self.requests} "
-            f"rstuf_sent={self.rstuf_sent} rstuf_waited={self.rstuf_waited:.1f}s "
+            f"rstuf_sent={self.rstuf_sent} rstuf_confirmed={self.rstuf_confirmed} "
+            f"rstuf_not_found={self.rstuf_not_found} rstuf_waited={self.rstuf_waited:.1f}s "
             f"elapsed={self.elapsed:.1f}s "
             f"serial={self.serial_before}->{self.serial_after} "
             f"pending={unknown if self.pending is None else self.pending} "
             f"outbox={unknown if self.outbox is None else self.outbox} exit={self.exit}"
         )
+
+
+class RstufMisconfiguredError(ToolError):
+    """RSTUF refused the run's requests in a way no retry fixes (401, 403, not an RSTUF).
+
+    Exit 1, not 75: a person must fix the token, the proxy or the URL, and a unit
+    that counts 75 as success would hide it. The state is saved first.
+    """
 
 
 class NotFetched:
@@ -313,6 +326,9 @@ class Sync:
         self.bootstrap_refusal: str | None = None  # why this run keeps changes from RSTUF
         self.budget = WaitBudget(config.rstuf_wait)  # one for the whole run
         self.delivery: RstufDelivery | None = None
+        # RSTUF refused as misconfigured (401, 403, no RSTUF at the URL): nothing more is
+        # sent this run, and the run ends with exit 1 once the mirror is saved
+        self.rstuf_misconfigured: rstuf_client.RstufMisconfigured | None = None
         self.pages_changed = False
         self.marker_owed = False  # write the marker before the next state save
         self.upstream_changed = False
@@ -321,7 +337,10 @@ class Sync:
         self.halt = halt or Halt()  # the PypiClient's retry pauses should wait on it too
         self.untracked = 0  # pages a full sync still owes that state.pending does not list
         self.status = StatusRecorder(
-            self.layout.status_file, self.layout.staging_dir, config.metrics_file
+            self.layout.status_file,
+            self.layout.staging_dir,
+            config.metrics_file,
+            rstuf_used=not config.no_rstuf,
         )
         self.started = time.monotonic()
 
@@ -378,6 +397,7 @@ class Sync:
         # after the delivery: what RSTUF just confirmed frees the copies it replaced
         self.writer.collect_retired(self.config.grace)
         self.save()
+        self.report_rstuf_surprises()
 
     def exit_code(self) -> int:
         if self.config.dry_run:
@@ -520,15 +540,23 @@ class Sync:
             self.save("stopped")
         except OSError as exc:
             return f"the state could not be saved ({exc}); the next run resumes from the last one"
-        return (
-            f"state saved at serial {self.state.serial} with {self.pending_count()} "
-            "project(s) pending; the next run resumes"
-        )
+        return f"state saved {self.state_stands()}; the next run resumes"
+
+    def state_stands(self) -> str:
+        """Where the saved state stands, for a line an operator reads."""
+        pending = self.pending_count()
+        if self.state.serial is None:  # no serial before the first sync ends
+            return f"with the first sync unfinished, {pending} project(s) still to fetch"
+        return f"at serial {self.state.serial} with {pending} project(s) pending"
 
     def settle_summary(self) -> None:
         summary = self.summary
         summary.requests = self.pypi.requests_made
         summary.rstuf_waited = self.budget.spent
+        if self.delivery is not None:  # counted as they happen: a stop mid-delivery loses none
+            totals = self.delivery.totals
+            summary.rstuf_sent, summary.rstuf_confirmed = totals.sent, totals.confirmed
+            summary.rstuf_not_found = len(totals.not_found)
         summary.elapsed = time.monotonic() - self.started
         if self.loaded:
             summary.serial_after = self.state.serial
@@ -1085,10 +1113,10 @@ class Sync:
         try:
             for fetched in fetches:
                 name, item, result = fetched.name, fetched.item, fetched.pages
-                self.progress.advance(failed=isinstance(result, Exception))
-                if isinstance(result, NotFetched):
+                if isinstance(result, NotFetched):  # not done: the progress line says so
                     self.not_fetched(name, item, outcome, keep_unfetched)
                     continue
+                self.progress.advance(failed=isinstance(result, Exception))
                 if isinstance(result, Exception):
                     self.keep_pending(name, item, result)
                     outcome.failed.add(name)
@@ -1117,7 +1145,9 @@ class Sync:
         finally:
             fetches.close()  # on an error too: stop the workers, drop what is queued
         self.apply_batch(batch, record_changes)
-        self.progress.finish()
+        self.progress.finish(
+            f"stopped, {outcome.unfetched} not fetched" if outcome.unfetched else "done"
+        )
         for name in settled:  # only now: an intent save must keep them
             self.state.pending.pop(name, None)
         if self.halt.reason is not None:
@@ -1471,6 +1501,8 @@ class Sync:
             return  # a dry run lists the outbox with its plan
         if not (box.dirty or box.tasks or box.publishes or box.uncertain):
             return
+        if self.rstuf_misconfigured is not None:
+            return  # refused once already: the changes wait in the outbox
         if self.rstuf is None:
             if wait:  # once, at the end of the run
                 self.summary.problems.append(
@@ -1491,11 +1523,41 @@ class Sync:
             )
         self.progress.start(self.unconfirmed(), "delivering", unit="paths")
         report = self.delivery.deliver(wait)
-        self.progress.finish()
-        self.summary.rstuf_sent += report.sent
+        left = self.unconfirmed()
+        self.progress.finish("done" if not left else f"{left} not confirmed yet")
         self.writer.restart_grace(report.superseded)
         self.save("delivered")
         self.summary.problems.extend(f"RSTUF: {error}" for error in report.errors)
+        self.rstuf_misconfigured = report.misconfigured
+
+    def report_rstuf_surprises(self) -> None:
+        """At the end of a run: what RSTUF answered that waiting cannot fix.
+
+        Deletes RSTUF answered with ``not_found_artifacts`` for paths the mirror
+        recorded as signed mean RSTUF's database and the mirror were apart (a
+        restored backup, a manual change): one warning, and the run ends 75,
+        since whatever else differs is found only by --audit. A misconfigured
+        RSTUF (401, 403, no RSTUF at the URL) ends the run with exit 1 once
+        the state is saved: the changes wait in the outbox, none is lost.
+        """
+        not_found = self.delivery.totals.not_found if self.delivery is not None else []
+        if not_found:
+            shown = ", ".join(not_found[:5]) + (", ..." if len(not_found) > 5 else "")
+            self.summary.problems.append(
+                f"RSTUF answered {len(not_found)} delete(s) with not_found_artifacts ({shown}): "
+                "it did not hold paths the mirror recorded as signed, so its database and the "
+                "mirror were apart; run --audit to find what else differs (--audit --repair "
+                "fixes it)"
+            )
+        if self.rstuf_misconfigured is not None:
+            for problem in dict.fromkeys(self.summary.problems):
+                log.warning("%s", problem)
+            self.summary.problems.clear()
+            raise RstufMisconfiguredError(
+                f"{self.rstuf_misconfigured}; the mirror is updated and its "
+                f"{len(self.state.outbox)} change(s) for RSTUF wait in the outbox until "
+                "RSTUF accepts them"
+            )
 
     def unconfirmed(self) -> int:
         """Outbox paths RSTUF has not confirmed: len(outbox) without its set union (cheap)."""
@@ -1651,7 +1713,11 @@ class Sync:
         if roots & differing.keys():
             self.rebuild_roots(outcome)
         else:
-            self.finish_update(self.displayed(wanted), outcome, renamed=set())
+            # Every project fetched gets its root line from what PyPI served now, as an
+            # update does for a project whose identity changed: a repair has no changelog
+            # to say which did, and a project removed upstream whose page was gone here
+            # already changed no page that would move the roots.
+            self.finish_update(self.displayed(wanted), outcome, renamed=set(wanted))
         in_flight = self.state.outbox.in_flight_paths()
         for path in differing:
             if project_of_target(path) not in outcome.failed:
@@ -1659,6 +1725,7 @@ class Sync:
         sync_filesystem(self.layout.root)  # never register bytes a power cut could take back
         self.save("repaired")
         self.deliver_outbox(wait=True)
+        self.report_rstuf_surprises()
         return outcome.failed
 
     def displayed(self, wanted: dict[str, PendingProject]) -> dict[str, PendingProject]:
@@ -1758,11 +1825,13 @@ DESCRIPTION = (
 EPILOG = (
     "The RSTUF token is read only from the environment (RSTUF_API_TOKEN). "
     "Exit codes: 0 done (--audit: the tree and TUF's targets agree); 1 failed (state not "
-    "advanced past what is on disk; --audit: metadata unreachable, badly signed or expired); "
+    "advanced past what is on disk; --audit: metadata unreachable, badly signed or expired; "
+    "RSTUF answered 401 or 403, or its URL is no RSTUF API: changes wait in the outbox); "
     "2 usage error; 3 another run holds the mirror lock; 4 --audit found differences; 75 "
     "partly done (pages or RSTUF changes kept for the next run, also when changes are owed "
-    "to RSTUF and no RSTUF URL is set: --no-rstuf runs without RSTUF); 130 stopped by "
-    "SIGINT; 143 stopped by SIGTERM."
+    "to RSTUF and no RSTUF URL is set: --no-rstuf runs without RSTUF; or RSTUF answered "
+    "deletes with not_found_artifacts: run --audit); 130 stopped by SIGINT; 141 standard "
+    "output's reader went away (--status | head -1; quiet); 143 stopped by SIGTERM."
 )
 
 
@@ -1823,24 +1892,91 @@ def run(config: Config, summary: Summary | None = None) -> int:
     configure_logging(config.verbose, config.quiet)
     if config.status:
         return show_status(MirrorLayout(config.mirror_dir).status_file, config.status_json)
+    summary = summary if summary is not None else Summary()
+    started = time.time()
+    syncs: list[Sync] = []
+    try:
+        return run_sync(config, summary, syncs.append)
+    except BaseException as exc:
+        if not (syncs and syncs[0].status.begun):  # else recorded under the lock already
+            record_failure_before_lock(config, summary, exc, started)
+        raise
+
+
+def run_sync(config: Config, summary: Summary, made: Callable[[Sync], None]) -> int:
+    """A sync, or an audit, with its clients; `made` is told the Sync once it exists."""
     if config.metrics_file is not None and not config.metrics_file.parent.is_dir():
         raise UsageError(f"--metrics-file {config.metrics_file}: no such directory")
+    if config.metrics_file is not None and config.metrics_file.is_dir():
+        raise UsageError(
+            f"--metrics-file {config.metrics_file}: is a directory; name a file in it, "
+            f"e.g. {config.metrics_file / 'pypi_mirror.prom'}"
+        )
     summary_log.setLevel(logging.INFO)  # cron keeps one line per run, even under -q
     halt = Halt()  # ends the retry pauses of the fetch threads when the run stops fetching
     pypi = PypiClient(config.pypi_url, config, sleep=halt.sleep)
     try:
         rstuf = make_rstuf_client(config) if config.rstuf_url else None
     except ValueError as exc:
+        pypi.close()
         raise UsageError(str(exc)) from None
     progress = Progress(config.progress, config.progress_interval)
     try:
         sync = Sync(config, pypi, rstuf, progress, summary=summary, halt=halt)
+        made(sync)
         return sync.run_audit() if config.audit else sync.run()
     finally:
         progress.close()
         pypi.close()
         if rstuf is not None:
             rstuf.close()
+
+
+def record_failure_before_lock(
+    config: Config, summary: Summary, exc: BaseException, started: float
+) -> None:
+    """Record in status.json and the metrics a run that failed before it held the lock.
+
+    A refusal before the lock (a missing mirror directory, a usage error found
+    once the mirror is known) is a failed run all the same, and monitoring
+    must see it. status.json is written only under the mirror's lock, taken
+    here for that: if another run holds it (the lock conflict itself, or a run
+    that started meanwhile), that run's record stands and nothing is written.
+    Without a mirror directory only the metrics are written: creating the
+    directory for a status file would turn a missing mirror into an empty one.
+    Dry runs and plain audits record nothing, as always; writing never changes
+    how the run ends.
+    """
+    if config.dry_run or (config.audit and not config.repair):
+        return
+    code, error = failure(exc)
+    if code == EXIT_LOCKED:
+        return
+    layout = MirrorLayout(config.mirror_dir)
+    metrics = config.metrics_file
+    if metrics is not None and (metrics.is_dir() or not metrics.parent.is_dir()):
+        metrics = None  # that file may be what failed
+    recorder = StatusRecorder(
+        layout.status_file, layout.staging_dir, metrics, rstuf_used=not config.no_rstuf
+    )
+    summary.exit = code
+    if not summary.started:
+        summary.elapsed = time.time() - started
+    if summary.pending is None:
+        count_owed_work(summary, config.state_file)
+    with contextlib.suppress(Exception):  # a record must never change how the run ends
+        if layout.root.is_dir():
+            try:
+                with mirror_lock(layout.lock_path):
+                    recorder.begin(started)
+                    recorder.end(code, error, summary, None)
+                return
+            except MirrorLocked:
+                return  # another run holds the mirror: its record stands
+            except OSError:
+                pass  # the lock cannot be taken here: the metrics alone, below
+        if metrics is not None:
+            recorder.metrics_only(code, error, summary, started)
 
 
 if __name__ == "__main__":
