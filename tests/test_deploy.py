@@ -118,7 +118,7 @@ def test_readme_cron_line_works_under_crons_environment(tmp_path: Path) -> None:
 def readme_exit_codes() -> dict[int, str]:
     """The README's exit-code table: code -> meaning."""
     readme = (REPO / "README.md").read_text()
-    table = readme.split("### Exit codes", 1)[1].split("\n\n", 2)[1]
+    table = readme.split("## Exit codes", 1)[1].split("\n\n", 2)[1]
     return {int(code): meaning for code, meaning in re.findall(r"(?m)^\| (\d+) \| (.+) \|$", table)}
 
 
