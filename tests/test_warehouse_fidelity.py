@@ -20,6 +20,7 @@ from tests.mirror_helpers import (
     Mirror,
     assert_mirror_matches_upstream,
     upstream_json_page,
+    upstream_page,
 )
 
 JSON_ONLY = ("--simple-format", "json")
@@ -106,3 +107,24 @@ def test_gzipped_answers_are_stored_as_the_uncompressed_bytes(
         assert mirror.page(name) == pypi.page(name)
         json_page = mirror.layout.project_page(name, JSON_PAGE_NAME).read_bytes()
         assert json_page == pypi.page(name, json_form=True)
+
+
+# --- 2. an index of API 1.0 ---------------------------------------------------------------------
+
+
+def test_an_index_of_api_1_0_is_mirrored(mirror: Mirror, pypi: FakePyPI) -> None:
+    """No ``pypi:repository-version`` meta: PEP 629 says assume 1.0, so the first sync ends."""
+    pypi.create_project("no-files")  # no link to show it is a simple page: its title names it
+    pypi.set_repository_version(None)
+    assert b"repository-version" not in upstream_page(pypi.url, "numpy")
+    assert mirror.run() == 0
+    assert_mirror_matches_upstream(mirror)
+    assert b"repository-version" not in mirror.page("no-files")
+
+
+def test_an_index_of_api_2_is_still_refused(mirror: Mirror, pypi: FakePyPI) -> None:
+    pypi.set_repository_version("2.0")
+    result = mirror.cli()
+    assert result.returncode == cli_support.EXIT_PARTIAL, result.stderr
+    assert "pypi:repository-version '2.0' is not 1.x" in result.stderr
+    assert mirror.page("numpy") is None and mirror.serial() is None
