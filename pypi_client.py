@@ -123,6 +123,19 @@ class MissingPage(UpstreamError, Retryable):
         self.name, self.serial = name, serial
 
 
+class UntrustedListing(UpstreamError):
+    """A project listing too empty or too small to be the index's (a stale cache): refused
+    before anything is changed (see `sync_plan.listing_refusal`)."""
+
+    def __init__(self, source: str, reason: str) -> None:
+        super().__init__(
+            f"PyPI's {source} {reason}: a stale cache, not the index; nothing was changed. "
+            "Run again later (PyPI caches it up to an hour), or with --trust-listing if the "
+            "index really holds so few"
+        )
+        self.source, self.reason = source, reason
+
+
 class ChangelogError(UpstreamError):
     """The changelog contradicts itself; applying it could lose changes."""
 

@@ -933,6 +933,7 @@ class FakePyPI:
         self._files: dict[str, bytes] = {}  # URL path -> body, for add_wheel's files
         self._xmlrpc_off: str | None = None  # one of XMLRPC_OFF_MODES while switched off
         self._repository_version: str | None = API_VERSION  # in the HTML pages' meta
+        self._cached_listing: dict[str, int] | None = None  # see `serve_cached_listing`
         self._generation = 0
         self._root: RootRendering | None = None
         self._root_previous: RootRendering | None = None
@@ -1128,6 +1129,18 @@ class FakePyPI:
             raise ValueError(f"unknown mode {mode!r}; known: {XMLRPC_OFF_MODES}")
         with self._lock:
             self._xmlrpc_off = mode
+
+    def serve_cached_listing(self, listing: dict[str, int] | None) -> None:
+        """Answer `listing` (``{display_name: serial}``) for ``list_packages_with_serial`` and
+        list it in both roots, whatever the projects are now; None: the live listing again.
+
+        Warehouse caches ``list_packages_with_serial`` in Redis for up to an hour (a stale
+        cache was seen empty) and PyPI's CDN the roots for 30 minutes or more: a listing far
+        behind the changelog and the pages. The journal, the serials and the pages stay live.
+        """
+        with self._lock:
+            self._cached_listing = None if listing is None else dict(listing)
+            self._generation += 1
 
     def set_repository_version(self, version: str | None) -> None:
         """The ``pypi:repository-version`` the HTML pages and root declare: None leaves the
@@ -1638,6 +1651,9 @@ class FakePyPI:
         project.current = Rendering(view, render_project_html(view))
 
     def _listing_entries(self) -> tuple[ListingEntry, ...]:
+        if self._cached_listing is not None:
+            cached = [ListingEntry(n, normalize(n), s) for n, s in self._cached_listing.items()]
+            return tuple(sorted(cached, key=lambda e: (e.normalized, e.name)))
         entries = [
             ListingEntry(p.name, p.normalized, p.last_serial)
             for p in self._projects.values()
@@ -1650,6 +1666,8 @@ class FakePyPI:
     def _xmlrpc_listing(self) -> dict[str, int]:
         """``list_packages_with_serial``: PostgreSQL's ``jsonb_object_agg(name, last_serial)``
         over every project, so quarantined ones too, in jsonb's key order (shorter first)."""
+        if self._cached_listing is not None:
+            return dict(self._cached_listing)
         pairs = [(p.name, p.last_serial) for p in self._projects.values()]
         pairs.extend(self._raw_listing.items())
         pairs.sort(key=lambda pair: (len(pair[0].encode()), pair[0].encode()))

@@ -15,6 +15,7 @@ import pytest
 import cli_support
 from mirror_store import JSON_PAGE_NAME
 from mirror_writer import JSON_TAIL_READS, json_page_serial
+from sync_plan import listing_refusal
 from tests.fake_pypi import FakePyPI
 from tests.mirror_helpers import (
     Mirror,
@@ -128,3 +129,104 @@ def test_an_index_of_api_2_is_still_refused(mirror: Mirror, pypi: FakePyPI) -> N
     assert result.returncode == cli_support.EXIT_PARTIAL, result.stderr
     assert "pypi:repository-version '2.0' is not 1.x" in result.stderr
     assert mirror.page("numpy") is None and mirror.serial() is None
+
+
+# --- 3. an empty or shrunken listing ------------------------------------------------------------
+
+
+def tree_snapshot(mirror: Mirror) -> dict[str, tuple[int, int]]:
+    """Every file the mirror directory holds but the lock and status files, with its inode
+    and mtime: a refused run must leave each as it was."""
+    found = {}
+    for path in mirror.root.rglob("*"):
+        if path.is_file() and path.name not in (".lock", "status.json"):
+            stat = path.stat()
+            found[path.relative_to(mirror.root).as_posix()] = (stat.st_ino, stat.st_mtime_ns)
+    return found
+
+
+def refused_line(result) -> str:
+    *_, error, summary = result.stderr.strip().splitlines()
+    assert " ERROR " in error and summary.endswith(" exit=1"), result.stderr
+    return error
+
+
+@pytest.mark.parametrize("no_xmlrpc", [False, True])
+def test_an_empty_listing_never_ends_a_first_sync(
+    mirror: Mirror, pypi: FakePyPI, no_xmlrpc: bool
+) -> None:
+    pypi.serve_cached_listing({})  # warehouse's Redis cache, seen empty
+    extra = ("--no-xmlrpc",) if no_xmlrpc else ()
+    result = mirror.cli(*extra)
+    assert result.returncode == cli_support.EXIT_FAILED
+    source = "JSON root /simple/" if no_xmlrpc else "list_packages_with_serial"
+    assert f"PyPI's {source} lists no project at all although its journal is at serial" in (
+        refused_line(result)
+    )
+    assert "--trust-listing" in refused_line(result)
+    assert not mirror.state.exists()
+    assert not mirror.layout.served_dir.exists()
+    assert pypi.count_pages() == 0
+    # the cache catches up: the next run is the first sync it should have been
+    pypi.serve_cached_listing(None)
+    assert mirror.run(*extra) == 0
+    assert_mirror_matches_upstream(mirror)
+
+
+def test_a_full_check_refuses_a_listing_of_a_tenth_of_the_mirror(
+    tmp_path: Path,
+) -> None:
+    with FakePyPI() as pypi:
+        pypi.populate(200, seed=3, max_files=2)
+        mirror = Mirror(tmp_path / "m", tmp_path / "state.json", pypi.url)
+        assert mirror.run() == 0
+        state, tree = mirror.state.read_bytes(), tree_snapshot(mirror)
+        tenth = dict(list(pypi.listing().items())[:20])
+        pypi.serve_cached_listing(tenth)
+        pypi.reset_log()
+        result = mirror.cli("--full-check")
+        assert result.returncode == cli_support.EXIT_FAILED
+        assert (
+            "PyPI's list_packages_with_serial lists 20 project(s), fewer than half of the "
+            "200 this mirror holds: a stale cache, not the index; nothing was changed"
+        ) in refused_line(result)
+        assert mirror.state.read_bytes() == state and tree_snapshot(mirror) == tree
+        assert pypi.count_pages() == 0
+        # --dry-run refuses it alike; --trust-listing takes it (the index really shrank)
+        assert mirror.run("--full-check", "--dry-run") == cli_support.EXIT_FAILED
+        assert mirror.run("--full-check", "--trust-listing") == 0
+        assert len(mirror.root_projects()) == 20
+
+
+def test_a_listing_above_the_threshold_or_of_a_small_mirror_is_taken(
+    mirror: Mirror, pypi: FakePyPI
+) -> None:
+    """Half the mirror is enough; a mirror under 100 projects may lose most of them."""
+    assert mirror.run() == 0
+    for name in ("django", "numpy", "requests"):
+        pypi.remove_project(name)
+    assert mirror.run("--full-check") == 0
+    assert sorted(mirror.root_projects()) == ["foo-bar", "zope-interface"]
+
+
+def test_a_json_root_update_refuses_an_empty_root(mirror: Mirror, pypi: FakePyPI) -> None:
+    """Without XML-RPC every update reads the root: an empty CDN copy fetches nothing."""
+    assert mirror.run("--no-xmlrpc") == 0
+    state = mirror.state.read_bytes()
+    pypi.add_release("numpy", "2.0")
+    pypi.serve_cached_listing({})
+    pypi.reset_log()
+    result = mirror.cli("--no-xmlrpc")
+    assert "PyPI's JSON root /simple/ lists no project at all" in refused_line(result)
+    assert mirror.state.read_bytes() == state and pypi.count_pages() == 0
+
+
+def test_listing_refusal_rules() -> None:
+    assert listing_refusal(0, 0, 0, 5) is not None  # empty, journal not
+    assert listing_refusal(0, 0, 0, None) is None and listing_refusal(0, 0, 0, 0) is None
+    assert listing_refusal(3, 0, 0, 5) is None  # the filter allows none of them: not empty
+    assert listing_refusal(1000, 49, 99, 5) is None  # a small mirror may lose most
+    assert listing_refusal(1000, 50, 100, 5) is None  # half is enough
+    assert listing_refusal(1000, 49, 100, 5) == (
+        "lists 49 project(s), fewer than half of the 100 this mirror holds"
+    )
