@@ -35,7 +35,7 @@ from mirror_store import (
     target_of_copy,
 )
 from page_formats import BY_BASENAME
-from pypi_client import FetchedPage, NotASimplePage
+from pypi_client import FetchedPage, NotASimplePage, facts_of_checked_page
 from state import State
 
 _SERIAL_TRAILER = re.compile(rb"<!--SERIAL (\d+)-->\s*$")
@@ -168,6 +168,30 @@ class MirrorWriter:
                 return page_serial(handle.read())
         except (FileNotFoundError, NotADirectoryError):
             return None
+
+    def quarantined(self, name: str, basename: str = PAGE_NAME) -> bool:
+        """Whether the page on disk says the project is quarantined (PEP 792), cheaply.
+
+        A quarantined project keeps its page but leaves the roots; PyPI's
+        ``list_packages_with_serial`` still lists it, so a full sync that finds
+        its page current must read this to leave it out. The status is near the
+        start of an HTML page (its second meta) and in the last bytes of a JSON
+        one (warehouse's sorted keys: ``project-status`` after the files).
+        """
+        try:
+            with open(self.layout.project_page(name, basename), "rb") as handle:
+                if basename != JSON_PAGE_NAME:
+                    facts = facts_of_checked_page(handle.read(512))
+                else:
+                    size = handle.seek(0, os.SEEK_END)
+                    handle.seek(max(0, size - JSON_TAIL_READS[0]))
+                    facts = facts_of_checked_page(handle.read())
+                    if facts is None and size > JSON_TAIL_READS[0]:
+                        handle.seek(0)
+                        facts = facts_of_checked_page(handle.read())
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        return facts is not None and not facts.listed
 
     @staticmethod
     def _json_serial(handle: BinaryIO) -> int | None:

@@ -307,6 +307,7 @@ class Sync:
         self.source = JSON_ROOT_SOURCE if config.no_xmlrpc else XMLRPC_SOURCE
         self.source_noted = False
         self.listing_seen = 0  # the last listing's entries before the filter (fetch_listing)
+        self.quarantined_on_disk: set[str] = set()  # listed, current on disk, quarantined
         self.membership_changed = False
         self.bootstrap_refusal: str | None = None  # why this run keeps changes from RSTUF
         self.budget = WaitBudget(config.rstuf_wait)  # one for the whole run
@@ -691,6 +692,7 @@ class Sync:
         """
         done = not outcome.unfetched and not (first and outcome.failed)
         serials.update(outcome.serials)
+        outcome.unlisted |= self.quarantined_on_disk  # current, not fetched, quarantined
         for name in outcome.failed:  # listed with the serial of the page still served
             if self.writer.has_page(name):
                 serials[name] = self.writer.local_serial(name, self.forms[0].basename) or 0
@@ -750,6 +752,10 @@ class Sync:
             return None
         if serial > listed.serial:
             serials[name] = serial
+        if serial >= listed.serial and self.writer.quarantined(name, primary.basename):
+            # current, so not fetched: its page, not PyPI's listing (which names
+            # quarantined projects too), says it leaves the roots
+            self.quarantined_on_disk.add(name)
         return serial
 
     def drop_other_forms(self, record_changes: bool) -> None:
@@ -1716,7 +1722,7 @@ class Sync:
             lambda: (
                 (name, item.display_name, serials.get(name, item.serial))
                 for index, (name, item) in enumerate(listing.items())
-                if present[index] and outcome.lists(name)
+                if present[index] and outcome.lists(name) and name not in self.quarantined_on_disk
             ),
             record_change=True,
         )

@@ -230,3 +230,28 @@ def test_listing_refusal_rules() -> None:
     assert listing_refusal(1000, 49, 100, 5) == (
         "lists 49 project(s), fewer than half of the 100 this mirror holds"
     )
+
+
+@pytest.mark.parametrize("form", ["html", "json"])
+def test_a_current_quarantined_page_stays_out_of_the_roots_of_a_resumed_sync(
+    mirror: Mirror, pypi: FakePyPI, form: str
+) -> None:
+    """list_packages_with_serial lists quarantined projects too (warehouse's XML-RPC): a
+    resumed first sync that finds such a page current reads the status off the page."""
+    pypi.quarantine_project("numpy")
+    assert "numpy" in pypi.listing()
+    pypi.inject("requests", "status", times=100, code=503)
+    assert mirror.run("--simple-format", form) == cli_support.EXIT_PARTIAL
+    pypi.clear_faults()
+    pypi.reset_log()
+    assert mirror.run("--simple-format", form) == 0
+    assert pypi.count_pages("numpy") == 0  # current on disk: not fetched again
+    assert mirror.layout.project_page(
+        "numpy", "index.html" if form == "html" else JSON_PAGE_NAME
+    ).exists()
+    if form == "html":
+        listed = set(mirror.root_projects())
+    else:
+        document = json.loads(mirror.layout.json_root_page.read_bytes())
+        listed = {project["name"].lower() for project in document["projects"]}
+    assert "numpy" not in listed and "requests" in listed
