@@ -14,7 +14,8 @@ What it models (warehouse's ``warehouse/legacy/api/xmlrpc/views.py``, ``warehous
   ``rename from …``). Archiving writes none, as in warehouse.
 * XML-RPC at ``/pypi``, ``/pypi/`` and ``/RPC2``: ``changelog_last_serial()`` (``None`` while the
   journal is empty, as warehouse's ``max(id)``), ``changelog_since_serial(since)`` (at most
-  ``page_cap`` rows a call) and ``list_packages_with_serial()``. The removed ``changelog()``
+  ``page_cap`` rows a call) and ``list_packages_with_serial()`` (every project, quarantined
+  ones too; `serve_cached_listing` models warehouse's stale cache). The removed ``changelog()``
   answers warehouse's fault -32500 ``ValueError: The changelog method has been deprecated, use
   changelog_since_serial instead.``; any other method pyramid_rpc's -32601 ``server error;
   requested method not found``; wrong arguments -32602; an unparsable body -32700.
@@ -24,10 +25,12 @@ What it models (warehouse's ``warehouse/legacy/api/xmlrpc/views.py``, ``warehous
 * The Simple API (PEP 503/691/700/792): ``/simple/`` and ``/simple/<normalized>/`` with content
   negotiation (WebOb's rule as warehouse uses it: highest q wins, ties go to ``text/html``, then
   ``application/vnd.pypi.simple.v1+html``, then ``+json``; nothing acceptable gives HTML),
-  ``Vary: Accept``, ``X-PyPI-Last-Serial`` and warehouse's CORS headers; 301 to the normalized
-  URL and 404 carry no serial. The JSON root (``Accept: application/vnd.pypi.simple.v1+json``)
-  is warehouse's ``{"meta": {"api-version", "_last-serial"}, "projects": [{"name",
-  "_last-serial"}]}`` and, like the HTML root, leaves quarantined projects out.
+  ``Vary: Accept, Accept-Encoding``, gzip when the client accepts it (warehouse's compression
+  tween, on every answer), ``X-PyPI-Last-Serial`` and warehouse's CORS headers; 301 to the
+  normalized URL and 404 carry no serial. The JSON root (``Accept:
+  application/vnd.pypi.simple.v1+json``) is warehouse's ``{"meta": {"_last-serial",
+  "api-version"}, "projects": [{"_last-serial", "name"}]}`` and, like the HTML root, leaves
+  quarantined projects out.
 * Enough of the JSON API (``/pypi/<name>/json``) for bandersnatch 8.2 with
   ``release-files = false``.
 
@@ -53,7 +56,14 @@ differs in whitespace from the tidy template one might write from memory::
 an ``<a>`` with no optional attribute keeps a space before ``>``; no newline after the
 ``SERIAL`` comment). Attribute values are escaped as Jinja's autoescape does (``&gt;``,
 ``&#34;``). The root page lists ``<a href="/simple/<normalized>/">DisplayName</a>`` one a line,
-sorted by normalized name, quarantined projects left out. JSON bodies end with a newline.
+sorted by normalized name, quarantined projects left out. Files are sorted by (parsed version,
+filename), versions PEP 440 cannot parse first (``packaging_legacy``); a file with a provenance
+gets `` data-provenance="…"`` (two spaces after the href when it has no core metadata). JSON is
+warehouse's ``json-with-newline`` (sorted keys, compact, UTF-8 as is, a newline), so a page
+begins ``{"files":[`` with ``meta`` after the files; ``upload-time`` has microseconds (none
+when 0, as ``isoformat``), ``provenance`` a URL or null, ``versions`` only those with files.
+``tests/test_fake_pypi.py`` holds all this to bytes warehouse's own code rendered
+(``tests/warehouse_fixture.py``).
 
 Speed. Each project's HTML is rendered once when it changes and kept as bytes (its previous
 rendering too, for the ``stale`` fault); the PEP 691 JSON and the JSON API body are rendered on
@@ -1303,7 +1313,7 @@ class FakePyPI:
 
     def quarantine_project(self, name: str) -> int:
         """``project quarantined``: page 200 with no files and status ``quarantined``;
-        the project leaves the root page and ``list_packages_with_serial``."""
+        the project leaves both roots (``list_packages_with_serial`` still lists it)."""
         return self._set_status(name, QUARANTINED, "project quarantined")
 
     def clear_quarantine(self, name: str) -> int:
