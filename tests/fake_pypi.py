@@ -519,13 +519,16 @@ def warehouse_json(document: Any) -> bytes:
 _PATH_SEGMENT_SAFE = "~!$&'()*+,;=:@"
 
 
+def _path_segment(text: str) -> str:
+    if _URL_SAFE.fullmatch(text):
+        return text  # the common case, and quote() is slow
+    return urllib.parse.quote(text, safe=_PATH_SEGMENT_SAFE)
+
+
 def provenance_url(normalized: str, version: str, filename: str) -> str:
     """Warehouse's ``integrity.provenance`` route (PEP 740) for one file."""
-    quote = functools.partial(urllib.parse.quote, safe=_PATH_SEGMENT_SAFE)
-    return (
-        f"https://pypi.org/integrity/{quote(normalized)}/{quote(version)}/{quote(filename)}"
-        "/provenance"
-    )
+    segments = "/".join(map(_path_segment, (normalized, version, filename)))
+    return f"https://pypi.org/integrity/{segments}/provenance"
 
 
 def render_project_html(view: PageView) -> bytes:
