@@ -256,3 +256,15 @@ def test_a_current_quarantined_page_stays_out_of_the_roots_of_a_resumed_sync(
         document = json.loads(mirror.layout.json_root_page.read_bytes())
         listed = {project["name"].lower() for project in document["projects"]}
     assert "numpy" not in listed and "requests" in listed
+
+
+def test_the_empty_rule_counts_the_listing_before_the_filter(
+    mirror: Mirror, pypi: FakePyPI
+) -> None:
+    """A filter that admits none of PyPI's projects is not an empty listing; an empty
+    listing is one whatever the filter."""
+    assert mirror.run("--include", "no-such-*") == 0
+    assert mirror.root_projects() == {}
+    pypi.serve_cached_listing({})
+    result = mirror.cli("--include", "no-such-*", "--full-check")
+    assert "lists no project at all" in refused_line(result)
