@@ -14,7 +14,8 @@ What it models (warehouse's ``warehouse/legacy/api/xmlrpc/views.py``, ``warehous
   ``rename from …``). Archiving writes none, as in warehouse.
 * XML-RPC at ``/pypi``, ``/pypi/`` and ``/RPC2``: ``changelog_last_serial()`` (``None`` while the
   journal is empty, as warehouse's ``max(id)``), ``changelog_since_serial(since)`` (at most
-  ``page_cap`` rows a call) and ``list_packages_with_serial()``. The removed ``changelog()``
+  ``page_cap`` rows a call) and ``list_packages_with_serial()`` (every project, quarantined
+  ones too; `serve_cached_listing` models warehouse's stale cache). The removed ``changelog()``
   answers warehouse's fault -32500 ``ValueError: The changelog method has been deprecated, use
   changelog_since_serial instead.``; any other method pyramid_rpc's -32601 ``server error;
   requested method not found``; wrong arguments -32602; an unparsable body -32700.
@@ -24,10 +25,12 @@ What it models (warehouse's ``warehouse/legacy/api/xmlrpc/views.py``, ``warehous
 * The Simple API (PEP 503/691/700/792): ``/simple/`` and ``/simple/<normalized>/`` with content
   negotiation (WebOb's rule as warehouse uses it: highest q wins, ties go to ``text/html``, then
   ``application/vnd.pypi.simple.v1+html``, then ``+json``; nothing acceptable gives HTML),
-  ``Vary: Accept``, ``X-PyPI-Last-Serial`` and warehouse's CORS headers; 301 to the normalized
-  URL and 404 carry no serial. The JSON root (``Accept: application/vnd.pypi.simple.v1+json``)
-  is warehouse's ``{"meta": {"api-version", "_last-serial"}, "projects": [{"name",
-  "_last-serial"}]}`` and, like the HTML root, leaves quarantined projects out.
+  ``Vary: Accept, Accept-Encoding``, gzip when the client accepts it (warehouse's compression
+  tween, on every answer), ``X-PyPI-Last-Serial`` and warehouse's CORS headers; 301 to the
+  normalized URL and 404 carry no serial. The JSON root (``Accept:
+  application/vnd.pypi.simple.v1+json``) is warehouse's ``{"meta": {"_last-serial",
+  "api-version"}, "projects": [{"_last-serial", "name"}]}`` and, like the HTML root, leaves
+  quarantined projects out.
 * Enough of the JSON API (``/pypi/<name>/json``) for bandersnatch 8.2 with
   ``release-files = false``.
 
@@ -53,7 +56,14 @@ differs in whitespace from the tidy template one might write from memory::
 an ``<a>`` with no optional attribute keeps a space before ``>``; no newline after the
 ``SERIAL`` comment). Attribute values are escaped as Jinja's autoescape does (``&gt;``,
 ``&#34;``). The root page lists ``<a href="/simple/<normalized>/">DisplayName</a>`` one a line,
-sorted by normalized name, quarantined projects left out. JSON bodies end with a newline.
+sorted by normalized name, quarantined projects left out. Files are sorted by (parsed version,
+filename), versions PEP 440 cannot parse first (``packaging_legacy``); a file with a provenance
+gets `` data-provenance="…"`` (two spaces after the href when it has no core metadata). JSON is
+warehouse's ``json-with-newline`` (sorted keys, compact, UTF-8 as is, a newline), so a page
+begins ``{"files":[`` with ``meta`` after the files; ``upload-time`` has microseconds (none
+when 0, as ``isoformat``), ``provenance`` a URL or null, ``versions`` only those with files.
+``tests/test_fake_pypi.py`` holds all this to bytes warehouse's own code rendered
+(``tests/warehouse_fixture.py``).
 
 Speed. Each project's HTML is rendered once when it changes and kept as bytes (its previous
 rendering too, for the ``stale`` fault); the PEP 691 JSON and the JSON API body are rendered on
@@ -79,6 +89,7 @@ import contextlib
 import email.utils
 import functools
 import gc
+import gzip
 import hashlib
 import io
 import itertools
@@ -108,6 +119,8 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+from packaging.version import InvalidVersion, Version
 
 log = logging.getLogger(__name__)
 
@@ -181,27 +194,40 @@ def escape(text: str) -> str:
     return text.translate(_HTML_ESCAPES)
 
 
-_VERSION_TOKENS = re.compile(r"\d+|[a-z]+")
-_PRE_RELEASE_RANKS = {"dev": 0, "a": 1, "alpha": 1, "b": 2, "beta": 2, "c": 3, "rc": 3, "pre": 3}
+_LEGACY_PART = re.compile(r"(\d+|[a-z]+|\.|-)")
+_LEGACY_REPLACEMENTS = {"pre": "c", "preview": "c", "-": "final-", "rc": "c", "dev": "@"}
+
+
+def _legacy_parts(version: str) -> tuple[str, ...]:
+    """The order of a version PEP 440 cannot parse, as ``packaging_legacy``'s LegacyVersion
+    (setuptools' old rule): numbers zero-padded, words starred, trailing zeros dropped."""
+    tokens = [_LEGACY_REPLACEMENTS.get(t, t) for t in _LEGACY_PART.split(version.lower())]
+    parts: list[str] = []
+    for token in [*tokens, None]:
+        if token is None:
+            part = "*final"
+        elif not token or token == ".":
+            continue
+        else:
+            part = token.zfill(8) if token[:1].isdigit() else "*" + token
+        if part.startswith("*"):
+            if part < "*final":
+                while parts and parts[-1] == "*final-":
+                    parts.pop()
+            while parts and parts[-1] == "00000000":
+                parts.pop()
+        parts.append(part)
+    return tuple(parts)
 
 
 @functools.lru_cache(maxsize=1 << 16)
-def version_key(version: str) -> tuple[tuple[int, int, str], ...]:
-    """An approximate PEP 440 order, enough to sort a page's files the way warehouse does.
-
-    Numbers sort above the end of a version and pre-release tags below it, so
-    ``1.0.dev1 < 1.0a1 < 1.0 < 1.0.post1 < 1.0.1``.
-    """
-    key: list[tuple[int, int, str]] = []
-    for token in _VERSION_TOKENS.findall(version.lower()):
-        if token.isdigit():
-            key.append((2, int(token), ""))
-        elif token in _PRE_RELEASE_RANKS:
-            key.append((0, _PRE_RELEASE_RANKS[token], ""))
-        else:
-            key.append((1, 1, token))
-    key.append((1, 0, ""))
-    return tuple(key)
+def version_key(version: str) -> tuple[int, Any]:
+    """Warehouse's order of versions (``packaging_legacy.version.parse``): every version PEP
+    440 cannot parse first, in the legacy order, then PEP 440's order (``1.0 == 1.0.0``)."""
+    try:
+        return (1, Version(version))
+    except InvalidVersion:
+        return (0, _legacy_parts(version))
 
 
 # --- records -------------------------------------------------------------------------------
@@ -234,6 +260,8 @@ class DistFile:
     python_version: str
     core_metadata_sha256: str | None
     upload_time: int
+    upload_micros: int = 0  # the upload time's microseconds: warehouse's are the database's
+    has_provenance: bool = False  # a PEP 740 provenance (attestations uploaded with it)
 
     @property
     def packagetype(self) -> str:
@@ -273,13 +301,19 @@ class ReleaseView:
 
 @dataclass(frozen=True, slots=True)
 class PageView:
-    """Everything a project page is rendered from, frozen at one serial."""
+    """Everything a project page is rendered from, frozen at one serial.
+
+    ``releases`` in version order; ``files`` every file with its release, in warehouse's
+    page order: by (parsed version, filename), so two releases that compare equal
+    (``1.0``, ``1.0.0``) interleave their files.
+    """
 
     name: str
     normalized: str
     status: str
     serial: int
     releases: tuple[ReleaseView, ...]
+    files: tuple[tuple[ReleaseView, DistFile], ...] = ()
 
 
 @dataclass(slots=True)
@@ -327,7 +361,7 @@ class RequestRecord:
 
     ``kind`` is ``xmlrpc``, ``root``, ``page``, ``redirect``, ``json_api``, ``control``,
     ``purge``, ``file`` (an `add_wheel` file) or ``other``; ``fault`` names the injected
-    fault that fired, if any.
+    fault that fired, if any; ``gzipped`` whether the body went out gzip-encoded.
     """
 
     method: str
@@ -336,6 +370,7 @@ class RequestRecord:
     status: int
     kind: str
     fault: str | None = None
+    gzipped: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,6 +412,7 @@ class Request:
     query: dict[str, str] = field(default_factory=dict)
     accept: str | None = None
     body: bytes = b""
+    accept_encoding: str | None = None
 
 
 @dataclass(slots=True)
@@ -469,74 +505,117 @@ _ROOT_HEAD = (
 )
 
 
+def warehouse_json(document: Any) -> bytes:
+    """Warehouse's ``json-with-newline`` renderer (``warehouse/config.py``): sorted keys,
+    compact separators, UTF-8 as is, then a newline. So a project page begins
+    ``{"files":[`` and its ``meta`` comes after the files."""
+    text = json.dumps(
+        document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+    return (text + "\n").encode()
+
+
+# pyramid's quote_path_segment: what route_url leaves unquoted in a path segment
+_PATH_SEGMENT_SAFE = "~!$&'()*+,;=:@"
+
+
+def _path_segment(text: str) -> str:
+    if _URL_SAFE.fullmatch(text):
+        return text  # the common case, and quote() is slow
+    return urllib.parse.quote(text, safe=_PATH_SEGMENT_SAFE)
+
+
+def provenance_url(normalized: str, version: str, filename: str) -> str:
+    """Warehouse's ``integrity.provenance`` route (PEP 740) for one file."""
+    segments = "/".join(map(_path_segment, (normalized, version, filename)))
+    return f"https://pypi.org/integrity/{segments}/provenance"
+
+
 def render_project_html(view: PageView) -> bytes:
     """A project page exactly as warehouse's detail template renders it (see module doc).
 
-    Written as one loop with the release-level attributes built once: populate renders a
-    million of these lines. ``DistFile.url`` is built percent-quoted, so it needs no escaping.
+    Attributes as the template writes them: ``data-requires-python="…" `` and
+    ``data-yanked="…" `` each with a space after, the two metadata attributes with none,
+    then `` data-provenance="…"`` with one before (so two spaces follow the href when
+    a file has a provenance and no core metadata). ``DistFile.url`` is built
+    percent-quoted, so it needs no escaping.
     """
     lines = [_PROJECT_HEAD.format(status=escape(view.status), name=escape(view.normalized))]
-    for release in view.releases:
-        shared = ""
-        if release.requires_python:
-            shared += f'data-requires-python="{escape(release.requires_python)}" '
-        if release.yanked:
-            shared += f'data-yanked="{escape(release.yanked_reason)}" '
-        for dist in release.files:
-            metadata = dist.core_metadata_sha256
-            attributes = (
-                f'{shared}data-dist-info-metadata="sha256={metadata}" '
+    shared_of: dict[int, str] = {}  # a release's attributes, built once (populate: a million)
+    for release, dist in view.files:
+        shared = shared_of.get(id(release))
+        if shared is None:
+            shared = ""
+            if release.requires_python:
+                shared += f'data-requires-python="{escape(release.requires_python)}" '
+            if release.yanked:
+                shared += f'data-yanked="{escape(release.yanked_reason)}" '
+            shared_of[id(release)] = shared
+        metadata = dist.core_metadata_sha256
+        attributes = shared
+        if metadata:
+            attributes += (
+                f'data-dist-info-metadata="sha256={metadata}" '
                 f'data-core-metadata="sha256={metadata}"'
-                if metadata
-                else shared
             )
-            lines.append(
-                f'<a href="{dist.url}#sha256={dist.sha256}" {attributes}>'
-                f"{escape(dist.filename)}</a><br />\n"
-            )
+        if dist.has_provenance:
+            url = provenance_url(view.normalized, release.version, dist.filename)
+            attributes += f' data-provenance="{escape(url)}"'
+        lines.append(
+            f'<a href="{dist.url}#sha256={dist.sha256}" {attributes}>'
+            f"{escape(dist.filename)}</a><br />\n"
+        )
     lines.append(f"</body>\n</html>\n<!--SERIAL {view.serial}-->")
     return "".join(lines).encode()
 
 
-def _iso(timestamp: int, *, micro: bool = False) -> str:
+def _iso(timestamp: int, micros: int | None = None) -> str:
+    """``datetime.isoformat() + "Z"`` as warehouse writes it (microseconds only when not 0);
+    ``micros`` None: ``strftime`` to the second, the legacy JSON API's ``upload_time``."""
     text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(timestamp))
-    return text + (".000000Z" if micro else "")
+    if micros is None:
+        return text
+    return text + (f".{micros:06d}Z" if micros else "Z")
 
 
 def render_project_json(view: PageView) -> bytes:
-    """The PEP 691 form of a project page (``application/vnd.pypi.simple.v1+json``)."""
+    """The PEP 691 form of a project page (``application/vnd.pypi.simple.v1+json``), as
+    warehouse's ``_simple_detail`` builds it: ``versions`` only those with files."""
     files = []
-    for release in view.releases:
+    for release, dist in view.files:
         yanked: bool | str = release.yanked_reason if release.yanked else False
         if release.yanked and not release.yanked_reason:
             yanked = True
-        for dist in release.files:
-            metadata: dict[str, str] | bool = (
-                {"sha256": dist.core_metadata_sha256} if dist.core_metadata_sha256 else False
-            )
-            files.append(
-                {
-                    "filename": dist.filename,
-                    "url": dist.url,
-                    "hashes": {"sha256": dist.sha256},
-                    "requires-python": release.requires_python or None,
-                    "size": dist.size,
-                    "upload-time": _iso(dist.upload_time, micro=True),
-                    "yanked": yanked,
-                    "data-dist-info-metadata": metadata,
-                    "core-metadata": metadata,
-                    "provenance": None,
-                }
-            )
+        metadata: dict[str, str] | bool = (
+            {"sha256": dist.core_metadata_sha256} if dist.core_metadata_sha256 else False
+        )
+        files.append(
+            {
+                "filename": dist.filename,
+                "url": dist.url,
+                "hashes": {"sha256": dist.sha256},
+                "requires-python": release.requires_python or None,
+                "size": dist.size,
+                "upload-time": _iso(dist.upload_time, dist.upload_micros),
+                "yanked": yanked,
+                "data-dist-info-metadata": metadata,
+                "core-metadata": metadata,
+                "provenance": (
+                    provenance_url(view.normalized, release.version, dist.filename)
+                    if dist.has_provenance
+                    else None
+                ),
+            }
+        )
+    with_files = {release.version for release, _ in view.files}
     document = {
         "meta": {"api-version": API_VERSION, "_last-serial": view.serial},
         "name": view.normalized,
         "project-status": {"status": view.status},
-        "versions": [release.version for release in view.releases],
-        "alternate-locations": [],
+        "versions": sorted(with_files, key=lambda version: (version_key(version), version)),
         "files": files,
     }
-    return (json.dumps(document) + "\n").encode()
+    return warehouse_json(document)
 
 
 def _api_file(release: ReleaseView, dist: DistFile) -> dict[str, Any]:
@@ -556,7 +635,7 @@ def _api_file(release: ReleaseView, dist: DistFile) -> dict[str, Any]:
         "requires_python": release.requires_python,
         "size": dist.size,
         "upload_time": _iso(dist.upload_time),
-        "upload_time_iso_8601": _iso(dist.upload_time, micro=True),
+        "upload_time_iso_8601": _iso(dist.upload_time, dist.upload_micros),
         "url": dist.url,
         "yanked": release.yanked,
         "yanked_reason": release.yanked_reason or None,
@@ -603,7 +682,7 @@ def render_api_json(view: PageView) -> bytes | None:
         "urls": [_api_file(latest, dist) for dist in latest.files],
         "vulnerabilities": [],
     }
-    return (json.dumps(document) + "\n").encode()
+    return warehouse_json(document)
 
 
 def render_root_html(entries: Sequence[ListingEntry]) -> bytes:
@@ -619,7 +698,7 @@ def render_root_json(entries: Sequence[ListingEntry], serial: int) -> bytes:
         "meta": {"api-version": API_VERSION, "_last-serial": serial},
         "projects": [{"name": entry.name, "_last-serial": entry.serial} for entry in entries],
     }
-    return (json.dumps(document) + "\n").encode()
+    return warehouse_json(document)
 
 
 def negotiate(accept: str | None) -> str:
@@ -751,12 +830,20 @@ _URL_SAFE = re.compile(r"[A-Za-z0-9_.+~-]+")
 
 
 def make_dist_file(
-    normalized: str, filename: str, python_version: str, uploaded: int, *, url_safe: bool = False
+    normalized: str,
+    filename: str,
+    python_version: str,
+    uploaded: int,
+    *,
+    url_safe: bool = False,
+    provenance: bool | None = None,
 ) -> DistFile:
     """A file with made-up but deterministic digests: the same name gives the same page bytes.
 
     One 64-byte blake2b of the name yields both the "sha256" and the storage path (nothing
-    here has contents to hash; populate makes a million of these).
+    here has contents to hash; populate makes a million of these), and the upload time's
+    microseconds and whether the file has a provenance (`provenance` None: about a third
+    do, by the digest).
     """
     digest = hashlib.blake2b(f"{normalized}/{filename}".encode(), digest_size=64).hexdigest()
     sha256, path = digest[:64], digest[64:]
@@ -767,7 +854,12 @@ def make_dist_file(
         quoted = urllib.parse.quote(filename, safe="")
     url = f"{FILES_URL}/{path[:2]}/{path[2:4]}/{path[4:]}/{quoted}"
     size = 1_000 + int(sha256[:6], 16) % 5_000_000
-    return DistFile(filename, url, sha256, size, python_version, metadata, uploaded)
+    micros = int(sha256[6:11], 16) % 1_000_000
+    if provenance is None:
+        provenance = sha256[11] in "012345"
+    return DistFile(
+        filename, url, sha256, size, python_version, metadata, uploaded, micros, provenance
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -853,6 +945,8 @@ class FakePyPI:
         self._raw_listing: dict[str, int] = {}
         self._files: dict[str, bytes] = {}  # URL path -> body, for add_wheel's files
         self._xmlrpc_off: str | None = None  # one of XMLRPC_OFF_MODES while switched off
+        self._repository_version: str | None = API_VERSION  # in the HTML pages' meta
+        self._cached_listing: dict[str, int] | None = None  # see `serve_cached_listing`
         self._generation = 0
         self._root: RootRendering | None = None
         self._root_previous: RootRendering | None = None
@@ -958,7 +1052,7 @@ class FakePyPI:
         """File names on the project's page, in page order."""
         with self._lock:
             view = self._rendering(name).view
-        return [dist.filename for release in view.releases for dist in release.files]
+        return [dist.filename for _, dist in view.files]
 
     def page(self, name: str, *, json_form: bool = False) -> bytes:
         """The bytes ``/simple/<name>/`` serves now (HTML, or PEP 691 JSON)."""
@@ -971,8 +1065,10 @@ class FakePyPI:
         return self._root_json(root) if json_form else root.html
 
     def listing(self) -> dict[str, int]:
-        """What ``list_packages_with_serial`` returns: ``{display_name: last_serial}``."""
-        return {entry.name: entry.serial for entry in self._current_root().entries}
+        """What ``list_packages_with_serial`` returns: ``{display_name: last_serial}`` of every
+        project, quarantined ones included (only the ``/simple/`` roots leave them out)."""
+        with self._lock:
+            return self._xmlrpc_listing()
 
     # --- request log -----------------------------------------------------------------------
 
@@ -1046,6 +1142,25 @@ class FakePyPI:
             raise ValueError(f"unknown mode {mode!r}; known: {XMLRPC_OFF_MODES}")
         with self._lock:
             self._xmlrpc_off = mode
+
+    def serve_cached_listing(self, listing: dict[str, int] | None) -> None:
+        """Answer `listing` (``{display_name: serial}``) for ``list_packages_with_serial`` and
+        list it in both roots, whatever the projects are now; None: the live listing again.
+
+        Warehouse caches ``list_packages_with_serial`` in Redis for up to an hour (a stale
+        cache was seen empty) and PyPI's CDN the roots for 30 minutes or more: a listing far
+        behind the changelog and the pages. The journal, the serials and the pages stay live.
+        """
+        with self._lock:
+            self._cached_listing = None if listing is None else dict(listing)
+            self._generation += 1
+
+    def set_repository_version(self, version: str | None) -> None:
+        """The ``pypi:repository-version`` the HTML pages and root declare: None leaves the
+        meta out, as an index of API 1.0 may (PEP 629: clients assume 1.0); ``"2.0"`` an
+        index of a major version no client may read. The JSON forms keep ``1.4``."""
+        with self._lock:
+            self._repository_version = version
 
     def switch_on_xmlrpc(self) -> None:
         with self._lock:
@@ -1201,7 +1316,7 @@ class FakePyPI:
 
     def quarantine_project(self, name: str) -> int:
         """``project quarantined``: page 200 with no files and status ``quarantined``;
-        the project leaves the root page and ``list_packages_with_serial``."""
+        the project leaves both roots (``list_packages_with_serial`` still lists it)."""
         return self._set_status(name, QUARANTINED, "project quarantined")
 
     def clear_quarantine(self, name: str) -> int:
@@ -1519,7 +1634,9 @@ class FakePyPI:
         if project.status == QUARANTINED:
             releases: tuple[ReleaseView, ...] = ()
         else:
-            ordered = sorted(project.releases.values(), key=lambda r: version_key(r.version))
+            ordered = sorted(
+                project.releases.values(), key=lambda r: (version_key(r.version), r.version)
+            )
             releases = tuple(
                 ReleaseView(
                     r.version,
@@ -1530,13 +1647,26 @@ class FakePyPI:
                 )
                 for r in ordered
             )
+        # warehouse's _simple_detail: sorted by (parsed version, filename)
+        files = sorted(
+            ((release, dist) for release in releases for dist in release.files),
+            key=lambda pair: (version_key(pair[0].version), pair[1].filename),
+        )
         view = PageView(
-            project.name, project.normalized, project.status, project.last_serial, releases
+            project.name,
+            project.normalized,
+            project.status,
+            project.last_serial,
+            releases,
+            tuple(files),
         )
         project.previous = project.current
         project.current = Rendering(view, render_project_html(view))
 
     def _listing_entries(self) -> tuple[ListingEntry, ...]:
+        if self._cached_listing is not None:
+            cached = [ListingEntry(n, normalize(n), s) for n, s in self._cached_listing.items()]
+            return tuple(sorted(cached, key=lambda e: (e.normalized, e.name)))
         entries = [
             ListingEntry(p.name, p.normalized, p.last_serial)
             for p in self._projects.values()
@@ -1545,6 +1675,16 @@ class FakePyPI:
         entries.extend(ListingEntry(n, normalize(n), s) for n, s in self._raw_listing.items())
         entries.sort(key=lambda e: (e.normalized, e.name))
         return tuple(entries)
+
+    def _xmlrpc_listing(self) -> dict[str, int]:
+        """``list_packages_with_serial``: PostgreSQL's ``jsonb_object_agg(name, last_serial)``
+        over every project, so quarantined ones too, in jsonb's key order (shorter first)."""
+        if self._cached_listing is not None:
+            return dict(self._cached_listing)
+        pairs = [(p.name, p.last_serial) for p in self._projects.values()]
+        pairs.extend(self._raw_listing.items())
+        pairs.sort(key=lambda pair: (len(pair[0].encode()), pair[0].encode()))
+        return dict(pairs)
 
     def _current_root(self) -> RootRendering:
         with self._lock:
@@ -1582,6 +1722,10 @@ class FakePyPI:
     def respond(self, request: Request) -> Reply:
         """Route one request, apply any armed fault, and log it."""
         kind, method, reply, fault = self._route(request)
+        version = self._repository_version
+        if version != API_VERSION and kind in ("page", "root"):
+            reply = _with_repository_version(reply, version)
+        reply = _encoded(reply, request.accept_encoding)
         record = RequestRecord(
             request.method,
             request.path,
@@ -1589,6 +1733,7 @@ class FakePyPI:
             0 if reply.reset else reply.status,
             kind,
             fault.kind if fault else None,
+            ("Content-Encoding", "gzip") in reply.headers,
         )
         with self._lock:
             if kind == "page" and reply.status == 200:
@@ -1803,8 +1948,8 @@ class FakePyPI:
                 return _invalid_params()
             root = self._current_root()
             if root.xmlrpc_listing is None:
-                listing = {entry.name: entry.serial for entry in root.entries}
-                root.xmlrpc_listing = _marshal(listing)
+                with self._lock:
+                    root.xmlrpc_listing = _marshal(self._xmlrpc_listing())
             return Reply(200, [("Content-Type", XMLRPC_CONTENT_TYPE)], root.xmlrpc_listing)
         if method == "changelog":
             return _fault_reply(-32500, CHANGELOG_REMOVED)
@@ -1872,6 +2017,64 @@ NOT_UTF8_XML = b"<?xml version='1.0'?>\n<methodResponse>\xff\xfe\xc3\x28</method
 
 def _json_bytes(document: Any) -> bytes:
     return (json.dumps(document, indent=2) + "\n").encode()
+
+
+_VERSION_META = f'    <meta name="pypi:repository-version" content="{API_VERSION}">\n'.encode()
+
+
+def _with_repository_version(reply: Reply, version: str | None) -> Reply:
+    """An HTML answer declaring `version` (None: no ``pypi:repository-version`` meta)."""
+    if not reply.body.startswith(b"<!DOCTYPE html>") or _VERSION_META not in reply.body:
+        return reply
+    meta = b"" if version is None else _VERSION_META.replace(API_VERSION.encode(), version.encode())
+    body = reply.body.replace(_VERSION_META, meta, 1)
+    return Reply(reply.status, reply.headers, body, reply.delay, reply.reset, reply.truncate)
+
+
+def _accepts_gzip(accept_encoding: str | None) -> bool:
+    """Whether WebOb's ``best_match(["identity", "gzip"])`` picks gzip for this header."""
+    for item in (accept_encoding or "").split(","):
+        coding, *params = (part.strip() for part in item.split(";"))
+        if coding.lower() in ("gzip", "*"):
+            quality = 1.0
+            for param in params:
+                key, _, value = param.partition("=")
+                if key.strip().lower() == "q":
+                    with contextlib.suppress(ValueError):
+                        quality = float(value)
+            if quality > 0:
+                return True
+    return False
+
+
+@functools.lru_cache(maxsize=4096)
+def _gzipped(body: bytes) -> bytes:
+    """A body compressed once (bytes cache their hash: a page served again is a lookup)."""
+    return gzip.compress(body, compresslevel=6, mtime=0)
+
+
+def _encoded(reply: Reply, accept_encoding: str | None) -> Reply:
+    """What warehouse's compression tween (``warehouse/utils/compression.py``) does to every
+    answer: ``Accept-Encoding`` joins ``Vary``, and the body is gzipped when the client
+    accepts gzip and that makes it shorter. Fault effects that cut or pad a body go out
+    uncompressed."""
+    if reply.reset:
+        return reply
+    headers = list(reply.headers)
+    for index, (key, value) in enumerate(headers):
+        if key == "Vary":
+            headers[index] = (key, f"{value}, Accept-Encoding")
+            break
+    else:
+        headers.append(("Vary", "Accept-Encoding"))
+    reply.headers = headers
+    if reply.pad_to or reply.truncate or not reply.body or not _accepts_gzip(accept_encoding):
+        return reply
+    compressed = _gzipped(reply.body)
+    if len(compressed) < len(reply.body):
+        reply.headers.append(("Content-Encoding", "gzip"))
+        reply.body = compressed
+    return reply
 
 
 def _simple_reply(media: str, body: bytes, serial: int) -> Reply:
@@ -2048,6 +2251,7 @@ class _Handler(BaseHTTPRequestHandler):
             dict(urllib.parse.parse_qsl(split.query)),
             self.headers.get("Accept"),
             body,
+            self.headers.get("Accept-Encoding"),
         )
         self._write(self.server.fake.respond(request))
 

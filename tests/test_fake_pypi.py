@@ -8,6 +8,7 @@ listings, and consistency under concurrent clients and writers.
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
 import io
 import json
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import xmlrpc.client
 import zipfile
 from collections.abc import Callable, Iterator
@@ -28,6 +30,7 @@ from xml.parsers.expat import ExpatError
 import pytest
 import requests
 
+from tests import warehouse_fixture
 from tests.fake_pypi import (
     CHANGELOG_REMOVED,
     FakePyPI,
@@ -193,7 +196,9 @@ def test_yank_and_unyank_change_data_yanked(fake: FakePyPI, session: requests.Se
     assert json.loads(fake.page("y", json_form=True))["files"][0]["yanked"] is True
 
 
-def test_quarantine_hides_files_and_leaves_the_listings(fake: FakePyPI, session: requests.Session):
+def test_quarantine_hides_files_and_leaves_the_simple_roots(
+    fake: FakePyPI, session: requests.Session
+):
     fake.add_release("Risky", "1.0")
     fake.create_project("other")
     serial = fake.quarantine_project("risky")
@@ -205,9 +210,12 @@ def test_quarantine_hides_files_and_leaves_the_listings(fake: FakePyPI, session:
     assert "<a " not in response.text
     document = json.loads(fake.page("risky", json_form=True))
     assert document["project-status"] == {"status": "quarantined"}
-    assert document["files"] == []
+    assert document["files"] == [] and document["versions"] == []
     assert "Risky" not in get(session, fake, "/simple/").text
-    assert "Risky" not in rpc(session, fake, "list_packages_with_serial")
+    assert "Risky" not in get(session, fake, "/simple/", headers={"Accept": V1_JSON}).text
+    # warehouse's XML-RPC lists every project (jsonb_object_agg over all of them)
+    assert rpc(session, fake, "list_packages_with_serial") == {"Risky": serial, "other": 5}
+    assert fake.listing() == {"Risky": serial, "other": 5}
     assert get(session, fake, "/pypi/Risky/json").status_code == 404
 
     serial = fake.clear_quarantine("risky")
@@ -294,6 +302,46 @@ def test_project_page_bytes_follow_warehouse_pep833_snapshot(
     assert re.fullmatch(r"[0-9a-f]{64}", file["hashes"]["sha256"])
 
 
+@pytest.mark.parametrize("gzip_ok", [False, True])
+def test_pages_and_roots_are_the_bytes_warehouse_renders(gzip_ok: bool):
+    """Held to fixed inputs that warehouse's own code rendered (tests/warehouse_fixture.py):
+    JSON key order, separators, UTF-8, newline; versions with files only; upload times;
+    provenance; the file order; data-provenance's spacing; the roots without quarantined."""
+    with FakePyPI(clock=lambda: warehouse_fixture.NOW) as index:
+        warehouse_fixture.build_fixed_index(index)
+        encoding = "gzip" if gzip_ok else "identity"
+        for path, form in [(f"/simple/{n}/", n) for n in ("fixed-project", "held")] + [
+            ("/simple/", "root")
+        ]:
+            for accept, suffix in (("text/html", "html"), (V1_JSON, "v1_json")):
+                expected = (warehouse_fixture.FIXTURES / f"{form}.{suffix}").read_bytes()
+                request = urllib.request.Request(
+                    index.url + path, headers={"Accept": accept, "Accept-Encoding": encoding}
+                )
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    body = response.read()
+                    assert response.headers["Vary"] == "Accept, Accept-Encoding"
+                    if gzip_ok:
+                        assert response.headers["Content-Encoding"] == "gzip"
+                        body = gzip.decompress(body)
+                    else:
+                        assert response.headers["Content-Encoding"] is None
+                assert body == expected, (path, accept)
+
+
+def test_list_packages_with_serial_lists_quarantined_projects_too(session: requests.Session):
+    with FakePyPI(clock=lambda: warehouse_fixture.NOW) as index:
+        warehouse_fixture.build_fixed_index(index)
+        listing = rpc(session, index, "list_packages_with_serial")
+    assert listing == {
+        "held": index.project_serial("held"),
+        "Other_Name": index.project_serial("other-name"),
+        "Fixed.Project": index.project_serial("fixed-project"),
+    }
+    # jsonb's key order, shorter keys first, as warehouse's PostgreSQL aggregates it
+    assert list(listing) == ["held", "Other_Name", "Fixed.Project"]
+
+
 def test_file_attributes_are_escaped_and_files_sorted_by_version(fake: FakePyPI):
     fake.add_release("attrs", "10.0", files=1, requires_python="<4,>=3.8")
     fake.add_release("attrs", "9.0", files=2)
@@ -325,7 +373,7 @@ def test_root_page_is_sorted_by_normalized_name(fake: FakePyPI, session: request
     response = get(session, fake, "/simple/")
     assert response.status_code == 200
     assert response.headers[SERIAL] == str(fake.last_serial)
-    assert response.headers["Vary"] == "Accept"
+    assert response.headers["Vary"] == "Accept, Accept-Encoding"
     assert response.text == (
         "<!DOCTYPE html>\n"
         '<html lang="en">\n'
@@ -368,7 +416,7 @@ def test_json_forms(fake: FakePyPI, session: requests.Session):
     assert wheel["filename"] == "json_pkg-1.0-py3-none-any.whl"
     assert wheel["requires-python"] == ">=3.8"
     assert wheel["yanked"] is False
-    assert wheel["upload-time"] == "2023-11-14T22:13:20.000000Z"
+    assert re.fullmatch(r"2023-11-14T22:13:20\.[0-9]{6}Z", wheel["upload-time"])
     assert set(wheel["core-metadata"]) == {"sha256"}
     assert document["files"][1]["core-metadata"] is False
     assert wheel["hashes"]["sha256"] in get(session, fake, "/simple/json-pkg/").text
@@ -397,7 +445,7 @@ def test_content_negotiation(
         response = get(session, fake, path, headers={"Accept": accept})
         assert response.status_code == 200
         assert response.headers["Content-Type"] == content_type
-        assert response.headers["Vary"] == "Accept"
+        assert response.headers["Vary"] == "Accept, Accept-Encoding"
         if content_type == V1_JSON:
             assert response.json()["meta"]["api-version"] == "1.4"
         else:
@@ -429,7 +477,9 @@ def test_head_and_purge(fake: FakePyPI, session: requests.Session):
     head = session.head(fake.url + "/simple/h/", timeout=10)
     assert head.status_code == 200
     assert head.content == b""
-    assert head.headers["Content-Length"] == str(len(full.content))
+    # both gzipped (requests asks for it): the same length
+    assert head.headers["Content-Length"] == full.headers["Content-Length"]
+    assert head.headers["Content-Encoding"] == full.headers["Content-Encoding"] == "gzip"
     assert session.request("PURGE", fake.url + "/simple/h/", timeout=10).status_code == 200
 
 

@@ -146,7 +146,7 @@ def test_stand_in_serves_json_as_warehouse_does(pypi: FakePyPI) -> None:
         gone = session.post(f"{pypi.url}/pypi", data=b"<methodCall/>", timeout=10)
     for response in (page, root):
         assert response.headers["Content-Type"] == V1_JSON  # no charset: not a text/* type
-        assert response.headers["Vary"] == "Accept"
+        assert response.headers["Vary"] == "Accept, Accept-Encoding"
         assert response.headers["Access-Control-Allow-Origin"] == "*"
     assert page.headers["X-PyPI-Last-Serial"] == str(pypi.project_serial("numpy"))
     assert page.json()["meta"]["_last-serial"] == pypi.project_serial("numpy")

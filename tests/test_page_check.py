@@ -8,6 +8,7 @@ lxml would not give.
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 
@@ -20,6 +21,8 @@ from pypi_index_mirror.upstream.client import (
 )
 from tests.fake_pypi import FakePyPI
 
+VERSION_META = b'    <meta name="pypi:repository-version" content="1.4">\n'
+
 
 def warehouse_pages(count: int = 60) -> list[tuple[str, bytes]]:
     """The stand-in's pages (warehouse's template, byte for byte): every attribute mix."""
@@ -28,6 +31,15 @@ def warehouse_pages(count: int = 60) -> list[tuple[str, bytes]]:
     fake.archive_project(fake.project_names()[0])
     fake.quarantine_project(fake.project_names()[1])
     return [(name, fake.page(name)) for name in fake.project_names()]
+
+
+def api_1_0_pages(count: int = 40) -> list[tuple[str, bytes]]:
+    """The same pages as an index of API 1.0 writes them: no version meta (PEP 629)."""
+    pages = warehouse_pages(count)
+    fake = FakePyPI(log_requests=False)
+    fake.create_project("no-files")
+    pages.append(("no-files", fake.page("no-files")))
+    return [(name, body.replace(VERSION_META, b"", 1)) for name, body in pages]
 
 
 def full_check(name: str, body: bytes) -> PageFacts | str:
@@ -74,6 +86,10 @@ HOSTILE_PIECES = [
     b'<meta name="pypi:repository-version" content="2.0">',
     b'<meta name="pypi:project-status" content="quarantined">',
     b'<meta name="pypi:repository-version">',
+    VERSION_META,
+    b"<h1>",
+    b"</h1>",
+    b"Links for ",
     b' href="x"',
     b' name="y"',
     b"\xc3\xa9",
@@ -164,14 +180,15 @@ def test_a_page_off_warehouse_s_shape_gets_lxml_s_verdict(edit: tuple[bytes, byt
 
 
 def test_whatever_the_fast_path_accepts_lxml_accepts_with_the_same_facts() -> None:
-    """Thousands of hostile edits of real-shaped pages; the fast path agrees or abstains."""
+    """Thousands of hostile edits of real-shaped pages, with and without the version meta;
+    the fast path agrees or abstains."""
     rng = random.Random(20261202)
-    pages = warehouse_pages(40)
+    pages = warehouse_pages(40) + api_1_0_pages(20)
     accepted = abstained = 0
-    for _ in range(6000):
+    for _ in range(8000):
         name, body = rng.choice(pages)
         changed = mutate(body, rng)
-        facts = facts_of_warehouse_page(changed)
+        facts = facts_of_warehouse_page(changed, name)
         if facts is None:
             abstained += 1
             continue
@@ -179,3 +196,45 @@ def test_whatever_the_fast_path_accepts_lxml_accepts_with_the_same_facts() -> No
         assert facts == full_check(name, changed), changed
     # both sides exercised: edits it still accepts (in text, values, blanks) and ones it leaves
     assert accepted > 400 and abstained > 1000, (accepted, abstained)
+
+
+# --- PEP 629: a page without the version meta is API 1.0 ---------------------------------------
+
+
+def test_a_page_without_the_version_meta_is_api_1_0_on_both_paths() -> None:
+    pages = api_1_0_pages()
+    assert any(b"<a " not in body for _, body in pages)  # a project with no files among them
+    for name, body in pages:
+        assert b"repository-version" not in body
+        facts = facts_of_warehouse_page(body, name)
+        assert facts is not None, body[:300]
+        assert facts == full_check(name, body) == inspect_simple_page(name, body)
+    name, body = pages[0]
+    # another index's spelling (no doctype's case, no lang, one line) goes through lxml alike
+    plain = b"<html><head><title>Links for %s</title></head><body></body></html>" % name.encode()
+    assert facts_of_warehouse_page(plain, name) is None
+    assert inspect_simple_page(name, plain) == PageFacts("active")
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b'<meta name="pypi:repository-version" content="2.0">', "'2.0' is not 1.x"),
+        (b'<meta name="pypi:repository-version" content="">', "'' is not 1.x"),
+        (None, "<p> element"),  # the stand-in's CDN error page, served 200
+        (b"<html><body><h1>Service Unavailable</h1></body></html>", "no title naming it"),
+        (b"<html><head><title>Log in</title></head><body><form></form></body></html>", "<form>"),
+    ],
+)
+def test_a_version_2_or_a_page_that_is_no_list_of_links_is_refused(
+    body: bytes | None, reason: str
+) -> None:
+    from tests.fake_pypi import CDN_ERROR_PAGE
+
+    if body is None:
+        body = CDN_ERROR_PAGE
+    elif body.startswith(b"<meta"):
+        body = warehouse_pages(5)[0][1].replace(VERSION_META, b"    " + body + b"\n", 1)
+    assert facts_of_warehouse_page(body, "x") is None
+    with pytest.raises(NotASimplePage, match=re.escape(reason)):
+        inspect_simple_page("x", body)

@@ -9,6 +9,7 @@ no client can still be sent to them.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import re
@@ -16,6 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from pypi_index_mirror.mirror.formats import BY_BASENAME
 from pypi_index_mirror.mirror.state import State
@@ -34,13 +36,17 @@ from pypi_index_mirror.mirror.store import (
     prefixed_name,
     target_of_copy,
 )
-from pypi_index_mirror.upstream.client import FetchedPage, NotASimplePage
+from pypi_index_mirror.upstream.client import FetchedPage, NotASimplePage, facts_of_checked_page
 
 _SERIAL_TRAILER = re.compile(rb"<!--SERIAL (\d+)-->\s*$")
-# warehouse writes "meta" first: {"meta": {"api-version": "1.4", "_last-serial": 123}, ...}
+# A page that writes "meta" first: {"meta": {"api-version": "1.4", "_last-serial": 123}, ...}
 _JSON_META_SERIAL = re.compile(
     rb'^\s*\{\s*"meta"\s*:\s*\{\s*"api-version"\s*:\s*"[^"]*"\s*,\s*"_last-serial"\s*:\s*(\d+)\s*\}'
 )
+_JSON_META_KEY = re.compile(rb'"meta"\s*:')
+# How much of a JSON page's end `MirrorWriter.local_serial` reads first, then next; past
+# that, the whole page (only a project with thousands of versions has a longer tail).
+JSON_TAIL_READS = (4096, 65536)
 
 
 def page_serial(page_tail: bytes) -> int | None:
@@ -49,14 +55,38 @@ def page_serial(page_tail: bytes) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def json_page_serial(page_head: bytes) -> int | None:
-    """The ``meta._last-serial`` at the start of a PEP 691 page as warehouse writes it.
-
-    None when the page starts otherwise: the caller then treats the serial as
-    unknown (the page is fetched again), never as a guess.
-    """
+def json_page_serial_at_start(page_head: bytes) -> int | None:
+    """The ``meta._last-serial`` of a PEP 691 page that begins with its ``meta`` object."""
     match = _JSON_META_SERIAL.match(page_head)
     return int(match.group(1)) if match else None
+
+
+def json_page_serial(page_tail: bytes) -> int | None:
+    """The top-level ``meta._last-serial`` of a PEP 691 page, from the page's last bytes.
+
+    Warehouse renders JSON with sorted keys (``json.dumps(sort_keys=True,
+    separators=(",", ":"), ensure_ascii=False)``), so ``"meta"`` comes after
+    the files, followed only by ``name``, ``project-status`` and ``versions``.
+    `page_tail` must end where the page ends. The last ``"meta":`` key in it
+    whose remainder, read as the rest of an object, parses to a whole JSON
+    object is the top-level one: a ``"meta"`` inside a string is escaped
+    (``\\"meta\\"``) and one nested deeper leaves unbalanced brackets behind it.
+    None when there is none (the caller then fetches the page again, never guesses).
+    """
+    for match in reversed(list(_JSON_META_KEY.finditer(page_tail))):
+        start = before = match.start()
+        while before and page_tail[before - 1] == 0x5C:  # backslashes before the quote
+            before -= 1
+        if (start - before) % 2:
+            continue  # an escaped quote: inside a string
+        try:
+            document = json.loads(b"{" + page_tail[start:])
+        except ValueError:  # UnicodeDecodeError and JSONDecodeError alike
+            continue
+        meta = document.get("meta") if isinstance(document, dict) else None
+        serial = meta.get("_last-serial") if isinstance(meta, dict) else None
+        return serial if type(serial) is int and serial >= 0 else None
+    return None
 
 
 # --- the writer: the only code that changes the mirror
@@ -125,17 +155,56 @@ class MirrorWriter:
     def local_serial(self, name: str, basename: str = PAGE_NAME) -> int | None:
         """The serial of a page on disk, read from its trailer (HTML) or its ``meta`` (JSON).
 
-        None: absent or unknown. Reads 64 or 256 bytes, never the whole page.
+        None: absent or unknown. Reads the last 64 bytes of an HTML page; of a
+        JSON page its first 256, then its last 4 KiB (where warehouse's sorted
+        keys put ``meta``), rarely more.
         """
         try:
             with open(self.layout.project_page(name, basename), "rb") as handle:
                 if basename == JSON_PAGE_NAME:
-                    return json_page_serial(handle.read(256))
+                    return self._json_serial(handle)
                 handle.seek(0, os.SEEK_END)
                 handle.seek(max(0, handle.tell() - 64))
                 return page_serial(handle.read())
         except (FileNotFoundError, NotADirectoryError):
             return None
+
+    def quarantined(self, name: str, basename: str = PAGE_NAME) -> bool:
+        """Whether the page on disk says the project is quarantined (PEP 792), cheaply.
+
+        A quarantined project keeps its page but leaves the roots; PyPI's
+        ``list_packages_with_serial`` still lists it, so a full sync that finds
+        its page current must read this to leave it out. The status is near the
+        start of an HTML page (its second meta) and in the last bytes of a JSON
+        one (warehouse's sorted keys: ``project-status`` after the files).
+        """
+        try:
+            with open(self.layout.project_page(name, basename), "rb") as handle:
+                if basename != JSON_PAGE_NAME:
+                    facts = facts_of_checked_page(handle.read(512))
+                else:
+                    size = handle.seek(0, os.SEEK_END)
+                    handle.seek(max(0, size - JSON_TAIL_READS[0]))
+                    facts = facts_of_checked_page(handle.read())
+                    if facts is None and size > JSON_TAIL_READS[0]:
+                        handle.seek(0)
+                        facts = facts_of_checked_page(handle.read())
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        return facts is not None and not facts.listed
+
+    @staticmethod
+    def _json_serial(handle: BinaryIO) -> int | None:
+        serial = json_page_serial_at_start(handle.read(256))
+        if serial is not None:
+            return serial
+        size = handle.seek(0, os.SEEK_END)
+        for window in (*JSON_TAIL_READS, size):
+            handle.seek(max(0, size - window))
+            serial = json_page_serial(handle.read())
+            if serial is not None or window >= size:
+                return serial
+        return None
 
     def local_projects(self) -> Iterator[str]:
         """Names of the projects with a page on disk in any form, streamed (a full scan: only

@@ -44,6 +44,8 @@ class Config:
     # page; a second (on a second core) only adds CPU (docs/performance.md)
     processes: int = 1
     full_check: bool = False
+    # take an empty or shrunken project listing as the truth, this run (see listing_refusal)
+    trust_listing: bool = False
     dry_run: bool = False
     rstuf_url: str | None = None
     rstuf_token: str | None = None  # from RSTUF_API_TOKEN only
@@ -201,6 +203,14 @@ OPTIONS: tuple[Option, ...] = (
         "full-check",
         "compare PyPI's whole listing with the mirror: fetch what is missing or behind, "
         "remove what PyPI no longer has (404)",
+        in_file=False,
+        env=None,
+    ),
+    Option(
+        "trust-listing",
+        "take PyPI's project listing as the truth even when it is empty (its journal is "
+        "not) or lists fewer than half of the 100 or more projects the mirror holds; "
+        "without it such a listing (a stale cache) ends the run with exit 1, nothing changed",
         in_file=False,
         env=None,
     ),

@@ -145,3 +145,27 @@ def root_changes(
     if not membership_changed and not identity_changed & fetched:
         return None
     return {name: to_fetch[name].display_name if listed(name) else None for name in fetched}
+
+
+# A mirror holding fewer projects than this may really lose most of them at once (a small
+# filtered mirror); above it, a listing of less than half of them is a stale cache.
+SHRUNKEN_LISTING_MIN = 100
+
+
+def listing_refusal(seen: int, listed: int, held: int, serial: int | None) -> str | None:
+    """Why a project listing cannot be the index's, or None when it may be taken as the truth.
+
+    Warehouse caches ``list_packages_with_serial`` for up to an hour and was seen to
+    answer an empty one; PyPI's CDN caches the JSON root. Taken as the truth, such a
+    listing would end a first sync with nothing mirrored, or make a full check drop
+    every project it leaves out from the roots. `seen` counts the listing's entries
+    before the project filter, `listed` those the filter allows, `held` the projects
+    (the filter allows) the mirror holds, `serial` the index's journal serial. Refused:
+    an empty listing of an index whose journal is not empty, and a listing with fewer
+    than half of the projects a mirror of `SHRUNKEN_LISTING_MIN` or more holds.
+    """
+    if seen == 0 and serial:
+        return f"lists no project at all although its journal is at serial {serial}"
+    if held >= SHRUNKEN_LISTING_MIN and listed * 2 < held:
+        return f"lists {listed} project(s), fewer than half of the {held} this mirror holds"
+    return None

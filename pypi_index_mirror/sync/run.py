@@ -120,6 +120,7 @@ from pypi_index_mirror.sync.plan import (
     forms_answer,
     full_sync_fetches,
     json_root_changes,
+    listing_refusal,
     root_changes,
 )
 from pypi_index_mirror.sync.worker_pool import map_unordered
@@ -136,6 +137,7 @@ from pypi_index_mirror.upstream.client import (
     PypiClient,
     StalePage,
     Transient,
+    UntrustedListing,
     UpstreamError,
     XmlRpcUnavailable,
     page_request,
@@ -322,6 +324,8 @@ class Sync:
         self.filter = config.project_filter
         self.source = JSON_ROOT_SOURCE if config.no_xmlrpc else XMLRPC_SOURCE
         self.source_noted = False
+        self.listing_seen = 0  # the last listing's entries before the filter (fetch_listing)
+        self.quarantined_on_disk: set[str] = set()  # listed, current on disk, quarantined
         self.membership_changed = False
         self.bootstrap_refusal: str | None = None  # why this run keeps changes from RSTUF
         self.budget = WaitBudget(config.rstuf_wait)  # one for the whole run
@@ -589,7 +593,8 @@ class Sync:
         when this run asked for it already); the JSON root carries its own
         (``X-PyPI-Last-Serial``, as cached by the CDN with it).
         """
-        allows = None if self.filter.everything else self.filter.allows
+        allows = None if self.filter.everything else self.counting_allows
+        self.listing_seen = 0
         if self.source == XMLRPC_SOURCE:
             wanted = Listing(self.spill_dir())
             try:
@@ -599,6 +604,8 @@ class Sync:
                     functools.partial(add_listed, wanted, allows=allows)
                 )
                 self.note_source()
+                if allows is None:
+                    self.listing_seen = len(wanted)
                 return wanted, last_serial
             except XmlRpcUnavailable as exc:
                 self.fall_back(exc)
@@ -606,9 +613,30 @@ class Sync:
         last_serial = self.pypi.list_projects_json(
             functools.partial(add_listed, wanted, allows=allows)
         )
+        if allows is None:
+            self.listing_seen = len(wanted)
         self.summary.upstream_serial, self.summary.upstream_seen = last_serial, time.time()
         self.note_source()
         return wanted, last_serial
+
+    def counting_allows(self, name: str) -> bool:
+        """The filter's verdict on a listed name, counted (`check_listing` needs the
+        listing's size before the filter)."""
+        self.listing_seen += 1
+        return self.filter.allows(name)
+
+    def check_listing(self, listed: int, held: int, serial: int | None) -> None:
+        """Refuse (UntrustedListing) a listing too empty or small to be the index's, unless
+        --trust-listing; before anything is written, so state and tree stay as they were."""
+        reason = listing_refusal(self.listing_seen, listed, held, serial)
+        if reason is None:
+            return
+        source = (
+            "list_packages_with_serial" if self.source == XMLRPC_SOURCE else "JSON root /simple/"
+        )
+        if not self.config.trust_listing:
+            raise UntrustedListing(source, reason)
+        log.warning("PyPI's %s %s; taken as the truth (--trust-listing)", source, reason)
 
     def spill_dir(self) -> Path | None:
         """Where a listing's sorted runs go while it streams in (a dry run: in memory)."""
@@ -633,15 +661,6 @@ class Sync:
         """
         wanted, last_serial = self.fetch_listing(last_serial)
         target = min(last_serial, wanted.max_serial(default=last_serial))
-        if not self.state.full_sync_in_progress:
-            self.state.first_sync = self.state.serial is None and not (
-                self.layout.root_page.exists() or has_project_pages(self.layout)
-            )
-            self.state.full_sync_in_progress = True
-            self.save("full-sync-started")
-        first = self.state.first_sync
-        kind = "first sync" if first else "full check"
-        log.info("%s: %d projects listed at serial %d", kind, len(wanted), target)
         excluded: set[str] = set()  # on disk, and the filter excludes them now
         serials: dict[str, int] = {}  # page serials newer than the listing's, for the JSON root
         # --full-check: archiving leaves the serial as it was, so every listed page is fetched
@@ -651,6 +670,16 @@ class Sync:
         to_fetch = full_sync_fetches(
             wanted, self.allowed_local(excluded), on_disk, self.state.pending
         )
+        self.check_listing(len(wanted), to_fetch.local_seen, last_serial)
+        if not self.state.full_sync_in_progress:
+            self.state.first_sync = self.state.serial is None and not (
+                self.layout.root_page.exists() or has_project_pages(self.layout)
+            )
+            self.state.full_sync_in_progress = True
+            self.save("full-sync-started")
+        first = self.state.first_sync
+        kind = "first sync" if first else "full check"
+        log.info("%s: %d projects listed at serial %d", kind, len(wanted), target)
         if self.config.dry_run:
             self.summary.would_fetch = len(to_fetch)
             outbox = dry_run.outbox_actions(self.owed_for_plan(), self.target_exists)
@@ -696,6 +725,7 @@ class Sync:
         """
         done = not outcome.unfetched and not (first and outcome.failed)
         serials.update(outcome.serials)
+        outcome.unlisted |= self.quarantined_on_disk  # current, not fetched, quarantined
         for name in outcome.failed:  # listed with the serial of the page still served
             if self.writer.has_page(name):
                 serials[name] = self.writer.local_serial(name, self.forms[0].basename) or 0
@@ -755,6 +785,10 @@ class Sync:
             return None
         if serial > listed.serial:
             serials[name] = serial
+        if serial >= listed.serial and self.writer.quarantined(name, primary.basename):
+            # current, so not fetched: its page, not PyPI's listing (which names
+            # quarantined projects too), says it leaves the roots
+            self.quarantined_on_disk.add(name)
         return serial
 
     def drop_other_forms(self, record_changes: bool) -> None:
@@ -931,11 +965,14 @@ class Sync:
                 to_fetch[name] = item
         renamed: set[str] = set()  # removed and created again under another spelling
         unlisted: dict[str, str] = {}
+        held = 0
         for name, display, listed in self.root_members_in(listing):
+            held += 1
             if listed is None:
                 unlisted[name] = display
             elif listed.display_name != display:
                 renamed.add(name)
+        self.check_listing(len(listing), held, root_serial)
         for name, item in self.state.pending.items():
             merge_pending(to_fetch, name, item)
         for name, display in unlisted.items():  # a 404 now means removed, whatever was pending
@@ -1757,7 +1794,7 @@ class Sync:
             lambda: (
                 (name, item.display_name, serials.get(name, item.serial))
                 for index, (name, item) in enumerate(listing.items())
-                if present[index] and outcome.lists(name)
+                if present[index] and outcome.lists(name) and name not in self.quarantined_on_disk
             ),
             record_change=True,
         )

@@ -123,6 +123,19 @@ class MissingPage(UpstreamError, Retryable):
         self.name, self.serial = name, serial
 
 
+class UntrustedListing(UpstreamError):
+    """A project listing too empty or too small to be the index's (a stale cache): refused
+    before anything is changed (see `sync_plan.listing_refusal`)."""
+
+    def __init__(self, source: str, reason: str) -> None:
+        super().__init__(
+            f"PyPI's {source} {reason}: a stale cache, not the index; nothing was changed. "
+            "Run again later (PyPI caches it up to an hour), or with --trust-listing if the "
+            "index really holds so few"
+        )
+        self.source, self.reason = source, reason
+
+
 class ChangelogError(UpstreamError):
     """The changelog contradicts itself; applying it could lose changes."""
 
@@ -240,23 +253,35 @@ _WAREHOUSE_PAGE = re.compile(
     _BLANK + rb"<!DOCTYPE html>" + _BLANK + rb'<html(?: lang="[A-Za-z-]*+")?>' + _BLANK
     + rb"<head>" + _BLANK
     + rb'((?:<meta name="[a-z:-]++" content=' + _VALUE + rb">" + _BLANK + rb")*+)"
-    + rb"<title>" + _TEXT + rb"</title>" + _BLANK + rb"</head>" + _BLANK
-    + rb"<body>" + _BLANK + rb"(?:<h1>" + _TEXT + rb"</h1>" + _BLANK + rb")?"
-    + rb"(?:<a href=" + _VALUE + rb"(?:[ \t\r\n]++[a-z-]++=" + _VALUE + rb")*+" + _BLANK
-    + rb">" + _TEXT + rb"</a>(?:<br ?/?>)?" + _BLANK + rb")*+"
+    + rb"<title>(" + _TEXT + rb")</title>" + _BLANK + rb"</head>" + _BLANK
+    + rb"<body>" + _BLANK + rb"(?:<h1>(" + _TEXT + rb")</h1>" + _BLANK + rb")?"
+    + rb"((?:<a href=" + _VALUE + rb"(?:[ \t\r\n]++[a-z-]++=" + _VALUE + rb")*+" + _BLANK
+    + rb">" + _TEXT + rb"</a>(?:<br ?/?>)?" + _BLANK + rb")*+)"
     + rb"</body>" + _BLANK + rb"</html>" + _BLANK + rb"(?:<!--SERIAL [0-9]++-->" + _BLANK + rb")?"
 )  # fmt: skip
 _PAGE_META = re.compile(rb'<meta name="([a-z:-]+)" content="([^"]*)">')
 _PLAIN_VALUE = re.compile(rb"[!#-%'-;=?-~]*")  # printable ASCII but for space " & < >
+# What a page without the version meta (PEP 629: an index of API 1.0) may hold: PEP 503's
+# list of links and nothing else, so a 200 error or login page (a <p>, a <form>, an <hr>) is
+# never taken for a project with no files.
+API_1_0_ELEMENTS = frozenset({"html", "head", "meta", "title", "body", "h1", "a", "br"})
+_NAME_SEPARATORS = re.compile(r"[-_.]+")
 
 
-def facts_of_warehouse_page(body: bytes) -> PageFacts | None:
+def names_project(text: str, name: str) -> bool:
+    """Whether a title or heading names project `name` (compared PEP 503-normalized)."""
+    return bool(name) and name in _NAME_SEPARATORS.sub("-", text.lower())
+
+
+def facts_of_warehouse_page(body: bytes, name: str | None = None) -> PageFacts | None:
     """A valid page's facts without parsing it, when it has warehouse's shape; else None.
 
     Never a verdict lxml would not give: whatever this accepts, the full check
     accepts with the same facts (tests/test_page_check.py holds it to that over
     mutated pages). A page of another shape, or a meta value with an entity or
-    an odd byte in it, gets None and the full check.
+    an odd byte in it, gets None and the full check. A page without the
+    version meta is API 1.0 (PEP 629): accepted when it links a file or its
+    title or heading names project `name` (unknown: None, the full check decides).
     """
     match = _WAREHOUSE_PAGE.fullmatch(body)
     if match is None:
@@ -268,8 +293,16 @@ def facts_of_warehouse_page(body: bytes) -> PageFacts | None:
     status = metas.get(b"pypi:project-status", b"active")
     # an entity in the status would read otherwise in lxml's tree (in the version it cannot
     # turn a leading "1." into anything else)
-    if version is None or not version.startswith(b"1.") or not _PLAIN_VALUE.fullmatch(status):
+    if version is not None and not version.startswith(b"1."):
         return None
+    if not _PLAIN_VALUE.fullmatch(status):
+        return None
+    if version is None and not match.group(4):  # API 1.0 and no link: is it this project's?
+        headings = match.group(2) + b" " + (match.group(3) or b"")
+        if name is None or b"&" in headings:  # an entity: lxml's text may differ
+            return None
+        if not names_project(headings.decode("utf-8", "replace"), name):
+            return None
     return PageFacts(status.decode("ascii"))
 
 
@@ -285,7 +318,7 @@ def inspect_simple_page(name: str, body: bytes) -> PageFacts:
         body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise NotASimplePage(name, f"not UTF-8 at byte {exc.start}") from None
-    return facts_of_warehouse_page(body) or parse_simple_page(name, body)
+    return facts_of_warehouse_page(body, name) or parse_simple_page(name, body)
 
 
 def parse_simple_page(name: str, body: bytes) -> PageFacts:
@@ -301,12 +334,34 @@ def parse_simple_page(name: str, body: bytes) -> PageFacts:
     if root is None:
         raise NotASimplePage(name, "unparsable HTML")
     versions = tools.version(root)
-    if not versions or not str(versions[0]).startswith("1."):
-        raise NotASimplePage(name, "no pypi:repository-version 1.x meta tag")
+    if versions and not str(versions[0]).startswith("1."):
+        raise NotASimplePage(name, f"pypi:repository-version {str(versions[0])[:20]!r} is not 1.x")
     if tools.link_without_href(root):
         raise NotASimplePage(name, "a link without href")
+    if not versions:
+        check_api_1_0_page(name, root)
     status = tools.status(root)
     return PageFacts(str(status[0]) if status else "active")
+
+
+def check_api_1_0_page(name: str, root: lxml.etree._Element) -> None:
+    """A page without ``pypi:repository-version`` is API 1.0 (PEP 629: clients assume 1.0),
+    if it is PEP 503's list of links: only `API_1_0_ELEMENTS`, and a link or a title or
+    heading that names the project. Anything else (an error or login page served 200) is
+    refused, never mirrored as a project without files. Raises NotASimplePage."""
+    for element in root.iter():
+        if isinstance(element.tag, str) and element.tag not in API_1_0_ELEMENTS:
+            raise NotASimplePage(
+                name, f"no pypi:repository-version meta and a <{element.tag[:20]}> element"
+            )
+    if next(root.iter("a"), None) is not None:
+        return
+    title, heading = root.find(".//title"), root.find(".//h1")
+    headings = " ".join(
+        "".join(element.itertext()) for element in (title, heading) if element is not None
+    )
+    if not names_project(headings, name):
+        raise NotASimplePage(name, "no pypi:repository-version meta, no link, no title naming it")
 
 
 def inspect_json_page(name: str, body: bytes, serial: int | None = None) -> PageFacts:
