@@ -2368,12 +2368,12 @@ def serve_until_stopped(fake: FakePyPI, banner: Callable[[], str]) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
-    with fake:
+    # a signal may come as soon as the URL is out (a script read it), even mid-banner
+    with fake, contextlib.suppress(KeyboardInterrupt):
         print(fake.url, flush=True)
         print(banner(), file=sys.stderr, flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            while True:
-                time.sleep(3600)
+        while True:
+            time.sleep(3600)
 
 
 def _churn_main(argv: Sequence[str]) -> int:
