@@ -403,6 +403,10 @@ def generate(options: Options, stdout: TextIO) -> Summary:
 # --- command line ------------------------------------------------------------
 
 
+# checked as every path option is (an empty one is refused); a str: '-' is standard output
+OUTPUT_OPTION = settings.Option("output", "", lambda text: str(settings.path_value(text)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="generate_csv.py",
@@ -428,6 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     settings.add_options(parser, [o for o in settings.OPTIONS if o.key in ("mirror-dir", "state")])
     parser.add_argument(
         "--output",
+        type=settings.argparse_type(OUTPUT_OPTION),
         default=DEFAULT_OUTPUT,
         help="CSV to write atomically, '-' for standard output; must not be inside "
         "the served tree (default: %(default)s)",
