@@ -86,7 +86,8 @@ from mirror_store import (
     readable_mode,
 )
 from parallel import EXECUTORS, make_executor, ordered_map, usable_cpus
-from state import State, load_state, refuse_legacy_default_state
+from safety import locate_state, state_elsewhere
+from state import State, load_state
 
 log = logging.getLogger("generate_csv")
 
@@ -202,7 +203,7 @@ class Options:
     output: Path | None  # None: standard output
     workers: int
     executor: str  # one of EXECUTORS
-    state_given: bool = True  # False: the default state file (release 1.0's may be around)
+    state_given: bool = True  # False: the default state file (the previous default's may be around)
 
 
 @dataclass(frozen=True)
@@ -254,10 +255,13 @@ def read_finished_state(layout: MirrorLayout, state_path: Path) -> State:
     state file that cannot be trusted.
     """
     if not state_path.exists():
+        elsewhere = state_elsewhere(state_path, layout)
         raise MirrorNotReady(
             state_path,
             "no state file, so the first sync has not finished "
-            "(check --state, or run pypi_mirror.py until it finishes)",
+            "(check --state, or run pypi_mirror.py until it finishes)"
+            if elsewhere is None
+            else f"no state file; {elsewhere} is one: give --state {elsewhere}",
         )
     state = load_state(state_path)
     if state.serial is None or state.full_sync_in_progress:
@@ -365,7 +369,8 @@ def generate(options: Options, stdout: TextIO) -> Summary:
         check_output_path(options.output, layout, options.state_path)
     started = time.monotonic()
     with mirror_lock(layout.lock_path):
-        state = read_finished_state(layout, options.state_path)
+        state_path = locate_state(options.state_path, options.state_given, layout)
+        state = read_finished_state(layout, state_path)
         serial = state.serial
         assert serial is not None  # read_finished_state refuses a mirror without one
         log.info(
@@ -475,7 +480,6 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     configure_logging(args.verbose, args.quiet)
     options = parse_options(args)
-    refuse_legacy_default_state(options.state_path, given=options.state_given)
     log.debug(
         "mirror %s, state %s, %d %s",
         options.mirror_dir,

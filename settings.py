@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from cli_support import VERSION, UsageError, format_bound, number
-from mirror_store import DEFAULT_MIRROR_DIR, MirrorLayout
+from mirror_store import DEFAULT_MIRROR_DIR, DEFAULT_STATE_FILE
 from project_filter import ProjectFilter, glob_pattern
 
 CONFIG_ENV = "PYPI_MIRROR_CONFIG"
@@ -37,7 +37,7 @@ class Config:
     """Everything a run is told; units in the comments."""
 
     mirror_dir: Path = DEFAULT_MIRROR_DIR
-    state_path: Path | None = None  # None: MirrorLayout.state_file, inside mirror_dir
+    state_path: Path | None = None  # None: DEFAULT_STATE_FILE, ./state.json
     pypi_url: str = "https://pypi.org"
     workers: int = 10
     # a clean first sync's processes: one keeps the stand-in's pages/s at 0.21 ms of CPU a
@@ -80,7 +80,7 @@ class Config:
 
     @property
     def state_file(self) -> Path:
-        return self.state_path or MirrorLayout(self.mirror_dir).state_file
+        return self.state_path or DEFAULT_STATE_FILE
 
     @property
     def project_filter(self) -> ProjectFilter:
@@ -183,8 +183,9 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "state",
-        "state file: serial, pending projects, RSTUF outbox; by default DIR/state.json, beside "
-        "the served tree, so a backup of the mirror keeps it",
+        "state file: serial, pending projects, RSTUF outbox; by default state.json in the "
+        "working directory, beside the mirror directory (one left inside DIR by the previous "
+        "release is moved there once); never inside the served tree",
         path_value,
         field="state_path",
         path=True,

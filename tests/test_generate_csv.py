@@ -346,7 +346,7 @@ def test_stdout_carries_only_the_csv(mirror: Mirror, tmp_path: Path) -> None:
 def test_defaults_and_the_serial_and_count_are_logged(tmp_path: Path) -> None:
     mirror = build_mirror(tmp_path / "unused", PROJECTS)
     os.rename(mirror.root, tmp_path / "pypi-index-mirror")
-    os.rename(mirror.state, tmp_path / "pypi-index-mirror" / "state.json")
+    os.rename(mirror.state, tmp_path / "state.json")
     result = run_cli(cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     rows = len(PROJECTS) + 1

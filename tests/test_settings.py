@@ -101,9 +101,11 @@ def test_relative_paths_in_the_file_are_relative_to_the_file(
     assert config(["--config", str(file), "--mirror-dir", "x"]).mirror_dir == Path("x")
 
 
-def test_the_state_defaults_into_the_mirror_directory_the_file_names(tmp_path: Path) -> None:
+def test_the_state_defaults_to_the_working_directory_whatever_the_mirror(tmp_path: Path) -> None:
+    """./state.json, beside the mirror directory: a config file that keeps it elsewhere says so."""
     file = write(tmp_path / "m.toml", 'mirror-dir = "data"\n')
-    assert config(["--config", str(file)]).state_file == tmp_path / "data" / "state.json"
+    assert config(["--config", str(file)]).state_file == Path("state.json")
+    assert config(["--mirror-dir", "/srv/m"]).state_file == Path("state.json")
 
 
 def test_a_home_relative_path_is_expanded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -173,6 +175,7 @@ def test_a_bad_environment_variable_is_named(name: str, value: str, words: str) 
 
 
 PATH_OPTIONS = [option for option in settings.OPTIONS if option.path] + [settings.CONFIG_OPTION]
+EMPTY = "must not be empty (an unset variable?): give a path"
 
 
 @pytest.mark.parametrize("option", PATH_OPTIONS, ids=lambda option: option.key)
@@ -184,20 +187,12 @@ def test_an_empty_path_is_refused_from_every_source(
         config([f"--{option.key}", ""])
     assert exited.value.code == 2
     error = capsys.readouterr().err.splitlines()[-1]
-    assert error.endswith(
-        f"error: argument --{option.key}: must not be empty (an unset variable?): give a path"
-    )
+    assert error.endswith(f"error: argument --{option.key}: {EMPTY}")
     assert option.env_name is not None
-    message = refused([], {option.env_name: ""})
-    assert (
-        message
-        == f"environment variable {option.env_name}: must not be empty (an unset variable?): give a path"
-    )
+    assert refused([], {option.env_name: ""}) == f"environment variable {option.env_name}: {EMPTY}"
     if option.in_file:
         file = write(tmp_path / "m.toml", f'{option.key} = ""\n')
-        assert refused(["--config", str(file)]) == (
-            f"config file {file}: {option.key}: must not be empty (an unset variable?): give a path"
-        )
+        assert refused(["--config", str(file)]) == f"config file {file}: {option.key}: {EMPTY}"
 
 
 @pytest.mark.parametrize(
@@ -272,7 +267,7 @@ def test_the_example_config_documents_every_file_key() -> None:
 
 def test_the_example_config_parses_to_a_valid_config(tmp_path: Path) -> None:
     got = config(["--config", str(EXAMPLE)])
-    assert got.mirror_dir == Path("/srv/pypi-index-mirror")
+    assert got.mirror_dir == Path("/srv/pypi-mirror/pypi-index-mirror")  # tests/test_deploy.py
     document = tomllib.loads(EXAMPLE.read_text())
     for option in settings.OPTIONS:
         if option.key in document and not option.path:
