@@ -917,7 +917,7 @@ class Sync:
         self.summary.would_fetch = len(to_fetch)
         outbox = dry_run.outbox_actions(self.owed_for_plan(), self.target_exists)
         root = root or self.state.root_stale
-        for line in dry_run.update_plan(since, newest, to_fetch, outbox, root):
+        for line in dry_run.update_plan(since, newest, to_fetch, outbox, root, self.forms):
             self.out(line)
 
     @contextlib.contextmanager
