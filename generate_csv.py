@@ -72,6 +72,7 @@ from cli_support import (
     Stopped,
     ToolError,
     configure_logging,
+    io_error_line,
     number,
     run_cli,
 )
@@ -228,6 +229,8 @@ def check_mirror_exists(layout: MirrorLayout) -> None:
     Checked before taking the lock, because taking it would create the
     directory the lock lives in.
     """
+    if layout.root.exists() and not layout.root.is_dir():
+        raise MirrorNotReady(layout.root, "not a directory (check --mirror-dir)")
     if not layout.root.is_dir():
         raise MirrorNotReady(layout.root, "no such mirror directory (check --mirror-dir)")
     if not layout.served_dir.is_dir():
@@ -502,8 +505,7 @@ def run(args: argparse.Namespace) -> int:
         log.error("standard output was closed before the CSV was complete")
         return EXIT_FAILED
     except OSError as exc:
-        where = f"{exc.filename}: " if exc.filename else ""
-        log.error("%s%s; %s", where, exc.strerror or exc, incomplete)
+        log.error("%s; %s", io_error_line(exc), incomplete)
         return EXIT_FAILED
     except (KeyboardInterrupt, Stopped):
         log.error("interrupted; %s", incomplete)

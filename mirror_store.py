@@ -257,11 +257,21 @@ def atomic_write(
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
+        name_io_error(exc, path)
         raise
     fsync_dir(path.parent)
+
+
+def name_io_error(exc: BaseException, path: str | os.PathLike[str]) -> None:
+    """Give an OSError without a file name (write(2), fsync(2) raise one) the file written.
+
+    The error funnel (`cli_support.failure`) then says where it happened.
+    """
+    if isinstance(exc, OSError) and exc.filename is None:
+        exc.filename = os.fspath(path)
 
 
 def readable_mode() -> int:

@@ -1808,7 +1808,8 @@ DESCRIPTION = (
 EPILOG = (
     "The RSTUF token is read only from the environment (RSTUF_API_TOKEN). "
     "Exit codes: 0 done (--audit: the tree and TUF's targets agree); 1 failed (state not "
-    "advanced past what is on disk; --audit: metadata unreachable, badly signed or expired); "
+    "advanced past what is on disk; a local I/O error names the file, the cause and the fix, "
+    "then run again; --audit: metadata unreachable, badly signed or expired); "
     "2 usage error; 3 another run holds the mirror lock; 4 --audit found differences; 75 "
     "partly done (pages or RSTUF changes kept for the next run, also when changes are owed "
     "to RSTUF and no RSTUF URL is set: --no-rstuf runs without RSTUF); 130 stopped by "
@@ -1871,6 +1872,11 @@ def count_owed_work(summary: Summary, state_file: Path) -> None:
 
 def run(config: Config, summary: Summary | None = None) -> int:
     configure_logging(config.verbose, config.quiet)
+    if config.mirror_dir.exists() and not config.mirror_dir.is_dir():
+        raise UsageError(
+            f"--mirror-dir {config.mirror_dir} is not a directory: give the mirror's "
+            "directory (a new one is created)"
+        )
     if config.status:
         return show_status(MirrorLayout(config.mirror_dir).status_file, config.status_json)
     if config.metrics_file is not None and not config.metrics_file.parent.is_dir():

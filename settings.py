@@ -212,7 +212,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "full-check",
         "compare PyPI's whole listing with the mirror: fetch what is missing or behind, "
-        "remove what PyPI no longer has (404)",
+        "remove what PyPI no longer has (404); every change goes to RSTUF, also into an "
+        "empty mirror (where a first sync would leave the pages to the bootstrap CSV)",
         in_file=False,
         env=None,
     ),
@@ -329,7 +330,9 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "tuf-metadata-url",
         "base URL RSTUF's TUF metadata is served from (1.root.json, timestamp.json, ...); "
-        "--audit reads it, and the first delivery to RSTUF checks it holds the bootstrap import",
+        "--audit reads it, the first delivery to RSTUF checks it holds the bootstrap import, "
+        "and a first sync into an empty mirror is refused while it signs pages already "
+        "(--full-check registers them instead)",
         url,
         env="TUF_METADATA_URL",
         metavar="URL",
