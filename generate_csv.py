@@ -84,6 +84,7 @@ from mirror_store import (
     fsync_dir,
     iter_targets,
     mirror_lock,
+    name_io_error,
     readable_mode,
 )
 from parallel import EXECUTORS, make_executor, ordered_map, usable_cpus
@@ -344,9 +345,10 @@ def atomic_text_output(path: Path) -> Iterator[TextIO]:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
+        name_io_error(exc, path)  # a full disk's write(2) names no file (page reads name theirs)
         raise
     fsync_dir(directory)
 

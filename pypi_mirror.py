@@ -690,8 +690,9 @@ class Sync:
         if signed:
             raise MirrorMismatch(
                 f"RSTUF's TUF metadata at {config.tuf_metadata_url} signs {signed[0]} already, "
-                f"but {self.layout.root.absolute()} holds no mirror and no state: a first sync "
-                f"would register nothing and leave RSTUF signing the old pages; {way_out}"
+                f"but {self.layout.root.absolute()} holds no mirror (lost? another disk?): a "
+                "first sync would register nothing and leave RSTUF signing the old pages; "
+                f"{way_out}"
             )
 
     def allowed_local(self, excluded: set[str] | None = None) -> Iterator[str]:

@@ -13,6 +13,8 @@ import csv
 import hashlib
 import io
 import os
+import resource
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -332,6 +334,28 @@ def test_output_is_deterministic_across_workers_and_executors(
         outputs.append(output.read_bytes())
     assert all(data == outputs[0] for data in outputs)
     assert parse_like_released_cli(tmp_path / "run0.csv") == expected_rows(mirror)
+
+
+def test_a_write_error_names_the_csv_and_what_to_do(mirror: Mirror, tmp_path: Path) -> None:
+    """write(2) names no file: the line names the CSV, the cause and the fix (EFBIG here,
+    from a file size limit; a full disk is ENOSPC on the same write)."""
+    output = tmp_path / "artifacts.csv"
+
+    def limit_file_size() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200, 200))
+
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), *mirror.args(output)],
+        capture_output=True, text=True, timeout=60, preexec_fn=limit_file_size,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    (error,) = [line for line in result.stderr.splitlines() if " ERROR " in line]
+    assert error.endswith(
+        f"ERROR {output}: File too large: a file size limit stopped the write: raise it "
+        "(ulimit -f, LimitFSIZE=), then run again; no CSV was written"
+    )
+    assert not output.exists() and not list(tmp_path.glob(".artifacts.csv.*"))  # no temp left
 
 
 def test_stdout_carries_only_the_csv(mirror: Mirror, tmp_path: Path) -> None:
