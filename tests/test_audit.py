@@ -659,6 +659,50 @@ def test_the_first_delivery_waits_for_the_bootstrap_import(
             assert list(sent(rstuf, ADD)) == [project_target("six")]
 
 
+@pytest.mark.parametrize("how", ["sync", "dry-run"])
+def test_a_first_sync_under_pages_rstuf_signs_is_refused_and_full_check_registers_them(
+    world: World, capsys: pytest.CaptureFixture[str], how: str
+) -> None:
+    """The mirror directory lost with a state inside it (release 1.1's layout): a first sync
+    would exit 0 and tell RSTUF nothing while it signs the old bytes of every changed page."""
+    shutil.rmtree(world.mirror.root)
+    world.mirror.state.unlink()
+    world.pypi.add_release("numpy", "2.0")  # changed meanwhile: RSTUF signs numpy 1.0
+    world.mirror.rstuf_url = world.rstuf.url
+    capsys.readouterr()
+    extra = ["--dry-run"] if how == "dry-run" else []
+    assert world.mirror.run(*audit_args(world, *RSTUF_FAST, *extra)) == 1
+    out, err = capsys.readouterr()
+    (error,) = [line for line in err.splitlines() if " ERROR " in line]
+    url = world.metadata_url.rstrip("/")
+    assert f"RSTUF's TUF metadata at {url} signs index.html already" in error
+    assert "run with --full-check instead" in error and "registers each with RSTUF" in error
+    assert out == "" and world.rstuf.accepted == []
+    assert not world.mirror.layout.served_dir.exists() and not world.mirror.state.exists()
+
+    # the way out the line names: every page fetched and registered with RSTUF
+    assert world.mirror.run(*audit_args(world, "--full-check", *RSTUF_FAST)) == 0
+    assert set(sent(world.rstuf, ADD)) == set(mirror_view(world.mirror.layout))
+    world.publish()
+    code, lines = run_audit(world, capsys)
+    assert (code, lines[:-1]) == (0, [])
+
+
+def test_a_first_sync_that_cannot_read_the_metadata_is_refused(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shutil.rmtree(world.mirror.root)
+    world.mirror.state.unlink()
+    capsys.readouterr()
+    world.mirror.had_rstuf = True  # RSTUF configured (its URL unset for this run)
+    tuf = ["--tuf-metadata-url", "http://127.0.0.1:9", "--tuf-root", str(world.root_file)]
+    assert world.mirror.run(*tuf, "--retries", "0") == 1
+    (error,) = [line for line in capsys.readouterr().err.splitlines() if " ERROR " in line]
+    assert "cannot check whether RSTUF already signs pages before a first sync" in error
+    assert "Connection refused" in error and "--full-check" in error
+    assert not world.mirror.layout.served_dir.exists()
+
+
 def test_lost_state_with_changes_owed_is_recovered_by_the_readme_steps(
     world: World, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -1,9 +1,9 @@
-"""The deployment examples: the systemd units and the README's cron line.
+"""The deployment examples: the systemd units, the example config and the README's cron line.
 
 The units are checked by systemd's own verifier (with the paths of this checkout put in,
-since the example's /opt and /srv do not exist here) and against the code and the nginx
-config they must agree with; the cron line is run as cron runs it: `sh -c` with cron's
-bare environment (no venv, PATH=/usr/bin:/bin).
+since the example's /opt and /srv do not exist here) and against the code, the example
+config and the nginx config they must agree with (one set of paths); the cron line is run
+as cron runs it: `sh -c` with cron's bare environment (no venv, PATH=/usr/bin:/bin).
 """
 
 from __future__ import annotations
@@ -15,13 +15,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pypi_index_mirror.mirror.store import DEFAULT_MIRROR_DIR, DEFAULT_STATE_FILE, MirrorLayout
+from pypi_index_mirror.ops import settings
 from pypi_index_mirror.ops.cli import EXIT_PARTIAL, EXIT_TERMINATED
+from pypi_index_mirror.sync import run as pypi_mirror
 from tests.fake_pypi import FakePyPI
 from tests.mirror_helpers import REPO
 
 SERVICE = REPO / "deploy" / "pypi-mirror.service"
 TIMER = REPO / "deploy" / "pypi-mirror.timer"
 NGINX = REPO / "serving" / "nginx.conf"
+EXAMPLE_CONFIG = REPO / "pypi-mirror.example.toml"
 # Where the examples put things: the checkout with its venv, and the mirror's directory.
 CHECKOUT, VENV_PYTHON, DATA = (
     "/opt/pypi-index-mirror",
@@ -60,6 +64,29 @@ def test_timer_runs_the_service_every_five_minutes_without_overlap() -> None:
 def test_nginx_serves_what_the_service_writes() -> None:
     (root,) = re.findall(r"(?m)^\s*root\s+([^;]+);", NGINX.read_text())
     assert root == f"{DATA}/pypi-index-mirror/pypi_mirror"
+
+
+def nginx_root() -> Path:
+    (root,) = re.findall(r"(?m)^\s*root\s+([^;]+);", NGINX.read_text())
+    return Path(root)
+
+
+def test_one_set_of_paths_in_the_unit_the_example_config_nginx_and_cron() -> None:
+    """The unit runs with the defaults in its working directory; the example config names
+    them absolutely; nginx serves that mirror's tree; the unit may write both; cron cds there."""
+    service = unit(SERVICE)["Service"]
+    working = Path(service["WorkingDirectory"])
+    by_unit = (working / DEFAULT_MIRROR_DIR, working / DEFAULT_STATE_FILE)
+    example = settings.config_from(
+        ["--config", str(EXAMPLE_CONFIG)], pypi_mirror.build_parser(), environ={}
+    )
+    assert (example.mirror_dir, example.state_file) == by_unit
+    assert nginx_root() == MirrorLayout(example.mirror_dir).served_dir
+    writable = [Path(path) for path in service["ReadWritePaths"].split()]
+    for path in (example.mirror_dir, example.state_file):
+        assert any(path.is_relative_to(place) for place in writable), path
+    assert not example.state_file.is_relative_to(MirrorLayout(example.mirror_dir).served_dir)
+    assert f"cd {working} &&" in readme_cron_line()
 
 
 def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
@@ -111,7 +138,8 @@ def test_readme_cron_line_works_under_crons_environment(tmp_path: Path) -> None:
         )
     assert result.returncode == 0, (command, (data / "mirror.log").read_text())
     assert (data / "pypi-index-mirror" / "pypi_mirror" / "simple" / "numpy" / "index.html").exists()
-    assert (data / "pypi-index-mirror" / "state.json").exists()
+    assert (data / "state.json").exists()  # beside the mirror directory, as the unit has it
+    assert not (data / "pypi-index-mirror" / "state.json").exists()
     assert "summary added=1" in (data / "mirror.log").read_text()
 
 

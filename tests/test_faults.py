@@ -23,7 +23,12 @@ from pathlib import Path
 import pytest
 
 from pypi_index_mirror.mirror.state import load_state, save_state
-from pypi_index_mirror.mirror.store import InvalidProjectName, project_dir_name
+from pypi_index_mirror.mirror.store import (
+    InvalidProjectName,
+    digest_bytes,
+    prefixed_name,
+    project_dir_name,
+)
 from pypi_index_mirror.ops import cli as cli_support
 from pypi_index_mirror.ops import settings
 from pypi_index_mirror.upstream import changelog
@@ -502,7 +507,12 @@ def test_disk_full_while_writing_pages(mirror: Mirror, pypi: FakePyPI, rstuf: Fa
     pypi.add_release("numpy", "2.0", files=400)  # a page far over the limit
     result = run_with_file_size_limit(mirror, 32 * 1024, *RSTUF_FAST)
     assert result.returncode == cli_support.EXIT_FAILED, result.stderr
-    assert_one_clear_error(result.stderr, "local I/O error", "File too large")
+    page = mirror.layout.project_page("numpy")
+    assert_one_clear_error(
+        result.stderr,
+        f"local I/O error: {page}: File too large: a file size limit stopped the write: "
+        "raise it (ulimit -f, LimitFSIZE=), then run again; nothing is lost",
+    )
     assert mirror.serial() == serial, "the serial moved past pages that are not on disk"
     assert mirror.page("numpy") == old
     assert_consistent(mirror)
@@ -524,7 +534,9 @@ def test_disk_full_while_writing_state(tmp_path: Path) -> None:
         before, state_before = tree(mirror.root), mirror.state.read_bytes()
         result = run_with_file_size_limit(mirror, 4096)
         assert result.returncode == cli_support.EXIT_FAILED, result.stderr
-        assert_one_clear_error(result.stderr, "local I/O error", "File too large")
+        assert_one_clear_error(
+            result.stderr, f"local I/O error: {mirror.state}: File too large: ", "run again"
+        )
         assert tree(mirror.root) == before, "pages written before their intent was saved"
         assert mirror.state.read_bytes() == state_before
         assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "state.json"]
@@ -569,7 +581,12 @@ def test_full_filesystem_under_the_mirror(
         fill(volume)
         capsys.readouterr()
         assert mirror.run(*RSTUF_FAST) == cli_support.EXIT_FAILED
-        assert_one_clear_error(capsys.readouterr().err, "No space left on device")
+        line = assert_one_clear_error(
+            capsys.readouterr().err,
+            "No space left on device: the filesystem is full: free space or inodes on it",
+            "then run again; nothing is lost",
+        )
+        assert f"local I/O error: {mirror.layout.simple_dir}/" in line  # the page written
         assert mirror.serial() == serial
         assert_consistent(mirror)
         (volume / "ballast").unlink()
@@ -578,12 +595,16 @@ def test_full_filesystem_under_the_mirror(
         assert rstuf.view == mirror_view(mirror.layout)
 
 
-@pytest.mark.parametrize("read_only", ["mirror", "state"])
+@pytest.mark.parametrize("read_only", ["mirror", "served", "state"])
 def test_read_only_directory_fails_cleanly(
     mirror: Mirror, pypi: FakePyPI, capsys: pytest.CaptureFixture[str], read_only: str
 ) -> None:
-    """A read-only bind mount (root ignores permission bits, so chmod would prove nothing)."""
-    target = mirror.root if read_only == "mirror" else mirror.state.parent / "ro"
+    """A read-only bind mount (root ignores permission bits, so chmod would prove nothing).
+
+    Seen with a read-only served tree: the line named a temp file of .staging."""
+    target = {"mirror": mirror.root, "served": mirror.layout.served_dir}.get(
+        read_only, mirror.state.parent / "ro"
+    )
     if read_only == "state":  # the state file alone in a directory made read-only
         target.mkdir()
         moved = Mirror(mirror.root, target / "state.json", mirror.pypi_url)
@@ -595,10 +616,67 @@ def test_read_only_directory_fails_cleanly(
         subprocess.run(["mount", "-o", "remount,bind,ro", str(target)], check=True)
         capsys.readouterr()
         assert mirror.run() == cli_support.EXIT_FAILED
-        assert_one_clear_error(capsys.readouterr().err, "Read-only file system")
-    assert tree(mirror.root) == before and mirror.state.read_bytes() == state_before
+        line = assert_one_clear_error(
+            capsys.readouterr().err,
+            f"local I/O error: {target}/",
+            ": Read-only file system: the filesystem is mounted read-only: make it writable",
+            "then run again; nothing is lost",
+        )
+        assert ".staging" not in line
+    if read_only != "served":  # there the intent of the first page was saved before its write
+        assert tree(mirror.root) == before and mirror.state.read_bytes() == state_before
     assert mirror.run() == 0
     assert_mirror_matches_upstream(mirror)
+
+
+def test_a_directory_where_a_page_copy_goes_is_named_not_the_temp_file(
+    mirror: Mirror, pypi: FakePyPI
+) -> None:
+    """Seen: a failed rename or link named the temp file in .staging, not the place."""
+    pypi.add_release("numpy", "2.0")
+    page = upstream_page(pypi.url, "numpy")
+    assert page is not None
+    copy = mirror.layout.project_dir("numpy") / prefixed_name(digest_bytes(page).hexdigest)
+    (copy / "in-the-way").mkdir(parents=True)
+    result = mirror.cli()
+    assert result.returncode == cli_support.EXIT_FAILED, result.stderr
+    line = assert_one_clear_error(
+        result.stderr,
+        f"local I/O error: {copy}: Is a directory: a directory stands where a file is needed: "
+        "move it away, then run again; nothing is lost",
+    )
+    assert ".tmp-" not in line
+    shutil.rmtree(copy)
+    assert mirror.run() == 0
+    assert_mirror_matches_upstream(mirror)
+
+
+@pytest.mark.parametrize("script", ["pypi_mirror.py", "generate_csv.py"])
+def test_a_mirror_dir_that_is_not_a_directory_is_named(script: str, tmp_path: Path) -> None:
+    """Seen: ``--mirror-dir /dev/null`` ended in 'File exists'."""
+    result = subprocess.run(
+        [sys.executable, str(REPO / script), "--mirror-dir", "/dev/null"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    code = cli_support.EXIT_USAGE if script == "pypi_mirror.py" else cli_support.EXIT_FAILED
+    assert result.returncode == code, result.stderr
+    assert_one_clear_error(result.stderr, "/dev/null", "not a directory", "--mirror-dir")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_where_the_mirror_directory_goes_is_named(tmp_path: Path, pypi: FakePyPI) -> None:
+    (tmp_path / "srv").write_text("a file, not a directory")
+    mirror = Mirror(tmp_path / "srv" / "m", tmp_path / "state.json", pypi.url)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "pypi_mirror.py"), *mirror.args()],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == cli_support.EXIT_FAILED, result.stderr
+    assert_one_clear_error(
+        result.stderr,
+        f"local I/O error: {mirror.root}: Not a directory: a file stands where a directory is "
+        "needed: move it away, or give another --mirror-dir or --state, then run again",
+    )
 
 
 def _with_schema(good: bytes, schema: object) -> bytes:

@@ -30,6 +30,7 @@ from pypi_index_mirror.upstream.client import FetchedPage
 from tests.fake_pypi import FakePyPI
 from tests.fake_rstuf import ADD, REMOVE, FakeRstuf
 from tests.mirror_helpers import (
+    REPO,
     Mirror,
     assert_consistent,
     assert_mirror_matches_upstream,
@@ -289,6 +290,46 @@ def test_each_form_is_its_own_rstuf_target(
     assert mirror.run(*ALL, "--grace", "0") == 0  # RSTUF confirmed: the old copy's grace ran out
     assert not old_copy.exists()
     assert_consistent(mirror)
+
+
+def sent_actions(rstuf: FakeRstuf) -> dict[str, str]:
+    """Every path the stand-in RSTUF was sent, with its action ("add" or "remove")."""
+    sent: dict[str, str] = {}
+    for request in rstuf.accepted:
+        if request.action in (ADD, REMOVE):
+            for item in request.body["artifacts"]:
+                path = item["path"] if request.action == ADD else item
+                sent[path] = "add" if request.action == ADD else "remove"
+    return sent
+
+
+@pytest.mark.parametrize("form", ["html", "json", "all"])
+def test_a_dry_run_plans_the_rstuf_paths_the_run_then_sends(
+    mirror: Mirror, pypi: FakePyPI, rstuf: FakeRstuf, form: str
+) -> None:
+    """Seen with json and all: simple/<n>/index.html planned for a JSON-only mirror, no
+    index.v1_json and no JSON root (planned 15, sent 30)."""
+    formats = ("--simple-format", form)
+    assert mirror.run(*formats) == 0
+    bootstrap(rstuf, mirror_view(mirror.layout))
+    mirror.rstuf_url = rstuf.url
+    pypi.add_release("numpy", "2.0")
+    pypi.remove_project("Django")
+    pypi.create_project("Brand.New")
+    run = subprocess.run(
+        [sys.executable, "pypi_mirror.py", *mirror.args(*formats, "--dry-run")],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    planned = {
+        line.split()[1]: line.split()[0].removeprefix("rstuf-")
+        for line in run.stdout.splitlines()
+        if line.startswith("rstuf-")
+    }
+    assert f"rstuf={len(planned)}" in run.stdout.splitlines()[0]
+    assert mirror.run(*formats, "--rstuf-poll", "0.05") == 0
+    assert planned == sent_actions(rstuf)
+    assert len(planned) == {"html": 4, "json": 4, "all": 8}[form]
 
 
 @pytest.mark.parametrize("form", ["all", "json"])

@@ -13,6 +13,8 @@ import csv
 import hashlib
 import io
 import os
+import resource
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -335,6 +337,28 @@ def test_output_is_deterministic_across_workers_and_executors(
     assert parse_like_released_cli(tmp_path / "run0.csv") == expected_rows(mirror)
 
 
+def test_a_write_error_names_the_csv_and_what_to_do(mirror: Mirror, tmp_path: Path) -> None:
+    """write(2) names no file: the line names the CSV, the cause and the fix (EFBIG here,
+    from a file size limit; a full disk is ENOSPC on the same write)."""
+    output = tmp_path / "artifacts.csv"
+
+    def limit_file_size() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200, 200))
+
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), *mirror.args(output)],
+        capture_output=True, text=True, timeout=60, preexec_fn=limit_file_size,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    (error,) = [line for line in result.stderr.splitlines() if " ERROR " in line]
+    assert error.endswith(
+        f"ERROR {output}: File too large: a file size limit stopped the write: raise it "
+        "(ulimit -f, LimitFSIZE=), then run again; no CSV was written"
+    )
+    assert not output.exists() and not list(tmp_path.glob(".artifacts.csv.*"))  # no temp left
+
+
 def test_stdout_carries_only_the_csv(mirror: Mirror, tmp_path: Path) -> None:
     result = run_cli(*mirror.args("-"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -347,7 +371,7 @@ def test_stdout_carries_only_the_csv(mirror: Mirror, tmp_path: Path) -> None:
 def test_defaults_and_the_serial_and_count_are_logged(tmp_path: Path) -> None:
     mirror = build_mirror(tmp_path / "unused", PROJECTS)
     os.rename(mirror.root, tmp_path / "pypi-index-mirror")
-    os.rename(mirror.state, tmp_path / "pypi-index-mirror" / "state.json")
+    os.rename(mirror.state, tmp_path / "state.json")
     result = run_cli(cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     rows = len(PROJECTS) + 1

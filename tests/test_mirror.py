@@ -522,4 +522,4 @@ def test_both_scripts_default_to_the_same_mirror_and_state() -> None:
     ours = settings.config_from([], pypi_mirror.build_parser(), environ={})
     csv = generate_csv.parse_options(generate_csv.build_parser().parse_args([]), environ={})
     assert (ours.mirror_dir, ours.state_file) == (csv.mirror_dir, csv.state_path)
-    assert ours.state_file.parent == ours.mirror_dir  # a backup of the mirror keeps its state
+    assert ours.state_file == Path("state.json")  # the top level, beside the mirror directory

@@ -204,3 +204,39 @@ def test_sync_filesystem_flushes_or_says_why_not(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError) as caught:
         mirror_store.sync_filesystem(tmp_path / "gone")
     assert caught.value.filename == str(tmp_path / "gone")
+
+
+# --- local I/O errors: what failed, where, and what to do
+
+
+def test_a_write_error_is_named_after_the_file_written(tmp_path: Path) -> None:
+    """write(2) on a full disk names no file: the write seam adds the one it was writing
+    (a real ENOSPC from /dev/full), and the funnel's line says where and what to do."""
+    from pypi_index_mirror.ops import cli as cli_support
+
+    fd = os.open("/dev/full", os.O_WRONLY)
+    try:
+        with pytest.raises(OSError) as raised:
+            os.write(fd, b"page")
+    finally:
+        os.close(fd)
+    error = raised.value
+    assert error.filename is None
+    mirror_store.name_io_error(error, tmp_path / "state.json")
+    assert cli_support.failure(error) == (
+        cli_support.EXIT_FAILED,
+        f"local I/O error: {tmp_path}/state.json: No space left on device: the filesystem is "
+        "full: free space or inodes on it (df -h, df -i), then run again; nothing is lost: the "
+        "next run resumes from the last saved state",
+    )
+
+
+def test_a_failed_rename_names_its_destination_not_the_temp_file(tmp_path: Path) -> None:
+    from pypi_index_mirror.ops import cli as cli_support
+
+    (tmp_path / "page" / "in-the-way").mkdir(parents=True)
+    with pytest.raises(OSError) as raised:
+        mirror_store.atomic_write(tmp_path / "page", b"x", staging_dir=tmp_path / ".staging")
+    line = cli_support.io_error_line(raised.value)
+    assert line.startswith(f"{tmp_path}/page: Is a directory: a directory stands where a file")
+    assert list((tmp_path / ".staging").iterdir()) == []  # the temp file is gone

@@ -123,9 +123,9 @@ def test_wheel_holds_the_modules_scripts_and_dependencies(wheel: Path) -> None:
 def test_installed_console_scripts_run(wheel: Path, tmp_path: Path) -> None:
     """Installed into a venv, both scripts answer --version and --help (exit 0)."""
     env_dir = tmp_path / "venv"
-    # The dependencies come from this interpreter's site-packages: no index is needed.
-    venv.EnvBuilder(system_site_packages=True, with_pip=False).create(env_dir)
+    venv.EnvBuilder(with_pip=False).create(env_dir)
     python = env_dir / "bin" / "python"
+    see_running_site_packages(python)
     installed = subprocess.run(
         [
             sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet",
@@ -145,6 +145,27 @@ def test_installed_console_scripts_run(wheel: Path, tmp_path: Path) -> None:
             [str(env_dir / "bin" / script), "--version"], capture_output=True, text=True
         )
         assert version.stdout.split()[-1] == project_version()
+
+
+def see_running_site_packages(python: Path) -> None:
+    """Let the venv of `python` import the dependencies this interpreter imports: no index needed.
+
+    A ``.pth`` file naming the running interpreter's site directories, not
+    ``system_site_packages``: that would give the base interpreter's packages, which
+    lack the dependencies when the tests themselves run from a virtual environment
+    (as the README installs them). The checkout is not among them, so the scripts
+    import the installed modules.
+    """
+    site_dirs = [
+        entry
+        for entry in sys.path
+        if Path(entry).name in ("site-packages", "dist-packages") and Path(entry).is_dir()
+    ]
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout.strip()  # fmt: skip
+    (Path(purelib) / "outer-environment.pth").write_text("".join(f"{d}\n" for d in site_dirs))
 
 
 @pytest.mark.parametrize("script", ["pypi_mirror.py", "generate_csv.py"])

@@ -225,33 +225,155 @@ def cli_in(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_the_old_default_state_in_the_working_directory_must_be_moved(
+def test_the_state_defaults_to_the_working_directory_beside_the_mirror(
     tmp_path: Path, pypi: FakePyPI
 ) -> None:
-    """Release 1.0 kept ./state.json in the working directory; 1.1 keeps it in the mirror."""
-    old = Mirror(tmp_path / "pypi-index-mirror", tmp_path / "state.json", pypi.url)
-    assert old.run() == 0
-    pypi.add_release("numpy", "2.0")
-    before, state_before = tree(old.root), old.state.read_bytes()
-    result = cli_in(tmp_path, "--pypi-url", pypi.url)
-    line = refused(result, "releases before 1.1", "mv state.json", "--state state.json")
-    assert "pypi-index-mirror/state.json" in line
-    assert tree(old.root) == before and old.state.read_bytes() == state_before
-    old.state.rename(old.root / "state.json")
+    """The design's layout: ./state.json at the top level, ./pypi-index-mirror/ beside it."""
     result = cli_in(tmp_path, "--pypi-url", pypi.url)
     assert result.returncode == 0, result.stderr
-    assert_mirror_matches_upstream(Mirror(old.root, old.root / "state.json", pypi.url))
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["pypi-index-mirror", "state.json"]
+    assert load_state(tmp_path / "state.json").serial == pypi.last_serial
+    assert not (tmp_path / "pypi-index-mirror" / "state.json").exists()
+
+
+def test_a_deleted_mirror_directory_is_refused_not_synced_again(
+    tmp_path: Path, pypi: FakePyPI
+) -> None:
+    """``rm -rf pypi-index-mirror`` leaves ./state.json: the run refuses, never a first sync."""
+    assert cli_in(tmp_path, "--pypi-url", pypi.url).returncode == 0
+    shutil.rmtree(tmp_path / "pypi-index-mirror")
+    pypi.add_release("numpy", "2.0")
+    state_before = (tmp_path / "state.json").read_bytes()
+    pypi.reset_log()
+    result = cli_in(tmp_path, "--pypi-url", pypi.url)
+    refused(result, "does not exist", "synced at serial", "--full-check")
+    assert not (tmp_path / "pypi-index-mirror").exists()
+    assert (tmp_path / "state.json").read_bytes() == state_before
+    assert pypi.count_pages() == 0
+
+
+def previous_default_mirror(tmp_path: Path, pypi: FakePyPI) -> Mirror:
+    """A mirror synced as release 1.1 laid it out: state.json inside the mirror directory."""
+    root = tmp_path / "pypi-index-mirror"
+    old = Mirror(root, root / "state.json", pypi.url)
+    assert old.run() == 0
+    return old
+
+
+def test_the_previous_default_state_in_the_mirror_directory_is_moved_once(
+    tmp_path: Path, pypi: FakePyPI
+) -> None:
+    old = previous_default_mirror(tmp_path, pypi)
+    document = old.state.read_bytes()
+    pypi.add_release("numpy", "2.0")
+    result = cli_in(tmp_path, "--pypi-url", pypi.url, "-q")  # as cron runs it: still said
+    assert result.returncode == 0, result.stderr
+    moved = [line for line in result.stderr.splitlines() if "the state now lives at" in line]
+    assert len(moved) == 1, result.stderr
+    new = tmp_path / "state.json"
+    assert f"now lives at {new}, the default (moved from {old.state}" in moved[0]
+    assert "1.1" not in result.stderr and "release" not in result.stderr
+    assert not old.state.exists()
+    assert load_state(tmp_path / "state.json").mirror_id == json.loads(document)["mirror_id"]
+    assert_mirror_matches_upstream(Mirror(old.root, tmp_path / "state.json", pypi.url))
+    again = cli_in(tmp_path, "--pypi-url", pypi.url)
+    assert again.returncode == 0 and "now lives" not in again.stderr and "state" not in again.stderr
+
+
+def test_a_dry_run_reads_the_previous_default_state_where_it_is(
+    tmp_path: Path, pypi: FakePyPI
+) -> None:
+    old = previous_default_mirror(tmp_path, pypi)
+    pypi.add_release("numpy", "2.0")
+    result = cli_in(tmp_path, "--pypi-url", pypi.url, "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "fetch numpy" in result.stdout
+    assert "the next run moves it to" in result.stderr
+    assert old.state.exists() and not (tmp_path / "state.json").exists()
+
+
+def test_generate_csv_moves_the_previous_default_state_too(
+    tmp_path: Path, pypi: FakePyPI, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    old = previous_default_mirror(tmp_path, pypi)
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert generate_csv.main(["--output", "a.csv"]) == 0
+    assert f"the state now lives at {tmp_path / 'state.json'}" in capsys.readouterr().err
+    assert not old.state.exists() and (tmp_path / "state.json").exists()
+    assert len((tmp_path / "a.csv").read_text().splitlines()) == len(PROJECTS) + 1
+
+
+def test_two_state_files_are_refused_with_the_mv_to_run(tmp_path: Path, pypi: FakePyPI) -> None:
+    old = previous_default_mirror(tmp_path, pypi)
+    stray = Mirror(tmp_path / "stray", tmp_path / "state.json", pypi.url)  # another mirror's
+    assert stray.run() == 0
+    pypi.add_release("numpy", "2.0")
+    before, states = tree(old.root), (old.state.read_bytes(), stray.state.read_bytes())
+    result = cli_in(tmp_path, "--pypi-url", pypi.url)
+    line = refused(result, "two state files", "(this mirror)", "previous default")
+    assert tree(old.root) == before and (old.state.read_bytes(), stray.state.read_bytes()) == states
+    use_mirrors = line.split("To use the mirror directory's: ", 1)[1].split(";", 1)[0]
+    new = tmp_path / "state.json"
+    assert use_mirrors == f"mv {new} {new}.old && mv {old.state} {new}"
+    subprocess.run(use_mirrors, shell=True, check=True)
+    result = cli_in(tmp_path, "--pypi-url", pypi.url)
+    assert result.returncode == 0, result.stderr
+    assert_mirror_matches_upstream(Mirror(old.root, tmp_path / "state.json", pypi.url))
+
+
+def test_a_move_cut_between_copy_and_unlink_is_finished(tmp_path: Path, pypi: FakePyPI) -> None:
+    """Across filesystems the state is copied, then unlinked: two equal files are one state."""
+    old = previous_default_mirror(tmp_path, pypi)
+    shutil.copy2(old.state, tmp_path / "state.json")
+    result = cli_in(tmp_path, "--pypi-url", pypi.url)
+    assert result.returncode == 0, result.stderr
+    assert not old.state.exists() and (tmp_path / "state.json").exists()
+
+
+def test_a_missing_state_names_the_state_at_the_other_default(
+    tmp_path: Path, pypi: FakePyPI
+) -> None:
+    assert cli_in(tmp_path, "--pypi-url", pypi.url).returncode == 0
+    result = cli_in(tmp_path, "--pypi-url", pypi.url, "--state", "elsewhere.json")
+    refused(result, "no state file elsewhere.json", f"{tmp_path / 'state.json'} is one")
+    assert f"--state {tmp_path / 'state.json'}" in result.stderr
+    csv = subprocess.run(
+        [sys.executable, str(REPO / "generate_csv.py"), "--state", "elsewhere.json"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert csv.returncode == 1
+    assert f"give --state {tmp_path / 'state.json'}" in csv.stderr
+
+
+@pytest.mark.parametrize("default", [False, True])
+def test_a_state_inside_the_served_tree_is_refused(
+    tmp_path: Path, pypi: FakePyPI, default: bool
+) -> None:
+    assert cli_in(tmp_path, "--pypi-url", pypi.url).returncode == 0
+    served = tmp_path / "pypi-index-mirror" / "pypi_mirror"
+    if default:  # run from inside the served tree, the mirror named from there
+        result = cli_in(served, "--pypi-url", pypi.url, "--mirror-dir", "..")
+        words = ["the default state file", "is inside the served tree", "--state"]
+    else:
+        result = cli_in(tmp_path, "--pypi-url", pypi.url, "--state", f"{served}/state.json")
+        words = [f"--state {served}/state.json is inside the served tree", "download"]
+    assert result.returncode == cli_support.EXIT_USAGE, result.stderr
+    errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and all(word in errors[0] for word in words), result.stderr
+    assert not (served / "state.json").exists()
 
 
 def test_a_moved_mirror_takes_its_state_along(tmp_path: Path, pypi: FakePyPI) -> None:
-    """The default layout: state.json inside the mirror directory, so a move keeps both."""
+    """A mirror directory moved (renamed) beside its state keeps working: the id matches."""
     assert cli_in(tmp_path, "--pypi-url", pypi.url).returncode == 0
     (tmp_path / "pypi-index-mirror").rename(tmp_path / "moved")
     pypi.add_release("numpy", "2.0")
     result = cli_in(tmp_path, "--pypi-url", pypi.url, "--mirror-dir", "moved")
     assert result.returncode == 0, result.stderr
     assert "moved from" in result.stderr
-    moved = load_state(tmp_path / "moved" / "state.json")
+    moved = load_state(tmp_path / "state.json")
     assert moved.mirror_dir == str((tmp_path / "moved").resolve())
 
 
@@ -774,14 +896,3 @@ def test_the_marker_is_outside_the_served_tree_and_checked(tmp_path: Path) -> No
     layout.marker_file.write_text("garbage")
     with pytest.raises(MirrorMismatch, match="damaged"):
         safety.read_marker(layout)
-
-
-def test_generate_csv_points_at_the_old_default_state(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "pypi-index-mirror" / "pypi_mirror").mkdir(parents=True)
-    save_state(tmp_path / "state.json", State(serial=3))
-    assert generate_csv.main(["--output", "a.csv"]) == 1
-    assert "mv state.json pypi-index-mirror/state.json" in capsys.readouterr().err
-    assert not (tmp_path / "a.csv").exists()

@@ -56,7 +56,7 @@ def test_the_config_file_can_come_from_the_environment(tmp_path: Path) -> None:
     given = write(tmp_path / "cli.toml", "workers = 5\n")
     assert config([], {settings.CONFIG_ENV: str(named)}).workers == 3
     assert config(["--config", str(given)], {settings.CONFIG_ENV: str(named)}).workers == 5
-    assert config([], {settings.CONFIG_ENV: ""}).workers == 10  # empty: unset
+    assert config([], {"PYPI_MIRROR_WORKERS": ""}).workers == 10  # empty: unset
 
 
 def test_conventional_environment_variables_and_switches(tmp_path: Path) -> None:
@@ -102,9 +102,11 @@ def test_relative_paths_in_the_file_are_relative_to_the_file(
     assert config(["--config", str(file), "--mirror-dir", "x"]).mirror_dir == Path("x")
 
 
-def test_the_state_defaults_into_the_mirror_directory_the_file_names(tmp_path: Path) -> None:
+def test_the_state_defaults_to_the_working_directory_whatever_the_mirror(tmp_path: Path) -> None:
+    """./state.json, beside the mirror directory: a config file that keeps it elsewhere says so."""
     file = write(tmp_path / "m.toml", 'mirror-dir = "data"\n')
-    assert config(["--config", str(file)]).state_file == tmp_path / "data" / "state.json"
+    assert config(["--config", str(file)]).state_file == Path("state.json")
+    assert config(["--mirror-dir", "/srv/m"]).state_file == Path("state.json")
 
 
 def test_a_home_relative_path_is_expanded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -173,6 +175,52 @@ def test_a_bad_environment_variable_is_named(name: str, value: str, words: str) 
     assert message.startswith(f"environment variable {name}: ") and words in message
 
 
+PATH_OPTIONS = [option for option in settings.OPTIONS if option.path] + [settings.CONFIG_OPTION]
+EMPTY = "must not be empty (an unset variable?): give a path"
+
+
+@pytest.mark.parametrize("option", PATH_OPTIONS, ids=lambda option: option.key)
+def test_an_empty_path_is_refused_from_every_source(
+    option: settings.Option, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--mirror-dir "$DIR"`` with DIR unset (a cron line) is refused, never the cwd."""
+    with pytest.raises(SystemExit) as exited:
+        config([f"--{option.key}", ""])
+    assert exited.value.code == 2
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert error.endswith(f"error: argument --{option.key}: {EMPTY}")
+    assert option.env_name is not None
+    assert refused([], {option.env_name: ""}) == f"environment variable {option.env_name}: {EMPTY}"
+    if option.in_file:
+        file = write(tmp_path / "m.toml", f'{option.key} = ""\n')
+        assert refused(["--config", str(file)]) == f"config file {file}: {option.key}: {EMPTY}"
+
+
+@pytest.mark.parametrize(
+    ("script", "args"),
+    [
+        ("pypi_mirror.py", ["--mirror-dir", ""]),
+        ("generate_csv.py", ["--mirror-dir", ""]),
+        ("generate_csv.py", ["--output", ""]),
+    ],
+)
+def test_an_empty_path_on_the_command_line_ends_with_exit_2_and_writes_nothing(
+    script: str, args: list[str], tmp_path: Path
+) -> None:
+    result = subprocess.run(
+        [sys.executable, str(REPO / script), *args, "--pypi-url", "http://127.0.0.1:9"]
+        if script == "pypi_mirror.py"
+        else [sys.executable, str(REPO / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert f"argument {args[0]}: must not be empty" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_status_flags_are_checked() -> None:
     assert "--json goes with --status" in refused(["--json"])
     assert "--status only reads" in refused(["--status", "--dry-run"])
@@ -220,7 +268,7 @@ def test_the_example_config_documents_every_file_key() -> None:
 
 def test_the_example_config_parses_to_a_valid_config(tmp_path: Path) -> None:
     got = config(["--config", str(EXAMPLE)])
-    assert got.mirror_dir == Path("/srv/pypi-index-mirror")
+    assert got.mirror_dir == Path("/srv/pypi-mirror/pypi-index-mirror")  # tests/test_deploy.py
     document = tomllib.loads(EXAMPLE.read_text())
     for option in settings.OPTIONS:
         if option.key in document and not option.path:

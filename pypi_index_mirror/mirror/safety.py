@@ -3,10 +3,12 @@
 A state file and its mirror know each other. The state records the mirror's
 id, the directory and the upstream it was last run with; the mirror directory
 holds the same id in a small marker file, ``.mirror-id``, outside the served
-tree. Before a run changes anything it reads what is on disk
-(`read_mirror_facts`), and the pure checks below decide: go on, record the
-identity (a new mirror, a state written by release 1.0, a mirror that was
-moved), or refuse with one line that says what is wrong and what to do.
+tree. Before a run changes anything it finds its state file (`locate_state`:
+the working directory's ``state.json``, or the one the previous default left
+inside the mirror directory, moved once), reads what is on disk (`read_mirror_facts`), and
+the pure checks below decide: go on, record the identity (a new mirror, a state
+written by release 1.0, a mirror that was moved), or refuse with one line that
+says what is wrong and what to do.
 
 The circuit breaker (`CircuitBreaker`, `Halt`) stops a run that would go on
 hammering an upstream failing as a whole.
@@ -14,6 +16,8 @@ hammering an upstream failing as a whole.
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import threading
 import time
@@ -24,9 +28,11 @@ from types import SimpleNamespace
 from typing import Any
 
 from pypi_index_mirror.mirror.roots import ROOT_FOOTER, ROOT_HEADER, render_json_root_lines
-from pypi_index_mirror.mirror.state import State
-from pypi_index_mirror.mirror.store import MirrorLayout, atomic_write
-from pypi_index_mirror.ops.cli import ToolError, stop_requested
+from pypi_index_mirror.mirror.state import State, StateError, load_state, looks_like_state
+from pypi_index_mirror.mirror.store import DEFAULT_STATE_FILE, MirrorLayout, atomic_write, fsync_dir
+from pypi_index_mirror.ops.cli import ToolError, UsageError, stop_requested
+
+log = logging.getLogger(__name__)
 
 # What the tool's own root page weighs when it lists no project.
 EMPTY_ROOT_SIZE = len(ROOT_HEADER) + len(ROOT_FOOTER)
@@ -118,6 +124,130 @@ def write_marker(layout: MirrorLayout, mirror_id: str) -> None:
     )
 
 
+# --- where the state is
+
+
+def locate_state(state_file: Path, given: bool, layout: MirrorLayout, move: bool = True) -> Path:
+    """The state file a run reads: `state_file`, once the previous default's is moved there.
+
+    Release 1.1 kept state.json inside the mirror directory by default; the default
+    is the working directory's ``state.json`` again, beside the mirror directory
+    (messages say "the previous default", not who wrote the file).
+    Without ``--state`` (`given` False), a run that finds the mirror directory's
+    state.json and none at the default moves it there (a rename, or across
+    filesystems a durable copy, then the unlink) and logs where the state now lives,
+    once. `move` False (a dry run, a plain audit) moves nothing and reads it where it
+    is. Raises UsageError for a state file inside the served tree, and MirrorMismatch
+    when both places hold a different state (the line gives the ``mv`` to run).
+    """
+    refuse_state_in_served_tree(state_file, given, layout)
+    previous = layout.previous_state_file.absolute()
+    if given or not previous.is_file() or same_file(previous, state_file):
+        return state_file
+    if state_file.exists():
+        if state_file.is_file() and previous.read_bytes() == state_file.read_bytes():
+            if move:  # a move across filesystems was cut between its copy and its unlink
+                previous.unlink()
+                fsync_dir(previous.parent)
+            return state_file
+        raise MirrorMismatch(two_states(state_file, previous, layout))
+    where = state_file.absolute()
+    if not move:
+        log.warning(
+            "the state is still at %s, the previous default inside the mirror directory; the "
+            "next run moves it to %s",
+            previous,
+            where,
+        )
+        return previous
+    move_file(previous, where)
+    log.warning(
+        "the state now lives at %s, the default (moved from %s, the previous default "
+        "inside the mirror directory)",
+        where,
+        previous,
+    )
+    return state_file
+
+
+def refuse_state_in_served_tree(state_file: Path, given: bool, layout: MirrorLayout) -> None:
+    """Refuse a state file anyone could download from the web server (UsageError)."""
+    served = layout.served_dir.resolve()
+    place = state_file.resolve()
+    if place != served and not place.is_relative_to(served):
+        return
+    if given:
+        raise UsageError(
+            f"--state {state_file} is inside the served tree {served}, where anyone could "
+            "download it: give a path outside it"
+        )
+    raise UsageError(
+        f"the default state file {place} (state.json in the working directory) is inside the "
+        f"served tree {served}: run from the directory that holds the mirror directory, or "
+        "give --state"
+    )
+
+
+def same_file(one: Path, other: Path) -> bool:
+    try:
+        return os.path.samefile(one, other)
+    except OSError:
+        return False
+
+
+def move_file(source: Path, destination: Path) -> None:
+    """Move `source` to `destination` durably; a crash leaves one of them, or both equal."""
+    try:
+        os.rename(source, destination)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        data = source.read_bytes()  # another filesystem: copy durably, then unlink
+        atomic_write(
+            destination, data, staging_dir=destination.parent, prefix=f".{destination.name}.tmp-"
+        )
+        source.unlink()
+    fsync_dir(source.parent)
+    fsync_dir(destination.parent)
+
+
+def two_states(state_file: Path, previous: Path, layout: MirrorLayout) -> str:
+    """The refusal for a state at the default and another at the previous default."""
+    try:
+        marker: str | None = read_marker(layout)
+    except MirrorMismatch:
+        marker = None
+    where = state_file.absolute()
+    return (
+        f"two state files: {where} ({describe_state(where, marker)}) and {previous} "
+        f"({describe_state(previous, marker)}, the previous default): keep this "
+        f"mirror's. To use the mirror directory's: mv {where} {where}.old && mv {previous} "
+        f"{where}; to keep {where}: mv {previous} {previous}.old"
+    )
+
+
+def describe_state(path: Path, marker: str | None) -> str:
+    """Which mirror a state file says it is, and how far it got, for a refusal."""
+    try:
+        state = load_state(path)
+    except StateError:
+        return "unreadable"
+    mine = " (this mirror)" if marker is not None and state.mirror_id == marker else ""
+    return f"mirror {state.mirror_id}{mine}, serial {state.serial}"
+
+
+def state_elsewhere(state_file: Path, layout: MirrorLayout) -> Path | None:
+    """A state file at the other default place than `state_file`, for a refusal to name."""
+    for candidate in (DEFAULT_STATE_FILE.absolute(), layout.previous_state_file.absolute()):
+        if (
+            candidate.is_file()
+            and not same_file(candidate, state_file)
+            and looks_like_state(candidate)
+        ):
+            return candidate
+    return None
+
+
 # --- the checks (pure)
 
 
@@ -147,13 +277,15 @@ def check_identity(
     full_check: bool,
     state_file: Path,
     new_id: str,
+    state_elsewhere: Path | None = None,
 ) -> Verdict:
     """Decide whether `state` may drive the mirror `facts` describe against `upstream`.
 
     Raises MirrorMismatch for a state of another mirror, of another upstream
     (unless --full-check moves the mirror there), for a mirror that lost pages
     its state says are there, or for a mirror with pages but no state (both
-    repaired by --full-check). `new_id` is used if the mirror has no id yet.
+    repaired by --full-check; a state file at `state_elsewhere` is named then).
+    `new_id` is used if the mirror has no id yet.
     """
     notes: list[str] = []
     warnings: list[str] = []
@@ -163,8 +295,8 @@ def check_identity(
         raise MirrorMismatch(
             f"{state_file} is the state of mirror {state.mirror_id} (last run in "
             f"{state.mirror_dir}), but {here} is mirror {facts.marker}: give this mirror's "
-            f"own state (--state; default {here / 'state.json'}), or the --mirror-dir of "
-            "that state"
+            f"own state (--state; default {DEFAULT_STATE_FILE} in the working directory), or "
+            "the --mirror-dir of that state"
         )
     upstream_changed = False
     if state.upstream is not None and canonical_url(state.upstream) != upstream:
@@ -194,6 +326,12 @@ def check_identity(
             )
         warnings.append(f"{lost}: --full-check fetches every page again")
     if not has_state and facts.holds_a_mirror:
+        if not full_check and state_elsewhere is not None:
+            raise MirrorMismatch(
+                f"{here} holds a mirror but there is no state file {state_file}; "
+                f"{state_elsewhere} is one: give --state {state_elsewhere}, or move it "
+                f"(mv {state_elsewhere} {state_file.absolute()})"
+            )
         if not full_check:
             raise MirrorMismatch(
                 f"{here} holds a mirror but there is no state file {state_file}: give "

@@ -395,30 +395,7 @@ def clear_state_temps(path: Path) -> int:
     return removed
 
 
-# Release 1.0 kept state.json in the working directory; 1.1 keeps it in the mirror directory.
-LEGACY_DEFAULT_STATE = Path("state.json")
-
-
-def refuse_legacy_default_state(state_file: Path, given: bool) -> None:
-    """Refuse to start afresh beside the state a 1.0 release left in the working directory.
-
-    Without ``--state``, a run whose mirror has no state file of its own but
-    whose working directory holds release 1.0's ``./state.json`` would start a
-    first sync (or refuse the mirror as stateless) while the real state, and
-    the RSTUF outbox in it, sits unused. Raises StateError saying to move it.
-    """
-    legacy = LEGACY_DEFAULT_STATE
-    if given or state_file.exists() or not legacy.is_file():
-        return
-    if legacy.resolve() == state_file.resolve() or not _looks_like_state(legacy):
-        return
-    raise StateError(
-        f"found {legacy.absolute()}, where releases before 1.1 kept the state, but no "
-        f"{state_file}: move it there (mv {legacy} {state_file}), or pass --state {legacy}"
-    )
-
-
-def _looks_like_state(path: Path) -> bool:
+def looks_like_state(path: Path) -> bool:
     """Whether `path` is a JSON object with this tool's keys (not someone else's state.json)."""
     try:
         doc = json.loads(path.read_bytes())

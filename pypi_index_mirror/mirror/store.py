@@ -107,8 +107,11 @@ def digest_file(path: Path | str, algorithm: str = TUF_HASH_ALGORITHM) -> FileDi
 
 # --- layout ------------------------------------------------------------------
 
-# Both scripts' defaults: generate_csv.py must find what pypi_mirror.py wrote.
+# Both scripts' defaults: generate_csv.py must find what pypi_mirror.py wrote. The state
+# sits in the working directory, at the top level beside the mirror directory (the layout
+# the toolkit is designed around), never in the served tree.
 DEFAULT_MIRROR_DIR = Path("pypi-index-mirror")
+DEFAULT_STATE_FILE = Path("state.json")
 PAGE_NAME = "index.html"
 # PEP 691's JSON form of a page, under bandersnatch's name, which existing server configs expect
 JSON_PAGE_NAME = "index.v1_json"
@@ -146,11 +149,10 @@ class MirrorLayout:
         return self.root / ".staging"
 
     @property
-    def state_file(self) -> Path:
-        """Where state.json lives unless told otherwise: beside the served tree, never in it.
+    def previous_state_file(self) -> Path:
+        """Where release 1.1 kept state.json by default; a run moves it to the default once.
 
-        A backup or a move of the mirror then takes its state (and the RSTUF
-        outbox in it) along.
+        See `safety.locate_state`.
         """
         return self.root / "state.json"
 
@@ -255,11 +257,21 @@ def atomic_write(
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
+        name_io_error(exc, path)
         raise
     fsync_dir(path.parent)
+
+
+def name_io_error(exc: BaseException, path: str | os.PathLike[str]) -> None:
+    """Give an OSError without a file name (write(2), fsync(2) raise one) the file written.
+
+    The error funnel (`cli_support.failure`) then says where it happened.
+    """
+    if isinstance(exc, OSError) and exc.filename is None:
+        exc.filename = os.fspath(path)
 
 
 def readable_mode() -> int:

@@ -33,6 +33,7 @@ from pypi_index_mirror.mirror.store import (
     digest_file,
     digest_of_copy,
     hexdigest_of,
+    name_io_error,
     prefixed_name,
     target_of_copy,
 )
@@ -252,7 +253,11 @@ class MirrorWriter:
             return False
         if old is None:
             make_directory(directory)
-        temp = self._write_temp(body)
+        try:
+            temp = self._write_temp(body)
+        except OSError as exc:  # ENOSPC names no file: the page being written is the place
+            name_io_error(exc, f"{directory}/{basename}")
+            raise
         self.install(directory, temp, digest, basename)
         self.retire_replaced(directory, old, body, basename)
         return True
@@ -284,11 +289,16 @@ class MirrorWriter:
         """Write `chunks` to a temp file (unless not `keep`), hashing them on the way."""
         hasher = HASH_FACTORIES[TUF_HASH_ALGORITHM]()
         temp = self._temp_name() if keep else None
-        with open(temp, "wb") if temp else contextlib.nullcontext() as handle:
-            for chunk in chunks:
-                hasher.update(chunk)
-                if handle is not None:
-                    handle.write(chunk)
+        try:
+            with open(temp, "wb") if temp else contextlib.nullcontext() as handle:
+                for chunk in chunks:
+                    hasher.update(chunk)
+                    if handle is not None:
+                        handle.write(chunk)
+        except OSError as exc:
+            self.discard(temp)
+            name_io_error(exc, temp or "")
+            raise
         return temp, hasher.hexdigest()
 
     def discard(self, temp: str | None) -> None:

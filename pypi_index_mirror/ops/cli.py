@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import logging
 import math
 import os
@@ -171,8 +172,7 @@ def failure(exc: BaseException) -> tuple[int, str]:
     if isinstance(exc, BrokenPipeError) and stdout_closed(exc):
         return EXIT_PIPE_CLOSED, "standard output was closed by its reader"
     if isinstance(exc, OSError):
-        where = f"{exc.filename}: " if exc.filename else ""
-        return EXIT_FAILED, f"local I/O error: {where}{exc.strerror or exc}"
+        return EXIT_FAILED, f"local I/O error: {io_error_line(exc)}; {NOTHING_LOST}"
     return EXIT_FAILED, (
         f"internal error {type(exc).__name__}: {exc}; nothing past the last saved state "
         "was recorded; please report it (run with -v for the traceback)"
@@ -194,6 +194,42 @@ def stdout_closed(exc: BrokenPipeError) -> bool:
     except (OSError, ValueError):  # no stdout at all (closed, or not a real file)
         return False
     return any(mask & select.POLLERR for _, mask in events)
+
+
+NOTHING_LOST = "nothing is lost: the next run resumes from the last saved state"
+
+# What to do about a local I/O error, by its errno; then run again.
+IO_ADVICE = {
+    errno.ENOSPC: "the filesystem is full: free space or inodes on it (df -h, df -i)",
+    errno.EDQUOT: "the disk quota is used up: raise it or free space",
+    errno.EFBIG: "a file size limit stopped the write: raise it (ulimit -f, LimitFSIZE=)",
+    errno.EROFS: "the filesystem is mounted read-only: make it writable (under systemd: "
+    "ReadWritePaths=)",
+    errno.EACCES: "this user may not write there: fix the owner or the permissions",
+    errno.EPERM: "this user may not change it: fix the owner, the permissions or an "
+    "immutable flag (lsattr)",
+    errno.EEXIST: "a file stands where a directory is needed: move it away, or give "
+    "another --mirror-dir or --state",
+    errno.ENOTDIR: "a file stands where a directory is needed: move it away, or give "
+    "another --mirror-dir or --state",
+    errno.EISDIR: "a directory stands where a file is needed: move it away",
+    errno.EIO: "the device reported an error: check the disk (dmesg)",
+}
+
+
+def io_error_line(exc: OSError) -> str:
+    """What failed where, and what to do: ``PATH: CAUSE: ADVICE, then run again``.
+
+    The path is the one the operator must act on: a rename's or link's destination
+    (``filename2``, never the temp file it came from), else the file named. The
+    write seams name the file they were writing when write(2) or fsync(2) give none.
+    """
+    path = exc.filename2 or exc.filename
+    shown = os.fsdecode(os.path.abspath(path)) if isinstance(path, str | bytes) else path
+    where = f"{shown}: " if path else ""
+    cause = exc.strerror or str(exc)
+    advice = IO_ADVICE.get(exc.errno or 0, "fix the cause")
+    return f"{where}{cause}: {advice}, then run again"
 
 
 def number(kind: type, minimum: float, maximum: float) -> Callable[[str], float]:

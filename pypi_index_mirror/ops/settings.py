@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from pypi_index_mirror.mirror.filters import ProjectFilter, glob_pattern
-from pypi_index_mirror.mirror.store import DEFAULT_MIRROR_DIR, MirrorLayout
+from pypi_index_mirror.mirror.store import DEFAULT_MIRROR_DIR, DEFAULT_STATE_FILE
 from pypi_index_mirror.ops.cli import VERSION, UsageError, format_bound, number
 
 CONFIG_ENV = "PYPI_MIRROR_CONFIG"
@@ -37,7 +37,7 @@ class Config:
     """Everything a run is told; units in the comments."""
 
     mirror_dir: Path = DEFAULT_MIRROR_DIR
-    state_path: Path | None = None  # None: MirrorLayout.state_file, inside mirror_dir
+    state_path: Path | None = None  # None: DEFAULT_STATE_FILE, ./state.json
     pypi_url: str = "https://pypi.org"
     workers: int = 10
     # a clean first sync's processes: one keeps the stand-in's pages/s at 0.21 ms of CPU a
@@ -82,7 +82,7 @@ class Config:
 
     @property
     def state_file(self) -> Path:
-        return self.state_path or MirrorLayout(self.mirror_dir).state_file
+        return self.state_path or DEFAULT_STATE_FILE
 
     @property
     def project_filter(self) -> ProjectFilter:
@@ -153,6 +153,17 @@ def split_list(text: str) -> list[str]:
     return [item for item in re.split(r"[,\s]+", text) if item]
 
 
+def path_value(text: str) -> Path:
+    """A file or directory path; an empty one is refused, never taken as the current directory.
+
+    ``--mirror-dir "$DIR"`` with DIR unset in a cron line would otherwise mirror PyPI
+    into whatever directory cron started in.
+    """
+    if not text.strip():
+        raise ValueError("must not be empty (an unset variable?): give a path")
+    return Path(text)
+
+
 def switch(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -168,15 +179,16 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "mirror-dir",
         "mirror directory; pages go to DIR/pypi_mirror/",
-        Path,
+        path_value,
         path=True,
         metavar="DIR",
     ),
     Option(
         "state",
-        "state file: serial, pending projects, RSTUF outbox; by default DIR/state.json, beside "
-        "the served tree, so a backup of the mirror keeps it",
-        Path,
+        "state file: serial, pending projects, RSTUF outbox; by default state.json in the "
+        "working directory, beside the mirror directory (one left inside DIR by the previous "
+        "release is moved there once); never inside the served tree",
+        path_value,
         field="state_path",
         path=True,
         metavar="FILE",
@@ -202,7 +214,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "full-check",
         "compare PyPI's whole listing with the mirror: fetch what is missing or behind, "
-        "remove what PyPI no longer has (404)",
+        "remove what PyPI no longer has (404); every change goes to RSTUF, also into an "
+        "empty mirror (where a first sync would leave the pages to the bootstrap CSV)",
         in_file=False,
         env=None,
     ),
@@ -333,7 +346,9 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "tuf-metadata-url",
         "base URL RSTUF's TUF metadata is served from (1.root.json, timestamp.json, ...); "
-        "--audit reads it, and the first delivery to RSTUF checks it holds the bootstrap import",
+        "--audit reads it, the first delivery to RSTUF checks it holds the bootstrap import, "
+        "and a first sync into an empty mirror is refused while it signs pages already "
+        "(--full-check registers them instead)",
         url,
         env="TUF_METADATA_URL",
         metavar="URL",
@@ -342,7 +357,7 @@ OPTIONS: tuple[Option, ...] = (
         "tuf-root",
         "TUF root metadata to trust (RSTUF's 1.root.json, obtained out of band); "
         "needed with --tuf-metadata-url",
-        Path,
+        path_value,
         env="TUF_ROOT",
         path=True,
         metavar="FILE",
@@ -359,7 +374,7 @@ OPTIONS: tuple[Option, ...] = (
         "write the run's figures to FILE in Prometheus text format at the end of each run "
         "(atomically; for node_exporter's textfile collector, so name it *.prom); a FILE "
         "that is a directory, or in a missing one, is refused at start (exit 2)",
-        Path,
+        path_value,
         path=True,
         metavar="FILE",
     ),
@@ -399,6 +414,8 @@ def describe(option: Option) -> str:
         notes.append(f"{format_bound(bounds[0])}-{format_bound(bounds[1])}")
     if option.many:
         notes.append("repeatable")
+    if option.path:
+        notes.append("never empty")
     if option.env_name:
         notes.append(f"env {option.env_name}" + (", comma-separated" if option.many else ""))
     default = getattr(DEFAULTS, option.dest, None)
@@ -485,11 +502,17 @@ CONFIG_HELP = (
     "(see pypi-mirror.example.toml)"
 )
 
+# --config is read before the table it points to, so it is no `Option` of OPTIONS; its
+# value is checked as every path option's is.
+CONFIG_OPTION = Option(
+    "config", "TOML config file", path_value, env=CONFIG_ENV, path=True, in_file=False
+)
+
 
 def add_config_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config",
-        type=Path,
+        type=argparse_type(CONFIG_OPTION),
         metavar="FILE",
         default=argparse.SUPPRESS,
         help=f"{CONFIG_HELP[:-1]}; env {CONFIG_ENV})",
@@ -597,8 +620,6 @@ def file_value(option: Option, raw: object) -> Any:
         return option.parse(str(raw))
     if not isinstance(raw, str):
         raise TypeError(f"must be a string, not {raw!r}")
-    if option.path and not raw:
-        raise ValueError("must not be empty")
     return option.parse(raw)
 
 
@@ -613,9 +634,7 @@ def resolve(
     file is checked against the whole table.
     """
     given = vars(args)
-    config_path = given.get("config") or (
-        Path(environ[CONFIG_ENV]) if environ.get(CONFIG_ENV) else None
-    )
+    config_path = given.get("config") or environment_values(environ, [CONFIG_OPTION]).get("config")
     wanted = {option.dest for option in options}
     lists = {option.dest for option in options if option.many}  # argparse's append: a list
     from_file = load_config_file(config_path) if config_path else {}
@@ -640,11 +659,15 @@ def resolve(
 
 
 def environment_values(environ: Mapping[str, str], options: Sequence[Option]) -> dict[str, Any]:
-    """{dest: value} of the options set in the environment (an empty variable is unset)."""
+    """{dest: value} of the options set in the environment.
+
+    An empty variable is unset, except a path's: ``PYPI_MIRROR_MIRROR_DIR=$DIR`` with DIR
+    unset is a mistake to name, not a reason to fall back to the default directory.
+    """
     values = {}
     for option in options:
         name = option.env_name
-        if name and environ.get(name, "") != "":
+        if name and (environ.get(name, "") != "" or (option.path and name in environ)):
             parse = option.parse or switch
             try:
                 if option.many:

@@ -64,7 +64,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from pypi_index_mirror.mirror.state import State, load_state, refuse_legacy_default_state
+from pypi_index_mirror.mirror.safety import locate_state, state_elsewhere
+from pypi_index_mirror.mirror.state import State, load_state
 from pypi_index_mirror.mirror.store import (
     TUF_HASH_ALGORITHM,
     FileDigest,
@@ -73,6 +74,7 @@ from pypi_index_mirror.mirror.store import (
     fsync_dir,
     iter_targets,
     mirror_lock,
+    name_io_error,
     readable_mode,
 )
 from pypi_index_mirror.ops import settings
@@ -83,6 +85,7 @@ from pypi_index_mirror.ops.cli import (
     Stopped,
     ToolError,
     configure_logging,
+    io_error_line,
     number,
     run_cli,
 )
@@ -202,7 +205,7 @@ class Options:
     output: Path | None  # None: standard output
     workers: int
     executor: str  # one of EXECUTORS
-    state_given: bool = True  # False: the default state file (release 1.0's may be around)
+    state_given: bool = True  # False: the default state file (the previous default's may be around)
 
 
 @dataclass(frozen=True)
@@ -227,6 +230,8 @@ def check_mirror_exists(layout: MirrorLayout) -> None:
     Checked before taking the lock, because taking it would create the
     directory the lock lives in.
     """
+    if layout.root.exists() and not layout.root.is_dir():
+        raise MirrorNotReady(layout.root, "not a directory (check --mirror-dir)")
     if not layout.root.is_dir():
         raise MirrorNotReady(layout.root, "no such mirror directory (check --mirror-dir)")
     if not layout.served_dir.is_dir():
@@ -254,10 +259,13 @@ def read_finished_state(layout: MirrorLayout, state_path: Path) -> State:
     state file that cannot be trusted.
     """
     if not state_path.exists():
+        elsewhere = state_elsewhere(state_path, layout)
         raise MirrorNotReady(
             state_path,
             "no state file, so the first sync has not finished "
-            "(check --state, or run pypi_mirror.py until it finishes)",
+            "(check --state, or run pypi_mirror.py until it finishes)"
+            if elsewhere is None
+            else f"no state file; {elsewhere} is one: give --state {elsewhere}",
         )
     state = load_state(state_path)
     if state.serial is None or state.full_sync_in_progress:
@@ -337,9 +345,10 @@ def atomic_text_output(path: Path) -> Iterator[TextIO]:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
+        name_io_error(exc, path)  # a full disk's write(2) names no file (page reads name theirs)
         raise
     fsync_dir(directory)
 
@@ -365,7 +374,8 @@ def generate(options: Options, stdout: TextIO) -> Summary:
         check_output_path(options.output, layout, options.state_path)
     started = time.monotonic()
     with mirror_lock(layout.lock_path):
-        state = read_finished_state(layout, options.state_path)
+        state_path = locate_state(options.state_path, options.state_given, layout)
+        state = read_finished_state(layout, state_path)
         serial = state.serial
         assert serial is not None  # read_finished_state refuses a mirror without one
         log.info(
@@ -403,6 +413,10 @@ def generate(options: Options, stdout: TextIO) -> Summary:
 # --- command line ------------------------------------------------------------
 
 
+# checked as every path option is (an empty one is refused); a str: '-' is standard output
+OUTPUT_OPTION = settings.Option("output", "", lambda text: str(settings.path_value(text)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="generate_csv.py",
@@ -428,6 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     settings.add_options(parser, [o for o in settings.OPTIONS if o.key in ("mirror-dir", "state")])
     parser.add_argument(
         "--output",
+        type=settings.argparse_type(OUTPUT_OPTION),
         default=DEFAULT_OUTPUT,
         help="CSV to write atomically, '-' for standard output; must not be inside "
         "the served tree (default: %(default)s)",
@@ -470,7 +485,6 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     configure_logging(args.verbose, args.quiet)
     options = parse_options(args)
-    refuse_legacy_default_state(options.state_path, given=options.state_given)
     log.debug(
         "mirror %s, state %s, %d %s",
         options.mirror_dir,
@@ -493,8 +507,7 @@ def run(args: argparse.Namespace) -> int:
         log.error("standard output was closed before the CSV was complete")
         return EXIT_FAILED
     except OSError as exc:
-        where = f"{exc.filename}: " if exc.filename else ""
-        log.error("%s%s; %s", where, exc.strerror or exc, incomplete)
+        log.error("%s; %s", io_error_line(exc), incomplete)
         return EXIT_FAILED
     except (KeyboardInterrupt, Stopped):
         log.error("interrupted; %s", incomplete)

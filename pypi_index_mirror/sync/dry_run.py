@@ -2,9 +2,10 @@
 
 An update's plan comes from the changelog alone: every project it names would
 be fetched, and the newest entry says whether its page should exist (an add
-for RSTUF) or not (a remove). Whether a fetched page really changes is only
-known by fetching it, so the RSTUF lines are what *may* change. A full sync's
-plan is a count from the listing. Pure functions: the caller prints the lines.
+for RSTUF) or not (a remove), in each form the mirror holds (``index.html``,
+``index.v1_json``: ``--simple-format``). Whether a fetched page really changes
+is only known by fetching it, so the RSTUF lines are what *may* change. A full
+sync's plan is a count from the listing. Pure functions: the caller prints the lines.
 
 Lines, one fact each, for people and for ``grep``/``awk``::
 
@@ -17,10 +18,11 @@ Lines, one fact each, for people and for ``grep``/``awk``::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
+from pypi_index_mirror.mirror.formats import HTML, PageFormat
 from pypi_index_mirror.mirror.state import PendingProject
-from pypi_index_mirror.mirror.store import ROOT_TARGET, project_target
+from pypi_index_mirror.mirror.store import project_target
 
 
 def outbox_actions(dirty: Iterable[str], exists: Callable[[str], bool]) -> dict[str, str]:
@@ -34,17 +36,24 @@ def update_plan(
     to_fetch: Mapping[str, PendingProject],
     outbox: Mapping[str, str],
     root_may_change: bool,
+    forms: Sequence[PageFormat] = (HTML,),
 ) -> list[str]:
     """The plan of an update: the projects to fetch, then the RSTUF actions that may follow.
 
     `outbox` is `outbox_actions` of what is owed already; a project the
     changelog names wins over it (its page's final state is what would be sent).
+    Each project has a target per mirrored form in `forms`. `root_may_change`
+    is the HTML root's (names join, leave or change); the JSON root also lists
+    each project's serial, so any project fetched may change it.
     """
     actions = dict(outbox)
     for name, item in to_fetch.items():
-        actions[project_target(name)] = "add" if item.expect_page else "remove"
-    if root_may_change:
-        actions[ROOT_TARGET] = "add"
+        for form in forms:
+            target = project_target(name, form.basename)
+            actions[target] = "add" if item.expect_page else "remove"
+    for form in forms:
+        if root_may_change if form is HTML else bool(to_fetch):
+            actions[form.root_target] = "add"
     lines = [f"plan update fetch={len(to_fetch)} rstuf={len(actions)} serial={since}->{newest}"]
     lines += [f"fetch {name}" for name in sorted(to_fetch)]
     lines += [f"rstuf-{action} {path}" for path, action in sorted(actions.items())]

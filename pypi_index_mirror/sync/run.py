@@ -59,22 +59,23 @@ from pypi_index_mirror.mirror.safety import (
     FetchHalted,
     Halt,
     MirrorFacts,
+    MirrorMismatch,
     Verdict,
     canonical_url,
     check_identity,
     check_serial,
     has_project_pages,
+    locate_state,
     read_mirror_facts,
+    state_elsewhere,
     write_marker,
 )
 from pypi_index_mirror.mirror.state import (
     PendingProject,
     State,
-    StateError,
     clear_state_temps,
     load_state,
     new_mirror_id,
-    refuse_legacy_default_state,
     save_state,
 )
 from pypi_index_mirror.mirror.store import (
@@ -317,6 +318,7 @@ class Sync:
         self.summary = summary or Summary()
         self.summary.dry_run = config.dry_run
         self.state = State()
+        self.state_file = config.state_file  # where it is read (see locate_state)
         self.loaded = False  # self.state is the state file's
         self.identified = False  # ... and was found to belong to this mirror and upstream
         self.writer = MirrorWriter(self.layout, self.state)
@@ -365,8 +367,8 @@ class Sync:
 
     def sync(self) -> int:
         config = self.config
-        refuse_legacy_default_state(config.state_file, given=config.state_path is not None)
         if not config.dry_run and not self.layout.root.exists():
+            self.find_state(move=False)  # nothing to move yet: a state in the served tree?
             self.check_identity()  # before the lock, which would create the directory
         with mirror_lock(self.layout.lock_path, read_only=config.dry_run), self.recording():
             try:
@@ -414,13 +416,14 @@ class Sync:
         Every refusal comes before anything is written (but status.json, which records it).
         """
         config = self.config
+        self.find_state(move=not config.dry_run)
         if not config.dry_run:
             clear_staging(self.layout.staging_dir)
-            clear_state_temps(config.state_file)
+            clear_state_temps(self.state_file)
         verdict, facts = self.check_identity()
         last_serial = self.xmlrpc_last_serial()
         if last_serial is not None and not verdict.upstream_changed:
-            check_serial(self.state.serial, last_serial, self.upstream, config.state_file)
+            check_serial(self.state.serial, last_serial, self.upstream, self.state_file)
         self.record_identity(verdict, facts)
         return last_serial
 
@@ -434,9 +437,16 @@ class Sync:
             self.fall_back(exc)
             return None
 
+    def find_state(self, move: bool) -> None:
+        """Where the state is read and saved: the default, once the previous default's is moved."""
+        config = self.config
+        self.state_file = locate_state(
+            config.state_file, config.state_path is not None, self.layout, move=move
+        )
+
     def check_identity(self) -> tuple[Verdict, MirrorFacts]:
         """Read the state and the mirror; refuse (MirrorMismatch) if they do not belong together."""
-        self.state = load_state(self.config.state_file)
+        self.state = load_state(self.state_file)
         self.writer = MirrorWriter(self.layout, self.state)
         self.loaded = True
         self.summary.serial_before = self.state.serial
@@ -446,8 +456,9 @@ class Sync:
             facts,
             self.upstream,
             self.config.full_check,
-            self.config.state_file,
+            self.state_file,
             new_mirror_id(),
+            None if self.state.read_schema else state_elsewhere(self.state_file, self.layout),
         )
         return verdict, facts
 
@@ -528,7 +539,7 @@ class Sync:
             write_marker(self.layout, self.state.mirror_id or "")
             self.marker_owed = False
         crash_point("state-save", (why,))
-        save_state(self.config.state_file, self.state)
+        save_state(self.state_file, self.state)
 
     def save_after_stop(self) -> str:
         """Save what is durable after a signal; return what the stop line adds."""
@@ -659,6 +670,13 @@ class Sync:
         listed page is on disk or known gone: until then the state has no
         serial and the next run goes on with it.
         """
+        starting = not self.state.full_sync_in_progress
+        # --full-check into an empty mirror registers every page with RSTUF (the way out
+        # when RSTUF signs pages already); a first sync leaves them to the bootstrap CSV
+        first = starting and self.state.serial is None and not self.config.full_check
+        first = first and not (self.layout.root_page.exists() or has_project_pages(self.layout))
+        if first:
+            self.refuse_first_sync_under_signed_pages()
         wanted, last_serial = self.fetch_listing(last_serial)
         target = min(last_serial, wanted.max_serial(default=last_serial))
         excluded: set[str] = set()  # on disk, and the filter excludes them now
@@ -671,10 +689,8 @@ class Sync:
             wanted, self.allowed_local(excluded), on_disk, self.state.pending
         )
         self.check_listing(len(wanted), to_fetch.local_seen, last_serial)
-        if not self.state.full_sync_in_progress:
-            self.state.first_sync = self.state.serial is None and not (
-                self.layout.root_page.exists() or has_project_pages(self.layout)
-            )
+        if starting:
+            self.state.first_sync = first
             self.state.full_sync_in_progress = True
             self.save("full-sync-started")
         first = self.state.first_sync
@@ -700,6 +716,46 @@ class Sync:
             self.remove_projects(excluded, record_changes=not first)
             self.drop_other_forms(record_changes=not first)
             self.finish_full_sync(wanted, outcome, target, first, serials)
+
+    def refuse_first_sync_under_signed_pages(self) -> None:
+        """Refuse a first sync into an empty mirror while RSTUF's TUF metadata signs a root.
+
+        A first sync tells RSTUF nothing (its pages reach RSTUF through the bootstrap
+        CSV). If RSTUF already signs this mirror's pages, the mirror directory was lost
+        or replaced (``rm -rf`` with the state inside it, another disk): a first sync
+        would end with exit 0 while RSTUF goes on signing the old bytes of every page
+        that changed meanwhile. Checked when a metadata URL is configured; a root
+        index of either form signed means pages are. Raises MirrorMismatch.
+        """
+        config = self.config
+        if config.tuf_metadata_url is None or not self.owes_rstuf:
+            return
+        from pypi_index_mirror.audit import tuf as tuf_audit  # see TYPE_CHECKING above
+
+        way_out = (
+            "run with --full-check instead: it fetches every page and registers each with "
+            "RSTUF (or restore the mirror and its state.json from a backup)"
+        )
+        settings_ = audit_settings(config)
+        try:
+            signed = [
+                form.root_target
+                for form in ALL_FORMATS
+                if tuf_audit.signed_target(settings_, form.root_target) is not None
+            ]
+        except tuf_audit.AuditError as exc:
+            raise MirrorMismatch(
+                f"cannot check whether RSTUF already signs pages before a first sync into "
+                f"{self.layout.root.absolute()} ({exc}): fix --tuf-metadata-url or --tuf-root; "
+                f"if RSTUF does sign this mirror's pages, {way_out}"
+            ) from None
+        if signed:
+            raise MirrorMismatch(
+                f"RSTUF's TUF metadata at {config.tuf_metadata_url} signs {signed[0]} already, "
+                f"but {self.layout.root.absolute()} holds no mirror (lost? another disk?): a "
+                "first sync would register nothing and leave RSTUF signing the old pages; "
+                f"{way_out}"
+            )
 
     def allowed_local(self, excluded: set[str] | None = None) -> Iterator[str]:
         """The projects on disk the filter allows, streamed; those it excludes go to `excluded`."""
@@ -929,7 +985,7 @@ class Sync:
         self.summary.would_fetch = len(to_fetch)
         outbox = dry_run.outbox_actions(self.owed_for_plan(), self.target_exists)
         root = root or self.state.root_stale
-        for line in dry_run.update_plan(since, newest, to_fetch, outbox, root):
+        for line in dry_run.update_plan(since, newest, to_fetch, outbox, root, self.forms):
             self.out(line)
 
     @contextlib.contextmanager
@@ -1670,11 +1726,10 @@ class Sync:
             with mirror_lock(self.layout.lock_path):
                 report = self.audit_tree()
             return EXIT_AUDIT_DIFFERS if report.differences else EXIT_OK
-        config = self.config
         self.summary.started = True
-        refuse_legacy_default_state(config.state_file, given=config.state_path is not None)
         try:
             with mirror_lock(self.layout.lock_path), self.recording():
+                self.find_state(move=True)
                 self.record_identity(*self.check_identity())
                 differing: dict[str, tuf_audit.SignedTarget | None] = {}
                 self.audit_tree(lambda d: differing.__setitem__(d.path, d.signed))
@@ -1692,9 +1747,10 @@ class Sync:
         """Run the audit under the lock: print each difference (and pass it to `also`)."""
         if not self.loaded:
             try:
-                self.state = load_state(self.config.state_file)
-            except StateError as exc:
-                log.warning("%s; auditing without it", exc)  # the audit is part of recovery
+                self.find_state(move=False)
+                self.state = load_state(self.state_file)
+            except ToolError as exc:  # damaged, or two of them: the audit is part of recovery
+                log.warning("%s; auditing without it", exc)
         owed = self.state.outbox.dirty | self.state.outbox.in_flight_paths()
         owed_found: set[str] = set()
         from pypi_index_mirror.audit import tuf as tuf_audit  # see TYPE_CHECKING above
@@ -1730,7 +1786,7 @@ class Sync:
         projects whose fetch failed: they stay pending, nothing of theirs is sent.
         """
         clear_staging(self.layout.staging_dir)
-        clear_state_temps(self.config.state_file)
+        clear_state_temps(self.state_file)
         roots = {form.root_target for form in ALL_FORMATS}
         projects: dict[str, list[str]] = {}
         for path in differing:
@@ -1862,7 +1918,8 @@ DESCRIPTION = (
 EPILOG = (
     "The RSTUF token is read only from the environment (RSTUF_API_TOKEN). "
     "Exit codes: 0 done (--audit: the tree and TUF's targets agree); 1 failed (state not "
-    "advanced past what is on disk; --audit: metadata unreachable, badly signed or expired; "
+    "advanced past what is on disk; a local I/O error names the file, the cause and the fix, "
+    "then run again; --audit: metadata unreachable, badly signed or expired; "
     "RSTUF answered 401 or 403, or its URL is no RSTUF API: changes wait in the outbox); "
     "2 usage error; 3 another run holds the mirror lock; 4 --audit found differences; 75 "
     "partly done (pages or RSTUF changes kept for the next run, also when changes are owed "
@@ -1927,6 +1984,11 @@ def count_owed_work(summary: Summary, state_file: Path) -> None:
 
 def run(config: Config, summary: Summary | None = None) -> int:
     configure_logging(config.verbose, config.quiet)
+    if config.mirror_dir.exists() and not config.mirror_dir.is_dir():
+        raise UsageError(
+            f"--mirror-dir {config.mirror_dir} is not a directory: give the mirror's "
+            "directory (a new one is created)"
+        )
     if config.status:
         return show_status(MirrorLayout(config.mirror_dir).status_file, config.status_json)
     summary = summary if summary is not None else Summary()

@@ -140,7 +140,7 @@ def build(workdir: Path, targets: int, bins: int, seed: int) -> tuple[Path, Path
     by_bin[bin_index(ROOT_TARGET, bit_length)].append(
         (ROOT_TARGET, len(root), write_page(layout.served_dir, root))
     )
-    save_state(layout.state_file, State(serial=BENCH_SERIAL))
+    save_state(mirror.parent / "state.json", State(serial=BENCH_SERIAL))  # beside the mirror
     written = time.monotonic()
     print(f"signing {bins} bins into {metadata} ...", file=sys.stderr)
     repo = TufRepository(metadata, number_of_bins=bins)
