@@ -246,24 +246,18 @@ def test_pip_and_uv_install_through_the_cli_proxy_in_both_forms(world: World) ->
     try:
         assert wait_for_port(port, process), process.stderr.read() if process.stderr else ""
         index = f"http://127.0.0.1:{port}"
-        for install in (pip_install, uv_install):
-            since = len(world.nginx.access_log())
+        since = len(world.nginx.access_log())
+        for install in (pip_install, uv_install):  # uv gets the pages pip verified, from memory
             target = world.tmp / f"{install.__name__}-target"
             result = install(world, index, target, "tiny-wheel", "json-wheel")
             assert result.returncode == 0, result.stderr
             assert installed_version(target, "tiny_wheel") == "1.1"
             assert installed_version(target, "json_wheel") == "1.1"
-            fetched = copies_fetched(world, since)
-            # pages by their hash-prefixed names only: JSON where signed, else HTML
-            assert any(
-                uri.startswith("/simple/json-wheel/") and uri.endswith(".index.v1_json")
-                for uri in fetched
-            ), fetched
-            assert any(
-                uri.startswith("/simple/tiny-wheel/") and uri.endswith(".index.html")
-                for uri in fetched
-            ), fetched
-            assert all(os.path.basename(uri)[64:65] == "." for uri in fetched), fetched
+        fetched = copies_fetched(world, since)
+        # pages by their hash-prefixed names only: JSON where signed, else HTML
+        forms = sorted((uri.split("/")[2], uri.split("/")[3].split(".", 1)[1]) for uri in fetched)
+        assert forms == [("json-wheel", "index.v1_json"), ("tiny-wheel", "index.html")], fetched
+        assert all(os.path.basename(uri)[64:65] == "." for uri in fetched), fetched
     finally:
         process.terminate()
         _, stderr = process.communicate(timeout=30)
@@ -449,6 +443,30 @@ def test_metadata_and_mirror_not_answering(world: World) -> None:
         assert refused.status_code == 503
         assert refused.text.startswith(f"mirror {down}/simple/numpy/") and "refused" in refused.text
     no_mirror.close()
+
+
+def test_verified_pages_are_kept_by_their_signed_hashes(world: World) -> None:
+    """A page verified once is served from memory while the metadata signs the same bytes."""
+    target = "simple/django/index.html"
+    page = world.mirror.layout.project_page("django")
+    copy = page.parent / f"{digest_file(page).hexdigest}.index.html"
+    cached = Verifier(world.config())
+    uncached = Verifier(world.config(page_cache_bytes=0, cache_dir=world.tmp / "c2"))
+    with running(cached) as with_cache, running(uncached) as without:
+        for server in (with_cache, without):
+            assert get(f"{server.url}/simple/django/").content == served(world, target)
+        copy.unlink()  # the mirror loses its copy
+        assert get(f"{with_cache.url}/simple/django/").content == page.read_bytes()
+        assert get(f"{without.url}/simple/django/").status_code == 502
+        # the metadata signs other bytes: the cached page is not what it signs any more
+        world.pypi.add_release("Django", "2.0", files=1)
+        assert world.mirror.run("--simple-format", "all", "-q") == 0
+        world.sign()
+        world.clock.advance(61)
+        fresh = get(f"{with_cache.url}/simple/django/")
+        assert fresh.status_code == 200 and fresh.content == served(world, target)
+    cached.close()
+    uncached.close()
 
 
 # --- the metadata moving on ---------------------------------------------------------------

@@ -67,6 +67,7 @@ class ProxyConfig:
     max_age: float = 60.0  # seconds
     timeout: float = 30.0  # seconds
     max_page_bytes: int = 64 << 20
+    page_cache_bytes: int = 64 << 20
     verbose: bool = False
     quiet: bool = False
 
@@ -135,6 +136,13 @@ OPTIONS: tuple[settings.Option, ...] = (
         "a page TUF signs longer than this is refused",
         number(int, 1024, 1 << 30),
         env=_ENV + "MAX_PAGE_BYTES",
+    ),
+    settings.Option(
+        "page-cache-bytes",
+        "verified pages kept in memory, by the hashes TUF signs for them (a page is fetched "
+        "from the mirror again only when the metadata signs other bytes); 0: none",
+        number(int, 0, 1 << 40),
+        env=_ENV + "PAGE_CACHE_BYTES",
     ),
     settings.Option("verbose", "log every request", short="-v", env=_ENV + "VERBOSE"),
     settings.Option("quiet", "log warnings and errors only", short="-q", env=_ENV + "QUIET"),
@@ -220,6 +228,7 @@ def verifier_config(config: ProxyConfig) -> VerifierConfig:
         max_age=config.max_age,
         timeout=config.timeout,
         max_page_bytes=config.max_page_bytes,
+        page_cache_bytes=config.page_cache_bytes,
     )
 
 

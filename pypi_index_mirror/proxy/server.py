@@ -107,7 +107,10 @@ class ProxyHandler(http.server.BaseHTTPRequestHandler):
 
     def _refuse(self, refusal: Refusal, body: bool, quiet: bool = False) -> None:
         reason = str(refusal)
-        level = logging.DEBUG if quiet else logging.WARNING
+        # an unknown project is an everyday answer (pip asks every index it is given)
+        level = (
+            logging.DEBUG if quiet else logging.INFO if refusal.status == 404 else logging.WARNING
+        )
         what = f"{self.command} {self.path[:200]}"
         log.log(level, "refused %s: %d %s", what, refusal.status, reason)
         payload = (reason + "\n").encode("ascii")

@@ -25,7 +25,12 @@ the proxy keeps one Updater (the *state*) behind one lock:
 The page is fetched from the mirror by its hash-prefixed name (consistent
 snapshots: ``simple/<p>/<blake2b-256>.index.html``) and checked with
 ``TargetFile.verify_length_and_hashes``, python-tuf's own check, before a
-byte is served.
+byte is served. Verified pages are kept in memory (`PageCache`, least recently
+used first out) under their path, length and every hash TUF signs for them:
+the same key can only ever name the same bytes, so a page is fetched again
+only when the metadata signs other bytes for it. A copy damaged on the mirror
+after its bytes were cached goes unnoticed until then: the `--audit` of
+``pypi_mirror.py`` is what watches the mirror's disk.
 
 Every refusal is a `Refusal` with the HTTP status and the one-line reason the
 client and the log get.
@@ -36,6 +41,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -72,6 +78,9 @@ class VerifierConfig:
     backoff: float = 0.2  # seconds before a metadata retry
     max_page_bytes: int = 64 << 20  # a target signed longer than this is refused
     connections: int = 32  # keep-alive connections kept to the mirror
+    page_cache_bytes: int = (
+        64 << 20
+    )  # verified pages kept in memory by their signed hashes; 0: none
     monotonic: Callable[[], float] = time.monotonic  # injectable for tests
     now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
 
@@ -148,6 +157,44 @@ class _State:
     snapshot_version: int
 
 
+class PageCache:
+    """Verified page bytes by (path, length, hashes), least recently used dropped first."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.size = 0
+        self._pages: OrderedDict[tuple[str, int, tuple[tuple[str, str], ...]], bytes] = (
+            OrderedDict()
+        )
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(info: TargetFile) -> tuple[str, int, tuple[tuple[str, str], ...]]:
+        return info.path, info.length, tuple(sorted(info.hashes.items()))
+
+    def get(self, info: TargetFile) -> bytes | None:
+        key = self.key(info)
+        with self._lock:
+            data = self._pages.get(key)
+            if data is not None:
+                self._pages.move_to_end(key)
+            return data
+
+    def put(self, info: TargetFile, data: bytes) -> None:
+        """Keep `data`, which must have been verified against `info`."""
+        if len(data) > self.max_bytes // 4:  # one huge page must not empty the cache
+            return
+        key = self.key(info)
+        with self._lock:
+            if key in self._pages:
+                return
+            self._pages[key] = data
+            self.size += len(data)
+            while self.size > self.max_bytes:
+                _, dropped = self._pages.popitem(last=False)
+                self.size -= len(dropped)
+
+
 # --- the verifier -----------------------------------------------------------------------
 
 
@@ -180,6 +227,7 @@ class Verifier:
         self._mirror_timeout = urllib3.Timeout(connect=config.connect_timeout, read=config.timeout)
         self._lock = threading.Lock()
         self._state: _State | None = None
+        self._cache = PageCache(config.page_cache_bytes)
         self._failure: tuple[Refusal, float] | None = None
         self.refreshes = 0  # how many refreshes ran (tests and the benchmark read it)
         self._check_root()
@@ -323,6 +371,16 @@ class Verifier:
         return self.mirror_url + parse.quote(tuf_audit.copy_path(info.path, digest))
 
     def download(self, info: TargetFile) -> VerifiedPage:
+        """The page's bytes verified against `info`, cached or from the mirror; raises Refusal."""
+        digest = next(iter(info.hashes.values()))
+        cached = self._cache.get(info)
+        if cached is not None:
+            return VerifiedPage(info.path, cached, digest)
+        page = self.fetch(info)
+        self._cache.put(info, page.data)
+        return page
+
+    def fetch(self, info: TargetFile) -> VerifiedPage:
         """The page's bytes from the mirror, verified against `info`; raises Refusal."""
         if info.length > self.config.max_page_bytes:
             raise PageRejected(

@@ -18,7 +18,10 @@ order (HTML, no Accept header), split over 1 or 16 clients. Scenarios:
 - ``proxy-cold``: a new proxy process with an empty ``--cache-dir``: its first
   request refreshes the top-level metadata, and each first page of a bin
   fetches and verifies that bin;
-- ``proxy-warm``: the same process again, every bin verified.
+- ``proxy-warm``: the same process again, every bin verified;
+- ``+pages`` and ``+cached``: the same two passes with the proxy's cache of
+  verified pages on (``--page-cache-bytes``; the two above run with it off):
+  on the second pass every page comes from memory.
 
 Per scenario: latency per page (median, p95, in ms), pages/s, and the CPU
 the proxy process used per page (from /proc). The added latency is the
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import itertools
 import json
 import os
 import platform
@@ -158,14 +162,14 @@ def summarize(
 
 
 def start_proxy(
-    mirror_url: str, metadata_url: str, root: Path, cache: Path
+    mirror_url: str, metadata_url: str, root: Path, cache: Path, page_cache: int
 ) -> tuple[subprocess.Popen, str]:
     port = free_port()
     process = subprocess.Popen(
         [
             sys.executable, str(REPO / "tuf_proxy.py"), "--mirror-url", mirror_url,
             "--tuf-metadata-url", metadata_url, "--tuf-root", str(root), "--cache-dir", str(cache),
-            "--listen", f"127.0.0.1:{port}", "-q",
+            "--listen", f"127.0.0.1:{port}", "--page-cache-bytes", str(page_cache), "-q",
         ],
     )  # fmt: skip
     wait_for(port)
@@ -218,11 +222,16 @@ def main(argv: list[str] | None = None) -> int:
                 latencies, elapsed = fetch_all(pages_nginx.url, paths, clients)
                 direct[clients] = summarize("nginx", clients, latencies, elapsed, None)
                 results.append(direct[clients])
-            for clients in CLIENTS:
-                cache = tmp / f"proxy-cache-{clients}"
-                process, url = start_proxy(pages_nginx.url, metadata_nginx.url + "/", root, cache)
+            for clients, page_cache in itertools.product(CLIENTS, (0, 256 << 20)):
+                cache = tmp / f"proxy-cache-{clients}-{page_cache}"
+                process, url = start_proxy(
+                    pages_nginx.url, metadata_nginx.url + "/", root, cache, page_cache
+                )
+                scenarios = (
+                    ("proxy-cold", "proxy-warm") if not page_cache else ("+pages", "+cached")
+                )
                 try:
-                    for scenario in ("proxy-cold", "proxy-warm"):
+                    for scenario in scenarios:
                         before = cpu_seconds(process.pid)
                         latencies, elapsed = fetch_all(url, paths, clients)
                         cpu = cpu_seconds(process.pid) - before
