@@ -54,12 +54,21 @@ class ProxyHandler(http.server.BaseHTTPRequestHandler):
         started = self.server.verifier.config.monotonic()
         path = parse.urlsplit(self.path).path
         answer = route(path, self.headers.get("Accept"))
-        if isinstance(answer, Redirect):
-            self._redirect(answer.location, answer.status, answer.vary)
-        elif isinstance(answer, NotServed):
-            self._refuse(NotSigned(answer.reason), body, quiet=True)
-        else:
-            self._page(answer, started, body)
+        try:
+            if isinstance(answer, Redirect):
+                self._redirect(answer.location, answer.status, answer.vary)
+            elif isinstance(answer, NotServed):
+                self._refuse(NotSigned(answer.reason), body, quiet=True)
+            else:
+                self._page(answer, started, body)
+        except OSError:  # the client went away: nothing to answer
+            self.close_connection = True
+        except Exception as exc:  # a bug: one line for the client, the traceback in the log
+            log.exception("internal error answering %s", path[:200])
+            internal = Refusal(f"internal error {type(exc).__name__} in the proxy; see its log")
+            internal.status = 500
+            self.close_connection = True
+            self._refuse(internal, body, quiet=True)
 
     def _page(self, page: Page, started: float, body: bool) -> None:
         targets = [candidate.target for candidate in page.candidates]
@@ -111,7 +120,7 @@ class ProxyHandler(http.server.BaseHTTPRequestHandler):
         level = (
             logging.DEBUG if quiet else logging.INFO if refusal.status == 404 else logging.WARNING
         )
-        what = f"{self.command} {self.path[:200]}"
+        what = f"{self.command} {getattr(self, 'path', '')[:200]}"
         log.log(level, "refused %s: %d %s", what, refusal.status, reason)
         payload = (reason + "\n").encode("ascii")
         self.send_response(refusal.status, reason)
