@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -32,7 +34,7 @@ from pypi_simple import ACCEPT_JSON_ONLY, PyPISimple
 
 import tuf_proxy
 from mirror_store import DEFAULT_MIRROR_DIR, digest_file, iter_targets
-from pypi_index_mirror.proxy import routing
+from pypi_index_mirror.proxy import cli, routing
 from pypi_index_mirror.proxy.server import running
 from pypi_index_mirror.proxy.verifier import Verifier, VerifierConfig
 from tests import fake_pypi
@@ -90,7 +92,7 @@ class World:
             view[target] = {"length": digest.length, "hashes": {digest.algorithm: digest.hexdigest}}
         self.repo.publish(view)
 
-    def config(self, **changes: object) -> VerifierConfig:
+    def config(self, **changes: Any) -> VerifierConfig:
         config = VerifierConfig(
             metadata_url=self.metadata_url,
             mirror_url=self.nginx.url,
@@ -139,7 +141,7 @@ def proxy(world: World) -> Iterator[str]:
         verifier.close()
 
 
-def get(url: str, accept: str | None = None, **kwargs: object) -> requests.Response:
+def get(url: str, accept: str | None = None, **kwargs: Any) -> requests.Response:
     headers = {"Accept": accept} if accept else {}
     kwargs.setdefault("allow_redirects", False)
     return requests.get(url, headers=headers, timeout=30, **kwargs)
@@ -545,6 +547,19 @@ def test_one_refresh_serves_many_concurrent_clients(world: World) -> None:
 
 
 # --- the command line -----------------------------------------------------------------------
+
+
+def test_example_config_file_sets_every_option(tmp_path: Path) -> None:
+    example = REPO / "pypi-mirror-proxy.example.toml"
+    config = cli.config_from(["--config", str(example)], environ={})
+    keys = {o.key for o in cli.OPTIONS}
+    written = set(re.findall(r"(?m)^([a-z-]+) = ", example.read_text()))
+    assert written == keys
+    assert config.listen == ("127.0.0.1", 8080)
+    assert config.tuf_root == REPO / "1.root.json"  # relative to the file
+    environ = {"PYPI_MIRROR_PROXY_CONFIG": str(example), "PYPI_MIRROR_PROXY_MAX_AGE": "5"}
+    assert cli.config_from(["--max-age", "7"], environ).max_age == 7
+    assert cli.config_from([], environ).max_age == 5
 
 
 def test_command_line_refusals_are_one_line(world: World, tmp_path: Path) -> None:

@@ -40,6 +40,9 @@ class ProxyHandler(http.server.BaseHTTPRequestHandler):
     timeout = 120  # seconds an idle keep-alive connection keeps its thread
     server: ProxyServer
 
+    def version_string(self) -> str:
+        return self.server_version
+
     def setup(self) -> None:
         super().setup()
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

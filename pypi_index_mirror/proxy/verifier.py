@@ -222,7 +222,7 @@ class Verifier:
         )
         # only ever used under the lock, so one fetcher (one urllib3 pool) is enough
         self._fetcher = tuf_audit.MetadataFetcher(audit_config)
-        self._fetcher.pool.headers["User-Agent"] = USER_AGENT
+        self._fetcher.pool = tuf_audit._pool_for(config.metadata_url, 2, USER_AGENT)
         self._mirror = tuf_audit._pool_for(config.mirror_url, config.connections, USER_AGENT)
         self._mirror_timeout = urllib3.Timeout(connect=config.connect_timeout, read=config.timeout)
         self._lock = threading.Lock()

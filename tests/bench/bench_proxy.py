@@ -234,8 +234,8 @@ def main(argv: list[str] | None = None) -> int:
                     for scenario in scenarios:
                         before = cpu_seconds(process.pid)
                         latencies, elapsed = fetch_all(url, paths, clients)
-                        cpu = cpu_seconds(process.pid) - before
-                        result = summarize(scenario, clients, latencies, elapsed, cpu)
+                        used = cpu_seconds(process.pid) - before
+                        result = summarize(scenario, clients, latencies, elapsed, used)
                         result.added_median_ms = round(
                             result.median_ms - direct[clients].median_ms, 3
                         )
