@@ -369,6 +369,10 @@ def test_page_changed_on_the_mirror_is_refused_and_pip_says_why(
     else:  # the reason phrase, in pip's own words
         assert f"502 Server Error: {reason} for url: {proxy}/simple/tiny-wheel/" in output
     assert not (world.tmp / "pip-target" / "tiny_wheel").exists()
+    uv = uv_install(world, proxy, world.tmp / "uv-target", "tiny-wheel")  # retries 3 times
+    assert uv.returncode != 0
+    assert f"HTTP status server error (502 {reason})" in uv.stderr
+    assert not (world.tmp / "uv-target" / "tiny_wheel").exists()
     # a page that grew beyond what TUF signs is refused the same way
     numpy = world.mirror.layout.project_page("numpy")
     with open(numpy.parent / f"{digest_file(numpy).hexdigest}.index.html", "ab") as handle:
