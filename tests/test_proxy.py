@@ -553,6 +553,15 @@ def test_one_refresh_serves_many_concurrent_clients(world: World) -> None:
 # --- the command line -----------------------------------------------------------------------
 
 
+def test_listen_addresses() -> None:
+    assert cli.listen_address("127.0.0.1:8080") == ("127.0.0.1", 8080)
+    assert cli.listen_address("[::1]:0") == ("::1", 0)
+    assert cli.listen_address("0.0.0.0:443") == ("0.0.0.0", 443)
+    for wrong in ("8080", "localhost", ":80", "host:-1", "host:65536", "host:http"):
+        with pytest.raises(ValueError, match="not HOST:PORT"):
+            cli.listen_address(wrong)
+
+
 def test_example_config_file_sets_every_option(tmp_path: Path) -> None:
     example = REPO / "pypi-mirror-proxy.example.toml"
     config = cli.config_from(["--config", str(example)], environ={})
