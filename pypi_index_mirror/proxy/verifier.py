@@ -38,6 +38,7 @@ client and the log get.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -50,7 +51,7 @@ from urllib import parse
 
 import urllib3
 from tuf.api import exceptions as tuf_errors
-from tuf.api.metadata import Metadata, Snapshot, TargetFile, Targets, Timestamp
+from tuf.api.metadata import Snapshot, TargetFile, Targets, Timestamp
 from tuf.ngclient import Updater, UpdaterConfig
 
 import tuf_audit
@@ -316,8 +317,9 @@ class Verifier:
             expires, snapshot_version = self._expiry(directory)
         except (tuf_errors.RepositoryError, tuf_errors.DownloadError) as exc:
             raise refusal_of(exc) from None
-        except OSError as exc:
-            raise Unreachable(f"TUF metadata cache {directory}: {exc.strerror or exc}") from None
+        except (OSError, ValueError, KeyError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else f"unreadable: {exc}"
+            raise Unreachable(f"TUF metadata cache {directory}: {reason or exc}") from None
         return _State(updater, self.config.monotonic(), expires, snapshot_version)
 
     @staticmethod
@@ -325,12 +327,19 @@ class Verifier:
         """The earliest expiry of the top-level roles just verified, and the snapshot version.
 
         Read back from the files python-tuf persisted after verifying them (its
-        trusted set is private), as the audit reads them.
+        trusted set is private), as the audit reads them; with the json module
+        rather than `Metadata`: at 16,384 bins the snapshot is ~0.6 MB, which
+        `Metadata.from_file` takes 4x as long to read, all under the lock.
         """
-        timestamp = Metadata[Timestamp].from_file(str(directory / "timestamp.json")).signed
-        snapshot = Metadata[Snapshot].from_file(str(directory / "snapshot.json")).signed
-        targets = Metadata[Targets].from_file(str(directory / "targets.json")).signed
-        return min(timestamp.expires, snapshot.expires, targets.expires), snapshot.version
+        signed = {}
+        for role in (Timestamp.type, Snapshot.type, Targets.type):
+            document = json.loads((directory / f"{role}.json").read_bytes())
+            signed[role] = document["signed"]
+        expires = min(
+            datetime.strptime(part["expires"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+            for part in signed.values()
+        )
+        return expires, int(signed[Snapshot.type]["version"])
 
     def _lookup(self, state: _State, target: str) -> TargetFile | None:
         try:
