@@ -517,6 +517,41 @@ def test_updated_page_served_new_once_signed_and_old_no_longer(world: World, pro
     assert installed_version(world.tmp / "uv-new", "json_wheel") == "1.2"
 
 
+def test_clients_keep_being_served_while_the_metadata_moves_on(world: World, proxy: str) -> None:
+    """Eight clients ask while the mirror changes and new metadata is published five times:
+    every answer is a page TUF signed at some point, none fails."""
+    target = "simple/json-wheel/index.v1_json"
+    signed = {served(world, target)}
+    stop = threading.Event()
+    answers: list[tuple[int, bytes]] = []
+
+    def client() -> None:
+        with requests.Session() as session:
+            while not stop.is_set():
+                response = session.get(
+                    f"{proxy}/simple/json-wheel/", headers={"Accept": PIP_ACCEPT}, timeout=30
+                )
+                answers.append((response.status_code, response.content))
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    try:
+        for minor in range(2, 7):
+            world.pypi.add_wheel(JSON_WHEEL, f"1.{minor}")
+            assert world.mirror.run("--simple-format", "all", "-q") == 0
+            world.sign()
+            signed.add(served(world, target))
+            world.clock.advance(61)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert answers and all(status == 200 for status, _ in answers)
+    assert {body for _, body in answers} <= signed
+    assert get(f"{proxy}/simple/json-wheel/", PIP_ACCEPT).content == served(world, target)
+
+
 def test_one_refresh_serves_many_concurrent_clients(world: World) -> None:
     verifier = Verifier(world.config())
     names = ["numpy", "django", "zope-interface", "json-wheel", "tiny-wheel"] * 4
