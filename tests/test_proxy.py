@@ -33,7 +33,7 @@ import requests
 from pypi_simple import ACCEPT_JSON_ONLY, PyPISimple
 
 import tuf_proxy
-from mirror_store import DEFAULT_MIRROR_DIR, digest_file, iter_targets
+from pypi_index_mirror.mirror.store import DEFAULT_MIRROR_DIR, digest_file, iter_targets
 from pypi_index_mirror.proxy import cli, routing
 from pypi_index_mirror.proxy.server import running
 from pypi_index_mirror.proxy.verifier import Verifier, VerifierConfig

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import settings
-from cli_support import (
+from pypi_index_mirror.ops import settings
+from pypi_index_mirror.ops.cli import (
     EXIT_OK,
     VERSION,
     Stopped,

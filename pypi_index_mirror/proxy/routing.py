@@ -22,7 +22,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from mirror_store import (
+from pypi_index_mirror.mirror.store import (
     JSON_PAGE_NAME,
     JSON_ROOT_TARGET,
     PAGE_NAME,

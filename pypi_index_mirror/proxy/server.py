@@ -24,7 +24,7 @@ import threading
 from collections.abc import Iterator
 from urllib import parse
 
-from cli_support import VERSION
+from pypi_index_mirror.ops.cli import VERSION
 from pypi_index_mirror.proxy.routing import NotServed, Page, Redirect, route
 from pypi_index_mirror.proxy.verifier import NotSigned, Refusal, Verifier, one_line
 

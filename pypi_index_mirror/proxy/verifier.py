@@ -54,8 +54,8 @@ from tuf.api import exceptions as tuf_errors
 from tuf.api.metadata import Snapshot, TargetFile, Targets, Timestamp
 from tuf.ngclient import Updater, UpdaterConfig
 
-import tuf_audit
-from cli_support import VERSION, ToolError
+from pypi_index_mirror.audit import tuf as tuf_audit
+from pypi_index_mirror.ops.cli import VERSION, ToolError
 
 log = logging.getLogger(__name__)
 

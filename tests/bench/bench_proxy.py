@@ -47,7 +47,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mirror_store import DEFAULT_MIRROR_DIR, digest_file, iter_targets
+from pypi_index_mirror.mirror.store import DEFAULT_MIRROR_DIR, digest_file, iter_targets
 from tests.fake_pypi import FakePyPI
 from tests.mirror_helpers import REPO, Mirror
 from tests.test_serving import Nginx, find_nginx, free_port, main_config, start_nginx
