@@ -136,6 +136,16 @@ class TufRepository:
         )
         self._write(Timestamp.type, Metadata(timestamp), versioned=False)
 
+    def sign_timestamp(self, snapshot_version: int) -> None:
+        """Sign the next timestamp naming `snapshot_version`: an older one is a rollback
+        that only the timestamp key was needed for (what a client must still refuse)."""
+        timestamp = Timestamp(
+            version=self.versions[Timestamp.type] + 1,
+            expires=self._expires(Timestamp.type),
+            snapshot_meta=MetaFile(version=snapshot_version),
+        )
+        self._write(Timestamp.type, Metadata(timestamp), versioned=False)
+
     def rotate_root(self, role: str = Timestamp.type) -> None:
         """Publish the next root with a new key for `role`, signed by the old and new root keys.
 
@@ -185,6 +195,7 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"  # keep-alive, as a real web server answers
     failures: dict[str, list[int]]  # URL path -> statuses to answer first, in order
+    requested: list[str]  # every URL path asked, in order
 
     def setup(self) -> None:
         super().setup()
@@ -192,6 +203,7 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def do_GET(self) -> None:
+        self.requested.append(self.path)
         planned = self.failures.get(self.path)
         if planned:
             self.send_error(planned.pop(0))
@@ -203,13 +215,19 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def serve_directory(directory: Path, failures: dict[str, list[int]] | None = None) -> Iterator[str]:
+def serve_directory(
+    directory: Path,
+    failures: dict[str, list[int]] | None = None,
+    requested: list[str] | None = None,
+) -> Iterator[str]:
     """Serve `directory` on 127.0.0.1 from a thread; yields its base URL (with a slash).
 
     `failures` maps a URL path (``/timestamp.json``) to the statuses answered
-    to its first requests (the dict is consumed, so a test can inspect it).
+    to its first requests (the dict is consumed, so a test can inspect it);
+    `requested` receives every URL path asked.
     """
-    handler = type("Handler", (_QuietHandler,), {"failures": failures or {}})
+    attributes = {"failures": failures or {}, "requested": [] if requested is None else requested}
+    handler = type("Handler", (_QuietHandler,), attributes)
     handler = functools.partial(handler, directory=str(directory))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True

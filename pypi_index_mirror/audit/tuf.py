@@ -586,11 +586,16 @@ class _Transient(Retryable):
         self.final = final
 
 
-def _pool_for(base_url: str) -> urllib3.PoolManager:
-    """A keep-alive pool for `base_url`'s host, through the environment's proxy if any."""
-    headers = {"User-Agent": USER_AGENT}
+def _pool_for(
+    base_url: str, maxsize: int = 2, user_agent: str = USER_AGENT
+) -> urllib3.PoolManager:
+    """A keep-alive pool for `base_url`'s host, through the environment's proxy if any.
+
+    `maxsize` connections are kept for reuse (the TUF proxy serves many clients at once).
+    """
+    headers = {"User-Agent": user_agent}
     ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-    options = {"num_pools": 2, "maxsize": 2, "headers": headers, "ca_certs": ca_bundle}
+    options = {"num_pools": 2, "maxsize": maxsize, "headers": headers, "ca_certs": ca_bundle}
     split = parse.urlsplit(base_url)
     proxy = urllib.request.getproxies().get(split.scheme)
     if proxy and not urllib.request.proxy_bypass(split.hostname or ""):
