@@ -25,6 +25,7 @@ PIP_OFFLINE = {**os.environ, "PIP_CONFIG_FILE": os.devnull}
 SCRIPTS = {
     "pypi-mirror": "pypi_index_mirror.sync.run:main",
     "pypi-mirror-csv": "pypi_index_mirror.rstuf.bootstrap_csv:main",
+    "pypi-mirror-proxy": "pypi_index_mirror.proxy.cli:main",
 }
 PACKAGE = "pypi_index_mirror"
 
