@@ -35,7 +35,7 @@ from pypi_index_mirror.rstuf.client import (
     TaskFailed,
     TaskResult,
 )
-from pypi_index_mirror.upstream.retry import USER_AGENT
+from pypi_index_mirror.http.retry import USER_AGENT
 from tests.fake_rstuf import ADD, PUBLISH, REMOVE, FakeRstuf, validate_add_payload
 
 STEP = 0.03  # seconds per task state change in the stand-in

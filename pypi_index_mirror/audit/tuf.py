@@ -73,7 +73,7 @@ from pypi_index_mirror.mirror.store import (
 )
 from pypi_index_mirror.ops.cli import VERSION, ToolError
 from pypi_index_mirror.sync.parallel import make_executor, ordered_map, usable_cpus
-from pypi_index_mirror.upstream.retry import (
+from pypi_index_mirror.http.retry import (
     Retryable,
     RetryPolicy,
     call_with_retries,

@@ -47,7 +47,7 @@ from urllib.parse import urlsplit, urlunsplit
 import requests
 import urllib3
 
-from pypi_index_mirror.upstream.retry import (
+from pypi_index_mirror.http.retry import (
     USER_AGENT,
     BodyTooLarge,
     Retryable,

@@ -138,7 +138,7 @@ from pypi_index_mirror.upstream.client import (
     XmlRpcUnavailable,
     page_request,
 )
-from pypi_index_mirror.upstream.retry import Retryable, call_with_retries
+from pypi_index_mirror.http.retry import Retryable, call_with_retries
 from pypi_index_mirror.upstream.transport import PageAnswer, PageTransportError
 
 if TYPE_CHECKING:

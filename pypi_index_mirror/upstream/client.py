@@ -25,7 +25,7 @@ import lxml.etree
 import requests
 
 from pypi_index_mirror.ops.cli import ToolError
-from pypi_index_mirror.upstream.retry import (
+from pypi_index_mirror.http.retry import (
     USER_AGENT,
     BodyTooLarge,
     Headers,

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import pycurl
 
-from pypi_index_mirror.upstream.retry import USER_AGENT, BodyTooLarge
+from pypi_index_mirror.http.retry import USER_AGENT, BodyTooLarge
 
 # libcurl's error codes (curl/curl.h) that, once an answer has begun, mean its body was
 # cut short or spoilt on the wire
