@@ -48,7 +48,6 @@ import stat
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -64,6 +63,17 @@ from tuf.api.serialization import DeserializationError
 from tuf.api.serialization.json import CanonicalJSONSerializer
 from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
 
+from pypi_index_mirror.http.environment import (
+    HttpEnvironment,
+    proxy_credentials,
+    read_environment,
+)
+from pypi_index_mirror.http.retry import (
+    Retryable,
+    RetryPolicy,
+    call_with_retries,
+    retry_after_of,
+)
 from pypi_index_mirror.mirror.store import (
     HASH_FACTORIES,
     TUF_HASH_ALGORITHM,
@@ -71,14 +81,8 @@ from pypi_index_mirror.mirror.store import (
     digest_file,
     iter_targets,
 )
-from pypi_index_mirror.ops.cli import VERSION, ToolError
+from pypi_index_mirror.ops.cli import ToolError
 from pypi_index_mirror.sync.parallel import make_executor, ordered_map, usable_cpus
-from pypi_index_mirror.http.retry import (
-    Retryable,
-    RetryPolicy,
-    call_with_retries,
-    retry_after_of,
-)
 
 log = logging.getLogger("tuf_audit")
 
@@ -94,7 +98,6 @@ KINDS = (UNSIGNED, MISMATCH, MISSING, COPY_MISSING)
 GROUP_ITEMS = 256
 GROUP_MAX_BINS = 64
 _TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
-USER_AGENT = f"pypi-index-mirror/{VERSION} audit (+urllib3/{urllib3.__version__})"
 
 
 @dataclass(frozen=True)
@@ -509,17 +512,24 @@ class MetadataFetcher(FetcherInterface):
     Each answer is read with the size cap python-tuf passes (``max_length``).
     urllib3 rather than requests: 16,384 bins are 16,384 requests, and
     requests' per-request machinery cost 2.3 ms of CPU each against 0.85 ms
-    (measured on loopback). Proxies come from the environment (``*_proxy``,
-    ``no_proxy``), a CA bundle from ``REQUESTS_CA_BUNDLE`` or ``CURL_CA_BUNDLE``.
+    (measured on loopback). Proxy, CA bundle and User-Agent come from the
+    run's `HttpEnvironment`, as for every other client (the process
+    environment's, read here, without one).
     """
 
     CHUNK = 1 << 16
 
-    def __init__(self, config: AuditConfig, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        config: AuditConfig,
+        sleep: Callable[[float], None] = time.sleep,
+        environment: HttpEnvironment | None = None,
+    ) -> None:
         self.config = config
         self.sleep = sleep
         self.timeout = urllib3.Timeout(connect=config.connect_timeout, read=config.timeout)
-        self.pool = _pool_for(config.metadata_url)
+        environment = environment if environment is not None else read_environment()
+        self.pool = _pool_for(config.metadata_url, environment)
 
     def close(self) -> None:
         self.pool.clear()
@@ -586,16 +596,28 @@ class _Transient(Retryable):
         self.final = final
 
 
-def _pool_for(base_url: str) -> urllib3.PoolManager:
-    """A keep-alive pool for `base_url`'s host, through the environment's proxy if any."""
-    headers = {"User-Agent": USER_AGENT}
-    ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-    options = {"num_pools": 2, "maxsize": 2, "headers": headers, "ca_certs": ca_bundle}
-    split = parse.urlsplit(base_url)
-    proxy = urllib.request.getproxies().get(split.scheme)
-    if proxy and not urllib.request.proxy_bypass(split.hostname or ""):
-        return urllib3.ProxyManager(proxy, **options)
-    return urllib3.PoolManager(**options)
+def _pool_for(base_url: str, environment: HttpEnvironment) -> urllib3.PoolManager:
+    """A keep-alive pool for `base_url`'s host, through the environment's proxy if it has
+    one for it, as requests would set it up (a bundle that is a directory, credentials in
+    the proxy's URL sent as Proxy-Authorization)."""
+    bundle = environment.ca_bundle
+    where = "ca_cert_dir" if os.path.isdir(bundle) else "ca_certs"
+    headers = {"User-Agent": environment.user_agent}
+    proxy = environment.proxy_for(base_url)
+    if proxy is None:
+        return urllib3.PoolManager(num_pools=2, maxsize=2, headers=headers, **{where: bundle})
+    credentials = proxy_credentials(proxy)
+    proxy_headers = (
+        urllib3.make_headers(proxy_basic_auth=":".join(credentials)) if credentials else None
+    )
+    return urllib3.ProxyManager(
+        proxy,
+        num_pools=2,
+        maxsize=2,
+        headers=headers,
+        proxy_headers=proxy_headers,
+        **{where: bundle},
+    )
 
 
 def _reason(exc: BaseException) -> str:
@@ -627,8 +649,9 @@ class TrustedMetadata:
 class MetadataReader:
     """Fetches and verifies RSTUF's metadata; one fetcher (HTTP session) per thread."""
 
-    def __init__(self, config: AuditConfig) -> None:
+    def __init__(self, config: AuditConfig, environment: HttpEnvironment | None = None) -> None:
         self.config = config
+        self.environment = environment if environment is not None else read_environment()
         self.base_url = config.metadata_url.rstrip("/") + "/"
         self._local = threading.local()
         self._fetchers: list[MetadataFetcher] = []
@@ -647,7 +670,9 @@ class MetadataReader:
     def fetcher(self) -> MetadataFetcher:
         fetcher = getattr(self._local, "fetcher", None)
         if fetcher is None:
-            fetcher = self._local.fetcher = MetadataFetcher(self.config)
+            fetcher = self._local.fetcher = MetadataFetcher(
+                self.config, environment=self.environment
+            )
             with self._lock:
                 self._fetchers.append(fetcher)
         return fetcher
@@ -793,7 +818,10 @@ def group_work(work: Iterable[BinWork]) -> Iterator[tuple[BinWork, ...]]:
 
 
 def audit(
-    config: AuditConfig, layout: MirrorLayout, emit: Callable[[Difference], None]
+    config: AuditConfig,
+    layout: MirrorLayout,
+    emit: Callable[[Difference], None],
+    environment: HttpEnvironment | None = None,
 ) -> AuditReport:
     """Compare the served tree with every target RSTUF's metadata signs.
 
@@ -801,11 +829,12 @@ def audit(
     as they are found (so memory does not grow with them). Raises AuditError
     when the audit cannot run (metadata unreachable or failing verification;
     differences of the bins before it were emitted, none of the bin that
-    failed), or OSError when a page cannot be read.
+    failed), or OSError when a page cannot be read. `environment`: the run's HTTP
+    environment (the process environment's by default).
     """
     started = time.monotonic()
     report = AuditReport()
-    with MetadataReader(config) as reader:
+    with MetadataReader(config, environment) as reader:
         trusted = reader.top_level()
         reference_time = config.now()
         succinct = succinct_roles_of(trusted.targets)
@@ -876,12 +905,14 @@ def _bin_meta(snapshot: Snapshot, role: str) -> MetaFile:
     return meta
 
 
-def signed_target(config: AuditConfig, path: str) -> SignedTarget | None:
+def signed_target(
+    config: AuditConfig, path: str, environment: HttpEnvironment | None = None
+) -> SignedTarget | None:
     """What the metadata signs for one path (None: not a target), verified as `audit` does.
 
     Reads the top-level metadata and the one bin that holds `path`. Raises AuditError.
     """
-    with MetadataReader(config) as reader:
+    with MetadataReader(config, environment) as reader:
         trusted = reader.top_level()
         found = signed_targets(trusted.targets).get(path)
         if found is not None:

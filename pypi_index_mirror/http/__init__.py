@@ -1,1 +1,1 @@
-"""The HTTP concern shared by every client: one environment, one retry policy (see the package docstring)."""
+"""The HTTP concern every client shares: one environment, one retry policy (see the package)."""

@@ -45,6 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+from pypi_index_mirror.http.environment import HttpEnvironment, read_environment
+from pypi_index_mirror.http.retry import Retryable, call_with_retries
 from pypi_index_mirror.mirror.filters import ProjectFilter
 from pypi_index_mirror.mirror.formats import ALL_FORMATS, HTML, JSON, SIMPLE_FORMATS, PageFormat
 from pypi_index_mirror.mirror.roots import (
@@ -138,7 +140,6 @@ from pypi_index_mirror.upstream.client import (
     XmlRpcUnavailable,
     page_request,
 )
-from pypi_index_mirror.http.retry import Retryable, call_with_retries
 from pypi_index_mirror.upstream.transport import PageAnswer, PageTransportError
 
 if TYPE_CHECKING:
@@ -1527,7 +1528,9 @@ class Sync:
             from pypi_index_mirror.audit import tuf as tuf_audit  # see TYPE_CHECKING above
 
             try:
-                signed = tuf_audit.signed_target(audit_settings(self.config), root)
+                signed = tuf_audit.signed_target(
+                    audit_settings(self.config), root, self.pypi.environment
+                )
             except tuf_audit.AuditError as exc:
                 self.bootstrap_refusal = (
                     f"cannot check that RSTUF holds the bootstrap import ({exc}); {waiting}"
@@ -1607,7 +1610,9 @@ class Sync:
             if also is not None:
                 also(difference)
 
-        report = tuf_audit.audit(audit_settings(self.config), self.layout, emit)
+        report = tuf_audit.audit(
+            audit_settings(self.config), self.layout, emit, self.pypi.environment
+        )
         self.out(report.line())
         if owed_found:
             log.info(
@@ -1770,11 +1775,15 @@ def build_parser() -> argparse.ArgumentParser:
     return settings.build_parser("pypi_mirror.py", DESCRIPTION, EPILOG)
 
 
-def make_rstuf_client(config: Config) -> rstuf_client.RstufClient:
+def make_rstuf_client(
+    config: Config, environment: HttpEnvironment | None = None
+) -> rstuf_client.RstufClient:
+    environment = environment if environment is not None else read_environment(config)
     return rstuf_client.RstufClient(
         config.rstuf_url or "",
         token=config.rstuf_token,
-        timeout=(config.connect_timeout, config.timeout),
+        environment=environment,
+        timeout=environment.limits.timeout,
         retries=config.retries,
         backoff=config.backoff,
         poll_interval=config.rstuf_poll,
@@ -1827,9 +1836,10 @@ def run(config: Config, summary: Summary | None = None) -> int:
         raise UsageError(f"--metrics-file {config.metrics_file}: no such directory")
     summary_log.setLevel(logging.INFO)  # cron keeps one line per run, even under -q
     halt = Halt()  # ends the retry pauses of the fetch threads when the run stops fetching
-    pypi = PypiClient(config.pypi_url, config, sleep=halt.sleep)
+    environment = read_environment(config)  # once: every client of the run gets this one
+    pypi = PypiClient(config.pypi_url, config, sleep=halt.sleep, environment=environment)
     try:
-        rstuf = make_rstuf_client(config) if config.rstuf_url else None
+        rstuf = make_rstuf_client(config, environment) if config.rstuf_url else None
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     progress = Progress(config.progress, config.progress_interval)
