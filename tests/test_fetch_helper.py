@@ -166,7 +166,7 @@ def test_every_result_crosses_the_pipe_intact() -> None:
 
 
 def logs_each(item: tuple[int, str]) -> int:
-    logging.getLogger("pypi_mirror").warning("fetched %s", item[1])
+    logging.getLogger(cli_support.PACKAGE_LOGGER).warning("fetched %s", item[1])
     return item[0]
 
 

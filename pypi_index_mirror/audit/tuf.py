@@ -84,7 +84,7 @@ from pypi_index_mirror.mirror.store import (
 from pypi_index_mirror.ops.cli import ToolError
 from pypi_index_mirror.sync.parallel import make_executor, ordered_map, usable_cpus
 
-log = logging.getLogger("tuf_audit")
+log = logging.getLogger(__name__)
 
 UNSIGNED = "unsigned"
 MISMATCH = "mismatch"

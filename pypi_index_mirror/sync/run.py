@@ -147,9 +147,9 @@ if TYPE_CHECKING:
     # (boto3 among them) were 20 MiB and a third of every run's start-up
     from pypi_index_mirror.audit import tuf as tuf_audit
 
-log = logging.getLogger("pypi_mirror")
+log = logging.getLogger(__name__)
 # The one line every run ends with, whatever its exit; INFO even under -q (see `main`).
-summary_log = logging.getLogger("pypi_mirror.summary")
+summary_log = log.getChild("summary")  # kept at INFO under -q
 
 T = TypeVar("T")
 XMLRPC_SOURCE = "XML-RPC changelog"

@@ -44,7 +44,7 @@ from pypi_index_mirror.upstream.transport import (
 )
 from pypi_index_mirror.upstream.xmlrpc import AnswerParser, MalformedAnswer
 
-log = logging.getLogger("pypi_mirror")
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 HTML_ACCEPT = "application/vnd.pypi.simple.v1+html, text/html;q=0.9"
