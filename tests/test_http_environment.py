@@ -11,6 +11,9 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -30,6 +33,7 @@ from pypi_index_mirror.http.environment import (
 from pypi_index_mirror.ops import settings
 from pypi_index_mirror.rstuf.client import RstufClient
 from pypi_index_mirror.upstream import client as pypi_client
+from tests.mirror_helpers import REPO
 
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
 
@@ -281,3 +285,63 @@ def test_no_proxy_sends_every_client_straight_to_the_host(
     assert through_proxy.requests == []
     assert seen.targets == [path]
     assert "proxy-authorization" not in seen.requests[0][2]
+
+
+# --- the test suite's own guard (tests/conftest.py) reaches libcurl and child processes -------
+
+NOWHERE = "http://192.0.2.1"  # TEST-NET-1 (RFC 5737): routed nowhere, should the guard fail
+
+
+def refused_by_the_guard(message: str) -> bool:
+    """Whether `message` (libcurl's or requests' words) says the guard's proxy refused."""
+    port = os.environ["HTTP_PROXY"].rpartition(":")[2]
+    named = f"127.0.0.1:{port}" in message or f"port={port}" in message
+    return named and "proxy" in message.lower()
+
+
+def test_the_guard_sends_libcurl_in_this_process_to_its_dead_proxy() -> None:
+    """Python's socket guard cannot see libcurl's sockets; the proxy variables can."""
+    pypi = pypi_client.PypiClient(NOWHERE, settings.Config(pypi_url=NOWHERE, retries=0))
+    try:
+        with pytest.raises(pypi_client.Transient) as refused:
+            pypi.fetch_page("numpy")
+    finally:
+        pypi.close()
+    assert refused_by_the_guard(str(refused.value))
+
+
+def test_the_guard_reaches_libcurl_in_a_child_process() -> None:
+    """libcurl as any child would use it, reading the variables itself."""
+    program = (
+        "import pycurl, sys\n"
+        "handle = pycurl.Curl()\n"
+        f"handle.setopt(pycurl.URL, {NOWHERE + '/simple/'!r})\n"
+        "handle.setopt(pycurl.CONNECTTIMEOUT, 30)\n"
+        "try:\n"
+        "    handle.perform()\n"
+        "except pycurl.error as exc:\n"
+        "    sys.exit(exc.args[1])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True)
+    assert refused_by_the_guard(result.stderr), result.stderr
+
+
+def test_the_guard_reaches_the_command_line_in_a_subprocess(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "pypi_mirror.py"),
+            "--mirror-dir",
+            str(tmp_path / "m"),
+            "--pypi-url",
+            NOWHERE,
+            "--retries",
+            "0",
+            "--no-rstuf",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1, result.stderr
+    assert refused_by_the_guard(result.stderr), result.stderr
