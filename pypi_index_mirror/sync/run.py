@@ -19,7 +19,8 @@ concern it orchestrates has a module of its own beside it:
 - ``mirror_writer.py``: the only code that changes the served tree;
 - ``state.py``: state.json, with the RSTUF outbox;
 - ``rstuf_outbox.py`` and ``rstuf_client.py``: delivering changes to RSTUF;
-- ``http_retry.py``: when both HTTP clients retry, and how much of an answer they read;
+- ``http/``: the one HTTP environment every client is handed (read once by `run`), when
+  they retry, and how much of an answer they read;
 - ``mirror_store.py``: the disk's rules (names, paths, hashing, the lock);
 - ``tuf_audit.py``: the served tree held against what RSTUF's TUF metadata signs
   (``--audit``; ``--repair`` fixes what it finds through `Sync.refresh`);

@@ -2,7 +2,8 @@
 
 Pure parts first (changelog rows, page checks), then `PypiClient`, which owns
 the HTTP sessions; when to retry and how much of an answer to read is
-`http_retry`'s. Nothing here writes to disk or decides what a page means for
+``http.retry``'s, proxies, bundle and limits ``http.environment``'s (handed in).
+Nothing here writes to disk or decides what a page means for
 the mirror; `pypi_mirror.py` does that.
 """
 
