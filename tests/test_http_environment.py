@@ -12,6 +12,7 @@ import base64
 import contextlib
 import json
 import os
+import ssl
 import subprocess
 import sys
 import threading
@@ -33,6 +34,7 @@ from pypi_index_mirror.http.environment import (
 from pypi_index_mirror.ops import settings
 from pypi_index_mirror.rstuf.client import RstufClient
 from pypi_index_mirror.upstream import client as pypi_client
+from tests.fake_pypi import make_self_signed_cert
 from tests.mirror_helpers import REPO
 
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
@@ -150,9 +152,10 @@ class Seen:
 
 
 @contextlib.contextmanager
-def answering_everything() -> Iterator[tuple[str, Seen]]:
+def answering_everything(tls: tuple[Path, Path] | None = None) -> Iterator[tuple[str, Seen]]:
     """A loopback HTTP/1.1 server that answers each client's one request, whether it is
-    asked as the host itself or as a forward proxy (a target in absolute form)."""
+    asked as the host itself or as a forward proxy (a target in absolute form); https with
+    `tls`'s (certificate, key)."""
     seen = Seen()
 
     class Handler(BaseHTTPRequestHandler):
@@ -189,10 +192,15 @@ def answering_everything() -> Iterator[tuple[str, Seen]]:
         do_GET = do_POST = answer
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    if tls is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*tls)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
+    scheme = "https" if tls is not None else "http"
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+        yield f"{scheme}://127.0.0.1:{server.server_address[1]}", seen
     finally:
         server.shutdown()
         server.server_close()
@@ -285,6 +293,38 @@ def test_no_proxy_sends_every_client_straight_to_the_host(
     assert through_proxy.requests == []
     assert seen.targets == [path]
     assert "proxy-authorization" not in seen.requests[0][2]
+
+
+@pytest.mark.parametrize("client", CLIENTS.values(), ids=CLIENTS.keys())
+def test_every_client_trusts_the_environment_s_ca_bundle_and_only_it(
+    bare_environment: pytest.MonkeyPatch,
+    client: Callable[[str, HttpEnvironment], str],
+    tmp_path: Path,
+) -> None:
+    cert, key = make_self_signed_cert(tmp_path)
+    with answering_everything(tls=(cert, key)) as (host, seen):
+        client(host, read_environment(CONFIG, {"REQUESTS_CA_BUNDLE": str(cert)}))
+        assert len(seen.requests) == 1
+        with pytest.raises(Exception, match=r"(?i)certificate"):  # certifi's does not know it
+            client(host, read_environment(CONFIG, {}))
+        assert len(seen.requests) == 1
+
+
+def test_rstuf_s_token_is_not_replaced_by_netrc_credentials(tmp_path: Path) -> None:
+    """requests would send .netrc's Basic credentials instead of the Bearer token; without a
+    token, they are sent (a front that wants them)."""
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login mirror password s3cret\n")
+    environment = read_environment(CONFIG, {"NETRC": str(netrc)})
+    with answering_everything() as (host, seen):
+        with RstufClient(host, token="t0ken", retries=0, environment=environment) as rstuf:
+            rstuf.bootstrapped()
+        with RstufClient(host, retries=0, environment=environment) as rstuf:
+            rstuf.bootstrapped()
+    assert [headers["authorization"] for _, _, headers in seen.requests] == [
+        "Bearer t0ken",
+        basic("mirror", "s3cret"),
+    ]
 
 
 # --- the test suite's own guard (tests/conftest.py) reaches libcurl and child processes -------
