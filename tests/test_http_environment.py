@@ -97,13 +97,14 @@ def test_the_environment_is_read_once(bare_environment: pytest.MonkeyPatch, tmp_
     netrc = tmp_path / "netrc"
     netrc.write_text("machine pypi.example login mirror password s3cret\n")
     bare_environment.setenv("NETRC", str(netrc))
-    bare_environment.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    bare_environment.setenv("HTTPS_PROXY", "http://me:pr0xy-pw@proxy.example:3128")
     bare_environment.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/bundle.pem")
     environment = read_environment()
     for name in ("NETRC", "HTTPS_PROXY", "REQUESTS_CA_BUNDLE"):
         bare_environment.delenv(name)
     netrc.unlink()
-    assert environment.proxy_for("https://pypi.example/") == "http://proxy.example:3128"
+    assert environment.proxy_for("https://pypi.example/") == "http://me:pr0xy-pw@proxy.example:3128"
+    assert "s3cret" not in repr(environment) and "pr0xy-pw" not in repr(environment)
     assert environment.ca_bundle == "/etc/ssl/bundle.pem"
     assert environment.netrc_auth("https://pypi.example/simple/") == ("mirror", "s3cret")
     assert environment.netrc_auth("https://other.example/") is None

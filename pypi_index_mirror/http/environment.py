@@ -83,11 +83,12 @@ class HttpEnvironment:
     Frozen: a client that is handed it cannot change what another one sees.
     """
 
-    proxies: Mapping[str, str] = field(default_factory=dict)  # {"https": url, "all": url}
+    # repr=False: a proxy's URL and .netrc may hold passwords, and a repr may be logged
+    proxies: Mapping[str, str] = field(default_factory=dict, repr=False)  # {"https": url}
     no_proxy: str = ""  # NO_PROXY as given
     explicit_ca_bundle: str | None = None  # REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE
     # .netrc's entries: {host or "default": (login, account, password)}
-    netrc_hosts: Mapping[str, tuple[str, str, str]] = field(default_factory=dict)
+    netrc_hosts: Mapping[str, tuple[str, str, str]] = field(default_factory=dict, repr=False)
     user_agent: str = USER_AGENT
     limits: Limits = field(default_factory=Limits)
 
