@@ -6,6 +6,8 @@ The map of the package (one sub-package per concern):
 - ``mirror``: the served tree, its state and the rules it is kept by;
 - ``sync``: a run's phases and the one fetch engine;
 - ``rstuf``: RSTUF's REST client and the durable outbox;
+- ``http``: the one HTTP environment (proxies, CA bundle, ``.netrc``, User-Agent, limits)
+  every client is handed, and when to retry;
 - ``audit``: the served tree held against what TUF signs, and repair;
 - ``ops``: the operator's surface (settings, command line, status, progress);
 - ``proxy``: the TUF-verifying index proxy for pip and uv.

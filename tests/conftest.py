@@ -1,4 +1,15 @@
-"""Test-wide guards: nothing in the suite may reach beyond loopback."""
+"""Test-wide guards: nothing in the suite may reach beyond loopback.
+
+Two layers. This process's Python sockets refuse to connect anywhere but loopback
+(`loopback_only`). Everything else that speaks HTTP, in this process or in a child (libcurl,
+requests, urllib3, the command line run as a subprocess and the helper it forks, pip and uv)
+reads the proxy variables set here: every host but loopback goes through a "proxy" on a
+loopback port that is bound and never listens, so such a request is refused at once, with
+no connection and no name lookup leaving the machine (a client resolves a name only when it
+goes straight to the host). Not covered: a program that ignores the proxy variables and
+opens its own sockets (nginx in ``test_serving`` listens on loopback only and connects to
+nothing).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +24,16 @@ import pytest
 os.environ["PYPI_URL"] = "http://127.0.0.1:9"
 os.environ.pop("RSTUF_API_URL", None)
 os.environ.pop("RSTUF_API_TOKEN", None)
+
+# Bound, never listening: a connection to it is refused. Held open for the whole session so
+# that no other socket takes the port.
+_NOWHERE = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+_NOWHERE.bind(("127.0.0.1", 0))
+DEAD_PROXY = f"http://127.0.0.1:{_NOWHERE.getsockname()[1]}"
+LOOPBACK_HOSTS = "127.0.0.1,localhost,::1"
+for _name in ("http_proxy", "https_proxy", "all_proxy"):  # both cases: libcurl reads lower
+    os.environ[_name] = os.environ[_name.upper()] = DEAD_PROXY
+os.environ["no_proxy"] = os.environ["NO_PROXY"] = LOOPBACK_HOSTS
 
 _real_connect = socket.socket.connect
 _real_connect_ex = socket.socket.connect_ex
@@ -48,6 +69,7 @@ def loopback_only() -> None:
     yield
     socket.socket.connect = _real_connect  # type: ignore[method-assign]
     socket.socket.connect_ex = _real_connect_ex  # type: ignore[method-assign]
+    _NOWHERE.close()
 
 
 PROJECTS = ("Django", "numpy", "zope.interface", "Foo_Bar", "requests")

@@ -9,6 +9,7 @@ as cron runs it: `sh -c` with cron's bare environment (no venv, PATH=/usr/bin:/b
 from __future__ import annotations
 
 import configparser
+import os
 import re
 import shutil
 import subprocess
@@ -33,6 +34,12 @@ CHECKOUT, VENV_PYTHON, DATA = (
     "/srv/pypi-mirror",
 )
 CRON_ENV = {"PATH": "/usr/bin:/bin", "SHELL": "/bin/sh", "LOGNAME": "root", "HOME": "/root"}
+
+
+def guard_variables() -> dict[str, str]:
+    """The test guard's proxy variables (tests/conftest.py), kept in cron's bare environment."""
+    names = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+    return {name: value for name, value in os.environ.items() if name.lower() in names}
 
 
 def unit(path: Path) -> configparser.ConfigParser:
@@ -130,7 +137,7 @@ def test_readme_cron_line_works_under_crons_environment(tmp_path: Path) -> None:
         pypi.add_release("numpy", "1.0", files=2)
         result = subprocess.run(
             ["/bin/sh", "-c", command],
-            env={**CRON_ENV, "PYPI_URL": pypi.url},
+            env={**CRON_ENV, **guard_variables(), "PYPI_URL": pypi.url},
             cwd="/",
             capture_output=True,
             text=True,

@@ -106,6 +106,22 @@ def test_a_stopped_run_stops_its_helper(tmp_path: Path, upstream: FakePyPI) -> N
     assert not alive(helper)
 
 
+def test_a_stopped_run_ends_its_helper_s_retry_pauses(tmp_path: Path, upstream: FakePyPI) -> None:
+    """The helper ignores SIGTERM and pauses on its own halt: the parent's poll of the signal
+    (`Sync.poll_stop`) is what tells it, so no page is asked again after the signal."""
+    for name in upstream.project_names():
+        upstream.inject(name, "rate_limit", times=5, seconds=2)  # a 2 s pause after each
+    mirror = Mirror(tmp_path / "m", tmp_path / "s.json", upstream.url)
+    process = mirror.popen("--processes", "2", "--workers", "4", "--failure-limit", "0", "-v")
+    wait_for(lambda: upstream.count_pages() >= 4)  # each worker of both asked, now pausing 2 s
+    asked = upstream.count_pages()
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == cli_support.EXIT_TERMINATED, stderr
+    assert "helper process" in stderr, "no helper was forked"
+    assert upstream.count_pages() == asked, "a retry was made after the signal"
+
+
 def test_a_helper_that_dies_fails_the_run_and_the_rerun_completes(
     tmp_path: Path, upstream: FakePyPI
 ) -> None:
@@ -150,7 +166,7 @@ def test_every_result_crosses_the_pipe_intact() -> None:
 
 
 def logs_each(item: tuple[int, str]) -> int:
-    logging.getLogger("pypi_mirror").warning("fetched %s", item[1])
+    logging.getLogger(cli_support.PACKAGE_LOGGER).warning("fetched %s", item[1])
     return item[0]
 
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from pypi_index_mirror.upstream.retry import (
+from pypi_index_mirror.http.retry import (
     MAX_BACKOFF,
     MAX_RETRY_AFTER,
     BodyTooLarge,

@@ -217,3 +217,23 @@ def test_root_parser_memory_stays_flat() -> None:
         tracemalloc.stop()
     assert count == 100_000
     assert peak < 8 << 20, f"peak {peak >> 20} MiB"  # a few chunks of text; json.loads: ~30 MiB
+
+
+@pytest.mark.parametrize(
+    "opening",
+    [b'{"meta": "', b'{"projects": [{"name": "'],
+    ids=["a-member", "a-project-entry"],
+)
+def test_root_parser_refuses_a_value_that_never_ends_without_buffering_it(opening: bytes) -> None:
+    """One value that goes on and on (a string never closed) is refused once it passes
+    ``MAX_VALUE`` characters, while it streams: not buffered and re-scanned up to the
+    listing's cap (hundreds of MB, each chunk re-scanning all before it)."""
+    chunk = 1 << 16
+    endless = opening + b"x" * (4 * JsonRootParser.MAX_VALUE)
+    fed = 0
+    parser = JsonRootParser(lambda name, serial: None)
+    with pytest.raises(ValueError):
+        for start in range(0, len(endless), chunk):
+            parser.feed(endless[start : start + chunk])
+            fed += chunk
+    assert fed <= JsonRootParser.MAX_VALUE + chunk, f"refused only after {fed} bytes"

@@ -3,6 +3,7 @@ every requirement with hashes, and a checkout still runs the scripts directly.""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -177,3 +178,37 @@ def test_scripts_run_from_a_checkout(script: str, tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [script, project_version()]
+
+
+def test_every_module_logs_to_its_own_name_under_the_package() -> None:
+    """`logging.getLogger(__name__)` everywhere: one tree that -v and -q set, and a record's
+    logger says which module wrote it."""
+    named = [
+        path
+        for path in sorted(package_files())
+        if re.search(r"getLogger\(\s*[\"'f]", (REPO / path).read_text())
+    ]
+    assert named == [], "loggers named by hand"
+
+
+def test_verbosity_sets_the_package_s_tree_and_leaves_libraries_at_warning() -> None:
+    from pypi_index_mirror.ops import cli as cli_support
+    from pypi_index_mirror.sync import run
+
+    modules = [logging.getLogger(name) for name in (run.__name__, "pypi_index_mirror.http")]
+    libraries = [logging.getLogger(name) for name in ("urllib3", "tuf", "requests")]
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    try:
+        cli_support.configure_logging(verbose=True, quiet=False)
+        assert all(module.isEnabledFor(logging.DEBUG) for module in modules)
+        assert not any(library.isEnabledFor(logging.INFO) for library in libraries)
+        cli_support.configure_logging(verbose=False, quiet=False)
+        assert all(module.isEnabledFor(logging.INFO) for module in modules)
+        assert not any(module.isEnabledFor(logging.DEBUG) for module in modules)
+        cli_support.configure_logging(verbose=False, quiet=True)
+        assert not any(module.isEnabledFor(logging.INFO) for module in modules)
+        assert any(library.isEnabledFor(logging.WARNING) for library in libraries)
+    finally:
+        root.handlers[:], root.level = saved
+        logging.getLogger(cli_support.PACKAGE_LOGGER).setLevel(logging.NOTSET)

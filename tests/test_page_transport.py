@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from pypi_index_mirror.http.environment import USER_AGENT
 from pypi_index_mirror.ops import settings
 from pypi_index_mirror.upstream import client as pypi_client
 from tests.fake_pypi import FakePyPI, make_self_signed_cert
@@ -107,7 +108,7 @@ def test_pages_are_fetched_over_kept_alive_connections_gzipped(capture) -> None:
     assert len(seen.connections) == 1, "a connection per page: keep-alive lost"
     headers = seen.headers[0]
     assert "gzip" in headers["accept-encoding"]
-    assert headers["user-agent"] == pypi_client.USER_AGENT
+    assert headers["user-agent"] == USER_AGENT
     assert headers["accept"] == pypi_client.HTML_ACCEPT
     assert "authorization" not in headers
 

@@ -68,7 +68,7 @@ def wait_for(condition, what: str) -> None:
 def test_without_a_terminal_a_line_is_logged_every_interval(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="pypi_mirror")
+    caplog.set_level(logging.INFO, logger=cli_support.PACKAGE_LOGGER)
     progress = Progress(bar=False, interval=0.01)
     progress.start(100, "fetching")
     progress.advance(3)
@@ -84,7 +84,7 @@ def test_without_a_terminal_a_line_is_logged_every_interval(
 
 
 def test_a_short_phase_or_interval_0_logs_nothing(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="pypi_mirror")
+    caplog.set_level(logging.INFO, logger=cli_support.PACKAGE_LOGGER)
     for interval in (0, 3600):
         progress = Progress(bar=False, interval=interval)
         progress.start(5, "fetching")
@@ -95,7 +95,7 @@ def test_a_short_phase_or_interval_0_logs_nothing(caplog: pytest.LogCaptureFixtu
 
 
 def test_a_phase_cut_short_says_so(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="pypi_mirror")
+    caplog.set_level(logging.INFO, logger=cli_support.PACKAGE_LOGGER)
     progress = Progress(bar=False, interval=0.01)
     progress.start(5, "delivering", unit="paths")
     progress.update_to(2)
@@ -109,7 +109,7 @@ def test_the_bar_shows_rate_eta_counts_and_failures_with_logs_above_it(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     cli_support.configure_logging(False, False)  # a handler on sys.stderr, as in a run
-    log = logging.getLogger("pypi_mirror")
+    log = logging.getLogger(cli_support.PACKAGE_LOGGER)
     progress = Progress(bar=True)
     progress.start(50, "fetching")
     for index in range(50):

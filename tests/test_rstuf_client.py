@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from pypi_index_mirror.http.environment import USER_AGENT
 from pypi_index_mirror.mirror.store import digest_bytes
 from pypi_index_mirror.ops.cli import VERSION
 from pypi_index_mirror.rstuf import client as rstuf_client
@@ -35,7 +36,6 @@ from pypi_index_mirror.rstuf.client import (
     TaskFailed,
     TaskResult,
 )
-from pypi_index_mirror.upstream.retry import USER_AGENT
 from tests.fake_rstuf import (
     ADD,
     NOT_BOOTSTRAPPED_DETAIL,

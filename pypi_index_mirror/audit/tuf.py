@@ -48,7 +48,6 @@ import stat
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -64,6 +63,16 @@ from tuf.api.serialization import DeserializationError
 from tuf.api.serialization.json import CanonicalJSONSerializer
 from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
 
+from pypi_index_mirror.http.environment import (
+    HttpEnvironment,
+    read_environment,
+)
+from pypi_index_mirror.http.retry import (
+    Retryable,
+    RetryPolicy,
+    call_with_retries,
+    retry_after_of,
+)
 from pypi_index_mirror.mirror.store import (
     HASH_FACTORIES,
     TUF_HASH_ALGORITHM,
@@ -71,16 +80,10 @@ from pypi_index_mirror.mirror.store import (
     digest_file,
     iter_targets,
 )
-from pypi_index_mirror.ops.cli import VERSION, ToolError
+from pypi_index_mirror.ops.cli import ToolError
 from pypi_index_mirror.sync.parallel import make_executor, ordered_map, usable_cpus
-from pypi_index_mirror.upstream.retry import (
-    Retryable,
-    RetryPolicy,
-    call_with_retries,
-    retry_after_of,
-)
 
-log = logging.getLogger("tuf_audit")
+log = logging.getLogger(__name__)
 
 UNSIGNED = "unsigned"
 MISMATCH = "mismatch"
@@ -94,7 +97,6 @@ KINDS = (UNSIGNED, MISMATCH, MISSING, COPY_MISSING)
 GROUP_ITEMS = 256
 GROUP_MAX_BINS = 64
 _TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
-USER_AGENT = f"pypi-index-mirror/{VERSION} audit (+urllib3/{urllib3.__version__})"
 
 
 @dataclass(frozen=True)
@@ -509,17 +511,24 @@ class MetadataFetcher(FetcherInterface):
     Each answer is read with the size cap python-tuf passes (``max_length``).
     urllib3 rather than requests: 16,384 bins are 16,384 requests, and
     requests' per-request machinery cost 2.3 ms of CPU each against 0.85 ms
-    (measured on loopback). Proxies come from the environment (``*_proxy``,
-    ``no_proxy``), a CA bundle from ``REQUESTS_CA_BUNDLE`` or ``CURL_CA_BUNDLE``.
+    (measured on loopback). Proxy, CA bundle and User-Agent come from the
+    run's `HttpEnvironment`, as for every other client (the process
+    environment's, read here, without one).
     """
 
     CHUNK = 1 << 16
 
-    def __init__(self, config: AuditConfig, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        config: AuditConfig,
+        sleep: Callable[[float], None] = time.sleep,
+        environment: HttpEnvironment | None = None,
+    ) -> None:
         self.config = config
         self.sleep = sleep
         self.timeout = urllib3.Timeout(connect=config.connect_timeout, read=config.timeout)
-        self.pool = _pool_for(config.metadata_url)
+        environment = environment if environment is not None else read_environment()
+        self.pool = environment.urllib3_pool(config.metadata_url)
 
     def close(self) -> None:
         self.pool.clear()
@@ -586,23 +595,6 @@ class _Transient(Retryable):
         self.final = final
 
 
-def _pool_for(
-    base_url: str, maxsize: int = 2, user_agent: str = USER_AGENT
-) -> urllib3.PoolManager:
-    """A keep-alive pool for `base_url`'s host, through the environment's proxy if any.
-
-    `maxsize` connections are kept for reuse (the TUF proxy serves many clients at once).
-    """
-    headers = {"User-Agent": user_agent}
-    ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-    options = {"num_pools": 2, "maxsize": maxsize, "headers": headers, "ca_certs": ca_bundle}
-    split = parse.urlsplit(base_url)
-    proxy = urllib.request.getproxies().get(split.scheme)
-    if proxy and not urllib.request.proxy_bypass(split.hostname or ""):
-        return urllib3.ProxyManager(proxy, **options)
-    return urllib3.PoolManager(**options)
-
-
 def _reason(exc: BaseException) -> str:
     """The innermost words of a urllib3 error ("Connection refused"), not its reprs."""
     inner = exc
@@ -632,8 +624,9 @@ class TrustedMetadata:
 class MetadataReader:
     """Fetches and verifies RSTUF's metadata; one fetcher (HTTP session) per thread."""
 
-    def __init__(self, config: AuditConfig) -> None:
+    def __init__(self, config: AuditConfig, environment: HttpEnvironment | None = None) -> None:
         self.config = config
+        self.environment = environment if environment is not None else read_environment()
         self.base_url = config.metadata_url.rstrip("/") + "/"
         self._local = threading.local()
         self._fetchers: list[MetadataFetcher] = []
@@ -652,7 +645,9 @@ class MetadataReader:
     def fetcher(self) -> MetadataFetcher:
         fetcher = getattr(self._local, "fetcher", None)
         if fetcher is None:
-            fetcher = self._local.fetcher = MetadataFetcher(self.config)
+            fetcher = self._local.fetcher = MetadataFetcher(
+                self.config, environment=self.environment
+            )
             with self._lock:
                 self._fetchers.append(fetcher)
         return fetcher
@@ -798,7 +793,10 @@ def group_work(work: Iterable[BinWork]) -> Iterator[tuple[BinWork, ...]]:
 
 
 def audit(
-    config: AuditConfig, layout: MirrorLayout, emit: Callable[[Difference], None]
+    config: AuditConfig,
+    layout: MirrorLayout,
+    emit: Callable[[Difference], None],
+    environment: HttpEnvironment | None = None,
 ) -> AuditReport:
     """Compare the served tree with every target RSTUF's metadata signs.
 
@@ -806,11 +804,12 @@ def audit(
     as they are found (so memory does not grow with them). Raises AuditError
     when the audit cannot run (metadata unreachable or failing verification;
     differences of the bins before it were emitted, none of the bin that
-    failed), or OSError when a page cannot be read.
+    failed), or OSError when a page cannot be read. `environment`: the run's HTTP
+    environment (the process environment's by default).
     """
     started = time.monotonic()
     report = AuditReport()
-    with MetadataReader(config) as reader:
+    with MetadataReader(config, environment) as reader:
         trusted = reader.top_level()
         reference_time = config.now()
         succinct = succinct_roles_of(trusted.targets)
@@ -881,12 +880,14 @@ def _bin_meta(snapshot: Snapshot, role: str) -> MetaFile:
     return meta
 
 
-def signed_target(config: AuditConfig, path: str) -> SignedTarget | None:
+def signed_target(
+    config: AuditConfig, path: str, environment: HttpEnvironment | None = None
+) -> SignedTarget | None:
     """What the metadata signs for one path (None: not a target), verified as `audit` does.
 
     Reads the top-level metadata and the one bin that holds `path`. Raises AuditError.
     """
-    with MetadataReader(config) as reader:
+    with MetadataReader(config, environment) as reader:
         trusted = reader.top_level()
         found = signed_targets(trusted.targets).get(path)
         if found is not None:

@@ -261,10 +261,16 @@ def format_bound(value: float) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+PACKAGE_LOGGER = "pypi_index_mirror"  # every module logs to logging.getLogger(__name__) under it
+
+
 def configure_logging(verbose: bool, quiet: bool) -> None:
     """One parseable line per event on stderr: UTC time, level, message.
 
-    Replaces the root handlers, so calling a script's main() twice logs once.
+    -v and -q set the level of this package's logger tree (`PACKAGE_LOGGER`);
+    libraries (urllib3, python-tuf, securesystemslib, ...) say only their
+    warnings: their INFO and DEBUG are per request or per key. Replaces the
+    root handlers, so calling a script's main() twice logs once.
     """
     handler = logging.StreamHandler(sys.stderr)
     formatter = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%SZ")
@@ -272,6 +278,6 @@ def configure_logging(verbose: bool, quiet: bool) -> None:
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
-    for library in ("urllib3", "tuf", "securesystemslib"):  # their INFO is per request or key
-        logging.getLogger(library).setLevel(logging.WARNING)
+    root.setLevel(logging.WARNING)
+    package = logging.getLogger(PACKAGE_LOGGER)
+    package.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)

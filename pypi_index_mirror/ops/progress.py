@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, TextIO
 if TYPE_CHECKING:
     from tqdm import tqdm
 
-log = logging.getLogger("pypi_mirror")
+log = logging.getLogger(__name__)
 
 
 @functools.cache

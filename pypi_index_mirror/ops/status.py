@@ -47,7 +47,7 @@ from pypi_index_mirror.ops.cli import (
     ToolError,
 )
 
-log = logging.getLogger("pypi_mirror")
+log = logging.getLogger(__name__)
 
 STATUS_SCHEMA = 1
 # The counters of a run's summary line, in its order.

@@ -38,6 +38,7 @@ client and the log get.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -55,6 +56,7 @@ from tuf.api.metadata import Snapshot, TargetFile, Targets, Timestamp
 from tuf.ngclient import Updater, UpdaterConfig
 
 from pypi_index_mirror.audit import tuf as tuf_audit
+from pypi_index_mirror.http.environment import read_environment
 from pypi_index_mirror.ops.cli import VERSION, ToolError
 
 log = logging.getLogger(__name__)
@@ -222,9 +224,10 @@ class Verifier:
             backoff=config.backoff,
         )
         # only ever used under the lock, so one fetcher (one urllib3 pool) is enough
-        self._fetcher = tuf_audit.MetadataFetcher(audit_config)
-        self._fetcher.pool = tuf_audit._pool_for(config.metadata_url, 2, USER_AGENT)
-        self._mirror = tuf_audit._pool_for(config.mirror_url, config.connections, USER_AGENT)
+        # the one HTTP environment (proxy, CA bundle), with the proxy's own User-Agent
+        environment = dataclasses.replace(read_environment(), user_agent=USER_AGENT)
+        self._fetcher = tuf_audit.MetadataFetcher(audit_config, environment=environment)
+        self._mirror = environment.urllib3_pool(config.mirror_url, config.connections)
         self._mirror_timeout = urllib3.Timeout(connect=config.connect_timeout, read=config.timeout)
         self._lock = threading.Lock()
         self._state: _State | None = None

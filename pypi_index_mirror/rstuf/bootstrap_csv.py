@@ -91,7 +91,7 @@ from pypi_index_mirror.ops.cli import (
 )
 from pypi_index_mirror.sync.parallel import EXECUTORS, make_executor, ordered_map, usable_cpus
 
-log = logging.getLogger("generate_csv")
+log = logging.getLogger(__name__)
 
 DEFAULT_OUTPUT = "artifacts.csv"
 STDOUT = "-"

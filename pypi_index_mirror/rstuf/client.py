@@ -47,8 +47,8 @@ from urllib.parse import urlsplit, urlunsplit
 import requests
 import urllib3
 
-from pypi_index_mirror.upstream.retry import (
-    USER_AGENT,
+from pypi_index_mirror.http.environment import HttpEnvironment, read_environment
+from pypi_index_mirror.http.retry import (
     BodyTooLarge,
     Retryable,
     RetryPolicy,
@@ -522,11 +522,15 @@ def may_have_arrived(exc: BaseException) -> bool:
 class RstufClient:
     """A client for RSTUF's REST API v1: one session, timeouts, retries, exact bodies.
 
-    `session` is injected by tests (and closed by its owner); without one the
-    client makes its own and `close()` closes it. Every request may be retried:
-    an add or delete carries final states, so a duplicate task writes the same
-    rows (and `on_uncertain` tells the caller one may exist); a duplicate
-    publish publishes what is there.
+    `session` is injected by tests (and closed and set up by its owner); without
+    one the client makes its own from `environment` (proxy, CA bundle, User-Agent;
+    ``.netrc`` credentials only without a token, which they would replace) and
+    `close()` closes it. The run hands every client the environment it read
+    once; without one, the process environment is read here.
+
+    Every request may be retried: an add or delete carries final states, so a
+    duplicate task writes the same rows (and `on_uncertain` tells the caller
+    one may exist); a duplicate publish publishes what is there.
     """
 
     def __init__(
@@ -538,7 +542,8 @@ class RstufClient:
         retries: int = 4,  # extra attempts after the first
         backoff: float = 1.0,  # seconds before the first retry, doubling after
         poll_interval: float = 2.0,  # seconds between two task polls
-        user_agent: str = USER_AGENT,
+        user_agent: str | None = None,  # the environment's by default
+        environment: HttpEnvironment | None = None,
     ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -548,11 +553,16 @@ class RstufClient:
         self.retries = max(0, int(retries))
         self.backoff = backoff
         self.poll_interval = poll_interval
-        self.user_agent = user_agent
+        self.environment = environment if environment is not None else read_environment()
+        self.user_agent = user_agent or self.environment.user_agent
         self._token = token or None
         self._owns_session = session is None
-        self._session = session if session is not None else requests.Session()
-        self._headers = {"User-Agent": user_agent, "Accept": "application/json"}
+        self._session = (
+            session
+            if session is not None
+            else self.environment.session(self.base_url, netrc=self._token is None)
+        )
+        self._headers = {"User-Agent": self.user_agent, "Accept": "application/json"}
         if self._token:
             self._headers["Authorization"] = f"Bearer {self._token}"
 

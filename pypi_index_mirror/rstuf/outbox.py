@@ -60,7 +60,7 @@ from pypi_index_mirror.mirror.store import (
 )
 from pypi_index_mirror.rstuf import client as rstuf_client
 
-log = logging.getLogger("pypi_mirror")
+log = logging.getLogger(__name__)
 
 # States in which an add/delete is taking up a worker process.
 _MOVING_STATES = frozenset({"RECEIVED", "STARTED", "PRE_RUN", "RUNNING", "RETRY"})

@@ -19,7 +19,8 @@ concern it orchestrates has a module of its own beside it:
 - ``mirror_writer.py``: the only code that changes the served tree;
 - ``state.py``: state.json, with the RSTUF outbox;
 - ``rstuf_outbox.py`` and ``rstuf_client.py``: delivering changes to RSTUF;
-- ``http_retry.py``: when both HTTP clients retry, and how much of an answer they read;
+- ``http/``: the one HTTP environment every client is handed (read once by `run`), when
+  they retry, and how much of an answer they read;
 - ``mirror_store.py``: the disk's rules (names, paths, hashing, the lock);
 - ``tuf_audit.py``: the served tree held against what RSTUF's TUF metadata signs
   (``--audit``; ``--repair`` fixes what it finds through `Sync.refresh`);
@@ -45,6 +46,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+from pypi_index_mirror.http.environment import HttpEnvironment, read_environment
+from pypi_index_mirror.http.retry import Retryable, call_with_retries
 from pypi_index_mirror.mirror.filters import ProjectFilter
 from pypi_index_mirror.mirror.formats import ALL_FORMATS, HTML, JSON, SIMPLE_FORMATS, PageFormat
 from pypi_index_mirror.mirror.roots import (
@@ -143,7 +146,6 @@ from pypi_index_mirror.upstream.client import (
     XmlRpcUnavailable,
     page_request,
 )
-from pypi_index_mirror.upstream.retry import Retryable, call_with_retries
 from pypi_index_mirror.upstream.transport import PageAnswer, PageTransportError
 
 if TYPE_CHECKING:
@@ -151,9 +153,9 @@ if TYPE_CHECKING:
     # (boto3 among them) were 20 MiB and a third of every run's start-up
     from pypi_index_mirror.audit import tuf as tuf_audit
 
-log = logging.getLogger("pypi_mirror")
+log = logging.getLogger(__name__)
 # The one line every run ends with, whatever its exit; INFO even under -q (see `main`).
-summary_log = logging.getLogger("pypi_mirror.summary")
+summary_log = log.getChild("summary")  # kept at INFO under -q
 
 T = TypeVar("T")
 XMLRPC_SOURCE = "XML-RPC changelog"
@@ -1682,7 +1684,9 @@ class Sync:
             from pypi_index_mirror.audit import tuf as tuf_audit  # see TYPE_CHECKING above
 
             try:
-                signed = tuf_audit.signed_target(audit_settings(self.config), root)
+                signed = tuf_audit.signed_target(
+                    audit_settings(self.config), root, self.pypi.environment
+                )
             except tuf_audit.AuditError as exc:
                 self.bootstrap_refusal = (
                     f"cannot check that RSTUF holds the bootstrap import ({exc}); {waiting}"
@@ -1762,7 +1766,9 @@ class Sync:
             if also is not None:
                 also(difference)
 
-        report = tuf_audit.audit(audit_settings(self.config), self.layout, emit)
+        report = tuf_audit.audit(
+            audit_settings(self.config), self.layout, emit, self.pypi.environment
+        )
         self.out(report.line())
         if owed_found:
             log.info(
@@ -1933,11 +1939,15 @@ def build_parser() -> argparse.ArgumentParser:
     return settings.build_parser("pypi_mirror.py", DESCRIPTION, EPILOG)
 
 
-def make_rstuf_client(config: Config) -> rstuf_client.RstufClient:
+def make_rstuf_client(
+    config: Config, environment: HttpEnvironment | None = None
+) -> rstuf_client.RstufClient:
+    environment = environment if environment is not None else read_environment(config)
     return rstuf_client.RstufClient(
         config.rstuf_url or "",
         token=config.rstuf_token,
-        timeout=(config.connect_timeout, config.timeout),
+        environment=environment,
+        timeout=environment.limits.timeout,
         retries=config.retries,
         backoff=config.backoff,
         poll_interval=config.rstuf_poll,
@@ -2013,9 +2023,10 @@ def run_sync(config: Config, summary: Summary, made: Callable[[Sync], None]) -> 
         )
     summary_log.setLevel(logging.INFO)  # cron keeps one line per run, even under -q
     halt = Halt()  # ends the retry pauses of the fetch threads when the run stops fetching
-    pypi = PypiClient(config.pypi_url, config, sleep=halt.sleep)
+    environment = read_environment(config)  # once: every client of the run gets this one
+    pypi = PypiClient(config.pypi_url, config, sleep=halt.sleep, environment=environment)
     try:
-        rstuf = make_rstuf_client(config) if config.rstuf_url else None
+        rstuf = make_rstuf_client(config, environment) if config.rstuf_url else None
     except ValueError as exc:
         pypi.close()
         raise UsageError(str(exc)) from None

@@ -23,7 +23,7 @@ from pypi_index_mirror.mirror.state import PendingProject
 from pypi_index_mirror.mirror.store import InvalidProjectName, project_dir_name
 from pypi_index_mirror.upstream.client import ChangelogEntry, is_serial
 
-log = logging.getLogger("pypi_mirror")
+log = logging.getLogger(__name__)
 
 
 def projects_to_refresh(entries: Iterable[ChangelogEntry]) -> dict[str, PendingProject]:

@@ -2,7 +2,8 @@
 
 Pure parts first (changelog rows, page checks), then `PypiClient`, which owns
 the HTTP sessions; when to retry and how much of an answer to read is
-`http_retry`'s. Nothing here writes to disk or decides what a page means for
+``http.retry``'s, proxies, bundle and limits ``http.environment``'s (handed in).
+Nothing here writes to disk or decides what a page means for
 the mirror; `pypi_mirror.py` does that.
 """
 
@@ -12,7 +13,6 @@ import codecs
 import functools
 import json
 import logging
-import os
 import re
 import threading
 import time
@@ -24,9 +24,8 @@ from typing import Protocol, TypeVar
 import lxml.etree
 import requests
 
-from pypi_index_mirror.ops.cli import ToolError
-from pypi_index_mirror.upstream.retry import (
-    USER_AGENT,
+from pypi_index_mirror.http.environment import HttpEnvironment, read_environment
+from pypi_index_mirror.http.retry import (
     BodyTooLarge,
     Headers,
     Retryable,
@@ -36,6 +35,7 @@ from pypi_index_mirror.upstream.retry import (
     iter_capped,
     retry_after_of,
 )
+from pypi_index_mirror.ops.cli import ToolError
 from pypi_index_mirror.upstream.transport import (
     PageAnswer,
     PageLoop,
@@ -45,7 +45,7 @@ from pypi_index_mirror.upstream.transport import (
 )
 from pypi_index_mirror.upstream.xmlrpc import AnswerParser, MalformedAnswer
 
-log = logging.getLogger("pypi_mirror")
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 HTML_ACCEPT = "application/vnd.pypi.simple.v1+html, text/html;q=0.9"
@@ -673,6 +673,10 @@ class PypiClient:
     per-request machinery was two thirds of a first sync's CPU. The few
     XML-RPC calls go through a `requests.Session` per thread (a Session is not
     thread-safe), made by `session_factory` so tests can inspect them.
+
+    Both go through `environment` (proxy, CA bundle, ``.netrc``, User-Agent,
+    timeouts and caps): the run reads it once and hands it to every client;
+    without one, the process environment is read here, with `config`'s limits.
     """
 
     def __init__(
@@ -682,6 +686,7 @@ class PypiClient:
         session_factory: Callable[[], requests.Session] | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
+        environment: HttpEnvironment | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.config = config
@@ -691,17 +696,15 @@ class PypiClient:
         self._lock = threading.Lock()
         self._sleep = sleep
         self._pacing = XmlRpcPacing(config.xmlrpc_interval, clock=clock, sleep=sleep)
-        self._environment: HttpEnvironment | None = None
+        self.environment = environment if environment is not None else read_environment(config)
         self._pages: PagePool | None = None
         self.requests_made = 0
 
     def _default_session(self) -> requests.Session:
-        session = requests.Session()
-        session.headers["User-Agent"] = USER_AGENT
+        session = self.environment.session(self.base_url)
         adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=4, max_retries=0)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
-        settle_environment(session, self.environment)
         return session
 
     @property
@@ -715,14 +718,6 @@ class PypiClient:
         return session
 
     @property
-    def environment(self) -> HttpEnvironment:
-        """Proxies, CA bundle and credentials for PyPI, read once (on first use)."""
-        with self._lock:
-            if self._environment is None:
-                self._environment = HttpEnvironment.read(self.base_url)
-            return self._environment
-
-    @property
     def pages(self) -> PagePool:
         """The page connections, set up on the first page fetched."""
         pages = self._pages
@@ -730,15 +725,13 @@ class PypiClient:
             environment = self.environment
             with self._lock:
                 if self._pages is None:
-                    self._pages = PagePool(
-                        transport_settings(self.base_url, self.config, environment)
-                    )
+                    self._pages = PagePool(transport_settings(self.base_url, environment))
                 pages = self._pages
         return pages
 
     def page_loop(self) -> PageLoop:
         """A new `page_transport.PageLoop` with the settings of this client's page GETs."""
-        return PageLoop(transport_settings(self.base_url, self.config, self.environment))
+        return PageLoop(transport_settings(self.base_url, self.environment))
 
     def forget_connections(self) -> None:
         """In a forked child: drop the parent's connections unclosed (they are the parent's)
@@ -770,7 +763,7 @@ class PypiClient:
 
     @property
     def _timeout(self) -> tuple[float, float]:
-        return (self.config.connect_timeout, self.config.timeout)
+        return self.environment.limits.timeout
 
     @functools.cached_property
     def retry_policy(self) -> RetryPolicy:
@@ -827,7 +820,7 @@ class PypiClient:
         parser = AnswerParser(sink)
         received = 0  # for -v
         try:
-            for chunk in iter_capped(response, self.config.max_xmlrpc_bytes, 1 << 20):
+            for chunk in iter_capped(response, self.environment.limits.max_listing_bytes, 1 << 20):
                 received += len(chunk)
                 parser.feed(chunk)
             result = parser.close()
@@ -996,7 +989,8 @@ class PypiClient:
             parser = JsonRootParser(sink)
             try:
                 # the listing's cap, whichever endpoint serves it
-                for chunk in iter_capped(response, self.config.max_xmlrpc_bytes, 1 << 20):
+                cap = self.environment.limits.max_listing_bytes
+                for chunk in iter_capped(response, cap, 1 << 20):
                     parser.feed(chunk)
                 parser.close()
             except BodyTooLarge as exc:
@@ -1015,61 +1009,19 @@ class PypiClient:
         return serial
 
 
-@dataclass(frozen=True)
-class HttpEnvironment:
-    """What requests otherwise reads from the environment on every request, read once.
-
-    Every request of a PypiClient goes to `base_url`'s host, so its proxies
-    (``*_PROXY``/``NO_PROXY``), CA bundle (``REQUESTS_CA_BUNDLE``,
-    ``CURL_CA_BUNDLE``) and ``.netrc`` credentials are the same each time;
-    re-deriving them per request was a tenth of a first sync's CPU (profile).
-    Read as requests reads them, so both transports (requests for XML-RPC,
-    libcurl for pages) see the same settings.
-    """
-
-    proxies: dict[str, str]
-    ca_bundle: str | None  # None: requests' default (certifi's)
-    auth: tuple[str, str] | None
-
-    @classmethod
-    def read(cls, base_url: str) -> HttpEnvironment:
-        bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-        return cls(
-            requests.utils.get_environ_proxies(base_url),
-            bundle or None,
-            requests.utils.get_netrc_auth(base_url),
-        )
-
-    def proxy_for(self, url: str) -> str | None:
-        return requests.utils.select_proxy(url, self.proxies)
-
-
-def transport_settings(
-    base_url: str, config: ClientSettings, environment: HttpEnvironment
-) -> TransportSettings:
-    """The page transport's settings: the environment's proxy, bundle and credentials."""
-    bundle = environment.ca_bundle
-    if base_url.startswith("https:") and not bundle:
-        bundle = requests.utils.DEFAULT_CA_BUNDLE_PATH  # requests' own (certifi's)
+def transport_settings(base_url: str, environment: HttpEnvironment) -> TransportSettings:
+    """The page transport's settings: the environment's proxy, bundle, credentials and limits."""
+    limits = environment.limits
     return TransportSettings(
         base_url=base_url,
         proxy=environment.proxy_for(base_url),
-        ca_bundle=bundle,
-        auth=environment.auth,
-        connect_timeout=config.connect_timeout,
-        read_timeout=config.timeout,
-        max_body_bytes=config.max_page_bytes,
+        ca_bundle=environment.ca_bundle if base_url.startswith("https:") else None,
+        auth=environment.netrc_auth(base_url),
+        connect_timeout=limits.connect_timeout,
+        read_timeout=limits.read_timeout,
+        max_body_bytes=limits.max_page_bytes,
+        user_agent=environment.user_agent,
     )
-
-
-def settle_environment(session: requests.Session, environment: HttpEnvironment) -> None:
-    """Give `session` the environment's settings and stop it reading them per request."""
-    session.proxies.update(environment.proxies)
-    if environment.ca_bundle and session.verify is True:
-        session.verify = environment.ca_bundle
-    if session.auth is None:
-        session.auth = environment.auth
-    session.trust_env = False
 
 
 def check_status(response: requests.Response, what: str) -> None:

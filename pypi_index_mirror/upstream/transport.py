@@ -15,7 +15,7 @@ What requests would do with the same settings, this does with libcurl's
 options: the proxy the caller chose (``user:password@`` in its URL becomes
 Proxy-Authorization), the CA bundle, Basic credentials, gzip and
 deflate accepted and decoded, keep-alive. Nothing of libcurl's own is read
-from the environment: the caller has already decided (``HttpEnvironment``),
+from the environment: the caller has already decided (``http.environment``),
 and an empty proxy tells libcurl not to look. No redirect is followed, no
 request is retried here: ``PypiClient``'s retry loop does that.
 """
@@ -30,7 +30,8 @@ from dataclasses import dataclass
 
 import pycurl
 
-from pypi_index_mirror.upstream.retry import USER_AGENT, BodyTooLarge
+from pypi_index_mirror.http.environment import USER_AGENT
+from pypi_index_mirror.http.retry import BodyTooLarge
 
 # libcurl's error codes (curl/curl.h) that, once an answer has begun, mean its body was
 # cut short or spoilt on the wire
@@ -93,6 +94,7 @@ class TransportSettings:
     connect_timeout: float
     read_timeout: float  # seconds without a byte
     max_body_bytes: int
+    user_agent: str = USER_AGENT
 
 
 class _Body:
@@ -233,7 +235,7 @@ def new_handle(settings: TransportSettings) -> pycurl.Curl:
     handle = pycurl.Curl()
     handle.setopt(pycurl.NOSIGNAL, 1)  # threads: no SIGALRM for timeouts
     handle.setopt(pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_1_1)
-    handle.setopt(pycurl.USERAGENT, USER_AGENT)
+    handle.setopt(pycurl.USERAGENT, settings.user_agent)
     handle.setopt(pycurl.ACCEPT_ENCODING, "gzip, deflate")
     handle.setopt(pycurl.FOLLOWLOCATION, 0)
     handle.setopt(pycurl.PROXY, settings.proxy or "")  # "": not even libcurl's *_proxy

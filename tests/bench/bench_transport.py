@@ -35,6 +35,7 @@ from pathlib import Path
 import requests
 import urllib3
 
+from pypi_index_mirror.http.environment import USER_AGENT
 from pypi_index_mirror.ops import settings
 from pypi_index_mirror.upstream import client as pypi_client
 from tests.bench.bench_sync import running_server
@@ -63,7 +64,7 @@ class Row:
 def requests_fetcher(url: str, workers: int) -> tuple[Fetch, Callable[[], None]]:
     local = threading.local()
     sessions: list[requests.Session] = []
-    headers = {"Accept": pypi_client.HTML_ACCEPT, "User-Agent": pypi_client.USER_AGENT}
+    headers = {"Accept": pypi_client.HTML_ACCEPT, "User-Agent": USER_AGENT}
 
     def fetch(name: str) -> None:
         session = getattr(local, "session", None)
@@ -86,7 +87,7 @@ def urllib3_fetcher(url: str, workers: int) -> tuple[Fetch, Callable[[], None]]:
     manager = urllib3.PoolManager(maxsize=workers, block=False)
     connections = manager.connection_from_url(url)
     headers = {
-        "User-Agent": pypi_client.USER_AGENT,
+        "User-Agent": USER_AGENT,
         "Accept": pypi_client.HTML_ACCEPT,
         "Accept-Encoding": "gzip, deflate",
     }

@@ -1,6 +1,6 @@
-"""What both HTTP clients share: the User-Agent, when to retry, how much of an answer to read.
+"""What every HTTP client shares besides its environment: when to retry, how much to read.
 
-`pypi_client.py` (PyPI) and `rstuf_client.py` (RSTUF) each decide which
+``upstream.client`` (PyPI), ``rstuf.client`` (RSTUF) and ``audit.tuf`` each decide which
 failures are worth another attempt and raise `Retryable` for them; everything
 about *when* to try again (one backoff, one Retry-After parser and cap) and
 *how much* of an answer to read lives here, so a fix lands in both clients.
@@ -19,12 +19,7 @@ from typing import Protocol, TypeVar
 
 import requests
 
-from pypi_index_mirror.ops.cli import VERSION
-
 T = TypeVar("T")
-
-# Who is asking, on every request to PyPI and to RSTUF (PyPI asks mirrors to say).
-USER_AGENT = f"pypi-index-mirror/{VERSION} (+python-requests/{requests.__version__})"
 
 MAX_BACKOFF = 30.0  # seconds: cap of one exponential backoff delay
 # seconds: never sleep longer than this on one server hint. PyPI's XML-RPC rate

@@ -1,0 +1,1 @@
+"""The HTTP concern every client shares: one environment, one retry policy (see the package)."""
