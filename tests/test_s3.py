@@ -15,9 +15,13 @@ from pypi_index_mirror.mirror.storage import (
     is_copy_key,
 )
 from state import load_state
+from tests import seaweed as store_fixtures
 from tests.fake_pypi import FakePyPI
 from tests.mirror_helpers import Mirror
-from tests.seaweed import Seaweed, aws_env, seaweed  # noqa: F401 - fixtures
+from tests.seaweed import Seaweed
+
+seaweed = store_fixtures.seaweed  # the session's store
+aws_env = store_fixtures.aws_env  # the AWS variables pointing at it
 
 ALL = ("--simple-format", "all")
 
@@ -63,7 +67,7 @@ class Pair:
 
 
 @pytest.fixture
-def pair(tmp_path: Path, pypi: FakePyPI, seaweed: Seaweed, aws_env: dict) -> Pair:  # noqa: F811
+def pair(tmp_path: Path, pypi: FakePyPI, seaweed: Seaweed, aws_env: dict) -> Pair:
     return Pair(tmp_path, pypi, seaweed)
 
 
@@ -88,7 +92,9 @@ def test_first_sync_and_updates_in_every_form_are_exact_in_the_bucket(
 
 
 def test_objects_carry_content_type_and_cache_control_per_form(
-    pair: Pair, pypi: FakePyPI, seaweed: Seaweed  # noqa: F811
+    pair: Pair,
+    pypi: FakePyPI,
+    seaweed: Seaweed,
 ) -> None:
     assert pair.s3.run("--storage", pair.url, *ALL) == 0
     objects = seaweed.objects(pair.bucket, pair.prefix + "/")
@@ -101,7 +107,10 @@ def test_objects_carry_content_type_and_cache_control_per_form(
 
 
 def test_a_prefix_keeps_the_tree_under_it(
-    tmp_path: Path, pypi: FakePyPI, seaweed: Seaweed, aws_env: dict  # noqa: F811
+    tmp_path: Path,
+    pypi: FakePyPI,
+    seaweed: Seaweed,
+    aws_env: dict,
 ) -> None:
     prefix = f"mirrors/{seaweed.new_prefix()}"
     pair = Pair(tmp_path, pypi, seaweed, prefix=f"{prefix}/")  # a trailing slash is no matter
@@ -113,7 +122,9 @@ def test_a_prefix_keeps_the_tree_under_it(
 
 
 def test_a_state_and_a_bucket_that_do_not_belong_together_are_refused(
-    pair: Pair, tmp_path: Path, seaweed: Seaweed  # noqa: F811
+    pair: Pair,
+    tmp_path: Path,
+    seaweed: Seaweed,
 ) -> None:
     assert pair.s3.run("--storage", pair.url) == 0
     other = seaweed.new_prefix()  # the state says synced; this tree holds none of it
@@ -124,7 +135,9 @@ def test_a_state_and_a_bucket_that_do_not_belong_together_are_refused(
 
 
 def test_a_missing_bucket_is_one_line_and_exit_1(
-    tmp_path: Path, pypi: FakePyPI, aws_env: dict  # noqa: F811
+    tmp_path: Path,
+    pypi: FakePyPI,
+    aws_env: dict,
 ) -> None:
     mirror = Mirror(tmp_path / "m", tmp_path / "state.json", pypi.url)
     done = mirror.cli("--storage", "s3://no-such-bucket-here")
@@ -136,14 +149,37 @@ def test_a_missing_bucket_is_one_line_and_exit_1(
 
 
 def test_generate_csv_from_the_bucket_equals_the_directory_csv(
-    pair: Pair, tmp_path: Path
+    pair: Pair,
+    pypi: FakePyPI,
+    seaweed: Seaweed,
+    tmp_path: Path,
 ) -> None:
+    for name in ("a", "a-b", "a-b-c", "a0"):  # key order (a-b/ < a/) is not name order
+        pypi.add_release(name, "1.0", files=1)
     assert pair.run(*ALL) == (0, 0)
+    # a page whose copy a damaged bucket lost is read and hashed instead
+    lost = next(
+        k
+        for k in bucket_tree(seaweed, pair.bucket, pair.prefix + "/")
+        if k.startswith("simple/numpy/") and is_copy_key(k)
+    )
+    seaweed.client().delete_object(Bucket=pair.bucket, Key=f"{pair.prefix}/{lost}")
     disk_csv, s3_csv = tmp_path / "disk.csv", tmp_path / "s3.csv"
-    common = ["--workers", "1"]
-    assert generate_csv.main(["--mirror-dir", str(pair.disk.root), "--state",
-                              str(pair.disk.state), "--output", str(disk_csv), *common]) == 0
-    assert generate_csv.main(["--mirror-dir", str(pair.s3.root), "--state", str(pair.s3.state),
-                              "--storage", pair.url, "--output", str(s3_csv), *common]) == 0
+    disk = ["--mirror-dir", str(pair.disk.root), "--state", str(pair.disk.state)]
+    s3 = ["--mirror-dir", str(pair.s3.root), "--state", str(pair.s3.state)]
+    assert generate_csv.main([*disk, "--output", str(disk_csv), "--workers", "1"]) == 0
+    assert generate_csv.main([*s3, "--storage", pair.url, "--output", str(s3_csv)]) == 0
     assert s3_csv.read_text() == disk_csv.read_text()
-    assert len(disk_csv.read_text().splitlines()) == 2 + 2 * 5
+    assert len(disk_csv.read_text().splitlines()) == 2 + 2 * 9
+
+
+def test_generate_csv_refuses_a_bucket_of_another_mirror(
+    pair: Pair,
+    seaweed: Seaweed,
+    tmp_path: Path,
+) -> None:
+    assert pair.s3.run("--storage", pair.url) == 0
+    other = f"s3://{pair.bucket}/{seaweed.new_prefix()}"
+    s3 = ["--mirror-dir", str(pair.s3.root), "--state", str(pair.s3.state)]
+    assert generate_csv.main([*s3, "--storage", other, "--output", str(tmp_path / "x.csv")]) == 1
+    assert not (tmp_path / "x.csv").exists()

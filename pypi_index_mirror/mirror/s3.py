@@ -22,6 +22,7 @@ ListObjectsV2 per 1,000 keys.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections import Counter
@@ -33,9 +34,11 @@ from botocore.config import Config as BotoConfig
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
-    ConnectionError as BotoConnectionError,
     HTTPClientError,
     NoCredentialsError,
+)
+from botocore.exceptions import (
+    ConnectionError as BotoConnectionError,
 )
 
 from cli_support import ToolError
@@ -212,7 +215,7 @@ class S3Storage(Storage):
             return answer["Body"].read()
 
         try:
-            return self._call("GET", key, lambda Bucket: read())  # noqa: N803 - boto3's name
+            return self._call("GET", key, lambda **_bucket: read())
         except ClientError:  # MISSING_CODES
             return None
 
@@ -224,10 +227,8 @@ class S3Storage(Storage):
         return answer["ETag"].strip('"')
 
     def delete(self, key: str) -> None:
-        try:
+        with contextlib.suppress(ClientError):  # already gone
             self._call("DELETE", key, self.client.delete_object, Key=self.prefix + key)
-        except ClientError:
-            pass  # already gone
 
     def list(self, prefix: str = "") -> Iterator[StoredObject]:
         """ListObjectsV2, 1,000 keys a request, in key order (S3 lists in UTF-8 binary order)."""

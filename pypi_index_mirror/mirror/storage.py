@@ -21,6 +21,7 @@ What stays local whatever the storage: ``state.json``, the lock and staging
 from __future__ import annotations
 
 import contextlib
+import heapq
 import io
 import logging
 import os
@@ -422,3 +423,113 @@ class StoreWriter(MirrorWriter):
     def _remove_if_empty(self, directory: Path) -> None:
         """Nothing: a store has no directories."""
 
+
+# --- what the CSV and the audit read: one listing ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class ListedPage:
+    """A page as the store's listing shows it, with the copies beside it."""
+
+    target: str
+    size: int
+    etag: str | None
+    copies: dict[str, StoredObject]  # blake2b-256 in the copy's name -> the copy
+
+    def digest(self) -> str | None:
+        """The page's blake2b-256 when a copy holds its bytes (the same ETag), else None."""
+        if self.etag is None:
+            return None
+        for digest, copy in self.copies.items():
+            if copy.etag == self.etag and copy.size == self.size:
+                return digest
+        return None
+
+
+def _project_of(key: str) -> str | None:
+    parts = key.split("/")
+    return parts[1] if len(parts) == 3 and parts[0] == "simple" else None
+
+
+def iter_project_pages(storage: Storage) -> Iterator[list[ListedPage]]:
+    """Each project's pages (index.html, then index.v1_json) with their copies, by name.
+
+    One ListObjectsV2 stream over ``simple/`` (1,000 keys a request; a page
+    and its copy are two). The listing's order is the keys' (``a-b/`` before
+    ``a/``, since ``-`` sorts before ``/``), the mirror's order is the names'
+    (``iter_targets``): a name is held back only while an unlisted name that
+    sorts before it may still come, which is only a ``-``-prefix of the name
+    being listed (``django`` after every ``django-*``).
+    """
+    held: list[tuple[str, list[ListedPage]]] = []
+
+    def pages_of(name: str, objects: list[StoredObject]) -> list[ListedPage]:
+        copies: dict[str, dict[str, StoredObject]] = {}
+        pages: dict[str, StoredObject] = {}
+        for stored in objects:
+            basename = stored.key.rpartition("/")[2]
+            if basename in PAGE_NAMES:
+                pages[basename] = stored
+            elif is_copy_key(stored.key):
+                digest, _, form = basename.partition(".")
+                copies.setdefault(form, {})[digest] = stored
+        return [
+            ListedPage(project_target(name, form), found.size, found.etag, copies.get(form, {}))
+            for form, found in sorted(pages.items())  # index.html < index.v1_json
+        ]
+
+    def settle(listed: str | None) -> Iterator[list[ListedPage]]:
+        # the listed name, or its first '-'-prefix: nothing unlisted sorts before that
+        bound = None if listed is None else listed.partition("-")[0]
+        while held and (bound is None or held[0][0] < bound):
+            _name, pages = heapq.heappop(held)
+            if pages:
+                yield pages
+
+    name: str | None = None
+    objects: list[StoredObject] = []
+    for stored in storage.list("simple/"):
+        project = _project_of(stored.key)
+        if project is None:
+            continue  # the JSON root and its copies
+        if project != name:
+            if name is not None:
+                heapq.heappush(held, (name, pages_of(name, objects)))
+                yield from settle(project)
+            name, objects = project, []
+        objects.append(stored)
+    if name is not None:
+        heapq.heappush(held, (name, pages_of(name, objects)))
+    yield from settle(None)
+
+
+def root_digests(storage: Storage) -> Iterator[tuple[str, int, str]]:
+    """(target, length, blake2b-256) of each root the store holds: HTML, then JSON.
+
+    Two GETs: a root is one object, and its copy's name is not found without
+    listing all of ``simple/`` first.
+    """
+    for target in (ROOT_TARGET, JSON_ROOT_TARGET):
+        data = storage.get(target)
+        if data is not None:
+            yield target, len(data), hexdigest_of(data)
+
+
+def iter_stored_digests(storage: Storage) -> Iterator[tuple[str, int, str]]:
+    """(target, length, blake2b-256) of every served page, in `iter_targets`'s order.
+
+    A page's digest is its copy's name when the copy has its ETag and size;
+    a page without such a copy (damaged, or an interrupted run) is read and
+    hashed (a GET).
+    """
+    yield from root_digests(storage)
+    for pages in iter_project_pages(storage):
+        for page in pages:
+            digest = page.digest()
+            if digest is None:
+                data = storage.get(page.target)
+                if data is None:
+                    continue  # deleted since the listing
+                yield page.target, len(data), hexdigest_of(data)
+            else:
+                yield page.target, page.size, digest
