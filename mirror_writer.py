@@ -24,6 +24,7 @@ from mirror_store import (
     PAGE_NAME,
     PAGE_NAMES,
     TUF_HASH_ALGORITHM,
+    FileDigest,
     MirrorLayout,
     crash_hook_armed,
     crash_point,
@@ -404,6 +405,10 @@ class MirrorWriter:
 
     def target_exists(self, target: str) -> bool:
         return self.layout.path_of_target(target).exists()
+
+    def target_digest(self, target: str) -> FileDigest:
+        """Length and digest of a served target as it is now; FileNotFoundError if none."""
+        return digest_file(self.layout.path_of_target(target))
 
     def any_project(self) -> bool:
         """Whether ``simple/`` holds any project directory."""

@@ -97,7 +97,13 @@ from pypi_client import (
     XmlRpcUnavailable,
     page_request,
 )
-from pypi_index_mirror.mirror.storage import Storage, StoreWriter, open_storage, storage_facts
+from pypi_index_mirror.mirror.storage import (
+    Storage,
+    StoreWriter,
+    audit_listing,
+    open_storage,
+    storage_facts,
+)
 from root_index import (
     iter_json_root,
     iter_root_index,
@@ -1504,6 +1510,7 @@ class Sync:
                 self.save_delivery_step,
                 batch=self.config.rstuf_batch,
                 budget=self.budget,
+                read_target=self.writer.target_digest,
             )
         self.progress.start(self.unconfirmed(), "delivering", unit="paths")
         report = self.delivery.deliver(wait)
@@ -1578,7 +1585,9 @@ class Sync:
         """
         self.started = time.monotonic()
         served = self.layout.served_dir
-        if not served.is_dir():
+        if self.config.storage:
+            self.writer = self.make_writer()  # opens the bucket: a missing one is refused here
+        elif not served.is_dir():
             raise ToolError(
                 f"{served}: no served tree to audit (check --mirror-dir, or run pypi_mirror.py "
                 "until its first sync finishes)"
@@ -1623,7 +1632,8 @@ class Sync:
             if also is not None:
                 also(difference)
 
-        report = tuf_audit.audit(audit_settings(self.config), self.layout, emit)
+        listing = None if self.storage is None else audit_listing(self.storage)
+        report = tuf_audit.audit(audit_settings(self.config), self.layout, emit, listing)
         self.out(report.line())
         if owed_found:
             log.info(
@@ -1722,11 +1732,13 @@ class Sync:
 
         served = os.fspath(self.layout.served_dir)
         file = self.layout.path_of_target(path)
-        if file.is_file():
-            self.writer.ensure_copy(file.parent, digest_file(file).hexdigest, file.name)
-        in_step = not tuf_audit.differences(
-            path, signed, tuf_audit.read_disk_facts(served, path, signed)
-        )
+        if self.storage is not None:
+            found = self.stored_facts(path, signed)
+        else:
+            if file.is_file():
+                self.writer.ensure_copy(file.parent, digest_file(file).hexdigest, file.name)
+            found = tuf_audit.read_disk_facts(served, path, signed)
+        in_step = not tuf_audit.differences(path, signed, found)
         box = self.state.outbox
         if in_step and path not in in_flight:
             box.dirty.discard(path)
@@ -1735,6 +1747,28 @@ class Sync:
         if path not in in_flight:  # the audit read what RSTUF signs: that copy is kept
             box.signed[path] = dict(signed.hashes).get(TUF_HASH_ALGORITHM, "") if signed else ""
         box.dirty.add(path)
+
+
+    def stored_facts(
+        self, path: str, signed: tuf_audit.SignedTarget | None
+    ) -> tuf_audit.DiskFacts:
+        """`settle`'s facts for a bucket (--storage): the page read, its copy put if lost."""
+        import tuf_audit  # see TYPE_CHECKING above
+
+        try:
+            digest = self.writer.target_digest(path)
+        except FileNotFoundError:
+            return tuf_audit.NO_FILE
+        file = self.layout.path_of_target(path)
+        self.writer.ensure_copy(file.parent, digest.hexdigest, file.name)
+        copies = {digest.hexdigest: digest.length}
+        if signed is not None and signed.copy_digest not in copies:
+            old = f"{path.rpartition('/')[0]}/" if "/" in path else ""
+            old_copy = f"{old}{prefixed_name(signed.copy_digest, file.name)}"
+            if self.storage is not None and self.storage.exists(old_copy):
+                copies[signed.copy_digest] = signed.length  # kept as written: named by digest
+        listed = tuf_audit.Listed(digest.length, digest.hexdigest, copies)
+        return tuf_audit.listed_disk_facts(listed, signed)
 
 
 def project_of_target(path: str) -> str | None:

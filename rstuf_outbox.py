@@ -47,7 +47,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import rstuf_client
-from mirror_store import TUF_HASH_ALGORITHM, MirrorLayout, crash_point, digest_file
+from mirror_store import TUF_HASH_ALGORITHM, FileDigest, MirrorLayout, crash_point, digest_file
 from state import OutboxTask, PublishTask, State
 
 log = logging.getLogger("pypi_mirror")
@@ -107,8 +107,11 @@ class RstufDelivery:
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        read_target: Callable[[str], FileDigest] | None = None,
     ) -> None:
         self.box = state.outbox
+        # a target's bytes as served now (FileNotFoundError: gone); a bucket's, with --storage
+        self.read_target = read_target or (lambda path: digest_file(layout.path_of_target(path)))
         self.layout, self.client, self.save = layout, client, save
         self.batch, self.budget = batch, budget
         self.clock, self.monotonic, self.sleep = clock, monotonic, sleep
@@ -338,7 +341,7 @@ class RstufDelivery:
         adds, removes = [], []
         for path in paths:
             try:
-                digest = digest_file(self.layout.path_of_target(path))
+                digest = self.read_target(path)
             except (FileNotFoundError, NotADirectoryError):
                 removes.append(path)
                 continue
@@ -401,6 +404,6 @@ class RstufDelivery:
 
     def _digest_on_disk(self, target: str) -> str | None:
         try:
-            return digest_file(self.layout.path_of_target(target)).hexdigest
+            return self.read_target(target).hexdigest
         except (FileNotFoundError, NotADirectoryError):
             return None

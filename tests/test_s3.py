@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 import generate_csv
+from mirror_store import digest_bytes
 from pypi_index_mirror.mirror.storage import (
     COPY_CACHE,
     HTML_TYPE,
@@ -17,8 +18,10 @@ from pypi_index_mirror.mirror.storage import (
 from state import load_state
 from tests import seaweed as store_fixtures
 from tests.fake_pypi import FakePyPI
-from tests.mirror_helpers import Mirror
+from tests.fake_rstuf import FakeRstuf
+from tests.mirror_helpers import Mirror, bootstrap
 from tests.seaweed import Seaweed
+from tests.tuf_repo import TufRepository, serve_directory
 
 seaweed = store_fixtures.seaweed  # the session's store
 aws_env = store_fixtures.aws_env  # the AWS variables pointing at it
@@ -183,3 +186,72 @@ def test_generate_csv_refuses_a_bucket_of_another_mirror(
     s3 = ["--mirror-dir", str(pair.s3.root), "--state", str(pair.s3.state)]
     assert generate_csv.main([*s3, "--storage", other, "--output", str(tmp_path / "x.csv")]) == 1
     assert not (tmp_path / "x.csv").exists()
+
+
+# --- the audit and its repair, from the bucket ----------------------------------------------
+
+
+def bucket_view(store: Seaweed, bucket: str, prefix: str) -> dict[str, dict]:
+    """What RSTUF should sign for the tree in the bucket (the CSV import's view)."""
+    return {
+        key: {"length": len(body), "hashes": {"blake2b-256": digest_bytes(body).hexdigest}}
+        for key, body in bucket_tree(store, bucket, prefix + "/").items()
+        if not is_copy_key(key)
+    }
+
+
+def test_audit_and_repair_read_and_mend_the_bucket(
+    tmp_path: Path, seaweed: Seaweed, aws_env: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with FakePyPI() as pypi, FakeRstuf(step=0.02, number_of_bins=16) as rstuf:
+        for name in ("Django", "numpy", "requests", "six"):
+            pypi.add_release(name, "1.0", files=2)
+        prefix = seaweed.new_prefix()
+        url = f"s3://{seaweed.bucket}/{prefix}"
+        mirror = Mirror(tmp_path / "m", tmp_path / "state.json", pypi.url)
+        assert mirror.run("--storage", url) == 0
+        bootstrap(rstuf, bucket_view(seaweed, seaweed.bucket, prefix))
+        repo = TufRepository(tmp_path / "metadata", 16)
+        repo.publish(rstuf.view)
+        root_file = tmp_path / "root.json"
+        root_file.write_bytes(repo.root_bytes)
+        with serve_directory(repo.directory) as metadata_url:
+            tuf = [
+                "--storage",
+                url,
+                "--tuf-metadata-url",
+                metadata_url,
+                "--tuf-root",
+                str(root_file),
+            ]
+
+            def audit(*extra: str) -> tuple[int, list[str]]:
+                capsys.readouterr()
+                code = mirror.run("--audit", *tuf, *extra)
+                return code, capsys.readouterr().out.splitlines()
+
+            code, lines = audit()
+            assert (code, lines[:-1]) == (0, [])
+            assert lines[-1].startswith("summary targets=5 pages=5 ")
+            client, key = seaweed.client(), f"{prefix}/simple/"
+            client.put_object(Bucket=seaweed.bucket, Key=key + "numpy/index.html", Body=b"<x>")
+            lost = [k for k in bucket_tree(seaweed, seaweed.bucket, key) if is_copy_key(k)]
+            assert lost
+            for copy in lost:
+                if copy.startswith("requests/"):
+                    client.delete_object(Bucket=seaweed.bucket, Key=key + copy)
+            client.delete_object(Bucket=seaweed.bucket, Key=key + "six/index.html")
+            code, lines = audit()
+            assert code == 4
+            assert sorted(lines[:-1]) == [
+                "copy-missing simple/requests/index.html",
+                "mismatch simple/numpy/index.html",
+                "missing simple/six/index.html",
+            ]
+            mirror.rstuf_url = rstuf.url
+            code, lines = audit("--repair", "--rstuf-poll", "0.05")
+            assert code == 0, lines
+            assert rstuf.accepted == []  # every page restored as RSTUF signs it
+            code, lines = audit()
+            assert (code, lines[:-1]) == (0, [])
+            assert bucket_view(seaweed, seaweed.bucket, prefix) == rstuf.view

@@ -230,9 +230,11 @@ class S3Storage(Storage):
         with contextlib.suppress(ClientError):  # already gone
             self._call("DELETE", key, self.client.delete_object, Key=self.prefix + key)
 
-    def list(self, prefix: str = "") -> Iterator[StoredObject]:
+    def list(self, prefix: str = "", top_level: bool = False) -> Iterator[StoredObject]:
         """ListObjectsV2, 1,000 keys a request, in key order (S3 lists in UTF-8 binary order)."""
         params: dict[str, Any] = {"Prefix": self.prefix + prefix}
+        if top_level:
+            params["Delimiter"] = "/"  # what is below a further '/' comes as one prefix
         cut = len(self.prefix)
         while True:
             page = self._call("LIST", prefix, self.client.list_objects_v2, **params)

@@ -37,9 +37,11 @@ from mirror_store import (
     PAGE_NAME,
     PAGE_NAMES,
     ROOT_TARGET,
+    FileDigest,
     MirrorLayout,
     atomic_write,
     crash_point,
+    digest_bytes,
     hexdigest_of,
     prefixed_name,
     project_target,
@@ -119,8 +121,8 @@ class Storage(ABC):
         """Delete `key`; nothing if there is none."""
 
     @abstractmethod
-    def list(self, prefix: str = "") -> Iterator[StoredObject]:
-        """Every object under `prefix`, sorted by key, streamed."""
+    def list(self, prefix: str = "", top_level: bool = False) -> Iterator[StoredObject]:
+        """Every object under `prefix` (`top_level`: none below a further ``/``), sorted."""
 
     @abstractmethod
     def read_marker(self) -> str | None:
@@ -197,9 +199,11 @@ class LocalStorage(Storage):
             if path.parent != self.layout.served_dir:
                 path.parent.rmdir()
 
-    def list(self, prefix: str = "") -> Iterator[StoredObject]:
+    def list(self, prefix: str = "", top_level: bool = False) -> Iterator[StoredObject]:
         keys = []
-        for directory, _dirs, files in os.walk(self.served):
+        for directory, dirs, files in os.walk(self.served):
+            if top_level:
+                dirs.clear()
             relative = os.path.relpath(directory, self.served)
             base = "" if relative == "." else relative.replace(os.sep, "/") + "/"
             keys.extend(base + name for name in files if (base + name).startswith(prefix))
@@ -331,6 +335,12 @@ class StoreWriter(MirrorWriter):
     def target_exists(self, target: str) -> bool:
         return self.storage.exists(target)
 
+    def target_digest(self, target: str) -> FileDigest:
+        data = self.storage.get(target)
+        if data is None:
+            raise FileNotFoundError(2, "no such object", f"{self.storage.describe()}{target}")
+        return digest_bytes(data)
+
     def any_project(self) -> bool:
         return any_project(self.storage)
 
@@ -447,11 +457,19 @@ class ListedPage:
 
 
 def _project_of(key: str) -> str | None:
+    """The project a key under ``simple/`` belongs to; None for the JSON root and its copies."""
     parts = key.split("/")
     return parts[1] if len(parts) == 3 and parts[0] == "simple" else None
 
 
-def iter_project_pages(storage: Storage) -> Iterator[list[ListedPage]]:
+def _aside(stored: StoredObject, aside: dict[str, StoredObject] | None) -> None:
+    if aside is not None:
+        aside[stored.key] = stored
+
+
+def iter_project_pages(
+    storage: Storage, aside: dict[str, StoredObject] | None = None
+) -> Iterator[list[ListedPage]]:
     """Each project's pages (index.html, then index.v1_json) with their copies, by name.
 
     One ListObjectsV2 stream over ``simple/`` (1,000 keys a request; a page
@@ -491,7 +509,8 @@ def iter_project_pages(storage: Storage) -> Iterator[list[ListedPage]]:
     for stored in storage.list("simple/"):
         project = _project_of(stored.key)
         if project is None:
-            continue  # the JSON root and its copies
+            _aside(stored, aside)  # the JSON root and its copies
+            continue
         if project != name:
             if name is not None:
                 heapq.heappush(held, (name, pages_of(name, objects)))
@@ -533,3 +552,35 @@ def iter_stored_digests(storage: Storage) -> Iterator[tuple[str, int, str]]:
                 yield page.target, len(data), hexdigest_of(data)
             else:
                 yield page.target, page.size, digest
+
+
+def audit_listing(storage: Storage) -> Iterator[tuple[str, int, str, dict[str, int]]]:
+    """(target, length, blake2b-256, {copy digest: copy length}) of every served page.
+
+    What the audit compares with TUF's targets, from the listing: two LISTs
+    per 1,000 pages, one for the top level (the HTML root's copies), and a
+    GET for each root and for each page no copy holds the bytes of. A copy
+    with the page's ETag holds its bytes; any other copy is taken for the
+    digest its name says (the writer names copies so; tampering with a copy
+    in place is not seen without reading it).
+    """
+    aside: dict[str, StoredObject] = {}
+    for pages in iter_project_pages(storage, aside):
+        for page in pages:
+            digest = page.digest()
+            size = page.size
+            if digest is None:
+                data = storage.get(page.target)
+                if data is None:
+                    continue
+                size, digest = len(data), hexdigest_of(data)
+            copies = {name: copy.size for name, copy in page.copies.items()}
+            yield page.target, size, digest, copies
+    top = {stored.key: stored for stored in storage.list("", top_level=True)}
+    for target, length, digest in root_digests(storage):
+        found = top if target == ROOT_TARGET else aside
+        copies = {}
+        for key, stored in found.items():
+            if is_copy_key(key) and target_of_copy(key) == target:
+                copies[key.rpartition("/")[2].partition(".")[0]] = stored.size
+        yield target, length, digest, copies
