@@ -170,3 +170,91 @@ def aws_env(seaweed: Seaweed, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]
     for name, value in seaweed.env.items():
         monkeypatch.setenv(name, value)
     return seaweed.env
+
+
+class FlakyProxy:
+    """A loopback HTTP proxy in front of the S3 gateway that answers 503 SlowDown at will.
+
+    The first `failures` requests whose method is in `methods` get S3's
+    ``SlowDown`` answer (with ``Retry-After: 0``); every other request is
+    passed through as it came (the Host header too: SeaweedFS without an
+    identity config does not check signatures).
+    """
+
+    SLOW_DOWN = (
+        b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
+        b"<Message>Please reduce your request rate.</Message></Error>"
+    )
+
+    def __init__(self, endpoint: str, failures: int = 0, methods: tuple[str, ...] = ("PUT",)):
+        import http.client
+        import http.server
+        import threading
+
+        self.failures = failures
+        self.methods = methods
+        self.failed = 0
+        self.lock = threading.Lock()
+        upstream = endpoint.removeprefix("http://")
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def relay(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                with proxy.lock:
+                    fail = self.command in proxy.methods and proxy.failed < proxy.failures
+                    if fail:
+                        proxy.failed += 1
+                if fail:
+                    self.send_response(503)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Retry-After", "0")
+                    self.send_header("Content-Length", str(len(proxy.SLOW_DOWN)))
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        self.wfile.write(proxy.SLOW_DOWN)
+                    return
+                connection = http.client.HTTPConnection(upstream, timeout=60)
+                try:
+                    headers = {name: value for name, value in self.headers.items()}
+                    connection.request(self.command, self.path, body=body, headers=headers)
+                    answer = connection.getresponse()
+                    data = answer.read()
+                    self.send_response(answer.status, answer.reason)
+                    for name, value in answer.getheaders():
+                        if name.lower() not in (
+                            "transfer-encoding",
+                            "connection",
+                            "content-length",
+                        ):
+                            self.send_header(name, value)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        self.wfile.write(data)
+                finally:
+                    connection.close()
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = relay
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __enter__(self) -> FlakyProxy:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()

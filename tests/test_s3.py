@@ -20,7 +20,7 @@ from tests import seaweed as store_fixtures
 from tests.fake_pypi import FakePyPI
 from tests.fake_rstuf import FakeRstuf
 from tests.mirror_helpers import Mirror, bootstrap
-from tests.seaweed import Seaweed
+from tests.seaweed import FlakyProxy, Seaweed
 from tests.tuf_repo import TufRepository, serve_directory
 
 seaweed = store_fixtures.seaweed  # the session's store
@@ -255,3 +255,39 @@ def test_audit_and_repair_read_and_mend_the_bucket(
             code, lines = audit()
             assert (code, lines[:-1]) == (0, [])
             assert bucket_view(seaweed, seaweed.bucket, prefix) == rstuf.view
+
+
+# --- store errors -------------------------------------------------------------------------------
+
+
+def test_slow_down_and_server_errors_are_retried_by_the_one_policy(
+    pair: Pair,
+    seaweed: Seaweed,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert pair.disk.run() == 0
+    with FlakyProxy(seaweed.endpoint, failures=4) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.endpoint)
+        capsys.readouterr()
+        assert pair.s3.run("--storage", pair.url, "--retries", "5") == 0
+        assert proxy.failed == 4
+    pair.assert_same()
+    retried = [line for line in capsys.readouterr().err.splitlines() if "SlowDown (503)" in line]
+    assert len(retried) == 4, retried
+    assert all(" retry " in line and "in 0.0s" in line for line in retried)  # Retry-After: 0
+
+
+def test_a_store_that_keeps_failing_ends_the_run_in_one_line_and_the_next_run_finishes(
+    pair: Pair, seaweed: Seaweed, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with FlakyProxy(seaweed.endpoint, failures=10**6) as proxy:
+        env = {"AWS_ENDPOINT_URL_S3": proxy.endpoint}
+        done = pair.s3.cli("--storage", pair.url, "--retries", "1", env=env)
+        assert done.returncode == 1, done.stderr
+        assert "Traceback" not in done.stderr
+        errors = [line for line in done.stderr.splitlines() if " ERROR " in line]
+        assert len(errors) == 1 and "the store kept failing (SlowDown (503))" in errors[0], errors
+    assert pair.disk.run() == 0
+    assert pair.s3.run("--storage", pair.url) == 0
+    pair.assert_same()
