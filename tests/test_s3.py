@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import generate_csv
-from mirror_store import digest_bytes
+from mirror_store import CRASH_AT_ENV, digest_bytes, normalize_name
 from pypi_index_mirror.mirror.storage import (
     COPY_CACHE,
     HTML_TYPE,
@@ -291,3 +293,96 @@ def test_a_store_that_keeps_failing_ends_the_run_in_one_line_and_the_next_run_fi
     assert pair.disk.run() == 0
     assert pair.s3.run("--storage", pair.url) == 0
     pair.assert_same()
+
+
+# --- a run killed at a crash point resumes to an exact bucket -----------------------------------
+
+CRASH_ARGS = ("--grace", "0", "--workers", "1")
+FIRST_SYNC_POINTS = [
+    "state-save@full-sync-started",
+    "page-temp@{0}",
+    "page-renamed@{5}",
+    "state-save@root-intent",
+    "page-temp@index.html",
+    "page-renamed@index.html",
+    "state-save@run-end",
+]
+UPDATE_POINTS = [
+    "state-save@batch-intent",
+    "page-temp@{0}",
+    "page-renamed@{0}",
+    "page-renamed@{2}",
+    "page-temp@index.html",
+    "page-renamed@index.html",
+    "state-save@run-end",
+]
+
+
+class CrashWorld:
+    """One upstream mutated once; a reference directory sync of its end; mirrors to kill."""
+
+    def __init__(self, base: Path, pypi: FakePyPI, store: Seaweed) -> None:
+        self.base, self.pypi, self.store = base, pypi, store
+        pypi.populate(20, seed=3, max_files=4, archived_share=0, quarantined_share=0)
+        self.names = pypi.project_names()
+        self.before: dict[str, tuple[Mirror, str]] = {}
+        for point in UPDATE_POINTS:  # each update case starts from its own synced bucket
+            self.before[point] = self.synced_mirror(f"u{len(self.before)}")
+        pypi.add_release(self.names[0], "2.0", files=2)
+        pypi.add_release(self.names[2], "3.0", files=1)
+        pypi.remove_project(self.names[3])
+        pypi.add_release("crash-new", "1.0", files=2)
+        reference = Mirror(base / "ref", base / "ref.json", pypi.url)
+        assert reference.run(*CRASH_ARGS) == 0
+        self.reference = tree(reference.layout.served_dir)
+
+    def synced_mirror(self, name: str) -> tuple[Mirror, str]:
+        mirror = Mirror(self.base / name, self.base / f"{name}.json", self.pypi.url)
+        url = f"s3://{self.store.bucket}/{self.store.new_prefix()}"
+        assert mirror.run("--storage", url, *CRASH_ARGS) == 0
+        return mirror, url
+
+    def spec(self, point: str) -> str:
+        moment, _, page = point.partition("@")
+        if page.startswith("{"):
+            page = f"simple/{normalize_name(self.names[int(page[1:-1])])}/index.html"
+        return f"{moment}@{page}"
+
+    def kill_and_resume(self, mirror: Mirror, url: str, point: str) -> None:
+        env = {**self.store.env, CRASH_AT_ENV: self.spec(point)}
+        killed = mirror.cli("--storage", url, *CRASH_ARGS, env=env)
+        assert killed.returncode == -signal.SIGKILL, f"{point} not reached:\n{killed.stderr}"
+        assert mirror.run("--storage", url, *CRASH_ARGS) == 0
+        state = load_state(mirror.state)
+        prefix = url.removeprefix(f"s3://{self.store.bucket}/") + "/"
+        in_bucket = bucket_tree(self.store, self.store.bucket, prefix)
+        kept = {key: body for key, body in in_bucket.items() if key not in state.retired}
+        assert sorted(kept) == sorted(self.reference), point
+        assert kept == self.reference, point
+        assert state.serial == self.pypi.last_serial and not state.pending
+        assert not any(mirror.layout.staging_dir.glob("*")), "temp files left in .staging"
+
+
+@pytest.fixture(scope="module")
+def crash_world(tmp_path_factory: pytest.TempPathFactory, seaweed: Seaweed) -> Iterator[CrashWorld]:
+    with pytest.MonkeyPatch.context() as patch, FakePyPI(clock=lambda: 1_760_000_000) as pypi:
+        for name, value in seaweed.env.items():
+            patch.setenv(name, value)
+        yield CrashWorld(tmp_path_factory.mktemp("s3-crash"), pypi, seaweed)
+
+
+@pytest.mark.parametrize("point", FIRST_SYNC_POINTS)
+def test_a_first_sync_killed_at_a_crash_point_resumes_to_an_exact_bucket(
+    crash_world: CrashWorld, tmp_path: Path, point: str
+) -> None:
+    mirror = Mirror(tmp_path / "m", tmp_path / "state.json", crash_world.pypi.url)
+    url = f"s3://{crash_world.store.bucket}/{crash_world.store.new_prefix()}"
+    crash_world.kill_and_resume(mirror, url, point)
+
+
+@pytest.mark.parametrize("point", UPDATE_POINTS)
+def test_an_update_killed_at_a_crash_point_resumes_to_an_exact_bucket(
+    crash_world: CrashWorld, point: str
+) -> None:
+    mirror, url = crash_world.before[point]
+    crash_world.kill_and_resume(mirror, url, point)
