@@ -97,13 +97,6 @@ from pypi_client import (
     XmlRpcUnavailable,
     page_request,
 )
-from pypi_index_mirror.mirror.storage import (
-    Storage,
-    StoreWriter,
-    audit_listing,
-    open_storage,
-    storage_facts,
-)
 from root_index import (
     iter_json_root,
     iter_root_index,
@@ -148,6 +141,7 @@ if TYPE_CHECKING:
     # imported where an audit or the bootstrap check runs: python-tuf and its signers
     # (boto3 among them) were 20 MiB and a third of every run's start-up
     import tuf_audit
+    from pypi_index_mirror.mirror.storage import Storage
 
 log = logging.getLogger("pypi_mirror")
 # The one line every run ends with, whatever its exit; INFO even under -q (see `main`).
@@ -420,11 +414,12 @@ class Sync:
         self.writer = self.make_writer()
         self.loaded = True
         self.summary.serial_before = self.state.serial
-        facts = (
-            read_mirror_facts(self.layout)
-            if self.storage is None
-            else storage_facts(self.layout, self.storage)
-        )
+        if self.storage is None:
+            facts = read_mirror_facts(self.layout)
+        else:
+            from pypi_index_mirror.mirror.storage import storage_facts
+
+            facts = storage_facts(self.layout, self.storage)
         verdict = check_identity(
             self.state,
             facts,
@@ -439,6 +434,9 @@ class Sync:
         """The writer for the served tree: on disk, or in the --storage bucket (opened once)."""
         if not self.config.storage:
             return MirrorWriter(self.layout, self.state)
+        # only with --storage: a directory mirror never loads the store's code (or boto3)
+        from pypi_index_mirror.mirror.storage import StoreWriter, open_storage
+
         if self.storage is None:
             self.storage = open_storage(
                 self.config.storage, self.layout, self.config.retries, self.config.backoff
@@ -1632,7 +1630,11 @@ class Sync:
             if also is not None:
                 also(difference)
 
-        listing = None if self.storage is None else audit_listing(self.storage)
+        listing = None
+        if self.storage is not None:
+            from pypi_index_mirror.mirror.storage import audit_listing
+
+            listing = audit_listing(self.storage)
         report = tuf_audit.audit(audit_settings(self.config), self.layout, emit, listing)
         self.out(report.line())
         if owed_found:

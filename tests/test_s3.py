@@ -9,13 +9,17 @@ from pathlib import Path
 import pytest
 
 import generate_csv
-from mirror_store import CRASH_AT_ENV, digest_bytes, normalize_name
+from mirror_store import CRASH_AT_ENV, MirrorLayout, digest_bytes, normalize_name
 from pypi_index_mirror.mirror.storage import (
     COPY_CACHE,
     HTML_TYPE,
     JSON_TYPE,
     PAGE_CACHE,
+    LocalStorage,
+    Storage,
     is_copy_key,
+    object_headers,
+    open_storage,
 )
 from state import load_state
 from tests import seaweed as store_fixtures
@@ -386,3 +390,64 @@ def test_an_update_killed_at_a_crash_point_resumes_to_an_exact_bucket(
 ) -> None:
     mirror, url = crash_world.before[point]
     crash_world.kill_and_resume(mirror, url, point)
+
+
+# --- the Storage contract, on disk and in the bucket ---------------------------------------------
+
+
+@pytest.fixture(params=["local", "s3"])
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]:
+    layout = MirrorLayout(tmp_path / "m")
+    if request.param == "local":
+        yield LocalStorage(layout)
+        return
+    request.getfixturevalue("aws_env")
+    store: Seaweed = request.getfixturevalue("seaweed")
+    opened = open_storage(f"s3://{store.bucket}/{store.new_prefix()}", layout, 1, 0.01)
+    yield opened
+    opened.close()
+
+
+def test_every_storage_keeps_the_same_contract(storage: Storage) -> None:
+    page, copy = "simple/numpy/index.html", f"simple/numpy/{'a' * 64}.index.html"
+    assert storage.get(page) is None and not storage.exists(page)
+    storage.put(copy, b"<html>numpy</html>")
+    storage.put(page, b"<html>numpy</html>")
+    storage.put("simple/a-b/index.v1_json", b'{"meta": {}}')
+    storage.put("index.html", b"<html>root</html>")
+    assert storage.get(page) == b"<html>numpy</html>"
+    assert storage.get_range(page, -7, 7) == b"</html>"
+    assert storage.get_range(page, 0, 6) == b"<html>"
+    assert storage.etag(page) == storage.etag(copy) != storage.etag("index.html")
+    listed = list(storage.list("simple/"))
+    assert [item.key for item in listed] == [
+        "simple/a-b/index.v1_json", copy, page
+    ]  # fmt: skip
+    assert [item.size for item in listed] == [12, 18, 18]
+    assert [item.key for item in storage.list("", top_level=True)] == ["index.html"]
+    storage.delete(copy)
+    storage.delete(copy)  # gone already: no error
+    assert not storage.exists(copy)
+    assert storage.read_marker() is None
+    storage.write_marker("0123456789abcdef" * 2)
+    assert storage.read_marker() == "0123456789abcdef" * 2
+    assert all(item.key != ".mirror-id" for item in storage.list())
+
+
+def test_object_headers_follow_the_form_and_whether_a_key_is_a_copy() -> None:
+    assert object_headers("index.html") == (HTML_TYPE, PAGE_CACHE)
+    assert object_headers("simple/index.v1_json") == (JSON_TYPE, PAGE_CACHE)
+    assert object_headers(f"simple/x/{'0' * 64}.index.v1_json") == (JSON_TYPE, COPY_CACHE)
+    assert object_headers(f"{'f' * 64}.index.html") == (HTML_TYPE, COPY_CACHE)
+    assert not is_copy_key("simple/x/index.html")
+    assert not is_copy_key(f"simple/x/{'g' * 64}.index.html")
+
+
+@pytest.mark.parametrize("url", ["s3:/bucket", "gs://bucket", "s3://", "/srv/tree"])
+def test_a_storage_that_is_not_an_s3_url_is_a_usage_error(
+    tmp_path: Path, pypi: FakePyPI, url: str
+) -> None:
+    mirror = Mirror(tmp_path / "m", tmp_path / "state.json", pypi.url)
+    done = mirror.cli("--storage", url)
+    assert done.returncode == 2, done.stderr
+    assert "s3://BUCKET[/PREFIX]" in done.stderr and "Traceback" not in done.stderr

@@ -46,6 +46,7 @@ from http_retry import Retryable, RetryPolicy, call_with_retries, retry_after_of
 from pypi_index_mirror.mirror.storage import (
     MARKER_KEY,
     Storage,
+    StorageUnavailable,
     StoredObject,
     check_marker,
     object_headers,
@@ -62,10 +63,6 @@ RETRIED_STATUS = frozenset({500, 502, 503, 504})
 RETRIED_CODES = frozenset({"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout"})
 MISSING_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
 CONNECTIONS = 32  # a first sync puts from up to --workers threads at once (32 at most)
-
-
-class StoreUnavailable(ToolError):
-    """The bucket cannot be used at all (missing, forbidden, no credentials): exit 1."""
 
 
 class StoreFailed(ToolError):
@@ -95,7 +92,7 @@ class S3Storage(Storage):
     def from_url(cls, url: str, retries: int, backoff: float) -> S3Storage:
         """Open the bucket `url` names and check that it is there and ours to read.
 
-        Raises StoreUnavailable (one line, exit 1) for a missing or forbidden
+        Raises StorageUnavailable (one line, exit 1) for a missing or forbidden
         bucket or missing credentials.
         """
         bucket, prefix = parse_url(url)
@@ -149,7 +146,7 @@ class S3Storage(Storage):
                 "retries; the run can be repeated once it answers"
             ) from None
         except NoCredentialsError:
-            raise StoreUnavailable(
+            raise StorageUnavailable(
                 f"{self.describe()}: no AWS credentials; set AWS_ACCESS_KEY_ID and "
                 "AWS_SECRET_ACCESS_KEY or a profile in ~/.aws/credentials"
             ) from None
@@ -165,14 +162,14 @@ class S3Storage(Storage):
         except BotoCoreError as exc:
             raise StoreFailed(f"{where}: {verb} failed: {exc}") from None
 
-    def _no_bucket(self) -> StoreUnavailable:
-        return StoreUnavailable(
+    def _no_bucket(self) -> StorageUnavailable:
+        return StorageUnavailable(
             f"s3://{self.bucket}: no such bucket at the store's endpoint; create it, or check "
             "--storage and AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL"
         )
 
-    def _forbidden(self) -> StoreUnavailable:
-        return StoreUnavailable(
+    def _forbidden(self) -> StorageUnavailable:
+        return StorageUnavailable(
             f"s3://{self.bucket}: access denied; check the credentials (AWS_ACCESS_KEY_ID, "
             "AWS_PROFILE) and that they may list, read, write and delete in the bucket"
         )

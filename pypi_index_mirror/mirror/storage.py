@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from cli_support import ToolError
 from mirror_store import (
     JSON_PAGE_NAME,
     JSON_ROOT_TARGET,
@@ -86,8 +87,8 @@ class StoredObject:
     etag: str | None  # the store's hex MD5 of the bytes (single-part PUT); None on disk
 
 
-class StorageError(Exception):
-    """The store failed in a way a retry did not mend; the message names the store."""
+class StorageUnavailable(ToolError):
+    """The store cannot be used at all (no client library, no bucket, no access): exit 1."""
 
 
 # --- the interface ---------------------------------------------------------------------
@@ -230,12 +231,18 @@ class LocalStorage(Storage):
 def open_storage(url: str | None, layout: MirrorLayout, retries: int, backoff: float) -> Storage:
     """The storage `--storage` names: ``s3://BUCKET[/PREFIX]``; None or "": the directory.
 
-    boto3 is imported only here, when a bucket is named. Raises StorageError
+    boto3 is imported only here, when a bucket is named. Raises StorageUnavailable
     for a bucket that is missing or not ours to write, or a URL that is not one.
     """
     if not url:
         return LocalStorage(layout)
-    from pypi_index_mirror.mirror.s3 import S3Storage  # boto3: only for a bucket
+    try:
+        from pypi_index_mirror.mirror.s3 import S3Storage  # boto3: only for a bucket
+    except ImportError as exc:
+        raise StorageUnavailable(
+            f"--storage {url} needs boto3 ({exc}): pip install 'boto3>=1.28' "
+            "(or the s3 extra: pip install 'pypi-index-mirror[s3]')"
+        ) from None
 
     return S3Storage.from_url(url, retries=retries, backoff=backoff)
 
