@@ -423,7 +423,7 @@ def generate_from_store(options: Options, layout: MirrorLayout, stdout: TextIO) 
         check_output_path(options.output, layout, options.state_path)
     storage = open_storage(options.storage, layout, DEFAULTS.retries, DEFAULTS.backoff)
     started = time.monotonic()
-    with mirror_lock(layout.lock_path):
+    with contextlib.closing(storage), mirror_lock(layout.lock_path):
         state = read_finished_state(layout, options.state_path, check_roots=False)
         marker = storage.read_marker()
         if marker != state.mirror_id:

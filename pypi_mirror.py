@@ -337,6 +337,8 @@ class Sync:
             raise Stopped(stop.signum, self.save_after_stop()) from None
         finally:
             self.settle_summary()
+            if self.storage is not None:
+                self.storage.close()  # and logs the requests the store was asked
 
     def sync(self) -> int:
         config = self.config

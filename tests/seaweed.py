@@ -126,6 +126,11 @@ def start_seaweed(workdir: Path) -> Seaweed:
         "-s3",
         f"-s3.port={s3}",
         "-master.volumeSizeLimitMB=64",
+        # its Iceberg and Lance catalogs listen on fixed ports (8181, 9101) unless turned
+        # off: two stores on one machine (parallel CI jobs) would clash there
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        "-master.telemetry=false",  # it would report to seaweedfs.com
     ]
     with open(workdir / "weed.log", "wb") as log:  # the child keeps its own descriptor
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=workdir)

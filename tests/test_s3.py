@@ -194,6 +194,30 @@ def test_generate_csv_refuses_a_bucket_of_another_mirror(
     assert not (tmp_path / "x.csv").exists()
 
 
+
+def test_a_dry_run_reads_the_bucket_and_changes_nothing(
+    pair: Pair, pypi: FakePyPI, seaweed: Seaweed
+) -> None:
+    assert pair.s3.run("--storage", pair.url) == 0
+    pypi.add_release("numpy", "2.0")
+    pypi.remove_project("Django")
+    before = seaweed.objects(pair.bucket, pair.prefix + "/")
+    before_state = pair.s3.state.read_bytes()
+    done = pair.s3.cli("--storage", pair.url, "--dry-run")
+    assert done.returncode == 0, done.stderr
+    assert {"fetch numpy", "fetch django"} <= set(done.stdout.splitlines())
+    assert seaweed.objects(pair.bucket, pair.prefix + "/") == before
+    assert pair.s3.state.read_bytes() == before_state
+
+
+def test_status_needs_no_bucket(pair: Pair) -> None:
+    """--status reads the local files only: it answers while the store is unreachable."""
+    assert pair.s3.run("--storage", pair.url) == 0
+    env = {"AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9"}
+    done = pair.s3.cli("--storage", pair.url, "--status", env=env)
+    assert done.returncode == 0, done.stderr
+    assert "serial" in done.stdout
+
 # --- the audit and its repair, from the bucket ----------------------------------------------
 
 

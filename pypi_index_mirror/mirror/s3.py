@@ -261,6 +261,9 @@ class S3Storage(Storage):
         )
 
     def close(self) -> None:
+        """Close the connections; log (INFO) the requests made, by kind, for the operator."""
+        made = ", ".join(f"{count} {verb}" for verb, count in sorted(self.requests.items()))
+        log.info("%s: %s requests", self.describe(), made or "no")
         self.client.close()
 
 
