@@ -25,6 +25,7 @@ import heapq
 import io
 import logging
 import os
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -201,7 +202,7 @@ class LocalStorage(Storage):
                 path.parent.rmdir()
 
     def list(self, prefix: str = "", top_level: bool = False) -> Iterator[StoredObject]:
-        keys = []
+        keys: list[str] = []
         for directory, dirs, files in os.walk(self.served):
             if top_level:
                 dirs.clear()
@@ -302,12 +303,9 @@ class StoreWriter(MirrorWriter):
         layout: MirrorLayout,
         state: State,
         storage: Storage,
-        clock: Callable[[], float] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        if clock is None:
-            super().__init__(layout, state)
-        else:
-            super().__init__(layout, state, clock)
+        super().__init__(layout, state, clock)
         self.storage = storage
 
     def key(self, path: str | Path) -> str:
