@@ -178,20 +178,22 @@ def aws_env(seaweed: Seaweed, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]
 
 
 class FlakyProxy:
-    """A loopback HTTP proxy in front of the S3 gateway that answers 503 SlowDown at will.
+    """A loopback HTTP proxy in front of the S3 gateway that answers an S3 error at will.
 
     The first `failures` requests whose method is in `methods` get S3's
-    ``SlowDown`` answer (with ``Retry-After: 0``); every other request is
+    ``SlowDown`` answer (with ``Retry-After: 0``), or the `error` given
+    (status, code); every other request is
     passed through as it came (the Host header too: SeaweedFS without an
     identity config does not check signatures).
     """
 
-    SLOW_DOWN = (
-        b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
-        b"<Message>Please reduce your request rate.</Message></Error>"
-    )
-
-    def __init__(self, endpoint: str, failures: int = 0, methods: tuple[str, ...] = ("PUT",)):
+    def __init__(
+        self,
+        endpoint: str,
+        failures: int = 0,
+        methods: tuple[str, ...] = ("PUT",),
+        error: tuple[int, str] = (503, "SlowDown"),
+    ):
         import http.client
         import http.server
         import threading
@@ -199,6 +201,11 @@ class FlakyProxy:
         self.failures = failures
         self.methods = methods
         self.failed = 0
+        self.status, code = error
+        self.body = (
+            f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code>'
+            "<Message>from the test proxy</Message></Error>"
+        ).encode()
         self.lock = threading.Lock()
         upstream = endpoint.removeprefix("http://")
         proxy = self
@@ -217,13 +224,13 @@ class FlakyProxy:
                     if fail:
                         proxy.failed += 1
                 if fail:
-                    self.send_response(503)
+                    self.send_response(proxy.status)
                     self.send_header("Content-Type", "application/xml")
                     self.send_header("Retry-After", "0")
-                    self.send_header("Content-Length", str(len(proxy.SLOW_DOWN)))
+                    self.send_header("Content-Length", str(len(proxy.body)))
                     self.end_headers()
                     if self.command != "HEAD":
-                        self.wfile.write(proxy.SLOW_DOWN)
+                        self.wfile.write(proxy.body)
                     return
                 connection = http.client.HTTPConnection(upstream, timeout=60)
                 try:

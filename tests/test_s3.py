@@ -157,6 +157,35 @@ def test_a_missing_bucket_is_one_line_and_exit_1(
     assert not (tmp_path / "state.json").exists()
 
 
+def test_a_forbidden_bucket_is_one_line_and_exit_1(
+    tmp_path: Path, pypi: FakePyPI, seaweed: Seaweed, aws_env: dict
+) -> None:
+    mirror = Mirror(tmp_path / "m", tmp_path / "state.json", pypi.url)
+    everything = ("GET", "HEAD", "PUT", "POST", "DELETE")
+    with FlakyProxy(seaweed.endpoint, 10**6, everything, (403, "AccessDenied")) as proxy:
+        done = mirror.cli(
+            "--storage", f"s3://{seaweed.bucket}/x", env={"AWS_ENDPOINT_URL_S3": proxy.endpoint}
+        )
+    assert done.returncode == 1, done.stderr
+    errors = [line for line in done.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and "access denied" in errors[0], done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "state.json").exists()
+
+
+def test_no_credentials_is_one_line_and_exit_1(
+    tmp_path: Path, pypi: FakePyPI, seaweed: Seaweed, aws_env: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance role to look for
+    mirror = Mirror(tmp_path / "m", tmp_path / "state.json", pypi.url)
+    done = mirror.cli("--storage", f"s3://{seaweed.bucket}/x")
+    assert done.returncode == 1, done.stderr
+    errors = [line for line in done.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and "no AWS credentials" in errors[0], done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_generate_csv_from_the_bucket_equals_the_directory_csv(
     pair: Pair,
     pypi: FakePyPI,
@@ -194,7 +223,6 @@ def test_generate_csv_refuses_a_bucket_of_another_mirror(
     assert not (tmp_path / "x.csv").exists()
 
 
-
 def test_a_dry_run_reads_the_bucket_and_changes_nothing(
     pair: Pair, pypi: FakePyPI, seaweed: Seaweed
 ) -> None:
@@ -217,6 +245,7 @@ def test_status_needs_no_bucket(pair: Pair) -> None:
     done = pair.s3.cli("--storage", pair.url, "--status", env=env)
     assert done.returncode == 0, done.stderr
     assert "serial" in done.stdout
+
 
 # --- the audit and its repair, from the bucket ----------------------------------------------
 
