@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import random
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -414,6 +416,27 @@ class CrashWorld:
         env = {**self.store.env, CRASH_AT_ENV: self.spec(point)}
         killed = mirror.cli("--storage", url, *CRASH_ARGS, env=env)
         assert killed.returncode == -signal.SIGKILL, f"{point} not reached:\n{killed.stderr}"
+        self.resume_and_check(mirror, url, point)
+
+    def kill_randomly(self, mirror: Mirror, url: str, rng: random.Random) -> bool:
+        """SIGKILL a run at a random moment after its first object is put; whether the kill
+        landed before the run ended."""
+        for name in rng.sample(self.names, 6):  # some pages come slowly: the run lasts
+            self.pypi.inject(name, "slow", times=1, seconds=0.05)
+        process = mirror.popen("--storage", url, *CRASH_ARGS)
+        prefix = url.removeprefix(f"s3://{self.store.bucket}/") + "/"
+        client = self.store.client()
+        while process.poll() is None:
+            found = client.list_objects_v2(Bucket=self.store.bucket, Prefix=prefix, MaxKeys=1)
+            if found.get("KeyCount"):
+                break
+        time.sleep(rng.uniform(0, 0.3))
+        process.kill()
+        process.communicate()
+        self.pypi.clear_faults()
+        return process.returncode == -signal.SIGKILL
+
+    def resume_and_check(self, mirror: Mirror, url: str, point: str) -> None:
         assert mirror.run("--storage", url, *CRASH_ARGS) == 0
         state = load_state(mirror.state)
         prefix = url.removeprefix(f"s3://{self.store.bucket}/") + "/"
@@ -440,6 +463,21 @@ def test_a_first_sync_killed_at_a_crash_point_resumes_to_an_exact_bucket(
     mirror = Mirror(tmp_path / "m", tmp_path / "state.json", crash_world.pypi.url)
     url = f"s3://{crash_world.store.bucket}/{crash_world.store.new_prefix()}"
     crash_world.kill_and_resume(mirror, url, point)
+
+
+@pytest.mark.parametrize("attempt", range(4))
+def test_a_first_sync_killed_at_a_random_moment_resumes_to_an_exact_bucket(
+    crash_world: CrashWorld, tmp_path: Path, attempt: int
+) -> None:
+    rng = random.Random(2600 + attempt)
+    for tried in range(3):  # a run that ended before its kill proved nothing: again
+        mirror = Mirror(tmp_path / f"m{tried}", tmp_path / f"s{tried}.json", crash_world.pypi.url)
+        url = f"s3://{crash_world.store.bucket}/{crash_world.store.new_prefix()}"
+        if crash_world.kill_randomly(mirror, url, rng):
+            break
+    else:
+        pytest.fail("no kill landed before the run ended")
+    crash_world.resume_and_check(mirror, url, f"random {attempt}")
 
 
 @pytest.mark.parametrize("point", UPDATE_POINTS)
