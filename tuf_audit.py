@@ -447,7 +447,9 @@ class Listed(NamedTuple):
 
     length: int
     digest: str  # blake2b-256
-    copies: dict[str, int]  # the digest in each copy's name -> the copy's length
+    # the digest in each copy's name -> the copy's length; None: only the page's own copy
+    # (the usual case, kept as None: 700,000 pages are held at once)
+    copies: dict[str, int] | None
 
 
 def listed_disk_facts(listed: Listed | None, target: SignedTarget | None) -> DiskFacts:
@@ -461,7 +463,8 @@ def listed_disk_facts(listed: Listed | None, target: SignedTarget | None) -> Dis
     page = FileFacts(listed.length, {TUF_HASH_ALGORITHM: listed.digest})
     if target is None:
         return DiskFacts(FileFacts(listed.length, {}), None)
-    length = listed.copies.get(target.copy_digest)
+    copies = listed.copies if listed.copies is not None else {listed.digest: listed.length}
+    length = copies.get(target.copy_digest)
     if length is None:
         return DiskFacts(page, None)
     return DiskFacts(page, FileFacts(length, {TUF_HASH_ALGORITHM: target.copy_digest}))
@@ -839,7 +842,10 @@ def audit(
         top_level = signed_targets(trusted.targets)
         listed: dict[str, Listed] | None = None
         if listing is not None:
-            listed = {path: Listed(size, digest, copies) for path, size, digest, copies in listing}
+            listed = {
+                path: Listed(size, digest, None if copies == {digest: size} else copies)
+                for path, size, digest, copies in listing
+            }
         paths = iter_targets(layout, ordered=False) if listed is None else iter(listed)
         pages = PagesByBin(succinct, roles).add_all(paths)
         report.pages, report.bins = pages.count, len(roles)
