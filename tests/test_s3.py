@@ -359,6 +359,30 @@ def test_a_store_that_keeps_failing_ends_the_run_in_one_line_and_the_next_run_fi
     pair.assert_same()
 
 
+def test_rstuf_is_sent_the_bucket_s_pages_and_old_copies_wait_for_it(
+    pair: Pair, pypi: FakePyPI, seaweed: Seaweed
+) -> None:
+    """The outbox hashes each target as the bucket serves it; RSTUF ends up signing exactly
+    the bucket's pages, and a replaced copy stays until RSTUF confirmed the new one."""
+    prefix = pair.prefix + "/"
+    with FakeRstuf(step=0.02) as rstuf:
+        assert pair.s3.run("--storage", pair.url) == 0
+        bootstrap(rstuf, bucket_view(seaweed, pair.bucket, pair.prefix))
+        pair.s3.rstuf_url = rstuf.url
+        old_numpy = bucket_tree(seaweed, pair.bucket, prefix)["simple/numpy/index.html"]
+        old_copy = f"simple/numpy/{digest_bytes(old_numpy).hexdigest}.index.html"
+        pypi.add_release("numpy", "2.0")
+        pypi.remove_project("Django")
+        pypi.create_project("Brand-New")
+        pair.s3.rstuf_url = "http://127.0.0.1:9"  # RSTUF down: it still signs the old copy
+        assert pair.s3.run("--storage", pair.url, "--grace", "0", "--retries", "0") == 75
+        assert old_copy in bucket_tree(seaweed, pair.bucket, prefix)
+        pair.s3.rstuf_url = rstuf.url
+        assert pair.s3.run("--storage", pair.url, "--grace", "0", "--rstuf-poll", "0.05") == 0
+        assert rstuf.view == bucket_view(seaweed, pair.bucket, pair.prefix)
+        assert old_copy not in bucket_tree(seaweed, pair.bucket, prefix)
+
+
 # --- a run killed at a crash point resumes to an exact bucket -----------------------------------
 
 CRASH_ARGS = ("--grace", "0", "--workers", "1")
