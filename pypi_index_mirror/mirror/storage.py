@@ -11,8 +11,8 @@ and in a bucket, so a mirror can move between them by copying files.
 rename; the marker beside the served tree). The local sync itself still uses
 `mirror_writer.MirrorWriter`, whose hard links and one syncfs per batch are
 what make a 700,000-page first sync take minutes; `StoreWriter` is the writer
-for a `Storage` that is not a directory (``s3.S3Storage``), and works over
-`LocalStorage` too, which is how the two are held to the same contract.
+for a `Storage` that is not a directory (``s3.S3Storage``). One contract test
+(tests/test_s3.py) holds `LocalStorage` and `S3Storage` to the same behaviour.
 
 What stays local whatever the storage: ``state.json``, the lock and staging
 (the roots are rendered into a staging file before they are put).
@@ -232,8 +232,9 @@ class LocalStorage(Storage):
 def open_storage(url: str | None, layout: MirrorLayout, retries: int, backoff: float) -> Storage:
     """The storage `--storage` names: ``s3://BUCKET[/PREFIX]``; None or "": the directory.
 
-    boto3 is imported only here, when a bucket is named. Raises StorageUnavailable
-    for a bucket that is missing or not ours to write, or a URL that is not one.
+    boto3 is imported only here, when a bucket is named (settings.py has checked
+    the URL's form). Raises StorageUnavailable without boto3, or for a bucket
+    that is missing or not ours, or without credentials.
     """
     if not url:
         return LocalStorage(layout)
