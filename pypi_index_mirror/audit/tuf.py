@@ -455,6 +455,34 @@ def read_disk_facts(served_dir: str, path: str, target: SignedTarget | None) -> 
     return DiskFacts(page, copy[1] if copy else None)
 
 
+class Listed(NamedTuple):
+    """A page as a bucket's listing shows it (``--storage``): no byte of it is read here."""
+
+    length: int
+    digest: str  # blake2b-256
+    # the digest in each copy's name -> the copy's length; None: only the page's own copy
+    # (the usual case, kept as None: 700,000 pages are held at once)
+    copies: dict[str, int] | None
+
+
+def listed_disk_facts(listed: Listed | None, target: SignedTarget | None) -> DiskFacts:
+    """`read_disk_facts` from a listing: the page's blake2b-256, and the copy the target names.
+
+    Only blake2b-256 is known (the mirror names copies by it, and it is all
+    the mirror sends RSTUF); a target that lists another hash does not match.
+    """
+    if listed is None:
+        return NO_FILE
+    page = FileFacts(listed.length, {TUF_HASH_ALGORITHM: listed.digest})
+    if target is None:
+        return DiskFacts(FileFacts(listed.length, {}), None)
+    copies = listed.copies if listed.copies is not None else {listed.digest: listed.length}
+    length = copies.get(target.copy_digest)
+    if length is None:
+        return DiskFacts(page, None)
+    return DiskFacts(page, FileFacts(length, {TUF_HASH_ALGORITHM: target.copy_digest}))
+
+
 class BinWork(NamedTuple):
     """One bin's share of the audit, as handed to a worker."""
 
@@ -474,7 +502,10 @@ def _delegator(targets_bytes: bytes) -> tuple[Targets, SuccinctRoles | None]:
 
 
 def audit_group(
-    served_dir: str, targets_bytes: bytes, reference_time: datetime, group: tuple[BinWork, ...]
+    served_dir: str | dict[str, Listed],
+    targets_bytes: bytes,
+    reference_time: datetime,
+    group: tuple[BinWork, ...],
 ) -> GroupReport:
     """Verify a group of bins and compare each with its pages on disk (runs in a worker).
 
@@ -493,7 +524,10 @@ def audit_group(
             report.misplaced.extend(misplaced)
         signed.update(work.top_level)
         paths = set(unpack_paths(work.pages)) | signed.keys()
-        on_disk = {path: read_disk_facts(served_dir, path, signed.get(path)) for path in paths}
+        if isinstance(served_dir, dict):  # a bucket's listing (--storage)
+            on_disk = {p: listed_disk_facts(served_dir.get(p), signed.get(p)) for p in paths}
+        else:
+            on_disk = {p: read_disk_facts(served_dir, p, signed.get(p)) for p in paths}
         report.differences.extend(compare(signed, on_disk))
         report.targets += len(signed)
     return report
@@ -797,12 +831,15 @@ def audit(
     layout: MirrorLayout,
     emit: Callable[[Difference], None],
     environment: HttpEnvironment | None = None,
+    listing: Iterable[tuple[str, int, str, dict[str, int]]] | None = None,
 ) -> AuditReport:
     """Compare the served tree with every target RSTUF's metadata signs.
 
     Calls `emit` with each difference, in bin order and by path within a bin,
     as they are found (so memory does not grow with them). Raises AuditError
     when the audit cannot run (metadata unreachable or failing verification;
+    `listing`: the served tree is a bucket's, as ``storage.audit_listing``
+    yields it, and no page is read here;
     differences of the bins before it were emitted, none of the bin that
     failed), or OSError when a page cannot be read. `environment`: the run's HTTP
     environment (the process environment's by default).
@@ -816,7 +853,14 @@ def audit(
         roles = list(succinct.get_roles()) if succinct else []
         metas = [_bin_meta(trusted.snapshot, role) for role in roles]
         top_level = signed_targets(trusted.targets)
-        pages = PagesByBin(succinct, roles).add_all(iter_targets(layout, ordered=False))
+        listed: dict[str, Listed] | None = None
+        if listing is not None:
+            listed = {
+                path: Listed(size, digest, None if copies == {digest: size} else copies)
+                for path, size, digest, copies in listing
+            }
+        paths = iter_targets(layout, ordered=False) if listed is None else iter(listed)
+        pages = PagesByBin(succinct, roles).add_all(paths)
         report.pages, report.bins = pages.count, len(roles)
         log.info(
             "auditing %d pages against %d bins at %s", report.pages, len(roles), reader.base_url
@@ -841,7 +885,13 @@ def audit(
                 work = _bin_work(fetched, pages, top_level)
             served = os.fspath(layout.served_dir)
             tasks = (
-                (served, trusted.targets_bytes, reference_time, group) for group in group_work(work)
+                (
+                    served if listed is None else _listed_of(listed, group),
+                    trusted.targets_bytes,
+                    reference_time,
+                    group,
+                )
+                for group in group_work(work)
             )
             for _, found in ordered_map(hash_pool, audit_group, tasks, config.hash_workers * 4):
                 report.targets += found.targets
@@ -858,6 +908,11 @@ def audit(
         log.warning("%d targets are listed in bins that do not hold their path", report.misplaced)
     report.elapsed = time.monotonic() - started
     return report
+
+
+def _listed_of(listed: dict[str, Listed], group: tuple[BinWork, ...]) -> dict[str, Listed]:
+    """The listed pages of a group's bins: what its worker compares (sent, not shared)."""
+    return {path: listed[path] for work in group for path in unpack_paths(work.pages)}
 
 
 def _bin_work(

@@ -27,6 +27,7 @@ from pypi_index_mirror.mirror.store import (
     PAGE_NAME,
     PAGE_NAMES,
     TUF_HASH_ALGORITHM,
+    FileDigest,
     MirrorLayout,
     crash_hook_armed,
     crash_point,
@@ -431,18 +432,33 @@ class MirrorWriter:
                 continue
             if digest_of_copy(relative) in held.get(target, ()):
                 continue
-            copy = self.layout.served_dir / relative
-            current = self.layout.served_dir / target_of_copy(relative)
-            with contextlib.suppress(FileNotFoundError):
-                if current.exists() and os.path.samefile(copy, current):
-                    del self.state.retired[relative]
-                    continue
-                copy.unlink()
-                removed += 1
+            if self._copy_is_current(relative):
+                del self.state.retired[relative]
+                continue
+            removed += self._delete_copy(relative)
             del self.state.retired[relative]
+        return removed
+
+    def _copy_is_current(self, relative: str) -> bool:
+        """Whether the copy at `relative` is its page's (the same inode): it stays."""
+        copy = self.layout.served_dir / relative
+        current = self.layout.served_dir / target_of_copy(relative)
+        try:
+            return current.exists() and os.path.samefile(copy, current)
+        except FileNotFoundError:
+            return False
+
+    def _delete_copy(self, relative: str) -> bool:
+        """Delete a retired copy (and its directory if that empties); whether it was there."""
+        copy = self.layout.served_dir / relative
+        try:
+            copy.unlink()
+        except FileNotFoundError:
+            return False
+        finally:
             if copy.parent != self.layout.served_dir:
                 self._remove_if_empty(copy.parent)
-        return removed
+        return True
 
     def restart_grace(self, superseded: Iterable[tuple[str, str | None]]) -> None:
         """RSTUF confirmed newer states: the copies it signed before get a full grace from now.
@@ -461,6 +477,34 @@ class MirrorWriter:
             digests = released.get(target_of_copy(relative))
             if digests is not None and (None in digests or digest_of_copy(relative) in digests):
                 self.state.retired[relative] = now
+
+    # The few questions the sync asks of the served tree outside this class; a tree in
+    # an object store answers them in `pypi_index_mirror.mirror.storage.StoreWriter`.
+
+    def target_exists(self, target: str) -> bool:
+        return self.layout.path_of_target(target).exists()
+
+    def target_digest(self, target: str) -> FileDigest:
+        """Length and digest of a served target as it is now; FileNotFoundError if none."""
+        return digest_file(self.layout.path_of_target(target))
+
+    def any_project(self) -> bool:
+        """Whether ``simple/`` holds any project directory."""
+        try:
+            with os.scandir(self.layout.simple_dir) as entries:
+                return any(entry.is_dir() for entry in entries)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+
+    def open_target(self, path: str | Path) -> BinaryIO:
+        """A served file opened to stream (a root index); FileNotFoundError if none."""
+        return open(path, "rb")
+
+    def make_directory(self, directory: str | Path) -> None:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+
+    def unlink_target(self, path: Path) -> None:
+        path.unlink()
 
     def _remove_if_empty(self, directory: Path) -> None:
         with contextlib.suppress(FileNotFoundError, OSError):

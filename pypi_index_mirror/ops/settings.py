@@ -38,6 +38,7 @@ class Config:
 
     mirror_dir: Path = DEFAULT_MIRROR_DIR
     state_path: Path | None = None  # None: DEFAULT_STATE_FILE, ./state.json
+    storage: str | None = None  # s3://BUCKET[/PREFIX]: the served tree there; None: mirror_dir
     pypi_url: str = "https://pypi.org"
     workers: int = 10
     # a clean first sync's processes: one keeps the stand-in's pages/s at 0.21 ms of CPU a
@@ -136,6 +137,15 @@ def pypi_url(text: str) -> str:
     return base
 
 
+def storage_url(text: str) -> str:
+    """``s3://BUCKET[/PREFIX]`` (checked here; the bucket itself when the run starts)."""
+    scheme, sep, rest = text.partition("://")
+    bucket = rest.partition("/")[0]
+    if scheme != "s3" or not sep or not bucket:
+        raise ValueError(f"not s3://BUCKET[/PREFIX]: {text!r}")
+    return text
+
+
 def one_of(*words: str) -> Callable[[str], str]:
     """A parser for one of `words` (case-insensitive), refused with the choices named."""
 
@@ -192,6 +202,15 @@ OPTIONS: tuple[Option, ...] = (
         field="state_path",
         path=True,
         metavar="FILE",
+    ),
+    Option(
+        "storage",
+        "serve from an S3-compatible bucket instead of DIR/pypi_mirror/: the same tree under "
+        "PREFIX; credentials, region and endpoint from the AWS environment and config files "
+        "(AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL_S3, ~/.aws/...), never here; state.json, the lock "
+        "and staging stay in DIR",
+        storage_url,
+        metavar="s3://BUCKET[/PREFIX]",
     ),
     Option(
         "pypi-url",
@@ -744,5 +763,5 @@ def mirror_paths(
 
 def mirror_config(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> Config:
     """A Config of only the mirror directory and state file (`state_path` None: the default)."""
-    shared = [option for option in OPTIONS if option.key in ("mirror-dir", "state")]
+    shared = [option for option in OPTIONS if option.key in ("mirror-dir", "state", "storage")]
     return Config(**resolve(args, environ, shared))

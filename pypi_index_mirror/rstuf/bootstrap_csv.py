@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import logging
 import os
 import re
@@ -67,6 +68,8 @@ from typing import TextIO
 from pypi_index_mirror.mirror.safety import locate_state, state_elsewhere
 from pypi_index_mirror.mirror.state import State, load_state
 from pypi_index_mirror.mirror.store import (
+    JSON_ROOT_TARGET,
+    ROOT_TARGET,
     TUF_HASH_ALGORITHM,
     FileDigest,
     MirrorLayout,
@@ -89,6 +92,7 @@ from pypi_index_mirror.ops.cli import (
     number,
     run_cli,
 )
+from pypi_index_mirror.ops.settings import DEFAULTS
 from pypi_index_mirror.sync.parallel import EXECUTORS, make_executor, ordered_map, usable_cpus
 
 log = logging.getLogger(__name__)
@@ -206,6 +210,7 @@ class Options:
     workers: int
     executor: str  # one of EXECUTORS
     state_given: bool = True  # False: the default state file (the previous default's may be around)
+    storage: str | None = None  # s3://BUCKET[/PREFIX]: the served tree is there (--storage)
 
 
 @dataclass(frozen=True)
@@ -252,7 +257,7 @@ def check_output_path(output: Path, layout: MirrorLayout, state_path: Path) -> N
         raise CsvError(f"--output {output}: directory {output.parent} does not exist")
 
 
-def read_finished_state(layout: MirrorLayout, state_path: Path) -> State:
+def read_finished_state(layout: MirrorLayout, state_path: Path, check_roots: bool = True) -> State:
     """The mirror's state, whose serial is the changelog serial it is at.
 
     Raises MirrorNotReady unless the first sync finished, or StateError for a
@@ -281,7 +286,7 @@ def read_finished_state(layout: MirrorLayout, state_path: Path) -> State:
             "run pypi_mirror.py once to rebuild it",
         )
     roots = [layout.root_page, layout.json_root_page]  # HTML, PEP 691 JSON (--simple-format)
-    if not any(root.is_file() for root in roots):
+    if check_roots and not any(root.is_file() for root in roots):
         raise MirrorNotReady(
             layout.root_page,
             "missing although the state says the first sync finished; "
@@ -369,6 +374,8 @@ def generate(options: Options, stdout: TextIO) -> Summary:
     StateError or OSError; on any of them no CSV is left behind.
     """
     layout = MirrorLayout(options.mirror_dir)
+    if options.storage:
+        return generate_from_store(options, layout, stdout)
     check_mirror_exists(layout)
     if options.output is not None:
         check_output_path(options.output, layout, options.state_path)
@@ -410,6 +417,53 @@ def generate(options: Options, stdout: TextIO) -> Summary:
     return Summary(serial=serial, rows=count, seconds=time.monotonic() - started)
 
 
+def generate_from_store(options: Options, layout: MirrorLayout, stdout: TextIO) -> Summary:
+    """`generate` for a tree in a bucket (--storage): rows from its listing, not its bytes.
+
+    A page's blake2b-256 is in its hash-prefixed copy's name, and the copy
+    with the page's ETag (MD5) and size is the page's: two LIST requests per
+    1,000 pages, plus a GET for each root (and for a page without its copy).
+    The state, the lock and the output stay local.
+    """
+    from pypi_index_mirror.mirror.storage import iter_stored_digests, open_storage
+
+    if not layout.root.is_dir():
+        raise MirrorNotReady(layout.root, "no such mirror directory (check --mirror-dir)")
+    if options.output is not None:
+        check_output_path(options.output, layout, options.state_path)
+    storage = open_storage(options.storage, layout, DEFAULTS.retries, DEFAULTS.backoff)
+    started = time.monotonic()
+    with contextlib.closing(storage), mirror_lock(layout.lock_path):
+        state = read_finished_state(layout, options.state_path, check_roots=False)
+        marker = storage.read_marker()
+        if marker != state.mirror_id:
+            raise MirrorNotReady(
+                options.state_path,
+                f"names mirror {state.mirror_id}, but {storage.describe()} holds "
+                f"{'no mirror' if marker is None else 'mirror ' + marker}: check --storage",
+            )
+        digests = iter_stored_digests(storage)
+        first = next(digests, None)
+        if first is None or first[0] not in (ROOT_TARGET, JSON_ROOT_TARGET):
+            raise MirrorNotReady(
+                layout.root_page,
+                f"no root index in {storage.describe()} although the state says the first "
+                "sync finished; run pypi_mirror.py to rewrite it",
+            )
+        rows = (
+            (1, format_row(path, FileDigest(size, TUF_HASH_ALGORITHM, digest)))
+            for path, size, digest in itertools.chain([first], digests)
+        )
+        if options.output is None:
+            count = write_rows(stdout, rows)
+            stdout.flush()
+        else:
+            with atomic_text_output(options.output) as handle:
+                count = write_rows(handle, rows)
+    assert state.serial is not None
+    return Summary(serial=state.serial, rows=count, seconds=time.monotonic() - started)
+
+
 # --- command line ------------------------------------------------------------
 
 
@@ -429,9 +483,9 @@ def build_parser() -> argparse.ArgumentParser:
             "0-3) import the same values."
         ),
         epilog=(
-            "--mirror-dir and --state are read like pypi_mirror.py reads them (environment "
-            "PYPI_MIRROR_MIRROR_DIR, PYPI_MIRROR_STATE, the --config file; its other keys "
-            "are pypi_mirror.py's and ignored here). "
+            "--mirror-dir, --state and --storage are read like pypi_mirror.py reads them "
+            "(environment PYPI_MIRROR_MIRROR_DIR, PYPI_MIRROR_STATE, PYPI_MIRROR_STORAGE, the "
+            "--config file; its other keys are pypi_mirror.py's and ignored here). "
             "Exit codes: 0 written, 1 failed (I/O error, mirror not ready), 2 usage error, "
             "3 mirror locked by a running sync, 130 interrupted."
         ),
@@ -439,7 +493,9 @@ def build_parser() -> argparse.ArgumentParser:
     # The mirror and its state come from pypi_mirror.py's own settings (flags,
     # PYPI_MIRROR_* variables, the same --config file), so the two always agree.
     settings.add_config_argument(parser)
-    settings.add_options(parser, [o for o in settings.OPTIONS if o.key in ("mirror-dir", "state")])
+    settings.add_options(
+        parser, [o for o in settings.OPTIONS if o.key in ("mirror-dir", "state", "storage")]
+    )
     parser.add_argument(
         "--output",
         type=settings.argparse_type(OUTPUT_OPTION),
@@ -473,6 +529,7 @@ def parse_options(args: argparse.Namespace, environ: Mapping[str, str] = os.envi
         workers=args.workers,
         executor=args.executor,
         state_given=paths.state_path is not None,
+        storage=paths.storage,
     )
 
 

@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 from pypi_index_mirror.mirror.state import OutboxTask, PublishTask, State
 from pypi_index_mirror.mirror.store import (
     TUF_HASH_ALGORITHM,
+    FileDigest,
     MirrorLayout,
     crash_point,
     digest_file,
@@ -131,8 +132,11 @@ class RstufDelivery:
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        read_target: Callable[[str], FileDigest] | None = None,
     ) -> None:
         self.box = state.outbox
+        # a target's bytes as served now (FileNotFoundError: gone); a bucket's, with --storage
+        self.read_target = read_target or (lambda path: digest_file(layout.path_of_target(path)))
         self.layout, self.client, self.save = layout, client, save
         self.batch, self.budget = batch, budget
         self.clock, self.monotonic, self.sleep = clock, monotonic, sleep
@@ -382,7 +386,7 @@ class RstufDelivery:
         adds, removes = [], []
         for path in paths:
             try:
-                digest = digest_file(self.layout.path_of_target(path))
+                digest = self.read_target(path)
             except (FileNotFoundError, NotADirectoryError):
                 removes.append(path)
                 continue
@@ -446,6 +450,6 @@ class RstufDelivery:
 
     def _digest_on_disk(self, target: str) -> str | None:
         try:
-            return digest_file(self.layout.path_of_target(target)).hexdigest
+            return self.read_target(target).hexdigest
         except (FileNotFoundError, NotADirectoryError):
             return None

@@ -67,7 +67,6 @@ from pypi_index_mirror.mirror.safety import (
     canonical_url,
     check_identity,
     check_serial,
-    has_project_pages,
     locate_state,
     read_mirror_facts,
     state_elsewhere,
@@ -82,6 +81,8 @@ from pypi_index_mirror.mirror.state import (
     save_state,
 )
 from pypi_index_mirror.mirror.store import (
+    JSON_ROOT_TARGET,
+    ROOT_TARGET,
     TUF_HASH_ALGORITHM,
     InvalidProjectName,
     MirrorLayout,
@@ -152,6 +153,7 @@ if TYPE_CHECKING:
     # imported where an audit or the bootstrap check runs: python-tuf and its signers
     # (boto3 among them) were 20 MiB and a third of every run's start-up
     from pypi_index_mirror.audit import tuf as tuf_audit
+    from pypi_index_mirror.mirror.storage import Storage
 
 log = logging.getLogger(__name__)
 # The one line every run ends with, whatever its exit; INFO even under -q (see `main`).
@@ -339,6 +341,7 @@ class Sync:
         self.rstuf_misconfigured: rstuf_client.RstufMisconfigured | None = None
         self.pages_changed = False
         self.marker_owed = False  # write the marker before the next state save
+        self.storage: Storage | None = None  # --storage: the served tree's store (bucket)
         self.upstream_changed = False
         self.applying = False  # inside a section a signal must not cut: do not save then
         self.breaker = CircuitBreaker(config.failure_limit)
@@ -366,6 +369,8 @@ class Sync:
             raise Stopped(stop.signum, self.save_after_stop()) from None
         finally:
             self.settle_summary()
+            if self.storage is not None:
+                self.storage.close()  # and logs the requests the store was asked
 
     def sync(self) -> int:
         config = self.config
@@ -449,10 +454,15 @@ class Sync:
     def check_identity(self) -> tuple[Verdict, MirrorFacts]:
         """Read the state and the mirror; refuse (MirrorMismatch) if they do not belong together."""
         self.state = load_state(self.state_file)
-        self.writer = MirrorWriter(self.layout, self.state)
+        self.writer = self.make_writer()
         self.loaded = True
         self.summary.serial_before = self.state.serial
-        facts = read_mirror_facts(self.layout)
+        if self.storage is None:
+            facts = read_mirror_facts(self.layout)
+        else:
+            from pypi_index_mirror.mirror.storage import storage_facts
+
+            facts = storage_facts(self.layout, self.storage)
         verdict = check_identity(
             self.state,
             facts,
@@ -463,6 +473,19 @@ class Sync:
             None if self.state.read_schema else state_elsewhere(self.state_file, self.layout),
         )
         return verdict, facts
+
+    def make_writer(self) -> MirrorWriter:
+        """The writer for the served tree: on disk, or in the --storage bucket (opened once)."""
+        if not self.config.storage:
+            return MirrorWriter(self.layout, self.state)
+        # only with --storage: a directory mirror never loads the store's code (or boto3)
+        from pypi_index_mirror.mirror.storage import StoreWriter, open_storage
+
+        if self.storage is None:
+            self.storage = open_storage(
+                self.config.storage, self.layout, self.config.retries, self.config.backoff
+            )
+        return StoreWriter(self.layout, self.state, self.storage)
 
     def record_identity(self, verdict: Verdict, facts: MirrorFacts) -> None:
         """Take the verdict's identity into the state; the next save makes it durable."""
@@ -538,7 +561,10 @@ class Sync:
         if self.config.dry_run:
             return
         if self.marker_owed:
-            write_marker(self.layout, self.state.mirror_id or "")
+            if self.storage is None:
+                write_marker(self.layout, self.state.mirror_id or "")
+            else:
+                self.storage.write_marker(self.state.mirror_id or "")
             self.marker_owed = False
         crash_point("state-save", (why,))
         save_state(self.state_file, self.state)
@@ -676,7 +702,7 @@ class Sync:
         # --full-check into an empty mirror registers every page with RSTUF (the way out
         # when RSTUF signs pages already); a first sync leaves them to the bootstrap CSV
         first = starting and self.state.serial is None and not self.config.full_check
-        first = first and not (self.layout.root_page.exists() or has_project_pages(self.layout))
+        first = first and not (self.writer.target_exists(ROOT_TARGET) or self.writer.any_project())
         if first:
             self.refuse_first_sync_under_signed_pages()
         wanted, last_serial = self.fetch_listing(last_serial)
@@ -798,7 +824,7 @@ class Sync:
             def listed(name: str) -> bool:
                 return outcome.lists(name, if_failed=name in unsure and has_page(name))
 
-        if done or has_project_pages(self.layout):  # never an empty root for a failed sync
+        if done or self.writer.any_project():  # never an empty root for a failed sync
             self.write_roots(
                 lambda: (
                     (name, item.display_name, serials.get(name, item.serial))
@@ -824,7 +850,7 @@ class Sync:
         self.state.first_sync = False
 
     def target_exists(self, target: str) -> bool:
-        return self.layout.path_of_target(target).exists()
+        return self.writer.target_exists(target)
 
     def on_disk_serial(
         self, serials: dict[str, int], name: str, listed: PendingProject
@@ -839,7 +865,7 @@ class Sync:
         serial = self.writer.local_serial(name, primary.basename)
         if serial is None:
             return None
-        if any(not self.layout.project_page(name, form.basename).exists() for form in others):
+        if any(not self.writer.has_page(name, form.basename) for form in others):
             return None
         if serial > listed.serial:
             serials[name] = serial
@@ -876,17 +902,17 @@ class Sync:
     def remove_root(self, form: PageFormat, record_change: bool) -> None:
         """Remove a root index (its form is no longer mirrored); its copy keeps its grace."""
         path = self.layout.path_of_target(form.root_target)
-        if not path.exists():
+        old_digest = self.writer.root_digest(path)
+        if old_digest is None:
             return
         if self.config.dry_run:
             self.out(f"remove {form.root_target}")
             return
-        old_digest = digest_file(path).hexdigest
         self.writer.retire(path.parent / prefixed_name(old_digest, path.name))
         if record_change and self.owes_rstuf:
             self.state.outbox.owe({form.root_target: old_digest})
         self.save("root-intent")  # intent first, as for pages
-        path.unlink()
+        self.writer.unlink_target(path)
 
     # the project filter
 
@@ -1074,11 +1100,11 @@ class Sync:
 
     def iter_root_members(self) -> Iterator[tuple[str, str]]:
         """(normalized, display) of every project the mirror lists, streamed from its root."""
-        if HTML in self.forms and self.layout.root_page.exists():
-            with open(self.layout.root_page, "rb") as current:
+        if HTML in self.forms and self.writer.target_exists(ROOT_TARGET):
+            with self.writer.open_target(self.layout.root_page) as current:
                 yield from iter_root_index(current)
-        elif self.layout.json_root_page.exists():
-            with open(self.layout.json_root_page, "rb") as current:
+        elif self.writer.target_exists(JSON_ROOT_TARGET):
+            with self.writer.open_target(self.layout.json_root_page) as current:
                 for name, (display, _serial) in iter_json_root(current):
                     yield name, display
 
@@ -1123,7 +1149,7 @@ class Sync:
 
     def merged(self, form: PageFormat, read: Callable, changes: dict) -> Iterator[tuple[str, T]]:
         try:
-            with open(self.layout.path_of_target(form.root_target), "rb") as current:
+            with self.writer.open_target(self.layout.path_of_target(form.root_target)) as current:
                 yield from merge_root(read(current), changes)
         except FileNotFoundError:
             yield from merge_root([], changes)
@@ -1169,7 +1195,7 @@ class Sync:
         if record_change and self.owes_rstuf:
             self.state.outbox.owe({form.root_target: old_digest})
         self.save("root-intent")
-        directory.mkdir(parents=True, exist_ok=True)
+        self.writer.make_directory(directory)
         self.writer.install(directory, temp, digest, basename)
         if old_copy is not None:
             self.writer.retire(old_copy)  # the grace starts at the real replacement
@@ -1343,6 +1369,7 @@ class Sync:
         """Whether a helper process may take half of this first sync (see `fetch_all`)."""
         return (
             self.config.processes > 1
+            and not self.config.storage  # the helper writes to the directory only
             and self.config.workers > 1
             and not self.config.dry_run
             and (os.cpu_count() or 1) > 1
@@ -1615,6 +1642,7 @@ class Sync:
                 self.save_delivery_step,
                 batch=self.config.rstuf_batch,
                 budget=self.budget,
+                read_target=self.writer.target_digest,
             )
         self.progress.start(self.unconfirmed(), "delivering", unit="paths")
         report = self.delivery.deliver(wait)
@@ -1721,7 +1749,9 @@ class Sync:
         """
         self.started = time.monotonic()
         served = self.layout.served_dir
-        if not served.is_dir():
+        if self.config.storage:
+            self.writer = self.make_writer()  # opens the bucket: a missing one is refused here
+        elif not served.is_dir():
             raise ToolError(
                 f"{served}: no served tree to audit (check --mirror-dir, or run pypi_mirror.py "
                 "until its first sync finishes)"
@@ -1766,8 +1796,17 @@ class Sync:
             if also is not None:
                 also(difference)
 
+        listing = None
+        if self.storage is not None:
+            from pypi_index_mirror.mirror.storage import audit_listing
+
+            listing = audit_listing(self.storage)
         report = tuf_audit.audit(
-            audit_settings(self.config), self.layout, emit, self.pypi.environment
+            audit_settings(self.config),
+            self.layout,
+            emit,
+            environment=self.pypi.environment,
+            listing=listing,
         )
         self.out(report.line())
         if owed_found:
@@ -1872,11 +1911,13 @@ class Sync:
 
         served = os.fspath(self.layout.served_dir)
         file = self.layout.path_of_target(path)
-        if file.is_file():
-            self.writer.ensure_copy(file.parent, digest_file(file).hexdigest, file.name)
-        in_step = not tuf_audit.differences(
-            path, signed, tuf_audit.read_disk_facts(served, path, signed)
-        )
+        if self.storage is not None:
+            found = self.stored_facts(path, signed)
+        else:
+            if file.is_file():
+                self.writer.ensure_copy(file.parent, digest_file(file).hexdigest, file.name)
+            found = tuf_audit.read_disk_facts(served, path, signed)
+        in_step = not tuf_audit.differences(path, signed, found)
         box = self.state.outbox
         if in_step and path not in in_flight:
             box.dirty.discard(path)
@@ -1885,6 +1926,25 @@ class Sync:
         if path not in in_flight:  # the audit read what RSTUF signs: that copy is kept
             box.signed[path] = dict(signed.hashes).get(TUF_HASH_ALGORITHM, "") if signed else ""
         box.dirty.add(path)
+
+    def stored_facts(self, path: str, signed: tuf_audit.SignedTarget | None) -> tuf_audit.DiskFacts:
+        """`settle`'s facts for a bucket (--storage): the page read, its copy put if lost."""
+        from pypi_index_mirror.audit import tuf as tuf_audit  # see TYPE_CHECKING above
+
+        try:
+            digest = self.writer.target_digest(path)
+        except FileNotFoundError:
+            return tuf_audit.NO_FILE
+        file = self.layout.path_of_target(path)
+        self.writer.ensure_copy(file.parent, digest.hexdigest, file.name)
+        copies = {digest.hexdigest: digest.length}
+        if signed is not None and signed.copy_digest not in copies:
+            old = f"{path.rpartition('/')[0]}/" if "/" in path else ""
+            old_copy = f"{old}{prefixed_name(signed.copy_digest, file.name)}"
+            if self.storage is not None and self.storage.exists(old_copy):
+                copies[signed.copy_digest] = signed.length  # kept as written: named by digest
+        listed = tuf_audit.Listed(digest.length, digest.hexdigest, copies)
+        return tuf_audit.listed_disk_facts(listed, signed)
 
 
 def project_of_target(path: str) -> str | None:
