@@ -5,8 +5,9 @@ from __future__ import annotations
 import threading
 import time
 
-from pypi_index_mirror.sync.fetch_loop import FetchLoop
 from pypi_index_mirror.sync.worker_pool import map_unordered
+
+from pypi_index_mirror.sync.fetch_loop import FetchLoop
 from pypi_index_mirror.upstream.transport import PageLoop, TransportSettings
 
 SETTINGS = TransportSettings("http://127.0.0.1:9", None, None, None, 1.0, 1.0, 1 << 20)

@@ -36,6 +36,7 @@ from pypi_index_mirror.upstream.transport import PageAnswer, PageLoop, PageTrans
 T = TypeVar("T")  # an item to fetch
 F = TypeVar("F")  # its fetch in progress
 R = TypeVar("R")  # its result
+R_co = TypeVar("R_co", covariant=True)
 
 POLL = 0.05  # seconds: the loop asks the steps whether the run halted at least this often
 
@@ -47,7 +48,7 @@ class Pause:
     seconds: float
 
 
-class ProjectSteps(Protocol[T, F, R]):
+class ProjectSteps(Protocol[T, F, R_co]):
     """The rules of one project's fetch, for a loop that makes the requests."""
 
     def begin(self, item: T) -> F:
@@ -56,7 +57,7 @@ class ProjectSteps(Protocol[T, F, R]):
 
     def step(
         self, fetch: F, outcome: PageAnswer | PageTransportError | None
-    ) -> tuple[str, str] | Pause | R:
+    ) -> tuple[str, str] | Pause | R_co:
         """After `outcome` (None: nothing asked yet, or a pause ended): the next GET's
         (path, accept), a `Pause` before going on, or the project's result."""
         ...
@@ -65,7 +66,7 @@ class ProjectSteps(Protocol[T, F, R]):
         """Whether the run stopped fetching (asked between steps, at least every `POLL` s)."""
         ...
 
-    def unfetched(self, item: T) -> R:
+    def unfetched(self, item: T) -> R_co:
         """The result of an item the run halted before it was fetched."""
         ...
 
@@ -151,8 +152,9 @@ class _Engine(Generic[T, F, R]):
         """Take `fetch`'s next step: a request started, a timer set, or its result (boxed)."""
         step = self.steps.step(fetch, outcome)
         if isinstance(step, tuple):
+            path, accept = step
             self.in_flight[id(fetch)] = fetch
-            self.loop.start(*step, tag=fetch)
+            self.loop.start(path, accept, tag=fetch)
             return None
         if isinstance(step, Pause):
             due = self.clock() + max(0.0, step.seconds)

@@ -1711,6 +1711,9 @@ def count_owed_work(summary: Summary, state_file: Path) -> None:
 
 def run(config: Config, summary: Summary | None = None) -> int:
     configure_logging(config.verbose, config.quiet)
+    for removed in settings.REMOVED_OPTIONS:
+        if removed.key in config.removed_options:
+            log.warning("%s", removed.warning)
     if config.mirror_dir.exists() and not config.mirror_dir.is_dir():
         raise UsageError(
             f"--mirror-dir {config.mirror_dir} is not a directory: give the mirror's "
