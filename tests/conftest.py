@@ -2,7 +2,7 @@
 
 Two layers. This process's Python sockets refuse to connect anywhere but loopback
 (`loopback_only`). Everything else that speaks HTTP, in this process or in a child (libcurl,
-requests, urllib3, the command line run as a subprocess and the helper it forks, pip and uv)
+requests, urllib3, the command line run as a subprocess, pip and uv)
 reads the proxy variables set here: every host but loopback goes through a "proxy" on a
 loopback port that is bound and never listens, so such a request is refused at once, with
 no connection and no name lookup leaving the machine (a client resolves a name only when it

@@ -432,7 +432,7 @@ class Reply:
 
 # kind -> the keyword parameters it takes
 FAULT_PARAMS: dict[str, frozenset[str]] = {
-    "status": frozenset({"code"}),
+    "status": frozenset({"code", "retry_after"}),
     "rate_limit": frozenset({"seconds"}),
     "xmlrpc_rate_limit": frozenset({"seconds"}),
     "xmlrpc_fault": frozenset({"code", "string"}),
@@ -1110,7 +1110,8 @@ class FakePyPI:
         ``/simple/<name>/`` and ``/pypi/<name>/json``) or an XML-RPC method name. Faults for
         one target fire in the order they were armed. Kinds and parameters:
 
-        - ``status`` (code=503): that status with an HTML error body.
+        - ``status`` (code=503, retry_after=None): that status with an HTML error body (and
+          a ``Retry-After`` header of that many seconds, if given).
         - ``rate_limit`` (seconds=1): HTTP 429 with ``Retry-After``.
         - ``xmlrpc_rate_limit`` (seconds=1): warehouse's -32500 ``HTTPTooManyRequests`` fault.
         - ``xmlrpc_fault`` (code=-32500, string=…): another fault.
@@ -1972,7 +1973,9 @@ class FakePyPI:
         kind, params = fault.kind, fault.params
         content_type = XMLRPC_CONTENT_TYPE if xmlrpc else CONTENT_TYPES[MIME_HTML]
         if kind == "status":
-            return _error_reply(int(params.get("code", 503)))
+            hint = params.get("retry_after")
+            extra = [] if hint is None else [("Retry-After", str(hint))]
+            return _error_reply(int(params.get("code", 503)), extra)
         if kind == "rate_limit":
             return _error_reply(429, [("Retry-After", str(params.get("seconds", 1)))])
         if kind == "reset":

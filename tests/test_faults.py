@@ -186,8 +186,8 @@ def test_first_sync_keeps_a_failing_project_pending(tmp_path: Path, pypi: FakePy
 def test_first_sync_page_that_keeps_failing_gets_the_same_retries(
     tmp_path: Path, pypi: FakePyPI, capsys: pytest.CaptureFixture[str], fault: str
 ) -> None:
-    """A first sync's pages are requested by one thread's page loop (fetch_loop), which hands
-    a failure to a worker thread: the same attempts, bound and record as in an update."""
+    """A first sync's pages are requested by the same engine as an update's (fetch_loop),
+    its retries timers on the loop: the same attempts, bound and record as in an update."""
     kind, params, retried, words = PAGE_FAULTS[fault]
     pypi.inject("numpy", kind, times=50, **params)
     mirror = Mirror(tmp_path / "m", tmp_path / "state.json", pypi.url)

@@ -25,6 +25,7 @@ from pypi_index_mirror.http.retry import (
     call_with_retries,
     iter_capped,
     parse_retry_after,
+    pause_before_retry,
     read_capped,
     retry_after_of,
 )
@@ -157,6 +158,26 @@ def test_a_first_attempt_made_elsewhere_counts_as_the_first(
         "x: reset; retry 1/3 in 1.0s",
         "x: HTTP 503; retry 2/3 in 2.0s",
     ]
+
+
+def test_the_engine_s_pauses_are_the_ones_call_with_retries_sleeps(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The fetch engine sets timers of `pause_before_retry`: the same backoff, hint, cap,
+    attempt count and log line as the pauses `call_with_retries` sleeps."""
+    slept: list[float] = []
+    failures = [Retryable("HTTP 502"), Retryable("429", retry_after=1e9), Retryable("reset")]
+    with caplog.at_level(logging.INFO, log.name):
+        with pytest.raises(Retryable):
+            call_with_retries(Flaky(*failures, Retryable("last")), policy(3, slept), "x", log)
+        slept_lines = [r.getMessage() for r in caplog.records]
+        caplog.clear()
+        pauses = [
+            pause_before_retry(exc, number, policy(3, []), "x", log, logging.WARNING)
+            for number, exc in enumerate([*failures, Retryable("last")])
+        ]
+    assert pauses == [*slept, None] == [1.0, MAX_RETRY_AFTER, 4.0, None]
+    assert [r.getMessage() for r in caplog.records] == slept_lines
 
 
 def test_a_first_attempt_made_elsewhere_with_no_retries_left_is_raised() -> None:

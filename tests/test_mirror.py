@@ -61,14 +61,14 @@ def test_a_first_sync_keeps_at_most_workers_requests_in_flight(
     tmp_path: Path, pypi: FakePyPI
 ) -> None:
     """One thread's page loop makes a first sync's requests (fetch_loop): no more at once
-    than ``--workers``, as the threads it replaced, whatever it could start. Six pages each
-    held 0.3 s, two at a time, take three rounds."""
+    than ``--workers``, whatever it could start. Six pages each held 0.3 s, two at a time,
+    take three rounds."""
     pypi.add_release("six", "1.0")
     for name in pypi.project_names():
         pypi.inject(name, "slow", times=1, seconds=0.3)
     mirror = Mirror(tmp_path / "m", tmp_path / "state.json", pypi.url)
     started = time.monotonic()
-    assert mirror.run("--workers", "2", "--processes", "1") == 0
+    assert mirror.run("--workers", "2") == 0
     assert time.monotonic() - started >= 0.9
     assert_mirror_matches_upstream(mirror)
 

@@ -855,19 +855,6 @@ def test_circuit_breaker_trips_once_on_a_run_of_failures() -> None:
     assert not any(never.record(False) for _ in range(1000))
 
 
-def test_a_shared_breaker_counts_the_failures_of_both_processes() -> None:
-    """--processes 2: PyPI failing trips it within the limit over both processes' requests."""
-    breaker = CircuitBreaker(3).shared()
-    assert [breaker.record(False) for _ in range(2)] == [False, False]
-    child = os.fork()
-    if child == 0:  # the helper's failure is the third in a row
-        os._exit(0 if breaker.record(False) else 1)
-    _, status = os.waitpid(child, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, "the helper did not see the parent's streak"
-    assert breaker.tripped and breaker.streak == 3, "the parent did not see the helper's trip"
-    assert not breaker.record(False), "tripped once, for both"
-
-
 def test_dry_run_plan_lines() -> None:
     to_fetch = {"a": PendingProject("A", 5, True), "gone": PendingProject("gone", 6, False)}
     owed = ["simple/gone/index.html", "simple/b/index.html"]

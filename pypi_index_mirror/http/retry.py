@@ -157,11 +157,27 @@ def _pause_or_raise(
 ) -> None:
     """After attempt `number` (0: the first) failed with `exc`: re-raise it if no retry is
     left, else log why and sleep until the next."""
-    if number >= policy.retries:
+    delay = pause_before_retry(exc, number, policy, what, log, level)
+    if delay is None:
         raise exc
+    policy.sleep(delay)
+
+
+def pause_before_retry(
+    exc: Retryable, number: int, policy: RetryPolicy, what: str, log: logging.Logger, level: int
+) -> float | None:
+    """After attempt `number` (0: the first) failed with `exc`: the seconds to wait before the
+    next, logged with why; None when no retry is left.
+
+    `call_with_retries` sleeps them; the page engine (``sync.fetch_loop``) sets a
+    timer on its loop instead, so both keep the same attempts, backoff, jitter
+    and Retry-After cap.
+    """
+    if number >= policy.retries:
+        return None
     delay = retry_delay(number, policy.backoff, exc.retry_after, policy.rng)
     log.log(level, "%s: %s; retry %d/%d in %.1fs", what, exc, number + 1, policy.retries, delay)
-    policy.sleep(delay)
+    return delay
 
 
 # --- how much to read

@@ -41,6 +41,12 @@ from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
 
+from pypi_index_mirror.http.retry import (
+    Retryable,
+    RetryPolicy,
+    call_with_retries,
+    retry_after_of,
+)
 from pypi_index_mirror.mirror.storage import (
     MARKER_KEY,
     Storage,
@@ -50,12 +56,6 @@ from pypi_index_mirror.mirror.storage import (
     object_headers,
 )
 from pypi_index_mirror.ops.cli import ToolError
-from pypi_index_mirror.http.retry import (
-    Retryable,
-    RetryPolicy,
-    call_with_retries,
-    retry_after_of,
-)
 
 log = logging.getLogger(__name__)
 

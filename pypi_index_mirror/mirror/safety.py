@@ -24,8 +24,6 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
 from pypi_index_mirror.mirror.roots import ROOT_FOOTER, ROOT_HEADER, render_json_root_lines
 from pypi_index_mirror.mirror.state import State, StateError, load_state, looks_like_state
@@ -407,54 +405,27 @@ def check_serial(serial: int | None, last_serial: int, upstream: str, state_file
 class CircuitBreaker:
     """Trips once `limit` page requests have failed in a row; any success resets the count.
 
-    Fed by every attempt of every worker, so a single project failing its
+    Fed by every attempt of every project, so a single project failing its
     retries never trips it while others succeed, but an upstream answering
     nothing useful does within `limit` requests. A limit of 0 never trips.
-    `shared` makes one that a forked helper process feeds too (fetch_helper).
+    Used from the fetch engine's one thread: no lock.
     """
 
-    def __init__(self, limit: int, cells: tuple[Any, Any, Any] | None = None) -> None:
+    def __init__(self, limit: int) -> None:
         self.limit = limit
-        # (streak, tripped, lock): plain values here, shared memory in `shared`
-        self._streak, self._tripped, self._lock = cells or (
-            SimpleNamespace(value=0),
-            SimpleNamespace(value=0),
-            threading.Lock(),
-        )
-
-    @property
-    def streak(self) -> int:
-        return self._streak.value
-
-    @property
-    def tripped(self) -> bool:
-        return bool(self._tripped.value)
-
-    def shared(self) -> CircuitBreaker:
-        """The same breaker in memory that survives a fork: failures in a row count across
-        both processes, and both see it tripped, whichever tripped it."""
-        import multiprocessing  # only for the run that forks (see fetch_helper)
-
-        return CircuitBreaker(
-            self.limit,
-            (
-                multiprocessing.RawValue("q", self.streak),
-                multiprocessing.RawValue("b", int(self.tripped)),
-                multiprocessing.Lock(),
-            ),
-        )
+        self.streak = 0
+        self.tripped = False
 
     def record(self, ok: bool) -> bool:
         """Count one request's outcome; True exactly once, for the failure that trips it."""
-        with self._lock:
-            if ok:
-                self._streak.value = 0
-                return False
-            self._streak.value += 1
-            if self.limit and not self._tripped.value and self._streak.value >= self.limit:
-                self._tripped.value = 1
-                return True
+        if ok:
+            self.streak = 0
             return False
+        self.streak += 1
+        if self.limit and not self.tripped and self.streak >= self.limit:
+            self.tripped = True
+            return True
+        return False
 
 
 class FetchHalted(Exception):
@@ -462,7 +433,7 @@ class FetchHalted(Exception):
 
 
 class Halt:
-    """Tells the fetch threads to stop: at their next attempt, or at once if they wait.
+    """Tells the fetching to stop: the engine at its next turn, a retry's pause at once.
 
     A signal held back by `cli_support.deferred_stops` halts them too: they
     read its flag themselves, so no lock is ever taken in a signal handler.

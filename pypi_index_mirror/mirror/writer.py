@@ -385,7 +385,7 @@ class MirrorWriter:
 
     def prepare(self, change: Change) -> bool:
         """Before `apply`: record what it will retire; True if the state must be saved first."""
-        directory = self.layout.project_dir(change.name)
+        directory = f"{self._simple}/{change.name}"  # a str: `_relative` cuts its prefix
         return self.retire_replaced(directory, change.old, change.page.body, change.basename)
 
     def retire_replaced(
@@ -404,10 +404,10 @@ class MirrorWriter:
         """
         if old is None or old == new:
             return False
-        self.retire(Path(directory, prefixed_name(hexdigest_of(old), basename)))
+        self.retire(f"{os.fspath(directory)}/{prefixed_name(hexdigest_of(old), basename)}")
         return True
 
-    def retire(self, copy: Path) -> None:
+    def retire(self, copy: str | Path) -> None:
         """Start (or restart) `copy`'s grace period now."""
         self.state.retired[self._relative(copy)] = self.clock()
 

@@ -41,9 +41,7 @@ class Config:
     storage: str | None = None  # s3://BUCKET[/PREFIX]: the served tree there; None: mirror_dir
     pypi_url: str = "https://pypi.org"
     workers: int = 10
-    # a clean first sync's processes: one keeps the stand-in's pages/s at 0.21 ms of CPU a
-    # page; a second (on a second core) only adds CPU (docs/performance.md)
-    processes: int = 1
+    removed_options: tuple[str, ...] = ()  # REMOVED_OPTIONS given anyway: warned, ignored
     full_check: bool = False
     # take an empty or shrunken project listing as the truth, this run (see listing_refusal)
     trust_listing: bool = False
@@ -114,6 +112,38 @@ class Option:
         if self.env is None:
             return None
         return self.env or "PYPI_MIRROR_" + self.key.upper().replace("-", "_")
+
+
+@dataclass(frozen=True)
+class RemovedOption:
+    """An option a release removed. Still accepted as a flag, an environment variable and a
+    config key, so old cron lines, units and config files keep working; hidden from
+    ``--help`` and the reference, and ignored with one warning saying why (`why`)."""
+
+    key: str
+    why: str
+
+    @property
+    def dest(self) -> str:
+        return "removed_" + self.key.replace("-", "_")
+
+    @property
+    def env_name(self) -> str:
+        return "PYPI_MIRROR_" + self.key.upper().replace("-", "_")
+
+    @property
+    def warning(self) -> str:
+        return f"--{self.key} ({self.env_name}, {self.key} in a config file) is ignored: {self.why}"
+
+
+REMOVED_OPTIONS = (
+    RemovedOption(
+        "processes",
+        "the helper process it forked is gone: every page is fetched by one thread's "
+        "libcurl loop, which keeps up with the upstream on one core (a second process only "
+        "added CPU); drop it from the command line, the environment and the config file",
+    ),
+)
 
 
 def url(text: str) -> str:
@@ -223,13 +253,6 @@ OPTIONS: tuple[Option, ...] = (
     # at 20 and 50 ms); 10 is the most bandersnatch lets a mirror run against PyPI, so the
     # default stays there and more is the operator's choice.
     Option("workers", "concurrent page fetches", number(int, 1, 32)),
-    Option(
-        "processes",
-        "processes that fetch and write a first sync into an empty mirror: with 2 (and a "
-        "second core) a helper process takes every other project and half the --workers; "
-        "one is enough unless this machine's CPU is what limits the sync",
-        number(int, 1, 2),
-    ),
     Option(
         "full-check",
         "compare PyPI's whole listing with the mirror: fetch what is missing or behind, "
@@ -512,6 +535,10 @@ def build_parser(
     )
     add_config_argument(parser)
     add_options(parser, options)
+    for removed in REMOVED_OPTIONS:  # accepted, whatever its value, and ignored (see run)
+        parser.add_argument(
+            f"--{removed.key}", dest=removed.dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
     parser.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
     return parser
 
@@ -570,7 +597,9 @@ def argparse_type(option: Option) -> Callable[[str], Any]:
     return convert
 
 
-def load_config_file(path: Path, options: Sequence[Option] = OPTIONS) -> dict[str, Any]:
+def load_config_file(
+    path: Path, options: Sequence[Option] = OPTIONS, removed: Sequence[RemovedOption] | None = None
+) -> dict[str, Any]:
     """Read a TOML config file into {dest: value}; raise UsageError naming what is wrong.
 
     Every key is checked against `options` (the whole table, even when the caller
@@ -586,8 +615,14 @@ def load_config_file(path: Path, options: Sequence[Option] = OPTIONS) -> dict[st
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
     known = {option.key: option for option in options if option.in_file}
+    if removed is None:
+        removed = REMOVED_OPTIONS if options is OPTIONS else ()
+    gone = {option.key: option for option in removed}
     values: dict[str, Any] = {}
     for key, raw in document.items():
+        if key in gone:  # an old file: accepted, ignored (see RemovedOption)
+            values[gone[key].dest] = raw
+            continue
         option = known.get(key)
         if option is None:
             raise UsageError(f"config file {path}: unknown key {key!r}{unknown_key_hint(key)}")
@@ -674,6 +709,13 @@ def resolve(
             for key in EXCLUSIVE:
                 values.pop(key, None)
         values.update(layer)
+    removed = tuple(
+        option.key
+        for option in REMOVED_OPTIONS
+        if option.dest in given or option.dest in from_file or environ.get(option.env_name)
+    )
+    if removed:
+        values["removed_options"] = removed
     return values
 
 

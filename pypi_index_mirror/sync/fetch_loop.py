@@ -1,42 +1,54 @@
-"""A first sync's pages from one thread per process: many requests in flight, no rival for the GIL.
+"""The one fetch engine: every project page of a run, from one thread, with many requests in flight.
 
 A first sync is hundreds of thousands of small pages, each fetched, checked
-and written. Worker threads each blocked on one request contend for the GIL
-at every header line libcurl hands back and every syscall of a write: with
-five threads in a process, each piece of a page's work measured three times
-its cost alone (``time.thread_time`` per piece). `FetchLoop` is a
-`worker_pool.Engine`: one thread keeps up to ``--workers`` (its process's
-share) requests in flight on a `page_transport.PageLoop` and does each
-project's work itself as its answers arrive.
+and written; an update, ``--full-check`` and ``--repair`` are the same work
+on fewer of them. Threads each blocked on one request contend for the GIL at
+every header line libcurl hands back and every syscall of a write: with five
+threads in a process, each piece of a page's work measured three times its
+cost alone (``time.thread_time`` per piece). `fetch_each` keeps up to
+``--workers`` projects in progress on a `transport.PageLoop` (libcurl's multi
+interface) on the thread that consumes the results, and does each project's
+work itself as its answers arrive.
 
-It runs only a project's first round of requests, the one that nearly always
-settles it. The rules are not here but in `ProjectSteps` (`Sync` in
-pypi_mirror.py), the same code a worker thread runs: what to request next,
-how to judge an answer, when the round is done. A project that needs a retry
-(a connection failure, a 5xx or 429, a page older than the listing) goes to a
-worker thread, which goes on from that failure exactly as a worker that had
-made the request itself would (same pauses, same number of attempts), so
-nothing slow or patient ever holds up the loop.
+A retry is a timer on the loop, not a sleeping thread: a heap of (due time,
+fetch), its pause chosen by the one retry policy (``http.retry``) wherever the
+rules ask for it. A project waiting out a pause keeps its slot, as a thread
+sleeping in it did: a struggling PyPI is not handed more projects at once.
+
+The rules are not here but in a `ProjectSteps` (``sync.page_steps``): what to
+request next, how to judge an answer, when to pause, when the project is
+done. Once the steps say the run halted (circuit breaker, signal), nothing
+more is asked: the transfers in flight are dropped, the pauses end at once,
+and every project left comes back as the steps' `unfetched` result.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+import heapq
+import itertools
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
-from pypi_index_mirror.sync.worker_pool import Source
 from pypi_index_mirror.upstream.transport import PageAnswer, PageLoop, PageTransportError
 
-T = TypeVar("T")  # an item of the pool
-F = TypeVar("F")  # a project's fetch in progress
+T = TypeVar("T")  # an item to fetch
+F = TypeVar("F")  # its fetch in progress
 R = TypeVar("R")  # its result
+R_co = TypeVar("R_co", covariant=True)
 
-POLL = 0.05  # seconds: the loop looks at the pool (stopped? room?) at least this often
+POLL = 0.05  # seconds: the loop asks the steps whether the run halted at least this often
 
 
-class ProjectSteps(Protocol[T, F, R]):
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """A step's answer: call `step(fetch, None)` again after `seconds` (a retry's pause)."""
+
+    seconds: float
+
+
+class ProjectSteps(Protocol[T, F, R_co]):
     """The rules of one project's fetch, for a loop that makes the requests."""
 
     def begin(self, item: T) -> F:
@@ -45,107 +57,140 @@ class ProjectSteps(Protocol[T, F, R]):
 
     def step(
         self, fetch: F, outcome: PageAnswer | PageTransportError | None
-    ) -> tuple[str, str] | R | None:
-        """After `outcome` (None: nothing asked yet): the next GET's (path, accept), the
-        project's result, or None when it needs a retry (`go_on` does that)."""
+    ) -> tuple[str, str] | Pause | R_co:
+        """After `outcome` (None: nothing asked yet, or a pause ended): the next GET's
+        (path, accept), a `Pause` before going on, or the project's result."""
         ...
 
-    def go_on(self, fetch: F) -> R:
-        """Finish `fetch` from where `step` left it, retrying as a worker thread does."""
+    def halted(self) -> bool:
+        """Whether the run stopped fetching (asked between steps, at least every `POLL` s)."""
+        ...
+
+    def unfetched(self, item: T) -> R_co:
+        """The result of an item the run halted before it was fetched."""
+        ...
+
+    def item_of(self, fetch: F) -> T:
+        """The item `fetch` began from."""
         ...
 
 
-class FetchLoop(Generic[T, F, R]):
-    """A `worker_pool.Engine` running `steps` for every item on one thread (see module doc)."""
+def fetch_each(
+    steps: ProjectSteps[T, F, R],
+    items: Iterator[T],
+    workers: int,
+    new_loop: Callable[[], PageLoop],
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Iterator[R]:
+    """Yield the result of every item, as each project ends, with up to `workers` in progress.
 
-    def __init__(self, steps: ProjectSteps[T, F, R], new_loop: Callable[[], PageLoop]) -> None:
-        self.steps = steps
-        self.new_loop = new_loop  # called in the thread (the process) that runs the loop
-
-    def __call__(self, source: Source[T, R]) -> None:
-        run = _Run(self.steps, source, self.new_loop())
-        try:
-            run.run()
-        finally:
-            run.loop.close()  # stopped early: the requests in flight are dropped
-            run.aside.close()
+    The loop runs only while the caller asks for the next result: what it does
+    with one (a batch written, a state saved) happens between two turns of
+    the loop, on the same thread. Closing the generator early drops the
+    transfers in flight and the projects waiting to retry, yielding nothing
+    more. An exception raised by the steps ends the loop the same way and
+    reaches the caller.
+    """
+    return _Engine(steps, items, workers, new_loop(), clock, sleep).run()
 
 
-class _Run(Generic[T, F, R]):
-    """One process's loop: its transfers, and the projects it handed to retry threads."""
+class _Engine(Generic[T, F, R]):
+    """One run of `fetch_each`: its transfers, its timers, and what is still to begin."""
 
-    def __init__(self, steps: ProjectSteps[T, F, R], source: Source[T, R], loop: PageLoop) -> None:
-        self.steps, self.source, self.loop = steps, source, loop
-        self.aside: _Aside[F, R] = _Aside(steps.go_on, source, source.workers)
+    def __init__(
+        self,
+        steps: ProjectSteps[T, F, R],
+        items: Iterator[T],
+        workers: int,
+        loop: PageLoop,
+        clock: Callable[[], float],
+        sleep: Callable[[float], None],
+    ) -> None:
+        self.steps, self.items, self.loop = steps, items, loop
+        self.workers = max(1, workers)
+        self.clock, self.sleep = clock, sleep
+        self.in_progress = 0  # begun and not ended: in flight or waiting on a timer
+        self.timers: list[tuple[float, int, F]] = []  # a heap of (due, order, fetch)
+        self.order = itertools.count()  # equal due times: first paused, first resumed
+        self.in_flight: dict[int, F] = {}  # id(fetch): a fetch need not be hashable
+        self.closed = False
 
-    def run(self) -> None:
-        source, loop = self.source, self.loop
+    def run(self) -> Iterator[R]:
+        steps, loop = self.steps, self.loop
         exhausted = False
-        while not source.stopped:
-            # as many projects in progress as the threads it replaces would have
-            while not exhausted and self.has_slot() and source.has_room():
-                item = source.take()
-                if item is None:
-                    exhausted = True
-                    break
-                self.advance(self.steps.begin(item), None)
-            if loop.in_flight:
-                for fetch, outcome in loop.wait(POLL):
-                    self.advance(fetch, outcome)  # type: ignore[arg-type]
-            elif exhausted:
-                return
-            elif source.has_room():  # every slot is a project being retried
-                self.aside.wait(POLL)
-            else:
-                source.wait_for_room()
-
-    def has_slot(self) -> bool:
-        return self.loop.in_flight + self.aside.running < self.source.workers
-
-    def advance(self, fetch: F, outcome: PageAnswer | PageTransportError | None) -> None:
-        step = self.steps.step(fetch, outcome)
-        if step is None:
-            self.aside.submit(fetch)
-        elif isinstance(step, tuple):
-            self.loop.start(*step, tag=fetch)
-        else:
-            self.source.give(step)
-
-
-class _Aside(Generic[F, R]):
-    """Worker threads, started as needed, for the projects that need retries."""
-
-    def __init__(self, go_on: Callable[[F], R], source: Source[object, R], threads: int) -> None:
-        self.go_on, self.source = go_on, source
-        self._executor: ThreadPoolExecutor | None = None
-        self._threads = max(1, threads)
-        self._lock = threading.Lock()
-        self._ended = threading.Event()
-        self.running = 0  # submitted and not yet ended
-
-    def submit(self, fetch: F) -> None:
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(self._threads, thread_name_prefix="retry")
-        with self._lock:
-            self.running += 1
-        self._executor.submit(self._run, fetch)
-
-    def wait(self, timeout: float) -> None:
-        """Until a retried project ends, or `timeout` seconds pass."""
-        self._ended.wait(timeout)
-        self._ended.clear()
-
-    def _run(self, fetch: F) -> None:
         try:
-            self.source.give(self.go_on(fetch))
-        except BaseException as exc:  # handed to the consumer, who re-raises it
-            self.source.fail(exc)
+            while not steps.halted():
+                while not exhausted and self.in_progress < self.workers:
+                    item = next(self.items, None)
+                    if item is None:
+                        exhausted = True
+                        break
+                    self.in_progress += 1
+                    result = self.advance(steps.begin(item), None)
+                    if result is not None:
+                        yield result[0]
+                for fetch in self.due():
+                    result = self.advance(fetch, None)
+                    if result is not None:
+                        yield result[0]
+                if loop.in_flight:
+                    for tag, outcome in loop.wait(self.patience()):
+                        fetch = self.in_flight.pop(id(tag))
+                        result = self.advance(fetch, outcome)
+                        if result is not None:
+                            yield result[0]
+                elif self.timers:
+                    self.sleep(self.patience())
+                elif exhausted:
+                    return
+            yield from self.drop()
         finally:
-            with self._lock:
-                self.running -= 1
-            self._ended.set()
+            self.close()  # stopped early: the requests in flight are dropped
+
+    def advance(self, fetch: F, outcome: PageAnswer | PageTransportError | None) -> tuple[R] | None:
+        """Take `fetch`'s next step: a request started, a timer set, or its result (boxed)."""
+        step = self.steps.step(fetch, outcome)
+        if isinstance(step, tuple):
+            path, accept = step
+            self.in_flight[id(fetch)] = fetch
+            self.loop.start(path, accept, tag=fetch)
+            return None
+        if isinstance(step, Pause):
+            due = self.clock() + max(0.0, step.seconds)
+            heapq.heappush(self.timers, (due, next(self.order), fetch))
+            return None
+        self.in_progress -= 1
+        return (step,)
+
+    def due(self) -> list[F]:
+        """The fetches whose pause has ended, taken off the heap."""
+        now = self.clock()
+        ended = []
+        while self.timers and self.timers[0][0] <= now:
+            ended.append(heapq.heappop(self.timers)[2])
+        return ended
+
+    def patience(self) -> float:
+        """How long the loop may wait now: until the next timer, and never past `POLL`."""
+        if not self.timers:
+            return POLL
+        return min(POLL, max(0.0, self.timers[0][0] - self.clock()))
+
+    def drop(self) -> Iterator[R]:
+        """The run halted: every project in progress or not begun ends unfetched."""
+        steps = self.steps
+        fetches = list(self.in_flight.values()) + [fetch for _, _, fetch in self.timers]
+        self.close()  # the transfers in flight, dropped at once
+        self.in_flight.clear()
+        self.timers.clear()
+        for fetch in fetches:
+            self.in_progress -= 1
+            yield steps.unfetched(steps.item_of(fetch))
+        for item in self.items:
+            yield steps.unfetched(item)
 
     def close(self) -> None:
-        """Wait for every retry to end (once the run halts, each ends at its next pause)."""
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
+        if not self.closed:
+            self.closed = True
+            self.loop.close()

@@ -33,13 +33,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import functools
 import logging
 import os
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,7 +44,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from pypi_index_mirror.http.environment import HttpEnvironment, read_environment
-from pypi_index_mirror.http.retry import Retryable, call_with_retries
 from pypi_index_mirror.mirror.filters import ProjectFilter
 from pypi_index_mirror.mirror.formats import ALL_FORMATS, HTML, JSON, SIMPLE_FORMATS, PageFormat
 from pypi_index_mirror.mirror.roots import (
@@ -59,7 +55,6 @@ from pypi_index_mirror.mirror.roots import (
 )
 from pypi_index_mirror.mirror.safety import (
     CircuitBreaker,
-    FetchHalted,
     Halt,
     MirrorFacts,
     MirrorMismatch,
@@ -112,23 +107,21 @@ from pypi_index_mirror.ops.cli import (
     deferred_stops,
     failure,
     run_cli,
-    stop_requested,
 )
 from pypi_index_mirror.ops.progress import Progress
 from pypi_index_mirror.ops.settings import Config, config_from
 from pypi_index_mirror.ops.status import StatusRecorder, show_status
 from pypi_index_mirror.rstuf import client as rstuf_client
 from pypi_index_mirror.rstuf.outbox import RstufDelivery, WaitBudget
-from pypi_index_mirror.sync import dry_run, fetch_helper
-from pypi_index_mirror.sync.fetch_loop import FetchLoop
+from pypi_index_mirror.sync import dry_run
+from pypi_index_mirror.sync.fetch_loop import fetch_each
+from pypi_index_mirror.sync.page_steps import Fetched, NotFetched, PageSteps
 from pypi_index_mirror.sync.plan import (
-    forms_answer,
     full_sync_fetches,
     json_root_changes,
     listing_refusal,
     root_changes,
 )
-from pypi_index_mirror.sync.worker_pool import map_unordered
 from pypi_index_mirror.upstream.changelog import (
     Listing,
     add_listed,
@@ -138,16 +131,10 @@ from pypi_index_mirror.upstream.changelog import (
 )
 from pypi_index_mirror.upstream.client import (
     FetchedPage,
-    MissingPage,
     PypiClient,
-    StalePage,
-    Transient,
     UntrustedListing,
-    UpstreamError,
     XmlRpcUnavailable,
-    page_request,
 )
-from pypi_index_mirror.upstream.transport import PageAnswer, PageTransportError
 
 if TYPE_CHECKING:
     # imported where an audit or the bootstrap check runs: python-tuf and its signers
@@ -219,14 +206,6 @@ class RstufMisconfiguredError(ToolError):
     """
 
 
-class NotFetched:
-    """The result of a page that fetching stopped before (circuit breaker, signal)."""
-
-
-NOT_FETCHED = NotFetched()
-STOP_POLL = 0.1  # seconds: how soon the fetch loop sees a signal
-
-
 @dataclass
 class Refreshed:
     """What `Sync.refresh` learned beyond the pages it wrote."""
@@ -247,54 +226,6 @@ class Refreshed:
         if name in self.failed or name in self.unfetched_names:
             return if_failed
         return name not in self.unlisted
-
-
-@dataclass(slots=True)
-class ProjectPages:
-    """A project's page in each mirrored form as fetched, and as the mirror held it before."""
-
-    pages: list[FetchedPage]
-    olds: list[bytes | None]
-
-
-@dataclass(slots=True)
-class ProjectFetch:
-    """One project's fetch in every form as it stands between requests (`Sync.fetch_current`).
-
-    The page loop (`fetch_loop`) makes a project's first round of requests
-    and hands a fetch that needs a retry to a worker thread, which goes on
-    from `failure` as if it had made that request itself: `todo` not empty,
-    a request failed (its form's retries go on); empty, the round's answers
-    did not agree (the next round, of the forms `behind`, follows).
-    """
-
-    name: str
-    item: PendingProject
-    olds: list[bytes | None]  # the pages on disk, per form
-    pages: list[FetchedPage | None]  # the newest answer per form
-    todo: list[int]  # the forms this round still asks for (the first: every form)
-    expected: int  # the serial they must reach
-    behind: tuple[int, ...] = ()  # the forms the next round asks for
-    failure: Retryable | None = None  # the loop's last attempt failed so
-
-
-@dataclass(slots=True)
-class Fetched:
-    """What a worker made of one project (see `Sync.fetch_and_compare`)."""
-
-    name: str
-    item: PendingProject
-    # None: new pages the worker wrote itself (`listed` and `serial` say what they showed)
-    pages: ProjectPages | UpstreamError | NotFetched | None
-    listed: bool = False
-    serial: int = 0
-
-
-def portable_fetched(fetched: Fetched) -> Fetched:
-    """`fetched` as it can cross a pipe: an error becomes a plain UpstreamError (its line)."""
-    if isinstance(fetched.pages, UpstreamError) and type(fetched.pages) is not UpstreamError:
-        return dataclasses.replace(fetched, pages=UpstreamError(str(fetched.pages)))
-    return fetched
 
 
 class Sync:
@@ -1225,11 +1156,18 @@ class Sync:
         """
         outcome = Refreshed()
         settled: set[str] = set()  # pending projects fetched now
-        work = functools.partial(
-            self.fetch_and_compare, record_changes=record_changes, read_old=not nothing_on_disk
+        steps = PageSteps(
+            self.pypi,
+            self.writer,
+            self.forms,
+            self.breaker,
+            self.halt,
+            record_changes=record_changes,
+            read_old=not nothing_on_disk,
+            dry_run=self.config.dry_run,
         )
-        fetches = self.fetch_all(work, wanted, helped=not record_changes and nothing_on_disk)
-        self.progress.start(len(wanted), "fetching")  # after a fork: its thread is ours alone
+        fetches = self.fetch_all(steps, wanted)
+        self.progress.start(len(wanted), "fetching")
         batch: list[list[Change]] = []
         try:
             for fetched in fetches:
@@ -1244,8 +1182,8 @@ class Sync:
                     continue
                 if name in self.state.pending:
                     settled.add(name)
-                if result is None:  # new pages, written by the worker that fetched them
-                    self.written_by_worker(fetched, outcome)
+                if result is None:  # new pages, written as they arrived (PageSteps)
+                    self.written_at_once(fetched, outcome)
                     continue
                 changes = [
                     Change(name, item.display_name, page, old, form.basename)
@@ -1264,7 +1202,7 @@ class Sync:
                     self.apply_batch(batch, record_changes)
                     batch = []
         finally:
-            fetches.close()  # on an error too: stop the workers, drop what is queued
+            fetches.close()  # on an error too: drop the transfers in flight
         self.apply_batch(batch, record_changes)
         self.progress.finish(
             f"stopped, {outcome.unfetched} not fetched" if outcome.unfetched else "done"
@@ -1278,8 +1216,9 @@ class Sync:
             )
         return outcome
 
-    def written_by_worker(self, fetched: Fetched, outcome: Refreshed) -> None:
-        """Count new pages a worker wrote, as `apply_batch` would have (nothing to retire)."""
+    def written_at_once(self, fetched: Fetched, outcome: Refreshed) -> None:
+        """Count new pages written as they arrived, as `apply_batch` would have (nothing to
+        retire)."""
         if not fetched.listed:
             outcome.unlisted.add(fetched.name)
         elif fetched.serial != fetched.item.serial:
@@ -1299,62 +1238,23 @@ class Sync:
             self.untracked += 1
 
     def fetch_all(
-        self,
-        work: Callable[[tuple[str, PendingProject]], Fetched],
-        wanted: Mapping[str, PendingProject],
-        helped: bool,
+        self, steps: PageSteps, wanted: Mapping[str, PendingProject]
     ) -> Iterator[Fetched]:
-        """`work` over every project of `wanted` on the worker threads, as each finishes.
+        """Every project of `wanted` fetched by the one engine (`fetch_loop`), as each ends.
 
-        Once the halt is set (circuit breaker, or a signal seen at the next
-        poll) no more pages are requested: every project left comes back
-        NOT_FETCHED at once (`fetch_and_compare` sees the halt), running ones
-        end after their current request. Closing the generator early halts
-        and stops the workers the same way. `helped` (a first sync into an
-        empty mirror: every page is written by the worker that fetched it):
-        one thread per process makes the requests (`fetch_loop`, this Sync's
-        `begin`, `step` and `go_on`), and with ``--processes 2`` on two cores
-        a helper process takes every other project (`fetch_helper`), forked
-        now, before any thread of this run starts: this is no generator, so
-        that happens when it is called.
+        The engine runs on this thread while the caller asks for results: a
+        first sync's new pages are written by `steps` as they arrive, anything
+        else goes to the caller's batch. Once the halt is set (circuit
+        breaker, or a signal seen at the engine's next turn) no more pages are
+        requested: the transfers in flight are dropped, the retry pauses end,
+        and every project left comes back NOT_FETCHED. Closing this early (an
+        error or a second signal in the caller) halts the run the same way.
         """
-        window = self.config.workers * 4
         items = iter(wanted.items())  # in `wanted`'s order, no lookup per project
-        workers = self.config.workers
-        results: Iterator[Fetched]
-        split = None
-        engine = FetchLoop(self, self.pypi.page_loop) if helped else None
-        if helped and self.can_fork(len(wanted)):
-            self.breaker = self.breaker.shared()  # one for both processes
-            split = fetch_helper.HelperSplit(
-                work,
-                items,
-                workers,
-                window,
-                portable=portable_fetched,
-                on_fork=self.pypi.forget_connections,
-                report_requests=lambda: self.pypi.requests_made,
-                poll=self.poll_stop,
-                halted=lambda: self.halt.is_set,
-                halt_helper=lambda: self.halt.set("the run stopped fetching"),
-                engine=engine,
-            )
-            log.debug("helper process %d fetches its share of the pages", split.pid)
-            results = iter(split)
-        else:
-            results = map_unordered(
-                work, items, workers, window, poll=self.poll_stop, engine=engine
-            )
-        return self.halting_at_close(results, split)
-
-    def halting_at_close(
-        self, results: Iterator[Fetched], split: fetch_helper.HelperSplit | None
-    ) -> Iterator[Fetched]:
-        """`results`, halting the fetch if the consumer closes this early (see `fetch_all`)."""
+        results = fetch_each(steps, items, self.config.workers, self.pypi.page_loop)
         finished = False
         try:
-            # not `yield from`: closed early, the halt must be set before the workers are
-            # joined (their retry pauses end on it)
+            # not `yield from`: closed early, the halt is set before the engine is closed
             for fetched in results:  # noqa: UP028
                 yield fetched
             finished = True
@@ -1362,190 +1262,6 @@ class Sync:
             if not finished:  # closed early: an error or a second signal in the consumer
                 self.halt.set("the run is ending")
             results.close()  # type: ignore[attr-defined]
-            if split is not None:
-                self.pypi.requests_made += split.helper_requests
-
-    def can_fork(self, projects: int) -> bool:
-        """Whether a helper process may take half of this first sync (see `fetch_all`)."""
-        return (
-            self.config.processes > 1
-            and not self.config.storage  # the helper writes to the directory only
-            and self.config.workers > 1
-            and not self.config.dry_run
-            and (os.cpu_count() or 1) > 1
-            and fetch_helper.available()
-            and threading.active_count() == 1
-            and projects >= 4 * self.config.workers
-        )
-
-    def poll_stop(self) -> None:
-        """In the consuming thread, every few hundredths of a second: a signal halts fetching."""
-        signum = stop_requested()
-        if signum is not None:
-            self.halt.set(f"stopped by {signal.Signals(signum).name}")
-
-    def fetch_and_compare(
-        self, pair: tuple[str, PendingProject], record_changes: bool, read_old: bool = True
-    ) -> Fetched:
-        """On a worker thread: fetch one project's pages, and write them if that is safe here.
-
-        Safe here, without the main thread's batch, are new pages (nothing on
-        disk in any form) when no change is recorded (a first sync): see
-        `settle_pages`. Once the halt is set, nothing is fetched.
-        """
-        name, item = pair
-        if self.halt.is_set:
-            return Fetched(name, item, NOT_FETCHED)
-        return self.go_on(self.begin_fetch(name, item, read_old), record_changes)
-
-    def begin_fetch(self, name: str, item: PendingProject, read_old: bool) -> ProjectFetch:
-        """A fetch of `name`'s pages in every form, nothing asked yet.
-
-        Unless not `read_old` (there are none), the worker reads the pages on
-        disk now: the main thread, which writes, then compares bytes without
-        waiting on I/O, and a page identical to the mirror's is not parsed again.
-        """
-        olds = [
-            self.writer.read_page(name, form.basename) if read_old else None for form in self.forms
-        ]
-        every_form = list(range(len(self.forms)))
-        return ProjectFetch(name, item, olds, [None] * len(self.forms), every_form, item.serial)
-
-    def go_on(self, fetch: ProjectFetch, record_changes: bool = False) -> Fetched:
-        """Fetch what `fetch` still lacks (all of it, if nothing was asked), then `settle_pages`."""
-        try:
-            pages = self.fetch_current(fetch)
-        except FetchHalted:
-            return Fetched(fetch.name, fetch.item, NOT_FETCHED)
-        except UpstreamError as exc:
-            return Fetched(fetch.name, fetch.item, exc)
-        return self.settle_pages(fetch.name, fetch.item, pages, record_changes)
-
-    def settle_pages(
-        self, name: str, item: PendingProject, pages: ProjectPages, record_changes: bool
-    ) -> Fetched:
-        """A project's fetched pages as a result, written first if that is safe on this thread.
-
-        Safe are new pages (nothing on disk in any form) when no change is
-        recorded (a first sync): `apply_batch` would neither save an intent nor
-        retire a copy for them. Everything else goes through the batch. Only
-        this run's one worker for `name` touches its directory, and a page is
-        written the same way wherever that happens.
-        """
-        direct = not record_changes and not self.config.dry_run
-        direct = direct and all(page.body is not None for page in pages.pages)
-        if not (direct and all(old is None for old in pages.olds)):
-            return Fetched(name, item, pages)
-        for form, page in zip(self.forms, pages.pages, strict=True):
-            assert page.body is not None
-            self.writer.store_new(name, page.body, form.basename)
-        primary = pages.pages[0]
-        assert primary.facts is not None
-        return Fetched(name, item, None, primary.facts.listed, primary.serial or 0)  # bodies freed
-
-    def fetch_current(self, fetch: ProjectFetch) -> ProjectPages:
-        """A project's page in every form, all from one moment and none older than needed.
-
-        Retries while PyPI's CDN serves a page older than the changelog (a
-        lower ``X-PyPI-Last-Serial``, or a 404 for a project the changelog's
-        newest entry says exists) or while the forms disagree (see
-        `sync_plan.forms_answer`); each retry fetches only the forms behind.
-        A `fetch` the page loop began goes on from its failure (`ProjectFetch`).
-        Raises StalePage or MissingPage, or FetchHalted once the halt is set.
-        Every attempt feeds the circuit breaker.
-        """
-        name = fetch.name
-        failed, fetch.failure = fetch.failure, None
-        # a request's failure: its form's retries go on; a round's: the round's do
-        inner = failed if fetch.todo else None
-        outer = None if fetch.todo else failed
-
-        def attempt() -> ProjectPages:
-            nonlocal inner
-            if not fetch.todo:  # a round after one whose answers did not agree
-                fetch.todo = list(fetch.behind)
-            while fetch.todo:
-                index = fetch.todo[0]
-                request = functools.partial(self.attempt, index, name, fetch.olds[index])
-                first_failure, inner = inner, None
-                fetch.pages[index] = self.pypi.with_retries(name, request, first_failure)
-                fetch.todo.pop(0)
-            return self.end_round(fetch)
-
-        # the retry pauses go through the halt's sleep: they end when the run stops fetching
-        return call_with_retries(attempt, self.pypi.retry_policy, name, log, logging.DEBUG, outer)
-
-    def end_round(self, fetch: ProjectFetch) -> ProjectPages:
-        """The pages, when a round's answers show the project at one moment and new enough;
-        otherwise `fetch` says which forms are behind, and the reason is raised."""
-        got = [page for page in fetch.pages if page is not None]
-        item = fetch.item
-        answer = forms_answer(
-            got, PendingProject(item.display_name, fetch.expected, item.expect_page)
-        )
-        if answer.problem is None:
-            self.breaker.record(True)
-            return ProjectPages(got, fetch.olds)
-        fetch.behind, fetch.expected = answer.behind, answer.expected
-        self.count_failure(str(answer.problem))
-        raise answer.problem
-
-    def attempt(self, index: int, name: str, known: bytes | None) -> FetchedPage:
-        """One request for a page in form `index` unless the halt is set."""
-        self.halt.check()
-        json_form = self.forms[index] is JSON
-        return self.judge(index, name, self.pypi.get_page(name, json_form), known)
-
-    def judge(
-        self, index: int, name: str, outcome: PageAnswer | PageTransportError, known: bytes | None
-    ) -> FetchedPage:
-        """What one request for the page in form `index` brought; failures feed the breaker."""
-        try:
-            return self.pypi.read_page(name, outcome, known, self.forms[index] is JSON)
-        except UpstreamError as exc:
-            self.count_failure(str(exc))
-            raise
-
-    # the page loop's side of a fetch (fetch_loop.ProjectSteps)
-
-    def begin(self, pair: tuple[str, PendingProject]) -> ProjectFetch:
-        return self.begin_fetch(*pair, read_old=False)
-
-    def step(
-        self, fetch: ProjectFetch, outcome: PageAnswer | PageTransportError | None
-    ) -> tuple[str, str] | Fetched | None:
-        """The page loop's first round of `fetch` (a clean first sync: nothing on disk, no
-        change recorded), judged as `fetch_current`'s first attempt would judge it."""
-        if outcome is not None:
-            try:
-                fetch.pages[fetch.todo[0]] = self.judge(fetch.todo[0], fetch.name, outcome, None)
-            except Transient as exc:
-                fetch.failure = exc  # its retries go on in `go_on`
-                return None
-            except UpstreamError as exc:
-                return Fetched(fetch.name, fetch.item, exc)
-            fetch.todo.pop(0)
-        if fetch.todo:
-            try:
-                self.halt.check()
-            except FetchHalted:
-                return Fetched(fetch.name, fetch.item, NOT_FETCHED)
-            self.pypi.count_request()
-            return page_request(fetch.name, self.forms[fetch.todo[0]] is JSON)
-        try:
-            pages = self.end_round(fetch)
-        except (StalePage, MissingPage) as exc:
-            fetch.failure = exc  # the next round goes on in `go_on`
-            return None
-        return self.settle_pages(fetch.name, fetch.item, pages, record_changes=False)
-
-    def count_failure(self, what: str) -> None:
-        # tripped already: by the helper process, which shares the breaker (fetch_all)
-        if self.breaker.record(False) or (self.breaker.tripped and not self.halt.is_set):
-            self.halt.set(
-                f"PyPI is failing as a whole: {self.breaker.limit} page requests failed in "
-                f"a row (the last: {what}; --failure-limit)"
-            )
 
     def keep_pending(self, name: str, item: PendingProject, error: Exception) -> None:
         log.warning("%s; kept pending for the next run", error)
@@ -2054,6 +1770,9 @@ def count_owed_work(summary: Summary, state_file: Path) -> None:
 
 def run(config: Config, summary: Summary | None = None) -> int:
     configure_logging(config.verbose, config.quiet)
+    for removed in settings.REMOVED_OPTIONS:
+        if removed.key in config.removed_options:
+            log.warning("%s", removed.warning)
     if config.mirror_dir.exists() and not config.mirror_dir.is_dir():
         raise UsageError(
             f"--mirror-dir {config.mirror_dir} is not a directory: give the mirror's "

@@ -668,9 +668,11 @@ def page_request(name: str, json_form: bool) -> tuple[str, str]:
 class PypiClient:
     """PyPI's XML-RPC mirroring methods and Simple API pages over keep-alive connections.
 
-    Pages, the hot path (700,000 of them in a first sync), go through libcurl
-    handles shared by the worker threads (`page_transport.PagePool`): requests'
-    per-request machinery was two thirds of a first sync's CPU. The few
+    Pages, the hot path (700,000 of them in a first sync), go through libcurl:
+    a run's in the fetch engine's loop (`page_loop`, ``sync.fetch_loop``), a
+    single page through handles kept alive between calls (`fetch_page`,
+    `transport.PagePool`); requests' per-request machinery was two thirds of a
+    first sync's CPU. The few
     XML-RPC calls go through a `requests.Session` per thread (a Session is not
     thread-safe), made by `session_factory` so tests can inspect them.
 
@@ -732,20 +734,6 @@ class PypiClient:
     def page_loop(self) -> PageLoop:
         """A new `page_transport.PageLoop` with the settings of this client's page GETs."""
         return PageLoop(transport_settings(self.base_url, self.environment))
-
-    def forget_connections(self) -> None:
-        """In a forked child: drop the parent's connections unclosed (they are the parent's)
-        and count requests afresh; new ones are opened on first use.
-
-        The helper forks before the first page is fetched, so no libcurl handle is among
-        them: cleaning one up here could end the parent's TLS session on it.
-        """
-        assert self._pages is None, "forked after pages were fetched"
-        self._lock = threading.Lock()
-        self._local = threading.local()
-        self._sessions = []
-        self._pages = None
-        self.requests_made = 0
 
     def close(self) -> None:
         with self._lock:

@@ -2,7 +2,7 @@
 
 Two ways to drive them: `PagePool`, for threads that each block on one GET,
 and `PageLoop`, for one thread with many GETs in flight (libcurl's multi
-interface; a clean first sync's `fetch_loop`). Both set a GET up and judge
+interface; every page of a run, ``sync.fetch_loop``). Both set a GET up and judge
 its end the same way (`_Transfer`).
 
 A first sync is 700,000 GETs of small pages. Over urllib3 a page cost the

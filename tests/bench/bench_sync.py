@@ -597,7 +597,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="pypi_mirror.py --simple-format")  # fmt: skip
     parser.add_argument("--no-xmlrpc", action="store_true", help="pypi_mirror.py --no-xmlrpc")
     parser.add_argument(
-        "--processes", type=int, help="pypi_mirror.py --processes (default: its own)"
+        "--processes", type=int, help="pypi_mirror.py --processes (removed there: ignored)"
     )
     parser.add_argument("--peer-limit", type=float, metavar="S",
                         help="stop bandersnatch's first sync after S seconds "
