@@ -95,6 +95,7 @@ from pypi_client import (
     XmlRpcUnavailable,
     page_request,
 )
+from pypi_index_mirror.sync import revalidate
 from root_index import (
     iter_json_root,
     iter_root_index,
@@ -319,6 +320,7 @@ class Sync:
             self.layout.status_file, self.layout.staging_dir, config.metrics_file
         )
         self.started = time.monotonic()
+        self.revalidating = False  # page GETs are conditional on the held bytes (revalidate)
 
     # the run
 
@@ -350,8 +352,15 @@ class Sync:
         return self.exit_code()
 
     def sync_locked(self) -> None:
+        self.catch_up(self.start())  # None: following the JSON root
+
+    def catch_up(
+        self, last_serial: int | None, wait: bool = True, revalidating: bool = True
+    ) -> None:
+        """Under the lock, identity checked: apply what changed up to PyPI's `last_serial`,
+        revalidate a share of the pages (unless not `revalidating`), and deliver to RSTUF,
+        following its tasks within the budget if `wait` (a --watch cycle does not wait)."""
         config = self.config
-        last_serial = self.start()  # None: following the JSON root
         self.forget_rstuf_if_disabled()
         if self.state.outbox.dirty and not config.dry_run:
             # a killed run may have left pages unflushed: never register bytes
@@ -362,14 +371,18 @@ class Sync:
             del self.state.pending[name]  # excluded now: never fetched again
         if self.needs_full_sync():
             self.full_sync(last_serial)
+            cursor = self.state.revalidation  # every page was just checked
+            self.state.revalidation = dataclasses.replace(cursor, at=time.time())
         else:
             self.update(last_serial)
+            if revalidating:
+                self.revalidate()
         self.state.filters = self.filter
         if config.dry_run:
             return
         sync_filesystem(self.layout.root)  # every page durable before the serial moves
         self.save("run-end")
-        self.deliver_outbox(wait=True)
+        self.deliver_outbox(wait=wait)
         # after the delivery: what RSTUF just confirmed frees the copies it replaced
         self.writer.collect_retired(self.config.grace)
         self.save()
@@ -1334,10 +1347,12 @@ class Sync:
         raise answer.problem
 
     def attempt(self, index: int, name: str, known: bytes | None) -> FetchedPage:
-        """One request for a page in form `index` unless the halt is set."""
+        """One request for a page in form `index` unless the halt is set (conditional on
+        the held bytes when revalidating)."""
         self.halt.check()
         json_form = self.forms[index] is JSON
-        return self.judge(index, name, self.pypi.get_page(name, json_form), known)
+        unless = known if self.revalidating else None
+        return self.judge(index, name, self.pypi.get_page(name, json_form, unless), known)
 
     def judge(
         self, index: int, name: str, outcome: PageAnswer | PageTransportError, known: bytes | None
@@ -1433,6 +1448,54 @@ class Sync:
             self.summary.added += 1
         else:
             self.summary.updated += 1
+
+    # revalidation (--revalidate-period): pages PyPI changed without a changelog entry
+
+    def revalidate(self, limit: int | None = None) -> None:
+        """Fetch again, conditionally, the share of the mirror's projects the period asks for
+        now (`revalidate.plan`), after the cursor; `limit` caps how many.
+
+        A changed page goes through `refresh` as an update's does: written in
+        every form, its hash-prefixed copy made, owed to RSTUF. One that fails
+        stays pending (fetched in full next run). The slice comes from the root
+        index, streamed in sorted order: quarantined projects, which it does not
+        list, change only with a changelog entry anyway.
+        """
+        period, cursor = self.config.revalidate_period, self.state.revalidation
+        if period <= 0 or self.config.dry_run or self.halt.is_set:
+            return
+        total = cursor.total or sum(1 for _ in self.iter_root_members())
+        planned = revalidate.plan(cursor, total, time.time(), period, limit)
+        if planned.count == 0:
+            self.state.revalidation = planned.cursor
+            return
+        chosen, total = revalidate.next_slice(self.iter_root_members(), cursor.after, planned.count)
+        primary = self.forms[0].basename
+        wanted = {
+            name: PendingProject(display, self.writer.local_serial(name, primary) or 0)
+            for name, display in chosen
+        }
+        checked = (self.pypi.not_modified, self.summary.updated, self.summary.removed)
+        self.revalidating = True
+        try:
+            with self.applying_changes():
+                outcome = self.refresh(wanted, record_changes=True, keep_unfetched=False)
+                self.finish_update(wanted, outcome, set())
+                if not self.halt.is_set:
+                    done = revalidate.cursor_after(chosen, planned.cursor)
+                    self.state.revalidation = dataclasses.replace(done, total=total)
+        finally:
+            self.revalidating = False
+        log.info(
+            "revalidated %d of %d projects (through %s): %d pages unchanged (304), "
+            "%d projects changed, %d gone",
+            len(wanted),
+            total,
+            chosen[-1][0],
+            self.pypi.not_modified - checked[0],
+            self.summary.updated - checked[1],
+            self.summary.removed - checked[2],
+        )
 
     # RSTUF
 
