@@ -321,6 +321,7 @@ class Sync:
         )
         self.started = time.monotonic()
         self.revalidating = False  # page GETs are conditional on the held bytes (revalidate)
+        self.revalidate_limit: int | None = None  # pages one revalidation checks at most
 
     # the run
 
@@ -376,7 +377,7 @@ class Sync:
         else:
             self.update(last_serial)
             if revalidating:
-                self.revalidate()
+                self.revalidate(self.revalidate_limit)
         self.state.filters = self.filter
         if config.dry_run:
             return
@@ -474,7 +475,8 @@ class Sync:
         finally:
             self.settle_summary()
             self.summary.exit = exit_code
-            loaded = self.state if self.state is not unread else None
+            # a --watch cycle after the first records the state it was identified with
+            loaded = self.state if self.state is not unread or self.identified else None
             self.status.end(exit_code, error, self.summary, loaded)
 
     def upstream_last_serial(self) -> int:
@@ -858,7 +860,14 @@ class Sync:
                     merge_pending(to_fetch, name, listing[name])
         for name, item in self.state.pending.items():
             merge_pending(to_fetch, name, item)
-        log.info("changelog %d->%d: %d projects to refresh", since, newest, len(to_fetch))
+        quiet = self.config.watch and not to_fetch  # a --watch cycle with nothing new
+        log.log(
+            logging.DEBUG if quiet else logging.INFO,
+            "changelog %d->%d: %d projects to refresh",
+            since,
+            newest,
+            len(to_fetch),
+        )
         if self.config.dry_run:
             root = bool(identity_changed) or membership_hint
             self.plan_update(since, newest, to_fetch, root)
@@ -1083,6 +1092,8 @@ class Sync:
         mirror has no page of any project in `wanted`, so none is read back.
         """
         outcome = Refreshed()
+        if not wanted:  # a quiet --watch cycle: no worker threads started for nothing
+            return outcome
         settled: set[str] = set()  # pending projects fetched now
         work = functools.partial(
             self.fetch_and_compare, record_changes=record_changes, read_old=not nothing_on_disk
@@ -1893,6 +1904,10 @@ def run(config: Config, summary: Summary | None = None) -> int:
     progress = Progress(config.progress, config.progress_interval)
     try:
         sync = Sync(config, pypi, rstuf, progress, summary=summary, halt=halt)
+        if config.watch:
+            from pypi_index_mirror.sync.watch import Watch  # it drives a Sync: imported here
+
+            return Watch(sync, config.watch).run()
         return sync.run_audit() if config.audit else sync.run()
     finally:
         progress.close()

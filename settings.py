@@ -653,6 +653,14 @@ def config_from(
     if values.get("status") and (values.get("dry_run") or values.get("full_check")):
         raise UsageError("--status only reads; give it without --dry-run and --full-check")
     check_audit_options(values)
+    if values.get("watch"):
+        clash = [f"--{k.replace('_', '-')}" for k in ("dry_run", "full_check", "audit", "status")]
+        clash = [flag for flag in clash if values.get(flag[2:].replace("-", "_"))]
+        if clash:
+            raise UsageError(
+                f"--watch runs until stopped and cannot go with {' or '.join(clash)}: "
+                "run that once on its own (stop the watch service first)"
+            )
     if values.get("no_rstuf") and values.get("rstuf_url"):
         raise UsageError(
             "--no-rstuf and an RSTUF URL (--rstuf-url, RSTUF_API_URL or rstuf-url in the "
