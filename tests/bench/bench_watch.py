@@ -1,0 +1,176 @@
+"""Upload to signed: --watch 10s against a paced RSTUF, beside cron every 5 minutes.
+
+Not part of the suite. The stand-in PyPI (in this process) gets `--uploads` new
+releases, each on a project of its own, at random moments (exponential gaps of
+mean `--gap` seconds: uploads spread over time, some close together); a
+``pypi_mirror.py --watch 10s`` process follows it; the stand-in RSTUF is paced
+like the real one (`Pacing.real()`: 2 worker processes, the recorded
+timings). For each upload: the time from its journal entry to the moment the
+stand-in RSTUF finished the publish that signs the new page (its
+`published_at`). Median and 95th percentile.
+
+Cron every 5 minutes, for comparison, is computed, not run for hours: the same
+upload moments against runs starting every 300 s (a random phase), each upload
+waiting for the next run to start and then for that run's own time to signed,
+which is measured here on real single runs (`--cron-samples` of them, after a
+few uploads each) against the same paced RSTUF.
+
+    python -m tests.bench.bench_watch --uploads 100 --gap 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from mirror_store import digest_bytes
+from tests.fake_pypi import FakePyPI
+from tests.fake_rstuf import FakeRstuf, Pacing
+from tests.mirror_helpers import REPO, Mirror, bootstrap, mirror_view, upstream_page
+
+CRON_INTERVAL = 300.0
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
+
+
+def figures(values: list[float]) -> dict[str, float]:
+    return {
+        "count": len(values),
+        "median_s": round(statistics.median(values), 2),
+        "p95_s": round(percentile(values, 0.95), 2),
+        "max_s": round(max(values), 2),
+    }
+
+
+def signed_after(rstuf: FakeRstuf, target: str, digest: str) -> float | None:
+    """When (the stand-in's monotonic clock) RSTUF published `digest` for `target`."""
+    entry = rstuf.view.get(target)
+    if entry is None or entry["hashes"]["blake2b-256"] != digest:
+        return None
+    return rstuf.published_at().get(target)
+
+
+def upload(pypi: FakePyPI, name: str) -> tuple[float, str]:
+    """A new release on `name`: (monotonic time of its journal entry, the new page's hash)."""
+    pypi.add_release(name, "9.0", files=1)
+    when = time.monotonic()
+    page = upstream_page(pypi.url, name)
+    assert page is not None
+    return when, digest_bytes(page).hexdigest
+
+
+def watch_latencies(args: argparse.Namespace, work: Path) -> tuple[list[float], list[float]]:
+    rng = random.Random(args.seed)
+    with FakePyPI() as pypi, FakeRstuf(pacing=Pacing.real(), processes=2) as rstuf:
+        names = [f"project-{i:04d}" for i in range(args.uploads + 20)]
+        for name in names:
+            pypi.add_release(name, "1.0", files=1)
+        mirror = Mirror(work / "watch" / "pypi-index-mirror", work / "watch" / "state.json",
+                        pypi.url)  # fmt: skip
+        assert mirror.run() == 0
+        bootstrap(rstuf, mirror_view(mirror.layout))
+        mirror.rstuf_url = rstuf.url
+        process = mirror.popen("--watch", args.interval, "--rstuf-poll", "2", "-q")
+        try:
+            time.sleep(3)  # its first cycle
+            pending: dict[str, tuple[float, str]] = {}
+            for name in names[: args.uploads]:
+                time.sleep(rng.expovariate(1 / args.gap))
+                pending[f"simple/{name}/index.html"] = upload(pypi, name)
+            deadline = time.monotonic() + 600
+            latencies: dict[str, float] = {}
+            while len(latencies) < len(pending) and time.monotonic() < deadline:
+                for target, (when, digest) in pending.items():
+                    if target not in latencies:
+                        signed = signed_after(rstuf, target, digest)
+                        if signed is not None:
+                            latencies[target] = signed - when
+                time.sleep(0.2)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            _, stderr = process.communicate(timeout=120)
+        assert process.returncode == 143, stderr
+        assert len(latencies) == len(pending), f"{len(pending) - len(latencies)} never signed"
+        upload_times = [when for when, _ in pending.values()]
+        return list(latencies.values()), upload_times
+
+
+def cron_run_times(args: argparse.Namespace, work: Path) -> list[float]:
+    """Seconds from a single run's start to RSTUF publishing what it found (a few uploads)."""
+    samples = []
+    with FakePyPI() as pypi, FakeRstuf(pacing=Pacing.real(), processes=2) as rstuf:
+        names = [f"project-{i:04d}" for i in range(args.cron_samples * 3 + 5)]
+        for name in names:
+            pypi.add_release(name, "1.0", files=1)
+        mirror = Mirror(work / "cron" / "pypi-index-mirror", work / "cron" / "state.json",
+                        pypi.url)  # fmt: skip
+        assert mirror.run() == 0
+        bootstrap(rstuf, mirror_view(mirror.layout))
+        mirror.rstuf_url = rstuf.url
+        for sample in range(args.cron_samples):
+            batch = names[sample * 3 : sample * 3 + 1 + sample % 3]  # 1-3 uploads a run
+            uploads = {f"simple/{name}/index.html": upload(pypi, name)[1] for name in batch}
+            started = time.monotonic()
+            done = subprocess.run(
+                [sys.executable, str(REPO / "pypi_mirror.py"), *mirror.args("-q")],
+                capture_output=True, text=True, timeout=600,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr
+            signed = [signed_after(rstuf, target, digest) for target, digest in uploads.items()]
+            assert all(s is not None for s in signed), "a cron run ended before RSTUF signed"
+            samples.append(max(s for s in signed if s is not None) - started)
+    return samples
+
+
+def cron_latencies(upload_times: list[float], run_times: list[float], seed: int) -> list[float]:
+    """Each upload waits for the next run on a 300 s grid, then that run's time to signed."""
+    rng = random.Random(seed)
+    phase = rng.uniform(0, CRON_INTERVAL)
+    latencies = []
+    for when in upload_times:
+        runs_before = (when - phase) // CRON_INTERVAL
+        next_start = phase + (runs_before + 1) * CRON_INTERVAL
+        latencies.append(next_start - when + rng.choice(run_times))
+    return latencies
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--uploads", type=int, default=100)
+    parser.add_argument("--gap", type=float, default=5.0, help="mean seconds between uploads")
+    parser.add_argument("--interval", default="10s", help="--watch INTERVAL")
+    parser.add_argument("--cron-samples", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as directory:
+        work = Path(directory)
+        watch, upload_times = watch_latencies(args, work)
+        run_times = cron_run_times(args, work)
+    cron = cron_latencies(upload_times, run_times, args.seed)
+    result = {
+        "uploads": args.uploads,
+        "mean_gap_s": args.gap,
+        "rstuf_pacing": "Pacing.real(): 2 worker processes, recheck 3 s",
+        "watch": {"interval": args.interval, "rstuf_poll_s": 2, **figures(watch)},
+        "cron_every_5_min": {
+            "run_to_signed_measured_s": [round(t, 2) for t in run_times],
+            **figures(cron),
+        },
+    }
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
