@@ -153,6 +153,8 @@ class Watch:
                 due = revalidate.due(cursor, now, period, revalidate.WATCH_REVALIDATE_EVERY)
                 sync.revalidate_limit = REVALIDATE_PER_CYCLE
                 sync.catch_up(last_serial, wait=False, revalidating=due)
+                if sync.rstuf is None:
+                    sync.deliver_outbox(wait=True)  # no RSTUF URL: says so, as a run's end does
         except UpstreamError as exc:  # recorded as the cycle's error; the next one retries
             self.pace.cycle_failures += 1
             log.warning(
