@@ -278,3 +278,25 @@ def test_a_share_of_the_pages_each_run_in_every_form(
     assert b'content="archived"' in (mirror.page("zope-interface") or b"")
     assert rstuf.view == mirror_view(mirror.layout)
     assert_consistent(mirror)
+
+
+def test_a_304_without_the_serial_header_takes_the_held_pages_serial(pypi: FakePyPI) -> None:
+    """Warehouse keeps X-PyPI-Last-Serial on a 304; a CDN that drops it is read from the
+    held page instead, in either form (a 304 to an unconditional GET stays an error)."""
+    from page_transport import PageAnswer, ResponseHeaders
+    from pypi_client import PypiClient, UpstreamError
+    from settings import Config
+
+    client = PypiClient(pypi.url, Config(pypi_url=pypi.url))
+    bare = ResponseHeaders(b'HTTP/1.1 304 Not Modified\r\nETag: "x"\r\n')
+    html = upstream_page(pypi.url, "numpy") or b""
+    json_page = upstream_json_page(pypi.url, "numpy") or b""
+    serial = pypi.project_serial("numpy")
+    for known, json_form in ((html, False), (json_page, True)):
+        page = client.read_page("numpy", PageAnswer(304, bare, b""), known, json_form)
+        assert (page.body, page.serial) == (known, serial)
+        assert page.facts is not None and page.facts.project_status == "active"
+    assert client.not_modified == 2
+    with pytest.raises(UpstreamError, match="304"):
+        client.read_page("numpy", PageAnswer(304, bare, b""), None, False)
+    client.close()
