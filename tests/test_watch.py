@@ -213,7 +213,6 @@ def test_memory_stays_flat_over_thousands_of_cycles(
 
     def run(cycles: int) -> None:
         watch = Watch(sync, 0.0, cycles=cycles)
-        watch.done = 1  # identity checked by the first round
         for _ in range(cycles // 100):
             pypi.add_release("numpy", f"3.{pypi.last_serial}")  # an update every 100 cycles
             watch.cycles = watch.done + 100
@@ -258,3 +257,37 @@ def test_memory_stays_flat_over_thousands_of_cycles(
 def _rss() -> int:
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_a_cycle_that_fails_on_pypi_is_recorded_and_the_next_one_waits_longer(
+    mirror: Mirror, pypi: FakePyPI, rstuf: FakeRstuf
+) -> None:
+    """PyPI down for the first cycles (even before the state was read): each is recorded
+    with its error, the wait doubles, and the first good cycle applies the changelog."""
+    config = config_from(mirror.args("--watch", "1s", *RSTUF_FAST), pypi_mirror.build_parser(), {})
+    halt = Halt()
+    pypi_client = PypiClient(config.pypi_url, config, sleep=halt.sleep)
+    rstuf_client = pypi_mirror.make_rstuf_client(config)
+    sync = pypi_mirror.Sync(config, pypi_client, rstuf_client, Progress(False, 0), halt=halt)
+    waits: list[float] = []
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        now[0] += seconds
+
+    pypi.add_release("numpy", "2.0")
+    attempts = 1 + 2  # FAST's --retries 2
+    pypi.inject("changelog_last_serial", "status", times=2 * attempts, code=503)
+    watch = Watch(sync, 1.0, cycles=3, clock=lambda: now[0], sleep=sleep)
+    try:
+        watch.follow()
+    finally:
+        pypi_client.close()
+        rstuf_client.close()
+    assert watch.pace.cycle_failures == 0  # the third cycle went through
+    assert sum(waits) == pytest.approx(2.0 + 4.0)  # 1 s doubled after each failure
+    status = json.loads(mirror.layout.status_file.read_text())
+    assert status["runs"]["failed"] == 2 and status["runs"]["ok"] >= 1
+    assert load_state(mirror.state).serial == pypi.last_serial
+    assert mirror.page("numpy") == upstream_page(pypi.url, "numpy")

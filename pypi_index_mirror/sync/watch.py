@@ -140,7 +140,7 @@ class Watch:
         sync.pypi.requests_made = 0  # each cycle's record counts its own
         if sync.loaded:
             summary.serial_before = sync.state.serial
-        sync.started = self.clock()
+        sync.started = time.monotonic()  # the summary's elapsed, as a run's
         sync.breaker = CircuitBreaker(sync.config.failure_limit)
         sync.halt.clear()
         if sync.delivery is not None:
@@ -175,7 +175,7 @@ class Watch:
         """PyPI's last serial (None: following the JSON root); the first cycle also reads
         and checks the state and the mirror, as a single run does."""
         sync = self.sync
-        if self.done == 0:
+        if not sync.identified:  # also after a first cycle that failed before it got there
             return sync.start()
         serial = sync.xmlrpc_last_serial()
         if serial is not None:
