@@ -197,10 +197,15 @@ class Watch:
                 self.sync.deliver_outbox(wait=False)
                 self.note_delivery(failed=len(problems) > before)
                 del problems[before + 1 :]  # one line a pass: the cycle's record stays small
+                wait = revalidate.format_duration(round(self.pace.delivery_wait()))
+                for problem in problems[before:]:
+                    log.warning("%s; the next delivery pass in %s", problem, wait)
 
     def owes_delivery(self) -> bool:
+        """Whether a pass has anything to do now (unanswered requests settle in the cycles:
+        an hour's wait, not worth a pass every few seconds)."""
         box = self.sync.state.outbox
-        return bool(box.dirty or box.tasks or box.publishes or box.uncertain)
+        return bool(box.dirty or box.tasks or box.publishes)
 
     def note_delivery(self, failed: bool) -> None:
         """Back the delivery passes off while RSTUF refuses or fails."""
