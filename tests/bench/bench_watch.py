@@ -16,14 +16,21 @@ which is measured here on real single runs (`--cron-samples` of them, after a
 few uploads each) against the same paced RSTUF.
 
     python -m tests.bench.bench_watch --uploads 100 --gap 5
+
+``--memory CYCLES`` measures instead the resident memory of a watch over many
+short cycles (interval 0), driven in this process while both stand-ins run in
+processes of their own (so their request logs are not counted), the stand-in
+PyPI churning 5 changes every 100 cycles, all delivered to the stand-in RSTUF.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -31,7 +38,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import requests
+
 from mirror_store import digest_bytes
+from state import load_state
 from tests.fake_pypi import FakePyPI
 from tests.fake_rstuf import FakeRstuf, Pacing
 from tests.mirror_helpers import REPO, Mirror, bootstrap, mirror_view, upstream_page
@@ -145,6 +155,81 @@ def cron_latencies(upload_times: list[float], run_times: list[float], seed: int)
     return latencies
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def rss_kib() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def memory(cycles: int, work: Path) -> dict[str, object]:
+    """RSS of a watch over `cycles` cycles, sampled every 500 (see the module docstring)."""
+    import gc
+    import logging
+
+    import pypi_mirror
+    from progress import Progress
+    from pypi_client import PypiClient
+    from pypi_index_mirror.sync.watch import Watch
+    from safety import Halt
+    from settings import config_from
+
+    pypi_port, rstuf_port = free_port(), free_port()
+    servers = [
+        subprocess.Popen([sys.executable, "-m", "tests.fake_pypi", "--projects", "1000",
+                          "--port", str(pypi_port)], cwd=REPO, stdout=subprocess.DEVNULL),
+        subprocess.Popen([sys.executable, "-m", "tests.fake_rstuf", "--step", "0.01",
+                          "--port", str(rstuf_port)], cwd=REPO, stdout=subprocess.DEVNULL),
+    ]  # fmt: skip
+    pypi_url, rstuf_url = f"http://127.0.0.1:{pypi_port}", f"http://127.0.0.1:{rstuf_port}"
+    try:
+        for url in (f"{pypi_url}/_fake/state", f"{rstuf_url}/api/v1/bootstrap/"):
+            for _ in range(600):
+                try:
+                    requests.get(url, timeout=5).raise_for_status()
+                    break
+                except requests.RequestException:
+                    time.sleep(0.1)
+        mirror = Mirror(work / "pypi-index-mirror", work / "state.json", pypi_url)
+        assert mirror.run("-q") == 0
+        mirror.rstuf_url = rstuf_url
+        logging.getLogger().setLevel(logging.WARNING)
+        args = mirror.args("--watch", "1s", "--rstuf-poll", "0.05")
+        config = config_from(args, pypi_mirror.build_parser(), {})
+        halt = Halt()
+        client = PypiClient(config.pypi_url, config, sleep=halt.sleep)
+        sync = pypi_mirror.Sync(
+            config, client, pypi_mirror.make_rstuf_client(config), Progress(False, 0), halt=halt
+        )
+        watch = Watch(sync, 0.0, cycles=0)
+        samples = []
+        started = time.perf_counter()
+        while watch.done < cycles:
+            requests.post(f"{pypi_url}/_fake/churn?events=5", timeout=30).raise_for_status()
+            watch.cycles = watch.done + 100
+            watch.follow()
+            if watch.done % 500 == 0:
+                gc.collect()
+                samples.append({"cycles": watch.done, "rss_kib": rss_kib()})
+        elapsed = time.perf_counter() - started
+        delivered = len(load_state(mirror.state).outbox) == 0
+    finally:
+        for server in servers:
+            server.terminate()
+            server.wait()
+    return {
+        "cycles": cycles,
+        "changes": cycles // 100 * 5,
+        "seconds": round(elapsed, 1),
+        "outbox_empty_at_end": delivered,
+        "rss": samples,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--uploads", type=int, default=100)
@@ -152,7 +237,12 @@ def main() -> int:
     parser.add_argument("--interval", default="10s", help="--watch INTERVAL")
     parser.add_argument("--cron-samples", type=int, default=8)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--memory", type=int, metavar="CYCLES", help="measure memory instead")
     args = parser.parse_args()
+    if args.memory:
+        with tempfile.TemporaryDirectory(dir="/dev/shm") as directory:
+            print(json.dumps(memory(args.memory, Path(directory)), indent=1))
+        return 0
     with tempfile.TemporaryDirectory() as directory:
         work = Path(directory)
         watch, upload_times = watch_latencies(args, work)
