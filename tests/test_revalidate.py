@@ -131,6 +131,7 @@ def test_the_slice_follows_the_cursor_and_wraps_round() -> None:
 
 def test_the_cursor_is_three_values_in_state_json(tmp_path: Path) -> None:
     assert Cursor.from_json(Cursor("numpy", 12.5, 3).to_json()) == Cursor("numpy", 12.5, 3)
+    bad: object
     for bad in ({"after": "Not Normal"}, {"at": "yesterday"}, {"total": -1}, []):
         with pytest.raises(ValueError):
             Cursor.from_json(bad)
@@ -182,7 +183,7 @@ def test_archiving_and_unarchiving_write_no_journal_entry(pypi: FakePyPI) -> Non
     serial, journal = pypi.project_serial("numpy"), len(pypi.journal)
     before = upstream_page(pypi.url, "numpy")
     assert pypi.archive_project("numpy") == serial
-    archived = upstream_page(pypi.url, "numpy")
+    archived = upstream_page(pypi.url, "numpy") or b""
     assert b'content="archived"' in archived
     assert b'"status":"archived"' in (upstream_json_page(pypi.url, "numpy") or b"").replace(
         b" ", b""
