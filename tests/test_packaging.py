@@ -78,6 +78,11 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
         shutil.copy2(REPO / name, source / name)
     for module in top_level_modules():
         shutil.copy2(REPO / f"{module}.py", source / f"{module}.py")
+    shutil.copytree(
+        REPO / "pypi_index_mirror",
+        source / "pypi_index_mirror",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
     built = subprocess.run(
         [
             sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
