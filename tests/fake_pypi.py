@@ -413,6 +413,7 @@ class Request:
     accept: str | None = None
     body: bytes = b""
     accept_encoding: str | None = None
+    if_none_match: str | None = None
 
 
 @dataclass(slots=True)
@@ -1327,9 +1328,17 @@ class FakePyPI:
     def archive_project(self, name: str) -> int:
         """Archiving: the page's status becomes ``archived`` but, as in warehouse, no journal
         row is written and the serial does not move. Returns the (unchanged) project serial."""
+        return self._set_status_silently(name, ARCHIVED)
+
+    def unarchive_project(self, name: str) -> int:
+        """Unarchiving (warehouse's ``unarchive_project``): back to ``active``, again with no
+        journal row and no serial move. Returns the (unchanged) project serial."""
+        return self._set_status_silently(name, ACTIVE)
+
+    def _set_status_silently(self, name: str, status: str) -> int:
         with self._lock:
             project = self._project(name)
-            project.status = ARCHIVED
+            project.status = status
             self._render(project)
             self._generation += 1
             return project.last_serial
@@ -1782,7 +1791,7 @@ class FakePyPI:
                 return "redirect", None, _redirect("/simple/"), None
             fault = self._take_fault(self._page_faults, "root")
             reply = self._root_reply(request, fault)
-            return "root", None, reply, fault
+            return "root", None, _conditional(request, reply), fault
         raw_name, slash, tail = rest[1:].partition("/")
         if not slash:
             return "redirect", None, _redirect(f"/simple/{raw_name}/"), None
@@ -1807,7 +1816,7 @@ class FakePyPI:
         reply = self._page_reply(media, current)
         if fault:
             reply = self._page_fault(fault, reply, media, current, previous)
-        return "page", None, reply, fault
+        return "page", None, _conditional(request, reply), fault
 
     def _page_reply(self, media: str, rendering: Rendering) -> Reply:
         body = self._simple_json(rendering) if media == MIME_V1_JSON else rendering.html
@@ -2086,9 +2095,32 @@ def _simple_reply(media: str, body: bytes, serial: int) -> Reply:
         ("Vary", "Accept"),
         ("X-PyPI-Last-Serial", str(serial)),
         ("Cache-Control", "max-age=600, public"),
+        ("ETag", md5_etag(body)),
         *CORS_HEADERS,
     ]
     return Reply(200, headers, body)
+
+
+def md5_etag(body: bytes) -> str:
+    """Warehouse's ETag of a buffered 200 answer: its conditional-response tween calls WebOb's
+    ``Response.md5_etag()`` (base64 MD5 of the body, ``=`` stripped, quoted). Warehouse gzips
+    for clients that accept it and then tags the gzipped bytes; this stand-in never gzips."""
+    digest = base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest())
+    return '"' + digest.decode("ascii").rstrip("=") + '"'
+
+
+def _conditional(request: Request, reply: Reply) -> Reply:
+    """A 304 for a 200 whose ETag the request's If-None-Match names (WebOb's comparison is
+    weak: ``W/`` is ignored; ``*`` matches any), keeping every header but Content-Type and
+    Content-Length as WebOb does (``X-PyPI-Last-Serial`` included)."""
+    if reply.status != 200 or not request.if_none_match:
+        return reply
+    etag = dict(reply.headers).get("ETag")
+    wanted = {tag.strip().removeprefix("W/") for tag in request.if_none_match.split(",")}
+    if etag is None or not (etag in wanted or "*" in wanted):
+        return reply
+    headers = [(name, value) for name, value in reply.headers if name != "Content-Type"]
+    return Reply(304, headers, b"", delay=reply.delay)
 
 
 def _json_reply(body: bytes, serial: int) -> Reply:
@@ -2255,6 +2287,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.headers.get("Accept"),
             body,
             self.headers.get("Accept-Encoding"),
+            self.headers.get("If-None-Match"),
         )
         self._write(self.server.fake.respond(request))
 
@@ -2273,7 +2306,7 @@ class _Handler(BaseHTTPRequestHandler):
             f"Server: {self.server_version}",
             f"Date: {email.utils.formatdate(usegmt=True)}",
             *(f"{name}: {value}" for name, value in reply.headers),
-            f"Content-Length: {length}",
+            *([f"Content-Length: {length}"] if reply.status != 304 else []),
         ]
         if reply.truncate:
             self.close_connection = True

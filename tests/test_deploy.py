@@ -25,6 +25,7 @@ from tests.mirror_helpers import REPO
 
 SERVICE = REPO / "deploy" / "pypi-mirror.service"
 TIMER = REPO / "deploy" / "pypi-mirror.timer"
+WATCH = REPO / "deploy" / "pypi-mirror-watch.service"
 NGINX = REPO / "serving" / "nginx.conf"
 EXAMPLE_CONFIG = REPO / "pypi-mirror.example.toml"
 # Where the examples put things: the checkout with its venv, and the mirror's directory.
@@ -68,6 +69,24 @@ def test_timer_runs_the_service_every_five_minutes_without_overlap() -> None:
     assert "Unit" not in timer  # the service of the same name
 
 
+def test_watch_service_runs_the_watch_with_the_oneshots_hardening() -> None:
+    """The long-running unit: the same user, paths and sandbox as the one-shot, restarted on
+    failure, SIGTERM's 143 a clean stop, and the interval one the code accepts."""
+    watch, oneshot = unit(WATCH)["Service"], unit(SERVICE)["Service"]
+    assert watch["Type"] == "exec"
+    interpreter, script, *args = watch["ExecStart"].split()
+    assert (interpreter, script) == (VENV_PYTHON, f"{CHECKOUT}/pypi_mirror.py")
+    assert args[0] == "--watch" and settings.config_from(args, pypi_mirror.build_parser(), {}).watch
+    assert watch["SuccessExitStatus"].split() == [str(EXIT_TERMINATED)]
+    assert watch["Restart"] == "on-failure" and "TimeoutStopSec" in watch
+    shared = {key: value for key, value in oneshot.items() if key not in WATCH_ONLY_DIFFERS}
+    assert {key: watch.get(key) for key in shared} == shared
+
+
+# what the long-running unit sets otherwise than the one-shot
+WATCH_ONLY_DIFFERS = {"Type", "ExecStart", "SuccessExitStatus", "TimeoutStartSec"}
+
+
 def test_nginx_serves_what_the_service_writes() -> None:
     (root,) = re.findall(r"(?m)^\s*root\s+([^;]+);", NGINX.read_text())
     assert root == f"{DATA}/pypi-index-mirror/pypi_mirror"
@@ -102,10 +121,18 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     text = SERVICE.read_text().replace(VENV_PYTHON, sys.executable).replace(CHECKOUT, str(REPO))
     (tmp_path / SERVICE.name).write_text(text)
     shutil.copy2(TIMER, tmp_path / TIMER.name)
+    watch = WATCH.read_text().replace(VENV_PYTHON, sys.executable).replace(CHECKOUT, str(REPO))
+    (tmp_path / WATCH.name).write_text(watch)
     if verify is None:  # not a systemd machine: the parse checks above are all there is
         return
     result = subprocess.run(
-        [verify, "verify", str(tmp_path / SERVICE.name), str(tmp_path / TIMER.name)],
+        [
+            verify,
+            "verify",
+            str(tmp_path / SERVICE.name),
+            str(tmp_path / TIMER.name),
+            str(tmp_path / WATCH.name),
+        ],
         capture_output=True,
         text=True,
         timeout=60,

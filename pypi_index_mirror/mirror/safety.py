@@ -454,6 +454,11 @@ class Halt:
             self.reason = reason
             self._event.set()
 
+    def clear(self) -> None:
+        """Re-arm: a --watch process's next cycle fetches again (with a new breaker)."""
+        self.reason = None
+        self._event.clear()
+
     def check(self) -> None:
         if self._event.is_set() or stop_requested() is not None:
             raise FetchHalted(self.reason or "stopped by a signal")

@@ -19,6 +19,7 @@ from pathlib import Path
 from pypi_index_mirror.mirror.filters import ProjectFilter
 from pypi_index_mirror.mirror.store import InvalidProjectName, atomic_write, project_dir_name
 from pypi_index_mirror.ops.cli import ToolError
+from pypi_index_mirror.sync.revalidate import Cursor
 
 STATE_SCHEMA = 2
 # Schema 1 (release 1.0) had no identity: read once, then written as schema 2 (see `State`).
@@ -168,6 +169,8 @@ class State:
     # the full sync in progress is a first sync into an empty mirror: RSTUF learns its
     # pages from generate_csv.py, so they do not go to the outbox
     first_sync: bool = False
+    # where --revalidate-period's walk through the mirror's projects stands
+    revalidation: Cursor = field(default_factory=Cursor)
     # not saved: the schema of the file this state was read from (None: there was no file)
     read_schema: int | None = field(default=None, compare=False)
 
@@ -204,6 +207,7 @@ class State:
             "bootstrap_seen": self.bootstrap_seen,
             "filters": self.filters.to_json(),
             "formats": list(self.formats),
+            "revalidation": self.revalidation.to_json(),
         }
 
 
@@ -313,6 +317,7 @@ def _state_from_json(doc: object) -> State:
         **identity,
         filters=filters,
         formats=tuple(formats),
+        revalidation=Cursor.from_json(doc.get("revalidation", {})),
     )
     state.read_schema = schema
     return state

@@ -13,6 +13,7 @@ import errno
 import logging
 import math
 import os
+import re
 import select
 import signal
 import sys
@@ -230,6 +231,38 @@ def io_error_line(exc: OSError) -> str:
     cause = exc.strerror or str(exc)
     advice = IO_ADVICE.get(exc.errno or 0, "fix the cause")
     return f"{where}{cause}: {advice}, then run again"
+
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$", re.IGNORECASE)
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from ``90s``, ``15m``, ``6h``, ``7d``, ``2w`` or a bare number of seconds.
+
+    Raises ValueError naming the text; ``0`` is a valid answer (the caller
+    decides what it means: revalidation off, for one).
+    """
+    match = _DURATION.match(text)
+    if match is None:
+        raise ValueError(
+            f"not a duration: {text!r} (a number with s, m, h, d or w, e.g. 90s, 6h, 7d)"
+        )
+    value = float(match.group(1)) * _UNITS[(match.group(2) or "s").lower()]
+    if not math.isfinite(value):
+        raise ValueError(f"not a finite duration: {text!r}")
+    return value
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest exact spelling `parse_duration` reads back (``604800`` -> ``7d``)."""
+    if seconds == 0:
+        return "0"
+    for unit in ("d", "h", "m"):
+        size = _UNITS[unit]
+        if seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
 
 
 def number(kind: type, minimum: float, maximum: float) -> Callable[[str], float]:

@@ -26,7 +26,14 @@ from typing import Any
 
 from pypi_index_mirror.mirror.filters import ProjectFilter, glob_pattern
 from pypi_index_mirror.mirror.store import DEFAULT_MIRROR_DIR, DEFAULT_STATE_FILE
-from pypi_index_mirror.ops.cli import VERSION, UsageError, format_bound, number
+from pypi_index_mirror.ops.cli import (
+    VERSION,
+    UsageError,
+    format_bound,
+    format_duration,
+    number,
+    parse_duration,
+)
 
 CONFIG_ENV = "PYPI_MIRROR_CONFIG"
 TOKEN_ENV = "RSTUF_API_TOKEN"  # a secret: read from the environment only, never a flag
@@ -78,6 +85,10 @@ class Config:
     metrics_file: Path | None = None  # Prometheus text file written at the end of each run
     status: bool = False  # --status: print the last run's status and exit
     status_json: bool = False  # --status --json
+    # seconds within which every page is fetched again (conditionally) though the changelog
+    # never named it: archiving and template changes move no serial; 0: never
+    revalidate_period: float = 7 * 86400.0  # seconds: every page seen again within a week
+    watch: float = 0.0  # seconds between two reads of the changelog in --watch; 0: run once
 
     @property
     def state_file(self) -> Path:
@@ -202,6 +213,21 @@ def path_value(text: str) -> Path:
     if not text.strip():
         raise ValueError("must not be empty (an unset variable?): give a path")
     return Path(text)
+
+
+def duration(minimum: float, maximum: float, off: bool = False) -> Callable[[str], float]:
+    """A parser for a duration (``90s``, ``6h``, ``7d``) in [minimum, maximum]; with `off`,
+    ``0`` too. Shown in --help and read from a config file as its text (``"7d"``)."""
+
+    def parse(text: str) -> float:
+        seconds = parse_duration(text)
+        if (seconds == 0 and off) or minimum <= seconds <= maximum:
+            return seconds
+        low = ("0 or " if off else "") + format_duration(minimum)
+        raise ValueError(f"must be {low} to {format_duration(maximum)}, not {text!r}")
+
+    parse.show = format_duration  # type: ignore[attr-defined]  # --help's default
+    return parse
 
 
 def switch(text: str) -> bool:
@@ -441,6 +467,22 @@ OPTIONS: tuple[Option, ...] = (
         short="-v",
     ),
     Option("quiet", "log warnings, errors and the summary line only", short="-q"),
+    Option(
+        "revalidate-period",
+        "fetch every mirrored page again within this period (90s, 6h, 7d; 0: never), a share "
+        "of them each run, oldest first, as conditional requests (an unchanged page costs a "
+        "304): PyPI changes some pages without a changelog entry (archiving a project)",
+        duration(60, 366 * 86400, off=True),
+        metavar="DURATION",
+    ),
+    Option(
+        "watch",
+        "run until stopped (SIGTERM: exit 143, nothing lost): read the changelog every "
+        "INTERVAL (e.g. 10s), apply it and deliver to RSTUF without waiting for RSTUF's "
+        "tasks, revalidate in the background; status and metrics every cycle; 0: run once",
+        duration(1, 86400, off=True),
+        metavar="INTERVAL",
+    ),
 )
 
 # Switches of which one source (command line, environment, file) may set only one; a
@@ -462,7 +504,7 @@ def describe(option: Option) -> str:
         notes.append(f"env {option.env_name}" + (", comma-separated" if option.many else ""))
     default = getattr(DEFAULTS, option.dest, None)
     if option.parse is not None and default not in (None, ()):
-        notes.append(f"default {default}")
+        notes.append(f"default {getattr(option.parse, 'show', str)(default)}")
     return f"{option.help} ({'; '.join(notes)})" if notes else option.help
 
 
@@ -781,6 +823,14 @@ def config_from(
     if values.get("status") and (values.get("dry_run") or values.get("full_check")):
         raise UsageError("--status only reads; give it without --dry-run and --full-check")
     check_audit_options(values)
+    if values.get("watch"):
+        clash = [f"--{k.replace('_', '-')}" for k in ("dry_run", "full_check", "audit", "status")]
+        clash = [flag for flag in clash if values.get(flag[2:].replace("-", "_"))]
+        if clash:
+            raise UsageError(
+                f"--watch runs until stopped and cannot go with {' or '.join(clash)}: "
+                "run that once on its own (stop the watch service first)"
+            )
     if values.get("no_rstuf") and values.get("rstuf_url"):
         raise UsageError(
             "--no-rstuf and an RSTUF URL (--rstuf-url, RSTUF_API_URL or rstuf-url in the "

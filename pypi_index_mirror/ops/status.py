@@ -132,6 +132,9 @@ class MirrorFigures:
     retired: int = 0  # old hash-prefixed copies still served during their grace
     full_sync_in_progress: bool = False
     rstuf_used: bool = True  # False: the mirror runs without RSTUF (--no-rstuf)
+    # when the mirror was last seen holding PyPI's newest serial (epoch seconds): the age of
+    # what it applied, which --watch keeps within seconds
+    in_step_seen: float | None = None
 
     @property
     def lag(self) -> int | None:
@@ -183,6 +186,7 @@ def figures_of(state: State, previous: MirrorFigures, new_since: float) -> Mirro
         outbox_since=since,
         retired=len(state.retired),
         full_sync_in_progress=state.full_sync_in_progress,
+        in_step_seen=previous.in_step_seen,
     )
 
 
@@ -357,6 +361,8 @@ class StatusRecorder:
         if summary.upstream_serial is not None:
             status.mirror.upstream_serial = summary.upstream_serial
             status.mirror.upstream_seen = summary.upstream_seen
+            if status.mirror.lag == 0:
+                status.mirror.in_step_seen = summary.upstream_seen
         self._write(metrics=True, status_file=status_file)
 
     def metrics_only(
@@ -606,6 +612,11 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "upstream_serial": (GAUGE, "PyPI's last changelog serial, as last seen."),
     "upstream_serial_timestamp_seconds": (GAUGE, "When PyPI's last serial was seen (Unix time)."),
     "serial_lag": (GAUGE, "Changelog serials the mirror is behind PyPI, as last seen."),
+    "in_step_timestamp_seconds": (
+        GAUGE,
+        "When the mirror was last seen holding PyPI's newest serial (Unix time): now minus "
+        "this is the age of the newest serial it applied.",
+    ),
     "pending_projects": (GAUGE, "Projects whose page failed or stayed stale, kept for next run."),
     "outbox_paths": (GAUGE, "Changed paths RSTUF has not confirmed yet."),
     "outbox_tasks": (GAUGE, "RSTUF tasks accepted but not yet seen to succeed."),
@@ -651,6 +662,7 @@ def metric_samples(status: Status) -> Iterator[Sample]:
     yield "upstream_serial", {}, mirror.upstream_serial
     yield "upstream_serial_timestamp_seconds", {}, mirror.upstream_seen
     yield "serial_lag", {}, mirror.lag
+    yield "in_step_timestamp_seconds", {}, mirror.in_step_seen
     yield "pending_projects", {}, mirror.pending
     yield "outbox_paths", {}, mirror.outbox_paths
     yield "outbox_tasks", {}, mirror.outbox_tasks

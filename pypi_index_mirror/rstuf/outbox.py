@@ -157,6 +157,21 @@ class RstufDelivery:
     def poll_interval(self) -> float:
         return self.client.poll_interval
 
+    def next_round(self) -> None:
+        """A --watch process's next cycle counts as a new run: paths whose task failed are
+        sent again, publishing resumes after failures, and what was learnt of tasks no
+        longer followed is dropped, so a process running for weeks holds no more than a
+        run does."""
+        self.failed_paths.clear()
+        self.publish_failures = 0
+        followed = {task.task_id for task in self.box.tasks}
+        publishes = {publish.task_id for publish in self.box.publishes}
+        self.covered_by = {t: p for t, p in self.covered_by.items() if t in followed}
+        recent = publishes | set(self.covered_by.values())
+        self.publish_posted = {p: t for p, t in self.publish_posted.items() if p in recent}
+        self.publish_done = {p: t for p, t in self.publish_done.items() if p in recent}
+        self.states = {t: s for t, s in self.states.items() if t in followed | publishes}
+
     # --- one delivery
 
     def deliver(self, wait: bool) -> DeliveryReport:

@@ -57,9 +57,10 @@ class ProjectSteps(Protocol[T, F, R_co]):
 
     def step(
         self, fetch: F, outcome: PageAnswer | PageTransportError | None
-    ) -> tuple[str, str] | Pause | R_co:
+    ) -> tuple[str, str, tuple[str, ...]] | Pause | R_co:
         """After `outcome` (None: nothing asked yet, or a pause ended): the next GET's
-        (path, accept), a `Pause` before going on, or the project's result."""
+        (path, accept, extra header lines), a `Pause` before going on, or the project's
+        result."""
         ...
 
     def halted(self) -> bool:
@@ -152,9 +153,9 @@ class _Engine(Generic[T, F, R]):
         """Take `fetch`'s next step: a request started, a timer set, or its result (boxed)."""
         step = self.steps.step(fetch, outcome)
         if isinstance(step, tuple):
-            path, accept = step
+            path, accept, extra = step
             self.in_flight[id(fetch)] = fetch
-            self.loop.start(path, accept, tag=fetch)
+            self.loop.start(path, accept, tag=fetch, extra=extra)
             return None
         if isinstance(step, Pause):
             due = self.clock() + max(0.0, step.seconds)

@@ -34,6 +34,7 @@ from pypi_index_mirror.upstream.client import (
     StalePage,
     Transient,
     UpstreamError,
+    conditional_headers,
     page_request,
 )
 from pypi_index_mirror.upstream.transport import PageAnswer, PageTransportError
@@ -109,10 +110,13 @@ class PageSteps:
         record_changes: bool,
         read_old: bool,
         dry_run: bool = False,
+        revalidating: bool = False,
     ) -> None:
         self.pypi, self.writer, self.forms = pypi, writer, forms
         self.breaker, self.halt = breaker, halt
         self.record_changes, self.read_old, self.dry_run = record_changes, read_old, dry_run
+        # revalidation: each GET is conditional on the page held (a 304 when unchanged)
+        self.revalidating = revalidating
         self.policy = pypi.retry_policy
         self.json_form = [form is JSON for form in forms]
 
@@ -143,7 +147,7 @@ class PageSteps:
 
     def step(
         self, fetch: ProjectFetch, outcome: PageAnswer | PageTransportError | None
-    ) -> tuple[str, str] | Pause | Fetched:
+    ) -> tuple[str, str, tuple[str, ...]] | Pause | Fetched:
         """After `outcome` (None: nothing asked yet, or a pause ended), the next request,
         a pause before a retry, or the project's result."""
         if outcome is not None:
@@ -171,7 +175,10 @@ class PageSteps:
             if self.halt.is_set:
                 return Fetched(fetch.name, fetch.item, NOT_FETCHED)
             self.pypi.count_request()
-            return page_request(fetch.name, self.json_form[fetch.todo[0]])
+            index = fetch.todo[0]
+            held = fetch.olds[index] if self.revalidating else None
+            path, accept = page_request(fetch.name, self.json_form[index])
+            return path, accept, conditional_headers(held) if held is not None else ()
         try:
             pages = self.end_round(fetch)
         except (StalePage, MissingPage) as exc:  # the forms behind again, after a pause

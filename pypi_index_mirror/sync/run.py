@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -113,7 +114,7 @@ from pypi_index_mirror.ops.settings import Config, config_from
 from pypi_index_mirror.ops.status import StatusRecorder, show_status
 from pypi_index_mirror.rstuf import client as rstuf_client
 from pypi_index_mirror.rstuf.outbox import RstufDelivery, WaitBudget
-from pypi_index_mirror.sync import dry_run
+from pypi_index_mirror.sync import dry_run, revalidate
 from pypi_index_mirror.sync.fetch_loop import fetch_each
 from pypi_index_mirror.sync.page_steps import Fetched, NotFetched, PageSteps
 from pypi_index_mirror.sync.plan import (
@@ -285,6 +286,8 @@ class Sync:
             rstuf_used=not config.no_rstuf,
         )
         self.started = time.monotonic()
+        self.revalidating = False  # page GETs are conditional on the held bytes (revalidate)
+        self.revalidate_limit: int | None = None  # pages one revalidation checks at most
 
     # the run
 
@@ -318,8 +321,15 @@ class Sync:
         return self.exit_code()
 
     def sync_locked(self) -> None:
+        self.catch_up(self.start())  # None: following the JSON root
+
+    def catch_up(
+        self, last_serial: int | None, wait: bool = True, revalidating: bool = True
+    ) -> None:
+        """Under the lock, identity checked: apply what changed up to PyPI's `last_serial`,
+        revalidate a share of the pages (unless not `revalidating`), and deliver to RSTUF,
+        following its tasks within the budget if `wait` (a --watch cycle does not wait)."""
         config = self.config
-        last_serial = self.start()  # None: following the JSON root
         self.forget_rstuf_if_disabled()
         if self.state.outbox.dirty and not config.dry_run:
             # a killed run may have left pages unflushed: never register bytes
@@ -330,14 +340,18 @@ class Sync:
             del self.state.pending[name]  # excluded now: never fetched again
         if self.needs_full_sync():
             self.full_sync(last_serial)
+            cursor = self.state.revalidation  # every page was just checked
+            self.state.revalidation = dataclasses.replace(cursor, at=time.time())
         else:
             self.update(last_serial)
+            if revalidating:
+                self.revalidate(self.revalidate_limit)
         self.state.filters = self.filter
         if config.dry_run:
             return
         sync_filesystem(self.layout.root)  # every page durable before the serial moves
         self.save("run-end")
-        self.deliver_outbox(wait=True)
+        self.deliver_outbox(wait=wait)
         # after the delivery: what RSTUF just confirmed frees the copies it replaced
         self.writer.collect_retired(self.config.grace)
         self.save()
@@ -457,7 +471,8 @@ class Sync:
         finally:
             self.settle_summary()
             self.summary.exit = exit_code
-            loaded = self.state if self.state is not unread else None
+            # a --watch cycle after the first records the state it was identified with
+            loaded = self.state if self.state is not unread or self.identified else None
             self.status.end(exit_code, error, self.summary, loaded)
 
     def upstream_last_serial(self) -> int:
@@ -927,7 +942,14 @@ class Sync:
                     merge_pending(to_fetch, name, listing[name])
         for name, item in self.state.pending.items():
             merge_pending(to_fetch, name, item)
-        log.info("changelog %d->%d: %d projects to refresh", since, newest, len(to_fetch))
+        quiet = self.config.watch and not to_fetch  # a --watch cycle with nothing new
+        log.log(
+            logging.DEBUG if quiet else logging.INFO,
+            "changelog %d->%d: %d projects to refresh",
+            since,
+            newest,
+            len(to_fetch),
+        )
         if self.config.dry_run:
             root = bool(identity_changed) or membership_hint
             self.plan_update(since, newest, to_fetch, root)
@@ -1155,6 +1177,8 @@ class Sync:
         mirror has no page of any project in `wanted`, so none is read back.
         """
         outcome = Refreshed()
+        if not wanted:  # a quiet --watch cycle: no worker threads started for nothing
+            return outcome
         settled: set[str] = set()  # pending projects fetched now
         steps = PageSteps(
             self.pypi,
@@ -1165,6 +1189,7 @@ class Sync:
             record_changes=record_changes,
             read_old=not nothing_on_disk,
             dry_run=self.config.dry_run,
+            revalidating=self.revalidating,
         )
         fetches = self.fetch_all(steps, wanted)
         self.progress.start(len(wanted), "fetching")
@@ -1306,6 +1331,54 @@ class Sync:
             self.summary.added += 1
         else:
             self.summary.updated += 1
+
+    # revalidation (--revalidate-period): pages PyPI changed without a changelog entry
+
+    def revalidate(self, limit: int | None = None) -> None:
+        """Fetch again, conditionally, the share of the mirror's projects the period asks for
+        now (`revalidate.plan`), after the cursor; `limit` caps how many.
+
+        A changed page goes through `refresh` as an update's does: written in
+        every form, its hash-prefixed copy made, owed to RSTUF. One that fails
+        stays pending (fetched in full next run). The slice comes from the root
+        index, streamed in sorted order: quarantined projects, which it does not
+        list, change only with a changelog entry anyway.
+        """
+        period, cursor = self.config.revalidate_period, self.state.revalidation
+        if period <= 0 or self.config.dry_run or self.halt.is_set:
+            return
+        total = cursor.total or sum(1 for _ in self.iter_root_members())
+        planned = revalidate.plan(cursor, total, time.time(), period, limit)
+        if planned.count == 0:
+            self.state.revalidation = planned.cursor
+            return
+        chosen, total = revalidate.next_slice(self.iter_root_members(), cursor.after, planned.count)
+        primary = self.forms[0].basename
+        wanted = {
+            name: PendingProject(display, self.writer.local_serial(name, primary) or 0)
+            for name, display in chosen
+        }
+        checked = (self.pypi.not_modified, self.summary.updated, self.summary.removed)
+        self.revalidating = True
+        try:
+            with self.applying_changes():
+                outcome = self.refresh(wanted, record_changes=True, keep_unfetched=False)
+                self.finish_update(wanted, outcome, set())
+                if not self.halt.is_set:
+                    done = revalidate.cursor_after(chosen, planned.cursor)
+                    self.state.revalidation = dataclasses.replace(done, total=total)
+        finally:
+            self.revalidating = False
+        log.info(
+            "revalidated %d of %d projects (through %s): %d pages unchanged (304), "
+            "%d projects changed, %d gone",
+            len(wanted),
+            total,
+            chosen[-1][0],
+            self.pypi.not_modified - checked[0],
+            self.summary.updated - checked[1],
+            self.summary.removed - checked[2],
+        )
 
     # RSTUF
 
@@ -1813,6 +1886,10 @@ def run_sync(config: Config, summary: Summary, made: Callable[[Sync], None]) -> 
     try:
         sync = Sync(config, pypi, rstuf, progress, summary=summary, halt=halt)
         made(sync)
+        if config.watch:
+            from pypi_index_mirror.sync.watch import Watch  # it drives a Sync: imported here
+
+            return Watch(sync, config.watch).run()
         return sync.run_audit() if config.audit else sync.run()
     finally:
         progress.close()

@@ -9,8 +9,10 @@ the mirror; `pypi_mirror.py` does that.
 
 from __future__ import annotations
 
+import base64
 import codecs
 import functools
+import hashlib
 import json
 import logging
 import re
@@ -595,6 +597,8 @@ _PLAIN_PROJECT = re.compile(
     r'[ \t\r\n]*"_last-serial"[ \t\r\n]*:[ \t\r\n]*(0|[1-9][0-9]*)[ \t\r\n]*\}'
     r"[ \t\r\n]*(?:(,)|(?=\]))"
 )
+# A held page's serial, either form: the HTML trailer or the JSON meta's
+_SERIAL_IN_PAGE = re.compile(rb"<!--SERIAL (\d+)-->\s*$|\"_last-serial\"\s*:\s*(\d+)")
 _RESET_IN = re.compile(r"reset in (\d+(?:\.\d+)?) seconds?")
 _DISABLED = re.compile(r"\b(disabled|deprecated|removed|no longer)\b", re.IGNORECASE)
 
@@ -660,6 +664,23 @@ class FetchedPage:
     facts: PageFacts | None
 
 
+def etag_of(body: bytes) -> str:
+    """The ETag warehouse sends with these bytes as an uncompressed answer, quotes included.
+
+    Warehouse's conditional-response tween calls WebOb's ``md5_etag()``: the
+    base64 MD5 of the body with its ``=`` padding stripped. When warehouse
+    gzips an answer it computes the tag again from the compressed bytes, so a
+    conditional request asks for the identity encoding (`conditional_headers`).
+    """
+    digest = base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest())
+    return '"' + digest.decode("ascii").rstrip("=") + '"'
+
+
+def conditional_headers(body: bytes) -> tuple[str, ...]:
+    """The request headers of a GET that only wants the page if it is no longer `body`."""
+    return (f"If-None-Match: {etag_of(body)}", "Accept-Encoding: identity")
+
+
 def page_request(name: str, json_form: bool) -> tuple[str, str]:
     """The path and Accept header of a GET of project `name`'s page in one form."""
     return f"/simple/{name}/", JSON_TYPE if json_form else HTML_ACCEPT
@@ -701,6 +722,7 @@ class PypiClient:
         self.environment = environment if environment is not None else read_environment(config)
         self._pages: PagePool | None = None
         self.requests_made = 0
+        self.not_modified = 0  # conditional page GETs answered 304 (revalidation)
 
     def _default_session(self) -> requests.Session:
         session = self.environment.session(self.base_url)
@@ -880,11 +902,19 @@ class PypiClient:
         """GET /simple/<name>/ once as PEP 691 JSON; raises and skips like `fetch_page`."""
         return self.read_page(name, self.get_page(name, json_form=True), known, json_form=True)
 
-    def get_page(self, name: str, json_form: bool) -> PageAnswer | PageTransportError:
-        """One GET of a project page (`page_request`) over the shared handles; for `read_page`."""
+    def get_page(
+        self, name: str, json_form: bool, unless: bytes | None = None
+    ) -> PageAnswer | PageTransportError:
+        """One GET of a project page (`page_request`) over the shared handles; for `read_page`.
+
+        With `unless` (the bytes the mirror holds: a revalidation), the GET is
+        conditional on warehouse's ETag of those bytes, so an unchanged page is
+        a 304 without a body (`read_page` then hands the held bytes back).
+        """
         self.count_request()
+        extra = conditional_headers(unless) if unless is not None else ()
         try:
-            return self.pages.get(*page_request(name, json_form))
+            return self.pages.get(*page_request(name, json_form), extra)
         except PageTransportError as exc:
             return exc
 
@@ -902,7 +932,11 @@ class PypiClient:
         elsewhere) hands its outcome here, so every page is judged alike.
         """
         media_types = (JSON_TYPE,) if json_form else SIMPLE_HTML_TYPES
-        body, serial = self._simple_body(name, outcome, media_types)
+        body: bytes | None
+        if isinstance(outcome, PageAnswer) and outcome.status == 304 and known is not None:
+            body, serial = known, self._unchanged_serial(name, outcome, known)
+        else:
+            body, serial = self._simple_body(name, outcome, media_types)
         if body is None:
             return FetchedPage(name, None, None, None)
         facts = facts_of_checked_page(body) if body == known else None
@@ -913,6 +947,21 @@ class PypiClient:
                 else inspect_simple_page(name, body)
             )
         return FetchedPage(name, body, serial, facts)
+
+    def _unchanged_serial(self, name: str, outcome: PageAnswer, known: bytes) -> int:
+        """The serial of a page a 304 says is still `known`: warehouse's 304 keeps
+        ``X-PyPI-Last-Serial`` (WebOb drops only Content-Type and Content-Length);
+        without it, the one the held page shows."""
+        with self._lock:
+            self.not_modified += 1
+        header = outcome.headers.get("X-PyPI-Last-Serial") or ""
+        if header.isdigit():
+            return int(header)
+        found = _SERIAL_IN_PAGE.search(known)
+        if found is None:
+            raise NotASimplePage(name, "HTTP 304 without X-PyPI-Last-Serial")
+        log.debug("page %s: HTTP 304 without X-PyPI-Last-Serial", name)
+        return int(found.group(1) or found.group(2))
 
     def _simple_body(
         self, name: str, outcome: PageAnswer | PageTransportError, media_types: tuple[str, ...]

@@ -135,7 +135,7 @@ class _Transfer:
     set, and the Accept header is set again only when it changes.
     """
 
-    __slots__ = ("accept", "base_url", "body", "handle", "lines")
+    __slots__ = ("accept", "base_url", "body", "extra", "handle", "lines")
 
     def __init__(self, settings: TransportSettings) -> None:
         self.handle = new_handle(settings)
@@ -143,15 +143,17 @@ class _Transfer:
         self.body = _Body(settings.max_body_bytes)
         self.lines: list[bytes] = []
         self.accept: str | None = None
+        self.extra: tuple[str, ...] = ()
         self.handle.setopt(pycurl.WRITEFUNCTION, self.body.write)
         self.handle.setopt(pycurl.HEADERFUNCTION, self.lines.append)
 
-    def begin(self, path: str, accept: str) -> None:
-        """Set the handle up for a GET of `base_url` + `path` with this Accept."""
+    def begin(self, path: str, accept: str, extra: tuple[str, ...] = ()) -> None:
+        """Set the handle up for a GET of `base_url` + `path` with this Accept (and the
+        `extra` header lines: a conditional GET's)."""
         self.handle.setopt(pycurl.URL, self.base_url + path)
-        if accept != self.accept:
-            self.handle.setopt(pycurl.HTTPHEADER, [f"Accept: {accept}"])
-            self.accept = accept
+        if accept != self.accept or extra or self.extra:
+            self.handle.setopt(pycurl.HTTPHEADER, [f"Accept: {accept}", *extra])
+            self.accept, self.extra = accept, extra
 
     def answer(self) -> PageAnswer:
         """The answer of a GET that completed."""
@@ -194,10 +196,11 @@ class PagePool:
         self._all: list[_Transfer] = []
         self._lock = threading.Lock()
 
-    def get(self, path: str, accept: str) -> PageAnswer:
-        """GET `base_url` + `path` with this Accept; raises PageTransportError."""
+    def get(self, path: str, accept: str, extra: tuple[str, ...] = ()) -> PageAnswer:
+        """GET `base_url` + `path` with this Accept and `extra` headers; raises
+        PageTransportError."""
         transfer = self._take()
-        transfer.begin(path, accept)
+        transfer.begin(path, accept, extra)
         try:
             transfer.handle.perform()
         except pycurl.error as exc:
@@ -285,10 +288,11 @@ class PageLoop:
     def in_flight(self) -> int:
         return len(self._running)
 
-    def start(self, path: str, accept: str, tag: object) -> None:
-        """Begin a GET of `base_url` + `path`; `wait` hands back its answer with `tag`."""
+    def start(self, path: str, accept: str, tag: object, extra: tuple[str, ...] = ()) -> None:
+        """Begin a GET of `base_url` + `path` (with the `extra` header lines: a conditional
+        GET's); `wait` hands back its answer with `tag`."""
         transfer = self._idle.pop() if self._idle else _Transfer(self.settings)
-        transfer.begin(path, accept)
+        transfer.begin(path, accept, extra)
         self._running[transfer.handle] = (transfer, tag)
         self._multi.add_handle(transfer.handle)
 
