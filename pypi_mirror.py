@@ -6,7 +6,7 @@ this file stays so that every documented command, cron line and unit keeps worki
 
 import sys
 
-from pypi_index_mirror.sync.run import main
+from pypi_index_mirror.ops.command import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -2,7 +2,7 @@
 
 import sys
 
-from pypi_index_mirror.sync.run import main
+from pypi_index_mirror.ops.command import main
 
 if __name__ == "__main__":
     sys.exit(main())

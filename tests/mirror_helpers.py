@@ -21,7 +21,7 @@ from pypi_index_mirror.mirror.store import (
     iter_targets,
     prefixed_name,
 )
-from pypi_index_mirror.sync import run as pypi_mirror
+from pypi_index_mirror.ops import command as pypi_mirror
 
 View = dict[str, dict]
 REPO = Path(__file__).resolve().parent.parent

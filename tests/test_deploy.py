@@ -17,9 +17,9 @@ import sys
 from pathlib import Path
 
 from pypi_index_mirror.mirror.store import DEFAULT_MIRROR_DIR, DEFAULT_STATE_FILE, MirrorLayout
+from pypi_index_mirror.ops import command as pypi_mirror
 from pypi_index_mirror.ops import settings
 from pypi_index_mirror.ops.cli import EXIT_PARTIAL, EXIT_TERMINATED
-from pypi_index_mirror.sync import run as pypi_mirror
 from tests.fake_pypi import FakePyPI
 from tests.mirror_helpers import REPO
 

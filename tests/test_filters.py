@@ -10,9 +10,9 @@ import pytest
 from pypi_index_mirror.mirror.filters import ProjectFilter, glob_pattern
 from pypi_index_mirror.mirror.state import load_state
 from pypi_index_mirror.ops import cli as cli_support
+from pypi_index_mirror.ops import command as pypi_mirror
 from pypi_index_mirror.ops import settings
 from pypi_index_mirror.ops.cli import UsageError
-from pypi_index_mirror.sync import run as pypi_mirror
 from tests.fake_pypi import FakePyPI
 from tests.mirror_helpers import Mirror, assert_consistent, upstream_page
 

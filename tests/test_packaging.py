@@ -24,7 +24,7 @@ PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 # No pip.conf of this machine (extra indexes, constraints): --no-index means no index at all.
 PIP_OFFLINE = {**os.environ, "PIP_CONFIG_FILE": os.devnull}
 SCRIPTS = {
-    "pypi-mirror": "pypi_index_mirror.sync.run:main",
+    "pypi-mirror": "pypi_index_mirror.ops.command:main",
     "pypi-mirror-csv": "pypi_index_mirror.rstuf.bootstrap_csv:main",
     "pypi-mirror-proxy": "pypi_index_mirror.proxy.cli:main",
 }

@@ -68,7 +68,7 @@ def test_durations_are_shown_as_they_are_written() -> None:
 def test_the_option_is_settable_everywhere_and_out_of_range_values_are_refused(
     tmp_path: Path,
 ) -> None:
-    from pypi_index_mirror.sync.run import build_parser
+    from pypi_index_mirror.ops.command import build_parser
 
     assert config_from([], build_parser(), {}).revalidate_period == WEEK
     assert config_from(["--revalidate-period", "6h"], build_parser(), {}).revalidate_period == 21600

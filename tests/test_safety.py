@@ -27,10 +27,10 @@ from pypi_index_mirror.mirror.safety import CircuitBreaker, MirrorFacts, MirrorM
 from pypi_index_mirror.mirror.state import PendingProject, State, load_state, save_state
 from pypi_index_mirror.mirror.store import MirrorLayout, mirror_lock
 from pypi_index_mirror.ops import cli as cli_support
+from pypi_index_mirror.ops import command as pypi_mirror
 from pypi_index_mirror.ops import settings
 from pypi_index_mirror.rstuf import bootstrap_csv as generate_csv
 from pypi_index_mirror.sync import dry_run
-from pypi_index_mirror.sync import run as pypi_mirror
 from tests.conftest import PROJECTS
 from tests.fake_pypi import FakePyPI
 from tests.mirror_helpers import FAST, REPO, Mirror, assert_mirror_matches_upstream

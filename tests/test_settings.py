@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from pypi_index_mirror.ops import command as pypi_mirror
 from pypi_index_mirror.ops import settings
 from pypi_index_mirror.ops.cli import VERSION, UsageError
 from pypi_index_mirror.rstuf import bootstrap_csv as generate_csv
-from pypi_index_mirror.sync import run as pypi_mirror
 from tests.mirror_helpers import REPO
 from tools import gen_options_doc
 

@@ -18,8 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from pypi_index_mirror.mirror.state import State
 from pypi_index_mirror.mirror.store import CRASH_AT_ENV, mirror_lock
 from pypi_index_mirror.ops import cli as cli_support
+from pypi_index_mirror.ops import command as pypi_mirror
 from pypi_index_mirror.ops import status as run_status
-from pypi_index_mirror.sync import run as pypi_mirror
 from tests.fake_pypi import FakePyPI
 from tests.mirror_helpers import REPO, Mirror
 

@@ -26,9 +26,10 @@ from pypi_index_mirror.mirror.safety import Halt
 from pypi_index_mirror.mirror.state import load_state, save_state
 from pypi_index_mirror.mirror.store import digest_bytes
 from pypi_index_mirror.ops import cli as cli_support
+from pypi_index_mirror.ops import command as pypi_mirror
 from pypi_index_mirror.ops.progress import Progress
 from pypi_index_mirror.ops.settings import config_from
-from pypi_index_mirror.sync import run as pypi_mirror
+from pypi_index_mirror.sync.run import Sync
 from pypi_index_mirror.sync.watch import Watch
 from pypi_index_mirror.upstream.client import PypiClient
 from tests.fake_pypi import FakePyPI
@@ -208,7 +209,7 @@ def test_memory_stays_flat_over_thousands_of_cycles(
     pypi_client = PypiClient(config.pypi_url, config, sleep=halt.sleep)
     rstuf_client = pypi_mirror.make_rstuf_client(config)
     progress = Progress(False, 0)
-    sync = pypi_mirror.Sync(config, pypi_client, rstuf_client, progress, halt=halt)
+    sync = Sync(config, pypi_client, rstuf_client, progress, halt=halt)
     pypi.log_requests = False  # the stand-in's own log would grow, not the mirror
 
     def run(cycles: int) -> None:
@@ -268,7 +269,7 @@ def test_a_cycle_that_fails_on_pypi_is_recorded_and_the_next_one_waits_longer(
     halt = Halt()
     pypi_client = PypiClient(config.pypi_url, config, sleep=halt.sleep)
     rstuf_client = pypi_mirror.make_rstuf_client(config)
-    sync = pypi_mirror.Sync(config, pypi_client, rstuf_client, Progress(False, 0), halt=halt)
+    sync = Sync(config, pypi_client, rstuf_client, Progress(False, 0), halt=halt)
     waits: list[float] = []
     now = [0.0]
 

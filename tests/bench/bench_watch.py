@@ -172,9 +172,10 @@ def memory(cycles: int, work: Path) -> dict[str, object]:
     import logging
 
     from pypi_index_mirror.mirror.safety import Halt
+    from pypi_index_mirror.ops import command as pypi_mirror
     from pypi_index_mirror.ops.progress import Progress
     from pypi_index_mirror.ops.settings import config_from
-    from pypi_index_mirror.sync import run as pypi_mirror
+    from pypi_index_mirror.sync.run import Sync
     from pypi_index_mirror.sync.watch import Watch
     from pypi_index_mirror.upstream.client import PypiClient
 
@@ -202,7 +203,7 @@ def memory(cycles: int, work: Path) -> dict[str, object]:
         config = config_from(args, pypi_mirror.build_parser(), {})
         halt = Halt()
         client = PypiClient(config.pypi_url, config, sleep=halt.sleep)
-        sync = pypi_mirror.Sync(
+        sync = Sync(
             config, client, pypi_mirror.make_rstuf_client(config), Progress(False, 0), halt=halt
         )
         watch = Watch(sync, 0.0, cycles=0)
