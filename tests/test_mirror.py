@@ -16,7 +16,7 @@ from pypi_index_mirror.mirror.store import mirror_lock
 from pypi_index_mirror.ops import cli as cli_support
 from pypi_index_mirror.ops import command as pypi_mirror
 from pypi_index_mirror.ops import settings
-from pypi_index_mirror.sync.run import Sync
+from pypi_index_mirror.sync.refresh import Refresher
 from tests.fake_pypi import FakePyPI
 from tests.mirror_helpers import (
     Mirror,
@@ -303,7 +303,7 @@ def test_unreachable_pypi_fails_without_touching_state(mirror: Mirror, pypi: Fak
 
 def test_interrupted_first_sync_resumes_without_refetching(tmp_path: Path) -> None:
     """Killed with its first batch of pages written and three pages still hanging."""
-    batch = Sync.BATCH
+    batch = Refresher.BATCH
     with FakePyPI() as pypi:
         pypi.populate(batch + 20, seed=1, max_files=2)
         slow = [f"slow{index}" for index in range(3)]

@@ -53,7 +53,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 from urllib import parse
 
 import urllib3
@@ -80,8 +80,11 @@ from pypi_index_mirror.mirror.store import (
     digest_file,
     iter_targets,
 )
-from pypi_index_mirror.ops.cli import ToolError
+from pypi_index_mirror.ops.cli import ToolError, UsageError
 from pypi_index_mirror.sync.parallel import make_executor, ordered_map, usable_cpus
+
+if TYPE_CHECKING:
+    from pypi_index_mirror.ops.settings import Config
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +121,21 @@ class AuditConfig:
     max_targets_bytes: int = 64 << 20  # top-level targets and each bin
     # the time metadata expiry is judged against (injectable for tests)
     now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+
+
+def audit_settings(config: Config) -> AuditConfig:
+    """The audit's settings from the run's (its timeouts, retries and fetch threads)."""
+    if config.tuf_metadata_url is None or config.tuf_root is None:
+        raise UsageError("--tuf-metadata-url and --tuf-root are needed")
+    return AuditConfig(
+        metadata_url=config.tuf_metadata_url,
+        trusted_root=config.tuf_root,
+        fetch_workers=config.workers,
+        connect_timeout=config.connect_timeout,
+        timeout=config.timeout,
+        retries=config.retries,
+        backoff=config.backoff,
+    )
 
 
 # --- errors --------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 `main` parses the settings, runs once and ends every run with its summary
 line; `run` handles what is not a sync (``--status``) and records a failure
 that came before the mirror lock; `run_sync` builds the run's clients from the
-one HTTP environment and hands them to a `Sync` (or a `Watch`).
+one HTTP environment and hands them to a `Sync` (or a `Watch`, or an `Audit`).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from pypi_index_mirror.audit.repair import run_audit
 from pypi_index_mirror.http.environment import HttpEnvironment, read_environment
 from pypi_index_mirror.mirror.safety import Halt
 from pypi_index_mirror.mirror.state import load_state
@@ -33,7 +34,8 @@ from pypi_index_mirror.ops.progress import Progress
 from pypi_index_mirror.ops.settings import Config, config_from
 from pypi_index_mirror.ops.status import StatusRecorder, show_status
 from pypi_index_mirror.rstuf import client as rstuf_client
-from pypi_index_mirror.sync.run import Summary, Sync, summary_log
+from pypi_index_mirror.sync.context import Summary, summary_log
+from pypi_index_mirror.sync.run import Sync
 from pypi_index_mirror.sync.watch import Watch
 from pypi_index_mirror.upstream.client import PypiClient
 
@@ -161,7 +163,7 @@ def run_sync(config: Config, summary: Summary, made: Callable[[Sync], None]) -> 
         made(sync)
         if config.watch:
             return Watch(sync, config.watch).run()
-        return sync.run_audit() if config.audit else sync.run()
+        return run_audit(sync) if config.audit else sync.run()
     finally:
         progress.close()
         pypi.close()

@@ -92,7 +92,7 @@ class Fetched:
 
 
 class PageSteps:
-    """The rules of every project's fetch in one `Sync.refresh` (a ``fetch_loop.ProjectSteps``).
+    """The rules of every project's fetch in one `Refresher.refresh` (``fetch_loop.ProjectSteps``).
 
     `record_changes`: the run records its changes for RSTUF (so every page
     goes through the consumer's batch); `read_old`: the mirror may hold pages
@@ -230,7 +230,7 @@ class PageSteps:
         """A project's fetched pages as a result, written first if that is safe here.
 
         Safe are new pages (nothing on disk in any form) when no change is
-        recorded (a first sync): the consumer's batch (`Sync.apply_batch`)
+        recorded (a first sync): the consumer's batch (`Refresher.apply_batch`)
         would neither save an intent nor retire a copy for them, and writing
         them now frees their bodies at once. Everything else goes through the
         batch. Only one fetch of `name` is in progress, and a page is written

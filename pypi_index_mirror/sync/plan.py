@@ -1,9 +1,9 @@
 """What a run must fetch and rewrite, decided from what it has read: pure functions, no I/O.
 
-`Sync` (pypi_mirror.py) reads PyPI and the disk; the rules that turn what it
-read into work live here, so each is tested without a server or a mirror
-(tests/test_sync_plan.py), as python-tuf's ngclient keeps its trusted set free
-of I/O:
+The run's phases (``full_sync``, ``update``, ...) read PyPI and the disk; the
+rules that turn what they read into work live here, so each is tested without
+a server or a mirror (tests/test_sync_plan.py), as python-tuf's ngclient keeps
+its trusted set free of I/O:
 
 - which listed projects a full sync may skip (`is_current`) and which it must
   fetch (`full_sync_fetches`);

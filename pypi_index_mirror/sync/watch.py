@@ -22,7 +22,7 @@ error. A cycle that fails on PyPI (its retries spent, the circuit breaker
 tripped, XML-RPC's rate limit) is recorded and the next one waits twice as
 long, up to `MAX_BACKOFF`; one RSTUF refuses backs the delivery passes off the
 same way. SIGTERM or SIGINT stops the process at once, the state saved (exit
-143 or 130); a batch being written is finished first (``Sync.applying_changes``).
+143 or 130); a batch being written is finished first (``RunContext.applying_changes``).
 
 XML-RPC calls: two per cycle at most (``changelog_last_serial``, then
 ``changelog_since_serial`` only when the serial moved), so at 10 s no more than
@@ -41,9 +41,8 @@ from pypi_index_mirror.mirror.safety import CircuitBreaker, check_serial
 from pypi_index_mirror.mirror.store import mirror_lock
 from pypi_index_mirror.ops.cli import Stopped, format_duration
 from pypi_index_mirror.sync import revalidate
-
-# run.py imports this module only when --watch is given, so no import cycle
-from pypi_index_mirror.sync.run import Sync, summary_log
+from pypi_index_mirror.sync.context import summary_log
+from pypi_index_mirror.sync.run import Sync
 from pypi_index_mirror.upstream.client import UpstreamError
 
 log = logging.getLogger(__name__)
@@ -86,7 +85,7 @@ class Watch:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.sync = sync
-        self.pace = Pace(interval, max(0.05, sync.config.rstuf_poll))
+        self.pace = Pace(interval, max(0.05, sync.ctx.config.rstuf_poll))
         self.cycles = cycles
         self.clock, self.sleep = clock, sleep
         self.done = 0  # cycles run
@@ -95,7 +94,7 @@ class Watch:
         """Follow PyPI until stopped; raises Stopped (the state saved) or a ToolError that
         no later cycle can get past (a refusal: a foreign mirror, a serial gone back)."""
         sync = self.sync
-        sync.summary.started = True
+        sync.ctx.summary.started = True
         try:
             self.follow()
         except Stopped as stop:
@@ -108,10 +107,10 @@ class Watch:
 
     def follow(self) -> None:
         sync = self.sync
-        if not sync.layout.root.exists():
+        if not sync.ctx.layout.root.exists():
             sync.find_state(move=False)  # nothing to move yet: a state in the served tree?
             sync.check_identity()  # before the lock, which would create the directory
-        with mirror_lock(sync.layout.lock_path):
+        with mirror_lock(sync.ctx.layout.lock_path):
             log.info(
                 "watching PyPI: the changelog every %s, RSTUF polled every %s",
                 format_duration(self.pace.interval),
@@ -131,27 +130,26 @@ class Watch:
     def cycle(self) -> None:
         """One changelog read, applied and handed to RSTUF, recorded like a run."""
         sync = self.sync
-        summary = sync.summary
+        summary = sync.ctx.summary
         vars(summary).update(vars(type(summary)()))  # the same object main() reports
         summary.started = True
-        sync.pypi.requests_made = 0  # each cycle's record counts its own
-        if sync.loaded:
-            summary.serial_before = sync.state.serial
+        sync.ctx.pypi.requests_made = 0  # each cycle's record counts its own
+        if sync.ctx.loaded:
+            summary.serial_before = sync.ctx.state.serial
         sync.started = time.monotonic()  # the summary's elapsed, as a run's
-        sync.breaker = CircuitBreaker(sync.config.failure_limit)
-        sync.halt.clear()
-        if sync.delivery is not None:
-            sync.delivery.next_round()
+        sync.ctx.breaker = CircuitBreaker(sync.ctx.config.failure_limit)
+        sync.ctx.halt.clear()
+        sync.delivery.next_round()
         try:
             with sync.recording():
                 last_serial = self.last_serial()
                 now = time.time()
-                cursor, period = sync.state.revalidation, sync.config.revalidate_period
+                cursor, period = sync.ctx.state.revalidation, sync.ctx.config.revalidate_period
                 due = revalidate.due(cursor, now, period, revalidate.WATCH_REVALIDATE_EVERY)
                 sync.revalidate_limit = REVALIDATE_PER_CYCLE
                 sync.catch_up(last_serial, wait=False, revalidating=due)
-                if sync.rstuf is None:
-                    sync.deliver_outbox(wait=True)  # no RSTUF URL: says so, as a run's end does
+                if sync.ctx.rstuf is None:  # no RSTUF URL: says so, as a run's end does
+                    sync.delivery.deliver_outbox(wait=True)
         except UpstreamError as exc:  # recorded as the cycle's error; the next one retries
             self.pace.cycle_failures += 1
             log.warning(
@@ -160,7 +158,7 @@ class Watch:
                 format_duration(round(self.pace.cycle_wait())),
             )
             return
-        tripped = sync.halt.reason is not None
+        tripped = sync.ctx.halt.reason is not None
         self.pace.cycle_failures = self.pace.cycle_failures + 1 if tripped else 0
         self.note_delivery(any(p.startswith("RSTUF:") for p in summary.problems))
         if summary.added or summary.updated or summary.removed or summary.problems:
@@ -172,16 +170,16 @@ class Watch:
         """PyPI's last serial (None: following the JSON root); the first cycle also reads
         and checks the state and the mirror, as a single run does."""
         sync = self.sync
-        if not sync.identified:  # also after a first cycle that failed before it got there
+        if not sync.ctx.identified:  # also after a first cycle that failed before it got there
             return sync.start()
-        serial = sync.xmlrpc_last_serial()
+        serial = sync.source.xmlrpc_last_serial()
         if serial is not None:
-            check_serial(sync.state.serial, serial, sync.upstream, sync.state_file)
+            check_serial(sync.ctx.state.serial, serial, sync.ctx.upstream, sync.ctx.state_file)
         return serial
 
     def between_cycles(self, next_cycle: float) -> None:
         """Wait for the next cycle, making a delivery pass whenever one is due."""
-        problems = self.sync.summary.problems
+        problems = self.sync.ctx.summary.problems
         while True:
             now = self.clock()
             if now >= next_cycle:
@@ -191,7 +189,7 @@ class Watch:
                 return
             if self.owes_delivery():
                 before = len(problems)
-                self.sync.deliver_outbox(wait=False)
+                self.sync.delivery.deliver_outbox(wait=False)
                 self.note_delivery(failed=len(problems) > before)
                 del problems[before + 1 :]  # one line a pass: the cycle's record stays small
                 wait = format_duration(round(self.pace.delivery_wait()))
@@ -201,7 +199,7 @@ class Watch:
     def owes_delivery(self) -> bool:
         """Whether a pass has anything to do now (unanswered requests settle in the cycles:
         an hour's wait, not worth a pass every few seconds)."""
-        box = self.sync.state.outbox
+        box = self.sync.ctx.state.outbox
         return bool(box.dirty or box.tasks or box.publishes)
 
     def note_delivery(self, failed: bool) -> None:
