@@ -122,7 +122,6 @@ class RunContext:
         self.breaker = CircuitBreaker(config.failure_limit)
         self.halt = halt or Halt()  # the PypiClient's retry pauses should wait on it too
         self.untracked = 0  # pages a full sync still owes that state.pending does not list
-        self.revalidating = False  # page GETs are conditional on the held bytes (revalidate)
 
     def make_writer(self) -> MirrorWriter:
         """The writer for the served tree: on disk, or in the --storage bucket (opened once)."""

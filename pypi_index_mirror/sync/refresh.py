@@ -64,6 +64,7 @@ class Refresher:
         record_changes: bool,
         keep_unfetched: bool = True,
         nothing_on_disk: bool = False,
+        conditional: bool = False,
     ) -> Refreshed:
         """Fetch every project in `wanted` once, in every form, and apply what its pages say.
 
@@ -77,6 +78,7 @@ class Refresher:
         the outbox before the batch touches the disk, so RSTUF hears of every
         write even if the run dies right after it. `nothing_on_disk`: the
         mirror has no page of any project in `wanted`, so none is read back.
+        `conditional` (a revalidation): each GET is conditional on the held bytes.
         """
         outcome = Refreshed()
         if not wanted:  # a quiet --watch cycle: no worker threads started for nothing
@@ -91,7 +93,7 @@ class Refresher:
             record_changes=record_changes,
             read_old=not nothing_on_disk,
             dry_run=self.ctx.config.dry_run,
-            revalidating=self.ctx.revalidating,
+            revalidating=conditional,
         )
         fetches = self.fetch_all(steps, wanted)
         self.ctx.progress.start(len(wanted), "fetching")

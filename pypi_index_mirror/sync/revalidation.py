@@ -56,16 +56,14 @@ class Revalidation:
             for name, display in chosen
         }
         checked = (self.ctx.pypi.not_modified, self.ctx.summary.updated, self.ctx.summary.removed)
-        self.ctx.revalidating = True
-        try:
-            with self.ctx.applying_changes():
-                outcome = self.refresher.refresh(wanted, record_changes=True, keep_unfetched=False)
-                self.roots.finish_update(wanted, outcome, set())
-                if not self.ctx.halt.is_set:
-                    done = revalidate.cursor_after(chosen, planned.cursor)
-                    self.ctx.state.revalidation = dataclasses.replace(done, total=total)
-        finally:
-            self.ctx.revalidating = False
+        with self.ctx.applying_changes():
+            outcome = self.refresher.refresh(
+                wanted, record_changes=True, keep_unfetched=False, conditional=True
+            )
+            self.roots.finish_update(wanted, outcome, set())
+            if not self.ctx.halt.is_set:
+                done = revalidate.cursor_after(chosen, planned.cursor)
+                self.ctx.state.revalidation = dataclasses.replace(done, total=total)
         log.info(
             "revalidated %d of %d projects (through %s): %d pages unchanged (304), "
             "%d projects changed, %d gone",
