@@ -55,8 +55,9 @@ from pypi_index_mirror.mirror.store import (
     project_target,
     target_of_copy,
 )
-from pypi_index_mirror.mirror.writer import MirrorWriter, json_page_serial, page_serial
+from pypi_index_mirror.mirror.writer import MirrorWriter
 from pypi_index_mirror.ops.cli import ToolError
+from pypi_index_mirror.upstream.pages import json_page_serial, page_serial
 
 log = logging.getLogger(__name__)
 

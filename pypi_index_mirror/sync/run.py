@@ -130,12 +130,9 @@ from pypi_index_mirror.upstream.changelog import (
     merge_pending,
     projects_to_refresh,
 )
-from pypi_index_mirror.upstream.client import (
-    FetchedPage,
-    PypiClient,
-    UntrustedListing,
-    XmlRpcUnavailable,
-)
+from pypi_index_mirror.upstream.client import PypiClient
+from pypi_index_mirror.upstream.errors import UntrustedListing, XmlRpcUnavailable
+from pypi_index_mirror.upstream.pages import FetchedPage
 
 if TYPE_CHECKING:
     # imported where an audit or the bootstrap check runs: python-tuf and its signers

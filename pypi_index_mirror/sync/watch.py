@@ -44,7 +44,7 @@ from pypi_index_mirror.sync import revalidate
 
 # run.py imports this module only when --watch is given, so no import cycle
 from pypi_index_mirror.sync.run import Sync, summary_log
-from pypi_index_mirror.upstream.client import UpstreamError
+from pypi_index_mirror.upstream.errors import UpstreamError
 
 log = logging.getLogger(__name__)
 
