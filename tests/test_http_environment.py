@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from pypi_index_mirror.audit import tuf as tuf_audit
+from pypi_index_mirror.audit import metadata as tuf_metadata
 from pypi_index_mirror.http.environment import (
     USER_AGENT,
     HttpEnvironment,
@@ -244,8 +244,8 @@ def ask_rstuf(base: str, environment: HttpEnvironment) -> str:
 
 
 def fetch_tuf_metadata(base: str, environment: HttpEnvironment) -> str:
-    config = tuf_audit.AuditConfig(metadata_url=base + "/metadata/", trusted_root=Path("-"))
-    fetcher = tuf_audit.MetadataFetcher(config, environment=environment)
+    config = tuf_metadata.AuditConfig(metadata_url=base + "/metadata/", trusted_root=Path("-"))
+    fetcher = tuf_metadata.MetadataFetcher(config, environment=environment)
     try:
         assert fetcher.download_bytes(base + "/metadata/timestamp.json", 1000) == TIMESTAMP
     finally:
