@@ -22,11 +22,7 @@ import stat
 from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
-from pypi_index_mirror.mirror.store import (
-    HASH_FACTORIES,
-    TUF_HASH_ALGORITHM,
-    digest_file,
-)
+from pypi_index_mirror.mirror.store import HASH_FACTORIES, TUF_HASH_ALGORITHM, digest_file
 
 log = logging.getLogger(__name__)
 

@@ -39,13 +39,8 @@ from tuf.api.serialization import DeserializationError
 from tuf.api.serialization.json import CanonicalJSONSerializer
 from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
 
-from pypi_index_mirror.audit.compare import (
-    SignedTarget,
-)
-from pypi_index_mirror.http.environment import (
-    HttpEnvironment,
-    read_environment,
-)
+from pypi_index_mirror.audit.compare import SignedTarget
+from pypi_index_mirror.http.environment import HttpEnvironment, read_environment
 from pypi_index_mirror.http.retry import (
     Retryable,
     RetryPolicy,
@@ -58,8 +53,6 @@ from pypi_index_mirror.sync.parallel import usable_cpus
 log = logging.getLogger(__name__)
 
 _TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
-
-
 
 
 @dataclass(frozen=True)
