@@ -238,7 +238,7 @@ class LocalStorage(Storage):
 def open_storage(url: str | None, layout: MirrorLayout, retries: int, backoff: float) -> Storage:
     """The storage `--storage` names: ``s3://BUCKET[/PREFIX]``; None or "": the directory.
 
-    boto3 is imported only here, when a bucket is named (settings.py has checked
+    boto3 is imported only here, when a bucket is named (``ops.options`` has checked
     the URL's form). Raises StorageUnavailable without boto3, or for a bucket
     that is missing or not ours, or without credentials.
     """
