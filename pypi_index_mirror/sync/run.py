@@ -110,8 +110,9 @@ from pypi_index_mirror.ops.cli import (
     run_cli,
 )
 from pypi_index_mirror.ops.progress import Progress
+from pypi_index_mirror.ops.recorder import StatusRecorder
 from pypi_index_mirror.ops.settings import Config, config_from
-from pypi_index_mirror.ops.status import StatusRecorder, show_status
+from pypi_index_mirror.ops.status import show_status
 from pypi_index_mirror.rstuf import client as rstuf_client
 from pypi_index_mirror.rstuf.outbox import RstufDelivery, WaitBudget
 from pypi_index_mirror.sync import dry_run, revalidate
