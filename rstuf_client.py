@@ -1,24 +1,34 @@
 """The thin client of RSTUF's REST API, under its documented top-level name.
 
-The code lives in ``pypi_index_mirror.rstuf.client``; ``import rstuf_client`` keeps
-working through the names re-exported here.
+The code lives in ``pypi_index_mirror.rstuf`` (``client``, ``artifacts``, ``tasks``,
+``errors``); ``import rstuf_client`` keeps working through the names re-exported here.
 """
 
+from pypi_index_mirror.rstuf.artifacts import (
+    HASH_HEX_LENGTHS,
+    Artifact,
+    add_body,
+    artifact_entry,
+    artifact_problem,
+    delete_body,
+    path_problem,
+    validate_artifacts,
+    validate_paths,
+)
 from pypi_index_mirror.rstuf.client import (
     ADD_PATH,
     BOOTSTRAP_PATH,
     DELETE_PATH,
-    HASH_HEX_LENGTHS,
     MAX_RESPONSE_BYTES,
     PUBLISH_PATH,
-    ROWS_WRITTEN_STATES,
-    SUCCESS_STATE,
     TASK_PATH,
-    TERMINAL_FAILURE_STATES,
-    Artifact,
+    RstufClient,
+    error_detail,
+    may_have_arrived,
+)
+from pypi_index_mirror.rstuf.errors import (
     InvalidArtifact,
     RstufBadResponse,
-    RstufClient,
     RstufError,
     RstufHttpError,
     RstufNotBootstrapped,
@@ -26,18 +36,14 @@ from pypi_index_mirror.rstuf.client import (
     RstufServerError,
     RstufUnreachable,
     TaskFailed,
+)
+from pypi_index_mirror.rstuf.tasks import (
+    ROWS_WRITTEN_STATES,
+    SUCCESS_STATE,
+    TERMINAL_FAILURE_STATES,
     TaskResult,
-    add_body,
-    artifact_entry,
-    artifact_problem,
-    delete_body,
-    error_detail,
     is_waiting_for_publish,
-    may_have_arrived,
-    path_problem,
     task_failure,
-    validate_artifacts,
-    validate_paths,
 )
 
 __all__ = [

@@ -19,8 +19,10 @@ import pytest
 from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Delegations, Metadata, MetaFile, SuccinctRoles, TargetFile, Targets
 
+from pypi_index_mirror.audit import compare as audit_compare
+from pypi_index_mirror.audit import metadata as tuf_metadata
 from pypi_index_mirror.audit import tuf as tuf_audit
-from pypi_index_mirror.audit.tuf import (
+from pypi_index_mirror.audit.compare import (
     COPY_MISSING,
     MISMATCH,
     MISSING,
@@ -77,7 +79,7 @@ def test_compare_names_each_kind_of_difference() -> None:
         "simple/longer/index.html": DiskFacts(facts(page), facts(page)),
         "simple/ghost/index.html": DiskFacts(facts(page), None),
     }
-    found = [d.line() for d in tuf_audit.compare(signed, on_disk)]
+    found = [d.line() for d in audit_compare.compare(signed, on_disk)]
     assert found == [
         f"{COPY_MISSING} simple/bad-copy/index.html",
         f"{UNSIGNED} simple/ghost/index.html",
@@ -88,23 +90,23 @@ def test_compare_names_each_kind_of_difference() -> None:
         f"{MISMATCH} simple/tampered/index.html",
         f"{COPY_MISSING} simple/tampered/index.html",
     ]
-    assert tuf_audit.compare({}, {}) == []
+    assert audit_compare.compare({}, {}) == []
 
 
 def test_every_listed_hash_must_match_and_unknown_algorithms_never_do() -> None:
     page = b"page"
     both = target(page, "blake2b-256", "sha256")
-    assert tuf_audit.matches(both, FileFacts(4, dict(both.hashes)))
-    assert not tuf_audit.matches(both, facts(page)), "sha256 was not computed"
+    assert audit_compare.matches(both, FileFacts(4, dict(both.hashes)))
+    assert not audit_compare.matches(both, facts(page)), "sha256 was not computed"
     odd = SignedTarget(4, (("md5", "0" * 32),))  # not one read_disk_facts computes
-    assert not tuf_audit.matches(odd, facts(page))
+    assert not audit_compare.matches(odd, facts(page))
 
 
 def test_copy_path_is_what_a_consistent_snapshot_client_downloads() -> None:
-    assert tuf_audit.copy_path("simple/numpy/index.html", "ab") == "simple/numpy/ab.index.html"
-    assert tuf_audit.copy_path("index.html", "ab") == "ab.index.html"
+    assert audit_compare.copy_path("simple/numpy/index.html", "ab") == "simple/numpy/ab.index.html"
+    assert audit_compare.copy_path("index.html", "ab") == "ab.index.html"
     json_page = "simple/numpy/index.v1_json"
-    assert tuf_audit.copy_path(json_page, "cd") == "simple/numpy/cd.index.v1_json"
+    assert audit_compare.copy_path(json_page, "cd") == "simple/numpy/cd.index.v1_json"
     sha_first = target(b"x", "sha256", "blake2b-256")
     assert sha_first.copy_digest == digest_bytes(b"x", "sha256").hexdigest
 
@@ -113,12 +115,13 @@ def test_copy_path_is_what_a_consistent_snapshot_client_downloads() -> None:
     "path", ["../etc/passwd", "/etc/passwd", "simple//index.html", "simple/./x", "a\\b", ""]
 )
 def test_unsafe_signed_paths_are_never_read(tmp_path: Path, path: str) -> None:
-    assert not tuf_audit.is_safe_target(path)
+    assert not audit_compare.is_safe_target(path)
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc" / "passwd").write_text("secret")
     served = tmp_path / "served"
     served.mkdir()
-    assert tuf_audit.read_disk_facts(str(served), path, target(b"secret")) == tuf_audit.NO_FILE
+    found = audit_compare.read_disk_facts(str(served), path, target(b"secret"))
+    assert found == audit_compare.NO_FILE
 
 
 def test_disk_facts_read_the_copy_only_when_it_is_not_the_page(tmp_path: Path) -> None:
@@ -128,7 +131,7 @@ def test_disk_facts_read_the_copy_only_when_it_is_not_the_page(tmp_path: Path) -
     directory.mkdir(parents=True)
     (directory / "index.html").write_bytes(page)
     copy = directory / f"{signed.copy_digest}.index.html"
-    read = tuf_audit.read_disk_facts
+    read = audit_compare.read_disk_facts
     assert read(str(tmp_path), "simple/numpy/index.html", signed) == DiskFacts(facts(page), None)
     copy.hardlink_to(directory / "index.html")
     assert read(str(tmp_path), "simple/numpy/index.html", signed) == DiskFacts(
@@ -180,8 +183,8 @@ def test_verify_bin_accepts_what_its_delegator_signed(bins: Bins) -> None:
     meta = MetaFile(
         version=3, length=len(data), hashes={"sha256": digest_bytes(data, "sha256").hexdigest}
     )
-    verified = tuf_audit.verify_bin(data, role, meta, bins.delegator, NOW)
-    signed = tuf_audit.signed_targets(verified)
+    verified = tuf_metadata.verify_bin(data, role, meta, bins.delegator, NOW)
+    signed = tuf_metadata.signed_targets(verified)
     assert signed == {
         path: SignedTarget(len(path), (("blake2b-256", digest_bytes(path.encode()).hexdigest),))
     }
@@ -191,10 +194,10 @@ def test_verify_bin_refuses_what_a_client_refuses(bins: Bins) -> None:
     path = "simple/numpy/index.html"
     role = bins.succinct.get_role_for_target(path)
     data = bins.sign(role, [path], version=2)
-    verify = tuf_audit.verify_bin
+    verify = tuf_metadata.verify_bin
 
     def problem(data: bytes, meta: MetaFile, role: str = role, now: datetime = NOW) -> str:
-        with pytest.raises(tuf_audit.MetadataRejected) as caught:
+        with pytest.raises(tuf_metadata.MetadataRejected) as caught:
             verify(data, role, meta, bins.delegator, now)
         assert "\n" not in str(caught.value)
         return f"{caught.value.problem}: {caught.value.detail}"
@@ -208,8 +211,8 @@ def test_verify_bin_refuses_what_a_client_refuses(bins: Bins) -> None:
     # every bin is signed by the same keys (TAP 15), so another bin's file verifies, but
     # none of its targets is one a client looks for there (test_targets_in_a_bin_not_theirs)
     other = "bins-f" if role != "bins-f" else "bins-0"
-    swapped = tuf_audit.signed_targets(verify(data, other, MetaFile(2), bins.delegator, NOW))
-    assert tuf_audit.split_misplaced(swapped, other, bins.succinct) == ({}, [path])
+    swapped = tuf_metadata.signed_targets(verify(data, other, MetaFile(2), bins.delegator, NOW))
+    assert tuf_metadata.split_misplaced(swapped, other, bins.succinct) == ({}, [path])
     assert problem(b"{not json", MetaFile(2)).startswith("invalid: ")
     assert problem(data, MetaFile(2), role="elsewhere").startswith("invalid: elsewhere")
 
@@ -220,15 +223,15 @@ def test_verify_bin_refuses_what_a_client_refuses(bins: Bins) -> None:
 )
 def test_the_signed_payload_is_python_tufs_canonical_json(bins: Bins, path: str) -> None:
     role = bins.succinct.get_role_for_target(path)
-    metadata = tuf_audit.parse_metadata(bins.sign(role, [path, "simple/other/index.html"]), role)
-    assert tuf_audit.signed_payload(metadata.signed) == metadata.signed_bytes
+    metadata = tuf_metadata.parse_metadata(bins.sign(role, [path, "simple/other/index.html"]), role)
+    assert tuf_metadata.signed_payload(metadata.signed) == metadata.signed_bytes
 
 
 def test_numbers_canonical_json_cannot_hold_are_refused(bins: Bins) -> None:
     document = json.loads(bins.sign("bins-0", ["simple/numpy/index.html"]))
     document["signed"]["targets"]["simple/numpy/index.html"]["custom"] = {"score": 1.5}
-    with pytest.raises(tuf_audit.MetadataRejected, match=r"^TUF metadata rejected: invalid: "):
-        tuf_audit.verify_bin(
+    with pytest.raises(tuf_metadata.MetadataRejected, match=r"^TUF metadata rejected: invalid: "):
+        tuf_metadata.verify_bin(
             json.dumps(document).encode(), "bins-0", MetaFile(1), bins.delegator, NOW
         )
 
@@ -242,7 +245,7 @@ def test_targets_in_a_bin_not_theirs_sign_nothing(bins: Bins) -> None:
         if bins.succinct.get_role_for_target(f"simple/p{n}/index.html") != role
     )
     signed = {home: target(b"a"), stray: target(b"b")}
-    kept, misplaced = tuf_audit.split_misplaced(signed, role, bins.succinct)
+    kept, misplaced = tuf_metadata.split_misplaced(signed, role, bins.succinct)
     assert list(kept) == [home] and misplaced == [stray]
 
 
@@ -265,11 +268,11 @@ class World:
             path.write_bytes(self.repo.root_bytes)  # 1.root.json: all an operator trusts
         return path
 
-    def config(self, **overrides: object) -> tuf_audit.AuditConfig:
+    def config(self, **overrides: object) -> tuf_metadata.AuditConfig:
         settings = {"metadata_url": self.metadata_url, "trusted_root": self.root_file}
         settings.update(hash_workers=2, fetch_workers=2, retries=0, timeout=5.0)
         settings.update(overrides)
-        return tuf_audit.AuditConfig(**settings)  # type: ignore[arg-type]
+        return tuf_metadata.AuditConfig(**settings)  # type: ignore[arg-type]
 
     def audit(self, **overrides: object) -> tuple[list[str], tuf_audit.AuditReport]:
         found: list[str] = []
@@ -359,8 +362,8 @@ def test_the_root_is_rotated_from_the_trusted_one(world: World) -> None:
     assert found == [] and report.targets == len(PROJECTS) + 1
 
 
-def audit_error(world: World, **overrides: object) -> tuf_audit.AuditError:
-    with pytest.raises(tuf_audit.AuditError) as caught:
+def audit_error(world: World, **overrides: object) -> tuf_metadata.AuditError:
+    with pytest.raises(tuf_metadata.AuditError) as caught:
         world.audit(**overrides)
     assert "\n" not in str(caught.value)
     return caught.value
@@ -391,7 +394,7 @@ def test_expired_metadata_stops_the_audit(world: World) -> None:
 
 def test_expired_bins_stop_the_audit(world: World) -> None:
     error = audit_error(world, now=lambda: datetime.now(UTC) + timedelta(days=2))
-    assert isinstance(error, tuf_audit.MetadataRejected)
+    assert isinstance(error, tuf_metadata.MetadataRejected)
     assert error.problem == "expired" and error.detail.startswith("bins-")
 
 
@@ -436,17 +439,17 @@ def test_a_trusted_root_that_is_not_one_stops_the_audit(world: World) -> None:
     error = audit_error(world)
     assert str(error).startswith(f"trusted root {world.root_file}: not usable TUF root metadata")
     missing = replace(world.config(), trusted_root=world.tmp / "nowhere.json")
-    with pytest.raises(tuf_audit.TrustedRootUnusable, match=r"nowhere\.json: No such file"):
+    with pytest.raises(tuf_metadata.TrustedRootUnusable, match=r"nowhere\.json: No such file"):
         tuf_audit.audit(missing, world.mirror.layout, print)
 
 
 def test_signed_target_reads_one_bin(world: World) -> None:
     root = world.mirror.layout.root_page
-    found = tuf_audit.signed_target(world.config(), ROOT_TARGET)
+    found = tuf_metadata.signed_target(world.config(), ROOT_TARGET)
     assert found == SignedTarget(
         root.stat().st_size, (("blake2b-256", digest_file(root).hexdigest),)
     )
-    assert tuf_audit.signed_target(world.config(), "simple/unknown/index.html") is None
+    assert tuf_metadata.signed_target(world.config(), "simple/unknown/index.html") is None
 
 
 # --- the command line: --audit, --repair, and the bootstrap window ---------------------------

@@ -33,6 +33,7 @@ from pypi_index_mirror.ops import cli as cli_support
 from pypi_index_mirror.ops import settings
 from pypi_index_mirror.upstream import changelog
 from pypi_index_mirror.upstream import client as pypi_client
+from pypi_index_mirror.upstream import errors as upstream_errors
 from tests.conftest import PROJECTS
 from tests.fake_pypi import FakePyPI
 from tests.fake_rstuf import PUBLISH, FakeRstuf
@@ -438,7 +439,7 @@ def test_a_last_serial_that_is_no_serial_fails_the_run(tmp_path: Path) -> None:
     client = pypi_client.PypiClient("http://127.0.0.1:9", settings.Config())
     for answer in (-3, True, "12", 1.0):
         client._xmlrpc = lambda method, answer=answer: answer  # type: ignore[method-assign]
-        with pytest.raises(pypi_client.UpstreamError, match="not a serial"):
+        with pytest.raises(upstream_errors.UpstreamError, match="not a serial"):
             client.changelog_last_serial()
 
 
@@ -458,7 +459,7 @@ def test_the_name_gate_refuses_every_control_character() -> None:
     assert list(wanted) == ["numpy"]
     rows = [[name, None, 0, "create", serial] for serial, name in enumerate(names, start=1)]
     rows.append(["numpy", None, 0, f"rename from {names[0]}", len(rows) + 1])
-    entries = pypi_client.parse_changelog_rows(rows, 0)
+    entries = changelog.parse_changelog_rows(rows, 0)
     assert list(changelog.projects_to_refresh(entries)) == ["numpy"]
     assert changelog.identity_changes(entries) == {"numpy"}
 

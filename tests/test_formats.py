@@ -26,7 +26,7 @@ from pypi_index_mirror.mirror.store import (
 from pypi_index_mirror.ops import cli as cli_support
 from pypi_index_mirror.rstuf import bootstrap_csv as generate_csv
 from pypi_index_mirror.sync.plan import forms_answer, stale_answer
-from pypi_index_mirror.upstream.client import FetchedPage
+from pypi_index_mirror.upstream.pages import FetchedPage
 from tests.fake_pypi import FakePyPI
 from tests.fake_rstuf import ADD, REMOVE, FakeRstuf
 from tests.mirror_helpers import (

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from pypi_index_mirror.audit import tuf as tuf_audit
+from pypi_index_mirror.audit import metadata as tuf_metadata
 from pypi_index_mirror.http.environment import (
     USER_AGENT,
     HttpEnvironment,
@@ -34,6 +34,7 @@ from pypi_index_mirror.http.environment import (
 from pypi_index_mirror.ops import settings
 from pypi_index_mirror.rstuf.client import RstufClient
 from pypi_index_mirror.upstream import client as pypi_client
+from pypi_index_mirror.upstream import errors as upstream_errors
 from tests.fake_pypi import make_self_signed_cert
 from tests.mirror_helpers import REPO
 
@@ -243,8 +244,8 @@ def ask_rstuf(base: str, environment: HttpEnvironment) -> str:
 
 
 def fetch_tuf_metadata(base: str, environment: HttpEnvironment) -> str:
-    config = tuf_audit.AuditConfig(metadata_url=base + "/metadata/", trusted_root=Path("-"))
-    fetcher = tuf_audit.MetadataFetcher(config, environment=environment)
+    config = tuf_metadata.AuditConfig(metadata_url=base + "/metadata/", trusted_root=Path("-"))
+    fetcher = tuf_metadata.MetadataFetcher(config, environment=environment)
     try:
         assert fetcher.download_bytes(base + "/metadata/timestamp.json", 1000) == TIMESTAMP
     finally:
@@ -344,7 +345,7 @@ def test_the_guard_sends_libcurl_in_this_process_to_its_dead_proxy() -> None:
     """Python's socket guard cannot see libcurl's sockets; the proxy variables can."""
     pypi = pypi_client.PypiClient(NOWHERE, settings.Config(pypi_url=NOWHERE, retries=0))
     try:
-        with pytest.raises(pypi_client.Transient) as refused:
+        with pytest.raises(upstream_errors.Transient) as refused:
             pypi.fetch_page("numpy")
     finally:
         pypi.close()

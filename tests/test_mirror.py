@@ -15,7 +15,7 @@ from pypi_index_mirror.mirror.state import load_state
 from pypi_index_mirror.mirror.store import mirror_lock
 from pypi_index_mirror.ops import cli as cli_support
 from pypi_index_mirror.ops import command as pypi_mirror
-from pypi_index_mirror.ops import settings
+from pypi_index_mirror.ops import options, settings
 from pypi_index_mirror.sync.refresh import Refresher
 from tests.fake_pypi import FakePyPI
 from tests.mirror_helpers import (
@@ -452,7 +452,7 @@ def test_full_check_removes_only_projects_that_404(mirror: Mirror, pypi: FakePyP
 
 def test_help_explains_every_option_exit_codes_and_environment() -> None:
     text = pypi_mirror.build_parser().format_help()
-    for option in settings.OPTIONS:
+    for option in options.OPTIONS:
         assert option.help and f"--{option.key}" in text, option.key
     for needle in ("RSTUF_API_TOKEN", "PYPI_URL", "RSTUF_API_URL", "75", "lock"):
         assert needle in text

@@ -11,7 +11,8 @@ import requests
 
 from pypi_index_mirror.mirror.state import load_state
 from pypi_index_mirror.ops import cli as cli_support
-from pypi_index_mirror.upstream.client import JsonRootParser, is_disabled_fault
+from pypi_index_mirror.upstream.client import is_disabled_fault
+from pypi_index_mirror.upstream.json_root import JsonRootParser
 from tests.fake_pypi import XMLRPC_OFF_MODES, FakePyPI
 from tests.mirror_helpers import Mirror, assert_mirror_matches_upstream
 

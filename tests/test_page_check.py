@@ -1,7 +1,7 @@
 """The project page check's fast path: warehouse's shape read without lxml, never a verdict
 lxml would not give.
 
-`pypi_client.facts_of_warehouse_page` accepts a page by its shape alone; the full check
+`upstream.pages.facts_of_warehouse_page` accepts a page by its shape alone; the full check
 (`parse_simple_page`, lxml's tree) is the oracle it must agree with whenever it accepts.
 """
 
@@ -12,8 +12,8 @@ import re
 
 import pytest
 
-from pypi_index_mirror.upstream.client import (
-    NotASimplePage,
+from pypi_index_mirror.upstream.errors import NotASimplePage
+from pypi_index_mirror.upstream.pages import (
     PageFacts,
     facts_of_warehouse_page,
     inspect_simple_page,

@@ -25,6 +25,7 @@ import pytest
 from pypi_index_mirror.http.environment import USER_AGENT
 from pypi_index_mirror.ops import settings
 from pypi_index_mirror.upstream import client as pypi_client
+from pypi_index_mirror.upstream import errors as upstream_errors
 from tests.fake_pypi import FakePyPI, make_self_signed_cert
 from tests.mirror_helpers import Mirror, assert_mirror_matches_upstream, upstream_listing
 
@@ -167,7 +168,9 @@ def test_the_ca_bundle_from_the_environment_is_trusted_and_only_it(
         monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
         mirror = client(fake.url)  # requests' default bundle does not know the stand-in
         try:
-            with pytest.raises(pypi_client.Transient, match=r"(?i)connection failed.*certificate"):
+            with pytest.raises(
+                upstream_errors.Transient, match=r"(?i)connection failed.*certificate"
+            ):
                 mirror.fetch_page("tls")
         finally:
             mirror.close()
@@ -176,7 +179,7 @@ def test_the_ca_bundle_from_the_environment_is_trusted_and_only_it(
 def test_a_redirect_is_not_followed(pypi: FakePyPI) -> None:
     mirror = client(pypi.url)
     try:
-        with pytest.raises(pypi_client.UpstreamError, match="unexpected HTTP 301"):
+        with pytest.raises(upstream_errors.UpstreamError, match="unexpected HTTP 301"):
             mirror.fetch_page("Django")  # warehouse redirects a non-normalized name
     finally:
         mirror.close()
@@ -255,7 +258,7 @@ def assert_refused_over_the_cap(
             url, settings.Config(pypi_url=url, retries=0, max_page_bytes=100_000)
         )
         try:
-            with pytest.raises(pypi_client.NotASimplePage, match=words):
+            with pytest.raises(upstream_errors.NotASimplePage, match=words):
                 pypi.fetch_page("a")
         finally:
             pypi.close()

@@ -277,7 +277,8 @@ def test_a_304_without_the_serial_header_takes_the_held_pages_serial(pypi: FakeP
     """Warehouse keeps X-PyPI-Last-Serial on a 304; a CDN that drops it is read from the
     held page instead, in either form (a 304 to an unconditional GET stays an error)."""
     from pypi_index_mirror.ops.settings import Config
-    from pypi_index_mirror.upstream.client import PypiClient, UpstreamError
+    from pypi_index_mirror.upstream.client import PypiClient
+    from pypi_index_mirror.upstream.errors import UpstreamError
     from pypi_index_mirror.upstream.transport import PageAnswer, ResponseHeaders
 
     client = PypiClient(pypi.url, Config(pypi_url=pypi.url))

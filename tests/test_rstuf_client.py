@@ -24,18 +24,20 @@ from pypi_index_mirror.http.environment import USER_AGENT
 from pypi_index_mirror.mirror.store import digest_bytes
 from pypi_index_mirror.ops.cli import VERSION
 from pypi_index_mirror.rstuf import client as rstuf_client
-from pypi_index_mirror.rstuf.client import (
-    Artifact,
+from pypi_index_mirror.rstuf import errors as rstuf_errors
+from pypi_index_mirror.rstuf import tasks as rstuf_tasks
+from pypi_index_mirror.rstuf.artifacts import Artifact
+from pypi_index_mirror.rstuf.client import RstufClient
+from pypi_index_mirror.rstuf.errors import (
     InvalidArtifact,
     RstufBadResponse,
-    RstufClient,
     RstufNotBootstrapped,
     RstufRefused,
     RstufServerError,
     RstufUnreachable,
     TaskFailed,
-    TaskResult,
 )
+from pypi_index_mirror.rstuf.tasks import TaskResult
 from tests.fake_rstuf import (
     ADD,
     NOT_BOOTSTRAPPED_DETAIL,
@@ -87,15 +89,15 @@ def client(rstuf: FakeRstuf) -> Iterator[RstufClient]:
      ("PRE_RUN", False), ("RECEIVED", False), ("ERRORED", False), ("FAILURE", False)],
 )  # fmt: skip
 def test_is_waiting_for_publish_only_once_rows_are_written(state: str, written: bool) -> None:
-    assert rstuf_client.is_waiting_for_publish(state) is written
+    assert rstuf_tasks.is_waiting_for_publish(state) is written
 
 
 def test_terminal_failure_states() -> None:
-    assert {"FAILURE", "ERRORED", "REVOKED", "REJECTED"} <= rstuf_client.TERMINAL_FAILURE_STATES
+    assert {"FAILURE", "ERRORED", "REVOKED", "REJECTED"} <= rstuf_tasks.TERMINAL_FAILURE_STATES
     for on_the_way in ("PENDING", "RECEIVED", "STARTED", "PRE_RUN", "RUNNING", "RETRY"):
-        assert on_the_way not in rstuf_client.TERMINAL_FAILURE_STATES
-        assert rstuf_client.task_failure(TaskResult("t", on_the_way, None)) is None
-    assert "SUCCESS" not in rstuf_client.TERMINAL_FAILURE_STATES
+        assert on_the_way not in rstuf_tasks.TERMINAL_FAILURE_STATES
+        assert rstuf_tasks.task_failure(TaskResult("t", on_the_way, None)) is None
+    assert "SUCCESS" not in rstuf_tasks.TERMINAL_FAILURE_STATES
 
 
 @pytest.mark.parametrize(
@@ -113,7 +115,7 @@ def test_terminal_failure_states() -> None:
     ],
 )
 def test_task_failure_judges_like_rstuf(state: str, result: dict | None, failed: str | None):
-    verdict = rstuf_client.task_failure(TaskResult("t", state, result))
+    verdict = rstuf_tasks.task_failure(TaskResult("t", state, result))
     if failed is None:
         assert verdict is None
     else:
@@ -348,7 +350,7 @@ def test_401_403_and_a_404_that_is_not_rstufs_are_misconfiguration(
     else:
         rstuf.fail_requests(status, times=5, body=str(answer), content_type="text/html")
     for call in (lambda: client.add([page("index.html")]), client.publish):
-        with pytest.raises(rstuf_client.RstufMisconfigured) as caught:
+        with pytest.raises(rstuf_errors.RstufMisconfigured) as caught:
             call()
         assert caught.value.status == status
     assert len(rstuf.request_log) == 2
@@ -365,14 +367,14 @@ def test_not_found_artifacts_are_read_from_a_deletes_result(rstuf, client) -> No
     final(client, client.add([first]))
     final(client, client.remove([first.path]))
     removed = final(client, client.remove([first.path, "simple/never/index.html"]))
-    assert removed.state == "SUCCESS" and rstuf_client.task_failure(removed) is None
+    assert removed.state == "SUCCESS" and rstuf_tasks.task_failure(removed) is None
     assert removed.result["status"] is True and removed.result["error"] is None
     assert removed.result["details"] == {
         "deleted_artifacts": [],
         "not_found_artifacts": [first.path, "simple/never/index.html"],
     }
-    assert rstuf_client.not_found_artifacts(removed) == [first.path, "simple/never/index.html"]
-    assert rstuf_client.not_found_artifacts(TaskResult("t", "SUCCESS", None)) == []
+    assert rstuf_tasks.not_found_artifacts(removed) == [first.path, "simple/never/index.html"]
+    assert rstuf_tasks.not_found_artifacts(TaskResult("t", "SUCCESS", None)) == []
 
 
 def test_422_is_refused_at_once_with_rstuf_detail(rstuf, client) -> None:
@@ -474,7 +476,7 @@ def test_bootstrap_answer_without_data_is_a_bad_response(rstuf, client) -> None:
 def final(client: RstufClient, task_id: str) -> TaskResult:
     """Poll until the task left the states it passes through (a liveness guard, no timing)."""
     deadline = soon(20)
-    ended = {rstuf_client.SUCCESS_STATE, *rstuf_client.TERMINAL_FAILURE_STATES}
+    ended = {rstuf_tasks.SUCCESS_STATE, *rstuf_tasks.TERMINAL_FAILURE_STATES}
     while (result := client.task(task_id)).state not in ended:
         assert time.monotonic() < deadline, f"task still {result.state}"
         time.sleep(0.01)
@@ -486,7 +488,7 @@ def test_a_published_add_succeeds_and_the_view_holds_the_page(rstuf, client) -> 
     task_id = client.add([numpy])
     result = final(client, task_id)
     assert result.state == "SUCCESS" and result.task_id == task_id
-    assert rstuf_client.task_failure(result) is None
+    assert rstuf_tasks.task_failure(result) is None
     assert result.result["details"]["added_artifacts"] == [numpy.path]
     assert result.result["task"] == ADD and result.result["status"] is True
     assert rstuf.view == {numpy.path: {"length": numpy.length, "hashes": numpy.hashes}}
@@ -498,7 +500,7 @@ def test_a_failed_task_reads_as_failed_with_rstufs_error(rstuf, client, state) -
     task_id = client.add([page("index.html")], publish=False)
     result = final(client, task_id)
     assert result.state == state
-    failure = rstuf_client.task_failure(result)
+    failure = rstuf_tasks.task_failure(result)
     assert failure is not None and "storage backend unavailable" in failure
     message = str(TaskFailed(task_id, state, failure))
     assert task_id in message and state in message and "storage backend" in message
@@ -509,13 +511,13 @@ def test_success_with_status_false_is_a_failure(rstuf, client) -> None:
     rstuf.fail_tasks("SUCCESS", error="No 'artifacts' in the payload")
     result = final(client, client.remove(["index.html"]))
     assert result.state == "SUCCESS"
-    assert "No 'artifacts' in the payload" in rstuf_client.task_failure(result)
+    assert "No 'artifacts' in the payload" in rstuf_tasks.task_failure(result)
 
 
 def test_success_with_invalid_paths_is_a_failure(rstuf, client) -> None:
     rstuf.set_delegations(["simple/*/index.html"])
     result = final(client, client.add([page("simple/a/index.html"), page("index.html")]))
-    assert re.search(r"1 path.* not covered .*index\.html", rstuf_client.task_failure(result))
+    assert re.search(r"1 path.* not covered .*index\.html", rstuf_tasks.task_failure(result))
     assert list(rstuf.view) == ["simple/a/index.html"]
 
 
@@ -528,12 +530,12 @@ def test_a_hung_task_keeps_its_state_and_is_no_failure(rstuf, client, state) -> 
         assert time.monotonic() < deadline
     time.sleep(0.3)
     result = client.task(task_id)
-    assert result.state == state and rstuf_client.task_failure(result) is None
+    assert result.state == state and rstuf_tasks.task_failure(result) is None
 
 
 def test_an_unknown_task_id_is_pending(client) -> None:
     result = client.task("0123456789abcdef")
-    assert result.state == "PENDING" and rstuf_client.task_failure(result) is None
+    assert result.state == "PENDING" and rstuf_tasks.task_failure(result) is None
 
 
 def test_deleting_an_absent_path_succeeds_and_re_adding_updates(rstuf, client) -> None:

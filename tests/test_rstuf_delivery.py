@@ -25,6 +25,7 @@ from pypi_index_mirror.mirror.store import MirrorLayout, digest_bytes
 from pypi_index_mirror.ops import cli as cli_support
 from pypi_index_mirror.ops import settings
 from pypi_index_mirror.rstuf import client as rstuf_client
+from pypi_index_mirror.rstuf.artifacts import Artifact
 from pypi_index_mirror.rstuf.outbox import RstufDelivery, WaitBudget
 from tests.fake_pypi import FakePyPI
 from tests.fake_rstuf import ADD, PUBLISH, REMOVE, FakeRstuf, ManualClock
@@ -416,7 +417,7 @@ def test_tasks_nobody_tracks_holding_every_worker_are_published_free(
     with rstuf_client.RstufClient(rstuf.url) as other:
         for name in ("orphan-a", "orphan-b"):
             page = digest_bytes(name.encode())
-            artifact = rstuf_client.Artifact(
+            artifact = Artifact(
                 f"simple/{name}/index.html", page.length, {page.algorithm: page.hexdigest}
             )
             other.add([artifact], publish=False)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pypi_index_mirror.ops import command as pypi_mirror
-from pypi_index_mirror.ops import settings
+from pypi_index_mirror.ops import options, settings
 from pypi_index_mirror.ops.cli import VERSION, UsageError
 from pypi_index_mirror.rstuf import bootstrap_csv as generate_csv
 from tests.mirror_helpers import REPO
@@ -54,8 +54,8 @@ def test_each_source_overrides_the_one_below(tmp_path: Path) -> None:
 def test_the_config_file_can_come_from_the_environment(tmp_path: Path) -> None:
     named = write(tmp_path / "env.toml", "workers = 3\n")
     given = write(tmp_path / "cli.toml", "workers = 5\n")
-    assert config([], {settings.CONFIG_ENV: str(named)}).workers == 3
-    assert config(["--config", str(given)], {settings.CONFIG_ENV: str(named)}).workers == 5
+    assert config([], {options.CONFIG_ENV: str(named)}).workers == 3
+    assert config(["--config", str(given)], {options.CONFIG_ENV: str(named)}).workers == 5
     assert config([], {"PYPI_MIRROR_WORKERS": ""}).workers == 10  # empty: unset
 
 
@@ -175,13 +175,13 @@ def test_a_bad_environment_variable_is_named(name: str, value: str, words: str) 
     assert message.startswith(f"environment variable {name}: ") and words in message
 
 
-PATH_OPTIONS = [option for option in settings.OPTIONS if option.path] + [settings.CONFIG_OPTION]
+PATH_OPTIONS = [option for option in options.OPTIONS if option.path] + [options.CONFIG_OPTION]
 EMPTY = "must not be empty (an unset variable?): give a path"
 
 
 @pytest.mark.parametrize("option", PATH_OPTIONS, ids=lambda option: option.key)
 def test_an_empty_path_is_refused_from_every_source(
-    option: settings.Option, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    option: options.Option, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """``--mirror-dir "$DIR"`` with DIR unset (a cron line) is refused, never the cwd."""
     with pytest.raises(SystemExit) as exited:
@@ -258,11 +258,11 @@ def example_keys() -> tuple[set[str], set[str]]:
 
 def test_the_example_config_documents_every_file_key() -> None:
     active, commented = example_keys()
-    file_keys = {option.key for option in settings.OPTIONS if option.in_file}
+    file_keys = {option.key for option in options.OPTIONS if option.in_file}
     assert active | commented == file_keys
     assert not active & commented
     for key in commented:  # only what has no default is left for the operator to set
-        option = next(option for option in settings.OPTIONS if option.key == key)
+        option = next(option for option in options.OPTIONS if option.key == key)
         assert getattr(settings.DEFAULTS, option.dest) is None, key
 
 
@@ -270,7 +270,7 @@ def test_the_example_config_parses_to_a_valid_config(tmp_path: Path) -> None:
     got = config(["--config", str(EXAMPLE)])
     assert got.mirror_dir == Path("/srv/pypi-mirror/pypi-index-mirror")  # tests/test_deploy.py
     document = tomllib.loads(EXAMPLE.read_text())
-    for option in settings.OPTIONS:
+    for option in options.OPTIONS:
         if option.key in document and not option.path:
             value = getattr(got, option.dest)
             value = list(value) if option.many else value  # a TOML array, held as a tuple
@@ -298,7 +298,7 @@ def test_generate_csv_finds_the_mirror_the_config_file_names(tmp_path: Path) -> 
     assert csv.mirror_dir == tmp_path / "data"
     assert csv.workers == generate_csv.usable_cpus()  # the sync's workers are not the hashers
     from_env = generate_csv.parse_options(
-        generate_csv.build_parser().parse_args([]), environ={settings.CONFIG_ENV: str(file)}
+        generate_csv.build_parser().parse_args([]), environ={options.CONFIG_ENV: str(file)}
     )
     assert from_env.mirror_dir == tmp_path / "data"
     overridden = generate_csv.parse_options(
@@ -335,7 +335,7 @@ def test_the_option_reference_has_a_row_per_option_with_its_sources() -> None:
         row.split(" | ")[0].split("`--", 1)[1].split()[0].rstrip("`"): row
         for row in settings.options_markdown().splitlines()[2:]
     }
-    assert set(rows) == {o.key for o in settings.OPTIONS} | {"config", "version"}
+    assert set(rows) == {o.key for o in options.OPTIONS} | {"config", "version"}
     assert rows["workers"] == (
         "| `--workers N` | `PYPI_MIRROR_WORKERS` | `workers` | `10` | 1-32 | "
         "concurrent page fetches |"

@@ -19,6 +19,7 @@ from pypi_index_mirror.mirror.state import State
 from pypi_index_mirror.mirror.store import CRASH_AT_ENV, mirror_lock
 from pypi_index_mirror.ops import cli as cli_support
 from pypi_index_mirror.ops import command as pypi_mirror
+from pypi_index_mirror.ops import metrics as run_metrics
 from pypi_index_mirror.ops import status as run_status
 from tests.fake_pypi import FakePyPI
 from tests.mirror_helpers import REPO, Mirror
@@ -392,12 +393,12 @@ def test_metrics_escape_what_the_format_requires() -> None:
     status = run_status.Status(runs={'we"ird\\result\n': 1})
     found = {
         sample.labels.get("result"): sample.value
-        for family in text_string_to_metric_families(run_status.render_metrics(status))
+        for family in text_string_to_metric_families(run_metrics.render_metrics(status))
         for sample in family.samples
         if family.name == "pypi_mirror_runs"
     }
     assert found == {'we"ird\\result\n': 1}
-    assert "pypi_mirror_serial " not in run_status.render_metrics(status), "unknown: no sample"
+    assert "pypi_mirror_serial " not in run_metrics.render_metrics(status), "unknown: no sample"
 
 
 # --- the record itself

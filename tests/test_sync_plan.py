@@ -11,7 +11,8 @@ import pytest
 from pypi_index_mirror.mirror.state import PendingProject
 from pypi_index_mirror.sync.plan import full_sync_fetches, is_current, root_changes, stale_answer
 from pypi_index_mirror.upstream.changelog import Listing
-from pypi_index_mirror.upstream.client import FetchedPage, MissingPage, PageFacts, StalePage
+from pypi_index_mirror.upstream.errors import MissingPage, StalePage
+from pypi_index_mirror.upstream.pages import FetchedPage, PageFacts
 
 
 def listing(**serials: int) -> Listing:

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from pypi_index_mirror.mirror.store import JSON_PAGE_NAME
-from pypi_index_mirror.mirror.writer import JSON_TAIL_READS, json_page_serial
+from pypi_index_mirror.mirror.writer import JSON_TAIL_READS
 from pypi_index_mirror.ops import cli as cli_support
 from pypi_index_mirror.sync.plan import listing_refusal
+from pypi_index_mirror.upstream.pages import json_page_serial
 from tests.fake_pypi import FakePyPI
 from tests.mirror_helpers import (
     Mirror,

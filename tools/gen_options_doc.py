@@ -1,4 +1,4 @@
-"""Rewrite the generated option table in docs/options.md from settings.py's declarations.
+"""Rewrite the generated option table in docs/options.md from ops/options.py's declarations.
 
 Run from the checkout: ``python -m tools.gen_options_doc``. Only the part between the two
 marker comments is replaced; the prose around it is written by hand.
@@ -14,7 +14,7 @@ from pypi_index_mirror.ops import settings
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "options.md"
 BEGIN = (
-    "<!-- generated from settings.py by `python -m tools.gen_options_doc`: "
+    "<!-- generated from ops/options.py by `python -m tools.gen_options_doc`: "
     "edit the declarations there, not this table -->"
 )
 END = "<!-- end of the generated table -->"

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
+from pypi_index_mirror.audit import compare
 from pypi_index_mirror.mirror.formats import ALL_FORMATS
 from pypi_index_mirror.mirror.state import PendingProject, clear_state_temps, load_state
 from pypi_index_mirror.mirror.store import (
@@ -58,7 +59,7 @@ class Audit:
         state.json, and the state is only read for the outbox note (a damaged
         one is no reason not to audit). A repair is a run like a sync: state
         and mirror must belong together, it is recorded in status.json and
-        ends with the summary line. Raises tuf_audit.AuditError when the audit
+        ends with the summary line. Raises tuf_metadata.AuditError when the audit
         cannot run.
         """
         self.sync.started = time.monotonic()
@@ -80,7 +81,7 @@ class Audit:
             with mirror_lock(self.ctx.layout.lock_path), self.sync.recording():
                 self.sync.find_state(move=True)
                 self.sync.record_identity(*self.sync.check_identity())
-                differing: dict[str, tuf_audit.SignedTarget | None] = {}
+                differing: dict[str, compare.SignedTarget | None] = {}
                 self.audit_tree(lambda d: differing.__setitem__(d.path, d.signed))
                 if differing:
                     self.repair(differing)
@@ -91,7 +92,7 @@ class Audit:
         return self.sync.exit_code()
 
     def audit_tree(
-        self, also: Callable[[tuf_audit.Difference], None] | None = None
+        self, also: Callable[[compare.Difference], None] | None = None
     ) -> tuf_audit.AuditReport:
         """Run the audit under the lock: print each difference (and pass it to `also`)."""
         if not self.ctx.loaded:
@@ -102,9 +103,10 @@ class Audit:
                 log.warning("%s; auditing without it", exc)
         owed = self.ctx.state.outbox.dirty | self.ctx.state.outbox.in_flight_paths()
         owed_found: set[str] = set()
-        from pypi_index_mirror.audit import tuf as tuf_audit  # see TYPE_CHECKING above
+        from pypi_index_mirror.audit import metadata as tuf_metadata  # see TYPE_CHECKING above
+        from pypi_index_mirror.audit import tuf as tuf_audit
 
-        def emit(difference: tuf_audit.Difference) -> None:
+        def emit(difference: compare.Difference) -> None:
             self.ctx.out(difference.line())
             if difference.path in owed:
                 owed_found.add(difference.path)
@@ -117,7 +119,7 @@ class Audit:
 
             listing = audit_listing(self.ctx.storage)
         report = tuf_audit.audit(
-            tuf_audit.audit_settings(self.ctx.config),
+            tuf_metadata.audit_settings(self.ctx.config),
             self.ctx.layout,
             emit,
             environment=self.ctx.pypi.environment,
@@ -132,7 +134,7 @@ class Audit:
             )
         return report
 
-    def repair(self, differing: Mapping[str, tuf_audit.SignedTarget | None]) -> set[str]:
+    def repair(self, differing: Mapping[str, compare.SignedTarget | None]) -> set[str]:
         """Fix each difference at its source, through the sync's own refresh path.
 
         Every differing project is re-fetched from PyPI in every mirrored form
@@ -217,14 +219,13 @@ class Audit:
             record_change=True,
         )
 
-    def settle(self, path: str, signed: tuf_audit.SignedTarget | None, in_flight: set[str]) -> None:
+    def settle(self, path: str, signed: compare.SignedTarget | None, in_flight: set[str]) -> None:
         """Relink `path`'s copy, then queue it for RSTUF unless RSTUF signs it as it is now.
 
         A path RSTUF already signs byte for byte (a tampered page restored from
         PyPI, a copy relinked) needs nothing sent; a path in an unfinished task
         is queued anyway, since that task will change what RSTUF signs.
         """
-        from pypi_index_mirror.audit import tuf as tuf_audit  # see TYPE_CHECKING above
 
         served = os.fspath(self.ctx.layout.served_dir)
         file = self.ctx.layout.path_of_target(path)
@@ -233,8 +234,8 @@ class Audit:
         else:
             if file.is_file():
                 self.ctx.writer.ensure_copy(file.parent, digest_file(file).hexdigest, file.name)
-            found = tuf_audit.read_disk_facts(served, path, signed)
-        in_step = not tuf_audit.differences(path, signed, found)
+            found = compare.read_disk_facts(served, path, signed)
+        in_step = not compare.differences(path, signed, found)
         box = self.ctx.state.outbox
         if in_step and path not in in_flight:
             box.dirty.discard(path)
@@ -244,14 +245,13 @@ class Audit:
             box.signed[path] = dict(signed.hashes).get(TUF_HASH_ALGORITHM, "") if signed else ""
         box.dirty.add(path)
 
-    def stored_facts(self, path: str, signed: tuf_audit.SignedTarget | None) -> tuf_audit.DiskFacts:
+    def stored_facts(self, path: str, signed: compare.SignedTarget | None) -> compare.DiskFacts:
         """`settle`'s facts for a bucket (--storage): the page read, its copy put if lost."""
-        from pypi_index_mirror.audit import tuf as tuf_audit  # see TYPE_CHECKING above
 
         try:
             digest = self.ctx.writer.target_digest(path)
         except FileNotFoundError:
-            return tuf_audit.NO_FILE
+            return compare.NO_FILE
         file = self.ctx.layout.path_of_target(path)
         self.ctx.writer.ensure_copy(file.parent, digest.hexdigest, file.name)
         copies = {digest.hexdigest: digest.length}
@@ -260,8 +260,8 @@ class Audit:
             old_copy = f"{old}{prefixed_name(signed.copy_digest, file.name)}"
             if self.ctx.storage is not None and self.ctx.storage.exists(old_copy):
                 copies[signed.copy_digest] = signed.length  # kept as written: named by digest
-        listed = tuf_audit.Listed(digest.length, digest.hexdigest, copies)
-        return tuf_audit.listed_disk_facts(listed, signed)
+        listed = compare.Listed(digest.length, digest.hexdigest, copies)
+        return compare.listed_disk_facts(listed, signed)
 
 
 def run_audit(sync: Sync) -> int:

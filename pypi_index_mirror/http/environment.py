@@ -3,7 +3,7 @@
 A run talks HTTP over three stacks: libcurl for project pages
 (``upstream.transport``), requests for XML-RPC, the JSON root and RSTUF
 (``upstream.client``, ``rstuf.client``), urllib3 for the audit's TUF metadata
-(``audit.tuf``). Each of them would otherwise read the process environment in
+(``audit.metadata``). Each of them would otherwise read the process environment in
 its own way, at its own moment (requests on every request, urllib3 not at all,
 libcurl with rules of its own for ``NO_PROXY``). `read_environment` reads it
 once, as requests documents it, and every client is handed the result, so the

@@ -1,7 +1,7 @@
 """What every HTTP client shares besides its environment: when to retry, how much to read.
 
-``upstream.client`` (PyPI), ``rstuf.client`` (RSTUF) and ``audit.tuf`` each decide which
-failures are worth another attempt and raise `Retryable` for them; everything
+``upstream.client`` (PyPI), ``rstuf.client`` (RSTUF) and ``audit.metadata`` each decide
+which failures are worth another attempt and raise `Retryable` for them; everything
 about *when* to try again (one backoff, one Retry-After parser and cap) and
 *how much* of an answer to read lives here, so a fix lands in both clients.
 """

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pypi_index_mirror.mirror.store import JSON_PAGE_NAME, JSON_ROOT_TARGET, PAGE_NAME, ROOT_TARGET
-from pypi_index_mirror.upstream.client import PageFacts, inspect_json_page, inspect_simple_page
+from pypi_index_mirror.upstream.pages import PageFacts, inspect_json_page, inspect_simple_page
 
 
 @dataclass(frozen=True)

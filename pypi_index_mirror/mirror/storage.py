@@ -55,8 +55,9 @@ from pypi_index_mirror.mirror.store import (
     project_target,
     target_of_copy,
 )
-from pypi_index_mirror.mirror.writer import MirrorWriter, json_page_serial, page_serial
+from pypi_index_mirror.mirror.writer import MirrorWriter
 from pypi_index_mirror.ops.cli import ToolError
+from pypi_index_mirror.upstream.pages import json_page_serial, page_serial
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +238,7 @@ class LocalStorage(Storage):
 def open_storage(url: str | None, layout: MirrorLayout, retries: int, backoff: float) -> Storage:
     """The storage `--storage` names: ``s3://BUCKET[/PREFIX]``; None or "": the directory.
 
-    boto3 is imported only here, when a bucket is named (settings.py has checked
+    boto3 is imported only here, when a bucket is named (``ops.options`` has checked
     the URL's form). Raises StorageUnavailable without boto3, or for a bucket
     that is missing or not ours, or without credentials.
     """

@@ -158,7 +158,7 @@ class MirrorLayout:
 
     @property
     def status_file(self) -> Path:
-        """How the last run ended (run_status.py): beside state.json, never served."""
+        """How the last run ended (``ops.status``): beside state.json, never served."""
         return self.root / "status.json"
 
     @property

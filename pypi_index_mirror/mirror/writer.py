@@ -9,10 +9,8 @@ no client can still be sent to them.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
-import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -38,57 +36,18 @@ from pypi_index_mirror.mirror.store import (
     prefixed_name,
     target_of_copy,
 )
-from pypi_index_mirror.upstream.client import FetchedPage, NotASimplePage, facts_of_checked_page
-
-_SERIAL_TRAILER = re.compile(rb"<!--SERIAL (\d+)-->\s*$")
-# A page that writes "meta" first: {"meta": {"api-version": "1.4", "_last-serial": 123}, ...}
-_JSON_META_SERIAL = re.compile(
-    rb'^\s*\{\s*"meta"\s*:\s*\{\s*"api-version"\s*:\s*"[^"]*"\s*,\s*"_last-serial"\s*:\s*(\d+)\s*\}'
+from pypi_index_mirror.upstream.errors import NotASimplePage
+from pypi_index_mirror.upstream.pages import (
+    FetchedPage,
+    facts_of_checked_page,
+    json_page_serial,
+    json_page_serial_at_start,
+    page_serial,
 )
-_JSON_META_KEY = re.compile(rb'"meta"\s*:')
+
 # How much of a JSON page's end `MirrorWriter.local_serial` reads first, then next; past
 # that, the whole page (only a project with thousands of versions has a longer tail).
 JSON_TAIL_READS = (4096, 65536)
-
-
-def page_serial(page_tail: bytes) -> int | None:
-    """The serial warehouse writes at the end of each page (``<!--SERIAL n-->``)."""
-    match = _SERIAL_TRAILER.search(page_tail)
-    return int(match.group(1)) if match else None
-
-
-def json_page_serial_at_start(page_head: bytes) -> int | None:
-    """The ``meta._last-serial`` of a PEP 691 page that begins with its ``meta`` object."""
-    match = _JSON_META_SERIAL.match(page_head)
-    return int(match.group(1)) if match else None
-
-
-def json_page_serial(page_tail: bytes) -> int | None:
-    """The top-level ``meta._last-serial`` of a PEP 691 page, from the page's last bytes.
-
-    Warehouse renders JSON with sorted keys (``json.dumps(sort_keys=True,
-    separators=(",", ":"), ensure_ascii=False)``), so ``"meta"`` comes after
-    the files, followed only by ``name``, ``project-status`` and ``versions``.
-    `page_tail` must end where the page ends. The last ``"meta":`` key in it
-    whose remainder, read as the rest of an object, parses to a whole JSON
-    object is the top-level one: a ``"meta"`` inside a string is escaped
-    (``\\"meta\\"``) and one nested deeper leaves unbalanced brackets behind it.
-    None when there is none (the caller then fetches the page again, never guesses).
-    """
-    for match in reversed(list(_JSON_META_KEY.finditer(page_tail))):
-        start = before = match.start()
-        while before and page_tail[before - 1] == 0x5C:  # backslashes before the quote
-            before -= 1
-        if (start - before) % 2:
-            continue  # an escaped quote: inside a string
-        try:
-            document = json.loads(b"{" + page_tail[start:])
-        except ValueError:  # UnicodeDecodeError and JSONDecodeError alike
-            continue
-        meta = document.get("meta") if isinstance(document, dict) else None
-        serial = meta.get("_last-serial") if isinstance(meta, dict) else None
-        return serial if type(serial) is int and serial >= 0 else None
-    return None
 
 
 # --- the writer: the only code that changes the mirror

@@ -161,7 +161,7 @@ def run_cli(log: logging.Logger, body: Callable[[], int]) -> int:
 def failure(exc: BaseException) -> tuple[int, str]:
     """The exit code and the one line a run that raised `exc` ends with.
 
-    `run_cli` logs it; the status file records it (run_status.py), so the two agree.
+    `run_cli` logs it; the status file records it (``ops.status``), so the two agree.
     Anything unforeseen is a bug: exit 1, named by its type.
     """
     if isinstance(exc, ToolError):

@@ -30,9 +30,11 @@ from pypi_index_mirror.ops.cli import (
     failure,
     run_cli,
 )
+from pypi_index_mirror.ops.options import REMOVED_OPTIONS
 from pypi_index_mirror.ops.progress import Progress
+from pypi_index_mirror.ops.recorder import StatusRecorder
 from pypi_index_mirror.ops.settings import Config, config_from
-from pypi_index_mirror.ops.status import StatusRecorder, show_status
+from pypi_index_mirror.ops.status import show_status
 from pypi_index_mirror.rstuf import client as rstuf_client
 from pypi_index_mirror.sync.context import Summary, summary_log
 from pypi_index_mirror.sync.run import Sync
@@ -118,7 +120,7 @@ def count_owed_work(summary: Summary, state_file: Path) -> None:
 
 def run(config: Config, summary: Summary | None = None) -> int:
     configure_logging(config.verbose, config.quiet)
-    for removed in settings.REMOVED_OPTIONS:
+    for removed in REMOVED_OPTIONS:
         if removed.key in config.removed_options:
             log.warning("%s", removed.warning)
     if config.mirror_dir.exists() and not config.mirror_dir.is_dir():

@@ -1,4 +1,4 @@
-"""How the mirror's last run went: status.json, ``--status`` and the metrics file.
+"""How the mirror's last run went: the record in status.json, and ``--status`` reading it.
 
 Every run that holds the mirror lock writes ``<mirror-dir>/status.json``
 (atomically, beside state.json, never in the served tree) twice: when it starts
@@ -7,10 +7,8 @@ ended, its exit code, error and summary, and the mirror's figures from
 state.json (serial, upstream's last serial as seen, pending projects, the RSTUF
 outbox and its oldest unsent change, retired copies). ``--status`` reads only
 this file: no network, no lock, so it answers while a run is going.
-``--metrics-file`` gets the same figures in Prometheus's text exposition format
-(https://prometheus.io/docs/instrumenting/exposition_formats/), named as its
-naming guide asks (https://prometheus.io/docs/practices/naming/), for
-node_exporter's textfile collector.
+``--metrics-file`` gets the same figures for Prometheus (``ops.metrics``);
+``ops.recorder`` writes both files.
 
 A ``running`` record whose process is gone belongs to a run killed before it
 could record its end (SIGKILL, the OOM killer, a power cut); the next run
@@ -27,13 +25,12 @@ import os
 import time
 import types
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from pypi_index_mirror.mirror.state import State
-from pypi_index_mirror.mirror.store import atomic_write, readable_mode
 from pypi_index_mirror.ops.cli import (
     EXIT_AUDIT_DIFFERS,
     EXIT_FAILED,
@@ -43,7 +40,6 @@ from pypi_index_mirror.ops.cli import (
     EXIT_PIPE_CLOSED,
     EXIT_TERMINATED,
     EXIT_USAGE,
-    VERSION,
     ToolError,
 )
 
@@ -190,7 +186,7 @@ def figures_of(state: State, previous: MirrorFigures, new_since: float) -> Mirro
     )
 
 
-# --- reading and writing status.json
+# --- reading status.json
 
 
 def status_from_json(doc: object) -> Status:
@@ -258,135 +254,6 @@ def load_status(path: Path) -> Status | None:
             f"{path} is damaged ({exc}); the next run replaces it (the mirror itself is "
             "unaffected: its state is in state.json)"
         ) from None
-
-
-def write_public(path: Path, text: str, staging_dir: Path) -> None:
-    """Replace `path` atomically with a file others may read (monitoring, node_exporter)."""
-    atomic_write(
-        path, text.encode(), staging_dir, prefix=f".{path.name}.tmp-", mode=readable_mode()
-    )
-
-
-class RunSummary(Protocol):
-    """What a run's summary tells (pypi_mirror.Summary has these)."""
-
-    added: int
-    updated: int
-    removed: int
-    unchanged: int
-    failed: int
-    requests: int
-    rstuf_sent: int
-    rstuf_confirmed: int
-    rstuf_not_found: int
-    pending: int | None  # projects still to fetch, as the run's last line says
-    serial_before: int | None
-    serial_after: int | None
-    upstream_serial: int | None
-    upstream_seen: float | None
-
-    def line(self) -> str: ...
-
-
-class StatusRecorder:
-    """Records a run in status.json (and the metrics file) when it starts and when it ends.
-
-    Called only while the run holds the mirror lock, so two runs never race on
-    the file (`metrics_only` excepted: there is no mirror directory, hence no
-    lock). Failing to write is logged and never changes how the run ends: the
-    mirror matters more than its report.
-    """
-
-    def __init__(
-        self,
-        path: Path,
-        staging_dir: Path,
-        metrics_file: Path | None = None,
-        clock: Callable[[], float] = time.time,
-        pid: int | None = None,
-        rstuf_used: bool = True,
-    ) -> None:
-        self.path, self.staging_dir, self.metrics_file = path, staging_dir, metrics_file
-        self.rstuf_used = rstuf_used  # False: --no-rstuf, whose outbox says nothing
-        self.clock = clock
-        self.pid = os.getpid() if pid is None else pid
-        self.status = Status()
-        self.new_since = 0.0  # outbox paths first seen now date from here
-        self.begun = False  # `begin` recorded this run as running
-
-    def begin(self, started: float | None = None) -> None:
-        """Record the run as running (`started`: when it began, if not now)."""
-        try:
-            status = load_status(self.path) or Status()
-        except StatusError as exc:
-            log.warning("%s", exc)
-            status = Status()
-        now = self.clock()
-        self.new_since = now
-        if status.running is not None:  # the previous run never recorded its end
-            status.last_killed = status.running
-            status.runs[KILLED] = status.runs.get(KILLED, 0) + 1
-            self.new_since = min(now, status.running.started)  # its outbox changes
-        status.running = RunRecord(started=now if started is None else started, pid=self.pid)
-        self.begun = True
-        status.written = now
-        self.status = status
-        self._write(metrics=False)
-
-    def end(
-        self,
-        exit_code: int,
-        error: str | None,
-        summary: RunSummary,
-        state: State | None,  # None: state.json was never read (damaged), figures kept
-        status_file: bool = True,  # False: only the metrics (no directory to write it in)
-    ) -> None:
-        status, now = self.status, self.clock()
-        run = status.running or RunRecord(started=now, pid=self.pid)
-        run.ended, run.exit_code, run.error = now, exit_code, error
-        run.counts = {name: getattr(summary, name) for name in COUNTS}
-        run.serial_before, run.serial_after = summary.serial_before, summary.serial_after
-        run.summary = summary.line()
-        status.running, status.last_run, status.written = None, run, now
-        status.runs[run.result] = status.runs.get(run.result, 0) + 1
-        for name, count in run.counts.items():
-            status.totals[name] = status.totals.get(name, 0) + count
-        if exit_code in COMPLETED:
-            status.last_success = now
-        if state is not None:
-            status.mirror = figures_of(state, status.mirror, self.new_since)
-            if summary.pending is not None:  # with the pages a full sync still owes unlisted
-                status.mirror.pending = summary.pending
-        status.mirror.rstuf_used = self.rstuf_used
-        if summary.upstream_serial is not None:
-            status.mirror.upstream_serial = summary.upstream_serial
-            status.mirror.upstream_seen = summary.upstream_seen
-            if status.mirror.lag == 0:
-                status.mirror.in_step_seen = summary.upstream_seen
-        self._write(metrics=True, status_file=status_file)
-
-    def metrics_only(
-        self, exit_code: int, error: str | None, summary: RunSummary, started: float
-    ) -> None:
-        """Record a run that failed where no status.json can be written: the metrics alone.
-
-        Its mirror directory is missing, and creating it for a status file would
-        turn a missing mirror into an empty one. The counters start from this run.
-        """
-        self.status = Status(running=RunRecord(started=started, pid=self.pid))
-        self.end(exit_code, error, summary, None, status_file=False)
-
-    def _write(self, metrics: bool, status_file: bool = True) -> None:
-        text = json.dumps(self.status.to_json(), indent=1, sort_keys=True) + "\n"
-        targets = [(self.path, text, self.staging_dir)] if status_file else []
-        if metrics and self.metrics_file is not None:
-            metrics_file = self.metrics_file.absolute()
-            targets.append((metrics_file, render_metrics(self.status), metrics_file.parent))
-        for path, content, staging in targets:
-            try:
-                write_public(path, content, staging)
-            except OSError as exc:
-                log.warning("cannot write %s: %s; the run goes on without it", path, exc)
 
 
 # --- --status
@@ -560,145 +427,3 @@ def show_status(
     else:
         out(render_text(status, now))
     return EXIT_OK
-
-
-# --- metrics
-
-
-GAUGE, COUNTER = "gauge", "counter"
-# Every metric family, without the pypi_mirror_ prefix: its type and help text.
-FAMILIES: dict[str, tuple[str, str]] = {
-    "info": (GAUGE, "The version of pypi-index-mirror that wrote these metrics."),
-    "last_run_start_timestamp_seconds": (GAUGE, "When the last run started (Unix time)."),
-    "last_run_end_timestamp_seconds": (GAUGE, "When the last run ended (Unix time)."),
-    "last_run_duration_seconds": (GAUGE, "How long the last run took."),
-    "last_run_exit_code": (GAUGE, "The last run's exit code (0 done, 75 partly done, 1 failed)."),
-    "last_run_pages": (
-        GAUGE,
-        "Pages the last run added, updated, removed, found unchanged or failed to fetch.",
-    ),
-    "last_run_pypi_requests": (GAUGE, "Requests the last run made to PyPI."),
-    "last_run_rstuf_artifacts_sent": (GAUGE, "Artifacts the last run sent to RSTUF."),
-    "last_run_rstuf_artifacts_confirmed": (
-        GAUGE,
-        "Paths RSTUF confirmed in the last run, whichever run sent them.",
-    ),
-    "last_run_rstuf_deletes_not_found": (
-        GAUGE,
-        "Deletes RSTUF answered not_found_artifacts in the last run, for paths the mirror "
-        "recorded as signed.",
-    ),
-    "last_success_timestamp_seconds": (
-        GAUGE,
-        "When the last run that completed (exit 0 or 75) ended (Unix time).",
-    ),
-    "runs_total": (COUNTER, "Runs recorded in the status file, by result."),
-    "pages_total": (
-        COUNTER,
-        "Pages added, updated, removed, found unchanged or failed to fetch, over recorded runs.",
-    ),
-    "pypi_requests_total": (COUNTER, "Requests made to PyPI over recorded runs."),
-    "rstuf_artifacts_sent_total": (COUNTER, "Artifacts sent to RSTUF over recorded runs."),
-    "rstuf_artifacts_confirmed_total": (
-        COUNTER,
-        "Paths RSTUF confirmed over recorded runs.",
-    ),
-    "rstuf_deletes_not_found_total": (
-        COUNTER,
-        "Deletes RSTUF answered not_found_artifacts, for paths the mirror recorded as signed, "
-        "over recorded runs.",
-    ),
-    "serial": (GAUGE, "The PyPI changelog serial the mirror has fully applied."),
-    "upstream_serial": (GAUGE, "PyPI's last changelog serial, as last seen."),
-    "upstream_serial_timestamp_seconds": (GAUGE, "When PyPI's last serial was seen (Unix time)."),
-    "serial_lag": (GAUGE, "Changelog serials the mirror is behind PyPI, as last seen."),
-    "in_step_timestamp_seconds": (
-        GAUGE,
-        "When the mirror was last seen holding PyPI's newest serial (Unix time): now minus "
-        "this is the age of the newest serial it applied.",
-    ),
-    "pending_projects": (GAUGE, "Projects whose page failed or stayed stale, kept for next run."),
-    "outbox_paths": (GAUGE, "Changed paths RSTUF has not confirmed yet."),
-    "outbox_tasks": (GAUGE, "RSTUF tasks accepted but not yet seen to succeed."),
-    "outbox_oldest_unsent_timestamp_seconds": (
-        GAUGE,
-        "Since when the oldest change RSTUF has not confirmed waits, at the latest "
-        "(Unix time; no sample while the outbox is empty).",
-    ),
-    "retired_copies": (GAUGE, "Old hash-prefixed page copies still served in their grace."),
-    "full_sync_in_progress": (GAUGE, "1 while a first sync or --full-check is unfinished."),
-}
-PREFIX = "pypi_mirror_"
-
-Sample = tuple[str, dict[str, str], float | None]  # family, labels, value (None: unknown)
-
-
-def metric_samples(status: Status) -> Iterator[Sample]:
-    """Every figure of the status as a sample of one of `FAMILIES`."""
-    yield "info", {"version": VERSION}, 1
-    last = status.last_run
-    if last is not None:
-        yield "last_run_start_timestamp_seconds", {}, last.started
-        yield "last_run_end_timestamp_seconds", {}, last.ended
-        yield "last_run_duration_seconds", {}, last.duration
-        yield "last_run_exit_code", {}, last.exit_code
-        for name in PAGE_COUNTS:
-            yield "last_run_pages", {"change": name}, last.counts.get(name)
-        yield "last_run_pypi_requests", {}, last.counts.get("requests")
-        yield "last_run_rstuf_artifacts_sent", {}, last.counts.get("rstuf_sent")
-        yield "last_run_rstuf_artifacts_confirmed", {}, last.counts.get("rstuf_confirmed")
-        yield "last_run_rstuf_deletes_not_found", {}, last.counts.get("rstuf_not_found")
-    yield "last_success_timestamp_seconds", {}, status.last_success
-    for result, count in sorted(status.runs.items()):
-        yield "runs_total", {"result": result}, count
-    for name in PAGE_COUNTS:
-        yield "pages_total", {"change": name}, status.totals.get(name, 0)
-    yield "pypi_requests_total", {}, status.totals.get("requests", 0)
-    yield "rstuf_artifacts_sent_total", {}, status.totals.get("rstuf_sent", 0)
-    yield "rstuf_artifacts_confirmed_total", {}, status.totals.get("rstuf_confirmed", 0)
-    yield "rstuf_deletes_not_found_total", {}, status.totals.get("rstuf_not_found", 0)
-    mirror = status.mirror
-    yield "serial", {}, mirror.serial
-    yield "upstream_serial", {}, mirror.upstream_serial
-    yield "upstream_serial_timestamp_seconds", {}, mirror.upstream_seen
-    yield "serial_lag", {}, mirror.lag
-    yield "in_step_timestamp_seconds", {}, mirror.in_step_seen
-    yield "pending_projects", {}, mirror.pending
-    yield "outbox_paths", {}, mirror.outbox_paths
-    yield "outbox_tasks", {}, mirror.outbox_tasks
-    yield "outbox_oldest_unsent_timestamp_seconds", {}, mirror.oldest_unsent
-    yield "retired_copies", {}, mirror.retired
-    yield "full_sync_in_progress", {}, int(mirror.full_sync_in_progress)
-
-
-def render_metrics(status: Status) -> str:
-    """The text exposition format: per family ``# HELP``, ``# TYPE``, then its samples.
-
-    A figure not known yet (no upstream serial seen, an empty outbox) has no
-    sample, rather than a made-up 0 an alert would misread.
-    """
-    samples: dict[str, list[str]] = {}
-    for family, labels, value in metric_samples(status):
-        if value is not None:
-            pairs = ",".join(f'{key}="{escape(text)}"' for key, text in labels.items())
-            selector = f"{PREFIX}{family}{{{pairs}}}" if pairs else PREFIX + family
-            samples.setdefault(family, []).append(f"{selector} {number_text(value)}")
-    lines = []
-    for family, family_samples in samples.items():
-        kind, text = FAMILIES[family]
-        lines += [f"# HELP {PREFIX}{family} {escape(text, quote=False)}"]
-        lines += [f"# TYPE {PREFIX}{family} {kind}", *family_samples]
-    return "".join(line + "\n" for line in lines)
-
-
-def escape(text: str, quote: bool = True) -> str:
-    """Escape a help text or (with `quote`) a label value as the format requires."""
-    text = text.replace("\\", "\\\\").replace("\n", "\\n")
-    return text.replace('"', '\\"') if quote else text
-
-
-def number_text(value: float) -> str:
-    """A sample value: integers as integers, others as the shortest exact float."""
-    if isinstance(value, int):
-        return str(int(value))
-    return repr(float(value))

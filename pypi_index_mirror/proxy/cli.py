@@ -1,6 +1,6 @@
 """``pypi-mirror-proxy`` (``python tuf_proxy.py``): its options and ``main(argv) -> int``.
 
-Options follow the other scripts' conventions (settings.py): each is a
+Options follow the other scripts' conventions (``ops.options``): each is a
 ``--flag``, an environment variable and a key of a TOML config file
 (``--config``, env ``PYPI_MIRROR_PROXY_CONFIG``); the command line wins over
 the environment, the environment over the file; relative paths in the file are
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pypi_index_mirror.ops import settings
+from pypi_index_mirror.ops import options, settings
 from pypi_index_mirror.ops.cli import (
     EXIT_OK,
     VERSION,
@@ -75,23 +75,23 @@ class ProxyConfig:
 DEFAULTS = ProxyConfig()
 _ENV = "PYPI_MIRROR_PROXY_"
 
-OPTIONS: tuple[settings.Option, ...] = (
-    settings.Option(
+OPTIONS: tuple[options.Option, ...] = (
+    options.Option(
         "mirror-url",
         "base URL the mirror's served tree is at (its nginx: index.html, simple/<p>/...); "
         "pages are fetched from it by their hash-prefixed names",
-        settings.url,
+        options.url,
         env=_ENV + "MIRROR_URL",
         metavar="URL",
     ),
-    settings.Option(
+    options.Option(
         "tuf-metadata-url",
         "base URL RSTUF's TUF metadata is served from (1.root.json, timestamp.json, ...)",
-        settings.url,
+        options.url,
         env="TUF_METADATA_URL",
         metavar="URL",
     ),
-    settings.Option(
+    options.Option(
         "tuf-root",
         "TUF root metadata to trust (RSTUF's 1.root.json, obtained out of band)",
         Path,
@@ -99,14 +99,14 @@ OPTIONS: tuple[settings.Option, ...] = (
         path=True,
         metavar="FILE",
     ),
-    settings.Option(
+    options.Option(
         "listen",
         "address to serve pip and uv on; loopback unless clients on other hosts must reach it",
         listen_address,
         env=_ENV + "LISTEN",
         metavar="HOST:PORT",
     ),
-    settings.Option(
+    options.Option(
         "cache-dir",
         "where python-tuf keeps the verified metadata (kept across restarts: it is what "
         "refuses a rollback); default $XDG_CACHE_HOME/pypi-index-mirror/tuf-proxy",
@@ -115,7 +115,7 @@ OPTIONS: tuple[settings.Option, ...] = (
         path=True,
         metavar="DIR",
     ),
-    settings.Option(
+    options.Option(
         "max-age",
         "seconds a verified timestamp is used before the metadata is asked again (also "
         "whenever a page is not signed, at most once a second); a change RSTUF publishes "
@@ -124,33 +124,33 @@ OPTIONS: tuple[settings.Option, ...] = (
         env=_ENV + "MAX_AGE",
         metavar="S",
     ),
-    settings.Option(
+    options.Option(
         "timeout",
         "read timeout of one request to the mirror or the metadata server, seconds",
         number(float, 0.05, 3600),
         env=_ENV + "TIMEOUT",
         metavar="S",
     ),
-    settings.Option(
+    options.Option(
         "max-page-bytes",
         "a page TUF signs longer than this is refused",
         number(int, 1024, 1 << 30),
         env=_ENV + "MAX_PAGE_BYTES",
     ),
-    settings.Option(
+    options.Option(
         "page-cache-bytes",
         "verified pages kept in memory, by the hashes TUF signs for them (a page is fetched "
         "from the mirror again only when the metadata signs other bytes); 0: none",
         number(int, 0, 1 << 40),
         env=_ENV + "PAGE_CACHE_BYTES",
     ),
-    settings.Option("verbose", "log every request", short="-v", env=_ENV + "VERBOSE"),
-    settings.Option("quiet", "log warnings and errors only", short="-q", env=_ENV + "QUIET"),
+    options.Option("verbose", "log every request", short="-v", env=_ENV + "VERBOSE"),
+    options.Option("quiet", "log warnings and errors only", short="-q", env=_ENV + "QUIET"),
 )
 REQUIRED = ("mirror-url", "tuf-metadata-url", "tuf-root")
 
 
-def describe(option: settings.Option) -> str:
+def describe(option: options.Option) -> str:
     notes = []
     bounds = getattr(option.parse, "bounds", None)
     if bounds:

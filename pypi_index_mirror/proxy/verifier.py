@@ -55,7 +55,8 @@ from tuf.api import exceptions as tuf_errors
 from tuf.api.metadata import Snapshot, TargetFile, Targets, Timestamp
 from tuf.ngclient import Updater, UpdaterConfig
 
-from pypi_index_mirror.audit import tuf as tuf_audit
+from pypi_index_mirror.audit import compare as audit_compare
+from pypi_index_mirror.audit import metadata as tuf_metadata
 from pypi_index_mirror.http.environment import read_environment
 from pypi_index_mirror.ops.cli import VERSION, ToolError
 
@@ -134,8 +135,8 @@ def one_line(text: str) -> str:
 
 def refusal_of(exc: Exception) -> Refusal:
     """The Refusal for an error python-tuf raised, classified as the audit classifies it."""
-    error = tuf_audit.rejection(exc)
-    if isinstance(error, tuf_audit.MetadataUnreachable):
+    error = tuf_metadata.rejection(exc)
+    if isinstance(error, tuf_metadata.MetadataUnreachable):
         return Unreachable(str(error))
     return MetadataRefused(str(error))
 
@@ -215,7 +216,7 @@ class Verifier:
             raise ProxyStartError(
                 f"cache directory {config.cache_dir}: {exc.strerror or exc}"
             ) from None
-        audit_config = tuf_audit.AuditConfig(
+        audit_config = tuf_metadata.AuditConfig(
             metadata_url=config.metadata_url,
             trusted_root=config.trusted_root,
             connect_timeout=config.connect_timeout,
@@ -226,7 +227,7 @@ class Verifier:
         # only ever used under the lock, so one fetcher (one urllib3 pool) is enough
         # the one HTTP environment (proxy, CA bundle), with the proxy's own User-Agent
         environment = dataclasses.replace(read_environment(), user_agent=USER_AGENT)
-        self._fetcher = tuf_audit.MetadataFetcher(audit_config, environment=environment)
+        self._fetcher = tuf_metadata.MetadataFetcher(audit_config, environment=environment)
         self._mirror = environment.urllib3_pool(config.mirror_url, config.connections)
         self._mirror_timeout = urllib3.Timeout(connect=config.connect_timeout, read=config.timeout)
         self._lock = threading.Lock()
@@ -380,7 +381,7 @@ class Verifier:
     def copy_url(self, info: TargetFile) -> str:
         """The hash-prefixed copy python-tuf would download for `info` (consistent snapshots)."""
         digest = next(iter(info.hashes.values()))
-        return self.mirror_url + parse.quote(tuf_audit.copy_path(info.path, digest))
+        return self.mirror_url + parse.quote(audit_compare.copy_path(info.path, digest))
 
     def download(self, info: TargetFile) -> VerifiedPage:
         """The page's bytes verified against `info`, cached or from the mirror; raises Refusal."""
@@ -410,7 +411,7 @@ class Verifier:
                 redirect=False,
             )
         except urllib3.exceptions.HTTPError as exc:
-            raise Unreachable(f"mirror {url}: {tuf_audit._reason(exc)}") from None
+            raise Unreachable(f"mirror {url}: {tuf_metadata.urllib3_reason(exc)}") from None
         try:
             if response.status != 200:
                 raise self._status_refusal(info, url, response.status)
@@ -445,7 +446,9 @@ class Verifier:
                     break
         except urllib3.exceptions.HTTPError as exc:
             response.close()
-            raise Unreachable(f"mirror {url}: body cut off: {tuf_audit._reason(exc)}") from None
+            raise Unreachable(
+                f"mirror {url}: body cut off: {tuf_metadata.urllib3_reason(exc)}"
+            ) from None
         if len(received) > length:
             response.close()  # the rest is not read: this connection cannot be reused
         return bytes(received)

@@ -92,6 +92,7 @@ from pypi_index_mirror.ops.cli import (
     number,
     run_cli,
 )
+from pypi_index_mirror.ops.options import OPTIONS, Option, path_value
 from pypi_index_mirror.ops.settings import DEFAULTS
 from pypi_index_mirror.sync.parallel import EXECUTORS, make_executor, ordered_map, usable_cpus
 
@@ -468,7 +469,7 @@ def generate_from_store(options: Options, layout: MirrorLayout, stdout: TextIO) 
 
 
 # checked as every path option is (an empty one is refused); a str: '-' is standard output
-OUTPUT_OPTION = settings.Option("output", "", lambda text: str(settings.path_value(text)))
+OUTPUT_OPTION = Option("output", "", lambda text: str(path_value(text)))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -494,7 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
     # PYPI_MIRROR_* variables, the same --config file), so the two always agree.
     settings.add_config_argument(parser)
     settings.add_options(
-        parser, [o for o in settings.OPTIONS if o.key in ("mirror-dir", "state", "storage")]
+        parser, [o for o in OPTIONS if o.key in ("mirror-dir", "state", "storage")]
     )
     parser.add_argument(
         "--output",

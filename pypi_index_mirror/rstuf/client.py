@@ -1,18 +1,12 @@
 """The one module that talks to a Repository Service for TUF (RSTUF) over its REST API v1.
 
-``pypi_mirror.py`` tells RSTUF about every page it adds, changes or removes so
-that TUF signs exactly the bytes the mirror serves. Everything RSTUF-specific
-lives here, in three parts:
-
-1. pure functions: validate an `Artifact` before it leaves the process (RSTUF
-   validates neither hash names, nor values, nor lengths, and one bad row can
-   break publishing for a whole hash bin), build the exact request bodies,
-   read RSTUF's error texts, judge a task's outcome;
-2. `RstufClient`, the only I/O: one ``requests.Session``, a ``(connect, read)``
-   timeout and a User-Agent on every request, retries with backoff and jitter
-   on transient failures, response bodies read with a size cap;
-3. errors: `RstufError` and narrow subclasses that carry the facts and read as
-   one line telling the operator what to do.
+The sync tells RSTUF about every page it adds, changes or removes so that
+TUF signs exactly the bytes the mirror serves. `RstufClient` is the only I/O:
+one ``requests.Session``, a ``(connect, read)`` timeout and a User-Agent on
+every request, retries with backoff and jitter on transient failures,
+response bodies read with a size cap, RSTUF's error texts read into one line.
+What it sends is checked and built by ``rstuf.artifacts``, what a task's
+answer means is ``rstuf.tasks``'s, and what it raises is ``rstuf.errors``'s.
 
 The endpoints and bodies follow repository-service-tuf-api
 (``repository_service_tuf_api/artifacts.py``, ``tasks.py``, ``bootstrap.py``), the
@@ -23,7 +17,7 @@ The publish race: an add/delete task sent with ``publish_artifacts: false``
 first writes its rows, then stays RUNNING, holding a worker process, until a
 publish that *started after* those rows were written covers them. A publish
 posted too early covers nothing. When to publish is the caller's business
-(``rstuf_outbox.py``); this module only tells whether a task's rows are
+(``rstuf.outbox``); ``rstuf.tasks`` only tells whether a task's rows are
 written (`is_waiting_for_publish`) and whether it failed (`task_failure`).
 
 Retries: a POST whose request may have reached RSTUF without its answer
@@ -37,10 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
-import re
-import unicodedata
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -56,6 +47,24 @@ from pypi_index_mirror.http.retry import (
     read_capped,
     retry_after_of,
 )
+from pypi_index_mirror.rstuf.artifacts import (
+    Artifact,
+    add_body,
+    delete_body,
+    validate_artifacts,
+    validate_paths,
+)
+from pypi_index_mirror.rstuf.errors import (
+    RstufBadResponse,
+    RstufError,
+    RstufMisconfigured,
+    RstufNotBootstrapped,
+    RstufRefused,
+    RstufServerError,
+    RstufUnreachable,
+    one_line,
+)
+from pypi_index_mirror.rstuf.tasks import TaskResult
 
 log = logging.getLogger(__name__)
 
@@ -69,295 +78,10 @@ DELETE_PATH = "/api/v1/artifacts/delete"
 PUBLISH_PATH = "/api/v1/artifacts/publish/"
 TASK_PATH = "/api/v1/task/"
 
-# Hash names TUF clients (python-tuf, securesystemslib) accept, and the number
-# of lowercase hex digits each digest has.
-HASH_HEX_LENGTHS: Mapping[str, int] = {"blake2b-256": 64, "sha256": 64, "sha512": 128}
-
-SUCCESS_STATE = "SUCCESS"
-# Only SUCCESS means done. These end a task without its changes; IGNORED is in
-# RSTUF's TaskState enum too, although the API documents it as unused. Every
-# other state (PENDING, RECEIVED, STARTED, PRE_RUN, RUNNING, RETRY) may still
-# lead to SUCCESS; an unknown task id answers PENDING, for ever.
-TERMINAL_FAILURE_STATES: frozenset[str] = frozenset(
-    {"FAILURE", "ERRORED", "REVOKED", "REJECTED", "IGNORED"}
-)
-# An add/delete in one of these has written its rows, so a publish posted now covers it.
-ROWS_WRITTEN_STATES: frozenset[str] = frozenset({"RUNNING", SUCCESS_STATE})
-
 MAX_RESPONSE_BYTES = 1 << 20  # 1 MiB, plus the request's own size (the answer echoes its paths)
-_DETAIL_CHARS = 400  # RSTUF's text is shown on one line, at most this long
-
-
-# --- records -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Artifact:
-    """One TUF target: a path relative to the served directory and its exact bytes' facts."""
-
-    path: str  # e.g. "simple/numpy/index.html" or "index.html"
-    length: int  # bytes
-    hashes: dict[str, str]  # {"blake2b-256": "<64 lowercase hex>"}
-    custom: dict | None = None
-
-
-@dataclass(frozen=True)
-class TaskResult:
-    """One answer of RSTUF's task endpoint."""
-
-    task_id: str
-    state: str
-    result: dict | None  # RSTUF's `result` object (absent while PENDING)
-
-
-# --- errors --------------------------------------------------------------------
-
-
-class RstufError(Exception):
-    """Anything that went wrong talking to RSTUF; `str()` is one actionable line."""
-
-
-class InvalidArtifact(RstufError, ValueError):
-    """An artifact RSTUF would accept but TUF clients could not use; nothing was sent."""
-
-    def __init__(self, path: object, reason: str) -> None:
-        super().__init__(path, reason)
-        self.path = path
-        self.reason = reason
-
-    def __str__(self) -> str:
-        return f"refusing to send artifact {self.path!r} to RSTUF: {self.reason}"
-
-
-class RstufUnreachable(RstufError):
-    """No HTTP answer at all (connection refused or dropped, DNS, timeout), after retries."""
-
-    def __init__(self, url: str, reason: str) -> None:
-        super().__init__(url, reason)
-        self.url = url
-        self.reason = reason
-
-    def __str__(self) -> str:
-        return (
-            f"RSTUF at {self.url} did not answer ({self.reason}); "
-            "check the RSTUF URL and that the RSTUF API is running"
-        )
-
-
-class RstufNotBootstrapped(RstufError):
-    """RSTUF refuses artifacts until its repository has been bootstrapped."""
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail)
-        self.detail = detail
-
-    def __str__(self) -> str:
-        return (
-            f"RSTUF is not bootstrapped ({self.detail}); run the RSTUF bootstrap "
-            "(rstuf admin ceremony / import-artifacts) first"
-        )
-
-
-class RstufHttpError(RstufError):
-    """An HTTP error answer: its status, RSTUF's detail text and the call it answered."""
-
-    def __init__(self, status: int, detail: str, url: str | None = None) -> None:
-        super().__init__(status, detail)
-        self.status = status
-        self.detail = detail
-        self.url = url
-
-    @property
-    def where(self) -> str:
-        return f" {self.url}" if self.url else ""
-
-
-class RstufRefused(RstufHttpError):
-    """A 4xx answer: RSTUF (or a proxy in front of it) refused this request as sent."""
-
-    def __str__(self) -> str:
-        advice = {
-            401: "check the RSTUF token (RSTUF_API_TOKEN) or the proxy's credentials",
-            403: "check the RSTUF token's scopes or the proxy's access rules",
-            404: "check the RSTUF URL (it should be the API's base, without /api/v1)",
-            422: "the request did not match RSTUF's API; report this with RSTUF's version",
-            429: "RSTUF is rate limiting; run again later",
-        }.get(self.status, "see RSTUF's detail above")
-        return f"RSTUF refused{self.where} (HTTP {self.status}): {self.detail}; {advice}"
-
-
-class RstufMisconfigured(RstufRefused):
-    """A 401, a 403, or a 404 that is not RSTUF's "not bootstrapped" answer.
-
-    None of these goes away by waiting: the token, the proxy's rules or the URL
-    must change. A 404 without RSTUF's JSON detail is a route RSTUF does not
-    have (FastAPI's ``{"detail": "Not Found"}``, a web server's page): the URL
-    does not point at an RSTUF API, or carries ``/api/v1`` twice.
-    """
-
-    def __str__(self) -> str:
-        if self.status == 404:
-            return (
-                f"the RSTUF URL is not an RSTUF API:{self.where} answered HTTP 404 "
-                f"({self.detail}); check the RSTUF URL (--rstuf-url, RSTUF_API_URL): "
-                "the API's base, without /api/v1"
-            )
-        return super().__str__()
-
-
-class RstufServerError(RstufHttpError):
-    """A 5xx answer that did not go away after the retries."""
-
-    def __str__(self) -> str:
-        return (
-            f"RSTUF failed{self.where} (HTTP {self.status}): {self.detail}; "
-            "check the RSTUF API and worker logs, then run again"
-        )
-
-
-class RstufBadResponse(RstufError):
-    """An answer this client cannot use: not JSON, too large, no task id..."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-    def __str__(self) -> str:
-        return (
-            f"unexpected answer from RSTUF: {self.reason}; "
-            "check that the URL points at an RSTUF API v1"
-        )
-
-
-class TaskFailed(RstufError):
-    """An RSTUF task ended without applying its changes (or applied only part of them)."""
-
-    def __init__(self, task_id: str, state: str, message: str) -> None:
-        super().__init__(task_id, state, message)
-        self.task_id = task_id
-        self.state = state
-        self.message = message
-
-    def __str__(self) -> str:
-        return (
-            f"RSTUF task {self.task_id} ended {self.state}: {self.message}; "
-            "check the RSTUF worker logs (the changes are sent again next run)"
-        )
-
-
-# --- pure functions: validation and bodies -------------------------------------
-
-_HEX = {n: re.compile(rf"[0-9a-f]{{{n}}}") for n in set(HASH_HEX_LENGTHS.values())}
-
-
-def path_problem(path: object) -> str | None:
-    """Return why `path` cannot be a TUF target path, or None when it can.
-
-    TUF clients look targets up byte for byte and mirrors turn them into file
-    names, so only one spelling of each relative POSIX path is allowed.
-    """
-    if not isinstance(path, str):
-        return f"path must be a string, not {type(path).__name__}"
-    if not path:
-        return "path is empty"
-    if path.startswith("/"):
-        return "path must be relative (no leading '/')"
-    if "\\" in path:
-        return "path contains a backslash"
-    if any(unicodedata.category(char) in ("Cc", "Cs") for char in path):
-        return "path contains a control character or a lone surrogate"
-    segments = path.split("/")
-    if "" in segments:
-        return "path has an empty segment ('//' or a trailing '/')"
-    if ".." in segments or "." in segments:
-        return "path has a '.' or '..' segment"
-    return None
-
-
-def artifact_problem(artifact: Artifact) -> str | None:
-    """Return why RSTUF must not be sent `artifact`, or None when it is fine."""
-    problem = path_problem(artifact.path)
-    if problem:
-        return problem
-    length = artifact.length
-    if type(length) is not int or length < 0:  # bool is an int subclass: refuse it too
-        return f"length must be an integer >= 0, not {length!r}"
-    if not isinstance(artifact.hashes, Mapping) or not artifact.hashes:
-        return "at least one hash is required"
-    for name, value in artifact.hashes.items():
-        digits = HASH_HEX_LENGTHS.get(name)
-        if digits is None:
-            allowed = ", ".join(HASH_HEX_LENGTHS)
-            return f"hash name {name!r} is not one TUF clients accept ({allowed})"
-        if not isinstance(value, str) or not _HEX[digits].fullmatch(value):
-            return f"{name} must be {digits} lowercase hex digits, not {value!r}"
-    if artifact.custom is not None and not isinstance(artifact.custom, dict):
-        return f"custom must be a dict or None, not {type(artifact.custom).__name__}"
-    return None
-
-
-def _refuse_duplicates(paths: Sequence[str]) -> None:
-    seen: set[str] = set()
-    for path in paths:
-        if path in seen:
-            raise InvalidArtifact(path, "listed twice in one request")
-        seen.add(path)
-
-
-def validate_artifacts(artifacts: Sequence[Artifact]) -> None:
-    """Raise ValueError for an empty list, InvalidArtifact for the first bad artifact."""
-    if not artifacts:
-        raise ValueError("no artifacts to add")
-    for artifact in artifacts:
-        if not isinstance(artifact, Artifact):
-            raise InvalidArtifact(artifact, f"not an Artifact but {type(artifact).__name__}")
-        problem = artifact_problem(artifact)
-        if problem:
-            raise InvalidArtifact(artifact.path, problem)
-    _refuse_duplicates([artifact.path for artifact in artifacts])
-
-
-def validate_paths(paths: Sequence[str]) -> None:
-    """Raise ValueError for an empty list, InvalidArtifact for the first bad path."""
-    if isinstance(paths, str):  # a lone string is a sequence of one-letter paths
-        raise TypeError("paths must be a sequence of strings, not one string")
-    if not paths:
-        raise ValueError("no artifacts to remove")
-    for path in paths:
-        problem = path_problem(path)
-        if problem:
-            raise InvalidArtifact(path, problem)
-    _refuse_duplicates(paths)
-
-
-def artifact_entry(artifact: Artifact) -> dict[str, Any]:
-    """The JSON object RSTUF's ``Artifact`` model reads: path plus info."""
-    info: dict[str, Any] = {"length": artifact.length, "hashes": dict(artifact.hashes)}
-    if artifact.custom is not None:
-        info["custom"] = artifact.custom
-    return {"path": artifact.path, "info": info}
-
-
-def add_body(artifacts: Sequence[Artifact], publish: bool) -> dict[str, Any]:
-    """Body of ``POST /api/v1/artifacts/`` (RSTUF's ``AddPayload``)."""
-    return {
-        "artifacts": [artifact_entry(artifact) for artifact in artifacts],
-        "add_task_id_to_custom": False,
-        "publish_artifacts": bool(publish),
-    }
-
-
-def delete_body(paths: Sequence[str], publish: bool) -> dict[str, Any]:
-    """Body of ``POST /api/v1/artifacts/delete`` (RSTUF's ``DeletePayload``)."""
-    return {"artifacts": list(paths), "publish_artifacts": bool(publish)}
 
 
 # --- pure functions: reading answers -------------------------------------------
-
-
-def _one_line(text: str, limit: int = _DETAIL_CHARS) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _describe(value: object) -> str:
@@ -387,12 +111,12 @@ def error_detail(body: bytes) -> str:
     try:
         document = json.loads(text)
     except ValueError:
-        return _one_line(text)
+        return one_line(text)
     if isinstance(document, dict):
         for key in ("detail", "error", "message"):
             if document.get(key):
-                return _one_line(_describe(document[key]))
-    return _one_line(text)
+                return one_line(_describe(document[key]))
+    return one_line(text)
 
 
 def is_not_bootstrapped(body: bytes) -> bool:
@@ -409,56 +133,6 @@ def is_not_bootstrapped(body: bytes) -> bool:
         return False
     detail = document.get("detail") if isinstance(document, dict) else None
     return isinstance(detail, dict) and "bootstrap" in _describe(detail).lower()
-
-
-def not_found_artifacts(task: TaskResult) -> list[str]:
-    """The paths a finished delete reported in ``details.not_found_artifacts``.
-
-    RSTUF's worker puts there every path it holds no row for (or whose removal
-    it published already), instead of failing the task.
-    """
-    result = task.result if isinstance(task.result, dict) else {}
-    details = result.get("details")
-    paths = details.get("not_found_artifacts") if isinstance(details, dict) else None
-    return [path for path in paths if isinstance(path, str)] if isinstance(paths, list) else []
-
-
-def is_waiting_for_publish(state: str) -> bool:
-    """True when an add/delete task has written its rows (RUNNING or SUCCESS).
-
-    Only then does a publish posted now cover it; one posted earlier may run
-    first, cover nothing, and leave the task RUNNING for ever.
-    """
-    return state in ROWS_WRITTEN_STATES
-
-
-def task_failure(task: TaskResult) -> str | None:
-    """Return why `task` failed, or None while it succeeded or may still succeed.
-
-    Failed means a terminal failure state, or a SUCCESS that RSTUF itself
-    would call ERRORED (``result.status`` not true), or one that skipped
-    paths no delegated role covers (``result.details.invalid_paths``).
-    """
-    result = task.result if isinstance(task.result, dict) else {}
-    if task.state in TERMINAL_FAILURE_STATES:
-        return _task_message(result) or "no details from RSTUF"
-    if task.state != SUCCESS_STATE:
-        return None
-    if result.get("status") is not True:
-        return _task_message(result) or "result status is not true"
-    details = result.get("details")
-    invalid = details.get("invalid_paths") if isinstance(details, dict) else None
-    if invalid:
-        shown = ", ".join(map(str, invalid[:5])) + (" ..." if len(invalid) > 5 else "")
-        return f"{len(invalid)} path(s) not covered by any delegated role: {shown}"
-    return None
-
-
-def _task_message(result: dict) -> str:
-    parts = [str(result[key]) for key in ("message", "error") if result.get(key)]
-    if result.get("exc_type") or result.get("exc_message"):
-        parts.append(f"{result.get('exc_type', '')} {result.get('exc_message', '')}".strip())
-    return _one_line(": ".join(parts))
 
 
 def _redact_url(url: str) -> str:
@@ -744,7 +418,7 @@ class RstufClient:
             try:
                 document = json.loads(content)
             except ValueError:
-                snippet = _one_line(repr(content), 80)
+                snippet = one_line(repr(content), 80)
                 raise RstufBadResponse(
                     f"{where} answered HTTP {status} that is not JSON: {snippet}"
                 ) from None
@@ -789,4 +463,4 @@ def _exception_reason(exc: BaseException) -> str:
         if inner is None:
             break
         reason = inner
-    return _one_line(f"{type(reason).__name__}: {reason}", 200)
+    return one_line(f"{type(reason).__name__}: {reason}", 200)

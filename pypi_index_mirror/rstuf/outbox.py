@@ -1,7 +1,7 @@
 """The RSTUF outbox: delivering what the mirror owes RSTUF, and following every task it starts.
 
 The outbox itself lives in state.json (`state.Outbox`); this module sends its
-changes with `rstuf_client`, publishes them, and polls every task it started,
+changes with `RstufClient`, publishes them, and polls every task it started,
 publishes included, until it succeeded or failed in a way acted on.
 
 Why it cannot stall, whatever order RSTUF starts tasks in (repository-service-
@@ -59,7 +59,10 @@ from pypi_index_mirror.mirror.store import (
     crash_point,
     digest_file,
 )
-from pypi_index_mirror.rstuf import client as rstuf_client
+from pypi_index_mirror.rstuf.artifacts import Artifact
+from pypi_index_mirror.rstuf.client import RstufClient
+from pypi_index_mirror.rstuf.errors import RstufError, RstufMisconfigured, TaskFailed
+from pypi_index_mirror.rstuf.tasks import SUCCESS_STATE, not_found_artifacts, task_failure
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +90,7 @@ class DeliveryReport:
     errors: list[str] = field(default_factory=list)
     # RSTUF refused as misconfigured (401, 403, not an RSTUF URL): no use trying again
     # in this run; the changes stay in the outbox
-    misconfigured: rstuf_client.RstufMisconfigured | None = None
+    misconfigured: RstufMisconfigured | None = None
 
 
 @dataclass
@@ -125,7 +128,7 @@ class RstufDelivery:
         self,
         state: State,
         layout: MirrorLayout,
-        client: rstuf_client.RstufClient,
+        client: RstufClient,
         save: Callable[[], None],
         batch: int,
         budget: WaitBudget,
@@ -194,9 +197,9 @@ class RstufDelivery:
                 if not wait or not self._following() or left <= 0:
                     break
                 self.sleep(min(self.poll_interval, left))
-        except rstuf_client.RstufMisconfigured as exc:
+        except RstufMisconfigured as exc:
             report.misconfigured = exc
-        except rstuf_client.RstufError as exc:
+        except RstufError as exc:
             report.errors.append(str(exc))
         finally:
             self.budget.spent += self.monotonic() - started
@@ -246,16 +249,16 @@ class RstufDelivery:
     def _poll_change(self, task: OutboxTask, report: DeliveryReport, now: float) -> bool:
         result = self.client.task(task.task_id)
         self._observe(task.task_id, result.state, now)
-        failure = rstuf_client.task_failure(result)
+        failure = task_failure(result)
         if failure is not None:
-            report.errors.append(str(rstuf_client.TaskFailed(task.task_id, result.state, failure)))
+            report.errors.append(str(TaskFailed(task.task_id, result.state, failure)))
             self.failed_paths.update(task.paths)
             self._requeue(task)
-        elif result.state == rstuf_client.SUCCESS_STATE:
+        elif result.state == SUCCESS_STATE:
             self.box.tasks.remove(task)
             not_found = set()
             if task.action == "remove":
-                not_found = set(rstuf_client.not_found_artifacts(result))
+                not_found = set(not_found_artifacts(result))
                 # a request that may have run unseen (lost answer, a failed or expired
                 # task sent again) may have deleted it already: no surprise either
                 self.maybe_changed.update(p for entry in self.box.uncertain for p in entry.paths)
@@ -295,7 +298,7 @@ class RstufDelivery:
     def _poll_publish(self, publish: PublishTask, report: DeliveryReport, now: float) -> bool:
         result = self.client.task(publish.task_id)
         self.states[publish.task_id] = result.state
-        failure = rstuf_client.task_failure(result)
+        failure = task_failure(result)
         if failure is not None:
             self.publish_failures += 1
             again = self.publish_failures < self.MAX_PUBLISH_FAILURES
@@ -312,7 +315,7 @@ class RstufDelivery:
                     f"{result.state}: {failure}; check the RSTUF worker logs (its tasks are "
                     "published next run)"
                 )
-        elif result.state == rstuf_client.SUCCESS_STATE:
+        elif result.state == SUCCESS_STATE:
             self.publish_done[publish.task_id] = now
             self._supersede_before(publish)
         elif self.clock() - publish.sent_at <= self.TASK_EXPIRY:
@@ -396,7 +399,7 @@ class RstufDelivery:
         for start in range(0, len(removes), self.batch):
             self._submit("remove", [], removes[start : start + self.batch], report)
 
-    def _final_states(self, paths: list[str]) -> tuple[list[rstuf_client.Artifact], list[str]]:
+    def _final_states(self, paths: list[str]) -> tuple[list[Artifact], list[str]]:
         """Split paths into artifacts to add (hashed from disk now) and paths to remove."""
         adds, removes = [], []
         for path in paths:
@@ -406,13 +409,13 @@ class RstufDelivery:
                 removes.append(path)
                 continue
             hashes = {TUF_HASH_ALGORITHM: digest.hexdigest}
-            adds.append(rstuf_client.Artifact(path, digest.length, hashes))
+            adds.append(Artifact(path, digest.length, hashes))
         return adds, removes
 
     def _submit(
         self,
         action: str,
-        artifacts: list[rstuf_client.Artifact],
+        artifacts: list[Artifact],
         removes: list[str],
         report: DeliveryReport,
     ) -> None:
@@ -434,7 +437,7 @@ class RstufDelivery:
                 task_id = self.client.add(artifacts, publish=False, on_uncertain=on_uncertain)
             else:
                 task_id = self.client.remove(removes, publish=False, on_uncertain=on_uncertain)
-        except rstuf_client.RstufError:
+        except RstufError:
             self._forget(intent)
             self.save()
             raise

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 
 from pypi_index_mirror.ops.cli import ToolError
-from pypi_index_mirror.rstuf import client as rstuf_client
+from pypi_index_mirror.rstuf.errors import RstufMisconfigured
 from pypi_index_mirror.rstuf.outbox import RstufDelivery, WaitBudget
 from pypi_index_mirror.sync.context import RunContext
 
@@ -39,7 +39,7 @@ class Delivery:
         self.rstuf_delivery: RstufDelivery | None = None
         # RSTUF refused as misconfigured (401, 403, no RSTUF at the URL): nothing more is
         # sent this run, and the run ends with exit 1 once the mirror is saved
-        self.rstuf_misconfigured: rstuf_client.RstufMisconfigured | None = None
+        self.rstuf_misconfigured: RstufMisconfigured | None = None
 
     def next_round(self) -> None:
         """A --watch cycle: the delivery's per-run figures start again."""
@@ -154,13 +154,13 @@ class Delivery:
             waiting = f"{len(self.ctx.state.outbox)} change(s) stay in the outbox"
             root = self.ctx.forms[0].root_target  # the CSV's first row of this mirror's forms
             # only here: python-tuf is 20 MiB to load
-            from pypi_index_mirror.audit import tuf as tuf_audit
+            from pypi_index_mirror.audit import metadata as tuf_metadata
 
             try:
-                signed = tuf_audit.signed_target(
-                    tuf_audit.audit_settings(self.ctx.config), root, self.ctx.pypi.environment
+                signed = tuf_metadata.signed_target(
+                    tuf_metadata.audit_settings(self.ctx.config), root, self.ctx.pypi.environment
                 )
-            except tuf_audit.AuditError as exc:
+            except tuf_metadata.AuditError as exc:
                 self.bootstrap_refusal = (
                     f"cannot check that RSTUF holds the bootstrap import ({exc}); {waiting}"
                 )

@@ -113,20 +113,20 @@ class FullSync:
         if config.tuf_metadata_url is None or not self.ctx.owes_rstuf:
             return
         # only here: python-tuf is 20 MiB to load
-        from pypi_index_mirror.audit import tuf as tuf_audit
+        from pypi_index_mirror.audit import metadata as tuf_metadata
 
         way_out = (
             "run with --full-check instead: it fetches every page and registers each with "
             "RSTUF (or restore the mirror and its state.json from a backup)"
         )
-        settings_ = tuf_audit.audit_settings(config)
+        settings_ = tuf_metadata.audit_settings(config)
         try:
             signed = [
                 form.root_target
                 for form in ALL_FORMATS
-                if tuf_audit.signed_target(settings_, form.root_target) is not None
+                if tuf_metadata.signed_target(settings_, form.root_target) is not None
             ]
-        except tuf_audit.AuditError as exc:
+        except tuf_metadata.AuditError as exc:
             raise MirrorMismatch(
                 f"cannot check whether RSTUF already signs pages before a first sync into "
                 f"{self.ctx.layout.root.absolute()} ({exc}): fix --tuf-metadata-url or --tuf-root; "

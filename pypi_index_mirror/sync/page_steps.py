@@ -27,16 +27,9 @@ from pypi_index_mirror.mirror.writer import MirrorWriter
 from pypi_index_mirror.ops.cli import stop_requested
 from pypi_index_mirror.sync.fetch_loop import Pause
 from pypi_index_mirror.sync.plan import forms_answer
-from pypi_index_mirror.upstream.client import (
-    FetchedPage,
-    MissingPage,
-    PypiClient,
-    StalePage,
-    Transient,
-    UpstreamError,
-    conditional_headers,
-    page_request,
-)
+from pypi_index_mirror.upstream.client import PypiClient, conditional_headers, page_request
+from pypi_index_mirror.upstream.errors import MissingPage, StalePage, Transient, UpstreamError
+from pypi_index_mirror.upstream.pages import FetchedPage
 from pypi_index_mirror.upstream.transport import PageAnswer, PageTransportError
 
 log = logging.getLogger(__name__)

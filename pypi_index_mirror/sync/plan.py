@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 from pypi_index_mirror.mirror.state import PendingProject
 from pypi_index_mirror.upstream.changelog import Listing, Selection
-from pypi_index_mirror.upstream.client import FetchedPage, MissingPage, StalePage
+from pypi_index_mirror.upstream.errors import MissingPage, StalePage
+from pypi_index_mirror.upstream.pages import FetchedPage
 
 
 def is_current(listed: PendingProject, on_disk_serial: int | None) -> bool:

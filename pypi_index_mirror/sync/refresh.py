@@ -23,7 +23,7 @@ from pypi_index_mirror.sync.context import RunContext
 from pypi_index_mirror.sync.fetch_loop import fetch_each
 from pypi_index_mirror.sync.page_steps import Fetched, NotFetched, PageSteps
 from pypi_index_mirror.upstream.changelog import merge_pending
-from pypi_index_mirror.upstream.client import FetchedPage
+from pypi_index_mirror.upstream.pages import FetchedPage
 
 log = logging.getLogger(__name__)
 

@@ -32,8 +32,8 @@ from pypi_index_mirror.mirror.state import clear_state_temps, load_state, new_mi
 from pypi_index_mirror.mirror.store import clear_staging, mirror_lock, sync_filesystem
 from pypi_index_mirror.ops.cli import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, Stopped, failure
 from pypi_index_mirror.ops.progress import Progress
+from pypi_index_mirror.ops.recorder import StatusRecorder
 from pypi_index_mirror.ops.settings import Config
-from pypi_index_mirror.ops.status import StatusRecorder
 from pypi_index_mirror.rstuf import client as rstuf_client
 from pypi_index_mirror.sync.context import RunContext, Summary
 from pypi_index_mirror.sync.delivery import Delivery

@@ -17,7 +17,7 @@ from pathlib import Path
 from pypi_index_mirror.sync.context import RunContext
 from pypi_index_mirror.sync.plan import listing_refusal
 from pypi_index_mirror.upstream.changelog import Listing, add_listed
-from pypi_index_mirror.upstream.client import UntrustedListing, XmlRpcUnavailable
+from pypi_index_mirror.upstream.errors import UntrustedListing, XmlRpcUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from pypi_index_mirror.upstream.changelog import (
     merge_pending,
     projects_to_refresh,
 )
-from pypi_index_mirror.upstream.client import XmlRpcUnavailable
+from pypi_index_mirror.upstream.errors import XmlRpcUnavailable
 
 log = logging.getLogger(__name__)
 

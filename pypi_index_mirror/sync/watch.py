@@ -43,7 +43,7 @@ from pypi_index_mirror.ops.cli import Stopped, format_duration
 from pypi_index_mirror.sync import revalidate
 from pypi_index_mirror.sync.context import summary_log
 from pypi_index_mirror.sync.run import Sync
-from pypi_index_mirror.upstream.client import UpstreamError
+from pypi_index_mirror.upstream.errors import UpstreamError
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,10 @@
 """What PyPI's changelog and listing mean for the mirror: pure functions, no I/O.
 
-The changelog names projects; the page fetched afterwards decides whether a
-project exists (of the journal actions warehouse writes, a removal is the
-only action after which a 404 is right). The whole listing of a full sync is
-held in a compact `Listing`.
+An XML-RPC ``changelog_since_serial`` answer is checked into `ChangelogEntry`
+records (`parse_changelog_rows`). The changelog names projects; the page
+fetched afterwards decides whether a project exists (of the journal actions
+warehouse writes, a removal is the only action after which a 404 is right). The
+whole listing of a full sync is held in a compact `Listing`.
 """
 
 from __future__ import annotations
@@ -16,14 +17,65 @@ import logging
 import tempfile
 from array import array
 from collections.abc import Callable, ItemsView, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from pypi_index_mirror.mirror.state import PendingProject
 from pypi_index_mirror.mirror.store import InvalidProjectName, project_dir_name
-from pypi_index_mirror.upstream.client import ChangelogEntry, is_serial
+from pypi_index_mirror.upstream.errors import ChangelogError
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ChangelogEntry:
+    name: str
+    version: str | None
+    timestamp: int
+    action: str
+    serial: int
+
+    @property
+    def renamed_from(self) -> str | None:
+        """The old name of a legacy ``rename from <old>`` entry."""
+        if self.action.startswith("rename from "):
+            return self.action[len("rename from ") :].strip()
+        return None
+
+
+def parse_changelog_rows(rows: object, since: int) -> list[ChangelogEntry]:
+    """Check and convert a ``changelog_since_serial`` answer.
+
+    Serials must be above `since` and ascending; otherwise the answer cannot be
+    trusted to cover what it claims and ChangelogError is raised.
+    """
+    if not isinstance(rows, list):
+        raise ChangelogError(f"changelog_since_serial returned {type(rows).__name__}, not a list")
+    entries = []
+    previous = since
+    for row in rows:
+        if not (isinstance(row, list | tuple) and len(row) == 5):
+            raise ChangelogError(f"malformed changelog row {row!r:.120}")
+        name, version, timestamp, action, serial = row
+        if not (isinstance(name, str) and isinstance(action, str) and type(serial) is int):
+            raise ChangelogError(f"malformed changelog row {row!r:.120}")
+        if serial <= previous:
+            raise ChangelogError(
+                f"changelog serials go backwards ({serial} after {previous}); "
+                "refusing to apply it — retry later"
+            )
+        previous = serial
+        ts = timestamp if type(timestamp) is int else 0
+        entries.append(
+            ChangelogEntry(name, version if isinstance(version, str) else None, ts, action, serial)
+        )
+    return entries
+
+
+def is_serial(value: object) -> bool:
+    """A journal serial: an int, not a bool, not negative (state.json refuses anything else)."""
+    return type(value) is int and value >= 0
 
 
 def projects_to_refresh(entries: Iterable[ChangelogEntry]) -> dict[str, PendingProject]:

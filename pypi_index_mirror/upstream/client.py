@@ -1,19 +1,19 @@
 """The only code that speaks to PyPI: XML-RPC mirroring methods and Simple API pages.
 
-Pure parts first (changelog rows, page checks), then `PypiClient`, which owns
-the HTTP sessions; when to retry and how much of an answer to read is
-``http.retry``'s, proxies, bundle and limits ``http.environment``'s (handed in).
-Nothing here writes to disk or decides what a page means for
-the mirror; `pypi_mirror.py` does that.
+Pure parts first (XML-RPC pacing, conditional requests), then
+`PypiClient`, which owns the HTTP sessions; when to retry and how much of an
+answer to read is ``http.retry``'s, proxies, bundle and limits
+``http.environment``'s (handed in). What a page must be is ``upstream.pages``'s,
+the JSON root's streaming parse ``upstream.json_root``'s, the errors
+``upstream.errors``'s. Nothing here writes to disk or decides what a page means
+for the mirror; the sync does that.
 """
 
 from __future__ import annotations
 
 import base64
-import codecs
 import functools
 import hashlib
-import json
 import logging
 import re
 import threading
@@ -23,21 +23,34 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
-import lxml.etree
 import requests
 
 from pypi_index_mirror.http.environment import HttpEnvironment, read_environment
 from pypi_index_mirror.http.retry import (
     BodyTooLarge,
     Headers,
-    Retryable,
     RetryPolicy,
     call_with_retries,
     cap_retry_after,
     iter_capped,
     retry_after_of,
 )
-from pypi_index_mirror.ops.cli import ToolError
+from pypi_index_mirror.upstream.changelog import ChangelogEntry, is_serial, parse_changelog_rows
+from pypi_index_mirror.upstream.errors import (
+    NotASimplePage,
+    Transient,
+    UpstreamError,
+    XmlRpcFault,
+    XmlRpcUnavailable,
+)
+from pypi_index_mirror.upstream.json_root import JsonRootParser
+from pypi_index_mirror.upstream.pages import (
+    FetchedPage,
+    check_api_version,
+    facts_of_checked_page,
+    inspect_json_page,
+    inspect_simple_page,
+)
 from pypi_index_mirror.upstream.transport import (
     PageAnswer,
     PageLoop,
@@ -69,534 +82,9 @@ class ClientSettings(Protocol):
     xmlrpc_interval: float  # average seconds between XML-RPC calls (see XmlRpcPacing)
 
 
-# --- errors
+# --- pure functions
 
 
-class UpstreamError(ToolError):
-    """PyPI answered something this tool cannot use; the message says what."""
-
-
-class Transient(UpstreamError, Retryable):
-    """A failure worth retrying (connection, 5xx, 429, rate-limit fault)."""
-
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        Retryable.__init__(self, message, retry_after)
-
-
-class XmlRpcFault(UpstreamError):
-    def __init__(self, method: str, code: int, text: str) -> None:
-        super().__init__(f"PyPI XML-RPC {method} failed: fault {code}: {text[:200]}")
-        self.method, self.code, self.text = method, code, text
-
-
-class XmlRpcUnavailable(UpstreamError):
-    """The index no longer offers XML-RPC (or this method): follow it through /simple/ instead."""
-
-    def __init__(self, method: str, reason: str) -> None:
-        super().__init__(f"PyPI XML-RPC {method} is unavailable ({reason})")
-        self.method, self.reason = method, reason
-
-
-class NotASimplePage(UpstreamError):
-    def __init__(self, name: str, reason: str) -> None:
-        super().__init__(f"{name}: not a simple page ({reason}); not mirrored")
-        self.name, self.reason = name, reason
-
-
-class StalePage(UpstreamError, Retryable):
-    """A CDN served a page older than the changelog said: asking again later may help."""
-
-    def __init__(self, name: str, expected: int, got: int) -> None:
-        Retryable.__init__(
-            self, f"{name}: page serial {got} is older than changelog serial {expected}"
-        )
-        self.name, self.expected, self.got = name, expected, got
-
-
-class MissingPage(UpstreamError, Retryable):
-    """A 404 for a project the changelog says exists: a CDN not caught up, probably."""
-
-    def __init__(self, name: str, serial: int) -> None:
-        Retryable.__init__(
-            self,
-            f"{name}: page answers 404 although changelog serial {serial} says the project "
-            "exists (a CDN not caught up?)",
-        )
-        self.name, self.serial = name, serial
-
-
-class UntrustedListing(UpstreamError):
-    """A project listing too empty or too small to be the index's (a stale cache): refused
-    before anything is changed (see `sync_plan.listing_refusal`)."""
-
-    def __init__(self, source: str, reason: str) -> None:
-        super().__init__(
-            f"PyPI's {source} {reason}: a stale cache, not the index; nothing was changed. "
-            "Run again later (PyPI caches it up to an hour), or with --trust-listing if the "
-            "index really holds so few"
-        )
-        self.source, self.reason = source, reason
-
-
-class ChangelogError(UpstreamError):
-    """The changelog contradicts itself; applying it could lose changes."""
-
-
-# --- records and pure functions
-
-
-@dataclass(frozen=True)
-class ChangelogEntry:
-    name: str
-    version: str | None
-    timestamp: int
-    action: str
-    serial: int
-
-    @property
-    def renamed_from(self) -> str | None:
-        """The old name of a legacy ``rename from <old>`` entry."""
-        if self.action.startswith("rename from "):
-            return self.action[len("rename from ") :].strip()
-        return None
-
-
-def parse_changelog_rows(rows: object, since: int) -> list[ChangelogEntry]:
-    """Check and convert a ``changelog_since_serial`` answer.
-
-    Serials must be above `since` and ascending; otherwise the answer cannot be
-    trusted to cover what it claims and ChangelogError is raised.
-    """
-    if not isinstance(rows, list):
-        raise ChangelogError(f"changelog_since_serial returned {type(rows).__name__}, not a list")
-    entries = []
-    previous = since
-    for row in rows:
-        if not (isinstance(row, list | tuple) and len(row) == 5):
-            raise ChangelogError(f"malformed changelog row {row!r:.120}")
-        name, version, timestamp, action, serial = row
-        if not (isinstance(name, str) and isinstance(action, str) and type(serial) is int):
-            raise ChangelogError(f"malformed changelog row {row!r:.120}")
-        if serial <= previous:
-            raise ChangelogError(
-                f"changelog serials go backwards ({serial} after {previous}); "
-                "refusing to apply it — retry later"
-            )
-        previous = serial
-        ts = timestamp if type(timestamp) is int else 0
-        entries.append(
-            ChangelogEntry(name, version if isinstance(version, str) else None, ts, action, serial)
-        )
-    return entries
-
-
-def is_serial(value: object) -> bool:
-    """A journal serial: an int, not a bool, not negative (state.json refuses anything else)."""
-    return type(value) is int and value >= 0
-
-
-@dataclass(slots=True)
-class PageFacts:
-    project_status: str  # "active", "archived", "quarantined", ...
-
-    @property
-    def listed(self) -> bool:
-        """Quarantined projects keep a page but leave the root listing (as on PyPI)."""
-        return self.project_status != "quarantined"
-
-
-# The status as warehouse writes it (PEP 792), in either form of a page.
-_STATUS_OF_CHECKED = re.compile(
-    rb'<meta name="pypi:project-status" content="([^"]*)">'
-    rb'|"project-status"\s*:\s*\{\s*"status"\s*:\s*"([^"]*)"'
-)
-
-
-def facts_of_checked_page(body: bytes) -> PageFacts | None:
-    """The facts of a page whose bytes were checked before (the mirror's copy), cheaply.
-
-    A full check fetches every page and most are byte for byte what the mirror
-    holds: parsing them again would find what it found when they were written.
-    None when the status is not where warehouse puts it (the caller then
-    inspects the page in full).
-    """
-    match = _STATUS_OF_CHECKED.search(body)
-    if match is None:
-        return None
-    return PageFacts((match.group(1) or match.group(2)).decode("ascii", "replace"))
-
-
-class _PageTools(threading.local):
-    """A parser and compiled XPaths per thread: lxml parsers must not be shared by threads,
-    and a thread of its own lets the parse (which releases the GIL) run beside the others."""
-
-    def __init__(self) -> None:
-        self.parser = lxml.etree.HTMLParser(recover=True, no_network=True, huge_tree=True)
-        self.version = lxml.etree.XPath('//meta[@name="pypi:repository-version"]/@content')
-        self.status = lxml.etree.XPath('//meta[@name="pypi:project-status"]/@content')
-        self.link_without_href = lxml.etree.XPath("boolean(//a[not(@href)])")
-
-
-_PAGE_TOOLS = _PageTools()
-
-
-# A project page in the shape warehouse's detail template renders (the whitespace between
-# tags aside): metas, title, h1, then one <a href="..." ...>file</a><br /> per file. Every
-# value is quoted, no value or text holds "<", ">" or a C0 control but tab, LF and CR
-# (libxml2 may stop parsing at one, NUL), nothing is a comment but the trailing SERIAL one.
-# A page of this shape parses into exactly the elements its tags spell, so
-# `inspect_simple_page` reads its facts off the match instead of building lxml's tree (a
-# third of the cost of a page before; the match is a third of the parse). Possessive
-# quantifiers: no backtracking.
-_BLANK = rb"[ \t\r\n]*+"  # what libxml2 skips between tags (not \v or \f)
-_VALUE = rb'"[^"<>\x00-\x08\x0b\x0c\x0e-\x1f]*+"'
-_TEXT = rb"[^<>\x00-\x08\x0b\x0c\x0e-\x1f]*+"
-_WAREHOUSE_PAGE = re.compile(
-    _BLANK + rb"<!DOCTYPE html>" + _BLANK + rb'<html(?: lang="[A-Za-z-]*+")?>' + _BLANK
-    + rb"<head>" + _BLANK
-    + rb'((?:<meta name="[a-z:-]++" content=' + _VALUE + rb">" + _BLANK + rb")*+)"
-    + rb"<title>(" + _TEXT + rb")</title>" + _BLANK + rb"</head>" + _BLANK
-    + rb"<body>" + _BLANK + rb"(?:<h1>(" + _TEXT + rb")</h1>" + _BLANK + rb")?"
-    + rb"((?:<a href=" + _VALUE + rb"(?:[ \t\r\n]++[a-z-]++=" + _VALUE + rb")*+" + _BLANK
-    + rb">" + _TEXT + rb"</a>(?:<br ?/?>)?" + _BLANK + rb")*+)"
-    + rb"</body>" + _BLANK + rb"</html>" + _BLANK + rb"(?:<!--SERIAL [0-9]++-->" + _BLANK + rb")?"
-)  # fmt: skip
-_PAGE_META = re.compile(rb'<meta name="([a-z:-]+)" content="([^"]*)">')
-_PLAIN_VALUE = re.compile(rb"[!#-%'-;=?-~]*")  # printable ASCII but for space " & < >
-# What a page without the version meta (PEP 629: an index of API 1.0) may hold: PEP 503's
-# list of links and nothing else, so a 200 error or login page (a <p>, a <form>, an <hr>) is
-# never taken for a project with no files.
-API_1_0_ELEMENTS = frozenset({"html", "head", "meta", "title", "body", "h1", "a", "br"})
-_NAME_SEPARATORS = re.compile(r"[-_.]+")
-
-
-def names_project(text: str, name: str) -> bool:
-    """Whether a title or heading names project `name` (compared PEP 503-normalized)."""
-    return bool(name) and name in _NAME_SEPARATORS.sub("-", text.lower())
-
-
-def facts_of_warehouse_page(body: bytes, name: str | None = None) -> PageFacts | None:
-    """A valid page's facts without parsing it, when it has warehouse's shape; else None.
-
-    Never a verdict lxml would not give: whatever this accepts, the full check
-    accepts with the same facts (tests/test_page_check.py holds it to that over
-    mutated pages). A page of another shape, or a meta value with an entity or
-    an odd byte in it, gets None and the full check. A page without the
-    version meta is API 1.0 (PEP 629): accepted when it links a file or its
-    title or heading names project `name` (unknown: None, the full check decides).
-    """
-    match = _WAREHOUSE_PAGE.fullmatch(body)
-    if match is None:
-        return None
-    metas: dict[bytes, bytes] = {}
-    for key, value in _PAGE_META.findall(match.group(1)):
-        metas.setdefault(key, value)
-    version = metas.get(b"pypi:repository-version")
-    status = metas.get(b"pypi:project-status", b"active")
-    # an entity in the status would read otherwise in lxml's tree (in the version it cannot
-    # turn a leading "1." into anything else)
-    if version is not None and not version.startswith(b"1."):
-        return None
-    if not _PLAIN_VALUE.fullmatch(status):
-        return None
-    if version is None and not match.group(4):  # API 1.0 and no link: is it this project's?
-        headings = match.group(2) + b" " + (match.group(3) or b"")
-        if name is None or b"&" in headings:  # an entity: lxml's text may differ
-            return None
-        if not names_project(headings.decode("utf-8", "replace"), name):
-            return None
-    return PageFacts(status.decode("ascii"))
-
-
-def inspect_simple_page(name: str, body: bytes) -> PageFacts:
-    """Refuse anything that is not a plausible PEP 503 project page.
-
-    A CDN error page, JSON, an empty or non-UTF-8 body would otherwise be
-    mirrored and signed. Raises NotASimplePage.
-    """
-    if not body or body.isspace():
-        raise NotASimplePage(name, "empty body")
-    try:
-        body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise NotASimplePage(name, f"not UTF-8 at byte {exc.start}") from None
-    return facts_of_warehouse_page(body, name) or parse_simple_page(name, body)
-
-
-def parse_simple_page(name: str, body: bytes) -> PageFacts:
-    """`inspect_simple_page`'s full check of a UTF-8 body: lxml's tree of it, searched."""
-    head = body[:512].lstrip().lower()
-    if not (head.startswith(b"<!doctype html") or head.startswith(b"<html")):
-        raise NotASimplePage(name, "not an HTML document")
-    tools = _PAGE_TOOLS
-    try:
-        root = lxml.etree.fromstring(body, tools.parser)
-    except lxml.etree.LxmlError as exc:
-        raise NotASimplePage(name, f"unparsable HTML: {exc}") from None
-    if root is None:
-        raise NotASimplePage(name, "unparsable HTML")
-    versions = tools.version(root)
-    if versions and not str(versions[0]).startswith("1."):
-        raise NotASimplePage(name, f"pypi:repository-version {str(versions[0])[:20]!r} is not 1.x")
-    if tools.link_without_href(root):
-        raise NotASimplePage(name, "a link without href")
-    if not versions:
-        check_api_1_0_page(name, root)
-    status = tools.status(root)
-    return PageFacts(str(status[0]) if status else "active")
-
-
-def check_api_1_0_page(name: str, root: lxml.etree._Element) -> None:
-    """A page without ``pypi:repository-version`` is API 1.0 (PEP 629: clients assume 1.0),
-    if it is PEP 503's list of links: only `API_1_0_ELEMENTS`, and a link or a title or
-    heading that names the project. Anything else (an error or login page served 200) is
-    refused, never mirrored as a project without files. Raises NotASimplePage."""
-    for element in root.iter():
-        if isinstance(element.tag, str) and element.tag not in API_1_0_ELEMENTS:
-            raise NotASimplePage(
-                name, f"no pypi:repository-version meta and a <{element.tag[:20]}> element"
-            )
-    if next(root.iter("a"), None) is not None:
-        return
-    title, heading = root.find(".//title"), root.find(".//h1")
-    headings = " ".join(
-        "".join(element.itertext()) for element in (title, heading) if element is not None
-    )
-    if not names_project(headings, name):
-        raise NotASimplePage(name, "no pypi:repository-version meta, no link, no title naming it")
-
-
-def inspect_json_page(name: str, body: bytes, serial: int | None = None) -> PageFacts:
-    """Refuse anything that is not a plausible PEP 691 project page for `name`.
-
-    A JSON object with ``meta.api-version`` 1.x, ``name`` equal to the
-    normalized name asked for, a ``files`` list, and (when present) a
-    ``meta._last-serial`` equal to the `serial` header. Raises NotASimplePage.
-    """
-    try:
-        document = json.loads(body.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise NotASimplePage(name, f"not UTF-8 at byte {exc.start}") from None
-    except ValueError as exc:
-        raise NotASimplePage(name, f"not JSON ({exc})") from None
-    if not isinstance(document, dict):
-        raise NotASimplePage(name, "not a JSON object")
-    check_api_version(name, document.get("meta"))
-    if document.get("name") != name:
-        raise NotASimplePage(name, f"the page is for {str(document.get('name'))[:60]!r}")
-    if not isinstance(document.get("files"), list):
-        raise NotASimplePage(name, "no 'files' list")
-    page_serial = document["meta"].get("_last-serial")
-    if serial is not None and page_serial is not None and page_serial != serial:
-        raise NotASimplePage(
-            name, f"meta._last-serial {page_serial!r} disagrees with X-PyPI-Last-Serial {serial}"
-        )
-    status = document.get("project-status")  # PEP 792: {"status": ..., "reason": ...}
-    if isinstance(status, dict) and isinstance(status.get("status"), str):
-        return PageFacts(status["status"])
-    return PageFacts("active")
-
-
-def check_api_version(what: str, meta: object) -> None:
-    """PEP 629/691: a client must accept any 1.x and refuse another major version."""
-    version = meta.get("api-version") if isinstance(meta, dict) else None
-    if not (isinstance(version, str) and version.startswith("1.")):
-        raise NotASimplePage(what, f"meta.api-version is {version!r}, not 1.x")
-
-
-class JsonRootParser:
-    """Stream-parses a PEP 691 root, handing each project's name and serial to `sink`.
-
-    PyPI's root lists about 700,000 projects (tens of MB): ``json.loads`` would
-    build a dict per project, several times the listing itself. This reads
-    the top-level object key by key and decodes each ``projects`` entry alone,
-    so memory stays flat whatever the size. ``meta`` may come before or after
-    ``projects``; other keys are skipped. Raises ValueError on malformed input.
-    """
-
-    MAX_VALUE = 1 << 20  # one JSON value other than the projects list, characters
-
-    def __init__(self, sink: Callable[[object, object], None]) -> None:
-        self._sink = sink
-        self._text = codecs.getincrementaldecoder("utf-8")()
-        self._json = json.JSONDecoder()
-        self._buffer = ""
-        self._pos = 0
-        self._step = self._open_object
-        self._key: str | None = None
-        self.meta: dict | None = None
-        self.projects = 0
-        self._after_project = False  # in 'projects': an entry was read, ',' or ']' is next
-
-    def feed(self, chunk: bytes) -> None:
-        self._buffer = self._buffer[self._pos :] + self._text.decode(chunk)
-        self._pos = 0
-        self._run(final=False)
-
-    def close(self) -> None:
-        self._buffer = self._buffer[self._pos :] + self._text.decode(b"", final=True)
-        self._pos = 0
-        self._run(final=True)
-        if self._step != self._done:  # bound methods: equal, never identical
-            raise ValueError("the document ends early")
-        if self._skip_space() < len(self._buffer):
-            raise ValueError("data after the document")
-
-    def _run(self, final: bool) -> None:
-        while self._step(final):
-            pass
-
-    # Each step consumes one token and returns True, or False when it needs more input.
-
-    def _skip_space(self) -> int:
-        buffer, pos = self._buffer, self._pos
-        while pos < len(buffer) and buffer[pos] in " \t\r\n":
-            pos += 1
-        self._pos = pos
-        return pos
-
-    def _punctuation(self, final: bool, expected: str) -> str | None:
-        pos = self._skip_space()
-        if pos >= len(self._buffer):
-            if final:
-                raise ValueError(f"expected one of {expected!r}, got the end")
-            return None
-        char = self._buffer[pos]
-        if char not in expected:
-            raise ValueError(f"expected one of {expected!r} at character {pos}, got {char!r}")
-        self._pos = pos + 1
-        return char
-
-    def _value(self, final: bool) -> tuple[bool, object]:
-        pos = self._skip_space()
-        try:
-            value, end = self._json.raw_decode(self._buffer, pos)
-        except json.JSONDecodeError:
-            if final or len(self._buffer) - pos > self.MAX_VALUE:
-                raise
-            return False, None
-        # a number at the end of the buffer may go on in the next chunk
-        if end == len(self._buffer) and not final and not isinstance(value, dict | list | str):
-            return False, None
-        self._pos = end
-        return True, value
-
-    def _open_object(self, final: bool) -> bool:
-        if self._punctuation(final, "{") is None:
-            return False
-        self._step = self._key_or_end
-        return True
-
-    def _key_or_end(self, final: bool) -> bool:
-        pos = self._skip_space()
-        if pos < len(self._buffer) and self._buffer[pos] == "}":
-            self._pos = pos + 1
-            self._step = self._done
-            return True
-        ready, key = self._value(final)
-        if not ready:
-            return False
-        if not isinstance(key, str):
-            raise ValueError("an object key that is not a string")
-        self._key = key
-        self._step = self._colon
-        return True
-
-    def _colon(self, final: bool) -> bool:
-        if self._punctuation(final, ":") is None:
-            return False
-        self._step = self._projects_open if self._key == "projects" else self._member_value
-        return True
-
-    def _member_value(self, final: bool) -> bool:
-        ready, value = self._value(final)
-        if not ready:
-            return False
-        if self._key == "meta":
-            if not isinstance(value, dict):
-                raise ValueError("'meta' is not an object")
-            self.meta = value
-        self._step = self._comma_or_end
-        return True
-
-    def _comma_or_end(self, final: bool) -> bool:
-        char = self._punctuation(final, ",}")
-        if char is None:
-            return False
-        self._step = self._key_or_end if char == "," else self._done
-        return True
-
-    def _projects_open(self, final: bool) -> bool:
-        if self._punctuation(final, "[") is None:
-            return False
-        self._step = self._project_or_end
-        self._after_project = False
-        return True
-
-    def _project_or_end(self, final: bool) -> bool:
-        """Decode a run of entries in one tight loop: 700,000 of them are the whole cost.
-
-        Entries shaped as warehouse writes them (``{"name": "...", "_last-serial": n}``,
-        a plain name) take one regular-expression match each; anything else goes
-        through the JSON decoder, which gives the same answer, three times slower.
-        """
-        buffer, pos, sink = self._buffer, self._pos, self._sink
-        fast, scan, size = _PLAIN_PROJECT.match, self._json.scan_once, len(buffer)
-        count = self.projects
-        while True:
-            if self._after_project:
-                pos = _SPACE.match(buffer, pos).end()  # type: ignore[union-attr]
-                if pos >= size:
-                    break
-                if buffer[pos] == "]":
-                    self._pos, self.projects = pos + 1, count
-                    self._step = self._comma_or_end
-                    return True
-                if buffer[pos] != ",":
-                    raise ValueError(f"expected ',' or ']' after 'projects' entry {count}")
-                pos += 1
-                self._after_project = False
-            match = fast(buffer, pos)
-            if match is not None:
-                sink(match.group(1), int(match.group(2)))
-                count += 1
-                pos = match.end()
-                self._after_project = not match.group(3)
-                continue
-            pos = _SPACE.match(buffer, pos).end()  # type: ignore[union-attr]
-            if pos >= size:
-                break
-            if buffer[pos] == "]" and not count:
-                self._pos = pos + 1
-                self._step = self._comma_or_end
-                return True
-            try:
-                project, end = scan(buffer, pos)
-            except (StopIteration, json.JSONDecodeError) as exc:
-                if final or size - pos > self.MAX_VALUE:
-                    raise ValueError(f"malformed 'projects' entry {count + 1}") from exc
-                break
-            if not isinstance(project, dict):
-                raise ValueError(f"'projects' entry {count + 1} is not an object")
-            sink(project.get("name"), project.get("_last-serial"))
-            count += 1
-            pos, self._after_project = end, True
-        self._pos, self.projects = pos, count
-        if final:
-            raise ValueError("the 'projects' list ends early")
-        return False
-
-    def _done(self, final: bool) -> bool:
-        return False
-
-
-_SPACE = re.compile(r"[ \t\r\n]*")
-# One root entry as warehouse writes it, with what follows it: ',' (group 3) or ']' (left).
-_PLAIN_PROJECT = re.compile(
-    r'[ \t\r\n]*\{[ \t\r\n]*"name"[ \t\r\n]*:[ \t\r\n]*"([A-Za-z0-9._-]*)"[ \t\r\n]*,'
-    r'[ \t\r\n]*"_last-serial"[ \t\r\n]*:[ \t\r\n]*(0|[1-9][0-9]*)[ \t\r\n]*\}'
-    r"[ \t\r\n]*(?:(,)|(?=\]))"
-)
 # A held page's serial, either form: the HTML trailer or the JSON meta's
 _SERIAL_IN_PAGE = re.compile(rb"<!--SERIAL (\d+)-->\s*$|\"_last-serial\"\s*:\s*(\d+)")
 _RESET_IN = re.compile(r"reset in (\d+(?:\.\d+)?) seconds?")
@@ -653,15 +141,6 @@ class XmlRpcPacing:
 
 # --- the client
 
-
-@dataclass(slots=True)
-class FetchedPage:
-    """A project page as PyPI served it; `body is None` means 404 (project gone)."""
-
-    name: str
-    body: bytes | None
-    serial: int | None
-    facts: PageFacts | None
 
 
 def etag_of(body: bytes) -> str:

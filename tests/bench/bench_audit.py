@@ -45,6 +45,8 @@ from pathlib import Path
 
 from tuf.api.metadata import TargetFile
 
+from pypi_index_mirror.audit import compare as audit_compare
+from pypi_index_mirror.audit import metadata as tuf_metadata
 from pypi_index_mirror.audit import tuf as tuf_audit
 from pypi_index_mirror.mirror.state import State, save_state
 from pypi_index_mirror.mirror.store import (
@@ -244,12 +246,12 @@ def audit_command(mirror: Path, metadata_url: str, root_file: Path, workers: int
 def run_child(spec: str) -> int:
     """The audit alone in this process, as the measured subprocess."""
     options = json.loads(spec)
-    config = tuf_audit.AuditConfig(
+    config = tuf_metadata.AuditConfig(
         options["metadata_url"], Path(options["root"]), hash_workers=options["workers"]
     )
     counts: dict[str, int] = {}
 
-    def emit(difference: tuf_audit.Difference) -> None:
+    def emit(difference: audit_compare.Difference) -> None:
         counts[difference.kind] = counts.get(difference.kind, 0) + 1
         print(difference.line())
 
