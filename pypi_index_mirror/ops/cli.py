@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-VERSION = "1.1.0"
+VERSION = "1.2.0"
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # nothing past the last durable state was recorded
