@@ -206,10 +206,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if self.path == "/chunked":  # no Content-Length: the cap must count as it reads
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
-            for start in range(0, len(BODY), 1000):
-                piece = BODY[start : start + 1000]
-                self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
-            self.wfile.write(b"0\r\n\r\n")
+            try:
+                for start in range(0, len(BODY), 1000):
+                    piece = BODY[start : start + 1000]
+                    self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+                self.wfile.write(b"0\r\n\r\n")
+            except ConnectionError:  # the client's cap hung up mid-body, as it should
+                pass
             return
         self.send_header("Content-Length", str(len(BODY)))
         self.send_header("Connection", "close")
