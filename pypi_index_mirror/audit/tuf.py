@@ -6,7 +6,7 @@ page TUF signs*. An audit checks it the way a TUF client would see it:
 1. RSTUF's metadata is fetched and verified with python-tuf, from a trusted
    root file, on every run (``audit.metadata``);
 2. each bin's targets are compared with the pages on disk that hash into the
-   same bin (``mirror_store.iter_targets``), and with the hash-prefixed copy a
+   same bin (``mirror.store.iter_targets``), and with the hash-prefixed copy a
    client with consistent snapshots downloads; each difference is one
    ``KIND PATH`` line (``audit.compare``).
 

@@ -91,7 +91,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 class Headers(Protocol):
     """An answer's headers as every client here reads them: by name, in any case
-    (requests', urllib3's and `page_transport.ResponseHeaders` alike)."""
+    (requests', urllib3's and `upstream.transport.ResponseHeaders` alike)."""
 
     def get(self, name: str, default: None = None, /) -> str | None: ...
 
@@ -199,7 +199,7 @@ def capped(chunks: Iterable[bytes], headers: Mapping[str, str], limit: int) -> I
     """`chunks` of a body with these `headers`, refused (BodyTooLarge) past `limit` bytes.
 
     The one cap of the requests clients (XML-RPC, RSTUF, the JSON root), whatever
-    yields the chunks; project pages are capped inside `page_transport`.
+    yields the chunks; project pages are capped inside `upstream.transport`.
     """
     declared = headers.get("Content-Length", "")
     if declared.isdigit() and int(declared) > limit:

@@ -4,7 +4,7 @@ PEP 691 serves each project page as HTML or JSON by content negotiation. The
 mirror keeps one file per form in the project's directory (``index.html``,
 ``index.v1_json``: bandersnatch's names) and one root index per form. When it
 keeps both, both must show the project at one moment: the same
-``X-PyPI-Last-Serial``, or both a 404 (`sync_plan.forms_answer` decides). Pure:
+``X-PyPI-Last-Serial``, or both a 404 (`sync.plan.forms_answer` decides). Pure:
 no disk, no network.
 """
 

@@ -8,7 +8,7 @@ store that is not AWS, ``~/.aws/config`` and ``credentials``), never from the
 command line.
 
 Retries: botocore's own are switched off (``total_max_attempts=1``) and every
-call goes through ``http_retry.call_with_retries`` with the run's
+call goes through ``http.retry.call_with_retries`` with the run's
 ``--retries`` and ``--backoff``, so a store answering 500, 503 or
 ``SlowDown`` is retried exactly as PyPI and RSTUF are (one backoff, one
 Retry-After cap, one log line per retry) rather than by a second policy with

@@ -435,7 +435,7 @@ class FetchHalted(Exception):
 class Halt:
     """Tells the fetching to stop: the engine at its next turn, a retry's pause at once.
 
-    A signal held back by `cli_support.deferred_stops` halts them too: they
+    A signal held back by `ops.cli.deferred_stops` halts them too: they
     read its flag themselves, so no lock is ever taken in a signal handler.
     """
 

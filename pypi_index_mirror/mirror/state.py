@@ -160,7 +160,7 @@ class State:
     filters: ProjectFilter = field(default_factory=ProjectFilter)
     # the page forms the mirror holds ("html", "json"); a state from before JSON pages: html
     formats: tuple[str, ...] = ("html",)
-    # The identity of the mirror this state belongs to (see safety.py): the id also
+    # The identity of the mirror this state belongs to (see ``mirror.safety``): the id also
     # written in the mirror's marker file, the directory and the upstream it was last
     # run with. None only before a state's first run (or in a schema-1 file).
     mirror_id: str | None = None

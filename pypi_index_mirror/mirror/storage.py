@@ -9,7 +9,7 @@ and in a bucket, so a mirror can move between them by copying files.
 
 `LocalStorage` keeps today's disk rules (temp file in ``.staging/``, fsync,
 rename; the marker beside the served tree). The local sync itself still uses
-`mirror_writer.MirrorWriter`, whose hard links and one syncfs per batch are
+`mirror.writer.MirrorWriter`, whose hard links and one syncfs per batch are
 what make a 700,000-page first sync take minutes; `StoreWriter` is the writer
 for a `Storage` that is not a directory (``s3.S3Storage``). One contract test
 (tests/test_s3.py) holds `LocalStorage` and `S3Storage` to the same behaviour.

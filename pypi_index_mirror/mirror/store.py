@@ -167,7 +167,7 @@ class MirrorLayout:
 
     @property
     def marker_file(self) -> Path:
-        """The mirror's id, also recorded in its state (see safety.py); never served."""
+        """The mirror's id, also recorded in its state (see ``mirror.safety``); never served."""
         return self.root / ".mirror-id"
 
     def project_dir(self, normalized: str) -> Path:
@@ -268,7 +268,7 @@ def atomic_write(
 def name_io_error(exc: BaseException, path: str | os.PathLike[str]) -> None:
     """Give an OSError without a file name (write(2), fsync(2) raise one) the file written.
 
-    The error funnel (`cli_support.failure`) then says where it happened.
+    The error funnel (`ops.cli.failure`) then says where it happened.
     """
     if isinstance(exc, OSError) and exc.filename is None:
         exc.filename = os.fspath(path)

@@ -8,7 +8,7 @@ before its RSTUF updates are switched on::
     rstuf admin import-artifacts --db-uri postgresql://... --csv artifacts.csv
 
 One row per TUF target, no header, the root indexes first and then the
-projects sorted by directory name, as ``mirror_store.iter_targets`` yields
+projects sorted by directory name, as ``mirror.store.iter_targets`` yields
 them (two runs over the same mirror produce identical files); with PEP 691
 JSON pages (``--simple-format json|all``) each form is its own target::
 
@@ -26,13 +26,13 @@ trailing ``;`` is an ignored, empty fifth column. With it, both import the
 same four values.
 
 Paths are POSIX and relative to ``<mirror-dir>/pypi_mirror/`` (the served
-tree), exactly the targets ``mirror_store.iter_targets`` lists: the roots
+tree), exactly the targets ``mirror.store.iter_targets`` lists: the roots
 ``index.html`` and ``simple/index.v1_json``, and each
 ``simple/<normalized>/index.html`` and ``index.v1_json`` (those the mirror
 holds). Hash-prefixed
 consistent-snapshot copies, temp files and everything else are not targets.
 Sizes and hashes come from the bytes on disk through
-``mirror_store.digest_file``, the same function ``pypi_mirror.py`` uses for
+``mirror.store.digest_file``, the same function ``pypi_mirror.py`` uses for
 the artifacts it sends RSTUF later, so the two can never disagree. The hash
 is always blake2b-256: a TUF client with consistent snapshots downloads the
 copy named by a target's hash, and the mirror names its copies by blake2b-256,
@@ -339,7 +339,7 @@ def atomic_text_output(path: Path) -> Iterator[TextIO]:
 
     If the body raises (or is interrupted) the temp file is removed and `path`
     keeps what it had, so no reader ever sees half a CSV. Unlike
-    ``mirror_store.atomic_write`` this streams, so the CSV of 700,000 pages
+    ``mirror.store.atomic_write`` this streams, so the CSV of 700,000 pages
     is never held in memory.
     """
     directory = path.parent

@@ -233,7 +233,7 @@ class PypiClient:
         return pages
 
     def page_loop(self) -> PageLoop:
-        """A new `page_transport.PageLoop` with the settings of this client's page GETs."""
+        """A new `upstream.transport.PageLoop` with the settings of this client's page GETs."""
         return PageLoop(transport_settings(self.base_url, self.environment))
 
     def close(self) -> None:
@@ -407,7 +407,7 @@ class PypiClient:
         """What one GET of `page_request(name, json_form)` brought, checked: the page, or a
         404's None body; raises Transient, NotASimplePage or UpstreamError.
 
-        Whoever made the request (`fetch_page` here, a `page_transport.PageLoop`
+        Whoever made the request (`fetch_page` here, a `upstream.transport.PageLoop`
         elsewhere) hands its outcome here, so every page is judged alike.
         """
         media_types = (JSON_TYPE,) if json_form else SIMPLE_HTML_TYPES

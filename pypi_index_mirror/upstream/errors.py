@@ -67,7 +67,7 @@ class MissingPage(UpstreamError, Retryable):
 
 class UntrustedListing(UpstreamError):
     """A project listing too empty or too small to be the index's (a stale cache): refused
-    before anything is changed (see `sync_plan.listing_refusal`)."""
+    before anything is changed (see `sync.plan.listing_refusal`)."""
 
     def __init__(self, source: str, reason: str) -> None:
         super().__init__(
