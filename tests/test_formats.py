@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -382,8 +381,9 @@ def test_state_records_forms_and_filters_and_refuses_others(tmp_path: Path) -> N
 
 def test_pip_and_uv_install_from_the_json_pages_through_nginx(tmp_path: Path) -> None:
     """The mirror's own JSON pages (not hand-placed ones) behind nginx, read by pip and uv."""
+    from tests.installers import installed_version, pip_install, uv_install
     from tests.test_serving import MIME_V1_JSON as JSON_TYPE
-    from tests.test_serving import PIP_ACCEPT, client_env, installed_version, start_nginx
+    from tests.test_serving import PIP_ACCEPT, start_nginx
 
     with FakePyPI() as pypi:
         pypi.add_wheel("Tiny_Wheel", "1.0")
@@ -395,20 +395,9 @@ def test_pip_and_uv_install_from_the_json_pages_through_nginx(tmp_path: Path) ->
             root = requests.get(f"{nginx.url}/simple/", headers={"Accept": PIP_ACCEPT}, timeout=10)
             assert root.headers["Content-Type"] == JSON_TYPE
             assert root.content == mirror.layout.json_root_page.read_bytes()
-            uv = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
-            installers = {
-                "pip": [sys.executable, "-m", "pip", "install", "--quiet", "--no-cache-dir",
-                        "--disable-pip-version-check", "--root-user-action=ignore"],
-                "uv": [uv, "pip", "install", "--quiet", "--no-config", "--no-cache",
-                       "--python", sys.executable],
-            }  # fmt: skip
-            for tool, command in installers.items():
+            for tool, install in (("pip", pip_install), ("uv", uv_install)):
                 target = tmp_path / tool
-                result = subprocess.run(
-                    [*command, "--no-deps", "--index-url", f"{nginx.url}/simple/",
-                     "--target", str(target), "tiny-wheel"],
-                    capture_output=True, text=True, timeout=120, env=client_env(tmp_path),
-                )  # fmt: skip
+                result = install(f"{nginx.url}/simple/", target, "tiny-wheel", tmp=tmp_path)
                 assert result.returncode == 0, f"{tool}: {result.stderr}"
                 assert installed_version(target, "tiny_wheel") == "1.1", tool
             pages = [line for line in nginx.access_log() if " /simple/tiny-wheel/ " in line]

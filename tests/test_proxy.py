@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -37,16 +36,15 @@ from pypi_index_mirror.mirror.store import DEFAULT_MIRROR_DIR, digest_file, iter
 from pypi_index_mirror.proxy import cli, routing
 from pypi_index_mirror.proxy.server import running
 from pypi_index_mirror.proxy.verifier import Verifier, VerifierConfig
-from tests import fake_pypi
+from tests import fake_pypi, installers
 from tests.fake_pypi import MIME_V1_JSON, FakePyPI
+from tests.installers import installed_version
 from tests.mirror_helpers import REPO, Mirror
 from tests.test_serving import (
     PIP_ACCEPT,
     UV_ACCEPT,
     Nginx,
-    client_env,
     free_port,
-    installed_version,
     start_nginx,
     wait_for_port,
 )
@@ -161,15 +159,8 @@ def flip_byte(path: Path, offset: int = 40) -> None:
 
 
 def pip_install(world: World, index: str, target: Path, *names: str, verbose: bool = False):
-    return subprocess.run(
-        [
-            sys.executable, "-m", "pip", "install", "--no-cache-dir",
-            "--disable-pip-version-check", "--root-user-action=ignore", "--no-deps",
-            *(["-vv"] if verbose else ["--quiet"]),
-            "--index-url", f"{index}/simple/", "--target", str(target), *names,
-        ],
-        capture_output=True, text=True, timeout=300, env=client_env(world.tmp),
-    )  # fmt: skip
+    url = f"{index}/simple/"
+    return installers.pip_install(url, target, *names, tmp=world.tmp, verbose=verbose)
 
 
 def pip_retries(status: int) -> bool:
@@ -186,15 +177,7 @@ def pip_retries(status: int) -> bool:
 
 
 def uv_install(world: World, index: str, target: Path, *names: str):
-    uv = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
-    return subprocess.run(
-        [
-            uv, "pip", "install", "--quiet", "--no-config", "--no-cache", "--no-deps",
-            "--python", sys.executable, "--index-url", f"{index}/simple/",
-            "--target", str(target), *names,
-        ],
-        capture_output=True, text=True, timeout=300, env=client_env(world.tmp),
-    )  # fmt: skip
+    return installers.uv_install(f"{index}/simple/", target, *names, tmp=world.tmp)
 
 
 def copies_fetched(world: World, since: int) -> list[str]:

@@ -21,7 +21,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -34,6 +33,7 @@ from pypi_simple import ACCEPT_ANY, ACCEPT_JSON_ONLY, PyPISimple
 
 from pypi_index_mirror.mirror.store import DEFAULT_MIRROR_DIR, MirrorLayout, digest_file
 from tests.fake_pypi import MIME_V1_JSON, FakePyPI, normalize
+from tests.installers import installed_version, pip_install, uv_install
 from tests.mirror_helpers import REPO, Mirror
 
 CONFIG = REPO / "serving" / "nginx.conf"
@@ -171,34 +171,6 @@ def wait_for_port(port: int, process: subprocess.Popen, patience: float = 30.0) 
     return False
 
 
-def client_env(tmp: Path) -> dict[str, str]:
-    """pip's and uv's environment: no config file or index of this machine, no cache.
-
-    Only the index given on the command line (loopback) is asked; files come from the
-    stand-in's loopback file host, where the pages link. The proxy variables are the test
-    guard's (conftest): any other host would be refused.
-    """
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.upper().startswith(("PIP_", "UV_", "PYTHON"))
-    }
-    env.update(
-        {
-            "PIP_CONFIG_FILE": os.devnull,  # pip reads no pip.conf at all
-            "PIP_DISABLE_PIP_VERSION_CHECK": "1",
-            "PIP_NO_INPUT": "1",
-            "UV_NO_CONFIG": "1",
-            "UV_NO_CACHE": "1",
-            "UV_PYTHON_DOWNLOADS": "never",
-            "HOME": str(tmp),
-            "XDG_CACHE_HOME": str(tmp / "cache"),
-            "XDG_CONFIG_HOME": str(tmp / "config"),
-        }
-    )
-    return env
-
-
 @dataclass
 class Served:
     """The synced mirror behind nginx, and the stand-in it was synced from."""
@@ -276,13 +248,6 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             nginx.stop()
 
 
-def installed_version(target: Path, module: str) -> str:
-    text = (target / module / "__init__.py").read_text()
-    match = re.fullmatch(r'VERSION = "([^"]+)"\n', text)
-    assert match, text
-    return match.group(1)
-
-
 @dataclass(frozen=True)
 class Logged:
     """One access log line (ACCESS_LOG_FORMAT)."""
@@ -324,32 +289,18 @@ def test_pip_installs_through_the_mirror(served: Served) -> None:
     since = len(served.nginx.access_log())
     served.pypi.reset_log()
     target = served.tmp / "pip-target"
-    result = subprocess.run(
-        [
-            sys.executable, "-m", "pip", "install", "--quiet", "--no-cache-dir",
-            "--disable-pip-version-check", "--root-user-action=ignore", "--no-deps",
-            "--index-url", f"{served.url}/simple/", "--target", str(target),
-            "tiny-wheel", "json-wheel",
-        ],
-        capture_output=True, text=True, timeout=120, env=client_env(served.tmp),
-    )  # fmt: skip
+    url = f"{served.url}/simple/"
+    result = pip_install(url, target, "tiny-wheel", "json-wheel", tmp=served.tmp)
     assert result.returncode == 0, result.stderr
     assert_installed_through_mirror(served, target, since)
 
 
 def test_uv_installs_through_the_mirror(served: Served) -> None:
-    uv = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
     since = len(served.nginx.access_log())
     served.pypi.reset_log()
     target = served.tmp / "uv-target"
-    result = subprocess.run(
-        [
-            uv, "pip", "install", "--quiet", "--no-config", "--no-cache", "--no-deps",
-            "--python", sys.executable, "--index-url", f"{served.url}/simple/",
-            "--target", str(target), "tiny-wheel", "json-wheel",
-        ],
-        capture_output=True, text=True, timeout=120, env=client_env(served.tmp),
-    )  # fmt: skip
+    url = f"{served.url}/simple/"
+    result = uv_install(url, target, "tiny-wheel", "json-wheel", tmp=served.tmp)
     assert result.returncode == 0, result.stderr
     assert_installed_through_mirror(served, target, since)
 

@@ -12,9 +12,7 @@ for whatever the mirror did not publish, and no write through nginx. Only
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,13 +24,13 @@ from pypi_simple import ACCEPT_ANY, ACCEPT_JSON_ONLY, PyPISimple
 from pypi_index_mirror.mirror.store import digest_bytes
 from tests import seaweed as store_fixtures
 from tests.fake_pypi import MIME_V1_JSON, FakePyPI
+from tests.installers import installed_version, pip_install, uv_install
 from tests.mirror_helpers import REPO, Mirror
 from tests.seaweed import Seaweed
 from tests.test_serving import (
     PIP_ACCEPT,
     UV_ACCEPT,
     Nginx,
-    client_env,
     find_nginx,
     free_port,
     main_config,
@@ -138,40 +136,19 @@ def served(tmp_path_factory: pytest.TempPathFactory, seaweed: Seaweed) -> Iterat
             nginx.stop()
 
 
-def installed_version(target: Path, module: str) -> str:
-    text = (target / module / "__init__.py").read_text()
-    match = re.fullmatch(r'VERSION = "([^"]+)"\n', text)
-    assert match, text
-    return match.group(1)
-
-
 def test_pip_installs_through_nginx_in_front_of_the_bucket(served: ServedBucket) -> None:
     target = served.tmp / "pip-target"
-    result = subprocess.run(
-        [
-            sys.executable, "-m", "pip", "install", "--quiet", "--no-cache-dir",
-            "--disable-pip-version-check", "--root-user-action=ignore", "--no-deps",
-            "--index-url", f"{served.url}/simple/", "--target", str(target),
-            "tiny-wheel", "json-wheel",
-        ],
-        capture_output=True, text=True, timeout=120, env=client_env(served.tmp),
-    )  # fmt: skip
+    url = f"{served.url}/simple/"
+    result = pip_install(url, target, "tiny-wheel", "json-wheel", tmp=served.tmp)
     assert result.returncode == 0, result.stderr
     assert installed_version(target, "tiny_wheel") == "1.1"
     assert installed_version(target, "json_wheel") == "1.1"
 
 
 def test_uv_installs_through_nginx_in_front_of_the_bucket(served: ServedBucket) -> None:
-    uv = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
     target = served.tmp / "uv-target"
-    result = subprocess.run(
-        [
-            uv, "pip", "install", "--quiet", "--no-config", "--no-cache", "--no-deps",
-            "--python", sys.executable, "--index-url", f"{served.url}/simple/",
-            "--target", str(target), "tiny-wheel", "json-wheel",
-        ],
-        capture_output=True, text=True, timeout=120, env=client_env(served.tmp),
-    )  # fmt: skip
+    url = f"{served.url}/simple/"
+    result = uv_install(url, target, "tiny-wheel", "json-wheel", tmp=served.tmp)
     assert result.returncode == 0, result.stderr
     assert installed_version(target, "json_wheel") == "1.1"
 
