@@ -50,6 +50,8 @@ from pypi_index_mirror.upstream.pages import (
     facts_of_checked_page,
     inspect_json_page,
     inspect_simple_page,
+    json_page_serial,
+    page_serial,
 )
 from pypi_index_mirror.upstream.transport import (
     PageAnswer,
@@ -85,8 +87,6 @@ class ClientSettings(Protocol):
 # --- pure functions
 
 
-# A held page's serial, either form: the HTML trailer or the JSON meta's
-_SERIAL_IN_PAGE = re.compile(rb"<!--SERIAL (\d+)-->\s*$|\"_last-serial\"\s*:\s*(\d+)")
 _RESET_IN = re.compile(r"reset in (\d+(?:\.\d+)?) seconds?")
 _DISABLED = re.compile(r"\b(disabled|deprecated|removed|no longer)\b", re.IGNORECASE)
 
@@ -436,11 +436,13 @@ class PypiClient:
         header = outcome.headers.get("X-PyPI-Last-Serial") or ""
         if header.isdigit():
             return int(header)
-        found = _SERIAL_IN_PAGE.search(known)
+        # the held page's own: the HTML trailer, or the JSON page's top-level meta (read as
+        # the writer reads it, never a "_last-serial" inside a file's name)
+        found = page_serial(known) if known.rstrip().endswith(b"-->") else json_page_serial(known)
         if found is None:
             raise NotASimplePage(name, "HTTP 304 without X-PyPI-Last-Serial")
         log.debug("page %s: HTTP 304 without X-PyPI-Last-Serial", name)
-        return int(found.group(1) or found.group(2))
+        return found
 
     def _simple_body(
         self, name: str, outcome: PageAnswer | PageTransportError, media_types: tuple[str, ...]
