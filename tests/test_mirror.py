@@ -517,6 +517,30 @@ def test_root_index_merge_keeps_sorted_order_and_applies_every_change() -> None:
     assert list(root_index.merge_root([], {"x": "X", "y": None})) == [("x", "X")]
 
 
+def test_root_index_merged_as_bytes_is_the_page_merged_as_members() -> None:
+    """An update merges the HTML root as bytes, copying untouched lines: the page must be
+    exactly the one rendered from the merged members, whatever the changes."""
+    rng = random.Random(7)
+    for _ in range(200):
+        names = sorted(rng.sample([f"p{i}" for i in range(40)], rng.randint(0, 20)))
+        current = [
+            (name, rng.choice([name.upper(), f"{name}<&>", f"{name}&amp;"])) for name in names
+        ]
+        changes: dict[str, str | None] = {
+            f"p{i}": rng.choice([None, f"P{i}", f"p{i}&lt;"]) for i in rng.sample(range(40), 8)
+        }
+        page = b"".join(root_index.render_root_lines(current))
+        lines = page.splitlines(keepends=True)
+        lines.insert(rng.randint(0, len(lines)), b"<!-- no project line -->\n")
+        expected = root_index.render_root_lines(
+            root_index.merge_root(root_index.iter_root_index(lines), changes)
+        )
+        assert b"".join(root_index.merge_root_lines(lines, changes)) == b"".join(expected)
+    last = b'    <a href="simple/a/">A</a>'  # a page cut short before its last newline
+    merged = b"".join(root_index.merge_root_lines([root_index.ROOT_HEADER, last], {"b": "B"}))
+    assert merged == b"".join(root_index.render_root_lines([("a", "A"), ("b", "B")]))
+
+
 def test_both_scripts_default_to_the_same_mirror_and_state() -> None:
     from pypi_index_mirror.rstuf import bootstrap_csv as generate_csv
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -294,3 +295,39 @@ def test_a_304_without_the_serial_header_takes_the_held_pages_serial(pypi: FakeP
     with pytest.raises(UpstreamError, match="304"):
         client.read_page("numpy", PageAnswer(304, bare, b""), None, False)
     client.close()
+
+
+ROOT_READS: list[str] | None = None  # paths opened while a test counts them
+
+
+def _count_opens(event: str, args: tuple[object, ...]) -> None:
+    if ROOT_READS is not None and event == "open" and isinstance(args[0], str | Path):
+        ROOT_READS.append(str(args[0]))
+
+
+sys.addaudithook(_count_opens)  # audit hooks stay for the process: it counts only when asked
+
+
+def test_a_revalidation_that_moves_nothing_leaves_the_roots_an_update_merged(
+    tmp_path: Path, pypi: FakePyPI
+) -> None:
+    """The update's merge already holds its changes: the revalidation after it in the same
+    run reads the root to choose its slice, and merges it again only for what it moved
+    (at PyPI's size each merge is a pass over 700,000 lines)."""
+    global ROOT_READS
+    mirror = Mirror(tmp_path / "pypi-index-mirror", tmp_path / "state.json", pypi.url)
+    assert mirror.run("--no-rstuf") == 0
+    pypi.create_project("brand-new")  # the update changes the root's membership
+    make_due(mirror, 0.4 * 86400 + 60)  # two unchanged projects due: two 304s
+    root = str(mirror.layout.root_page)
+    ROOT_READS = []
+    try:
+        assert mirror.run("--no-rstuf", "--revalidate-period", "1d") == 0
+        opened = ROOT_READS.count(root)
+    finally:
+        ROOT_READS = None
+    assert b"brand-new" in mirror.layout.root_page.read_bytes()
+    assert not_modified(pypi) == 2
+    # two by the update (its merge, the old root's digest), two by the revalidation counting
+    # and choosing its slice; merging again for the update's changes would add two more
+    assert opened == 4

@@ -13,7 +13,7 @@ from __future__ import annotations
 import html
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TypeVar
 
 from pypi_index_mirror.mirror.store import normalize_name
@@ -44,9 +44,59 @@ def render_root_lines(projects: Iterable[tuple[str, str]]) -> Iterator[bytes]:
 def iter_root_index(lines: Iterable[bytes]) -> Iterator[tuple[str, str]]:
     """Inverse of render_root_lines (only ever reads pages this tool wrote)."""
     for line in lines:
-        match = _ROOT_LINK.match(line.rstrip(b"\n"))
+        match = _ROOT_LINK.match(line)  # `$` matches before the line's "\n"
         if match:
-            yield match.group(1).decode(), html.unescape(match.group(2).decode())
+            name, text = match.groups()
+            display = text.decode()
+            # html.unescape is the identity on text without "&" (most names): skip the call
+            yield name.decode(), html.unescape(display) if "&" in display else display
+
+
+# Lines a merge joins into one chunk: a few hundred KB, so the hashing and writing of the
+# page are a few hundred calls, not one a line (100,000 lines at 100,000 projects).
+_CHUNK_LINES = 4096
+
+
+def merge_root_lines(
+    current: Iterable[bytes], changes: Mapping[str, str | None]
+) -> Iterator[bytes]:
+    """The HTML root page `current` with `changes` merged, in chunks of whole lines.
+
+    The bytes are those of ``render_root_lines(merge_root(iter_root_index(current),
+    changes))``, but a line no change touches is copied as read rather than decoded,
+    unescaped, escaped and encoded again: an update that changes a few thousand of
+    PyPI's 700,000 names then costs little more than reading the page.
+    """
+    updates = sorted(changes.items())
+    index = 0
+    upcoming = updates[0][0].encode() if updates else None
+    chunk = [ROOT_HEADER]
+    for line in current:
+        match = _ROOT_LINK.match(line)
+        if match is None:
+            continue
+        name = match.group(1)
+        while upcoming is not None and upcoming <= name:
+            changed, display = updates[index]
+            index += 1
+            if display is not None:
+                text = html.escape(display, quote=False)
+                chunk.append(f'    <a href="simple/{changed}/">{text}</a>\n'.encode())
+            same = upcoming == name
+            upcoming = updates[index][0].encode() if index < len(updates) else None
+            if same:
+                break
+        else:
+            chunk.append(line if line.endswith(b"\n") else line + b"\n")
+        if len(chunk) >= _CHUNK_LINES:
+            yield b"".join(chunk)
+            chunk = []
+    for changed, display in updates[index:]:
+        if display is not None:
+            text = html.escape(display, quote=False)
+            chunk.append(f'    <a href="simple/{changed}/">{text}</a>\n'.encode())
+    chunk.append(ROOT_FOOTER)
+    yield b"".join(chunk)
 
 
 def merge_root(

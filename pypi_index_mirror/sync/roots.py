@@ -18,6 +18,7 @@ from pypi_index_mirror.mirror.roots import (
     iter_json_root,
     iter_root_index,
     merge_root,
+    merge_root_lines,
     render_json_root_lines,
     render_root_lines,
 )
@@ -46,7 +47,10 @@ class Roots:
         """Merge what the fetched pages say into the root indexes, if anything they show moved.
 
         The HTML root lists names (`root_changes` says when it moves); the JSON
-        root also each project's serial, so any page change moves it.
+        root also each project's serial, so any page change moves it. Once merged,
+        the roots hold every change so far: a later merge in the same run (the
+        revalidation's after an update's, a --watch cycle's) reads and rewrites
+        them only for what moved after this one, not again for what moved before.
         """
         fetched = to_fetch.keys() - outcome.failed - outcome.unfetched_names
         membership = self.ctx.membership_changed or self.ctx.state.root_stale
@@ -55,6 +59,7 @@ class Roots:
         if html is not None or self.ctx.pages_changed:
             json_lines = json_root_changes(to_fetch, fetched, outcome.lists, outcome.serial)
         self.rewrite_roots(html, json_lines)
+        self.ctx.membership_changed = self.ctx.pages_changed = False
 
     def rewrite_roots(
         self,
@@ -67,7 +72,9 @@ class Roots:
         between removing excluded projects and this never leaves them listed.
         """
         for form in self.ctx.forms:
-            if form is HTML and html_changes is not None:
+            if form is HTML and html_changes is not None and self.ctx.filter.everything:
+                self.write_root_lines(form, self.merged_html(html_changes), True)
+            elif form is HTML and html_changes is not None:
                 members = self.filtered(self.merged(form, iter_root_index, html_changes))
                 self.write_root(form, members, True)
             elif form is JSON and json_changes is not None:
@@ -87,6 +94,15 @@ class Roots:
                 yield from merge_root(read(current), changes)
         except FileNotFoundError:
             yield from merge_root([], changes)
+
+    def merged_html(self, changes: dict[str, str | None]) -> Iterator[bytes]:
+        """The HTML root with `changes` merged as bytes (`merge_root_lines`): no filter to
+        apply, so a line no change touches is copied as it is."""
+        try:
+            with self.ctx.writer.open_target(self.ctx.layout.root_page) as current:
+                yield from merge_root_lines(current, changes)
+        except FileNotFoundError:
+            yield from merge_root_lines([], changes)
 
     def filtered(self, members: Iterable[tuple[str, T]]) -> Iterator[tuple[str, T]]:
         if self.ctx.filter.everything:
@@ -108,9 +124,15 @@ class Roots:
         self, form: PageFormat, members: Iterable[tuple[Any, ...]], record_change: bool
     ) -> None:
         """Write one root index from sorted members if its bytes change."""
+        lines = render_root_lines(members) if form is HTML else render_json_root_lines(members)
+        self.write_root_lines(form, lines, record_change)
+
+    def write_root_lines(
+        self, form: PageFormat, lines: Iterable[bytes], record_change: bool
+    ) -> None:
+        """Write one root index from its rendered lines if its bytes change."""
         path = self.ctx.layout.path_of_target(form.root_target)
         directory, basename = path.parent, path.name
-        lines = render_root_lines(members) if form is HTML else render_json_root_lines(members)
         temp, digest = self.ctx.writer.stage(lines, keep=not self.ctx.config.dry_run)
         old_digest = self.ctx.writer.root_digest(path)
         if digest == old_digest:
