@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from pypi_index_mirror.audit.repair import run_audit
 from pypi_index_mirror.http.environment import HttpEnvironment, read_environment
 from pypi_index_mirror.mirror.safety import Halt
 from pypi_index_mirror.mirror.state import load_state
@@ -165,7 +164,12 @@ def run_sync(config: Config, summary: Summary, made: Callable[[Sync], None]) -> 
         made(sync)
         if config.watch:
             return Watch(sync, config.watch).run()
-        return run_audit(sync) if config.audit else sync.run()
+        if config.audit:
+            # imported here: an update (most runs) needs neither the audit nor its repair
+            from pypi_index_mirror.audit.repair import run_audit
+
+            return run_audit(sync)
+        return sync.run()
     finally:
         progress.close()
         pypi.close()
