@@ -23,7 +23,7 @@ import socket
 import subprocess
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,13 +126,19 @@ class Nginx:
 
 
 def start_nginx(served: Path, workdir: Path, attempts: int = 3) -> Nginx:
-    """Start nginx on a free loopback port; retry if another process took the port first."""
+    """nginx with serving/nginx.conf's site over `served`, on a free loopback port."""
+    return start_nginx_site(lambda port: site_config(port, served), workdir, attempts)
+
+
+def start_nginx_site(site_for: Callable[[int], str], workdir: Path, attempts: int = 3) -> Nginx:
+    """Start nginx with the site `site_for(port)` on a free loopback port; retry if another
+    process took the port first."""
     binary = find_nginx()
     workdir.mkdir(parents=True, exist_ok=True)
     for _ in range(attempts):
         port = free_port()
         site = workdir / "site.conf"
-        site.write_text(site_config(port, served))
+        site.write_text(site_for(port))
         conf = workdir / "nginx.conf"
         conf.write_text(main_config(workdir, site))
         checked = subprocess.run(

@@ -12,7 +12,6 @@ for whatever the mirror did not publish, and no write through nginx. Only
 from __future__ import annotations
 
 import re
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,10 +31,8 @@ from tests.test_serving import (
     UV_ACCEPT,
     Nginx,
     find_nginx,
-    free_port,
-    main_config,
+    start_nginx_site,
     varies_on_accept,
-    wait_for_port,
 )
 
 seaweed = store_fixtures.seaweed
@@ -81,32 +78,8 @@ class ServedBucket:
 
 
 def start_nginx(endpoint: str, tree: str, workdir: Path) -> Nginx:
-    binary = find_nginx()
-    workdir.mkdir(parents=True, exist_ok=True)
-    for _ in range(3):
-        port = free_port()
-        site = workdir / "site.conf"
-        site.write_text(site_config(port, endpoint, tree))
-        conf = workdir / "nginx.conf"
-        conf.write_text(main_config(workdir, site))
-        checked = subprocess.run(
-            [binary, "-t", "-q", "-p", str(workdir), "-c", str(conf), "-e", "stderr"],
-            capture_output=True,
-            text=True,
-        )
-        assert checked.returncode == 0, f"nginx -t refused the config:\n{checked.stderr}"
-        error_log = workdir / "error.log"
-        process = subprocess.Popen(
-            [binary, "-p", str(workdir), "-c", str(conf), "-e", str(error_log)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-        )
-        if wait_for_port(port, process):
-            return Nginx(process, f"http://127.0.0.1:{port}", workdir)
-        process.kill()
-        process.wait()
-    pytest.fail("nginx did not start", pytrace=False)
+    """nginx with serving/nginx-s3.conf's site in front of the bucket, on a free port."""
+    return start_nginx_site(lambda port: site_config(port, endpoint, tree), workdir)
 
 
 @pytest.fixture(scope="module")
