@@ -26,6 +26,7 @@ from pypi_index_mirror.http.environment import USER_AGENT
 from pypi_index_mirror.ops import settings
 from pypi_index_mirror.upstream import client as pypi_client
 from pypi_index_mirror.upstream import errors as upstream_errors
+from pypi_index_mirror.upstream.transport import PageAnswer
 from tests.fake_pypi import FakePyPI, make_self_signed_cert
 from tests.mirror_helpers import Mirror, assert_mirror_matches_upstream, upstream_listing
 
@@ -296,7 +297,7 @@ def test_https_goes_through_a_connect_proxy_tunnel(tmp_path: Path, monkeypatch) 
             mirror = client(fake.url)
             try:
                 page = mirror.fetch_page("tls")
-                answer = mirror.pages.get("/simple/tls/", pypi_client.HTML_ACCEPT)
+                answer = mirror.get_page("tls", json_form=False)
             finally:
                 mirror.close()
         finally:
@@ -304,6 +305,7 @@ def test_https_goes_through_a_connect_proxy_tunnel(tmp_path: Path, monkeypatch) 
             proxy.server_close()
         assert page.body == fake.page("tls")
         assert page.serial == fake.project_serial("tls") != 999
+        assert isinstance(answer, PageAnswer)
         assert answer.headers.get("Retry-After") is None, "the tunnel's headers were read"
         assert tunnels == [fake.url.removeprefix("https://")]
 
@@ -334,11 +336,11 @@ def test_an_interim_answer_s_headers_are_not_the_page_s() -> None:
     with answering(do_get) as url:
         pypi = client(url)
         try:
-            answer = pypi.pages.get("/simple/a/", pypi_client.HTML_ACCEPT)
+            answer = pypi.get_page("a", json_form=False)
             assert pypi.fetch_page("a").body == PAGE
         finally:
             pypi.close()
-    assert answer.status == 200 and answer.body == PAGE
+    assert isinstance(answer, PageAnswer) and answer.status == 200 and answer.body == PAGE
     assert answer.headers.get("retry-after") is None
     assert answer.headers.get("x-pypi-last-serial") == "7"
 

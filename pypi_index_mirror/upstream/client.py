@@ -56,7 +56,6 @@ from pypi_index_mirror.upstream.pages import (
 from pypi_index_mirror.upstream.transport import (
     PageAnswer,
     PageLoop,
-    PagePool,
     PageTransportError,
     TransportSettings,
 )
@@ -170,8 +169,8 @@ class PypiClient:
 
     Pages, the hot path (700,000 of them in a first sync), go through libcurl:
     a run's in the fetch engine's loop (`page_loop`, ``sync.fetch_loop``), a
-    single page through handles kept alive between calls (`fetch_page`,
-    `transport.PagePool`); requests' per-request machinery was two thirds of a
+    single page through a one-transfer loop kept alive between calls (`fetch_page`,
+    `transport.PageLoop`); requests' per-request machinery was two thirds of a
     first sync's CPU. The few
     XML-RPC calls go through a `requests.Session` per thread (a Session is not
     thread-safe), made by `session_factory` so tests can inspect them.
@@ -199,7 +198,7 @@ class PypiClient:
         self._sleep = sleep
         self._pacing = XmlRpcPacing(config.xmlrpc_interval, clock=clock, sleep=sleep)
         self.environment = environment if environment is not None else read_environment(config)
-        self._pages: PagePool | None = None
+        self._single: PageLoop | None = None  # `get_page`'s own loop, made on first use
         self.requests_made = 0
         self.not_modified = 0  # conditional page GETs answered 304 (revalidation)
 
@@ -220,18 +219,6 @@ class PypiClient:
                 self._sessions.append(session)
         return session
 
-    @property
-    def pages(self) -> PagePool:
-        """The page connections, set up on the first page fetched."""
-        pages = self._pages
-        if pages is None:
-            environment = self.environment
-            with self._lock:
-                if self._pages is None:
-                    self._pages = PagePool(transport_settings(self.base_url, environment))
-                pages = self._pages
-        return pages
-
     def page_loop(self) -> PageLoop:
         """A new `upstream.transport.PageLoop` with the settings of this client's page GETs."""
         return PageLoop(transport_settings(self.base_url, self.environment))
@@ -241,9 +228,9 @@ class PypiClient:
             for session in self._sessions:
                 session.close()
             self._sessions.clear()
-            if self._pages is not None:
-                self._pages.close()
-                self._pages = None
+            if self._single is not None:
+                self._single.close()
+                self._single = None
 
     def count_request(self) -> None:
         """One more request to PyPI (the summary's ``requests``)."""
@@ -384,7 +371,7 @@ class PypiClient:
     def get_page(
         self, name: str, json_form: bool, unless: bytes | None = None
     ) -> PageAnswer | PageTransportError:
-        """One GET of a project page (`page_request`) over the shared handles; for `read_page`.
+        """One GET of a project page (`page_request`) on this client's loop of one; for `read_page`.
 
         With `unless` (the bytes the mirror holds: a revalidation), the GET is
         conditional on warehouse's ETag of those bytes, so an unchanged page is
@@ -392,10 +379,14 @@ class PypiClient:
         """
         self.count_request()
         extra = conditional_headers(unless) if unless is not None else ()
-        try:
-            return self.pages.get(*page_request(name, json_form), extra)
-        except PageTransportError as exc:
-            return exc
+        if self._single is None:
+            self._single = self.page_loop()
+        loop = self._single
+        path, accept = page_request(name, json_form)
+        loop.start(path, accept, tag=None, extra=extra)
+        while True:  # the one transfer in flight: the same loop a run's engine drives
+            for _, outcome in loop.wait(1.0):
+                return outcome
 
     def read_page(
         self,

@@ -1,9 +1,9 @@
 """The hot path's HTTP: project pages GET over libcurl (pycurl), one handle per request in flight.
 
-Two ways to drive them: `PagePool`, for threads that each block on one GET,
-and `PageLoop`, for one thread with many GETs in flight (libcurl's multi
-interface; every page of a run, ``sync.fetch_loop``). Both set a GET up and judge
-its end the same way (`_Transfer`).
+One way to drive them: `PageLoop`, one thread with many GETs in flight
+(libcurl's multi interface): every page of a run (``sync.fetch_loop``), and a
+single page (``PypiClient.get_page``) as a loop of one. `_Transfer` sets a GET
+up and judges its end.
 
 A first sync is 700,000 GETs of small pages. Over urllib3 a page cost the
 client 0.47-0.58 ms of CPU (http.client's header parsing alone a fifth of
@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import threading
 from dataclasses import dataclass
 
 import pycurl
@@ -182,57 +181,6 @@ class _Transfer:
         self.handle.close()
 
 
-class PagePool:
-    """libcurl handles for page GETs, each keeping its connection alive between requests.
-
-    A handle serves one request at a time; a thread takes a free one (or a new
-    one) and gives it back, so at most as many exist as requests were ever in
-    flight at once (``--workers``). Thread-safe.
-    """
-
-    def __init__(self, settings: TransportSettings) -> None:
-        self.settings = settings
-        self._free: list[_Transfer] = []
-        self._all: list[_Transfer] = []
-        self._lock = threading.Lock()
-
-    def get(self, path: str, accept: str, extra: tuple[str, ...] = ()) -> PageAnswer:
-        """GET `base_url` + `path` with this Accept and `extra` headers; raises
-        PageTransportError."""
-        transfer = self._take()
-        transfer.begin(path, accept, extra)
-        try:
-            transfer.handle.perform()
-        except pycurl.error as exc:
-            self._close(transfer)  # its connection may be half-read
-            raise transfer.failure(*exc.args) from None
-        answer = transfer.answer()
-        self._free.append(transfer)
-        return answer
-
-    def _take(self) -> _Transfer:
-        try:
-            return self._free.pop()  # atomic: no lock needed
-        except IndexError:
-            pass
-        transfer = _Transfer(self.settings)
-        with self._lock:
-            self._all.append(transfer)
-        return transfer
-
-    def _close(self, transfer: _Transfer) -> None:
-        with self._lock:
-            self._all.remove(transfer)
-        transfer.close()
-
-    def close(self) -> None:
-        """Close every handle and its connection (none may be in use)."""
-        with self._lock:
-            transfers, self._all, self._free = self._all, [], []
-        for transfer in transfers:
-            transfer.close()
-
-
 def new_handle(settings: TransportSettings) -> pycurl.Curl:
     """A handle with the options every page GET shares."""
     handle = pycurl.Curl()
@@ -322,7 +270,7 @@ class PageLoop:
             for handle, code, message in failed:
                 transfer, tag = self._release(handle)
                 ended.append((tag, transfer.failure(code, message)))
-                transfer.close()  # as PagePool does: nothing of a failed transfer is reused
+                transfer.close()  # nothing of a failed transfer is reused (half-read connection)
             if not queued:
                 return ended
 

@@ -11,7 +11,8 @@ process used (user and system, from getrusage: the server's is not counted):
   first, and the reference the performance issue's figures were taken with;
 * ``urllib3``: one shared ``HTTPConnectionPool``, the body read whole: the
   transport pypi_mirror.py had before (requests is built on it);
-* ``PagePool``: ours, ``page_transport.PagePool`` (libcurl through pycurl);
+* ``PageLoop``: ours, ``upstream.transport.PageLoop`` (libcurl through pycurl), a loop of
+  one per thread;
 * ``fetch_page``: ``PypiClient.fetch_page``, ours with the page's checks
   (status, Content-Type, serial, the HTML parsed), what a sync pays per page
   before writing it.
@@ -38,6 +39,7 @@ import urllib3
 from pypi_index_mirror.http.environment import USER_AGENT
 from pypi_index_mirror.ops import settings
 from pypi_index_mirror.upstream import client as pypi_client
+from pypi_index_mirror.upstream.transport import PageAnswer
 from tests.bench.bench_sync import running_server
 
 Fetch = Callable[[str], None]
@@ -115,31 +117,45 @@ def client_of(url: str) -> pypi_client.PypiClient:
     return pypi_client.PypiClient(url, settings.Config(pypi_url=url, retries=0))
 
 
-def page_pool_fetcher(url: str, workers: int) -> tuple[Fetch, Callable[[], None]]:
-    client = client_of(url)
-    pages = client.pages
+def per_thread_clients(url: str) -> tuple[Callable[[], pypi_client.PypiClient], Callable[[], None]]:
+    """A client per thread (a client's loop of one is a thread's own), and their closer."""
+    local = threading.local()
+    made: list[pypi_client.PypiClient] = []
+
+    def mine() -> pypi_client.PypiClient:
+        client = getattr(local, "client", None)
+        if client is None:
+            client = local.client = client_of(url)
+            made.append(client)
+        return client
+
+    return mine, lambda: [client.close() for client in made]
+
+
+def page_loop_fetcher(url: str, workers: int) -> tuple[Fetch, Callable[[], None]]:
+    mine, close = per_thread_clients(url)
 
     def fetch(name: str) -> None:
-        answer = pages.get(f"/simple/{name}/", pypi_client.HTML_ACCEPT)
-        if answer.status != 200 or not answer.body:
-            raise RuntimeError(f"{name}: HTTP {answer.status}")
+        answer = mine().get_page(name, json_form=False)
+        if not isinstance(answer, PageAnswer) or answer.status != 200 or not answer.body:
+            raise RuntimeError(f"{name}: {answer}")
 
-    return fetch, client.close
+    return fetch, close
 
 
 def fetch_page_fetcher(url: str, workers: int) -> tuple[Fetch, Callable[[], None]]:
-    client = client_of(url)
+    mine, close = per_thread_clients(url)
 
     def fetch(name: str) -> None:
-        client.fetch_page(name)
+        mine().fetch_page(name)
 
-    return fetch, client.close
+    return fetch, close
 
 
 TRANSPORTS = {
     "requests": requests_fetcher,
     "urllib3": urllib3_fetcher,
-    "PagePool": page_pool_fetcher,
+    "PageLoop": page_loop_fetcher,
     "fetch_page": fetch_page_fetcher,
 }
 
