@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import io
 import random
 import signal
 import time
@@ -535,10 +536,13 @@ def test_root_index_merged_as_bytes_is_the_page_merged_as_members() -> None:
         expected = root_index.render_root_lines(
             root_index.merge_root(root_index.iter_root_index(lines), changes)
         )
-        assert b"".join(root_index.merge_root_lines(lines, changes)) == b"".join(expected)
+        block = rng.choice([1, 40, 97, 1 << 20])  # blocks of a line or less, a few, the page
+        merged = root_index.merge_root_lines(io.BytesIO(b"".join(lines)), changes, block)
+        assert b"".join(merged) == b"".join(expected)
     last = b'    <a href="simple/a/">A</a>'  # a page cut short before its last newline
-    merged = b"".join(root_index.merge_root_lines([root_index.ROOT_HEADER, last], {"b": "B"}))
-    assert merged == b"".join(root_index.render_root_lines([("a", "A"), ("b", "B")]))
+    cut_short = io.BytesIO(root_index.ROOT_HEADER + last)
+    expected_page = root_index.render_root_lines([("a", "A"), ("b", "B")])
+    assert b"".join(root_index.merge_root_lines(cut_short, {"b": "B"})) == b"".join(expected_page)
 
 
 def test_both_scripts_default_to_the_same_mirror_and_state() -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
+import io
+import random
 import sys
 import time
 from collections.abc import Iterator
@@ -18,6 +20,12 @@ from pathlib import Path
 import pytest
 import requests
 
+from pypi_index_mirror.mirror.roots import (
+    count_root_members,
+    iter_root_index,
+    render_root_lines,
+    slice_root_index,
+)
 from pypi_index_mirror.mirror.state import load_state, save_state
 from pypi_index_mirror.ops.cli import format_duration, parse_duration
 from pypi_index_mirror.ops.settings import config_from
@@ -120,6 +128,22 @@ def test_the_slice_follows_the_cursor_and_wraps_round() -> None:
     assert next_slice(iter(names), "a", 0) == ([], 5)
     chosen, _ = next_slice(iter(names), "d", 3)
     assert cursor_after(chosen, Cursor("d", 7.0, 5)) == Cursor("b", 7.0, 5)
+
+
+def test_the_slice_read_from_the_root_page_is_the_slice_of_its_members() -> None:
+    """A run takes its slice from the HTML root in blocks (a binary search around the
+    cursor, the rest only counted): the same slice and total as walking every member."""
+    rng = random.Random(3)
+    for _ in range(300):
+        names = sorted(rng.sample([f"p{i:02d}" for i in range(60)], rng.randint(0, 30)))
+        members = [(name, rng.choice([name.upper(), f"{name}&<"])) for name in names]
+        page = b"".join(render_root_lines(members))
+        after = rng.choice(["", "zz", f"p{rng.randrange(60):02d}", f"p{rng.randrange(60):02d}x"])
+        count = rng.randint(0, 35)
+        block = rng.choice([1, 50, 200, 1 << 20])
+        expected = next_slice(iter_root_index(page.splitlines(keepends=True)), after, count)
+        assert slice_root_index(io.BytesIO(page), after, count, block) == expected
+        assert count_root_members(io.BytesIO(page)) == len(members)
 
 
 def test_the_cursor_is_three_values_in_state_json(tmp_path: Path) -> None:

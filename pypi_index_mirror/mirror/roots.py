@@ -10,11 +10,12 @@ its changes into the page while reading it back from disk.
 
 from __future__ import annotations
 
+import bisect
 import html
 import json
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 
 from pypi_index_mirror.mirror.store import normalize_name
 
@@ -29,6 +30,12 @@ ROOT_FOOTER = b"  </body>\n</html>\n"
 _ROOT_LINK = re.compile(rb'^    <a href="simple/([a-z0-9-]+)/">([^<]*)</a>$', re.MULTILINE)
 
 
+def _root_line(normalized: str, display: str) -> bytes:
+    """One project's line of the HTML root, without its newline."""
+    text = html.escape(display, quote=False)
+    return f'    <a href="simple/{normalized}/">{text}</a>'.encode()
+
+
 def render_root_lines(projects: Iterable[tuple[str, str]]) -> Iterator[bytes]:
     """The mirror's root page, line by line, for (normalized, display) pairs in sorted order.
 
@@ -36,8 +43,7 @@ def render_root_lines(projects: Iterable[tuple[str, str]]) -> Iterator[bytes]:
     """
     yield ROOT_HEADER
     for normalized, display in projects:
-        text = html.escape(display, quote=False)
-        yield f'    <a href="simple/{normalized}/">{text}</a>\n'.encode()
+        yield _root_line(normalized, display) + b"\n"
     yield ROOT_FOOTER
 
 
@@ -52,51 +58,133 @@ def iter_root_index(lines: Iterable[bytes]) -> Iterator[tuple[str, str]]:
             yield name.decode(), html.unescape(display) if "&" in display else display
 
 
-# Lines a merge joins into one chunk: a few hundred KB, so the hashing and writing of the
-# page are a few hundred calls, not one a line (100,000 lines at 100,000 projects).
-_CHUNK_LINES = 4096
+# The HTML root is read in blocks of about this many bytes, cut at a line's end: a merge
+# or a revalidation's slice looks at single lines only around the names it wants, and
+# copies or counts the rest of a block whole (C's speed, not a Python step a line).
+_BLOCK_BYTES = 1 << 20
+_MEMBER = b'    <a href="simple/'  # how every project's line starts
+_NAME_AT = len(_MEMBER)
+
+
+def _member_name(line: bytes) -> bytes:
+    """The normalized name a project line (`_MEMBER`...) links to, as bytes."""
+    return line[_NAME_AT : line.index(b"/", _NAME_AT)]
+
+
+def _clean(members: bytes) -> bytes:
+    """`members` (whole lines) if each is a project line, else only its project lines."""
+    lines = members.count(b"\n")
+    if (
+        members.startswith(_MEMBER)
+        and members.count(b"\n" + _MEMBER) == lines - 1
+        and members.count(b'/">') == lines
+        and members.count(b"</a>\n") == lines
+    ):
+        return members
+    return b"".join(line + b"\n" for line in members.split(b"\n") if _ROOT_LINK.match(line))
+
+
+def root_member_blocks(stream: BinaryIO, block_bytes: int = _BLOCK_BYTES) -> Iterator[bytes]:
+    """The HTML root's project lines, in blocks of whole lines ("\\n"-ended), header and
+    footer (and any line that is not a project's) left out, in the page's order."""
+    carry = b""
+    while True:
+        data = stream.read(block_bytes)
+        if not data:
+            block, carry = carry, b""
+            if block and not block.endswith(b"\n"):
+                block += b"\n"  # a page cut short before its last newline
+        else:
+            data = carry + data
+            end = data.rfind(b"\n") + 1
+            block, carry = data[:end], data[end:]
+        if block:
+            first = 0 if block.startswith(_MEMBER) else block.find(b"\n" + _MEMBER) + 1
+            last = block.rfind(_MEMBER)
+            if first > 0 or block.startswith(_MEMBER):
+                cleaned = _clean(block[first : block.index(b"\n", last) + 1])
+                if cleaned:
+                    yield cleaned
+        if not data:
+            return
+
+
+def count_root_members(stream: BinaryIO) -> int:
+    """How many projects the HTML root lists."""
+    return sum(block.count(b"\n") for block in root_member_blocks(stream))
+
+
+def slice_root_index(
+    stream: BinaryIO, after: str, count: int, block_bytes: int = _BLOCK_BYTES
+) -> tuple[list[tuple[str, str]], int]:
+    """``revalidate.next_slice(iter_root_index(stream), after, count)``, reading the page
+    as blocks: the `count` members after `after`, wrapping round, and how many there are.
+
+    Only the lines around the cursor are looked at one by one (a binary search in
+    a block, the root being sorted); every other block is just counted.
+    """
+    wanted = after.encode()
+    chosen: list[bytes] = []
+    head: list[bytes] = []  # from the start, should the slice wrap round
+    total = 0
+    for block in root_member_blocks(stream, block_bytes):
+        total += block.count(b"\n")
+        need_head = len(head) < count and _member_name(block) <= wanted
+        need_chosen = len(chosen) < count and _member_name(_last_line(block)) > wanted
+        if need_head or need_chosen:
+            lines = block.split(b"\n")[:-1]
+            cut = bisect.bisect_right(lines, wanted, key=_member_name)
+            if need_head:
+                head += lines[: min(cut, count - len(head))]
+            if need_chosen:
+                chosen += lines[cut : cut + count - len(chosen)]
+    if len(chosen) < count:
+        chosen += head[: count - len(chosen)]
+    return list(iter_root_index(chosen)), total
+
+
+def _last_line(block: bytes) -> bytes:
+    return block[block.rfind(b"\n", 0, len(block) - 1) + 1 :]
 
 
 def merge_root_lines(
-    current: Iterable[bytes], changes: Mapping[str, str | None]
+    stream: BinaryIO, changes: Mapping[str, str | None], block_bytes: int = _BLOCK_BYTES
 ) -> Iterator[bytes]:
-    """The HTML root page `current` with `changes` merged, in chunks of whole lines.
+    """The HTML root page read from `stream` with `changes` merged, in blocks of lines.
 
-    The bytes are those of ``render_root_lines(merge_root(iter_root_index(current),
-    changes))``, but a line no change touches is copied as read rather than decoded,
-    unescaped, escaped and encoded again: an update that changes a few thousand of
-    PyPI's 700,000 names then costs little more than reading the page.
+    The bytes are those of ``render_root_lines(merge_root(iter_root_index(stream),
+    changes))``, but a line no change touches is copied as read, and a block no
+    change falls in is copied whole: each change is placed by a binary search in
+    its block (the root is sorted), so an update that changes a few thousand of
+    PyPI's 700,000 names costs little more than reading the page.
     """
-    updates = sorted(changes.items())
+    updates = [
+        (name.encode(), None if display is None else _root_line(name, display))
+        for name, display in sorted(changes.items())
+    ]
     index = 0
-    upcoming = updates[0][0].encode() if updates else None
-    chunk = [ROOT_HEADER]
-    for line in current:
-        match = _ROOT_LINK.match(line)
-        if match is None:
+    yield ROOT_HEADER
+    for block in root_member_blocks(stream, block_bytes):
+        last = _member_name(_last_line(block))
+        if index == len(updates) or updates[index][0] > last:
+            yield block
             continue
-        name = match.group(1)
-        while upcoming is not None and upcoming <= name:
-            changed, display = updates[index]
+        lines = block.split(b"\n")[:-1]
+        merged: list[bytes] = []
+        start = 0
+        while index < len(updates) and updates[index][0] <= last:
+            name, line = updates[index]
             index += 1
-            if display is not None:
-                text = html.escape(display, quote=False)
-                chunk.append(f'    <a href="simple/{changed}/">{text}</a>\n'.encode())
-            same = upcoming == name
-            upcoming = updates[index][0].encode() if index < len(updates) else None
-            if same:
-                break
-        else:
-            chunk.append(line if line.endswith(b"\n") else line + b"\n")
-        if len(chunk) >= _CHUNK_LINES:
-            yield b"".join(chunk)
-            chunk = []
-    for changed, display in updates[index:]:
-        if display is not None:
-            text = html.escape(display, quote=False)
-            chunk.append(f'    <a href="simple/{changed}/">{text}</a>\n'.encode())
-    chunk.append(ROOT_FOOTER)
-    yield b"".join(chunk)
+            at = bisect.bisect_left(lines, name, start, key=_member_name)
+            merged += lines[start:at]
+            start = at + 1 if at < len(lines) and _member_name(lines[at]) == name else at
+            if line is not None:
+                merged.append(line)
+        merged += lines[start:]
+        merged.append(b"")
+        yield b"\n".join(merged)
+    tail = [line + b"\n" for _name, line in updates[index:] if line is not None]
+    yield b"".join(tail) + ROOT_FOOTER
 
 
 def merge_root(

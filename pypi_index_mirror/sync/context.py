@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from pypi_index_mirror.mirror.formats import HTML, SIMPLE_FORMATS
-from pypi_index_mirror.mirror.roots import iter_json_root, iter_root_index
+from pypi_index_mirror.mirror.roots import iter_json_root, iter_root_index, slice_root_index
 from pypi_index_mirror.mirror.safety import CircuitBreaker, Halt, canonical_url, write_marker
 from pypi_index_mirror.mirror.state import State, save_state
 from pypi_index_mirror.mirror.store import JSON_ROOT_TARGET, ROOT_TARGET, MirrorLayout, crash_point
@@ -29,6 +29,7 @@ from pypi_index_mirror.ops.cli import deferred_stops
 from pypi_index_mirror.ops.progress import Progress
 from pypi_index_mirror.ops.settings import Config
 from pypi_index_mirror.rstuf import client as rstuf_client
+from pypi_index_mirror.sync.revalidate import next_slice
 from pypi_index_mirror.upstream.client import PypiClient
 
 if TYPE_CHECKING:
@@ -194,6 +195,14 @@ class RunContext:
             with self.writer.open_target(self.layout.json_root_page) as current:
                 for name, (display, _serial) in iter_json_root(current):
                     yield name, display
+
+    def root_slice(self, after: str, count: int) -> tuple[list[tuple[str, str]], int]:
+        """`revalidate.next_slice` of the root's members: read from the HTML root in blocks
+        (`slice_root_index`) when the mirror has one, else from the JSON root's members."""
+        if HTML in self.forms and self.writer.target_exists(ROOT_TARGET):
+            with self.writer.open_target(self.layout.root_page) as current:
+                return slice_root_index(current, after, count)
+        return next_slice(self.iter_root_members(), after, count)
 
     def allowed_local(self, excluded: set[str] | None = None) -> Iterator[str]:
         """The projects on disk the filter allows, streamed; those it excludes go to `excluded`."""

@@ -42,14 +42,12 @@ class Revalidation:
         period, cursor = self.ctx.config.revalidate_period, self.ctx.state.revalidation
         if period <= 0 or self.ctx.config.dry_run or self.ctx.halt.is_set:
             return
-        total = cursor.total or sum(1 for _ in self.ctx.iter_root_members())
+        total = cursor.total or self.ctx.root_slice("", 0)[1]
         planned = revalidate.plan(cursor, total, time.time(), period, limit)
         if planned.count == 0:
             self.ctx.state.revalidation = planned.cursor
             return
-        chosen, total = revalidate.next_slice(
-            self.ctx.iter_root_members(), cursor.after, planned.count
-        )
+        chosen, total = self.ctx.root_slice(cursor.after, planned.count)
         primary = self.ctx.forms[0].basename
         wanted = {
             name: PendingProject(display, self.ctx.writer.local_serial(name, primary) or 0)

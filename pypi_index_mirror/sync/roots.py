@@ -9,6 +9,7 @@ pages do, and removing a root of a form no longer mirrored is here too.
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, BinaryIO, TypeVar
@@ -102,7 +103,7 @@ class Roots:
             with self.ctx.writer.open_target(self.ctx.layout.root_page) as current:
                 yield from merge_root_lines(current, changes)
         except FileNotFoundError:
-            yield from merge_root_lines([], changes)
+            yield from merge_root_lines(io.BytesIO(), changes)
 
     def filtered(self, members: Iterable[tuple[str, T]]) -> Iterator[tuple[str, T]]:
         if self.ctx.filter.everything:
