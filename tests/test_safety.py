@@ -557,6 +557,39 @@ def test_a_signal_stops_the_run_cleanly(tmp_path: Path, signum: int, code: int, 
         assert_mirror_matches_upstream(mirror)
 
 
+@pytest.mark.parametrize(
+    ("target", "options"),
+    [("changelog_since_serial", ()), ("root", ("--no-xmlrpc",))],
+)
+def test_a_signal_while_pypi_holds_its_answer_stops_the_run_at_once(
+    tmp_path: Path, target: str, options: tuple[str, ...]
+) -> None:
+    """The changelog (XML-RPC) and the JSON root stream over libcurl, returning to Python at
+    least once a second: SIGTERM while PyPI holds the answer for a minute ends the run in
+    seconds, with the serial and the tree as they were."""
+    with FakePyPI() as pypi:
+        pypi.populate(5, seed=3, max_files=2)
+        mirror = Mirror(tmp_path / "m", tmp_path / "state.json", pypi.url)
+        assert mirror.run(*options) == 0
+        pypi.add_release(pypi.project_names()[0], "9.0", files=1)
+        before, serial = mirror.targets(), load_state(mirror.state).serial
+        pypi.inject(target, "slow", times=1, seconds=60)
+        pypi.reset_log()
+        process = mirror.popen(*options)
+        wait_for(lambda: pypi.count(target) >= 1, f"the {target} request")
+        time.sleep(0.3)
+        process.send_signal(signal.SIGTERM)
+        stopped = time.monotonic()
+        _, stderr = process.communicate(timeout=90)
+        assert time.monotonic() - stopped < 5, "the run waited for PyPI's answer"
+        assert process.returncode == cli_support.EXIT_TERMINATED, stderr
+        assert "stopped by SIGTERM" in stderr
+        assert load_state(mirror.state).serial == serial and mirror.targets() == before
+        pypi.clear_faults()
+        assert mirror.run(*options) == 0
+        assert_mirror_matches_upstream(mirror)
+
+
 def test_no_traceback_for_an_internal_error(capsys: pytest.CaptureFixture[str]) -> None:
     import logging
 

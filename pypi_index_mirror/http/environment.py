@@ -32,14 +32,14 @@ import os
 import platform
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import unquote, urlsplit
 
-import certifi
-import requests.utils
-import urllib3
-
 from pypi_index_mirror.ops.cli import VERSION
+
+if TYPE_CHECKING:  # imported where used: a run without a proxy, RSTUF or TUF needs none
+    import requests
+    import urllib3
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,11 @@ class HttpEnvironment:
     @property
     def ca_bundle(self) -> str:
         """The certificates https is verified against: the environment's bundle, else certifi's."""
-        return self.explicit_ca_bundle or certifi.where()
+        if self.explicit_ca_bundle:
+            return self.explicit_ca_bundle
+        import certifi
+
+        return certifi.where()
 
     def bypasses_proxy(self, url: str) -> bool:
         """Whether ``NO_PROXY`` sends requests to `url` straight to its host (requests' rules)."""
@@ -104,6 +108,8 @@ class HttpEnvironment:
         host = parts.hostname
         if host is None:
             return True
+        import requests.utils
+
         entries = [entry for entry in self.no_proxy.replace(" ", "").split(",") if entry]
         if requests.utils.is_ipv4_address(host):
             for entry in entries:
@@ -127,6 +133,8 @@ class HttpEnvironment:
         """The proxy URL requests to `url` go through (scheme added), or None: straight there."""
         if not self.proxies or self.bypasses_proxy(url):
             return None
+        import requests.utils
+
         proxy = requests.utils.select_proxy(url, dict(self.proxies))
         if not proxy:
             return None
@@ -155,6 +163,8 @@ class HttpEnvironment:
         own Authorization header (RSTUF's token), which ``.netrc``'s Basic
         credentials would replace.
         """
+        import requests
+
         session = session if session is not None else requests.Session()
         proxy = self.proxy_for(base_url)
         session.proxies = {"all": proxy} if proxy else {}
@@ -171,6 +181,8 @@ class HttpEnvironment:
         has one for it, as requests would set it up (a bundle that is a directory,
         credentials in the proxy's URL sent as Proxy-Authorization). `maxsize`
         connections are kept for reuse (the TUF proxy serves many clients at once)."""
+        import urllib3
+
         bundle = self.ca_bundle
         directory = os.path.isdir(bundle)
         ca_certs, ca_cert_dir = (None, bundle) if directory else (bundle, None)

@@ -15,9 +15,10 @@ import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
-import requests
+if TYPE_CHECKING:
+    import requests
 
 T = TypeVar("T")
 

@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pypi_index_mirror.http.environment import HttpEnvironment, read_environment
 from pypi_index_mirror.mirror.safety import Halt
@@ -34,11 +35,13 @@ from pypi_index_mirror.ops.progress import Progress
 from pypi_index_mirror.ops.recorder import StatusRecorder
 from pypi_index_mirror.ops.settings import Config, config_from
 from pypi_index_mirror.ops.status import show_status
-from pypi_index_mirror.rstuf import client as rstuf_client
 from pypi_index_mirror.sync.context import Summary, summary_log
 from pypi_index_mirror.sync.run import Sync
 from pypi_index_mirror.sync.watch import Watch
 from pypi_index_mirror.upstream.client import PypiClient
+
+if TYPE_CHECKING:
+    from pypi_index_mirror.rstuf.client import RstufClient
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def make_rstuf_client(
     config: Config, environment: HttpEnvironment | None = None
-) -> rstuf_client.RstufClient:
+) -> RstufClient:
+    from pypi_index_mirror.rstuf.client import RstufClient  # with requests: only for RSTUF
+
     environment = environment if environment is not None else read_environment(config)
-    return rstuf_client.RstufClient(
+    return RstufClient(
         config.rstuf_url or "",
         token=config.rstuf_token,
         environment=environment,

@@ -50,6 +50,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from pypi_index_mirror.mirror.state import OutboxTask, PublishTask, State
 from pypi_index_mirror.mirror.store import (
@@ -60,9 +61,11 @@ from pypi_index_mirror.mirror.store import (
     digest_file,
 )
 from pypi_index_mirror.rstuf.artifacts import Artifact
-from pypi_index_mirror.rstuf.client import RstufClient
 from pypi_index_mirror.rstuf.errors import RstufError, RstufMisconfigured, TaskFailed
 from pypi_index_mirror.rstuf.tasks import SUCCESS_STATE, not_found_artifacts, task_failure
+
+if TYPE_CHECKING:  # handed in; requests loads only when a run has an RSTUF client
+    from pypi_index_mirror.rstuf.client import RstufClient
 
 log = logging.getLogger(__name__)
 

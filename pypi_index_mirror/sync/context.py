@@ -28,12 +28,12 @@ from pypi_index_mirror.mirror.writer import MirrorWriter
 from pypi_index_mirror.ops.cli import deferred_stops
 from pypi_index_mirror.ops.progress import Progress
 from pypi_index_mirror.ops.settings import Config
-from pypi_index_mirror.rstuf import client as rstuf_client
 from pypi_index_mirror.sync.revalidate import next_slice
 from pypi_index_mirror.upstream.client import PypiClient
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # RSTUF's client (and requests) load only when a run uses RSTUF
     from pypi_index_mirror.mirror.storage import Storage
+    from pypi_index_mirror.rstuf import client as rstuf_client
 
 log = logging.getLogger(__name__)
 # The one line every run ends with, whatever its exit; INFO even under -q (see `main`).

@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from pypi_index_mirror.mirror.safety import (
     Halt,
@@ -34,7 +35,6 @@ from pypi_index_mirror.ops.cli import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, Stoppe
 from pypi_index_mirror.ops.progress import Progress
 from pypi_index_mirror.ops.recorder import StatusRecorder
 from pypi_index_mirror.ops.settings import Config
-from pypi_index_mirror.rstuf import client as rstuf_client
 from pypi_index_mirror.sync.context import RunContext, Summary
 from pypi_index_mirror.sync.delivery import Delivery
 from pypi_index_mirror.sync.full_sync import FullSync
@@ -44,6 +44,9 @@ from pypi_index_mirror.sync.roots import Roots
 from pypi_index_mirror.sync.source import Source
 from pypi_index_mirror.sync.update import Update
 from pypi_index_mirror.upstream.client import PypiClient
+
+if TYPE_CHECKING:  # RSTUF's client (and requests) load only when a run uses RSTUF
+    from pypi_index_mirror.rstuf import client as rstuf_client
 
 log = logging.getLogger(__name__)
 

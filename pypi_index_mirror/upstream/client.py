@@ -12,6 +12,7 @@ for the mirror; the sync does that.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -23,16 +24,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
-import requests
-
 from pypi_index_mirror.http.environment import HttpEnvironment, read_environment
 from pypi_index_mirror.http.retry import (
-    BodyTooLarge,
     Headers,
     RetryPolicy,
     call_with_retries,
     cap_retry_after,
-    iter_capped,
     retry_after_of,
 )
 from pypi_index_mirror.upstream.changelog import ChangelogEntry, is_serial, parse_changelog_rows
@@ -57,6 +54,9 @@ from pypi_index_mirror.upstream.transport import (
     PageAnswer,
     PageLoop,
     PageTransportError,
+    ResponseHeaders,
+    StreamedAnswer,
+    StreamingCall,
     TransportSettings,
 )
 from pypi_index_mirror.upstream.xmlrpc import AnswerParser, MalformedAnswer
@@ -165,17 +165,16 @@ def page_request(name: str, json_form: bool) -> tuple[str, str]:
 
 
 class PypiClient:
-    """PyPI's XML-RPC mirroring methods and Simple API pages over keep-alive connections.
+    """PyPI's XML-RPC mirroring methods, its JSON root and Simple API pages, over libcurl.
 
-    Pages, the hot path (700,000 of them in a first sync), go through libcurl:
-    a run's in the fetch engine's loop (`page_loop`, ``sync.fetch_loop``), a
-    single page through a one-transfer loop kept alive between calls (`fetch_page`,
-    `transport.PageLoop`); requests' per-request machinery was two thirds of a
-    first sync's CPU. The few
-    XML-RPC calls go through a `requests.Session` per thread (a Session is not
-    thread-safe), made by `session_factory` so tests can inspect them.
+    Pages, the hot path (700,000 of them in a first sync), go through a
+    `transport.PageLoop`: a run's in the fetch engine's loop (`page_loop`,
+    ``sync.fetch_loop``), a single page through a one-transfer loop kept alive
+    between calls (`get_page`); requests' per-request machinery was two thirds
+    of a first sync's CPU. The few large answers (XML-RPC, the JSON root) go
+    through a `transport.StreamingCall` per thread, parsed as they stream.
 
-    Both go through `environment` (proxy, CA bundle, ``.netrc``, User-Agent,
+    All go through `environment` (proxy, CA bundle, ``.netrc``, User-Agent,
     timeouts and caps): the run reads it once and hands it to every client;
     without one, the process environment is read here, with `config`'s limits.
     """
@@ -184,16 +183,14 @@ class PypiClient:
         self,
         base_url: str,
         config: ClientSettings,
-        session_factory: Callable[[], requests.Session] | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         environment: HttpEnvironment | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.config = config
-        self._session_factory = session_factory or self._default_session
         self._local = threading.local()
-        self._sessions: list[requests.Session] = []
+        self._calls: list[StreamingCall] = []
         self._lock = threading.Lock()
         self._sleep = sleep
         self._pacing = XmlRpcPacing(config.xmlrpc_interval, clock=clock, sleep=sleep)
@@ -202,22 +199,19 @@ class PypiClient:
         self.requests_made = 0
         self.not_modified = 0  # conditional page GETs answered 304 (revalidation)
 
-    def _default_session(self) -> requests.Session:
-        session = self.environment.session(self.base_url)
-        adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=4, max_retries=0)
-        session.mount("http://", adapter)
-        session.mount("https://", adapter)
-        return session
-
-    @property
-    def session(self) -> requests.Session:
-        session = getattr(self._local, "session", None)
-        if session is None:
-            session = self._session_factory()
-            self._local.session = session
+    def _streaming_call(self) -> StreamingCall:
+        """This thread's `StreamingCall` (a libcurl handle is not shared between threads),
+        capped at the listing's size, the largest answer PyPI sends."""
+        call = getattr(self._local, "call", None)
+        if call is None:
+            settings = transport_settings(self.base_url, self.environment)
+            cap = self.environment.limits.max_listing_bytes
+            call = self._local.call = StreamingCall(
+                dataclasses.replace(settings, max_body_bytes=cap)
+            )
             with self._lock:
-                self._sessions.append(session)
-        return session
+                self._calls.append(call)
+        return call
 
     def page_loop(self) -> PageLoop:
         """A new `upstream.transport.PageLoop` with the settings of this client's page GETs."""
@@ -225,9 +219,9 @@ class PypiClient:
 
     def close(self) -> None:
         with self._lock:
-            for session in self._sessions:
-                session.close()
-            self._sessions.clear()
+            for call in self._calls:
+                call.close()
+            self._calls.clear()
             if self._single is not None:
                 self._single.close()
                 self._single = None
@@ -236,10 +230,6 @@ class PypiClient:
         """One more request to PyPI (the summary's ``requests``)."""
         with self._lock:
             self.requests_made += 1
-
-    @property
-    def _timeout(self) -> tuple[float, float]:
-        return self.environment.limits.timeout
 
     @functools.cached_property
     def retry_policy(self) -> RetryPolicy:
@@ -264,47 +254,26 @@ class PypiClient:
     def _xmlrpc_once(
         self, method: str, params: tuple, sink: Callable[[object, object], None] | None = None
     ) -> object:
-        self._pacing.take()
-        body = xmlrpc.client.dumps(params, method, allow_none=True).encode()
-        self.count_request()
-        try:
-            response = self.session.post(
-                f"{self.base_url}/pypi",
-                data=body,
-                headers={"Content-Type": "text/xml", "Accept": "text/xml"},
-                timeout=self._timeout,
-                stream=True,
-            )
-        except requests.RequestException as exc:
-            raise Transient(f"connection failed: {exc}") from exc
-        with response:
-            if response.status_code in XMLRPC_GONE_STATUSES:
-                raise XmlRpcUnavailable(method, f"HTTP {response.status_code}")
-            check_status(response, f"XML-RPC {method}")
-            return self._parse_xmlrpc(method, response, sink)
-
-    def _parse_xmlrpc(
-        self,
-        method: str,
-        response: requests.Response,
-        sink: Callable[[object, object], None] | None = None,
-    ) -> object:
-        """Parse the answer as it streams (no second copy of 60 MB).
+        """One call, its answer parsed as it streams (no second copy of 60 MB).
 
         With `sink`, the members of a struct answer go to it instead of into a dict.
         """
+        self._pacing.take()
+        body = xmlrpc.client.dumps(params, method, allow_none=True).encode()
+        self.count_request()
         parser = AnswerParser(sink)
-        received = 0  # for -v
+        what = f"XML-RPC {method}"
         try:
-            for chunk in iter_capped(response, self.environment.limits.max_listing_bytes, 1 << 20):
-                received += len(chunk)
-                parser.feed(chunk)
+            answer = self._stream("/pypi", ["Content-Type: text/xml", "Accept: text/xml"],
+                                  parser.feed, body)  # fmt: skip
+            if answer.status in XMLRPC_GONE_STATUSES:
+                raise XmlRpcUnavailable(method, f"HTTP {answer.status}")
+            check_status_of(answer.status, answer.headers, what, f"{self.base_url}/pypi")
             result = parser.close()
-            log.debug("XML-RPC %s: HTTP %d, %d bytes", method, response.status_code, received)
-        except BodyTooLarge as exc:
-            raise UpstreamError(f"XML-RPC {method}: answer {exc}; refused") from None
-        except requests.RequestException as exc:
-            raise Transient(f"XML-RPC {method}: answer cut off: {exc}") from exc
+        except PageTransportError as exc:
+            if exc.too_large:
+                raise UpstreamError(f"{what}: answer {exc}; refused") from None
+            raise Transient(f"{what}: {exc}") from exc
         except xmlrpc.client.Fault as fault:
             text = str(fault.faultString)
             if "TooManyRequests" in text or (fault.faultCode == -32500 and "reset in" in text):
@@ -317,8 +286,20 @@ class PypiClient:
                 raise XmlRpcUnavailable(method, f"fault {fault.faultCode}: {text[:120]}") from None
             raise XmlRpcFault(method, fault.faultCode, text) from None
         except MalformedAnswer as exc:
-            raise Transient(f"XML-RPC {method}: malformed answer ({exc})") from None
+            raise Transient(f"{what}: malformed answer ({exc})") from None
+        log.debug("%s: HTTP %d", what, answer.status)
         return result
+
+    def _stream(
+        self,
+        path: str,
+        headers: list[str],
+        feed: Callable[[bytes], None],
+        data: bytes | None,
+        start: Callable[[ResponseHeaders], None] | None = None,
+    ) -> StreamedAnswer:
+        """`StreamingCall.request` on this thread's call."""
+        return self._streaming_call().request(path, headers, feed, data, start)
 
     def changelog_last_serial(self) -> int:
         serial = self._xmlrpc("changelog_last_serial")
@@ -481,35 +462,29 @@ class PypiClient:
     def _list_once(self, sink: Callable[[object, object], None]) -> int:
         self.count_request()
         url = f"{self.base_url}/simple/"
-        try:
-            response = self.session.get(
-                url, headers={"Accept": JSON_TYPE}, timeout=self._timeout, stream=True
-            )
-        except requests.RequestException as exc:
-            raise Transient(f"JSON root /simple/: connection failed: {exc}") from exc
-        with response:
-            check_status(response, "JSON root /simple/")
-            content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        what = "JSON root /simple/"
+        parser = JsonRootParser(sink)
+
+        def pep_691(headers: ResponseHeaders) -> None:
+            content_type = (headers.get("Content-Type") or "").split(";")[0].strip().lower()
             if content_type != JSON_TYPE:
                 raise UpstreamError(
                     f"JSON root {url}: Content-Type {content_type or 'missing'}, not "
                     f"{JSON_TYPE}: the index does not serve PEP 691 JSON"
                 )
-            parser = JsonRootParser(sink)
-            try:
-                # the listing's cap, whichever endpoint serves it
-                cap = self.environment.limits.max_listing_bytes
-                for chunk in iter_capped(response, cap, 1 << 20):
-                    parser.feed(chunk)
-                parser.close()
-            except BodyTooLarge as exc:
+
+        try:
+            answer = self._stream("/simple/", [f"Accept: {JSON_TYPE}"], parser.feed, None, pep_691)
+            check_status_of(answer.status, answer.headers, what, url)
+            parser.close()
+        except PageTransportError as exc:
+            if exc.too_large:
                 raise UpstreamError(f"JSON root {url}: answer {exc}; refused") from None
-            except requests.RequestException as exc:
-                raise Transient(f"JSON root /simple/: answer cut off: {exc}") from exc
-            except ValueError as exc:  # UnicodeDecodeError included
-                raise Transient(f"JSON root /simple/: malformed answer ({exc})") from None
-            header = response.headers.get("X-PyPI-Last-Serial", "")
-        check_api_version("JSON root /simple/", parser.meta)
+            raise Transient(f"{what}: {exc}") from exc
+        except ValueError as exc:  # UnicodeDecodeError included
+            raise Transient(f"{what}: malformed answer ({exc})") from None
+        header = answer.headers.get("X-PyPI-Last-Serial") or ""
+        check_api_version(what, parser.meta)
         assert parser.meta is not None
         serial = int(header) if header.isdigit() else parser.meta.get("_last-serial")
         if not is_serial(serial):
@@ -531,11 +506,6 @@ def transport_settings(base_url: str, environment: HttpEnvironment) -> Transport
         max_body_bytes=limits.max_page_bytes,
         user_agent=environment.user_agent,
     )
-
-
-def check_status(response: requests.Response, what: str) -> None:
-    """`check_status_of` a requests answer (the XML-RPC calls)."""
-    check_status_of(response.status_code, response.headers, what, response.url)
 
 
 def check_status_of(status: int, headers: Headers, what: str, url: str | None) -> None:

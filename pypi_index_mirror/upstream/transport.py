@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pycurl
@@ -293,3 +294,162 @@ def _libcurl_timeout(multi: pycurl.CurlMulti) -> float:
     """Seconds until libcurl next needs `perform` for its timers (-1 from it: none set)."""
     milliseconds = multi.timeout()
     return 1.0 if milliseconds < 0 else milliseconds / 1000
+
+
+@dataclass(slots=True)
+class StreamedAnswer:
+    """What a `StreamingCall` brought: status and headers; the body of an answer that was not
+    a 200 (at most `ERROR_BODY_BYTES` of it: a 200's went to the caller as it came)."""
+
+    status: int
+    headers: ResponseHeaders
+    body: bytes
+
+
+ERROR_BODY_BYTES = 64 << 10
+
+
+class StreamingCall:
+    """One request at a time whose 200 answer is handed to a callback as it arrives.
+
+    For PyPI's few large answers (XML-RPC, the JSON root: 60 MB at PyPI's size),
+    parsed as they stream so no second copy is ever held; over libcurl like the
+    pages, with the same settings, so one HTTP stack speaks to PyPI. The
+    transfer is driven by a multi handle, returning to Python at least once a
+    second (a signal's handler runs then).
+
+    Each call has a connection of its own: a run makes two or three, a second
+    apart (XML-RPC's pacing), and libcurl sends a request again, once, on a
+    kept-alive connection that closes before answering, an attempt that
+    ``--retries`` would not count.
+    """
+
+    def __init__(self, settings: TransportSettings) -> None:
+        self.settings = settings
+        self._multi = pycurl.CurlMulti()
+        self._handle: pycurl.Curl | None = None
+
+    def _new_handle(self) -> pycurl.Curl:
+        handle = new_handle(self.settings)
+        handle.setopt(pycurl.FORBID_REUSE, 1)
+        return handle
+
+    def request(
+        self,
+        path: str,
+        headers: list[str],
+        feed: Callable[[bytes], None],
+        data: bytes | None = None,
+        start: Callable[[ResponseHeaders], None] | None = None,
+    ) -> StreamedAnswer:
+        """GET `path` (POST `data`, if given) with these header lines; a 200's body goes to
+        `feed` chunk by chunk, once `start` has seen its headers. Raises what `start` or
+        `feed` raised, or PageTransportError (no answer, cut off, over
+        `settings.max_body_bytes`: `too_large`)."""
+        handle = self._handle if self._handle is not None else self._new_handle()
+        self._handle = None  # given back only once the transfer ended cleanly
+        lines: list[bytes] = []
+        sink = _StreamSink(lines, feed, start, self.settings.max_body_bytes)
+        handle.setopt(pycurl.URL, self.settings.base_url + path)
+        handle.setopt(pycurl.HTTPHEADER, headers)
+        if data is None:
+            handle.setopt(pycurl.HTTPGET, 1)
+        else:
+            handle.setopt(pycurl.POSTFIELDS, data)
+        handle.setopt(pycurl.WRITEFUNCTION, sink.write)
+        handle.setopt(pycurl.HEADERFUNCTION, lines.append)
+        self._multi.add_handle(handle)
+        try:
+            failure = self._drive()
+        finally:
+            self._multi.remove_handle(handle)
+        if sink.raised is not None:
+            handle.close()
+            raise sink.raised
+        if failure is not None:
+            handle.close()
+            code, message = failure
+            if sink.over or code == pycurl.E_FILESIZE_EXCEEDED:
+                length = ResponseHeaders(last_header_block(lines)).get("Content-Length") or ""
+                limit = self.settings.max_body_bytes
+                size = int(length) if length.isdigit() and int(length) > limit else None
+                raise PageTransportError(str(BodyTooLarge(limit, size)), True)
+            if code == pycurl.E_OPERATION_TIMEDOUT:
+                raise PageTransportError(f"timed out ({message})")
+            if lines and code in _CUT_OFF:
+                raise PageTransportError(f"answer cut off: {message}")
+            raise PageTransportError(f"connection failed: {message}")
+        self._handle = handle
+        status = handle.getinfo(pycurl.RESPONSE_CODE)
+        return StreamedAnswer(status, ResponseHeaders(last_header_block(lines)), sink.error_body())
+
+    def _drive(self) -> tuple[int, str] | None:
+        """Run the one transfer to its end: None, or libcurl's (error code, message)."""
+        while True:
+            while self._multi.perform()[0] == pycurl.E_CALL_MULTI_PERFORM:
+                pass
+            _queued, succeeded, failed = self._multi.info_read()
+            if succeeded:
+                return None
+            if failed:
+                _handle, code, message = failed[0]
+                return code, message
+            self._multi.select(min(1.0, _libcurl_timeout(self._multi)))
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+        self._multi.close()
+
+
+class _StreamSink:
+    """`StreamingCall`'s write callback: a 200's chunks to `feed`, any other's kept (capped)."""
+
+    __slots__ = ("feed", "kept", "limit", "lines", "over", "raised", "received", "start", "status")
+
+    def __init__(
+        self,
+        lines: list[bytes],
+        feed: Callable[[bytes], None],
+        start: Callable[[ResponseHeaders], None] | None,
+        limit: int,
+    ) -> None:
+        self.lines = lines
+        self.feed = feed
+        self.start = start
+        self.limit = limit
+        self.received = 0
+        self.over = False
+        self.status: int | None = None
+        self.kept: list[bytes] = []
+        self.raised: BaseException | None = None
+
+    def write(self, chunk: bytes) -> int | None:
+        try:
+            if self.status is None:  # the headers are in by the body's first byte
+                block = last_header_block(self.lines)
+                status_line = block.split(b"\n", 1)[0].split()  # libcurl's getinfo waits
+                self.status = int(status_line[1]) if len(status_line) > 1 else 0
+                if self.status == 200 and self.start is not None:
+                    self.start(ResponseHeaders(block))
+        except BaseException as exc:  # handed to the caller once libcurl stops
+            self.raised = exc
+            return 0
+        self.received += len(chunk)
+        if self.received > self.limit:
+            self.over = True
+            return 0  # libcurl stops the transfer (CURLE_WRITE_ERROR)
+        if self.status != 200:
+            if self.received <= ERROR_BODY_BYTES:
+                self.kept.append(chunk)
+            return None
+        try:
+            self.feed(chunk)
+        except BaseException as exc:  # handed to the caller once libcurl stops
+            self.raised = exc
+            return 0
+        return None
+
+    def error_body(self) -> bytes:
+        return b"".join(self.kept)
