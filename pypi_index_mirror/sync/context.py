@@ -113,8 +113,6 @@ class RunContext:
         self.forms = SIMPLE_FORMATS[config.simple_format]
         self.filter = config.project_filter
         self.quarantined_on_disk: set[str] = set()  # listed, current on disk, quarantined
-        self.membership_changed = False
-        self.pages_changed = False
         self.marker_owed = False  # write the marker before the next state save
         self.storage: Storage | None = None  # --storage: the served tree's store (bucket)
         self.upstream_changed = False
