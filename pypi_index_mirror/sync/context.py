@@ -185,7 +185,10 @@ class RunContext:
         A first SIGINT/SIGTERM stops the fetching at once (like the circuit
         breaker: the rest stays pending); the pages fetched are written, the
         root index and the serial follow, and only then is `Stopped` raised,
-        at a point where the state in memory is consistent and is saved.
+        at a point where the state in memory is consistent and is saved. A
+        second signal cuts the section short and leaves `applying` set: the
+        state in memory may be mid-batch then, so the one saved last stands
+        (`Sync.save_after_stop`).
         """
         with deferred_stops():
             self.applying = True
