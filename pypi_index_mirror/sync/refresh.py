@@ -210,8 +210,9 @@ class Refresher:
         """Apply each project's changed pages (a group per project, its first form first).
 
         Returns whether a project joined or left the roots (never in a dry run,
-        which only prints what it would change). With `record_changes` that also
-        goes into ``state.root_stale``, durably, before the batch touches the disk.
+        which only prints what it would change). With `record_changes`,
+        ``state.root_stale`` also says the roots owe a merge (membership moved,
+        or a JSON root is mirrored), durably, before the batch touches the disk.
         """
         if not batch:
             return False

@@ -48,13 +48,13 @@ class Roots:
 
         The HTML root lists names (`root_changes` says when it moves); the JSON
         root also each project's serial, so any page change moves it. What moved
-        is `outcome`'s, the refresh just done, and ``state.root_stale``'s: what
-        moved since the roots were last written by changes that were recorded
-        but are not in `outcome` (a changed filter's removals, a repair's, a run
-        killed before its merge). A merge clears ``root_stale``, so a later
-        merge in the same run (the revalidation's after an update's, a --watch
-        cycle's) reads and rewrites the roots only for what moved after this
-        one, not again for what moved before.
+        is told by `outcome` (the refresh just done) and by ``state.root_stale``
+        (recorded changes the roots owe a merge for, not in `outcome`: a changed
+        filter's removals, a repair's, a run killed before its merge). A merge
+        clears ``root_stale``, so a later merge in the same run (the
+        revalidation's after an update's, a --watch cycle's) reads and rewrites
+        the roots only for what moved after this one, not again for what moved
+        before.
         """
         fetched = to_fetch.keys() - outcome.failed - outcome.unfetched_names
         membership = outcome.membership_changed or self.ctx.state.root_stale
