@@ -173,6 +173,22 @@ def test_the_state_of_another_upstream_is_refused(mirror: Mirror) -> None:
         assert moved.cli().returncode == 0
 
 
+def test_a_move_to_an_upstream_behind_the_old_one_takes_its_serial(
+    mirror: Mirror, pypi: FakePyPI
+) -> None:
+    """Serials are per upstream: a move (--full-check) ends at the new one's, even a lower
+    one, never at the old one's (the next run would refuse it as ahead of upstream)."""
+    with FakePyPI() as other:
+        other.add_release("elsewhere", "1.0", files=1)
+        assert other.last_serial < pypi.last_serial
+        moved = Mirror(mirror.root, mirror.state, other.url)
+        result = moved.cli("--full-check")
+        assert result.returncode == 0, result.stderr
+        assert_mirror_matches_upstream(moved)
+        assert load_state(mirror.state).serial == other.last_serial
+        assert moved.cli().returncode == 0
+
+
 @pytest.mark.parametrize("serial", [99_999, "last+1"])
 def test_a_state_serial_ahead_of_upstream_is_refused(
     mirror: Mirror, pypi: FakePyPI, serial: object

@@ -5,10 +5,12 @@ A run's phases (``source``, ``full_sync``, ``update``, ``refresh``, ``roots``,
 is given this one `RunContext` rather than seeing the whole `Sync`. It holds the
 settings and clients, the state and the writer (both replaced when state.json is
 read: phases always read them from here, never keep their own), the summary, the
-halt and breaker, the few flags one phase sets and another reads (which pages
-changed, whether the roots moved), and the helpers more than one phase needs: the
-durable save, the signal-safe section, the root's members streamed. The run's
-lifecycle (lock, identity, status, stops) is `sync.run.Sync`'s.
+halt and breaker, where the run stands (the state read, the identity verdict, the
+signal-safe section entered), and the helpers more than one phase needs: the
+durable save, the signal-safe section, the root's members streamed. What one phase
+hands the next travels in calls and return values instead (a refresh's `Refreshed`
+tells the roots' merge what moved). The run's lifecycle (lock, identity, status,
+stops) is `sync.run.Sync`'s.
 """
 
 from __future__ import annotations
@@ -21,7 +23,13 @@ from typing import TYPE_CHECKING
 
 from pypi_index_mirror.mirror.formats import HTML, SIMPLE_FORMATS
 from pypi_index_mirror.mirror.roots import iter_json_root, iter_root_index, slice_root_index
-from pypi_index_mirror.mirror.safety import CircuitBreaker, Halt, canonical_url, write_marker
+from pypi_index_mirror.mirror.safety import (
+    CircuitBreaker,
+    Halt,
+    Verdict,
+    canonical_url,
+    write_marker,
+)
 from pypi_index_mirror.mirror.state import State, save_state
 from pypi_index_mirror.mirror.store import JSON_ROOT_TARGET, ROOT_TARGET, MirrorLayout, crash_point
 from pypi_index_mirror.mirror.writer import MirrorWriter
@@ -108,18 +116,17 @@ class RunContext:
         self.summary.dry_run = config.dry_run
         self.state = State()
         self.state_file = config.state_file  # where it is read (see locate_state)
-        self.loaded = False  # self.state is the state file's
-        self.identified = False  # ... and was found to belong to this mirror and upstream
         self.writer = MirrorWriter(self.layout, self.state)
         self.forms = SIMPLE_FORMATS[config.simple_format]
         self.filter = config.project_filter
         self.quarantined_on_disk: set[str] = set()  # listed, current on disk, quarantined
-        self.membership_changed = False
-        self.pages_changed = False
-        self.marker_owed = False  # write the marker before the next state save
         self.storage: Storage | None = None  # --storage: the served tree's store (bucket)
-        self.upstream_changed = False
-        self.applying = False  # inside a section a signal must not cut: do not save then
+        # Where the run stands (`sync.run.Sync` moves it on; its stop and error handling,
+        # the status record and --watch's next cycle read it):
+        self.loaded = False  # self.state is the state file's, read (whatever the verdict)
+        self.identity: Verdict | None = None  # state, mirror, upstream belong together
+        self.marker_owed = False  # the verdict found no marker: the next save writes it first
+        self.applying = False  # in `applying_changes` (still, if a stop cut it): no save then
         self.breaker = CircuitBreaker(config.failure_limit)
         self.halt = halt or Halt()  # the PypiClient's retry pauses should wait on it too
         self.untracked = 0  # pages a full sync still owes that state.pending does not list
@@ -179,7 +186,10 @@ class RunContext:
         A first SIGINT/SIGTERM stops the fetching at once (like the circuit
         breaker: the rest stays pending); the pages fetched are written, the
         root index and the serial follow, and only then is `Stopped` raised,
-        at a point where the state in memory is consistent and is saved.
+        at a point where the state in memory is consistent and is saved. A
+        second signal cuts the section short and leaves `applying` set: the
+        state in memory may be mid-batch then, so the one saved last stands
+        (`Sync.save_after_stop`).
         """
         with deferred_stops():
             self.applying = True

@@ -188,10 +188,9 @@ class FullSync:
                 "the next run goes on with it"
             )
             return
-        serial = self.ctx.state.serial
-        self.ctx.state.serial = (
-            target if serial is None or self.ctx.upstream_changed else max(serial, target)
-        )
+        serial, identity = self.ctx.state.serial, self.ctx.identity
+        moved = identity is not None and identity.upstream_changed  # another upstream's serial
+        self.ctx.state.serial = target if serial is None or moved else max(serial, target)
         self.ctx.state.formats = self.ctx.form_words
         self.ctx.state.full_sync_in_progress = False
         self.ctx.state.first_sync = False

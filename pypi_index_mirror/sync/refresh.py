@@ -42,6 +42,9 @@ class Refreshed:
 
     unfetched: int = 0  # fetching stopped before these (circuit breaker, signal)
     unfetched_names: set[str] = field(default_factory=set)  # ... when they are kept pending
+    # what the pages written or removed move in the roots (see `Roots.finish_update`)
+    pages_changed: bool = False  # a page changed: the JSON root shows every page's serial
+    membership_changed: bool = False  # a project joined or left the roots
 
     def lists(self, name: str, if_failed: bool = True) -> bool:
         """Whether `name` belongs in the root index; `if_failed` when its fetch failed."""
@@ -68,17 +71,18 @@ class Refresher:
     ) -> Refreshed:
         """Fetch every project in `wanted` once, in every form, and apply what its pages say.
 
-        Returns which projects failed, which were fetched but do not belong
-        in the root index (gone, or quarantined), and the page serials that
-        differ from `wanted`'s: all small, where a flag per project would be
-        700,000 entries. Failures stay in ``state.pending``, and so, with
-        `keep_unfetched` (an update), do the projects that fetching stopped
-        before (circuit breaker, signal); a full sync finds those again from the
-        listing. With `record_changes`, each batch of changed paths is saved to
-        the outbox before the batch touches the disk, so RSTUF hears of every
-        write even if the run dies right after it. `nothing_on_disk`: the
-        mirror has no page of any project in `wanted`, so none is read back.
-        `conditional` (a revalidation): each GET is conditional on the held bytes.
+        Returns which projects failed, which were fetched but do not belong in the root
+        index (gone, or quarantined), and the page serials that differ from `wanted`'s:
+        all small, where a flag per project would be 700,000 entries; and whether any
+        page changed, and any project joined or left the roots, for the merge of the
+        roots that follows. Failures stay in ``state.pending``, and so, with
+        `keep_unfetched` (an update), do the projects that fetching stopped before
+        (circuit breaker, signal); a full sync finds those again from the listing. With
+        `record_changes`, each batch of changed paths is saved to the outbox before the
+        batch touches the disk, so RSTUF hears of every write even if the run dies right
+        after it. `nothing_on_disk`: the mirror has no page of any project in `wanted`,
+        so none is read back. `conditional` (a revalidation): each GET is conditional on
+        the held bytes.
         """
         outcome = Refreshed()
         if not wanted:  # a quiet --watch cycle: no worker threads started for nothing
@@ -129,12 +133,13 @@ class Refresher:
                     self.ctx.summary.unchanged += primary.page.body is not None
                     continue
                 batch.append(changes)
+                outcome.pages_changed = True
                 if len(batch) >= self.BATCH:
-                    self.apply_batch(batch, record_changes)
+                    outcome.membership_changed |= self.apply_batch(batch, record_changes)
                     batch = []
         finally:
             fetches.close()  # on an error too: drop the transfers in flight
-        self.apply_batch(batch, record_changes)
+        outcome.membership_changed |= self.apply_batch(batch, record_changes)
         self.ctx.progress.finish(
             f"stopped, {outcome.unfetched} not fetched" if outcome.unfetched else "done"
         )
@@ -154,8 +159,8 @@ class Refresher:
             outcome.unlisted.add(fetched.name)
         elif fetched.serial != fetched.item.serial:
             outcome.serials[fetched.name] = fetched.serial
-        self.ctx.membership_changed |= fetched.listed
-        self.ctx.pages_changed = True
+        outcome.membership_changed |= fetched.listed
+        outcome.pages_changed = True
         self.ctx.summary.added += 1
 
     def not_fetched(
@@ -201,19 +206,23 @@ class Refresher:
 
     def apply_batch(
         self, batch: list[list[Change]], record_changes: bool, count: bool = True
-    ) -> None:
-        """Apply each project's changed pages (a group per project, its first form first)."""
+    ) -> bool:
+        """Apply each project's changed pages (a group per project, its first form first).
+
+        Returns whether a project joined or left the roots (never in a dry run,
+        which only prints what it would change). With `record_changes`,
+        ``state.root_stale`` also says the roots owe a merge (membership moved,
+        or a JSON root is mirrored), durably, before the batch touches the disk.
+        """
         if not batch:
-            return
+            return False
         changes = [change for group in batch for change in group if change.modifies]
         if self.ctx.config.dry_run:
             for change in changes:
                 verb = "remove" if change.removes else "write"
                 self.ctx.out(f"{verb} {project_target(change.name, change.basename)}")
-            return
+            return False
         membership = any(group[0].listed_before() != group[0].listed_after() for group in batch)
-        self.ctx.membership_changed |= membership
-        self.ctx.pages_changed = True
         retiring = [self.ctx.writer.prepare(change) for change in changes]
         if record_changes and self.ctx.owes_rstuf:
             self.ctx.state.outbox.owe(
@@ -229,6 +238,7 @@ class Refresher:
         if count:
             for group in batch:
                 self.count(group)
+        return membership
 
     def count(self, group: list[Change]) -> None:
         if group[0].removes:

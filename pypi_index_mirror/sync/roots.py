@@ -48,19 +48,22 @@ class Roots:
         """Merge what the fetched pages say into the root indexes, if anything they show moved.
 
         The HTML root lists names (`root_changes` says when it moves); the JSON
-        root also each project's serial, so any page change moves it. Once merged,
-        the roots hold every change so far: a later merge in the same run (the
+        root also each project's serial, so any page change moves it. What moved
+        is told by `outcome` (the refresh just done) and by ``state.root_stale``
+        (recorded changes the roots owe a merge for, not in `outcome`: a changed
+        filter's removals, a repair's, a run killed before its merge). A merge
+        clears ``root_stale``, so a later merge in the same run (the
         revalidation's after an update's, a --watch cycle's) reads and rewrites
-        them only for what moved after this one, not again for what moved before.
+        the roots only for what moved after this one, not again for what moved
+        before.
         """
         fetched = to_fetch.keys() - outcome.failed - outcome.unfetched_names
-        membership = self.ctx.membership_changed or self.ctx.state.root_stale
+        membership = outcome.membership_changed or self.ctx.state.root_stale
         html = root_changes(to_fetch, fetched, outcome.lists, renamed, membership)
         json_lines = None
-        if html is not None or self.ctx.pages_changed:
+        if html is not None or outcome.pages_changed:
             json_lines = json_root_changes(to_fetch, fetched, outcome.lists, outcome.serial)
         self.rewrite_roots(html, json_lines)
-        self.ctx.membership_changed = self.ctx.pages_changed = False
 
     def rewrite_roots(
         self,

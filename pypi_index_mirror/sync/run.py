@@ -215,9 +215,8 @@ class Sync:
             state.first_sync = not facts.root_index
         state.mirror_id, state.mirror_dir = verdict.mirror_id, str(facts.directory)
         state.upstream = self.ctx.upstream
+        self.ctx.identity = verdict
         self.ctx.marker_owed = verdict.write_marker
-        self.ctx.upstream_changed = verdict.upstream_changed
-        self.ctx.identified = True
 
     @contextlib.contextmanager
     def recording(self) -> Iterator[None]:
@@ -243,7 +242,8 @@ class Sync:
             self.settle_summary()
             self.ctx.summary.exit = exit_code
             # a --watch cycle after the first records the state it was identified with
-            loaded = self.ctx.state if self.ctx.state is not unread or self.ctx.identified else None
+            identified = self.ctx.identity is not None
+            loaded = self.ctx.state if self.ctx.state is not unread or identified else None
             self.status.end(exit_code, error, self.ctx.summary, loaded)
 
     def needs_full_sync(self) -> bool:
@@ -259,7 +259,7 @@ class Sync:
 
     def save_after_stop(self) -> str:
         """Save what is durable after a signal; return what the stop line adds."""
-        if not self.ctx.identified:
+        if self.ctx.identity is None:
             return "nothing was changed"
         if self.ctx.config.dry_run:
             return "nothing was changed (dry run)"

@@ -170,7 +170,7 @@ class Watch:
         """PyPI's last serial (None: following the JSON root); the first cycle also reads
         and checks the state and the mirror, as a single run does."""
         sync = self.sync
-        if not sync.ctx.identified:  # also after a first cycle that failed before it got there
+        if sync.ctx.identity is None:  # also after a first cycle that failed before it got there
             return sync.start()
         serial = sync.source.xmlrpc_last_serial()
         if serial is not None:
