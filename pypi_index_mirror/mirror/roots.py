@@ -73,13 +73,7 @@ def _member_name(line: bytes) -> bytes:
 
 def _clean(members: bytes) -> bytes:
     """`members` (whole lines) if each is a project line, else only its project lines."""
-    lines = members.count(b"\n")
-    if (
-        members.startswith(_MEMBER)
-        and members.count(b"\n" + _MEMBER) == lines - 1
-        and members.count(b'/">') == lines
-        and members.count(b"</a>\n") == lines
-    ):
+    if members.startswith(_MEMBER) and members.count(b"\n" + _MEMBER) == members.count(b"\n") - 1:
         return members
     return b"".join(line + b"\n" for line in members.split(b"\n") if _ROOT_LINK.match(line))
 
