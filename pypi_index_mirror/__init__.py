@@ -7,7 +7,7 @@ The scripts at the top of the checkout (``pypi_mirror.py``, ``generate_csv.py``,
 - ``upstream``: everything that speaks to PyPI and what its answers mean
 
   - ``client``: `PypiClient`, the only code that speaks to PyPI (XML-RPC, pages, JSON root)
-  - ``transport``: the pages' HTTP over libcurl, the hot path (one handle per request)
+  - ``transport``: PyPI's HTTP over libcurl: the pages (the hot path), XML-RPC, JSON root
   - ``pages``: what a project page must be (regex fast path, lxml, PEP 691) and its facts
   - ``json_root``: the streaming parser of PEP 691's JSON root, in flat memory
   - ``xmlrpc``: XML-RPC answers parsed as they stream in

@@ -1,13 +1,14 @@
 """One HTTP environment for every client: proxies, CA bundle, ``.netrc``, User-Agent, limits.
 
-A run talks HTTP over three stacks: libcurl for project pages
-(``upstream.transport``), requests for XML-RPC, the JSON root and RSTUF
-(``upstream.client``, ``rstuf.client``), urllib3 for the audit's TUF metadata
-(``audit.metadata``). Each of them would otherwise read the process environment in
-its own way, at its own moment (requests on every request, urllib3 not at all,
-libcurl with rules of its own for ``NO_PROXY``). `read_environment` reads it
-once, as requests documents it, and every client is handed the result, so the
-same variables mean the same thing to all of them:
+A run talks HTTP over three stacks: libcurl for everything PyPI answers
+(``upstream.transport``: pages, XML-RPC, the JSON root), requests for RSTUF
+(``rstuf.client``), urllib3 for the audit's TUF metadata (``audit.metadata``
+and the proxy). requests and urllib3 are imported only by a run that uses
+them: an update without RSTUF loads neither. Each of them would otherwise read
+the process environment in its own way, at its own moment (requests on every
+request, urllib3 not at all, libcurl with rules of its own for ``NO_PROXY``).
+`read_environment` reads it once, as requests documents it, and every client
+is handed the result, so the same variables mean the same thing to all of them:
 
 - proxies: ``<scheme>_PROXY`` and ``ALL_PROXY`` (lower case wins over upper
   case, ``HTTP_PROXY`` is ignored under CGI), skipped for hosts ``NO_PROXY``

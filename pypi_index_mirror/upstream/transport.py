@@ -1,9 +1,10 @@
-"""The hot path's HTTP: project pages GET over libcurl (pycurl), one handle per request in flight.
+"""PyPI's HTTP over libcurl (pycurl): project pages, the hot path, and the few large answers.
 
-One way to drive them: `PageLoop`, one thread with many GETs in flight
+One way to drive the pages: `PageLoop`, one thread with many GETs in flight
 (libcurl's multi interface): every page of a run (``sync.fetch_loop``), and a
 single page (``PypiClient.get_page``) as a loop of one. `_Transfer` sets a GET
-up and judges its end.
+up and judges its end. XML-RPC and the JSON root, answers of up to 60 MB
+parsed as they arrive, go through a `StreamingCall` with the same settings.
 
 A first sync is 700,000 GETs of small pages. Over urllib3 a page cost the
 client 0.47-0.58 ms of CPU (http.client's header parsing alone a fifth of

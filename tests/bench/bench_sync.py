@@ -3,6 +3,7 @@
     python -m tests.bench.bench_sync [--projects 100000] [--events 2000] [--workdir DIR]
     python -m tests.bench.bench_sync --rss-listing 700000      # peak RSS at PyPI's size
     python -m tests.bench.bench_sync --projects 5000 --latency 20,50   # pages/s by --workers
+    python -m tests.bench.bench_sync --update-slope 500,2000,4000   # an update's CPU a page
 
 One stand-in PyPI (`tests.bench.bench_server`, in its own process, every page
 pre-rendered) serves a synthetic index of N projects with
@@ -24,6 +25,12 @@ own venv (see ``tests/bench/README.md``); without it, only our rows are
 measured. With ``--rss-listing N``, only our first sync runs, against a
 stand-in of N projects whose pages hold one file (a listing of PyPI's size
 with pages of a few hundred bytes), to show the memory the listing costs.
+
+With ``--update-slope K1,K2,...``, one first sync is kept aside and updates
+of growing churn (K1 events, then K2 in all, ...) each run from a copy of it:
+the CPU they add per changed page (the slope between the smallest and the
+largest) is an update's cost a page without its fixed part (start-up, the
+changelog call, the root's rewrite), which a few thousand pages cannot hide.
 
 Not named test_*, so pytest does not collect it.
 """
@@ -467,6 +474,52 @@ def side_by_side(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
     }
 
 
+def update_slope(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
+    """Updates of growing churn from one first sync (see the module's docstring)."""
+    log_path = workdir / "runs.log"
+    mirror, state = workdir / "ours", workdir / "ours-state.json"
+    base, base_state = workdir / "base", workdir / "base-state.json"
+    runs: list[Run] = []
+    points: list[dict[str, float]] = []
+    with running_server(args.projects, args.seed, args.max_files, prerender=True) as server:
+        command = ours_command(server.url, mirror, args.workers, ours_options(args))
+        first = run_measured("pypi_mirror", "first sync", command, log_path)
+        runs.append(first)
+        subprocess.run(["cp", "-a", str(mirror), str(base)], check=True)
+        shutil.copyfile(state, base_state)
+        applied = 0
+        for events in sorted(args.update_slope):
+            server.churn(events - applied, args.seed + 1 + applied)
+            applied = events
+            for _round in range(args.rounds):
+                shutil.rmtree(mirror)
+                subprocess.run(["cp", "-a", str(base), str(mirror)], check=True)
+                shutil.copyfile(base_state, state)
+                before = server.counts()
+                run = with_requests(
+                    run_measured("pypi_mirror", f"update {events}", command, log_path),
+                    before,
+                    server.counts(),
+                )
+                runs.append(run)
+                print(f"  update of {events} events: {run.pages} pages, {run.cpu:.3f} s CPU",
+                      file=sys.stderr)  # fmt: skip
+            best = min((r for r in runs if r.phase == f"update {events}"), key=lambda r: r.cpu)
+            points.append({"events": events, "pages": best.pages, "cpu_s": best.cpu})
+    low, high = points[0], points[-1]
+    slope = (high["cpu_s"] - low["cpu_s"]) / (high["pages"] - low["pages"]) * 1000
+    fixed = low["cpu_s"] - slope / 1000 * low["pages"]
+    print(f"CPU a changed page (slope): {slope:.3f} ms; fixed part: {fixed:.3f} s", file=sys.stderr)
+    return {
+        "projects": args.projects,
+        "options": ours_options(args),
+        "points": points,
+        "cpu_ms_per_changed_page_slope": slope,
+        "fixed_cpu_s": fixed,
+        "runs": runs,
+    }
+
+
 def rss_at_scale(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
     log_path = workdir / "runs.log"
     with running_server(args.rss_listing, args.seed, max_files=1, prerender=False) as server:
@@ -606,6 +659,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="only measure our first sync of N one-file projects")  # fmt: skip
     parser.add_argument("--full-check", action="store_true",
                         help="with --rss-listing: then a --full-check run")  # fmt: skip
+    parser.add_argument("--update-slope", type=_numbers(int), metavar="K,...",
+                        help="updates of K changelog events in all, each from one first sync")
+    parser.add_argument("--rounds", type=int, default=3, help="--update-slope: runs a size")
     parser.add_argument("--latency", type=_numbers(float), metavar="MS,...",
                         help="latency sweep: first syncs of --projects at each latency "
                         "against each of --sweep-workers")  # fmt: skip
@@ -625,7 +681,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-sync-"))
     workdir.mkdir(parents=True, exist_ok=True)
     try:
-        run = rss_at_scale if args.rss_listing else latency_sweep if args.latency else side_by_side
+        run = (
+            rss_at_scale
+            if args.rss_listing
+            else latency_sweep
+            if args.latency
+            else update_slope
+            if args.update_slope
+            else side_by_side
+        )
         result = run(args, workdir)
         report(result, args.output)
     finally:
