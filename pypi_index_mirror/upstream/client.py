@@ -222,6 +222,7 @@ class PypiClient:
             for call in self._calls:
                 call.close()
             self._calls.clear()
+            self._local = threading.local()  # a call after this makes new ones
             if self._single is not None:
                 self._single.close()
                 self._single = None
