@@ -198,7 +198,8 @@ def answering_everything(tls: tuple[Path, Path] | None = None) -> Iterator[tuple
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(*tls)
         server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # poll_interval: how long shutdown() waits for the loop (0.5 s by default)
+    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
     thread.start()
     scheme = "https" if tls is not None else "http"
     try:
@@ -244,7 +245,9 @@ def ask_rstuf(base: str, environment: HttpEnvironment) -> str:
 
 
 def fetch_tuf_metadata(base: str, environment: HttpEnvironment) -> str:
-    config = tuf_metadata.AuditConfig(metadata_url=base + "/metadata/", trusted_root=Path("-"))
+    config = tuf_metadata.AuditConfig(  # no retries, as CONFIG gives the other clients
+        metadata_url=base + "/metadata/", trusted_root=Path("-"), retries=CONFIG.retries
+    )
     fetcher = tuf_metadata.MetadataFetcher(config, environment=environment)
     try:
         assert fetcher.download_bytes(base + "/metadata/timestamp.json", 1000) == TIMESTAMP
