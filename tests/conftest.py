@@ -17,8 +17,12 @@ import ipaddress
 import os
 import socket
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.seaweed import Seaweed
 
 # Anything that falls back to a default URL goes to a closed loopback port, never pypi.org.
 os.environ["PYPI_URL"] = "http://127.0.0.1:9"
@@ -84,6 +88,25 @@ def pypi() -> Iterator[object]:
         for name in PROJECTS:
             fake.add_release(name, "1.0", files=2)
         yield fake
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seaweed]:
+    """A real S3 store (tests/seaweed.py), started at most once a session: defined here,
+    once, since a session fixture that two test modules each import is two fixtures (and
+    two stores). Imported when first asked for: boto3 takes 0.3 s to load."""
+    from tests.seaweed import running_store
+
+    with running_store(tmp_path_factory.mktemp("seaweed")) as store:
+        yield store
+
+
+@pytest.fixture
+def aws_env(seaweed: Seaweed, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The standard AWS variables pointing at the store, in this process (and for children)."""
+    from tests.seaweed import point_aws_at
+
+    return point_aws_at(seaweed, monkeypatch)
 
 
 @pytest.hookimpl(hookwrapper=True)
