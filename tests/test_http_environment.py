@@ -12,6 +12,7 @@ import base64
 import contextlib
 import json
 import os
+import socket
 import ssl
 import subprocess
 import sys
@@ -342,6 +343,15 @@ def refused_by_the_guard(message: str) -> bool:
     port = os.environ["HTTP_PROXY"].rpartition(":")[2]
     named = f"127.0.0.1:{port}" in message or f"port={port}" in message
     return named and "proxy" in message.lower()
+
+
+def test_the_guard_refuses_python_sockets_beyond_loopback_in_this_process() -> None:
+    """In the process that runs the test: under pytest-xdist, a worker, not the parent.
+    (Without the guard, the connection fails otherwise or times out: no RuntimeError.)"""
+    for connect in (socket.socket.connect, socket.socket.connect_ex):
+        with socket.socket() as sock, pytest.raises(RuntimeError, match="only loopback"):
+            sock.settimeout(2)
+            connect(sock, ("192.0.2.1", 80))
 
 
 def test_the_guard_sends_libcurl_in_this_process_to_its_dead_proxy() -> None:

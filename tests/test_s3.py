@@ -31,6 +31,9 @@ from tests.mirror_helpers import Mirror, bootstrap
 from tests.seaweed import FlakyProxy, Seaweed
 from tests.tuf_repo import TufRepository, serve_directory
 
+# Every test here on one pytest-xdist worker (--dist loadgroup): one SeaweedFS a run.
+pytestmark = pytest.mark.xdist_group("seaweed")
+
 ALL = ("--simple-format", "all")
 
 

@@ -34,6 +34,9 @@ from tests.test_serving import (
     varies_on_accept,
 )
 
+# Every test here on one pytest-xdist worker (--dist loadgroup): one SeaweedFS a run.
+pytestmark = pytest.mark.xdist_group("seaweed")
+
 CONFIG = REPO / "serving" / "nginx-s3.conf"
 HTML_TYPE = "text/html; charset=utf-8"
 
