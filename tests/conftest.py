@@ -13,9 +13,12 @@ nothing).
 
 from __future__ import annotations
 
+import atexit
 import ipaddress
 import os
+import shutil
 import socket
+import tempfile
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -28,6 +31,16 @@ if TYPE_CHECKING:
 os.environ["PYPI_URL"] = "http://127.0.0.1:9"
 os.environ.pop("RSTUF_API_URL", None)
 os.environ.pop("RSTUF_API_TOKEN", None)
+
+# The suite starts Python (the command line, pip, stand-ins) hundreds of times. Where the
+# environment forbids bytecode files (PYTHONDONTWRITEBYTECODE), each start compiled the
+# package from source again (a quarter of those tests' CPU): the children write and read
+# theirs under a temporary directory instead (PYTHONPYCACHEPREFIX), never in the tree.
+# Set once, by the first process (under pytest-xdist the workers inherit it).
+if os.environ.get("PYTHONDONTWRITEBYTECODE") and not os.environ.get("PYTHONPYCACHEPREFIX"):
+    del os.environ["PYTHONDONTWRITEBYTECODE"]
+    os.environ["PYTHONPYCACHEPREFIX"] = tempfile.mkdtemp(prefix="pytest-pycache-")
+    atexit.register(shutil.rmtree, os.environ["PYTHONPYCACHEPREFIX"], ignore_errors=True)
 
 # Bound, never listening: a connection to it is refused. Held open for the whole session so
 # that no other socket takes the port.
