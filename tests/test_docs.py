@@ -108,6 +108,17 @@ def test_the_readme_stays_a_five_minute_read() -> None:
     assert lines <= 300, f"README.md has {lines} lines: move the detail into docs/"
 
 
+def test_ci_runs_the_readme_s_test_command() -> None:
+    """The README's Tests section and .ci/run run the suite the same way (workers, grouping)."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Tests\n", 1)[1]
+    [documented] = re.findall(r"^python -m (pytest [^#\n]*?)\s*(?:#.*)?$", section, re.M)
+    ci = (REPO / ".ci" / "run").read_text(encoding="utf-8")
+    [run] = re.findall(r"^python3 -m (pytest [^#\n]*?)\s*(?:#.*)?$", ci, re.M)
+    assert run == documented
+    assert "-n auto" in documented and "--dist loadgroup" in documented
+
+
 @pytest.mark.parametrize(
     ("heading", "anchor"),
     [

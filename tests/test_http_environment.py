@@ -12,6 +12,7 @@ import base64
 import contextlib
 import json
 import os
+import socket
 import ssl
 import subprocess
 import sys
@@ -198,7 +199,8 @@ def answering_everything(tls: tuple[Path, Path] | None = None) -> Iterator[tuple
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(*tls)
         server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # poll_interval: how long shutdown() waits for the loop (0.5 s by default)
+    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
     thread.start()
     scheme = "https" if tls is not None else "http"
     try:
@@ -244,7 +246,9 @@ def ask_rstuf(base: str, environment: HttpEnvironment) -> str:
 
 
 def fetch_tuf_metadata(base: str, environment: HttpEnvironment) -> str:
-    config = tuf_metadata.AuditConfig(metadata_url=base + "/metadata/", trusted_root=Path("-"))
+    config = tuf_metadata.AuditConfig(  # no retries, as CONFIG gives the other clients
+        metadata_url=base + "/metadata/", trusted_root=Path("-"), retries=CONFIG.retries
+    )
     fetcher = tuf_metadata.MetadataFetcher(config, environment=environment)
     try:
         assert fetcher.download_bytes(base + "/metadata/timestamp.json", 1000) == TIMESTAMP
@@ -339,6 +343,15 @@ def refused_by_the_guard(message: str) -> bool:
     port = os.environ["HTTP_PROXY"].rpartition(":")[2]
     named = f"127.0.0.1:{port}" in message or f"port={port}" in message
     return named and "proxy" in message.lower()
+
+
+def test_the_guard_refuses_python_sockets_beyond_loopback_in_this_process() -> None:
+    """In the process that runs the test: under pytest-xdist, a worker, not the parent.
+    (Without the guard, the connection fails otherwise or times out: no RuntimeError.)"""
+    for connect in (socket.socket.connect, socket.socket.connect_ex):
+        with socket.socket() as sock, pytest.raises(RuntimeError, match="only loopback"):
+            sock.settimeout(2)
+            connect(sock, ("192.0.2.1", 80))
 
 
 def test_the_guard_sends_libcurl_in_this_process_to_its_dead_proxy() -> None:

@@ -72,7 +72,8 @@ def capture() -> Iterator[tuple[str, Seen]]:
             self.wfile.write(body)
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # poll_interval: how long shutdown() waits for the loop (0.5 s by default)
+    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}", seen
@@ -200,7 +201,8 @@ def answering(do_get: Callable[[BaseHTTPRequestHandler], None]) -> Iterator[str]
             do_get(self)
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # poll_interval: how long shutdown() waits for the loop (0.5 s by default)
+    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}"
@@ -290,7 +292,7 @@ def test_https_goes_through_a_connect_proxy_tunnel(tmp_path: Path, monkeypatch) 
     with FakePyPI(certfile=cert, keyfile=key) as fake:
         fake.create_project("tls")
         proxy = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
-        threading.Thread(target=proxy.serve_forever, daemon=True).start()
+        threading.Thread(target=proxy.serve_forever, args=(0.01,), daemon=True).start()
         try:
             monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy.server_address[1]}")
             monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))

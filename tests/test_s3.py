@@ -31,8 +31,8 @@ from tests.mirror_helpers import Mirror, bootstrap
 from tests.seaweed import FlakyProxy, Seaweed
 from tests.tuf_repo import TufRepository, serve_directory
 
-seaweed = store_fixtures.seaweed  # the session's store
-aws_env = store_fixtures.aws_env  # the AWS variables pointing at it
+# Every test here on one pytest-xdist worker (--dist loadgroup): one SeaweedFS a run.
+pytestmark = pytest.mark.xdist_group("seaweed")
 
 ALL = ("--simple-format", "all")
 

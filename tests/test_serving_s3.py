@@ -21,7 +21,6 @@ import requests
 from pypi_simple import ACCEPT_ANY, ACCEPT_JSON_ONLY, PyPISimple
 
 from pypi_index_mirror.mirror.store import digest_bytes
-from tests import seaweed as store_fixtures
 from tests.fake_pypi import MIME_V1_JSON, FakePyPI
 from tests.installers import installed_version, pip_install, uv_install
 from tests.mirror_helpers import REPO, Mirror
@@ -35,7 +34,9 @@ from tests.test_serving import (
     varies_on_accept,
 )
 
-seaweed = store_fixtures.seaweed
+# Every test here on one pytest-xdist worker (--dist loadgroup): one SeaweedFS a run.
+pytestmark = pytest.mark.xdist_group("seaweed")
+
 CONFIG = REPO / "serving" / "nginx-s3.conf"
 HTML_TYPE = "text/html; charset=utf-8"
 
