@@ -264,9 +264,16 @@ class PypiClient:
         self.count_request()
         parser = AnswerParser(sink)
         what = f"XML-RPC {method}"
+        received = 0  # for -v
+
+        def feed(chunk: bytes) -> None:
+            nonlocal received
+            received += len(chunk)
+            parser.feed(chunk)
+
         try:
             answer = self._stream("/pypi", ["Content-Type: text/xml", "Accept: text/xml"],
-                                  parser.feed, body)  # fmt: skip
+                                  feed, body)  # fmt: skip
             if answer.status in XMLRPC_GONE_STATUSES:
                 raise XmlRpcUnavailable(method, f"HTTP {answer.status}")
             check_status_of(answer.status, answer.headers, what, f"{self.base_url}/pypi")
@@ -288,7 +295,7 @@ class PypiClient:
             raise XmlRpcFault(method, fault.faultCode, text) from None
         except MalformedAnswer as exc:
             raise Transient(f"{what}: malformed answer ({exc})") from None
-        log.debug("%s: HTTP %d", what, answer.status)
+        log.debug("%s: HTTP %d, %d bytes", what, answer.status, received)
         return result
 
     def _stream(
