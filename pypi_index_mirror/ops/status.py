@@ -17,6 +17,7 @@ counts it as ``killed``.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import json
 import logging
@@ -198,12 +199,19 @@ def status_from_json(doc: object) -> Status:
     return _build(Status, {key: value for key, value in doc.items() if key != "schema"}, "")
 
 
+@functools.cache
+def _fields_of(cls: type) -> tuple[dict[str, Any], frozenset[str]]:
+    """`cls`'s type hints and field names, worked out once a process: `get_type_hints`
+    evaluates each annotation's text again every call, and --watch reads its status
+    every cycle."""
+    return typing.get_type_hints(cls), frozenset(f.name for f in fields(cls))
+
+
 def _build(cls: type, doc: object, where: str) -> Any:
     """Construct dataclass `cls` from `doc`, checking every field against its type hint."""
     if not isinstance(doc, dict):
         raise ValueError(f"{where or 'status'}: not an object")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in fields(cls)}
+    hints, names = _fields_of(cls)
     if unknown := doc.keys() - names:
         raise ValueError(f"unknown field {where}{sorted(unknown)[0]}")
     values = {key: _check(hints[key], value, f"{where}{key}") for key, value in doc.items()}
