@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import atexit
 import ipaddress
-import multiprocessing
 import os
 import shutil
 import socket
@@ -42,16 +41,6 @@ if os.environ.get("PYTHONDONTWRITEBYTECODE") and not os.environ.get("PYTHONPYCAC
     del os.environ["PYTHONDONTWRITEBYTECODE"]
     os.environ["PYTHONPYCACHEPREFIX"] = tempfile.mkdtemp(prefix="pytest-pycache-")
     atexit.register(shutil.rmtree, os.environ["PYTHONPYCACHEPREFIX"], ignore_errors=True)
-
-# The audit and generate_csv hash in a process pool whose workers come from a fork server
-# (sync/parallel.py). The suite makes a pool in a hundred tests, and each worker imported
-# tuf and the package again (0.2 s a pool of two here, 0.02 s preloaded; test_audit and
-# test_generate_csv: 26 s -> 13 s): the fork server imports them once, as a worker would,
-# and forks each worker from there. Nothing else about the pools changes (a module that
-# failed to import there would be imported, and fail, in the worker).
-multiprocessing.set_forkserver_preload(
-    ["pypi_index_mirror.audit.tuf", "pypi_index_mirror.rstuf.bootstrap_csv"]
-)
 
 # Bound, never listening: a connection to it is refused. Held open for the whole session so
 # that no other socket takes the port.

@@ -235,7 +235,7 @@ def audit(
             "auditing %d pages against %d bins at %s", report.pages, len(roles), reader.base_url
         )
         fetch_pool = ThreadPoolExecutor(config.fetch_workers, thread_name_prefix="tuf-fetch")
-        hash_pool = make_executor(config.executor, config.hash_workers)
+        hash_pool = make_executor(config.executor, config.hash_workers, preload=[__name__])
         try:
             if succinct is None:
                 work: Iterable[BinWork] = [

@@ -402,7 +402,7 @@ def generate(options: Options, stdout: TextIO) -> Summary:
                 ", ".join(sorted(state.pending)[:3]),
             )
         window = options.workers * BATCHES_IN_FLIGHT_PER_WORKER
-        executor = make_executor(options.executor, options.workers)
+        executor = make_executor(options.executor, options.workers, preload=[__name__])
         try:
             chunks = iter_rows(
                 layout.served_dir, iter_targets(layout), TUF_HASH_ALGORITHM, executor, window
