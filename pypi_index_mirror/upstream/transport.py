@@ -166,21 +166,28 @@ class _Transfer:
     def failure(self, code: int, message: str) -> PageTransportError:
         """What libcurl's error `code` means for this GET (the handle is closed after it)."""
         self.body.chunks.clear()
-        if self.body.over or code == pycurl.E_FILESIZE_EXCEEDED:
-            # refused on its Content-Length, unread (a gzipped one may declare fewer bytes
-            # than it inflates to), else on the bytes as they came
-            length = ResponseHeaders(last_header_block(self.lines)).get("Content-Length") or ""
-            limit = self.body.limit
-            size = int(length) if length.isdigit() and int(length) > limit else None
-            return PageTransportError(str(BodyTooLarge(limit, size)), True)
-        if code == pycurl.E_OPERATION_TIMEDOUT:
-            return PageTransportError(f"timed out ({message})")
-        if self.lines and code in _CUT_OFF:  # the answer had begun
-            return PageTransportError(f"body cut off: {message}")
-        return PageTransportError(f"connection failed: {message}")
+        return transfer_failure(code, message, self.lines, self.body.over, self.body.limit)
 
     def close(self) -> None:
         self.handle.close()
+
+
+def transfer_failure(
+    code: int, message: str, lines: list[bytes], over: bool, limit: int
+) -> PageTransportError:
+    """What libcurl's error `code` means for a transfer that got these header `lines`
+    (`over`: its body passed `limit` bytes as it came)."""
+    if over or code == pycurl.E_FILESIZE_EXCEEDED:
+        # refused on its Content-Length, unread (a gzipped one may declare fewer bytes
+        # than it inflates to), else on the bytes as they came
+        length = ResponseHeaders(last_header_block(lines)).get("Content-Length") or ""
+        size = int(length) if length.isdigit() and int(length) > limit else None
+        return PageTransportError(str(BodyTooLarge(limit, size)), True)
+    if code == pycurl.E_OPERATION_TIMEDOUT:
+        return PageTransportError(f"timed out ({message})")
+    if lines and code in _CUT_OFF:  # the answer had begun
+        return PageTransportError(f"body cut off: {message}")
+    return PageTransportError(f"connection failed: {message}")
 
 
 def new_handle(settings: TransportSettings) -> pycurl.Curl:
@@ -370,16 +377,7 @@ class StreamingCall:
         if failure is not None:
             handle.close()
             code, message = failure
-            if sink.over or code == pycurl.E_FILESIZE_EXCEEDED:
-                length = ResponseHeaders(last_header_block(lines)).get("Content-Length") or ""
-                limit = self.settings.max_body_bytes
-                size = int(length) if length.isdigit() and int(length) > limit else None
-                raise PageTransportError(str(BodyTooLarge(limit, size)), True)
-            if code == pycurl.E_OPERATION_TIMEDOUT:
-                raise PageTransportError(f"timed out ({message})")
-            if lines and code in _CUT_OFF:
-                raise PageTransportError(f"answer cut off: {message}")
-            raise PageTransportError(f"connection failed: {message}")
+            raise transfer_failure(code, message, lines, sink.over, self.settings.max_body_bytes)
         self._handle = handle
         status = handle.getinfo(pycurl.RESPONSE_CODE)
         return StreamedAnswer(status, ResponseHeaders(last_header_block(lines)), sink.error_body())
