@@ -443,6 +443,31 @@ def test_a_last_serial_that_is_no_serial_fails_the_run(tmp_path: Path) -> None:
             client.changelog_last_serial()
 
 
+@pytest.mark.parametrize("source", ["xmlrpc", "json-root"])
+def test_a_listing_past_its_cap_is_refused_once_and_never_retried(
+    pypi: FakePyPI, source: str
+) -> None:
+    """The listing streams into its parser; past `max_xmlrpc_bytes` (512 MiB by default,
+    here 200 bytes) the transfer stops, nothing more reaches the sink, and the run is
+    told why: an answer that large is no hiccup, asking again would bring it again."""
+    config = settings.Config(pypi_url=pypi.url, max_xmlrpc_bytes=200, xmlrpc_interval=0)
+    client = pypi_client.PypiClient(pypi.url, config)
+    seen: list[object] = []
+    pypi.reset_log()
+    try:
+        with pytest.raises(upstream_errors.UpstreamError, match="over the 200-byte limit") as info:
+            if source == "xmlrpc":
+                client.list_packages_with_serial(lambda name, serial: seen.append(name))
+            else:
+                client.list_projects_json(lambda name, serial: seen.append(name))
+    finally:
+        client.close()
+    assert not isinstance(info.value, upstream_errors.Transient)
+    assert client.requests_made == 1
+    assert len(seen) < len(pypi.project_names())
+    assert pypi.count("list_packages_with_serial" if source == "xmlrpc" else "root") == 1
+
+
 CONTROL = [chr(code) for code in [*range(0x20), 0x7F, *range(0x80, 0xA0)]]
 
 
