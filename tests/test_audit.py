@@ -32,8 +32,14 @@ from pypi_index_mirror.audit.compare import (
     SignedTarget,
 )
 from pypi_index_mirror.mirror.state import load_state
-from pypi_index_mirror.mirror.store import ROOT_TARGET, digest_bytes, digest_file, project_target
-from pypi_index_mirror.ops.cli import EXIT_PARTIAL
+from pypi_index_mirror.mirror.store import (
+    ROOT_TARGET,
+    digest_bytes,
+    digest_file,
+    normalize_name,
+    project_target,
+)
+from pypi_index_mirror.ops.cli import EXIT_FAILED, EXIT_PARTIAL
 from tests.fake_pypi import FakePyPI
 from tests.fake_rstuf import ADD, REMOVE, FakeRstuf
 from tests.mirror_helpers import (
@@ -609,6 +615,36 @@ def test_repair_refetches_and_sends_rstuf_exactly_what_it_lacks(
     code, lines = run_audit(world, capsys)
     assert (code, lines[:-1]) == (0, [])
     assert world.rstuf.view == mirror_view(layout)
+
+
+def test_a_root_is_never_rebuilt_from_a_stale_listing(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A repair rebuilds a differing root from PyPI's listing: an empty one (warehouse's
+    cache, seen empty) is refused before anything is fetched or written, as a full sync
+    refuses it; once the listing is whole again the repair rebuilds the root complete."""
+    layout = world.mirror.layout
+    layout.root_page.write_bytes(b"<html>a damaged root</html>\n")
+    tampered = b"<html>not numpy</html>\n"
+    layout.project_page("numpy").write_bytes(tampered)
+    world.pypi.serve_cached_listing({})
+    world.pypi.reset_log()
+    world.mirror.rstuf_url = world.rstuf.url
+    state = world.mirror.state.read_bytes()
+    capsys.readouterr()
+    code = world.mirror.run(*audit_args(world, "--audit", "--repair", *RSTUF_FAST))
+    assert code == EXIT_FAILED
+    assert "lists no project at all" in capsys.readouterr().err
+    assert world.pypi.count_pages() == 0 and not world.rstuf.accepted
+    assert layout.project_page("numpy").read_bytes() == tampered
+    assert world.mirror.state.read_bytes() == state
+
+    world.pypi.serve_cached_listing(None)
+    code, _ = run_audit(world, capsys, "--repair", *RSTUF_FAST)
+    assert code == 0
+    listed = {normalize_name(name) for name in PROJECTS}
+    assert set(world.mirror.root_projects()) == listed
+    assert layout.project_page("numpy").read_bytes() != tampered
 
 
 def test_repair_of_a_project_pypi_cannot_serve_sends_nothing_of_it(

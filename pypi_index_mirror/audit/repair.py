@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     # imported where an audit or the bootstrap check runs: python-tuf and its signers
     # (boto3 among them) were 20 MiB and a third of every run's start-up
     from pypi_index_mirror.audit import tuf as tuf_audit
+    from pypi_index_mirror.upstream.changelog import Listing
 
 log = logging.getLogger(__name__)
 
@@ -161,12 +162,15 @@ class Audit:
         log.info("repair: re-fetching %d project(s) from PyPI", len(projects) - len(excluded))
         # serial 0: any page PyPI serves now is current; a 404 means the project is gone
         wanted = {name: PendingProject(name, 0) for name in projects if name not in excluded}
+        # a root rebuilt from a stale listing (an empty cache) would drop every project it
+        # misses: the listing is checked as a full sync checks it, before anything is written
+        listing = self.trusted_listing() if roots & differing.keys() else None
         outcome = self.sync.refresher.refresh(wanted, record_changes=True)
         self.sync.refresher.remove_projects(excluded, record_changes=True)
         for name in sorted(outcome.failed):
             log.warning("repair: %s could not be fetched; nothing of it is sent to RSTUF", name)
-        if roots & differing.keys():
-            self.rebuild_roots(outcome)
+        if listing is not None:
+            self.rebuild_roots(outcome, listing)
         else:
             # Every project fetched gets its root line from what PyPI served now, as an
             # update does for a project whose identity changed: a repair has no changelog
@@ -194,13 +198,20 @@ class Audit:
             for name, item in wanted.items()
         }
 
-    def rebuild_roots(self, outcome: Refreshed) -> None:
-        """Rewrite every mirrored root from PyPI's listing, by a full sync's rule.
+    def trusted_listing(self) -> Listing:
+        """PyPI's listing, refused (UntrustedListing, unless --trust-listing) when empty
+        or under half of the projects on disk (the roots, which differ, are not asked)."""
+        listing, serial = self.sync.source.fetch_listing()
+        held = sum(1 for _ in self.ctx.writer.local_projects())
+        self.sync.source.check_listing(len(listing), held, serial)
+        return listing
+
+    def rebuild_roots(self, outcome: Refreshed, listing: Listing) -> None:
+        """Rewrite every mirrored root from PyPI's `listing`, by a full sync's rule.
 
         Listed projects with pages on disk, at their pages' serials; the roots
         on disk are not trusted for it.
         """
-        listing, _ = self.sync.source.fetch_listing()
         serials: dict[str, int] = dict(outcome.serials)
         present = bytearray(len(listing))  # a byte a listed project: it has pages on disk
         for index, (name, item) in enumerate(listing.items()):
