@@ -23,6 +23,7 @@ import requests
 from pypi_index_mirror.mirror.roots import (
     count_root_members,
     iter_root_index,
+    render_json_root_lines,
     render_root_lines,
     slice_root_index,
 )
@@ -131,19 +132,26 @@ def test_the_slice_follows_the_cursor_and_wraps_round() -> None:
 
 
 def test_the_slice_read_from_the_root_page_is_the_slice_of_its_members() -> None:
-    """A run takes its slice from the HTML root in blocks (a binary search around the
-    cursor, the rest only counted): the same slice and total as walking every member."""
+    """A run takes its slice from a root in blocks (a binary search around the cursor,
+    the rest only counted): the same slice and total as walking every member, from the
+    HTML root and from the JSON root (a json-only mirror's) alike."""
     rng = random.Random(3)
     for _ in range(300):
-        names = sorted(rng.sample([f"p{i:02d}" for i in range(60)], rng.randint(0, 30)))
-        members = [(name, rng.choice([name.upper(), f"{name}&<"])) for name in names]
-        page = b"".join(render_root_lines(members))
-        after = rng.choice(["", "zz", f"p{rng.randrange(60):02d}", f"p{rng.randrange(60):02d}x"])
+        names = sorted(rng.sample([f"p-{i:02d}" for i in range(60)], rng.randint(0, 30)))
+        after = rng.choice(["", "zz", f"p-{rng.randrange(60):02d}", f"p-{rng.randrange(60):02d}x"])
         count = rng.randint(0, 35)
         block = rng.choice([1, 50, 200, 1 << 20])
+        members = [(name, rng.choice([name.upper(), f"{name}&<"])) for name in names]
+        page = b"".join(render_root_lines(members))
         expected = next_slice(iter_root_index(page.splitlines(keepends=True)), after, count)
         assert slice_root_index(io.BytesIO(page), after, count, block) == expected
         assert count_root_members(io.BytesIO(page)) == len(members)
+        # the JSON root's lines carry display names (normalizing to the name) and serials
+        spellings = [str.upper, lambda n: n.replace("-", "_"), lambda n: n.replace("-", ".")]
+        shown = [(name, rng.choice(spellings)(name)) for name in names]
+        page = b"".join(render_json_root_lines((n, d, 7) for n, d in shown))
+        found = slice_root_index(io.BytesIO(page), after, count, block, json_root=True)
+        assert found == next_slice(iter(shown), after, count)
 
 
 def test_the_cursor_is_three_values_in_state_json(tmp_path: Path) -> None:
@@ -275,25 +283,33 @@ def test_revalidation_off_leaves_a_silent_change_alone(
     assert pypi.count("page") == 0
 
 
+@pytest.mark.parametrize("form", ["all", "json"])
 def test_a_share_of_the_pages_each_run_in_every_form(
-    tmp_path: Path, pypi: FakePyPI, rstuf: FakeRstuf
+    tmp_path: Path, pypi: FakePyPI, rstuf: FakeRstuf, form: str
 ) -> None:
-    mirror = signed_mirror(tmp_path, pypi, rstuf, "--simple-format", "all")
+    """The slice comes from the HTML root, or from the JSON root of a json-only mirror."""
+    options = ("--simple-format", form, "--revalidate-period", "1d")
+    mirror = signed_mirror(tmp_path, pypi, rstuf, "--simple-format", form)
     pypi.archive_project("zope.interface")
     pypi.archive_project("django")
     # 2/5 of a day's period elapsed: two projects (sorted after the cursor: django, foo-bar)
     make_due(mirror, 0.4 * 86400 + 60)
     pypi.reset_log()
-    assert mirror.run(*RSTUF_FAST, "--simple-format", "all", "--revalidate-period", "1d") == 0
-    assert pypi.count_pages() == 4  # two projects, two forms each
-    assert b'content="archived"' in (mirror.page("django") or b"")
+    assert mirror.run(*RSTUF_FAST, *options) == 0
+    assert pypi.count_pages() == (4 if form == "all" else 2)  # two projects, each form
+    if form == "all":
+        assert b'content="archived"' in (mirror.page("django") or b"")
+        assert b'content="archived"' not in (mirror.page("zope-interface") or b"")  # not yet
     json_page = mirror.layout.project_page("django", "index.v1_json").read_bytes()
     assert json_page == upstream_json_page(pypi.url, "django")
-    assert b'content="archived"' not in (mirror.page("zope-interface") or b"")  # not yet
+    zope = mirror.layout.project_page("zope-interface", "index.v1_json")
+    assert zope.read_bytes() != upstream_json_page(pypi.url, "zope-interface")  # not yet
     assert load_state(mirror.state).revalidation.after == "foo-bar"
     make_due(mirror, 86400)
-    assert mirror.run(*RSTUF_FAST, "--simple-format", "all", "--revalidate-period", "1d") == 0
-    assert b'content="archived"' in (mirror.page("zope-interface") or b"")
+    assert mirror.run(*RSTUF_FAST, *options) == 0
+    assert zope.read_bytes() == upstream_json_page(pypi.url, "zope-interface")
+    if form == "all":
+        assert b'content="archived"' in (mirror.page("zope-interface") or b"")
     assert rstuf.view == mirror_view(mirror.layout)
     assert_consistent(mirror)
 

@@ -14,7 +14,8 @@ import bisect
 import html
 import json
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import BinaryIO, TypeVar
 
 from pypi_index_mirror.mirror.store import normalize_name
@@ -58,11 +59,11 @@ def iter_root_index(lines: Iterable[bytes]) -> Iterator[tuple[str, str]]:
             yield name.decode(), html.unescape(display) if "&" in display else display
 
 
-# The HTML root is read in blocks of about this many bytes, cut at a line's end: a merge
-# or a revalidation's slice looks at single lines only around the names it wants, and
-# copies or counts the rest of a block whole (C's speed, not a Python step a line).
+# A root is read in blocks of about this many bytes, cut at a line's end: a merge or a
+# revalidation's slice looks at single lines only around the names it wants, and copies
+# or counts the rest of a block whole (C's speed, not a Python step a line).
 _BLOCK_BYTES = 1 << 20
-_MEMBER = b'    <a href="simple/'  # how every project's line starts
+_MEMBER = b'    <a href="simple/'  # how every project's line of the HTML root starts
 _NAME_AT = len(_MEMBER)
 
 
@@ -71,17 +72,44 @@ def _member_name(line: bytes) -> bytes:
     return line[_NAME_AT : line.index(b"/", _NAME_AT)]
 
 
-def _clean(members: bytes) -> bytes:
+@dataclass(frozen=True)
+class _RootLines:
+    """How one form of root lists a project: a line starting with `member`, matching
+    `pattern` (without its newline), its normalized name as bytes (`name`: the order
+    the root is sorted in), and its (normalized, display) pairs (`members`)."""
+
+    member: bytes
+    pattern: re.Pattern[bytes]
+    name: Callable[[bytes], bytes]
+    members: Callable[[list[bytes]], list[tuple[str, str]]]
+
+
+def _json_member_name(line: bytes) -> bytes:
+    # `, "_last-serial"` cannot stand inside the name: a quote there is escaped
+    display = json.loads(line[len(b'{"name": ') : line.rindex(b', "_last-serial"')])
+    return normalize_name(display).encode()
+
+
+_HTML_LINES = _RootLines(
+    _MEMBER, _ROOT_LINK, _member_name, lambda lines: list(iter_root_index(lines))
+)
+
+
+def _clean(members: bytes, form: _RootLines) -> bytes:
     """`members` (whole lines) if each is a project line, else only its project lines."""
-    if members.startswith(_MEMBER) and members.count(b"\n" + _MEMBER) == members.count(b"\n") - 1:
+    start = form.member
+    if members.startswith(start) and members.count(b"\n" + start) == members.count(b"\n") - 1:
         return members
-    return b"".join(line + b"\n" for line in members.split(b"\n") if _ROOT_LINK.match(line))
+    return b"".join(line + b"\n" for line in members.split(b"\n") if form.pattern.match(line))
 
 
-def root_member_blocks(stream: BinaryIO, block_bytes: int = _BLOCK_BYTES) -> Iterator[bytes]:
-    """The HTML root's project lines, in blocks of whole lines ("\\n"-ended), header and
-    footer (and any line that is not a project's) left out, in the page's order."""
-    carry = b""
+def root_member_blocks(
+    stream: BinaryIO, block_bytes: int = _BLOCK_BYTES, form: _RootLines = _HTML_LINES
+) -> Iterator[bytes]:
+    """A root's project lines (the HTML root's by default), in blocks of whole lines
+    ("\\n"-ended), header and footer (and any line that is not a project's) left out,
+    in the page's order."""
+    carry, start = b"", form.member
     while True:
         data = stream.read(block_bytes)
         if not data:
@@ -93,10 +121,10 @@ def root_member_blocks(stream: BinaryIO, block_bytes: int = _BLOCK_BYTES) -> Ite
             end = data.rfind(b"\n") + 1
             block, carry = data[:end], data[end:]
         if block:
-            first = 0 if block.startswith(_MEMBER) else block.find(b"\n" + _MEMBER) + 1
-            last = block.rfind(_MEMBER)
-            if first > 0 or block.startswith(_MEMBER):
-                cleaned = _clean(block[first : block.index(b"\n", last) + 1])
+            first = 0 if block.startswith(start) else block.find(b"\n" + start) + 1
+            last = block.rfind(start)
+            if first > 0 or block.startswith(start):
+                cleaned = _clean(block[first : block.index(b"\n", last) + 1], form)
                 if cleaned:
                     yield cleaned
         if not data:
@@ -109,32 +137,38 @@ def count_root_members(stream: BinaryIO) -> int:
 
 
 def slice_root_index(
-    stream: BinaryIO, after: str, count: int, block_bytes: int = _BLOCK_BYTES
+    stream: BinaryIO,
+    after: str,
+    count: int,
+    block_bytes: int = _BLOCK_BYTES,
+    json_root: bool = False,
 ) -> tuple[list[tuple[str, str]], int]:
     """``revalidate.next_slice(iter_root_index(stream), after, count)``, reading the page
     as blocks: the `count` members after `after`, wrapping round, and how many there are.
+    `json_root`: the page is the JSON root (its members' display names the same).
 
     Only the lines around the cursor are looked at one by one (a binary search in
     a block, the root being sorted); every other block is just counted.
     """
+    form = _JSON_LINES if json_root else _HTML_LINES
     wanted = after.encode()
     chosen: list[bytes] = []
     head: list[bytes] = []  # from the start, should the slice wrap round
     total = 0
-    for block in root_member_blocks(stream, block_bytes):
+    for block in root_member_blocks(stream, block_bytes, form):
         total += block.count(b"\n")
-        need_head = len(head) < count and _member_name(block) <= wanted
-        need_chosen = len(chosen) < count and _member_name(_last_line(block)) > wanted
+        need_head = len(head) < count and form.name(block[: block.index(b"\n")]) <= wanted
+        need_chosen = len(chosen) < count and form.name(_last_line(block)) > wanted
         if need_head or need_chosen:
             lines = block.split(b"\n")[:-1]
-            cut = bisect.bisect_right(lines, wanted, key=_member_name)
+            cut = bisect.bisect_right(lines, wanted, key=form.name)
             if need_head:
                 head += lines[: min(cut, count - len(head))]
             if need_chosen:
                 chosen += lines[cut : cut + count - len(chosen)]
     if len(chosen) < count:
         chosen += head[: count - len(chosen)]
-    return list(iter_root_index(chosen)), total
+    return form.members(chosen), total
 
 
 def _last_line(block: bytes) -> bytes:
@@ -240,3 +274,11 @@ def iter_json_root(lines: Iterable[bytes]) -> Iterator[tuple[str, tuple[str, int
         if match:
             display = json.loads(match.group(1))
             yield normalize_name(display), (display, int(match.group(2)))
+
+
+_JSON_LINES = _RootLines(
+    b'{"name": ',
+    _JSON_ROOT_LINE,
+    _json_member_name,
+    lambda lines: [(name, display) for name, (display, _serial) in iter_json_root(lines)],
+)

@@ -36,7 +36,6 @@ from pypi_index_mirror.mirror.writer import MirrorWriter
 from pypi_index_mirror.ops.cli import deferred_stops
 from pypi_index_mirror.ops.progress import Progress
 from pypi_index_mirror.ops.settings import Config
-from pypi_index_mirror.sync.revalidate import next_slice
 from pypi_index_mirror.upstream.client import PypiClient
 
 if TYPE_CHECKING:  # RSTUF's client (and requests) load only when a run uses RSTUF
@@ -207,12 +206,15 @@ class RunContext:
                     yield name, display
 
     def root_slice(self, after: str, count: int) -> tuple[list[tuple[str, str]], int]:
-        """`revalidate.next_slice` of the root's members: read from the HTML root in blocks
-        (`slice_root_index`) when the mirror has one, else from the JSON root's members."""
+        """`revalidate.next_slice` of the root's members, read from the root in blocks
+        (`slice_root_index`): the HTML root when the mirror has one, else the JSON root."""
         if HTML in self.forms and self.writer.target_exists(ROOT_TARGET):
             with self.writer.open_target(self.layout.root_page) as current:
                 return slice_root_index(current, after, count)
-        return next_slice(self.iter_root_members(), after, count)
+        if self.writer.target_exists(JSON_ROOT_TARGET):
+            with self.writer.open_target(self.layout.json_root_page) as current:
+                return slice_root_index(current, after, count, json_root=True)
+        return [], 0
 
     def allowed_local(self, excluded: set[str] | None = None) -> Iterator[str]:
         """The projects on disk the filter allows, streamed; those it excludes go to `excluded`."""
