@@ -20,6 +20,7 @@ import tempfile
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from pypi_index_mirror.ops.cli import EXIT_LOCKED, ToolError
 
@@ -240,12 +241,24 @@ def iter_targets(layout: MirrorLayout, ordered: bool = True) -> Iterator[str]:
 def atomic_write(
     path: Path, data: bytes, staging_dir: Path, prefix: str = ".tmp-", mode: int | None = None
 ) -> None:
-    """Replace `path` with `data` durably, so that readers see the old or the new bytes.
+    """Replace `path` with `data` durably, so that readers see the old or the new bytes
+    (`atomic_file`). Bulk page writes do not come here: they share one
+    `sync_filesystem` per batch."""
+    with atomic_file(path, staging_dir, prefix, mode) as handle:
+        handle.write(data)
+
+
+@contextlib.contextmanager
+def atomic_file(
+    path: Path, staging_dir: Path, prefix: str = ".tmp-", mode: int | None = None
+) -> Iterator[BinaryIO]:
+    """A binary handle whose bytes replace `path` durably once the block ends, so that
+    readers see the old file or the whole new one (a stream: never held in memory).
 
     The temp file (named `prefix`...) is created in `staging_dir` (same filesystem
-    as `path`), fsynced, and renamed over `path`; then the directory is fsynced.
-    Its permissions are mkstemp's 0600 unless `mode` is given.
-    Bulk page writes do not come here: they share one `sync_filesystem` per batch.
+    as `path`), fsynced, and renamed over `path`; then the directory is fsynced. If
+    the block raises (or is interrupted) the temp file goes and `path` keeps what it
+    had. Its permissions are mkstemp's 0600 unless `mode` is given.
     """
     staging_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=staging_dir, prefix=prefix)
@@ -253,14 +266,14 @@ def atomic_write(
         if mode is not None:
             os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
-        name_io_error(exc, path)
+        name_io_error(exc, path)  # a full disk's write(2) names no file
         raise
     fsync_dir(path.parent)
 

@@ -51,12 +51,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import itertools
 import logging
 import os
 import re
 import sys
-import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor
@@ -73,11 +73,10 @@ from pypi_index_mirror.mirror.store import (
     TUF_HASH_ALGORITHM,
     FileDigest,
     MirrorLayout,
+    atomic_file,
     digest_file,
-    fsync_dir,
     iter_targets,
     mirror_lock,
-    name_io_error,
     readable_mode,
 )
 from pypi_index_mirror.ops import settings
@@ -335,28 +334,17 @@ def iter_rows(
 
 @contextlib.contextmanager
 def atomic_text_output(path: Path) -> Iterator[TextIO]:
-    """Write `path` through a temp file beside it: fsync, rename, fsync the directory.
-
-    If the body raises (or is interrupted) the temp file is removed and `path`
-    keeps what it had, so no reader ever sees half a CSV. Unlike
-    ``mirror.store.atomic_write`` this streams, so the CSV of 700,000 pages
-    is never held in memory.
-    """
-    directory = path.parent
-    fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, readable_mode())  # mkstemp's 0600 would surprise whoever imports it
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException as exc:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        name_io_error(exc, path)  # a full disk's write(2) names no file (page reads name theirs)
-        raise
-    fsync_dir(directory)
+    """Write `path` as UTF-8 text through `mirror.store.atomic_file` (a temp file beside
+    it, fsync, rename): no reader ever sees half a CSV, and the CSV of 700,000 pages
+    is streamed, never held in memory. Readable by others: whoever imports it."""
+    prefix = f".{path.name}.tmp-"
+    with atomic_file(path, path.parent, prefix, mode=readable_mode()) as raw:
+        text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
+        try:
+            yield text
+            text.flush()
+        finally:
+            text.detach()  # the raw handle is atomic_file's to close
 
 
 def write_rows(handle: TextIO, chunks: Iterable[tuple[int, str]]) -> int:
