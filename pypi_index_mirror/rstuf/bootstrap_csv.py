@@ -347,6 +347,16 @@ def atomic_text_output(path: Path) -> Iterator[TextIO]:
             text.detach()  # the raw handle is atomic_file's to close
 
 
+def emit_rows(chunks: Iterable[tuple[int, str]], output: Path | None, stdout: TextIO) -> int:
+    """`write_rows` to `output` atomically (`atomic_text_output`), or to `stdout` (None)."""
+    if output is None:
+        count = write_rows(stdout, chunks)
+        stdout.flush()
+        return count
+    with atomic_text_output(output) as handle:
+        return write_rows(handle, chunks)
+
+
 def write_rows(handle: TextIO, chunks: Iterable[tuple[int, str]]) -> int:
     """Write each chunk of rows; return how many rows were written."""
     total = 0
@@ -395,12 +405,7 @@ def generate(options: Options, stdout: TextIO) -> Summary:
             chunks = iter_rows(
                 layout.served_dir, iter_targets(layout), TUF_HASH_ALGORITHM, executor, window
             )
-            if options.output is None:
-                count = write_rows(stdout, chunks)
-                stdout.flush()
-            else:
-                with atomic_text_output(options.output) as handle:
-                    count = write_rows(handle, chunks)
+            count = emit_rows(chunks, options.output, stdout)
         finally:
             executor.shutdown(wait=True, cancel_futures=True)
     return Summary(serial=serial, rows=count, seconds=time.monotonic() - started)
@@ -443,12 +448,7 @@ def generate_from_store(options: Options, layout: MirrorLayout, stdout: TextIO) 
             (1, format_row(path, FileDigest(size, TUF_HASH_ALGORITHM, digest)))
             for path, size, digest in itertools.chain([first], digests)
         )
-        if options.output is None:
-            count = write_rows(stdout, rows)
-            stdout.flush()
-        else:
-            with atomic_text_output(options.output) as handle:
-                count = write_rows(handle, rows)
+        count = emit_rows(rows, options.output, stdout)
     assert state.serial is not None
     return Summary(serial=state.serial, rows=count, seconds=time.monotonic() - started)
 
