@@ -187,6 +187,16 @@ def mirror_view(layout: MirrorLayout) -> View:
     return view
 
 
+def signed_mirror(directory: Path, pypi_url: str, rstuf, *extra: str) -> Mirror:
+    """A mirror in `directory` after its first sync (`extra` options), imported into
+    `rstuf` as the bootstrap CSV would be, its later runs delivering to `rstuf`."""
+    mirror = Mirror(directory / "pypi-index-mirror", directory / "state.json", pypi_url)
+    assert mirror.run(*extra) == 0  # first sync: RSTUF learns it from the CSV
+    bootstrap(rstuf, mirror_view(mirror.layout))
+    mirror.rstuf_url = rstuf.url
+    return mirror
+
+
 def bootstrap(rstuf, view: View) -> None:
     """RSTUF's CSV import (``rstuf admin import-artifacts``) of `view`, the first sync's pages."""
     rstuf.import_artifacts(view)

@@ -37,8 +37,8 @@ from tests.fake_rstuf import FakeRstuf
 from tests.mirror_helpers import (
     Mirror,
     assert_consistent,
-    bootstrap,
     mirror_view,
+    signed_mirror,
     upstream_json_page,
     upstream_page,
 )
@@ -227,14 +227,6 @@ def rstuf() -> Iterator[FakeRstuf]:
         yield fake
 
 
-def signed_mirror(tmp_path: Path, pypi: FakePyPI, rstuf: FakeRstuf, *extra: str) -> Mirror:
-    mirror = Mirror(tmp_path / "pypi-index-mirror", tmp_path / "state.json", pypi.url)
-    assert mirror.run(*extra) == 0  # first sync: RSTUF learns it from the CSV
-    bootstrap(rstuf, mirror_view(mirror.layout))
-    mirror.rstuf_url = rstuf.url
-    return mirror
-
-
 def make_due(mirror: Mirror, seconds: float) -> None:
     """Move the revalidation clock back, as if the last revalidation were `seconds` ago."""
     state = load_state(mirror.state)
@@ -250,7 +242,7 @@ def not_modified(pypi: FakePyPI) -> int:
 def test_a_silent_archive_is_revalidated_written_and_signed(
     tmp_path: Path, pypi: FakePyPI, rstuf: FakeRstuf
 ) -> None:
-    mirror = signed_mirror(tmp_path, pypi, rstuf)
+    mirror = signed_mirror(tmp_path, pypi.url, rstuf)
     pypi.archive_project("numpy")  # no journal entry: the changelog never names it
     assert mirror.run(*RSTUF_FAST) == 0
     assert b'content="archived"' not in (mirror.page("numpy") or b"")  # not due yet
@@ -274,7 +266,7 @@ def test_a_silent_archive_is_revalidated_written_and_signed(
 def test_revalidation_off_leaves_a_silent_change_alone(
     tmp_path: Path, pypi: FakePyPI, rstuf: FakeRstuf
 ) -> None:
-    mirror = signed_mirror(tmp_path, pypi, rstuf)
+    mirror = signed_mirror(tmp_path, pypi.url, rstuf)
     pypi.archive_project("numpy")
     make_due(mirror, WEEK)
     pypi.reset_log()
@@ -289,7 +281,7 @@ def test_a_share_of_the_pages_each_run_in_every_form(
 ) -> None:
     """The slice comes from the HTML root, or from the JSON root of a json-only mirror."""
     options = ("--simple-format", form, "--revalidate-period", "1d")
-    mirror = signed_mirror(tmp_path, pypi, rstuf, "--simple-format", form)
+    mirror = signed_mirror(tmp_path, pypi.url, rstuf, "--simple-format", form)
     pypi.archive_project("zope.interface")
     pypi.archive_project("django")
     # 2/5 of a day's period elapsed: two projects (sorted after the cursor: django, foo-bar)

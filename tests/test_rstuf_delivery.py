@@ -29,7 +29,14 @@ from pypi_index_mirror.rstuf.artifacts import Artifact
 from pypi_index_mirror.rstuf.outbox import RstufDelivery, WaitBudget
 from tests.fake_pypi import FakePyPI
 from tests.fake_rstuf import ADD, PUBLISH, REMOVE, FakeRstuf, ManualClock
-from tests.mirror_helpers import REPO, Mirror, bootstrap, mirror_view, write_owed_pages
+from tests.mirror_helpers import (
+    REPO,
+    Mirror,
+    bootstrap,
+    mirror_view,
+    signed_mirror,
+    write_owed_pages,
+)
 
 POLL = ("--rstuf-poll", "0.02")
 
@@ -43,11 +50,7 @@ def rstuf() -> Iterator[FakeRstuf]:
 @pytest.fixture
 def mirror(tmp_path: Path, pypi: FakePyPI, rstuf: FakeRstuf) -> Mirror:
     """A first sync (no RSTUF yet), imported into RSTUF as the bootstrap CSV would be."""
-    mirror = Mirror(tmp_path / "pypi-index-mirror", tmp_path / "state.json", pypi.url)
-    assert mirror.run() == 0
-    bootstrap(rstuf, mirror_view(mirror.layout))
-    mirror.rstuf_url = rstuf.url
-    return mirror
+    return signed_mirror(tmp_path, pypi.url, rstuf)
 
 
 def change_many(pypi: FakePyPI, count: int) -> None:

@@ -20,8 +20,8 @@ from tests.mirror_helpers import (
     Mirror,
     assert_consistent,
     assert_mirror_matches_upstream,
-    bootstrap,
     mirror_view,
+    signed_mirror,
     upstream_page,
 )
 
@@ -36,11 +36,7 @@ def rstuf() -> Iterator[FakeRstuf]:
 
 @pytest.fixture
 def mirror(tmp_path: Path, pypi: FakePyPI, rstuf: FakeRstuf) -> Mirror:
-    mirror = Mirror(tmp_path / "pypi-index-mirror", tmp_path / "state.json", pypi.url)
-    assert mirror.run() == 0  # first sync: no RSTUF yet
-    bootstrap(rstuf, mirror_view(mirror.layout))
-    mirror.rstuf_url = rstuf.url
-    return mirror
+    return signed_mirror(tmp_path, pypi.url, rstuf)  # the first sync had no RSTUF yet
 
 
 def sent_paths(rstuf: FakeRstuf, action: str) -> list[str]:

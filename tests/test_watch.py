@@ -34,7 +34,7 @@ from pypi_index_mirror.sync.watch import Watch
 from pypi_index_mirror.upstream.client import PypiClient
 from tests.fake_pypi import FakePyPI
 from tests.fake_rstuf import ADD, FakeRstuf
-from tests.mirror_helpers import REPO, Mirror, bootstrap, mirror_view, upstream_page
+from tests.mirror_helpers import REPO, Mirror, bootstrap, mirror_view, signed_mirror, upstream_page
 
 RSTUF_FAST = ["--rstuf-poll", "0.05"]
 PATIENCE = 120.0  # seconds: only so that a broken build fails instead of hanging
@@ -48,11 +48,7 @@ def rstuf() -> Iterator[FakeRstuf]:
 
 @pytest.fixture
 def mirror(tmp_path: Path, pypi: FakePyPI, rstuf: FakeRstuf) -> Mirror:
-    mirror = Mirror(tmp_path / "pypi-index-mirror", tmp_path / "state.json", pypi.url)
-    assert mirror.run() == 0  # first sync: RSTUF learns it from the CSV
-    bootstrap(rstuf, mirror_view(mirror.layout))
-    mirror.rstuf_url = rstuf.url
-    return mirror
+    return signed_mirror(tmp_path, pypi.url, rstuf)
 
 
 def wait_for(what: str, done: Callable[[], bool], process: subprocess.Popen) -> None:
