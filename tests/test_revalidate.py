@@ -14,7 +14,7 @@ import io
 import random
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -30,7 +30,7 @@ from pypi_index_mirror.mirror.roots import (
 from pypi_index_mirror.mirror.state import load_state, save_state
 from pypi_index_mirror.ops.cli import format_duration, parse_duration
 from pypi_index_mirror.ops.settings import config_from
-from pypi_index_mirror.sync.revalidate import Cursor, cursor_after, due, next_slice, plan
+from pypi_index_mirror.sync.revalidate import Cursor, cursor_after, due, plan
 from pypi_index_mirror.upstream.client import conditional_headers, etag_of
 from tests.fake_pypi import FakePyPI
 from tests.fake_rstuf import FakeRstuf
@@ -118,6 +118,34 @@ def test_less_than_a_page_due_checks_none_and_keeps_the_time() -> None:
     first = plan(Cursor(), 10, 5.0, WEEK)  # the first revalidation starts the clock
     assert first.count == 0 and first.cursor.at == 5.0
     assert plan(Cursor("m", 0.0, 10), 10, WEEK, 0).count == 0  # period 0: off
+
+
+def next_slice(
+    names: Iterable[tuple[str, str]], after: str, count: int
+) -> tuple[list[tuple[str, str]], int]:
+    """The rule a run's slice follows, by walking every member: the `count` members
+    following `after` in sorted `names`, wrapping round to the first.
+
+    `names` are (normalized, display) pairs in sorted order, as the mirror's
+    root index streams them; only `count` of them are ever held (twice: those
+    after the cursor and those from the start, for the wrap). Returns the slice
+    in order and how many members `names` had (the next `plan`'s total).
+    """
+    chosen: list[tuple[str, str]] = []
+    head: list[tuple[str, str]] = []  # from the start, should the slice wrap round
+    total = 0
+    for member in names:
+        total += 1
+        if count <= 0:
+            continue
+        if member[0] > after and len(chosen) < count:
+            chosen.append(member)
+        elif len(head) < count and member[0] <= after:
+            head.append(member)
+    if len(chosen) < count:
+        seen = {name for name, _ in chosen}
+        chosen += [member for member in head if member[0] not in seen][: count - len(chosen)]
+    return chosen, total
 
 
 def test_the_slice_follows_the_cursor_and_wraps_round() -> None:

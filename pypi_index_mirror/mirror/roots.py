@@ -143,8 +143,9 @@ def slice_root_index(
     block_bytes: int = _BLOCK_BYTES,
     json_root: bool = False,
 ) -> tuple[list[tuple[str, str]], int]:
-    """``revalidate.next_slice(iter_root_index(stream), after, count)``, reading the page
-    as blocks: the `count` members after `after`, wrapping round, and how many there are.
+    """A revalidation's slice of the root read from `stream`: the `count` members that
+    follow `after` in sorted order, wrapping round to the first (never one twice), and
+    how many members the root has (the next `revalidate.plan`'s total).
     `json_root`: the page is the JSON root (its members' display names the same).
 
     Only the lines around the cursor are looked at one by one (a binary search in

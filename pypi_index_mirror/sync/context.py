@@ -206,8 +206,8 @@ class RunContext:
                     yield name, display
 
     def root_slice(self, after: str, count: int) -> tuple[list[tuple[str, str]], int]:
-        """`revalidate.next_slice` of the root's members, read from the root in blocks
-        (`slice_root_index`): the HTML root when the mirror has one, else the JSON root."""
+        """The revalidation's slice of the root's members after `after` (`slice_root_index`,
+        in blocks): from the HTML root when the mirror has one, else from the JSON root."""
         if HTML in self.forms and self.writer.target_exists(ROOT_TARGET):
             with self.writer.open_target(self.layout.root_page) as current:
                 return slice_root_index(current, after, count)

@@ -24,11 +24,10 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass
 
-# A --watch process revalidates at most this often (seconds): each revalidation walks the
-# mirror's root index to find its slice, which at PyPI's size costs more than the slice.
+# A --watch process revalidates at most this often (seconds): each revalidation reads the
+# mirror's root index to find its slice (0.06 s at PyPI's size) and merges what changed.
 WATCH_REVALIDATE_EVERY = 300.0
 
 
@@ -69,7 +68,7 @@ class Plan:
     """What one run revalidates: `count` projects, and the cursor once they are checked."""
 
     count: int
-    cursor: Cursor  # `after` is filled in by `next_slice`, from the names chosen
+    cursor: Cursor  # `after` is filled in from the names chosen (`cursor_after`)
 
 
 def plan(cursor: Cursor, total: int, now: float, period: float, limit: int | None = None) -> Plan:
@@ -93,33 +92,6 @@ def plan(cursor: Cursor, total: int, now: float, period: float, limit: int | Non
     if limit is not None:
         count = min(count, limit)
     return Plan(count, Cursor(cursor.after, cursor.at + count * period / total, total))
-
-
-def next_slice(
-    names: Iterable[tuple[str, str]], after: str, count: int
-) -> tuple[list[tuple[str, str]], int]:
-    """The `count` members following `after` in sorted `names`, wrapping round to the first.
-
-    `names` are (normalized, display) pairs in sorted order, as the mirror's
-    root index streams them; only `count` of them are ever held (twice: those
-    after the cursor and those from the start, for the wrap). Returns the slice
-    in order and how many members `names` had (the next `plan`'s total).
-    """
-    chosen: list[tuple[str, str]] = []
-    head: list[tuple[str, str]] = []  # from the start, should the slice wrap round
-    total = 0
-    for member in names:
-        total += 1
-        if count <= 0:
-            continue
-        if member[0] > after and len(chosen) < count:
-            chosen.append(member)
-        elif len(head) < count and member[0] <= after:
-            head.append(member)
-    if len(chosen) < count:
-        seen = {name for name, _ in chosen}
-        chosen += [member for member in head if member[0] not in seen][: count - len(chosen)]
-    return chosen, total
 
 
 def cursor_after(chosen: list[tuple[str, str]], planned: Cursor) -> Cursor:

@@ -27,9 +27,8 @@ from pathlib import Path
 
 import requests
 
-from pypi_index_mirror.mirror.roots import iter_root_index, render_root_lines
+from pypi_index_mirror.mirror.roots import render_root_lines, slice_root_index
 from pypi_index_mirror.mirror.state import load_state, save_state
-from pypi_index_mirror.sync.revalidate import next_slice
 from pypi_index_mirror.upstream.client import conditional_headers
 from tests.mirror_helpers import REPO, Mirror
 
@@ -53,7 +52,7 @@ def header_bytes(url: str, name: str, body: bytes | None) -> tuple[int, int]:
 
 
 def root_walk_seconds(names: int) -> float:
-    """One walk of a `names`-line root index to pick a slice (`next_slice`), in seconds."""
+    """Picking a slice from a `names`-line root index (`slice_root_index`), in seconds."""
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / "index.html"
         members = ((f"project-{i:07d}", f"Project_{i:07d}") for i in range(names))
@@ -61,7 +60,7 @@ def root_walk_seconds(names: int) -> float:
             out.writelines(render_root_lines(members))
         started = time.perf_counter()
         with open(path, "rb") as root:
-            chosen, total = next_slice(iter_root_index(root), "project-0350000", 4167)
+            chosen, total = slice_root_index(root, "project-0350000", 4167)
         assert total == names and len(chosen) == 4167
         return time.perf_counter() - started
 
