@@ -131,11 +131,6 @@ def root_member_blocks(
             return
 
 
-def count_root_members(stream: BinaryIO) -> int:
-    """How many projects the HTML root lists."""
-    return sum(block.count(b"\n") for block in root_member_blocks(stream))
-
-
 def slice_root_index(
     stream: BinaryIO,
     after: str,

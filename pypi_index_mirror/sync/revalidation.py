@@ -42,7 +42,7 @@ class Revalidation:
         period, cursor = self.ctx.config.revalidate_period, self.ctx.state.revalidation
         if period <= 0 or self.ctx.config.dry_run or self.ctx.halt.is_set:
             return
-        total = cursor.total or self.ctx.root_slice("", 0)[1]
+        total = cursor.total or self.ctx.root_slice("", 0)[1]  # a slice of none: the count
         planned = revalidate.plan(cursor, total, time.time(), period, limit)
         if planned.count == 0:
             self.ctx.state.revalidation = planned.cursor
