@@ -468,6 +468,16 @@ def test_a_listing_past_its_cap_is_refused_once_and_never_retried(
     assert pypi.count("list_packages_with_serial" if source == "xmlrpc" else "root") == 1
 
 
+def test_a_closed_client_calls_again_on_a_new_handle(pypi: FakePyPI) -> None:
+    """close() ends the streaming calls' handles; a client used after it makes new ones
+    rather than use a closed one (libcurl refuses those)."""
+    client = pypi_client.PypiClient(pypi.url, settings.Config(xmlrpc_interval=0))
+    assert client.changelog_last_serial() == pypi.last_serial
+    client.close()
+    assert client.changelog_last_serial() == pypi.last_serial
+    client.close()
+
+
 CONTROL = [chr(code) for code in [*range(0x20), 0x7F, *range(0x80, 0xA0)]]
 
 
